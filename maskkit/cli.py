@@ -1,0 +1,148 @@
+"""The ``maskkit`` command line (typer + rich)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import MaskkitError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="maskkit: masking strategies for medical vision-language pretraining (XLIP).")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.")) -> None:
+    _state["debug"] = debug
+
+
+@app.command("strategies")
+def strategies_cmd(
+    pattern: str = typer.Argument("*", help="Shell-style wildcard on the name, e.g. 'report*'."),
+    modality: Optional[str] = typer.Option(None, help="Only strategies of this modality (image or text)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """List every registered strategy with its plugin, modality, inputs and description."""
+    from .plugins import get_registry, list_strategies
+
+    reg = get_registry()
+    rows = []
+    for name in list_strategies(pattern, modality):
+        cls = reg.strategies[name]
+        if cls.composite:
+            inputs = "(its children's)"
+        elif name == "random" or not cls.requires:
+            inputs = ", ".join(sorted(cls(None).all_requires)) or "-"
+        else:
+            inputs = ", ".join(sorted(cls.requires))
+        modal = "image|text" if "modality" in cls.Config.model_fields else ("(children's)" if cls.composite else cls.modality)
+        rows.append({"name": name, "source": reg.strategy_sources[name], "modality": modal,
+                     "output": cls.output, "inputs": inputs, "description": cls.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"maskkit strategies ({len(rows)})")
+    for col in ("name", "source", "modality", "output", "inputs", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in ("name", "source", "modality", "output", "inputs", "description")))
+    console.print(table)
+    for dist, why in reg.failed_plugins.items():
+        err_console.print(f"[yellow]plugin '{dist}' failed to load: {why}[/]")
+
+
+@app.command("presets")
+def presets_cmd(pattern: str = typer.Argument("*", help="Shell-style wildcard on the preset name.")) -> None:
+    """List the registered presets (XLIP and the Table III/IV rows)."""
+    import fnmatch
+
+    from .plugins import get_registry
+
+    table = Table(title="maskkit presets")
+    for col in ("name", "source", "description"):
+        table.add_column(col, overflow="fold")
+    for name, p in sorted(get_registry().presets.items()):
+        if fnmatch.fnmatchcase(name, pattern):
+            table.add_row(name, p.source, p.description)
+    console.print(table)
+
+
+@app.command("compose")
+def compose_cmd(
+    spec: str = typer.Argument(..., help="A preset name, a .yaml/.toml/.json file, or an inline JSON tree."),
+    role: str = typer.Option("image_mask", help="Which tree of a preset: image_mask, image_only_mask or text_mask."),
+) -> None:
+    """Validate a composition and print it fully resolved (every default filled in)."""
+    from pathlib import Path
+
+    from .compose import build_strategy, load_spec, to_spec
+    from .plugins import get_registry
+
+    if spec.lstrip().startswith(("{", "[", '"')):
+        try:
+            tree, where = json.loads(spec), "inline"
+        except json.JSONDecodeError as exc:
+            raise MaskkitError(f"inline composition is not valid JSON: {exc}") from None
+    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
+        tree, where = load_spec(spec), spec
+    else:
+        preset = get_registry().preset(spec)
+        if role not in preset.config:
+            raise MaskkitError(f"preset '{spec}' has no '{role}'; it has {', '.join(preset.config)}")
+        tree, where = preset.config[role], f"{spec}.{role}"
+    if tree is None:
+        console.print(f"{where}: none (this preset does not use it)")
+        return
+    strategy = build_strategy(tree, path=where)
+    console.print_json(json.dumps(to_spec(strategy)))
+    console.print(f"modality={strategy.modality} output={strategy.output} "
+                  f"requires={', '.join(sorted(strategy.all_requires))}")
+
+
+@app.command("check")
+def check_cmd(
+    spec: str = typer.Argument(..., help="A strategy name or an inline JSON composition."),
+) -> None:
+    """Run maskkit's conformance checks on a strategy (what a plugin author runs)."""
+    from .testing import check_strategy
+
+    tree = json.loads(spec) if spec.lstrip().startswith("{") else spec
+    try:
+        check_strategy(tree)
+    except AssertionError as exc:
+        raise MaskkitError(f"conformance failed: {exc}") from None
+    console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks")
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except MaskkitError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except Exception as exc:  # click usage errors and the like
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""The MaskStrategy engine: the mask convention, the context strategies read, and shared helpers.
+
+Mask convention (the one rule every strategy, model and plot in maskkit holds to)
+--------------------------------------------------------------------------------
+A mask is a ``torch.bool`` tensor and ``True`` means *masked* (hidden / to be reconstructed).
+
+- image token masks have shape ``[B, N]`` (N patch tokens, no CLS token);
+- text token masks have shape ``[B, T]`` (T BPE positions of the report);
+- attention masks have shape ``[B, T, T]``: ``mask[b, i, j] == True`` means query ``i`` may
+  *not* attend to key ``j`` (PyTorch's ``attn_mask`` convention for booleans is the opposite,
+  so pass ``~mask`` to ``scaled_dot_product_attention``).
+
+Padding is never masked: a position that is padding (``valid == False``) is always ``False``
+in a token mask. Token masks of strategies with a ``ratio`` hold exactly
+``round(ratio * n_valid)`` ``True`` values per row (Python's round-half-to-even).
+
+Strategies never mutate their inputs, never call ``.item()`` or otherwise sync with the host,
+take all randomness from ``MaskContext.generator``, and loop over no samples in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from .errors import ContextError, MissingInputError
+
+Modality = Literal["image", "text"]
+Output = Literal["tokens", "attention"]
+
+#: The inputs a strategy may declare in ``requires``.
+CONTEXT_INPUTS = (
+    "image_tokens",
+    "report_tokens",
+    "report_valid",
+    "prompt_tokens",
+    "entities",
+    "attention",
+)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MaskContext:
+    """What mask strategies may read. Immutable; missing inputs are ``None``.
+
+    Shapes (B batch, N image tokens, T text positions, P prompts, L prompt tokens, D width):
+
+    - ``image_tokens``: ``[B, N, D]`` projected image token features (E_img, eq. 1)
+    - ``image_valid``: ``[B, N]`` bool, ``True`` = real token (``None``: all real)
+    - ``report_tokens``: ``[B, T, D]`` projected report token features (E_report, eq. 2)
+    - ``report_valid``: ``[B, T]`` bool, ``True`` = real token, ``False`` = padding
+    - ``prompt_tokens``: ``[P, D]`` pooled disease-prompt features, or ``[P, L, D]`` per token
+    - ``prompt_valid``: ``[P, L]`` bool validity of per-token prompt features
+    - ``entities``: ``[B, T]`` bool, ``True`` = the position belongs to a NER entity
+    - ``attention``: optional maps a model already computed, by name
+      (e.g. ``"image_self"``: ``[B, N, N]`` or ``[B, H, N, N]`` attention weights)
+    - ``generator``: the only source of randomness, on the same device as the tensors
+    """
+
+    image_tokens: torch.Tensor | None = None
+    image_valid: torch.Tensor | None = None
+    report_tokens: torch.Tensor | None = None
+    report_valid: torch.Tensor | None = None
+    prompt_tokens: torch.Tensor | None = None
+    prompt_valid: torch.Tensor | None = None
+    entities: torch.Tensor | None = None
+    attention: Mapping[str, torch.Tensor] | None = None
+    generator: torch.Generator | None = None
+
+    def __post_init__(self) -> None:
+        _check_context(self)
+
+    # --- derived views -------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        for t in self._tensors():
+            return t.device
+        return torch.device("cpu")
+
+    @property
+    def batch_size(self) -> int:
+        for name in ("image_tokens", "report_tokens", "report_valid", "entities", "image_valid"):
+            t = getattr(self, name)
+            if t is not None:
+                return t.shape[0]
+        raise MissingInputError("the mask context holds no batched input (image_tokens, report_tokens, ...)")
+
+    def image_valid_mask(self) -> torch.Tensor:
+        """``[B, N]`` bool validity of image tokens (all ``True`` when ``image_valid`` is None)."""
+        if self.image_valid is not None:
+            return self.image_valid
+        if self.image_tokens is None:
+            raise MissingInputError("image validity needs image_tokens")
+        B, N = self.image_tokens.shape[:2]
+        return torch.ones(B, N, dtype=torch.bool, device=self.image_tokens.device)
+
+    def text_valid_mask(self) -> torch.Tensor:
+        """``[B, T]`` bool validity of report positions, from ``report_valid`` or the shapes."""
+        if self.report_valid is not None:
+            return self.report_valid
+        ref = self.report_tokens if self.report_tokens is not None else self.entities
+        if ref is None:
+            raise MissingInputError("text validity needs report_valid, report_tokens or entities")
+        B, T = ref.shape[:2]
+        return torch.ones(B, T, dtype=torch.bool, device=ref.device)
+
+    def has(self, name: str) -> bool:
+        """Whether input ``name`` (one of ``CONTEXT_INPUTS``) is present or derivable."""
+        if name == "report_valid":
+            return any(getattr(self, n) is not None for n in ("report_valid", "report_tokens", "entities"))
+        return getattr(self, name) is not None
+
+    def require(self, names: frozenset[str] | set[str], who: str) -> None:
+        """Raise ``MissingInputError`` naming ``who`` and the first absent input."""
+        for name in sorted(names):
+            if not self.has(name):
+                hint = ""
+                if name in ("report_tokens", "report_valid"):
+                    hint = " (an image-only batch? mask it with prompt_driven and image_self instead)"
+                raise MissingInputError(f"strategy '{who}' needs '{name}' but the mask context has none{hint}")
+
+    def replace(self, **changes: Any) -> MaskContext:
+        """A copy with some fields changed (the context itself never changes)."""
+        return dataclasses.replace(self, **changes)
+
+    def _tensors(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor):
+                yield v
+        if self.attention:
+            yield from self.attention.values()
+
+
+def _check_context(ctx: MaskContext) -> None:
+    """Validate shapes, dtypes and devices once, with messages that name the field."""
+
+    def dims(name: str, t: torch.Tensor | None, ndim: tuple[int, ...]) -> None:
+        if t is not None and t.dim() not in ndim:
+            want = " or ".join(f"{n}-D" for n in ndim)
+            raise ContextError(f"MaskContext.{name}: expected a {want} tensor, got shape {tuple(t.shape)}")
+
+    def boolean(name: str, t: torch.Tensor | None) -> None:
+        if t is not None and t.dtype != torch.bool:
+            raise ContextError(f"MaskContext.{name}: expected dtype torch.bool, got {t.dtype}")
+
+    dims("image_tokens", ctx.image_tokens, (3,))
+    dims("image_valid", ctx.image_valid, (2,))
+    dims("report_tokens", ctx.report_tokens, (3,))
+    dims("report_valid", ctx.report_valid, (2,))
+    dims("prompt_tokens", ctx.prompt_tokens, (2, 3))
+    dims("prompt_valid", ctx.prompt_valid, (2,))
+    dims("entities", ctx.entities, (2,))
+    for name in ("image_valid", "report_valid", "prompt_valid", "entities"):
+        boolean(name, getattr(ctx, name))
+    for name in ("image_tokens", "report_tokens", "prompt_tokens"):
+        t = getattr(ctx, name)
+        if t is not None and not t.is_floating_point():
+            raise ContextError(f"MaskContext.{name}: expected floating-point features, got {t.dtype}")
+
+    def same(a: str, ai: int, b: str, bi: int, what: str) -> None:
+        ta, tb = getattr(ctx, a), getattr(ctx, b)
+        if ta is not None and tb is not None and ta.shape[ai] != tb.shape[bi]:
+            raise ContextError(
+                f"MaskContext.{b}: {what} {tb.shape[bi]} does not match {a} ({ta.shape[ai]}); "
+                f"shapes {tuple(ta.shape)} and {tuple(tb.shape)}"
+            )
+
+    batched = [n for n in ("image_tokens", "image_valid", "report_tokens", "report_valid", "entities")
+               if getattr(ctx, n) is not None]
+    for n in batched[1:]:
+        same(batched[0], 0, n, 0, "batch size")
+    same("image_tokens", 1, "image_valid", 1, "token count")
+    same("report_tokens", 1, "report_valid", 1, "length")
+    same("report_tokens", 1, "entities", 1, "length")
+    same("report_valid", 1, "entities", 1, "length")
+    same("image_tokens", 2, "report_tokens", 2, "feature width")
+    same("image_tokens", 2, "prompt_tokens", -1, "feature width")
+    if ctx.prompt_valid is not None:
+        if ctx.prompt_tokens is None or ctx.prompt_tokens.dim() != 3:
+            raise ContextError("MaskContext.prompt_valid: given without per-token prompt_tokens [P, L, D]")
+        if tuple(ctx.prompt_valid.shape) != tuple(ctx.prompt_tokens.shape[:2]):
+            raise ContextError(
+                f"MaskContext.prompt_valid: shape {tuple(ctx.prompt_valid.shape)} does not match "
+                f"prompt_tokens [P, L] = {tuple(ctx.prompt_tokens.shape[:2])}"
+            )
+    devices = {t.device for t in ctx._tensors()}
+    if len(devices) > 1:
+        raise ContextError(f"MaskContext: tensors are on several devices {sorted(map(str, devices))}")
+    if ctx.generator is not None and devices:
+        dev = next(iter(devices))
+        if torch.device(ctx.generator.device).type != dev.type:
+            raise ContextError(
+                f"MaskContext.generator: on {ctx.generator.device} but the tensors are on {dev}; "
+                f"create it with torch.Generator(device='{dev}')"
+            )
+
+
+class StrategyConfig(BaseModel):
+    """Base of every strategy's pydantic ``Config``: frozen, unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MaskStrategy(ABC):
+    """One way of choosing what to mask.
+
+    Subclasses set ``name``, ``modality``, ``requires``, ``description``, a nested pydantic
+    ``Config`` and implement :meth:`mask`. Call the strategy (``strategy(ctx)``) to get its
+    mask: the call checks ``requires`` against the context before any compute.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality] = "image"
+    output: ClassVar[Output] = "tokens"
+    requires: ClassVar[frozenset[str]] = frozenset()
+    description: ClassVar[str] = ""
+    #: whether the mask depends on ``ctx.generator`` (deterministic strategies set False)
+    stochastic: ClassVar[bool] = True
+    #: composites (union, intersect) take built children in ``__init__``
+    composite: ClassVar[bool] = False
+
+    class Config(StrategyConfig):
+        pass
+
+    def __init__(self, config: StrategyConfig | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if config is None:
+            config = self.Config(**kwargs)
+        elif isinstance(config, Mapping):
+            config = self.Config(**{**config, **kwargs})
+        elif kwargs:
+            config = config.model_copy(update=kwargs)
+        self.config = config
+
+    # --- what subclasses implement --------------------------------------------------------
+    @abstractmethod
+    def mask(self, ctx: MaskContext) -> torch.Tensor:
+        """Return the bool mask (``True`` = masked): ``[B, N]``, ``[B, T]`` or ``[B, T, T]``."""
+
+    # --- what callers use -------------------------------------------------------------------
+    @property
+    def all_requires(self) -> frozenset[str]:
+        """Inputs this strategy and (for composites) all of its children need."""
+        return self.requires
+
+    def valid(self, ctx: MaskContext) -> torch.Tensor:
+        """``[B, L]`` bool: the real (non-padding) tokens of this strategy's modality."""
+        return ctx.image_valid_mask() if self.modality == "image" else ctx.text_valid_mask()
+
+    def candidates(self, ctx: MaskContext) -> torch.Tensor:
+        """``[B, L]`` bool: the positions this strategy may mask (default: every valid token)."""
+        return self.valid(ctx)
+
+    def expected_count(self, ctx: MaskContext) -> torch.Tensor | None:
+        """``[B]`` long: how many tokens each row's mask holds, or None when it is not fixed."""
+        ratio = getattr(self.config, "ratio", None)
+        if self.output != "tokens" or ratio is None:
+            return None
+        return count_for_ratio(self.candidates(ctx), ratio)
+
+    def __call__(self, ctx: MaskContext) -> torch.Tensor:
+        ctx.require(self.all_requires, self.name)
+        if self.stochastic and ctx.generator is None:
+            raise MissingInputError(f"strategy '{self.name}' is random and needs MaskContext.generator")
+        return self.mask(ctx)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.model_dump().items())
+        return f"{type(self).__name__}({args})"
+
+
+class ScoredStrategy(MaskStrategy):
+    """A strategy that scores every token and masks the top ``ratio`` of the valid ones."""
+
+    stochastic: ClassVar[bool] = False
+
+    @abstractmethod
+    def scores(self, ctx: MaskContext) -> torch.Tensor:
+        """Return float scores ``[B, N]`` (higher = masked first); detached from autograd."""
+
+    def mask(self, ctx: MaskContext) -> torch.Tensor:
+        return topk_mask(self.scores(ctx), self.config.ratio, self.valid(ctx))
+
+
+# --- shared helpers ------------------------------------------------------------------------
+
+def count_for_ratio(valid: torch.Tensor, ratio: float) -> torch.Tensor:
+    """``[B]`` long: ``round(ratio * n_valid)`` per row, rounding half to even like Python."""
+    n = valid.sum(dim=-1)
+    dtype = torch.float32 if valid.device.type == "mps" else torch.float64
+    return torch.round(n.to(dtype) * ratio).long()
+
+
+def rank_desc(scores: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank of each position by descending score, ``[B, N]`` long; padding ranks last.
+
+    Ties are broken by position (the lower index ranks first), so the result is reproducible.
+    NaN scores rank after every finite score of a valid token.
+    """
+    s = torch.nan_to_num(scores.detach().float(), nan=float("-inf"))
+    order = torch.sort(s, dim=-1, descending=True, stable=True).indices
+    if valid is not None:
+        # second, stable key: valid positions first, keeping the score order within each group
+        v = torch.gather(valid, -1, order)
+        order = torch.gather(order, -1, torch.sort(v.to(torch.uint8), dim=-1, descending=True, stable=True).indices)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
+    return ranks
+
+
+def topk_mask(scores: torch.Tensor, ratio: float, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Mask the ``round(ratio * n_valid)`` highest-scoring valid positions of each row.
+
+    scores: ``[B, N]`` float; valid: ``[B, N]`` bool or None (all valid). Returns ``[B, N]`` bool.
+    Padding is never selected; ties go to the lower index.
+    """
+    if valid is None:
+        valid = torch.ones_like(scores, dtype=torch.bool)
+    k = count_for_ratio(valid, ratio)
+    return rank_desc(scores, valid) < k.unsqueeze(-1)
+
+
+def topk_count_mask(scores: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mask the ``k[b]`` highest-scoring valid positions of row ``b`` (``k`` ``[B]`` long)."""
+    return rank_desc(scores, valid) < k.unsqueeze(-1)
+
+
+def uniform_noise(shape: tuple[int, ...], ctx: MaskContext) -> torch.Tensor:
+    """``U[0, 1)`` noise of ``shape`` on the context's device, drawn from ``ctx.generator``."""
+    return torch.rand(shape, generator=ctx.generator, device=ctx.device)
+
+
+def random_subset(candidates: torch.Tensor, k: torch.Tensor, ctx: MaskContext,
+                  weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Pick exactly ``min(k[b], |candidates[b]|)`` positions of each row among ``candidates``.
+
+    candidates: ``[B, N]`` bool; k: ``[B]`` long. Uniform without replacement, or, with
+    ``weights`` ``[B, N]`` (non-negative), without replacement in proportion to the weights
+    (Gumbel-top-k). Returns ``[B, N]`` bool, a subset of ``candidates``.
+    """
+    u = uniform_noise(tuple(candidates.shape), ctx)
+    if weights is None:
+        key = u
+    else:
+        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+        key = torch.log(weights.detach().float().clamp_min(1e-12)) + gumbel
+    return topk_count_mask(key, k, candidates)
+
+
+def masked_softmax(logits: torch.Tensor, key_valid: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` ignoring invalid keys; a row with no valid key gives all zeros."""
+    if key_valid is None:
+        return logits.softmax(dim)
+    neg = torch.finfo(logits.dtype).min
+    w = logits.masked_fill(~key_valid, neg).softmax(dim)
+    return w * key_valid
+
+
+def rank_normalise(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Map scores to ``(0, 1]`` by rank among the valid positions of each row (1 = top); padding 0."""
+    n = valid.sum(-1, keepdim=True).clamp_min(1)
+    r = rank_desc(scores, valid)
+    return ((n - r).clamp_min(0).float() / n.float()) * valid
+
+
+class CompositeStrategy(MaskStrategy):
+    """A strategy built from child strategies (``of`` in a composition).
+
+    The composition builder builds the children first, applies :meth:`child_defaults` to the
+    child specs that leave those keys unset, and passes the built children to ``__init__``.
+    Modality and output kind derive from the children.
+    """
+
+    composite: ClassVar[bool] = True
+
+    def __init__(self, config=None, *, children: list[MaskStrategy], **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        if not children:
+            raise ValueError(f"'{self.name}' needs at least one child strategy in 'of'")
+        self.children = list(children)
+        mods = {c.modality for c in self.children}
+        if len(mods) > 1:
+            raise ValueError(f"'{self.name}' mixes {' and '.join(sorted(mods))} strategies; children must share a modality")
+        self.modality = mods.pop()
+        self.output = "attention" if any(c.output == "attention" for c in self.children) else "tokens"
+
+    @classmethod
+    def child_defaults(cls, config: StrategyConfig) -> dict[str, Any]:
+        """Config values handed to children that do not set them themselves."""
+        return {}
+
+    @property
+    def all_requires(self) -> frozenset[str]:
+        out = frozenset(self.requires)
+        for c in self.children:
+            out |= c.all_requires
+        return out
+
+    @property
+    def stochastic(self) -> bool:  # type: ignore[override]
+        return any(c.stochastic for c in self.children) or self.self_stochastic()
+
+    def self_stochastic(self) -> bool:
+        """Whether the composite itself draws random numbers (beyond its children)."""
+        return False
+
+    def child_masks(self, ctx: MaskContext) -> list[torch.Tensor]:
+        return [c.mask(ctx) for c in self.children]
+
+
+def as_attention(mask: torch.Tensor, T: int) -> torch.Tensor:
+    """A token mask ``[B, T]`` as a key mask ``[B, T, T]`` (every query hides those keys)."""
+    if mask.dim() == 3:
+        return mask
+    return mask.unsqueeze(1).expand(mask.shape[0], T, T)

@@ -1,0 +1,16 @@
+"""The hooks a maskkit plugin can implement (built-ins use the same hooks)."""
+
+from pluggy import HookimplMarker, HookspecMarker
+
+hookspec = HookspecMarker("maskkit")
+hookimpl = HookimplMarker("maskkit")
+
+
+@hookspec
+def register_strategies(register):
+    """Register MaskStrategy classes: call ``register(StrategyClass)`` once for each."""
+
+
+@hookspec
+def register_presets(register):
+    """Register presets: call ``register(name, config_dict, description)`` once for each."""

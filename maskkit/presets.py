@@ -1,0 +1,71 @@
+"""Built-in presets: the XLIP composition and every Table III / IV row, as data.
+
+A preset's config holds the strategy trees by role:
+
+- ``image_mask``: the AttMIM mask of paired samples (``null``: no MIM, the CLIP baseline),
+- ``image_only_mask``: the mask of image-only samples (eq. 15: no report, so no report_cross),
+- ``text_mask``: the EntMLM decoder mask (``null``: no MLM),
+- ``warmup``: whether the masked-modelling terms train alone first (Table III's "Init" column).
+"""
+
+from __future__ import annotations
+
+from copy import deepcopy
+from typing import Any
+
+from .hookspecs import hookimpl
+
+ATTENTION = ["report_cross", "prompt_driven", "image_self"]
+
+
+def attmim(children: list[str] = ATTENTION, child_ratio: float = 0.7, ratio: float = 0.75) -> dict[str, Any]:
+    """The AttMIM union (eq. 7-8) of ``children``."""
+    return {"union": {"of": list(children), "child_ratio": child_ratio, "ratio": ratio}}
+
+
+def text_mask(positional: Any) -> dict[str, Any]:
+    """A positional text mask intersected with the CausalMask (eq. 10)."""
+    return {"intersect": {"of": [positional, "causal"]}}
+
+
+def entmlm(ratio: float = 0.2) -> dict[str, Any]:
+    return text_mask({"entity": {"ratio": ratio}})
+
+
+IMAGE_ONLY = attmim(["prompt_driven", "image_self"])
+RANDOM_MIM = {"random": {"ratio": 0.75}}
+
+
+def _single(name: str) -> dict[str, Any]:
+    return {name: {"ratio": 0.75}}
+
+
+def _row(image_mask, text=None, warmup=True, image_only: Any = "same") -> dict[str, Any]:
+    """One preset; ``image_only="same"`` reuses ``image_mask`` for image-only samples."""
+    if image_only == "same":
+        image_only = image_mask
+    return deepcopy({"image_mask": image_mask, "image_only_mask": image_only, "text_mask": text, "warmup": warmup})
+
+
+PRESETS: dict[str, tuple[dict[str, Any], str]] = {
+    "xlip": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.2)), "XLIP: AttMIM (report ∪ prompt ∪ self, λ1=0.7, λ2=0.75) + EntMLM (λ3=0.2), with warm-up."),
+    "clip": (_row(None, None, warmup=False), "CLIP baseline: contrastive alignment only (Table III row 1)."),
+    "t3_mim_random_nowarmup": (_row(RANDOM_MIM, warmup=False), "Table III: + MIM Random, no warm-up."),
+    "t3_mim_random": (_row(RANDOM_MIM), "Table III: + MIM Random (0.75), with warm-up."),
+    "t3_image_report": (_row(_single("report_cross"), image_only=RANDOM_MIM), "Table III: + Image Report cross-attention mask (0.75)."),
+    "t3_prompt_driven": (_row(_single("prompt_driven")), "Table III: + Prompt-driven attention mask (0.75)."),
+    "t3_image_self": (_row(_single("image_self")), "Table III: + Image Self-attention mask (0.75)."),
+    "t3_attmim": (_row(attmim(), image_only=IMAGE_ONLY), "Table III: + AttMIM (union of the three, λ1=0.7, λ2=0.75)."),
+    "t4_mlm_full": (_row(attmim(), image_only=IMAGE_ONLY, text=text_mask({"random": {"modality": "text", "ratio": 1.0}})), "Table IV: AttMIM + MLM Full (every token ∩ causal = captioning)."),
+    "t4_mlm_random_0.5": (_row(attmim(), image_only=IMAGE_ONLY, text=text_mask({"random": {"modality": "text", "ratio": 0.5}})), "Table IV: AttMIM + MLM Random 0.5."),
+    "t4_entmlm_0.5": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.5)), "Table IV: AttMIM + EntMLM λ3=0.5."),
+    "t4_entmlm_0.3": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.3)), "Table IV: AttMIM + EntMLM λ3=0.3."),
+    "t4_entmlm_0.1": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.1)), "Table IV: AttMIM + EntMLM λ3=0.1."),
+    "t4_entmlm_0.2": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.2)), "Table IV: AttMIM + EntMLM λ3=0.2 (the paper's best; = xlip)."),
+}
+
+
+@hookimpl
+def register_presets(register):
+    for name, (config, description) in PRESETS.items():
+        register(name, deepcopy(config), description)

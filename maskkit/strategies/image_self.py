@@ -1,0 +1,28 @@
+"""``image_self`` — eq. (6): A_i = softmax(E_img E_img^T / sqrt(d)) E_img."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from pydantic import Field
+
+from ..core import MaskContext, ScoredStrategy, StrategyConfig
+from ._attention import Reduction, attend, reduce
+
+
+class ImageSelf(ScoredStrategy):
+    name = "image_self"
+    modality = "image"
+    requires: ClassVar[frozenset[str]] = frozenset({"image_tokens"})
+    description = "Image self-attention (eq. 6): mask the image tokens that self-attention highlights most."
+
+    class Config(StrategyConfig):
+        ratio: float = Field(0.7, ge=0.0, le=1.0, description="fraction of valid image tokens to mask")
+        reduction: Reduction = Field("l2", description="how A [B, N, D] becomes one score per token")
+
+    def scores(self, ctx: MaskContext) -> torch.Tensor:
+        valid = ctx.image_valid_mask()
+        logits, A = attend(ctx.image_tokens, ctx.image_tokens, ctx.image_valid)
+        return reduce(self.config.reduction, logits, A, query_valid=valid, key_valid=ctx.image_valid,
+                      ratio=self.config.ratio)
