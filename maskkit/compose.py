@@ -79,8 +79,11 @@ def build_strategy(spec: Any, path: str = "strategy", *, defaults: Mapping[str, 
     kids = config.of
     if not isinstance(kids, list) or not kids:
         raise CompositionError(f"{here}.of: expected a non-empty list of child strategies")
+    children = [build_strategy(k, f"{here}.of[{i}]") for i, k in enumerate(kids)]
     child_defaults = cls.child_defaults(config)
-    children = [build_strategy(k, f"{here}.of[{i}]", defaults=child_defaults) for i, k in enumerate(kids)]
+    if child_defaults and all(c.output == "tokens" for c in children):
+        # defaults such as union's child_ratio apply to token masks only
+        children = [build_strategy(k, f"{here}.of[{i}]", defaults=child_defaults) for i, k in enumerate(kids)]
     try:
         return cls(config, children=children)
     except ValueError as exc:

@@ -263,8 +263,12 @@ class MaskStrategy(ABC):
             return None
         return count_for_ratio(self.candidates(ctx), ratio)
 
-    def __call__(self, ctx: MaskContext) -> torch.Tensor:
+    def check_inputs(self, ctx: MaskContext) -> None:
+        """Raise ``MissingInputError`` before any compute if the context lacks a required input."""
         ctx.require(self.all_requires, self.name)
+
+    def __call__(self, ctx: MaskContext) -> torch.Tensor:
+        self.check_inputs(ctx)
         if self.stochastic and ctx.generator is None:
             raise MissingInputError(f"strategy '{self.name}' is random and needs MaskContext.generator")
         return self.mask(ctx)
@@ -326,8 +330,8 @@ def topk_mask(scores: torch.Tensor, ratio: float, valid: torch.Tensor | None = N
 
 
 def topk_count_mask(scores: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Mask the ``k[b]`` highest-scoring valid positions of row ``b`` (``k`` ``[B]`` long)."""
-    return rank_desc(scores, valid) < k.unsqueeze(-1)
+    """Mask the ``min(k[b], n_valid[b])`` highest-scoring valid positions of row ``b`` (``k`` ``[B]`` long)."""
+    return (rank_desc(scores, valid) < k.unsqueeze(-1)) & valid
 
 
 def uniform_noise(shape: tuple[int, ...], ctx: MaskContext) -> torch.Tensor:
@@ -347,7 +351,7 @@ def random_subset(candidates: torch.Tensor, k: torch.Tensor, ctx: MaskContext,
     if weights is None:
         key = u
     else:
-        gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+        gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
         key = torch.log(weights.detach().float().clamp_min(1e-12)) + gumbel
     return topk_count_mask(key, k, candidates)
 
@@ -400,6 +404,11 @@ class CompositeStrategy(MaskStrategy):
         for c in self.children:
             out |= c.all_requires
         return out
+
+    def check_inputs(self, ctx: MaskContext) -> None:
+        ctx.require(self.requires, self.name)
+        for c in self.children:
+            c.check_inputs(ctx)
 
     @property
     def stochastic(self) -> bool:  # type: ignore[override]

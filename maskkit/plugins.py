@@ -133,9 +133,9 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     """Call every plugin's hooks with a ``register`` callback that records the plugin as source."""
     pm = pm or get_plugin_manager()
     reg = Registry(failed_plugins=dict(_failed))
-    for impl in reversed(pm.hook.register_strategies.get_hookimpls()):
+    for impl in pm.hook.register_strategies.get_hookimpls():
         impl.function(register=lambda cls, _src=impl.plugin_name: reg.add_strategy(cls, _src))
-    for impl in reversed(pm.hook.register_presets.get_hookimpls()):
+    for impl in pm.hook.register_presets.get_hookimpls():
         impl.function(
             register=lambda name, config, description="", _src=impl.plugin_name: reg.add_preset(
                 name, config, description, _src

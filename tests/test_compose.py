@@ -1,0 +1,80 @@
+"""Compositions as data: YAML / TOML / JSON / pydantic, round trips, and errors with paths."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pydantic import BaseModel
+
+from maskkit import build_strategy, load_strategy, to_spec
+from maskkit.errors import CompositionError
+from maskkit.plugins import get_registry
+
+XLIP = {"union": {"of": ["report_cross", "prompt_driven", "image_self"], "child_ratio": 0.7, "ratio": 0.75}}
+
+
+def test_yaml_toml_json_build_the_same_tree(tmp_path):
+    (tmp_path / "m.yaml").write_text("union:\n  of: [report_cross, prompt_driven, image_self]\n  child_ratio: 0.7\n  ratio: 0.75\n")
+    (tmp_path / "m.toml").write_text('[union]\nof = ["report_cross", "prompt_driven", "image_self"]\nchild_ratio = 0.7\nratio = 0.75\n')
+    (tmp_path / "m.json").write_text(json.dumps(XLIP))
+    specs = [to_spec(load_strategy(tmp_path / f"m.{ext}")) for ext in ("yaml", "toml", "json")]
+    assert specs[0] == specs[1] == specs[2] == to_spec(build_strategy(XLIP))
+
+
+def test_round_trip():
+    s = build_strategy(XLIP)
+    assert to_spec(build_strategy(to_spec(s))) == to_spec(s)
+
+
+def test_pydantic_models_as_specs():
+    class Union(BaseModel):
+        of: list
+        ratio: float = 0.6
+
+    s = build_strategy({"union": Union(of=["image_self", "prompt_driven"], ratio=0.6)})
+    assert s.config.ratio == 0.6 and [c.name for c in s.children] == ["image_self", "prompt_driven"]
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"union": {"of": ["report_cros"]}}, "image_mask.union.of[0]: unknown strategy 'report_cros'; did you mean 'report_cross'?"),
+    ({"union": {"of": ["image_self", {"image_self": {"ratio": 1.5}}]}}, "image_mask.union.of[1].image_self.ratio: Input should be less than or equal to 1 (got 1.5)"),
+    ({"union": {"of": ["image_self"], "ratio": -0.1}}, "image_mask.union.ratio: Input should be greater than or equal to 0 (got -0.1)"),
+    ({"image_self": {"ratoi": 0.5}}, "image_mask.image_self.ratoi: unknown key (got 0.5)"),
+    ({"image_self": {"reduction": "mean"}}, "image_mask.image_self.reduction: Input should be 'l2', 'received', 'max_sim' or 'entry_count' (got 'mean')"),
+    ({"union": {"of": []}}, "image_mask.union.of: expected a non-empty list"),
+    ({"union": {"of": ["image_self", "causal"]}}, "image_mask.union: 'union' mixes image and text strategies"),
+    ({"a": {}, "b": {}}, "image_mask: expected one strategy name as the only key, got a, b"),
+    ({"image_self": 0.7}, "image_mask.image_self: expected a mapping of config keys, got float 0.7"),
+    (42, "image_mask: expected a strategy name or {name: config}, got int 42"),
+])
+def test_errors_name_the_path(spec, message):
+    with pytest.raises(CompositionError) as e:
+        build_strategy(spec, path="image_mask")
+    assert str(e.value).startswith(message)
+    assert "\n" not in str(e.value)
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(CompositionError, match="does not exist"):
+        load_strategy(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("union: [of: \n")
+    with pytest.raises(CompositionError, match=r"bad.yaml: cannot parse as YAML"):
+        load_strategy(tmp_path / "bad.yaml")
+    (tmp_path / "m.ini").write_text("x")
+    with pytest.raises(CompositionError, match="unknown composition format '.ini'"):
+        load_strategy(tmp_path / "m.ini")
+
+
+def test_every_preset_composition_builds():
+    reg = get_registry()
+    assert {"xlip", "clip", "t3_attmim", "t4_entmlm_0.2", "t4_mlm_full", "t4_mlm_random_0.5"} <= set(reg.presets)
+    for name, preset in reg.presets.items():
+        for role in ("image_mask", "image_only_mask", "text_mask"):
+            tree = preset.config.get(role)
+            if tree is not None:
+                s = build_strategy(tree, path=f"{name}.{role}")
+                assert s.modality == ("text" if role == "text_mask" else "image")
+        only = preset.config.get("image_only_mask")
+        if only is not None:  # image-only samples have no report (eq. 15)
+            assert "report_tokens" not in build_strategy(only).all_requires
