@@ -130,3 +130,16 @@ def test_blockwise_plugin_in_a_composition():
     # block-shaped: far more masked 4-neighbours than random masking gives (0.4)
     same = (m[:, 1:, :] & m[:, :-1, :]).sum() / m[:, 1:, :].sum()
     assert same > 0.7
+
+
+def test_docs_plugin_example_works(tmp_path, monkeypatch):
+    """The complete example in docs/plugins.md installs, registers and passes conformance."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
+    code = re.search(r"`maskkit_checker.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-checker", "maskkit_checker", code)
+    check_strategy("checkerboard")
+    m = build_strategy("checkerboard")(make_context(B=2, N=196))
+    assert m.sum(-1).tolist() == [98, 98]
