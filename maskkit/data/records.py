@@ -1,0 +1,453 @@
+"""Dataset adapters: the metadata formats users have on disk, read into one record type.
+
+Each adapter reads only metadata (CSV / XML / split files) and returns a :class:`Table` of
+:class:`Record` s; images are decoded later, by the dataset, under the skip policy. View filters
+and one-image-per-study are options of every adapter that knows views or studies, never silent
+defaults. Label values: 1.0 positive, 0.0 negative, NaN unknown.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import gzip
+import io
+import math
+import re
+import tarfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from xml.etree import ElementTree as ET
+
+from ..errors import MaskkitError
+
+NAN = float("nan")
+
+CHEXPERT_LABELS = (
+    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
+    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
+    "Fracture", "Support Devices",
+)
+NIH_LABELS = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+
+
+class DataError(MaskkitError):
+    """A dataset root, metadata file or column that is missing or malformed."""
+
+
+@dataclass
+class Record:
+    """One image (and its report, if any). ``image_path`` is absolute, or None for generated data."""
+
+    id: str
+    image_path: str | None
+    report: str | None = None
+    labels: dict[str, float] = field(default_factory=dict)
+    patient_id: str | None = None
+    study_id: str | None = None
+    view: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Table:
+    """The records of one dataset and the ordered names of its labels."""
+
+    name: str
+    records: list[Record]
+    label_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+def _need_dir(root: str | Path, key: str = "data.root") -> Path:
+    p = Path(root).expanduser()
+    if not p.is_dir():
+        raise DataError(f"{key}: folder {p} does not exist")
+    return p
+
+
+def _find(root: Path, names: Iterable[str], what: str) -> Path:
+    names = list(names)
+    for n in names:
+        for cand in (root / n, root / (n + ".gz")):
+            if cand.is_file():
+                return cand
+    raise DataError(f"{root}: no {what} found; expected one of {', '.join(names)} (optionally .gz)")
+
+
+def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
+    """Rows of a CSV (plain or .gz) as dicts; a missing required column is a one-line error."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rt", encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            cols = reader.fieldnames or []
+            missing = [c for c in required if c not in cols]
+            if missing:
+                raise DataError(f"{path}: missing column '{missing[0]}'; it has {', '.join(c for c in cols if c)[:300]}")
+            return list(reader)
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read CSV ({exc})") from None
+
+
+def norm_view(v: str | None) -> str | None:
+    """Canonical view names: PA, AP, LATERAL (or None when unknown)."""
+    if not v:
+        return None
+    u = v.strip().upper().replace("-", "_")
+    if u in ("PA", "POSTEROANTERIOR"):
+        return "PA"
+    if u.startswith("AP") or u in ("ANTEROPOSTERIOR",):
+        return "AP"
+    if u in ("L", "LL", "RL", "LATERAL", "LAT", "LEFT LATERAL", "RIGHT LATERAL", "LAO", "RAO"):
+        return "LATERAL"
+    return u
+
+
+def apply_filters(records: list[Record], views: Iterable[str] | None, one_per_study: bool) -> list[Record]:
+    """Keep the listed views (PA / AP / LATERAL) and, optionally, the first image of each study."""
+    if views:
+        want = {norm_view(v) for v in views}
+        records = [r for r in records if r.view in want]
+    if one_per_study:
+        seen, kept = set(), []
+        for r in records:
+            key = r.study_id or r.id
+            if key not in seen:
+                seen.add(key)
+                kept.append(r)
+        records = kept
+    return records
+
+
+def chexpert_value(raw: str, uncertain: str) -> float:
+    """CheXpert label cell: 1 / 0 / -1 / blank under the uncertain-label policy."""
+    raw = (raw or "").strip()
+    if raw == "":
+        return NAN
+    v = float(raw)
+    if v == -1:
+        return {"ones": 1.0, "zeros": 0.0, "ignore": NAN}[uncertain]
+    return v
+
+
+def _check_policy(uncertain: str) -> None:
+    if uncertain not in ("ones", "zeros", "ignore"):
+        raise DataError(f"data.uncertain: '{uncertain}' is not a policy; expected ones, zeros or ignore")
+
+
+# --- adapters --------------------------------------------------------------------------------
+
+def mimic(root, split: str | None = None, views=None, one_per_study: bool = False, uncertain: str = "ones",
+          sections: tuple[str, ...] = ("findings", "impression")) -> Table:
+    """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports."""
+    _check_policy(uncertain)
+    root = _need_dir(root)
+    meta = read_csv(_find(root, ["mimic-cxr-2.0.0-metadata.csv"], "metadata CSV"),
+                    ["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    labels = {}
+    try:
+        lab_path = _find(root, ["mimic-cxr-2.0.0-chexpert.csv"], "CheXpert label CSV")
+        for row in read_csv(lab_path, ["subject_id", "study_id"]):
+            labels[(row["subject_id"], row["study_id"])] = {k: chexpert_value(row.get(k, ""), uncertain) for k in CHEXPERT_LABELS}
+    except DataError:
+        if not any((root / n).is_file() for n in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-chexpert.csv.gz")):
+            labels = {}
+        else:
+            raise
+    splits = {}
+    if split is not None:
+        for row in read_csv(_find(root, ["mimic-cxr-2.0.0-split.csv"], "split CSV"), ["dicom_id", "split"]):
+            splits[row["dicom_id"]] = row["split"]
+    recs = []
+    for row in meta:
+        if split is not None and splits.get(row["dicom_id"]) != split:
+            continue
+        sid, st = row["subject_id"], row["study_id"]
+        folder = root / "files" / f"p{sid[:2]}" / f"p{sid}"
+        recs.append(Record(
+            id=row["dicom_id"], image_path=str(folder / f"s{st}" / f"{row['dicom_id']}.jpg"),
+            report=None, labels=labels.get((sid, st), {k: NAN for k in CHEXPERT_LABELS}),
+            patient_id=sid, study_id=st, view=norm_view(row["ViewPosition"]),
+            extra={"report_path": str(folder / f"s{st}.txt")},
+        ))
+    recs = apply_filters(recs, views, one_per_study)
+    cache: dict[str, str | None] = {}
+    for r in recs:
+        p = r.extra["report_path"]
+        if p not in cache:
+            cache[p] = mimic_report(Path(p), sections) if Path(p).is_file() else None
+        r.report = cache[p]
+    return Table("mimic", recs, CHEXPERT_LABELS)
+
+
+_SECTION = re.compile(r"^\s*([A-Z][A-Z /]+):", re.M)
+
+
+def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impression")) -> str | None:
+    """The named sections of a MIMIC-CXR free-text report, joined (None when none is present)."""
+    text = path.read_text(encoding="utf-8", errors="replace")
+    heads = list(_SECTION.finditer(text))
+    parts = {}
+    for i, m in enumerate(heads):
+        end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
+        parts[m.group(1).strip().lower()] = " ".join(text[m.end():end].split())
+    out = [f"{s.upper()}: {parts[s]}" for s in sections if parts.get(s)]
+    return " ".join(out) or None
+
+
+def padchest(root, csv_name: str | None = None, views=None, one_per_study: bool = False,
+             labels: Iterable[str] | None = None) -> Table:
+    """PadChest: image-only in XLIP; ``Labels`` (a Python list string) becomes multi-hot labels."""
+    root = _need_dir(root)
+    path = Path(csv_name) if csv_name and Path(csv_name).is_file() else _find(
+        root, [csv_name] if csv_name else ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"], "PadChest labels CSV")
+    rows = read_csv(path, ["ImageID", "ImageDir", "Projection", "Labels", "StudyID", "PatientID"])
+    parsed = []
+    for row in rows:
+        try:
+            labs = [s.strip() for s in ast.literal_eval(row["Labels"] or "[]") if isinstance(s, str) and s.strip()]
+        except (ValueError, SyntaxError):
+            labs = None  # unparseable: every label unknown
+        parsed.append(labs)
+    names = tuple(labels) if labels is not None else tuple(sorted({l for labs in parsed if labs for l in labs}))
+    recs = []
+    for row, labs in zip(rows, parsed):
+        lab = {n: NAN for n in names} if labs is None else {n: float(n in labs) for n in names}
+        recs.append(Record(id=row["ImageID"], image_path=str(root / row["ImageDir"] / row["ImageID"]), report=None,
+                           labels=lab, patient_id=row["PatientID"], study_id=row["StudyID"],
+                           view=norm_view(row["Projection"])))
+    return Table("padchest", apply_filters(recs, views, one_per_study), names)
+
+
+def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool = False, uncertain: str = "ones") -> Table:
+    """CheXpert: ``Path`` plus the 14 labels (1 / 0 / -1 / blank) under the uncertain policy."""
+    _check_policy(uncertain)
+    root = _need_dir(root)
+    path = Path(csv_name) if Path(csv_name).is_file() else _find(root, [csv_name], "CheXpert CSV")
+    rows = read_csv(path, ["Path", "Frontal/Lateral", *CHEXPERT_LABELS])
+    recs = []
+    for row in rows:
+        rel = Path(row["Path"])
+        # paths start with the release folder name (CheXpert-v1.0-small/...): resolve beside it
+        parts = rel.parts
+        img = root.joinpath(*parts[1:]) if parts and parts[0] == root.name else root / rel
+        m = re.search(r"(patient\d+)/(study\d+)", row["Path"])
+        view = "LATERAL" if row["Frontal/Lateral"].strip().lower() == "lateral" else norm_view(row.get("AP/PA") or "")
+        recs.append(Record(id=row["Path"], image_path=str(img),
+                           labels={k: chexpert_value(row[k], uncertain) for k in CHEXPERT_LABELS},
+                           patient_id=m.group(1) if m else None, study_id="/".join(m.groups()) if m else None, view=view))
+    return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
+
+
+def nih(root, csv_name: str | None = None, views=None, one_per_study: bool = False) -> Table:
+    """NIH ChestX-ray14: ``Data_Entry_2017*.csv`` with ``|``-separated ``Finding Labels``.
+
+    Images are looked up in ``images/`` and the release's ``images_*/images/`` folders.
+    """
+    root = _need_dir(root)
+    path = Path(csv_name) if csv_name and Path(csv_name).is_file() else _find(
+        root, [csv_name] if csv_name else ["Data_Entry_2017_v2020.csv", "Data_Entry_2017.csv"], "NIH Data_Entry CSV")
+    rows = read_csv(path, ["Image Index", "Finding Labels", "Patient ID", "View Position", "Follow-up #"])
+    dirs = [root / "images"] + sorted(root.glob("images_*/images"))
+    def locate(name: str) -> str:
+        for d in dirs[1:]:
+            if (d / name).is_file():
+                return str(d / name)
+        return str(dirs[0] / name)
+    recs = []
+    for row in rows:
+        found = {s.strip() for s in row["Finding Labels"].split("|")}
+        recs.append(Record(id=row["Image Index"], image_path=locate(row["Image Index"]) if len(dirs) > 1 else str(dirs[0] / row["Image Index"]),
+                           labels={k: float(k in found) for k in NIH_LABELS} | {"No Finding": float("No Finding" in found)},
+                           patient_id=row["Patient ID"], study_id=f"{row['Patient ID']}_{row['Follow-up #']}",
+                           view=norm_view(row["View Position"])))
+    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + ("No Finding",))
+
+
+def rsna(root, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
+         image_dir: str = "stage_2_train_images", views=None) -> Table:
+    """RSNA Pneumonia: DICOMs named ``{patientId}.dcm`` and ``Target`` (several box rows per patient).
+
+    Views come from a DICOM-header CSV (``Filename``/``PatientID``, ``ViewPosition``) when given.
+    """
+    root = _need_dir(root)
+    path = Path(labels_csv) if Path(labels_csv).is_file() else _find(root, [labels_csv], "RSNA labels CSV")
+    target: dict[str, float] = {}
+    for row in read_csv(path, ["patientId", "Target"]):
+        target[row["patientId"]] = max(target.get(row["patientId"], 0.0), float(row["Target"]))
+    view = {}
+    if headers_csv:
+        hp = Path(headers_csv) if Path(headers_csv).is_file() else _find(root, [headers_csv], "RSNA DICOM-header CSV")
+        for row in read_csv(hp, ["PatientID", "ViewPosition"]):
+            view[row["PatientID"]] = norm_view(row["ViewPosition"])
+    elif views:
+        raise DataError("data.views: filtering RSNA by view needs data.headers_csv (the DICOM-header CSV)")
+    recs = [Record(id=p, image_path=str(root / image_dir / f"{p}.dcm"), labels={"Pneumonia": t}, patient_id=p,
+                   study_id=p, view=view.get(p)) for p, t in target.items()]
+    return Table("rsna", apply_filters(recs, views, False), ("Pneumonia",))
+
+
+def covidx(root, split_file: str = "train.txt", image_dir: str | None = None) -> Table:
+    """COVIDx: split text files, one ``patient_id filename class source`` line per image."""
+    root = _need_dir(root)
+    path = Path(split_file) if Path(split_file).is_file() else _find(root, [split_file], "COVIDx split file")
+    folder = root / (image_dir or Path(split_file).stem)
+    recs = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) < 3:
+            raise DataError(f"{path}:{n}: expected 'patient_id filename class [source]', got {line!r}")
+        cls = parts[2].lower()
+        if cls not in ("positive", "negative", "covid-19", "normal", "pneumonia"):
+            raise DataError(f"{path}:{n}: unknown class '{parts[2]}'; expected positive or negative (or covid-19/normal/pneumonia)")
+        recs.append(Record(id=parts[1], image_path=str(folder / parts[1]), labels={"COVID-19": float(cls in ("positive", "covid-19"))},
+                           patient_id=parts[0], study_id=parts[0], extra={"source": parts[3] if len(parts) > 3 else None}))
+    return Table("covidx", recs, ("COVID-19",))
+
+
+OPENI_MESH = {  # MeSH major heading -> CheXpert-style label
+    "Cardiomegaly": "Cardiomegaly", "Pleural Effusion": "Pleural Effusion", "Pneumothorax": "Pneumothorax",
+    "Opacity": "Lung Opacity", "Pulmonary Atelectasis": "Atelectasis", "Pulmonary Edema": "Edema",
+    "Pneumonia": "Pneumonia", "Consolidation": "Consolidation", "Nodule": "Lung Lesion", "Mass": "Lung Lesion",
+    "Fractures, Bone": "Fracture", "normal": "No Finding",
+}
+
+
+def _openi_files(root: Path) -> Iterator[tuple[str, bytes]]:
+    if root.is_file() and root.name.endswith((".tgz", ".tar.gz")):
+        with tarfile.open(root) as tf:
+            for m in tf:
+                if m.isfile() and m.name.endswith(".xml"):
+                    yield m.name, tf.extractfile(m).read()
+        return
+    root = _need_dir(root)
+    for p in sorted(root.rglob("*.xml")):
+        yield str(p), p.read_bytes()
+
+
+def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION"), views=None) -> Table:
+    """Open-i / IU X-ray report XMLs (a folder or the ``.tgz``): FINDINGS + IMPRESSION and MeSH.
+
+    One record per ``parentImage`` when ``image_dir`` is given (``{id}.png``), else one per report.
+    Labels are derived from the manual MeSH major headings (``OPENI_MESH``).
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root: {root} does not exist")
+    names = tuple(sorted(set(OPENI_MESH.values())))
+    recs = []
+    for name, data in _openi_files(root):
+        try:
+            doc = ET.fromstring(data)
+        except ET.ParseError as exc:
+            raise DataError(f"{name}: not valid XML ({exc})") from None
+        texts = {a.get("Label"): (a.text or "").strip() for a in doc.iter("AbstractText")}
+        report = " ".join(f"{s}: {texts[s]}" for s in sections if texts.get(s)) or None
+        mesh = [m.text.strip() for m in doc.iter("major") if m.text]
+        heads = {m.split("/")[0].strip() for m in mesh}
+        labels = {n: 0.0 for n in names}
+        for h in heads:
+            if h in OPENI_MESH:
+                labels[OPENI_MESH[h]] = 1.0
+        uid = doc.find("uId")
+        rid = uid.get("id") if uid is not None else Path(name).stem
+        images = [p.get("id") for p in doc.iter("parentImage")]
+        extra = {"mesh": mesh, "file": name}
+        if image_dir and images:
+            for img in images:
+                recs.append(Record(id=img, image_path=str(Path(image_dir) / f"{img}.png"), report=report, labels=dict(labels),
+                                   patient_id=rid, study_id=rid, extra=extra))
+        else:
+            recs.append(Record(id=rid, image_path=None, report=report, labels=labels, patient_id=rid, study_id=rid,
+                               extra=extra | {"images": images}))
+    if views:
+        raise DataError("data.views: Open-i XMLs carry no view; filter with the Open-i image metadata instead")
+    return Table("openi", recs, names)
+
+
+def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | None = None,
+                patient_col: str | None = None) -> Table:
+    """A CSV with an image path column, an optional report column and numeric label columns.
+
+    Relative image paths are resolved against the CSV's folder; empty label cells are unknown.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"data.path: CSV file {path} does not exist")
+    rows = read_csv(path, [image_col] + ([label_cols] if isinstance(label_cols, str) else list(label_cols or [])))
+    cols = list(rows[0].keys()) if rows else []
+    if report_col and rows and report_col not in cols:
+        report_col = None
+    skip = {image_col, report_col, patient_col}
+    if label_cols is None:
+        label_cols = [c for c in cols if c not in skip and all(_numeric(r[c]) for r in rows[:200])]
+    label_cols = tuple(label_cols)
+    recs = []
+    for i, row in enumerate(rows):
+        img = Path(row[image_col])
+        img = img if img.is_absolute() else path.parent / img
+        labels = {}
+        for c in label_cols:
+            cell = (row.get(c) or "").strip()
+            try:
+                labels[c] = float(cell) if cell else NAN
+            except ValueError:
+                raise DataError(f"{path}: row {i + 2}, column '{c}': expected a number, got {cell!r}") from None
+        rep = (row.get(report_col) or "").strip() if report_col else ""
+        recs.append(Record(id=row[image_col], image_path=str(img), report=rep or None, labels=labels,
+                           patient_id=row.get(patient_col) if patient_col else None))
+    return Table("csv", recs, label_cols)
+
+
+def _numeric(s: str) -> bool:
+    s = (s or "").strip()
+    if not s:
+        return True
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+
+
+def image_folder(root) -> Table:
+    """Every image under ``root``; images in class subfolders get one-hot labels by folder name."""
+    root = _need_dir(root)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    classes = tuple(sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1}))
+    recs = []
+    for p in files:
+        rel = p.relative_to(root)
+        cls = rel.parts[0] if len(rel.parts) > 1 else None
+        recs.append(Record(id=str(rel), image_path=str(p), labels={c: float(c == cls) if cls else NAN for c in classes}))
+    return Table("folder", recs, classes)
+
+
+ADAPTERS: dict[str, Callable[..., Table]] = {
+    "mimic": mimic, "padchest": padchest, "chexpert": chexpert, "nih": nih, "rsna": rsna, "covidx": covidx,
+    "openi": openi, "csv": generic_csv, "folder": image_folder,
+}
+
+
+def load_table(name: str, **options: Any) -> Table:
+    """Run the adapter ``name`` with its options; an unknown adapter names the valid ones."""
+    from ..errors import close_matches
+
+    if name not in ADAPTERS:
+        raise DataError(f"data: unknown dataset '{name}'{close_matches(name, ADAPTERS) or ''}; expected one of {', '.join(ADAPTERS)}")
+    return ADAPTERS[name](**options)
