@@ -122,6 +122,53 @@ def check_cmd(
     console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks")
 
 
+@app.command("phantoms")
+def phantoms_cmd(
+    n: int = typer.Option(2000, "--n", min=1, help="Number of phantoms."),
+    out: str = typer.Option(..., "--out", help="Output folder (created; must not exist unless --overwrite)."),
+    seed: int = typer.Option(0, help="Generator seed; the same seed gives identical files."),
+    size: int = typer.Option(224, help="Image side in pixels."),
+    unpaired: float = typer.Option(0.2, min=0.0, max=1.0, help="Fraction of phantoms without a report."),
+    overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
+) -> None:
+    """Write the synthetic chest X-ray phantom dataset (images, lesion masks, reports, labels) to disk."""
+    from .data.export import write_phantoms
+
+    path = write_phantoms(out, n=n, seed=seed, size=size, p_unpaired=unpaired, overwrite=overwrite)
+    console.print(f"wrote {n} phantoms to {path} (read it back with data=csv data.path={path / 'phantoms.csv'})")
+
+
+@app.command("prepare")
+def prepare_cmd(
+    dataset: str = typer.Argument(..., help="Adapter: mimic, padchest, chexpert, nih, rsna, covidx, openi, csv, folder."),
+    out: str = typer.Option(..., "--out", help="Cache folder to create."),
+    size: int = typer.Option(224, help="Training resolution (square side in pixels)."),
+    option: list[str] = typer.Option([], "--option", "-o", help="Adapter option KEY=VALUE (e.g. root=/data/nih, views=[\"PA\"])."),
+    overwrite: bool = typer.Option(False, help="Replace an existing cache folder."),
+) -> None:
+    """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
+    from .data.cache import prepare_cache
+    from .data.records import load_table
+
+    opts = {}
+    for item in option:
+        if "=" not in item:
+            raise MaskkitError(f"--option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            opts[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k.strip()] = v
+    try:
+        table = load_table(dataset, **opts)
+    except TypeError as exc:
+        raise MaskkitError(f"{dataset}: bad adapter option ({exc})") from None
+    index = prepare_cache(table, out, size=size, overwrite=overwrite)
+    console.print(f"cached {len(table)} images of {dataset} at {size}px in {out}; {len(index['skipped'])} skipped")
+    for i, why in list(index["skipped"].items())[:20]:
+        err_console.print(f"  skipped: {why}", highlight=False)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

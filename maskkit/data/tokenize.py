@@ -8,6 +8,7 @@ word's span). Positions are those of the model input: 0 is ``<start_of_text>``.
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -53,17 +54,22 @@ class ReportTokenizer:
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """BPE ids (no start/end tokens) and the character span in ``text`` of each."""
-        # open_clip cleans with ftfy + html.unescape + whitespace collapse + lower(); the word
-        # regex skips whitespace, and lower() keeps offsets for the text of real reports, so
-        # matching on text.lower() gives the same words at their original positions.
-        low = text.lower()
-        if html.unescape(low) != low:
-            low = html.unescape(low)  # offsets then refer to the unescaped text (rare in reports)
+        # open_clip cleans with ftfy + html.unescape (twice) + whitespace collapse + lower(); the
+        # word regex skips whitespace, and lower() keeps offsets for the text of real reports, so
+        # matching on the unescaped, lower-cased text gives the same words; offsets are mapped
+        # back to ``text`` through the unescaping.
+        low, starts, ends = text.lower(), None, None
+        for _ in range(2):
+            if "&" not in low:
+                break
+            low, starts, ends = _unescape_with_map(low, starts, ends)
         ids, spans = [], []
         for m in self.tok.pat.finditer(low):
+            a, b = m.start(), m.end()
+            span = (a, b) if starts is None else (starts[a], ends[b - 1])
             for i in self._word_ids(m.group()):
                 ids.append(i)
-                spans.append((m.start(), m.end()))
+                spans.append(span)
         return ids, spans
 
     def __call__(self, texts: list[str | None]) -> Encoded:
@@ -83,6 +89,28 @@ class ReportTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i not in (0, self.sot, self.eot)]).strip()
+
+
+_ENTITY = re.compile(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|[A-Za-z][A-Za-z0-9]*);?")
+
+
+def _unescape_with_map(text: str, starts: list[int] | None, ends: list[int] | None):
+    """``html.unescape`` that also maps each output character to its (start, end) in the original."""
+    out, s_map, e_map, pos = [], [], [], 0
+    def emit(chunk: str, a: int, b: int) -> None:
+        for k, ch in enumerate(chunk):
+            out.append(ch)
+            s_map.append(a if len(chunk) != b - a else a + k)
+            e_map.append(b if len(chunk) != b - a else a + k + 1)
+    for m in _ENTITY.finditer(text):
+        emit(text[pos:m.start()], pos, m.start())
+        emit(html.unescape(m.group()), m.start(), m.end())
+        pos = m.end()
+    emit(text[pos:], pos, len(text))
+    if starts is not None:  # compose with an earlier round of unescaping
+        s_map = [starts[i] for i in s_map]
+        e_map = [ends[i - 1] for i in e_map]
+    return "".join(out), s_map, e_map
 
 
 def entity_positions(token_spans: list[tuple[int, int]], entity_spans: list[tuple[int, int]], length: int) -> torch.Tensor:

@@ -1,0 +1,52 @@
+"""Write phantoms to disk in maskkit's generic CSV format (``maskkit phantoms``)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import MaskkitError
+from .phantoms import LABELS, PhantomGenerator
+
+
+def write_phantoms(out: str | Path, n: int, seed: int = 0, size: int = 224, p_unpaired: float = 0.2,
+                   overwrite: bool = False, progress: bool = True) -> Path:
+    """Write ``images/``, ``masks/`` (lesion union), ``phantoms.csv`` and ``findings.jsonl``.
+
+    Written into a temporary sibling folder and renamed, so a stopped run leaves nothing half-done.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise MaskkitError(f"{out}: output folder exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        gen = PhantomGenerator(seed, size, p_unpaired=p_unpaired)
+        from rich.progress import track
+
+        with open(tmp / "phantoms.csv", "w", newline="", encoding="utf-8") as fc, \
+                open(tmp / "findings.jsonl", "w", encoding="utf-8") as fj:
+            w = csv.writer(fc)
+            w.writerow(["image_path", "report", *LABELS, "mask_path"])
+            for i in track(range(n), description="phantoms", disable=not progress):
+                p = gen[i]
+                name = f"phantom_{seed}_{i:06d}.png"
+                Image.fromarray(np.rint(p.image * 255).astype(np.uint8)).save(tmp / "images" / name, optimize=False)
+                Image.fromarray(p.lesion_mask.astype(np.uint8) * 255).save(tmp / "masks" / name)
+                w.writerow([f"images/{name}", p.report or "", *[int(p.labels[k]) for k in LABELS], f"masks/{name}"])
+                fj.write(json.dumps({"image": f"images/{name}", "findings": p.findings}) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
