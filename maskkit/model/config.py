@@ -1,0 +1,47 @@
+"""The model's configuration (pydantic, frozen, unknown keys rejected). Every key is in docs/model.md."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .towers import OPENAI_MEAN, OPENAI_STD
+
+CHEXPERT_PROMPTS = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
+    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MIMConfig(Strict):
+    placement: Literal["feature", "input"] = Field("feature", description="mask encoded features (paper, eq. 9) or input patches (MAE)")
+    decoder_depth: int = Field(8, ge=1, description="MAE decoder blocks (paper: 8)")
+    decoder_width: int = Field(512, ge=8, description="MAE decoder width")
+    decoder_heads: int = Field(16, ge=1, description="MAE decoder attention heads")
+    norm_pix: bool = Field(False, description="per-patch normalised pixel targets (MAE's norm_pix_loss)")
+
+
+class MLMConfig(Strict):
+    mode: Literal["input", "loss"] = Field("input", description="selected tokens hidden at the text-encoder input (input) or only selected as loss positions (loss)")
+    layers: int = Field(3, ge=1, description="multimodal text decoder layers (paper: 3)")
+    heads: int = Field(8, ge=1, description="text decoder heads")
+
+
+class ModelConfig(Strict):
+    arch: str = Field("ViT-B-16", description="open_clip architecture (maskkit-tiny for CPU)")
+    pretrained: str | None = Field(None, description="local open_clip checkpoint (.bin/.pt/.safetensors); never downloaded")
+    image_mean: tuple[float, float, float] = Field(OPENAI_MEAN, description="normalisation mean of the 3 replicated channels")
+    image_std: tuple[float, float, float] = Field(OPENAI_STD, description="normalisation std")
+    prompts: tuple[str, ...] = Field(CHEXPERT_PROMPTS, description="disease prompts for prompt-driven attention (eq. 5)")
+    prompt_features: Literal["tokens", "pooled"] = Field("tokens", description="per-token prompt features [P, L, C] (eq. 3) or pooled [P, C]")
+    init_temperature: float = Field(0.07, gt=0, description="initial σ of the alignment loss (learnable)")
+    mim: MIMConfig = MIMConfig()
+    mlm: MLMConfig = MLMConfig()
+    image_mask: Any = Field(None, description="strategy tree for paired samples (null: no MIM)")
+    image_only_mask: Any = Field(None, description="strategy tree for image-only samples (must not need a report)")
+    text_mask: Any = Field(None, description="strategy tree for the text decoder (null: no MLM)")
