@@ -7,7 +7,8 @@ from torch import nn
 
 
 class TextDecoder(nn.Module):
-    """E_report ``[B, T, C]`` + image tokens ``[B, N, C]`` -> next-token logits ``[B, T, V]``."""
+    """E_report ``[B, T, C]`` + image tokens ``[B, N, C]`` -> hidden states ``[B, T, C]``;
+    ``head`` maps a hidden state to next-token logits over the vocabulary."""
 
     def __init__(self, dim: int, vocab: int, context: int, layers: int = 3, heads: int = 8) -> None:
         super().__init__()
@@ -30,15 +31,16 @@ class TextDecoder(nn.Module):
         blocked = attn_mask | key_padding.unsqueeze(1)
         blocked = blocked & ~eye
         m = blocked.repeat_interleave(self.heads, 0)  # [B * heads, T, T]
-        x = self.layers(text + self.pos[:, :T].to(text.dtype), image, tgt_mask=m, tgt_is_causal=False)
-        return self.head(x)
+        return self.layers(text + self.pos[:, :T].to(text.dtype), image, tgt_mask=m, tgt_is_causal=False)
 
 
-def mlm_loss(logits: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def mlm_loss(decoder: TextDecoder, hidden: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Eq. (13) on the selected positions: position ``t - 1`` predicts token ``t`` for every
-    ``t`` with ``targets[b, t]``. logits ``[B, T, V]``, ids ``[B, T]``, targets ``[B, T]`` bool."""
+    ``t`` with ``targets[b, t]``. hidden ``[B, T, C]``, ids ``[B, T]``, targets ``[B, T]`` bool.
+    Logits are computed only where a target is, not over the whole sequence."""
     sel = targets[:, 1:]
-    lp = logits[:, :-1].float().log_softmax(-1)
-    nll = -lp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    s = sel.float()
-    return (nll * s).sum() / s.sum().clamp_min(1.0)
+    h = hidden[:, :-1][sel]          # [K, C]
+    y = ids[:, 1:][sel]              # [K]
+    if y.numel() == 0:
+        return hidden.sum() * 0.0
+    return torch.nn.functional.cross_entropy(decoder.head(h).float(), y)

@@ -75,7 +75,9 @@ class XLIP(nn.Module):
         self.mask_embedding = nn.Parameter(torch.zeros(self.clip.token_embedding.weight.shape[1])) \
             if self.text_mask is not None and cfg.mlm.mode == "input" else None
         self.tokenizer = ReportTokenizer(self.context_length)
-        self._prompt_ids = self.tokenizer(list(cfg.prompts))
+        enc = self.tokenizer(list(cfg.prompts))
+        width = int(enc.valid.sum(1).max())  # prompts are short: encode only their real length
+        self._prompt_ids = type(enc)(enc.ids[:, :width], enc.valid[:, :width], enc.spans)
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
@@ -164,8 +166,8 @@ class XLIP(nn.Module):
                 _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
             else:
                 dec_in = e_rep
-            logits = self.text_decoder(dec_in, e_img[ip], attn, ~rep_valid)
-            out["mlm_loss"] = mlm_loss(logits, ids, selected & rep_valid)
+            hidden = self.text_decoder(dec_in, e_img[ip], attn, ~rep_valid)
+            out["mlm_loss"] = mlm_loss(self.text_decoder, hidden, ids, selected & rep_valid)
         return out
 
 

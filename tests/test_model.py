@@ -1,0 +1,178 @@
+"""The XLIP model on tiny configs: shapes, gradients, branches, mixed batches, offline weights."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+
+from maskkit.errors import MaskkitError
+from maskkit.model import ModelConfig, XLIP
+from maskkit.model.towers import load_pretrained
+from model_helpers import phantom_batch, subset, tiny_config, tiny_model
+
+LOSSES = ("align_loss", "mim_loss", "mlm_loss")
+
+
+@pytest.fixture(scope="module")
+def batch():
+    b = phantom_batch(8, p_unpaired=0.3)
+    assert 0 < int(b["paired"].sum()) < 8, "the fixture batch must mix paired and image-only samples"
+    return b
+
+
+def test_token_features_shapes(batch):
+    m = tiny_model()
+    pooled, e_img = m.encode_image(batch["images"])
+    assert pooled.shape == (8, 128) and e_img.shape == (8, 36, 128)
+    tp, e_rep = m.encode_text(batch["text"])
+    assert tp.shape == (8, 128) and e_rep.shape == (8, 64, 128)
+    # the pooled image feature equals open_clip's own encode_image
+    torch.testing.assert_close(pooled, m.clip.encode_image(m.normalise(batch["images"])))
+    torch.testing.assert_close(tp, m.clip.encode_text(batch["text"]))
+
+
+def test_forward_returns_finite_losses_and_the_mask(batch):
+    out = tiny_model()(batch)
+    assert set(LOSSES) <= set(out)
+    for k in LOSSES:
+        assert out[k].dim() == 0 and torch.isfinite(out[k])
+    assert out["mim_mask"].shape == (8, 36) and out["mim_mask"].sum(1).tolist() == [27] * 8  # round(0.75 * 36)
+
+
+def _grads(model, loss):
+    model.zero_grad(set_to_none=True)
+    loss.backward(retain_graph=True)
+    return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+
+
+@pytest.mark.parametrize("placement", ["feature", "input"])
+def test_each_loss_reaches_exactly_its_parameters(batch, placement):
+    from maskkit.model import MIMConfig
+
+    m = tiny_model(mim=MIMConfig(placement=placement, decoder_depth=2, decoder_width=64, decoder_heads=4))
+    out = m(batch)
+    mim = _grads(m, out["mim_loss"])
+    assert any(n.startswith("decoder.") for n in mim)
+    assert any(n.startswith("clip.visual.transformer") for n in mim)  # reaches the encoder
+    assert not any(n.startswith(("text_decoder.", "clip.transformer.", "clip.token_embedding")) for n in mim)
+    align = _grads(m, out["align_loss"])
+    assert "clip.logit_scale" in align and any(n.startswith("clip.visual.") for n in align)
+    assert any(n.startswith("clip.transformer.") for n in align)
+    assert not any(n.startswith(("decoder.", "text_decoder.", "mask_embedding")) for n in align)
+    mlm = _grads(m, out["mlm_loss"])
+    assert any(n.startswith("text_decoder.") for n in mlm) and "mask_embedding" in mlm
+    assert any(n.startswith("clip.visual.") for n in mlm)  # cross-attention to image tokens
+    assert not any(n.startswith("decoder.") for n in mlm) and "clip.logit_scale" not in mlm
+
+
+def test_no_gradient_through_the_topk_selection(batch):
+    m = tiny_model()
+    out = m(batch)
+    assert not out["mim_mask"].requires_grad and out["mim_mask"].dtype == torch.bool
+
+
+def test_image_only_batch_never_touches_reports(batch):
+    m = tiny_model()
+    only = subset(batch, torch.nonzero(~batch["paired"]).flatten())
+    poisoned = dict(only, text=torch.full_like(only["text"], -1), text_valid=torch.ones_like(only["text_valid"]))
+    out = m(poisoned)  # token id -1 would raise inside the text tower's embedding
+    assert set(k for k in out if k.endswith("_loss")) == {"mim_loss"}
+    torch.testing.assert_close(out["mim_loss"], m(only)["mim_loss"])
+
+
+def test_mixed_batch_equals_its_halves(batch):
+    m = tiny_model().eval()
+    p = torch.nonzero(batch["paired"]).flatten()
+    u = torch.nonzero(~batch["paired"]).flatten()
+    with torch.no_grad():
+        full = m(batch, seed=3)
+        hp = m(subset(batch, p), seed=3)
+        hu = m(subset(batch, u), seed=3)
+    n_p, n_u = len(p), len(u)
+    torch.testing.assert_close(full["mim_loss"], (n_p * hp["mim_loss"] + n_u * hu["mim_loss"]) / (n_p + n_u))
+    torch.testing.assert_close(full["mlm_loss"], hp["mlm_loss"])
+    torch.testing.assert_close(full["align_loss"], hp["align_loss"])  # paired samples only
+    assert torch.equal(full["mim_mask"][p], hp["mim_mask"]) and torch.equal(full["mim_mask"][u], hu["mim_mask"])
+
+
+def test_clip_preset_has_alignment_only(batch):
+    out = tiny_model("clip")(batch)
+    assert set(k for k in out if k.endswith("_loss")) == {"align_loss"}
+
+
+def test_mlm_modes_and_table4_compositions(batch):
+    from maskkit.model import MLMConfig
+
+    for preset in ("t4_mlm_full", "t4_mlm_random_0.5", "t4_entmlm_0.5"):
+        for mode in ("input", "loss"):
+            out = tiny_model(preset, mlm=MLMConfig(mode=mode, layers=1, heads=4))(batch)
+            assert torch.isfinite(out["mlm_loss"])
+
+
+def test_bad_configs_fail_with_one_line(batch):
+    with pytest.raises(MaskkitError, match="model.image_only_mask: image-only samples have no report"):
+        XLIP(tiny_config(image_only_mask={"union": {"of": ["report_cross", "image_self"]}}))
+    with pytest.raises(MaskkitError, match="model.text_mask: expected a text strategy"):
+        XLIP(tiny_config(text_mask="image_self"))
+    with pytest.raises(MaskkitError, match="unknown open_clip architecture 'ViT-B-61'"):
+        XLIP(tiny_config(arch="ViT-B-61"))
+    with pytest.raises(MaskkitError, match=r"images are \(64, 64\) px; model.arch maskkit-tiny expects 96 px"):
+        tiny_model()(dict(batch, images=torch.zeros(8, 1, 64, 64)))
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+    def refuse(*a, **k):
+        raise AssertionError("maskkit tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin", ".safetensors"])
+def test_offline_checkpoint_loading(tmp_path, no_network, suffix):
+    src = tiny_model(seed=1)
+    state = src.clip.state_dict()
+    path = tmp_path / f"tiny{suffix}"
+    if suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    m = XLIP(tiny_config(pretrained=str(path)))
+    assert m.load_report.startswith(f"loaded {len(state)} tensors from tiny{suffix}; missing 0; unexpected 0")
+    for k, v in state.items():
+        torch.testing.assert_close(m.clip.state_dict()[k], v)
+
+
+def test_checkpoint_errors(tmp_path, no_network):
+    m = tiny_model()
+    with pytest.raises(MaskkitError, match="does not exist .maskkit never downloads"):
+        load_pretrained(m.clip, tmp_path / "none.pt")
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(MaskkitError, match="cannot read .*bad.pt"):
+        load_pretrained(m.clip, tmp_path / "bad.pt")
+    partial = {k: v for i, (k, v) in enumerate(m.clip.state_dict().items()) if i % 2} | {"extra.weight": torch.zeros(1)}
+    torch.save(partial, tmp_path / "part.pt")
+    report = load_pretrained(m.clip, tmp_path / "part.pt")
+    assert "missing" in report and "unexpected 1 (extra.weight)" in report and "\n" not in report
+    import open_clip
+
+    other = open_clip.create_model("maskkit-tiny-p8").state_dict()
+    torch.save(other, tmp_path / "other.pt")
+    with pytest.raises(MaskkitError, match="has shape .* the model expects"):
+        load_pretrained(m.clip, tmp_path / "other.pt")
+
+
+def test_normalisation_is_stored_in_the_state_dict():
+    m = tiny_model(image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25))
+    sd = m.state_dict()
+    assert torch.equal(sd["image_mean"].flatten(), torch.tensor([0.5] * 3))
+    x = torch.full((1, 1, 96, 96), 0.75)
+    assert torch.allclose(m.normalise(x), torch.ones(1, 3, 96, 96))
