@@ -169,6 +169,56 @@ def prepare_cmd(
         err_console.print(f"  skipped: {why}", highlight=False)
 
 
+@app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ...")) -> None:
+    """Pretrain: resolve preset -> config file -> key=value, then run the training recipe."""
+    import os
+    import subprocess
+
+    from .config import resolve
+    from .distributed import under_torchrun
+
+    cfg, sources = resolve(list(args or []))
+    if cfg.runtime.devices > 1 and not under_torchrun():
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
+               "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
+        err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
+        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+    from .train import train
+
+    result = train(cfg, sources, console=err_console)
+    if os.environ.get("RANK", "0") != "0":
+        return
+    console.print(f"run directory: {result.run_dir}  (step {result.step})", highlight=False)
+    if result.zeroshot is not None:
+        console.print(result.zeroshot.table())
+
+
+config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def config_show_cmd(
+    args: list[str] = typer.Argument(None, help="the same key=value settings maskkit run takes"),
+    as_json: bool = typer.Option(False, "--json", help="Print the resolved config as JSON."),
+) -> None:
+    """Print the resolved config and where each value came from (default, scale, preset, file, cli)."""
+    from .config import flat_items, resolve
+
+    cfg, sources = resolve(list(args or []))
+    if as_json:
+        print(json.dumps({"config": cfg.model_dump(mode="json"), "sources": sources}, indent=2))
+        return
+    table = Table(title=f"resolved config (preset={cfg.preset}, scale={cfg.scale})")
+    for col in ("key", "value", "source"):
+        table.add_column(col, overflow="fold")
+    for key, value in flat_items(cfg).items():
+        src = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
+        table.add_row(key, json.dumps(value), src)
+    console.print(table)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

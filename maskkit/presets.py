@@ -5,7 +5,9 @@ A preset's config holds the strategy trees by role:
 - ``image_mask``: the AttMIM mask of paired samples (``null``: no MIM, the CLIP baseline),
 - ``image_only_mask``: the mask of image-only samples (eq. 15: no report, so no report_cross),
 - ``text_mask``: the EntMLM decoder mask (``null``: no MLM),
-- ``warmup``: whether the masked-modelling terms train alone first (Table III's "Init" column).
+- ``train.warmup_steps: 0`` for rows without warm-up (Table III's "Init" column).
+
+A preset is a partial :class:`maskkit.config.ExperimentConfig`: any of its keys may appear.
 """
 
 from __future__ import annotations
@@ -41,10 +43,17 @@ def _single(name: str) -> dict[str, Any]:
 
 
 def _row(image_mask, text=None, warmup=True, image_only: Any = "same") -> dict[str, Any]:
-    """One preset; ``image_only="same"`` reuses ``image_mask`` for image-only samples."""
+    """One preset; ``image_only="same"`` reuses ``image_mask`` for image-only samples.
+
+    ``warmup=False`` sets ``train.warmup_steps: 0``; rows with warm-up keep the scale's value
+    (the paper's 15,000 steps at ``scale=paper``).
+    """
     if image_only == "same":
         image_only = image_mask
-    return deepcopy({"image_mask": image_mask, "image_only_mask": image_only, "text_mask": text, "warmup": warmup})
+    row = {"image_mask": image_mask, "image_only_mask": image_only, "text_mask": text}
+    if not warmup:
+        row["train"] = {"warmup_steps": 0}
+    return deepcopy(row)
 
 
 PRESETS: dict[str, tuple[dict[str, Any], str]] = {

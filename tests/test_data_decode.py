@@ -135,6 +135,9 @@ def test_prepared_cache_round_trip(tmp_path):
         prepare_cache(table, tmp_path / "cache", size=16, progress=False)
     with pytest.raises(MaskkitError, match="holds 16 px images, the run needs 32"):
         XrayDataset(table, image_size=32, cache=tmp_path / "cache")
+    other = Table("t", [Record("zzz", "x.png")], ())
+    with pytest.raises(MaskkitError, match="does not hold record .zzz."):
+        XrayDataset(other, image_size=16, cache=tmp_path / "cache")
     assert not any(p.name.startswith(".cache") for p in tmp_path.iterdir())  # no temp folder left
 
 

@@ -79,16 +79,21 @@ class PreparedCache:
             raise MaskkitError(f"{idx}: damaged cache index ({exc}); run maskkit prepare --overwrite") from None
         if expect_size is not None and self.index["size"] != expect_size:
             raise MaskkitError(f"data.cache: {self.folder} holds {self.index['size']} px images, the run needs {expect_size}")
-        if expect_ids is not None and self.index["ids"] != expect_ids:
-            raise MaskkitError(f"data.cache: {self.folder} was prepared for other records ({len(self.index['ids'])} ids); "
-                               f"run maskkit prepare for this dataset")
+        self.row = {rid: i for i, rid in enumerate(self.index["ids"])}
+        if expect_ids is not None:
+            missing = [r for r in expect_ids if r not in self.row]
+            if missing:
+                raise MaskkitError(f"data.cache: {self.folder} does not hold record '{missing[0]}' ({len(missing)} of "
+                                   f"{len(expect_ids)} missing); run maskkit prepare for this dataset")
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")
         self.skipped = {int(k): v for k, v in self.index["skipped"].items()}
 
     def __len__(self) -> int:
         return len(self.index["ids"])
 
-    def image(self, i: int) -> np.ndarray:
+    def image(self, record_id: str) -> np.ndarray:
+        """The cached ``[S, S]`` float image of a record (by id); DecodeError if it was skipped."""
+        i = self.row[record_id]
         if i in self.skipped:
             raise DecodeError(self.skipped[i])
         return self.images[i].astype(np.float32) / 255.0

@@ -94,7 +94,7 @@ class XrayDataset(torch.utils.data.Dataset):
 
     def load_image(self, i: int) -> np.ndarray:
         if self.cache is not None:
-            return self.cache.image(i)
+            return self.cache.image(self.table.records[i].id)
         rec = self.table.records[i]
         if rec.image_path is None:
             raise DecodeError(f"{rec.id}: record has no image")

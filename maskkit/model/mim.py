@@ -44,13 +44,15 @@ class MIMDecoder(nn.Module):
         return self.pred(self.norm(x))
 
 
-def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool) -> torch.Tensor:
+def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool,
+             denom: torch.Tensor | None = None) -> torch.Tensor:
     """MSE on masked patches only: pred, target ``[B, N, P]``; mask ``[B, N]`` bool. Per-patch
-    normalised targets with ``norm_pix`` (MAE)."""
+    normalised targets with ``norm_pix`` (MAE). ``denom`` replaces the masked-patch count (the
+    distributed loop passes the global count over the world size)."""
     if norm_pix:
         mean = target.mean(-1, keepdim=True)
         var = target.var(-1, keepdim=True, unbiased=False)
         target = (target - mean) / (var + 1e-6).sqrt()
     per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
     m = mask.float()
-    return (per_patch * m).sum() / m.sum().clamp_min(1.0)
+    return (per_patch * m).sum() / (m.sum() if denom is None else denom).clamp_min(1.0)

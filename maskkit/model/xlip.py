@@ -106,10 +106,12 @@ class XLIP(nn.Module):
         return toks, valid
 
     # --- forward -------------------------------------------------------------------------
-    def forward(self, batch: dict, seed: int = 0, terms: tuple[str, ...] = TERMS) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, seed: int = 0, terms: tuple[str, ...] = TERMS, gather=None) -> dict[str, torch.Tensor]:
         """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]``,
         ``entities [B,T]``. Returns the losses that apply: paired samples get all three
-        (eq. 14), image-only ones MIM only (eq. 15); a mixed batch sums both (eq. 16)."""
+        (eq. 14), image-only ones MIM only (eq. 15); a mixed batch sums both (eq. 16).
+        ``gather`` (a :class:`maskkit.distributed.Gatherer`) makes the contrastive loss use the
+        embeddings of every rank and the MIM/MLM means global, under DistributedDataParallel."""
         images = batch["images"]
         dev = images.device
         paired = batch["paired"].to(dev)
@@ -120,13 +122,19 @@ class XLIP(nn.Module):
         iu = torch.nonzero(~paired).flatten()
         any_paired = ip.numel() > 0  # one host sync per step, on the batch layout only
         any_unpaired = iu.numel() > 0
-        e_rep = rep_valid = ids = None
+        dist = gather is not None and gather.info.enabled  # collectives run on every rank, always
+        e_rep = rep_valid = ids = pooled_txt = None
         if any_paired and ({"align", "mlm"} & set(terms) or self.image_mask is not None):
             ids = batch["text"].to(dev)[ip]
             rep_valid = batch["text_valid"].to(dev)[ip]
             pooled_txt, e_rep = text_tokens(self.clip, ids)
-            if "align" in terms:
-                out["align_loss"] = clip_loss(pooled_img[ip], pooled_txt, self.clip.logit_scale)
+        if "align" in terms and (any_paired or dist):
+            gi = pooled_img[ip]
+            gt = pooled_txt if pooled_txt is not None else pooled_img.new_zeros((0, pooled_img.shape[1]))
+            if dist:
+                gi, gt = gather.rows(gi), gather.rows(gt)
+            if gi.shape[0] > 0:
+                out["align_loss"] = clip_loss(gi, gt, self.clip.logit_scale)
         if "mim" in terms and self.decoder is not None:
             prompts, prompt_valid = self.prompt_features(dev)
             groups = []  # (rows, mask) per branch: paired (eq. 14) and image-only (eq. 15)
@@ -139,6 +147,8 @@ class XLIP(nn.Module):
                 ctx = MaskContext(image_tokens=e_img[iu].detach(), prompt_tokens=prompts, prompt_valid=prompt_valid,
                                   generator=torch.Generator(device=dev).manual_seed(seed + 1))
                 groups.append((iu, self.image_only_mask(ctx)))
+            count = sum((m.sum() for _, m in groups), torch.zeros((), device=dev))
+            denom = gather.mean_denominator(count) if dist else None
             if groups:
                 preds, targets, masks = [], [], []
                 for rows, m in groups:
@@ -151,12 +161,15 @@ class XLIP(nn.Module):
                         preds.append(self.decoder.forward_visible(vis, keep, m.shape[1]))
                     targets.append(patchify(images[rows, :1], self.patch))
                     masks.append(m)
-                out["mim_loss"] = mim_loss(torch.cat(preds), torch.cat(targets), torch.cat(masks), self.config.mim.norm_pix)
+                out["mim_loss"] = mim_loss(torch.cat(preds), torch.cat(targets), torch.cat(masks), self.config.mim.norm_pix, denom)
                 full = torch.zeros(images.shape[0], e_img.shape[1], dtype=torch.bool, device=dev)
                 for rows, m in groups:
                     full[rows] = m
                 out["mim_mask"] = full
-        if "mlm" in terms and self.text_decoder is not None and any_paired:
+        if "mlm" in terms and self.text_decoder is not None and (any_paired or dist):
+            if not any_paired:
+                gather.mean_denominator(torch.zeros((), device=dev))  # match the other ranks' collective
+                return out
             ents = batch["entities"].to(dev)[ip]
             ctx = MaskContext(report_valid=rep_valid, entities=ents,
                               generator=torch.Generator(device=dev).manual_seed(seed + 2))
@@ -167,7 +180,9 @@ class XLIP(nn.Module):
             else:
                 dec_in = e_rep
             hidden = self.text_decoder(dec_in, e_img[ip], attn, ~rep_valid)
-            out["mlm_loss"] = mlm_loss(self.text_decoder, hidden, ids, selected & rep_valid)
+            targets = selected & rep_valid
+            denom = gather.mean_denominator(targets[:, 1:].sum()) if dist else None
+            out["mlm_loss"] = mlm_loss(self.text_decoder, hidden, ids, targets, denom)
         return out
 
 

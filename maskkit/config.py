@@ -1,0 +1,306 @@
+"""The experiment configuration: one frozen pydantic model, layered from data.
+
+Resolution order (later wins), each value remembering where it came from:
+
+1. ``default``  — the field defaults below (the paper's training settings);
+2. ``scale:NAME`` — ``scale=tiny`` (default: a CPU-sized model on phantoms that trains in
+   minutes) or ``scale=paper`` (no changes: ViT-B/16, SGD 5e-5, 15,000 warm-up steps);
+3. ``preset:NAME`` — a registered preset (``xlip``, ``clip``, the Table III/IV rows);
+4. ``file:PATH`` — ``config=path.yaml`` (YAML, TOML or JSON);
+5. ``cli`` — ``key=value`` arguments (value parsed as JSON, else kept as a string).
+
+Keys inside a strategy tree may skip the strategy name: ``image_mask.child_ratio=0.6`` sets
+``image_mask.union.child_ratio``. ``data=mimic`` is short for ``data.name=mimic``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import MaskkitError, close_matches
+from .model.config import ModelConfig
+
+TREES = ("image_mask", "image_only_mask", "text_mask")
+DATASETS = ("phantoms", "mimic", "padchest", "chexpert", "nih", "rsna", "covidx", "openi", "csv", "folder")
+
+
+class ConfigError(MaskkitError):
+    """A configuration key or value that does not validate."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(Strict):
+    name: str = Field("phantoms", description=f"dataset adapter: {', '.join(DATASETS)}")
+    root: str | None = Field(None, description="dataset folder (adapters that read one)")
+    path: str | None = Field(None, description="CSV file (data=csv)")
+    options: dict[str, Any] = Field(default_factory=dict, description="other adapter options, e.g. {\"views\": [\"PA\"], \"uncertain\": \"zeros\"}")
+    image_size: int | None = Field(None, ge=16, description="training resolution (default: the model's)")
+    cache: str | None = Field(None, description="a prepared cache folder (maskkit prepare) to read images from")
+    n: int = Field(2000, ge=1, description="phantoms: number of training phantoms")
+    val_n: int = Field(256, ge=0, description="phantoms: held-out phantoms for the end-of-run evaluation")
+    p_unpaired: float = Field(0.2, ge=0, le=1, description="phantoms: fraction without a report (image-only)")
+    seed: int = Field(0, description="phantoms: generator seed")
+    decode_policy: Literal["skip", "raise"] = Field("skip", description="what a corrupt image does: skipped and reported, or stops the run")
+    max_skip_fraction: float = Field(0.05, ge=0, le=1, description="stop when more than this fraction of images failed to decode")
+    ner: Literal["lexicon", "scispacy"] = Field("lexicon", description="entity backend for EntMLM")
+    ner_model: str | None = Field(None, description="scispaCy model name or path (ner=scispacy)")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+
+    @model_validator(mode="after")
+    def _known(self):
+        if self.name not in DATASETS:
+            raise ValueError(f"unknown dataset '{self.name}'{close_matches(self.name, DATASETS)}; expected one of {', '.join(DATASETS)}")
+        return self
+
+
+class TrainConfig(Strict):
+    steps: int = Field(50000, ge=1, description="optimiser steps (the paper does not give a total)")
+    batch_size: int = Field(64, ge=1, description="samples per step per process (paper: 64)")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimiser step")
+    optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (paper, momentum 0.9) or adamw")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (paper: 5e-5)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (paper: 0.9)")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule after lr_warmup_steps")
+    lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
+    warmup_steps: int = Field(15000, ge=0, description="masked-modelling-only phase before all terms train jointly (paper: 15,000)")
+    clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm (null: no clipping)")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision where the device supports it")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf losses in a row")
+    log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
+    ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept")
+    seed: int = Field(0, description="seed of model init, data order and masks")
+
+
+class ObjectivesConfig(Strict):
+    align: float = Field(1.0, ge=0, description="weight of align_loss")
+    mim: float = Field(1.0, ge=0, description="weight of mim_loss")
+    mlm: float = Field(1.0, ge=0, description="weight of mlm_loss")
+
+
+class RuntimeConfig(Strict):
+    device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    devices: int = Field(1, ge=1, description="processes (GPUs) for DistributedDataParallel; >1 launches torchrun")
+    out_dir: str = Field("runs", description="folder holding run directories")
+    name: str | None = Field(None, description="run directory name (default: preset-scale-seed)")
+    overwrite: bool = Field(False, description="allow replacing an existing run directory")
+    resume: str | None = Field(None, description="'latest' or a checkpoint path to resume from")
+    eval_zeroshot: bool = Field(True, description="print a zero-shot table on held-out data at the end")
+    progress: bool = Field(True, description="show the progress bar")
+
+
+class ExperimentConfig(Strict):
+    preset: str = Field("xlip", description="the preset this config was built from")
+    scale: Literal["tiny", "paper"] = Field("tiny", description="tiny: CPU-sized run on phantoms; paper: the paper's settings")
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="towers, decoders, prompts")
+    image_mask: Any = Field(None, description="AttMIM strategy tree for paired samples (null: no MIM)")
+    image_only_mask: Any = Field(None, description="strategy tree for image-only samples")
+    text_mask: Any = Field(None, description="EntMLM attention-mask tree (null: no MLM)")
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+    @model_validator(mode="after")
+    def _trees(self):
+        from .compose import build_strategy
+
+        for t in TREES:
+            if getattr(self.model, t) is not None:
+                raise ValueError(f"set the strategy tree at top level ({t}=...), not under model.{t}")
+            tree = getattr(self, t)
+            if tree is not None:
+                build_strategy(tree, path=t)
+        return self
+
+    def model_config_full(self) -> ModelConfig:
+        """The ModelConfig with the strategy trees filled in (what XLIP is built from)."""
+        return self.model.model_copy(update={t: getattr(self, t) for t in TREES})
+
+
+SCALES: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "model": {"arch": "maskkit-tiny", "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4},
+                  "mlm": {"layers": 2, "heads": 4}},
+        "data": {"name": "phantoms", "n": 1024, "val_n": 256},
+        "train": {"steps": 240, "batch_size": 16, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05,
+                  "lr_warmup_steps": 10, "warmup_steps": 60, "ckpt_every": 100, "log_every": 10},
+    },
+    "paper": {},
+}
+
+
+# --- layering --------------------------------------------------------------------------------
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Dotted leaf paths of nested dicts; strategy trees and ``data.options`` are leaves."""
+    out = {}
+    for k, v in d.items():
+        p = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v and p not in TREES and p != "data.options":
+            out.update(_flatten(v, p))
+        else:
+            out[p] = v
+    return out
+
+
+def _tree_set(tree: Any, keys: list[str], value: Any, where: str) -> Any:
+    """Set ``keys`` inside a strategy tree, descending through one-key {name: config} nodes."""
+    if not keys:
+        return value
+    tree = copy.deepcopy(tree)
+    node = tree
+    for i, k in enumerate(keys):
+        last = i == len(keys) - 1
+        if isinstance(node, list):
+            if not k.isdigit() or int(k) >= len(node):
+                raise ConfigError(f"{where}: '{k}' is not an index of a list of {len(node)} strategies")
+            if last:
+                node[int(k)] = value
+            else:
+                if isinstance(node[int(k)], str):
+                    node[int(k)] = {node[int(k)]: {}}
+                node = node[int(k)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"{where}: cannot set '{k}' inside {node!r}")
+        if k not in node and len(node) == 1:
+            (name, cfg), = node.items()
+            if cfg is None:
+                cfg = node[name] = {}
+            if isinstance(cfg, dict) and k != name:
+                node = cfg
+        if last:
+            node[k] = value
+        else:
+            nxt = node.get(k)
+            if isinstance(nxt, str):
+                nxt = node[k] = {nxt: {}}
+            if nxt is None:
+                nxt = node[k] = {}
+            node = nxt
+    return tree
+
+
+def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_paths: set[str]) -> None:
+    parts = path.split(".")
+    if parts[0] in TREES:
+        if len(parts) == 1:
+            cfg[parts[0]] = value
+        else:
+            if cfg.get(parts[0]) is None:
+                raise ConfigError(f"{path}: {parts[0]} is null here (preset '{cfg.get('preset')}'); set {parts[0]}=<tree> first")
+            cfg[parts[0]] = _tree_set(cfg[parts[0]], parts[1:], value, path)
+        sources[path] = source
+        return
+    if path == "data" and isinstance(value, str):
+        path, parts = "data.name", ["data", "name"]
+    if path not in valid_paths and not any(path.startswith(p + ".") for p in valid_paths if p.endswith("options")):
+        prefix_ok = any(v.startswith(path + ".") for v in valid_paths)
+        if prefix_ok and isinstance(value, dict):
+            for k, v in value.items():
+                _set(cfg, sources, f"{path}.{k}", v, source, valid_paths)
+            return
+        raise ConfigError(f"unknown key '{path}'{close_matches(path, valid_paths) or ''} (from {source})")
+    node = cfg
+    for k in parts[:-1]:
+        node = node.setdefault(k, {})
+    node[parts[-1]] = value
+    sources[path] = source
+
+
+def _merge_layer(cfg: dict, sources: dict, layer: dict, source: str, valid_paths: set[str]) -> None:
+    for path, value in _flatten(layer).items():
+        _set(cfg, sources, path, value, source, valid_paths)
+
+
+def parse_value(raw: str) -> Any:
+    """``key=value`` values: JSON when they parse (numbers, true, null, lists, objects), else the string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def load_file(path: str) -> dict:
+    from .compose import load_spec
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config: file {p} does not exist")
+    data = load_spec(p)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping of config keys at the top level")
+    return data
+
+
+def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, dict[str, str]]:
+    """Build the ExperimentConfig from ``key=value`` arguments; returns it and each key's source."""
+    from .plugins import get_registry
+
+    pairs: list[tuple[str, Any]] = []
+    if isinstance(args, dict):
+        pairs = list(args.items())
+    else:
+        for a in args:
+            if "=" not in a:
+                raise ConfigError(f"argument '{a}': expected key=value (e.g. preset=xlip train.lr=1e-4)")
+            k, v = a.split("=", 1)
+            pairs.append((k.strip(), parse_value(v)))
+    special = {k: v for k, v in pairs if k in ("preset", "scale", "config")}
+    rest = [(k, v) for k, v in pairs if k not in ("preset", "scale", "config")]
+    preset_name = special.get("preset", "xlip")
+    scale = special.get("scale", "tiny")
+    if scale not in SCALES:
+        raise ConfigError(f"scale: unknown scale '{scale}'{close_matches(str(scale), SCALES)}; expected tiny or paper")
+    preset = get_registry().preset(str(preset_name))
+    base = _defaults()
+    valid = set(_flatten(base)) | set(TREES)
+    cfg = copy.deepcopy(base)
+    sources = {p: "default" for p in _flatten(base)}
+    _merge_layer(cfg, sources, SCALES[scale], f"scale:{scale}", valid)
+    cfg["scale"], sources["scale"] = scale, "cli" if "scale" in special else "default"
+    for t in TREES:
+        cfg[t] = None
+    _merge_layer(cfg, sources, preset.config, f"preset:{preset.name}", valid)
+    cfg["preset"], sources["preset"] = preset.name, "cli" if "preset" in special else "default"
+    if "config" in special:
+        _merge_layer(cfg, sources, load_file(str(special["config"])), f"file:{special['config']}", valid)
+    for k, v in rest:
+        _set(cfg, sources, k, v, "cli", valid)
+    try:
+        config = ExperimentConfig(**cfg)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, valid)) from None
+    except MaskkitError as exc:
+        raise ConfigError(str(exc)) from None
+    return config, sources
+
+
+def _one_line(exc: ValidationError, valid: set[str]) -> str:
+    e = exc.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"].removeprefix("Value error, ")
+    got = e.get("input")
+    got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+    if e["type"] == "extra_forbidden":
+        return f"unknown key '{loc}'{close_matches(loc, valid) or ''}"
+    return f"{loc}: {msg}{got_s}" if loc else f"{msg}"
+
+
+def _defaults() -> dict:
+    return ExperimentConfig.model_validate({}).model_dump(mode="json")
+
+
+def flat_items(config: ExperimentConfig) -> dict[str, Any]:
+    """Every resolved key with its value (trees as one value)."""
+    return _flatten(config.model_dump(mode="json"))
