@@ -218,8 +218,20 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
     sources[path] = source
 
 
+def _deep_merge(base: Any, new: Any) -> Any:
+    if isinstance(base, dict) and isinstance(new, dict):
+        out = dict(base)
+        for k, v in new.items():
+            out[k] = _deep_merge(base.get(k), v) if k in base else v
+        return out
+    return new
+
+
 def _merge_layer(cfg: dict, sources: dict, layer: dict, source: str, valid_paths: set[str]) -> None:
     for path, value in _flatten(layer).items():
+        old = cfg.get(path) if path in TREES else None
+        if isinstance(old, dict) and isinstance(value, dict) and len(old) == len(value) == 1 and old.keys() == value.keys():
+            value = _deep_merge(old, value)  # same strategy at the root: a file may change only some keys
         _set(cfg, sources, path, value, source, valid_paths)
 
 

@@ -386,6 +386,8 @@ def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=
                     txt += "  [warm-up]"
                 progress.update(task, completed=step, info=txt)
                 if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    if cfg.runtime.progress and not console.is_terminal:  # logs piped to a file (SLURM): plain lines
+                        console.print(f"step {step}/{cfg.train.steps} {txt}", highlight=False)
                     line = {"step": step, **logged, "lr": sched.get_last_lr()[0], "samples_per_s": rate,
                             "warmup": "align" not in terms, "epoch": epoch, "time": time.time()}
                     metrics_f.write(json.dumps(line) + "\n")

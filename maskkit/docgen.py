@@ -1,0 +1,150 @@
+"""Generate docs/config.md and docs/cli.md from the pydantic models and the typer app.
+
+    python -m maskkit.docgen          # rewrite both files
+    python -m maskkit.docgen --check  # exit 1 if they are out of date (the test suite does this)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import typing
+from pathlib import Path
+
+from pydantic import BaseModel
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def _type_name(ann) -> str:
+    s = str(ann).replace("typing.", "")
+    for a, b in (("<class '", ""), ("'>", ""), ("NoneType", "null"), ("Literal", "one of ")):
+        s = s.replace(a, b)
+    return s
+
+
+def _rows(model: type[BaseModel], prefix: str, defaults: dict, tiny: dict):
+    for name, f in model.model_fields.items():
+        key = f"{prefix}{name}"
+        ann = f.annotation
+        sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        if prefix == "model." and name in ("image_mask", "image_only_mask", "text_mask"):
+            continue  # set at top level; ExperimentConfig refuses them under model.
+        if sub is not None:
+            yield from _rows(sub, key + ".", defaults.get(name, {}), tiny.get(name, {}) if isinstance(tiny, dict) else {})
+            continue
+        d = defaults.get(name)
+        t = tiny.get(name, "") if isinstance(tiny, dict) else ""
+        yield key, _type_name(ann), json.dumps(d), "" if t == "" else json.dumps(t), (f.description or "").replace("|", "\\|")
+
+
+def config_markdown() -> str:
+    from .config import SCALES, ExperimentConfig, _defaults
+
+    lines = [
+        "# Configuration keys",
+        "",
+        "Generated from the pydantic models by `python -m maskkit.docgen`; a test fails when this file",
+        "drifts from the code. Set any key on the command line (`maskkit run train.lr=1e-4`), in a",
+        "config file (`config=run.yaml`), or in a preset. Resolution order: default → scale → preset →",
+        "file → command line; `maskkit config show ...` prints every value with its source.",
+        "",
+        "Shorthands: `data=mimic` is `data.name=mimic`; inside a strategy tree the strategy name may be",
+        "skipped (`image_mask.child_ratio=0.6` sets `image_mask.union.child_ratio`); list items are",
+        "addressed by index (`image_mask.of.0.ratio=0.5`).",
+        "",
+        "| key | type | default (`scale=paper`) | `scale=tiny` | description |",
+        "|---|---|---|---|---|",
+    ]
+    for key, typ, d, t, desc in _rows(ExperimentConfig, "", _defaults(), SCALES["tiny"]):
+        typ = typ.replace("|", "\\|")
+        tiny_cell = f"`{t}`" if t else ""
+        lines.append(f"| `{key}` | {typ} | `{d}` | {tiny_cell} | {desc} |")
+    lines += ["", "The strategy trees (`image_mask`, `image_only_mask`, `text_mask`) use the composition",
+              "format of `docs/composition.md`; their defaults come from the preset (`maskkit presets`).", ""]
+    return "\n".join(lines)
+
+
+def cli_markdown() -> str:
+    import typer.main
+
+    from .cli import app
+
+    root = typer.main.get_command(app)
+    lines = [
+        "# Command line",
+        "",
+        "Generated from the typer app by `python -m maskkit.docgen`; a test fails when this file drifts.",
+        "Every command prints a one-line error and exits 2 on bad input; `maskkit --debug COMMAND ...`",
+        "shows the traceback instead.",
+        "",
+    ]
+
+    def walk(cmd, path: list[str]):
+        if hasattr(cmd, "commands"):
+            for name in sorted(cmd.commands):
+                yield from walk(cmd.commands[name], path + [name])
+        else:
+            yield path, cmd
+
+    for path, cmd in walk(root, []):
+        lines.append(f"## `maskkit {' '.join(path)}`")
+        lines.append("")
+        lines.append((cmd.help or "").strip().split("\n\n")[0])
+        lines.append("")
+        params = [p for p in cmd.params if p.name != "help"]
+        if params:
+            lines.append("| argument / option | default | help |")
+            lines.append("|---|---|---|")
+            for p in params:
+                is_arg = getattr(p, "param_type_name", "") == "argument"
+                if is_arg:
+                    name = p.name.upper()
+                    name += " ..." if p.nargs == -1 else ""
+                else:
+                    name = ", ".join(p.opts)
+                default = "" if is_arg or p.default in (None, (), []) or callable(p.default) else json.dumps(p.default)
+                help_ = (getattr(p, "help", None) or "").replace("|", "\\|")
+                lines.append(f"| `{name}` | {default} | {help_} |")
+            lines.append("")
+    lines += _cli_examples()
+    return "\n".join(lines)
+
+
+def _cli_examples() -> list[str]:
+    return [
+        "## Examples",
+        "",
+        "```bash",
+        "maskkit run preset=xlip                                   # tiny CPU run on phantoms, < 5 min",
+        "maskkit run preset=t3_attmim train.seed=1 runtime.name=attmim-s1",
+        "maskkit run preset=xlip scale=paper data=mimic data.root=/data/mimic-cxr-jpg runtime.devices=8",
+        "maskkit run preset=xlip runtime.resume=latest             # continue the run in runs/xlip-tiny-seed0",
+        "maskkit config show preset=xlip image_mask.child_ratio=0.6",
+        "maskkit strategies 'report*'",
+        "maskkit compose xlip --role text_mask",
+        "maskkit phantoms --n 2000 --out /data/phantoms",
+        "maskkit prepare nih --option root=/data/nih --out /data/cache/nih224 --size 224",
+        "```",
+        "",
+    ]
+
+
+def main() -> int:
+    check = "--check" in sys.argv
+    stale = []
+    for name, text in (("config.md", config_markdown()), ("cli.md", cli_markdown())):
+        path = DOCS / name
+        if check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                stale.append(name)
+        else:
+            path.write_text(text, encoding="utf-8")
+    if stale:
+        print(f"out of date: {', '.join(stale)}; run python -m maskkit.docgen", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
