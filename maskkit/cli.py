@@ -219,6 +219,159 @@ def config_show_cmd(
     console.print(table)
 
 
+eval_app = typer.Typer(help="Evaluate checkpoints: zero-shot, fine-tuning, mask-lesion overlap.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+def _eval_data(model, args: list[str], split: str = "val"):
+    """The evaluation dataset from data.* settings (default: held-out phantoms)."""
+    from .config import resolve
+    from .train import build_datasets
+
+    cfg, _ = resolve([a for a in args if a.startswith("data")] + ["preset=clip"])
+    train_ds, val_ds, names = build_datasets(cfg, model.image_size)
+    ds = val_ds if split == "val" else train_ds
+    if ds is None or len(ds) == 0:
+        raise MaskkitError("the evaluation split is empty; set data.val_n (phantoms) or use a larger dataset")
+    return ds, names, cfg
+
+
+@eval_app.command("zeroshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_zeroshot_cmd(
+    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings"),
+    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
+    out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
+) -> None:
+    """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
+    from .eval.zeroshot import zeroshot_eval
+    from .io import atomic_write_text
+    from .train import load_model
+
+    paths = [c for c in checkpoints if "=" not in c]
+    args = [c for c in checkpoints if "=" in c]
+    models = [load_model(p)[0] for p in paths]
+    ds, names, _ = _eval_data(models[0], args)
+    res = zeroshot_eval(models, ds, names, n_boot=bootstrap)
+    console.print(res.table(title=f"zero-shot ({len(models)} checkpoint{'s' if len(models) > 1 else ''}, {res.n} images)"))
+    if out:
+        atomic_write_text(out, json.dumps(res.to_json(), indent=2))
+
+
+@eval_app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_finetune_cmd(
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings"),
+    mode: str = typer.Option("probe", help="probe (encoder frozen) or finetune (encoder trained too)"),
+    splits: Optional[str] = typer.Option(None, help="folder of split files to use or create (default: OUT/splits)"),
+    out: str = typer.Option("finetune", help="output folder"),
+    epochs: int = typer.Option(20, min=1),
+    lr: float = typer.Option(1e-3),
+    seed: int = typer.Option(0, help="split and training seed"),
+) -> None:
+    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files."""
+    from pathlib import Path
+
+    from rich.table import Table as RTable
+
+    from .eval.finetune import make_splits, read_splits, run_finetune, write_splits
+    from .io import atomic_write_text
+    from .train import load_model
+
+    paths = [c for c in checkpoint if "=" not in c]
+    if len(paths) != 1:
+        raise MaskkitError("eval finetune takes one checkpoint")
+    model, _ = load_model(paths[0])
+    ds, names, cfg = _eval_data(model, [c for c in checkpoint if "=" in c], split="train")
+    folder = Path(splits) if splits else Path(out) / "splits"
+    if (folder / "test.json").is_file():
+        sp = read_splits(folder)
+    else:
+        ids = [ds[i]["id"] for i in range(len(ds))] if not hasattr(ds, "table") else [r.id for r in ds.table.records]
+        pats = [None] * len(ids) if not hasattr(ds, "table") else [r.patient_id for r in ds.table.records]
+        sp = make_splits(ids, pats, seed=seed)
+        write_splits(sp, folder)
+    results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
+    t = RTable(title=f"{mode} on {sp['test']['n']} test images (splits {folder})")
+    t.add_column("labels")
+    t.add_column("train images", justify="right")
+    for n in names:
+        t.add_column(n, justify="right")
+    t.add_column("mean AUC", justify="right")
+    for r in results:
+        t.add_row(r.fraction, str(r.n_train), *["-" if r.auc[n] is None else f"{r.auc[n]:.3f}" for n in names],
+                  "-" if r.mean_auc is None else f"{r.mean_auc:.3f}")
+    console.print(t)
+    atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
+
+
+@eval_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def eval_masks_cmd(
+    checkpoint: str = typer.Argument(..., help="a run directory or checkpoint file"),
+    n: int = typer.Option(256, help="held-out phantoms"),
+    ratio: float = typer.Option(0.75, min=0.0, max=1.0, help="final mask ratio"),
+    seeds: int = typer.Option(3, help="seeds averaged for random strategies"),
+    lesion_threshold: float = typer.Option(0.1, help="fraction of a patch's pixels that makes it a lesion token"),
+    out: Optional[str] = typer.Option(None, help="folder for masks.csv / masks.md / masks.json"),
+) -> None:
+    """Mask-lesion overlap on held-out phantoms for every strategy, reduction, subset mode and λ1."""
+    from pathlib import Path
+
+    from rich.table import Table as RTable
+
+    from .data.dataset import PhantomDataset
+    from .eval.masks import default_grid, evaluate_masks, extract
+    from .io import atomic_write_text
+    from .train import load_model
+
+    model, cfg = load_model(checkpoint)
+    ds = PhantomDataset(n, cfg.data.seed, model.image_size, offset=20_000_000, p_unpaired=0.0)
+    rows = evaluate_masks(extract(model, ds, lesion_threshold), default_grid(ratio), seeds)
+    t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {n} held-out phantoms (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
+    cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage"]
+    t.add_column("strategy")
+    for c in cols:
+        t.add_column(c.replace("_", " "), justify="right")
+    for r in rows:
+        t.add_row(r["strategy"], *[f"{r[c]:.3f}" if c in r else "" for c in cols])
+    console.print(t)
+    if out:
+        o = Path(out)
+        atomic_write_text(o / "masks.json", json.dumps(rows, indent=1))
+        md = ["| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        md += ["| " + r["strategy"] + " | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |" for r in rows]
+        atomic_write_text(o / "masks.md", "\n".join(md) + "\n")
+
+
+@app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sweep_cmd(
+    spec: list[str] = typer.Argument(None, help="a built-in sweep (table3, table4, fig6, fig7) or a YAML file, then key=value settings for every run"),
+    presets: Optional[str] = typer.Option(None, help="comma-separated presets (instead of a sweep file)"),
+    grid: list[str] = typer.Option([], "--grid", help="KEY=v1,v2,... (repeatable): a grid of overrides"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's)"),
+    out: str = typer.Option("sweeps", help="sweep folder (resumable: finished runs are kept)"),
+) -> None:
+    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png."""
+    from pathlib import Path
+
+    from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep
+
+    names = [s for s in (spec or []) if "=" not in s]
+    extra = [s for s in (spec or []) if "=" in s]
+    if names:
+        sp = load_sweep(names[0])
+        out_dir = Path(out) / Path(names[0]).stem if out == "sweeps" else Path(out)
+    else:
+        if not presets and not grid:
+            raise MaskkitError("maskkit sweep needs a sweep name/file, --presets or --grid")
+        sp = SweepSpec((presets or "xlip").split(","))
+        out_dir = Path(out)
+    if grid:
+        sp.grid.update(parse_grid(grid))
+    if seeds:
+        sp.seeds = [int(x) for x in seeds.split(",")]
+    run_sweep(sp, out_dir, extra, console=err_console)
+    console.print((out_dir / "results.md").read_text(), highlight=False)
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -410,7 +410,8 @@ def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=
     if cfg.runtime.eval_zeroshot and val_ds is not None and info.main:
         from .eval.zeroshot import zeroshot_eval
 
-        result.zeroshot = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32))
+        result.zeroshot = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32),
+                                        n_boot=200)
         atomic_write_text(out / "zeroshot.json", json.dumps(result.zeroshot.to_json(), indent=2))
     if info.enabled:
         torch.distributed.barrier()
@@ -431,3 +432,25 @@ def _tensorboard(out: Path):
     except Exception:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tensorboard"))
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(XLIP model in eval mode, its ExperimentConfig) from a run directory (latest checkpoint)
+    or a checkpoint file; loaded with ``weights_only``."""
+    from .model import XLIP
+
+    p = Path(path)
+    if p.is_dir():
+        cks = sorted((p / "checkpoints").glob("step_*.pt"))
+        if not cks:
+            raise MaskkitError(f"{p}: no checkpoint in {p / 'checkpoints'}; is it a maskkit run directory?")
+        p = cks[-1]
+    if not p.is_file():
+        raise MaskkitError(f"checkpoint {p} does not exist")
+    ck = load_checkpoint(p)
+    if "config" not in ck or "model" not in ck:
+        raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
+    cfg = ExperimentConfig.model_validate(json.loads(ck["config"]))
+    model = XLIP(cfg.model_config_full())
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg

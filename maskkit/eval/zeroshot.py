@@ -1,59 +1,47 @@
-"""Zero-shot classification, CheXzero-style: a positive and a negative prompt per label.
+"""Zero-shot classification, the CheXzero protocol.
 
-probability(label) = softmax over (cos(image, positive), cos(image, negative)); per-label AUC
-from scikit-learn. Labels with no positives or no negatives in the evaluation set are reported
-as undefined and left out of the mean, never averaged as NaN.
+For each label a positive and a negative prompt (templates ``"{label}"`` / ``"no {label}"`` by
+default; several templates are averaged after L2 normalisation); the probability of the label is
+the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and ACC with
+bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
+positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
+threshold is tuned on the evaluation set. Labels with no positives or no negatives are reported
+as undefined and left out of every mean. ``No Finding`` has its own prompt pair, since
+"no No Finding" inverts the label (a CheXzero pitfall). Several checkpoints average their
+probabilities (the paper's "+ Ensemble").
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-# "no No Finding" inverts the label (a known CheXzero pitfall): No Finding gets its own pair
-SPECIAL_PROMPTS = {"No Finding": ("no acute cardiopulmonary abnormality", "acute cardiopulmonary abnormality")}
+POSITIVE = ("{label}",)
+NEGATIVE = ("no {label}",)
+SPECIAL_PROMPTS = {"No Finding": (("no acute cardiopulmonary abnormality", "no finding"),
+                                  ("acute cardiopulmonary abnormality", "abnormal finding"))}
+METRICS = ("auc", "f1", "acc")
 
 
-def prompt_pair(label: str, positive: str = "{label}", negative: str = "no {label}") -> tuple[str, str]:
+def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE) -> tuple[list[str], list[str]]:
+    """(positive prompts, negative prompts) of a label."""
     if label in SPECIAL_PROMPTS:
-        return SPECIAL_PROMPTS[label]
+        pos, neg = SPECIAL_PROMPTS[label]
+        return list(pos), list(neg)
     name = label.replace("_", " ").lower()
-    return positive.format(label=name), negative.format(label=name)
+    return [t.format(label=name) for t in positive], [t.format(label=name) for t in negative]
 
 
-@dataclass
-class ZeroShotResult:
-    labels: list[str]
-    auc: dict[str, float | None]
-    n_pos: dict[str, int]
-    n: int
-    undefined: list[str] = field(default_factory=list)
-
-    @property
-    def mean_auc(self) -> float | None:
-        vals = [v for v in self.auc.values() if v is not None]
-        return float(np.mean(vals)) if vals else None
-
-    def to_json(self) -> dict:
-        return {"n": self.n, "mean_auc": self.mean_auc, "auc": self.auc, "n_pos": self.n_pos, "undefined": self.undefined}
-
-    def table(self):
-        from rich.table import Table
-
-        t = Table(title=f"zero-shot on {self.n} held-out images")
-        t.add_column("label")
-        t.add_column("positives", justify="right")
-        t.add_column("AUC", justify="right")
-        for lab in self.labels:
-            a = self.auc[lab]
-            t.add_row(lab, str(self.n_pos[lab]), "undefined" if a is None else f"{a:.3f}")
-        m = self.mean_auc
-        t.add_row("[bold]mean[/]", "", "undefined" if m is None else f"[bold]{m:.3f}[/]")
-        return t
+@torch.no_grad()
+def text_embeddings(model, prompts: list[str], device) -> torch.Tensor:
+    """Mean of L2-normalised prompt embeddings, re-normalised: ``[C]``."""
+    enc = model.tokenizer(prompts)
+    pooled, _ = model.encode_text(enc.ids.to(device))
+    e = F.normalize(pooled.float(), dim=-1).mean(0)
+    return F.normalize(e, dim=-1).cpu()
 
 
 @torch.no_grad()
@@ -66,33 +54,113 @@ def encode_images(model, dataset, device, batch_size: int = 64) -> tuple[torch.T
         items = [s for s in items if "skipped" not in s]
         if not items:
             continue
-        imgs = torch.stack([s["image"] for s in items]).to(device)
-        pooled, _ = model.encode_image(imgs)
+        pooled, _ = model.encode_image(torch.stack([s["image"] for s in items]).to(device))
         feats.append(F.normalize(pooled.float(), dim=-1).cpu())
         labels.append(torch.stack([s["labels"] for s in items]).float())
     return torch.cat(feats), torch.cat(labels)
 
 
 @torch.no_grad()
-def zeroshot_eval(model, dataset, label_names, device="cpu", batch_size: int = 64) -> ZeroShotResult:
-    from sklearn.metrics import roc_auc_score
+def probabilities(model, images: torch.Tensor, label_names, device="cpu", positive=POSITIVE, negative=NEGATIVE) -> np.ndarray:
+    """``[M, K]`` probability of each label: softmax over (cos to positive, cos to negative)."""
+    cols = []
+    for lab in label_names:
+        pos, neg = prompt_pair(lab, positive, negative)
+        tp, tn = text_embeddings(model, pos, device), text_embeddings(model, neg, device)
+        sims = torch.stack([images @ tp, images @ tn], -1)
+        cols.append(sims.softmax(-1)[:, 0])
+    return torch.stack(cols, 1).numpy()
 
-    img, y = encode_images(model, dataset, device, batch_size)
-    pairs = [prompt_pair(l) for l in label_names]
-    enc = model.tokenizer([p for pair in pairs for p in pair])
-    pooled, _ = model.encode_text(enc.ids.to(device))
-    txt = F.normalize(pooled.float(), dim=-1).cpu().view(len(label_names), 2, -1)
-    sims = torch.einsum("mc,kpc->mkp", img, txt)  # [M, K, 2]
-    prob = sims.softmax(-1)[..., 0].numpy()
-    auc, n_pos, undefined = {}, {}, []
+
+def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    """AUC (scikit-learn), F1 and ACC at ``threshold`` for one label (no NaN in ``y``)."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    pred = (p >= threshold).astype(int)
+    return {"auc": float(roc_auc_score(y, p)), "f1": float(f1_score(y, pred, zero_division=0)),
+            "acc": float(accuracy_score(y, pred))}
+
+
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+    """Percentile 95% intervals from ``n_boot`` resamples of the images (with replacement);
+    resamples with a single class are redrawn-free skipped (their AUC is undefined)."""
+    rng = np.random.default_rng(seed)
+    vals = {m: [] for m in METRICS}
+    n = len(y)
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        yb = y[idx]
+        if yb.min() == yb.max():
+            continue
+        for m, v in point_metrics(yb, p[idx], threshold).items():
+            vals[m].append(v)
+    return {m: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v else (float("nan"), float("nan"))
+            for m, v in vals.items()}
+
+
+@dataclass
+class ZeroShotResult:
+    labels: list[str]
+    per_label: dict[str, dict | None]   # label -> {auc, f1, acc, ci: {metric: (lo, hi)}, n_pos, n} or None
+    n: int
+    undefined: list[str] = field(default_factory=list)
+
+    def mean(self, metric: str = "auc") -> float | None:
+        vals = [r[metric] for r in self.per_label.values() if r is not None]
+        return float(np.mean(vals)) if vals else None
+
+    @property
+    def mean_auc(self) -> float | None:
+        return self.mean("auc")
+
+    def to_json(self) -> dict:
+        return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
+                "undefined": self.undefined, "threshold": 0.5}
+
+    def table(self, title: str | None = None):
+        from rich.table import Table
+
+        t = Table(title=title or f"zero-shot on {self.n} held-out images (95% bootstrap CI)")
+        for c in ("label", "positives", "AUC", "F1", "ACC"):
+            t.add_column(c, justify="left" if c == "label" else "right")
+        for lab in self.labels:
+            r = self.per_label[lab]
+            if r is None:
+                t.add_row(lab, "-", "undefined", "undefined", "undefined")
+                continue
+            cells = [f"{r[m]:.3f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]" if "ci" in r else f"{r[m]:.3f}" for m in METRICS]
+            t.add_row(lab, f"{r['n_pos']}/{r['n']}", *cells)
+        means = [self.mean(m) for m in METRICS]
+        t.add_row("[bold]mean[/]", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
+        return t
+
+
+def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed: int = 0) -> ZeroShotResult:
+    """Metrics of probabilities ``[M, K]`` against labels ``[M, K]`` (NaN = unknown, ignored)."""
+    per, undefined = {}, []
     for k, lab in enumerate(label_names):
-        yk = y[:, k].numpy()
-        known = ~np.isnan(yk)
-        pos = int((yk[known] == 1).sum())
-        n_pos[lab] = pos
-        if pos == 0 or pos == int(known.sum()):
-            auc[lab] = None
+        known = ~np.isnan(y[:, k])
+        yk, pk = y[known, k].astype(int), prob[known, k]
+        pos = int(yk.sum())
+        if pos == 0 or pos == len(yk):
+            per[lab] = None
             undefined.append(lab)
             continue
-        auc[lab] = float(roc_auc_score(yk[known], prob[known, k]))
-    return ZeroShotResult(list(label_names), auc, n_pos, int(img.shape[0]), undefined)
+        r = point_metrics(yk, pk)
+        if n_boot:
+            r["ci"] = bootstrap_ci(yk, pk, n_boot, seed + k)
+        r["n_pos"], r["n"] = pos, int(len(yk))
+        per[lab] = r
+    return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined)
+
+
+@torch.no_grad()
+def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 64, n_boot: int = 1000,
+                  positive=POSITIVE, negative=NEGATIVE) -> ZeroShotResult:
+    """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset."""
+    models = models if isinstance(models, (list, tuple)) else [models]
+    probs, y = [], None
+    for m in models:
+        img, y = encode_images(m, dataset, device, batch_size)
+        probs.append(probabilities(m, img, label_names, device, positive, negative))
+    return score(y.numpy(), np.mean(probs, 0), label_names, n_boot)

@@ -1,0 +1,167 @@
+"""Fine-tuning and linear probing of the image encoder at 1%, 10% and 100% of the labels.
+
+Splits are patient-level, seeded, nested (the 1% set is inside the 10% set, inside 100%) and
+stored as JSON files with a SHA-256 checksum of their ids, so every method is compared on the
+same images. Multi-label BCE (unknown labels masked out); AUC per label and mean on the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import MaskkitError
+from ..io import atomic_write_text
+
+
+def checksum(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def make_splits(ids: list[str], patients: list[str | None], seed: int = 0, test_fraction: float = 0.2,
+                fractions: tuple[float, ...] = (0.01, 0.1, 1.0)) -> dict[str, dict]:
+    """Patient-level splits: ``test`` and nested ``train_{pct}`` sets. Deterministic in ``seed``."""
+    pats = sorted({p or i for p, i in zip(patients, ids)})
+    rng = np.random.default_rng(seed)
+    order = [pats[i] for i in rng.permutation(len(pats))]
+    n_test = max(1, round(test_fraction * len(order)))
+    test_p, pool = set(order[:n_test]), order[n_test:]
+    by_patient: dict[str, list[str]] = {}
+    for p, i in zip(patients, ids):
+        by_patient.setdefault(p or i, []).append(i)
+    out = {"test": sorted(i for p in test_p for i in by_patient[p])}
+    for f in fractions:
+        k = max(1, math.ceil(f * len(pool)))
+        out[f"train_{f:g}"] = sorted(i for p in pool[:k] for i in by_patient[p])
+    return {name: {"ids": v, "n": len(v), "seed": seed, "sha256": checksum(v)} for name, v in out.items()}
+
+
+def write_splits(splits: dict, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, s in splits.items():
+        atomic_write_text(folder / f"{name}.json", json.dumps(s, indent=1))
+
+
+def read_splits(folder: Path) -> dict:
+    out = {}
+    for f in sorted(folder.glob("*.json")):
+        s = json.loads(f.read_text())
+        if checksum(s["ids"]) != s["sha256"]:
+            raise MaskkitError(f"{f}: ids do not match their sha256; the split file was edited")
+        out[f.stem] = s
+    if "test" not in out:
+        raise MaskkitError(f"{folder}: no test.json split")
+    return out
+
+
+@dataclass
+class FinetuneResult:
+    fraction: str
+    mode: str
+    auc: dict[str, float | None]
+    n_train: int
+    sha256: str
+
+    @property
+    def mean_auc(self) -> float | None:
+        v = [a for a in self.auc.values() if a is not None]
+        return float(np.mean(v)) if v else None
+
+
+def masked_bce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    known = ~torch.isnan(y)
+    return F.binary_cross_entropy_with_logits(logits[known], y[known])
+
+
+def _auc(y: np.ndarray, s: np.ndarray, names) -> dict[str, float | None]:
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for k, n in enumerate(names):
+        known = ~np.isnan(y[:, k])
+        yk = y[known, k]
+        out[n] = float(roc_auc_score(yk, s[known, k])) if 0 < yk.sum() < len(yk) else None
+    return out
+
+
+def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
+                 batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
+    """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split."""
+    import copy
+
+    if mode not in ("probe", "finetune"):
+        raise MaskkitError(f"finetune.mode: '{mode}' is not a mode; expected probe or finetune")
+    index = {r.id if hasattr(r, "id") else None: i for i, r in enumerate(getattr(getattr(dataset, "table", None), "records", []))}
+    if not index:
+        index = {dataset[i]["id"]: i for i in range(len(dataset))}
+
+    def rows(ids):
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise MaskkitError(f"split id '{missing[0]}' is not in the dataset ({len(missing)} missing)")
+        return [index[i] for i in ids]
+
+    def load(idx):
+        items = [dataset[i] for i in idx]
+        items = [s for s in items if "skipped" not in s]
+        return torch.stack([s["image"] for s in items]), torch.stack([s["labels"] for s in items]).float()
+
+    @torch.no_grad()
+    def features(m, idx):
+        feats, ys = [], []
+        for s in range(0, len(idx), 64):
+            x, y = load(idx[s:s + 64])
+            feats.append(m.encode_image(x.to(device))[0].float().cpu())
+            ys.append(y)
+        return torch.cat(feats), torch.cat(ys)
+
+    test_idx = rows(splits["test"]["ids"])
+    results = []
+    for name in sorted(k for k in splits if k.startswith("train_")):
+        torch.manual_seed(seed)
+        m = copy.deepcopy(model).to(device)
+        head = nn.Linear(m.embed_dim, len(label_names)).to(device)
+        tr_idx = rows(splits[name]["ids"])
+        if mode == "probe":
+            m.eval()
+            xtr, ytr = features(m, tr_idx)
+            opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(epochs):
+                perm = torch.randperm(len(xtr), generator=g)
+                for s in range(0, len(perm), batch_size):
+                    b = perm[s:s + batch_size]
+                    loss = masked_bce(head(xtr[b].to(device)), ytr[b].to(device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            xte, yte = features(m, test_idx)
+            scores = head(xte.to(device)).detach().cpu()
+        else:
+            params = list(m.clip.visual.parameters()) + list(head.parameters())
+            opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+            g = torch.Generator().manual_seed(seed)
+            for _ in range(epochs):
+                m.train()
+                perm = torch.randperm(len(tr_idx), generator=g).tolist()
+                for s in range(0, len(perm), batch_size):
+                    x, y = load([tr_idx[j] for j in perm[s:s + batch_size]])
+                    loss = masked_bce(head(m.encode_image(x.to(device))[0]), y.to(device))
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+            m.eval()
+            with torch.no_grad():
+                xte, yte = features(m, test_idx)
+                scores = head(xte.to(device)).cpu()
+        results.append(FinetuneResult(name.removeprefix("train_"), mode, _auc(yte.numpy(), scores.numpy(), label_names),
+                                      len(tr_idx), splits[name]["sha256"]))
+    return results

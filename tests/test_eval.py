@@ -1,0 +1,116 @@
+"""Evaluation: zero-shot metrics and bootstrap, split files, mask-lesion overlap, sweeps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from maskkit.eval.finetune import checksum, make_splits, read_splits, write_splits
+from maskkit.eval.masks import Features, measure
+from maskkit.eval.zeroshot import bootstrap_ci, point_metrics, prompt_pair, score
+from maskkit.compose import build_strategy
+
+
+def test_point_metrics_hand_computed():
+    y = np.array([1, 0, 0, 1])
+    p = np.array([0.6, 0.4, 0.7, 0.2])
+    m = point_metrics(y, p)
+    # predictions at 0.5: [1, 0, 1, 0] -> TP 1, FP 1, FN 1, TN 1
+    assert m["f1"] == pytest.approx(0.5) and m["acc"] == pytest.approx(0.5)
+    # AUC: pairs (pos, neg): (0.6 > 0.4) (0.6 < 0.7) (0.2 < 0.4) (0.2 < 0.7) -> 1/4
+    assert m["auc"] == pytest.approx(0.25)
+
+
+def test_bootstrap_hand_computed():
+    y = np.array([0, 0, 1, 1])
+    p = np.array([0.1, 0.2, 0.8, 0.9])  # perfectly separated: every resample has AUC = F1 = ACC = 1
+    ci = bootstrap_ci(y, p, n_boot=200, seed=0)
+    assert ci == {"auc": (1.0, 1.0), "f1": (1.0, 1.0), "acc": (1.0, 1.0)}
+    # the interval brackets the point estimate on noisy data, and is reproducible
+    rng = np.random.default_rng(1)
+    y2 = rng.integers(0, 2, 200)
+    p2 = np.clip(y2 * 0.3 + rng.random(200) * 0.7, 0, 1)
+    a, b = bootstrap_ci(y2, p2, 300, seed=3), bootstrap_ci(y2, p2, 300, seed=3)
+    auc = point_metrics(y2, p2)["auc"]
+    assert a == b and a["auc"][0] < auc < a["auc"][1]
+
+
+def test_undefined_labels_stay_out_of_the_mean():
+    y = np.array([[1, 0, np.nan], [0, 0, 1], [1, 0, np.nan], [0, 0, 0]])
+    p = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.9], [0.8, 0.2, 0.5], [0.1, 0.4, 0.1]])
+    r = score(y, p, ["a", "b", "c"], n_boot=0)
+    assert r.per_label["b"] is None and r.undefined == ["b"]
+    assert r.per_label["c"]["n"] == 2  # NaN labels ignored
+    assert r.mean("auc") == pytest.approx(1.0) and not np.isnan(r.mean("auc"))
+
+
+def test_no_finding_has_its_own_prompts():
+    pos, neg = prompt_pair("No Finding")
+    assert not any("no no finding" in t.lower() for t in pos + neg)
+    assert prompt_pair("Pleural Effusion") == (["pleural effusion"], ["no pleural effusion"])
+
+
+def test_splits_are_deterministic_patient_level_and_nested(tmp_path):
+    ids = [f"img{i}" for i in range(400)]
+    pats = [f"p{i // 3}" for i in range(400)]
+    a, b = make_splits(ids, pats, seed=5), make_splits(ids, pats, seed=5)
+    assert a == b and make_splits(ids, pats, seed=6)["test"]["ids"] != a["test"]["ids"]
+    pat = dict(zip(ids, pats))
+    test_p = {pat[i] for i in a["test"]["ids"]}
+    for name in ("train_0.01", "train_0.1", "train_1"):
+        assert not {pat[i] for i in a[name]["ids"]} & test_p
+    assert set(a["train_0.01"]["ids"]) <= set(a["train_0.1"]["ids"]) <= set(a["train_1"]["ids"])
+    assert a["train_0.01"]["sha256"] == checksum(a["train_0.01"]["ids"])
+    write_splits(a, tmp_path)
+    assert read_splits(tmp_path) == a
+    s = json.loads((tmp_path / "test.json").read_text())
+    s["ids"] = s["ids"][1:]
+    (tmp_path / "test.json").write_text(json.dumps(s))
+    with pytest.raises(Exception, match="do not match their sha256"):
+        read_splits(tmp_path)
+
+
+def _features(M=40, N=16, D=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lesion = torch.zeros(M, N, dtype=torch.bool)
+    lesion[:, :4] = True  # 4 of 16 tokens: base rate 0.25
+    img = torch.randn(M, N, D, generator=g) * 0.1
+    img[lesion] += torch.tensor([3.0] + [0.0] * (D - 1))  # lesion tokens point along e1
+    rep = torch.zeros(M, 3, D)
+    rep[:, :, 0] = 1.0  # the report "mentions" e1
+    return Features(img, rep, torch.ones(M, 3, dtype=torch.bool), torch.randn(14, D, generator=g), None, lesion)
+
+
+def test_measure_random_and_perfect_guidance():
+    f = _features()
+    r = measure(build_strategy({"random": {"ratio": 0.5}}), f, seed=0)
+    assert r["lesion_visible"] == pytest.approx(0.5, abs=0.08) and r["lift"] == pytest.approx(1.0, abs=0.15)
+    guided = measure(build_strategy({"report_cross": {"ratio": 0.25, "reduction": "max_sim"}}), f)
+    assert guided["lesion_visible"] == 0.0 and guided["masked_on_lesion"] == 1.0 and guided["lift"] == pytest.approx(4.0)
+    u = measure(build_strategy({"union": {"of": ["report_cross", "image_self"], "child_ratio": 0.5, "ratio": 0.5}}), f)
+    assert 0.5 <= u["union_coverage"] <= 1.0
+
+
+def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
+    from maskkit.sweep import SweepSpec, run_sweep
+
+    small = ["data.n=16", "data.val_n=16", "train.steps=2", "train.batch_size=4", "train.warmup_steps=1",
+             "runtime.progress=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1",
+             "model.mim.decoder_heads=2"]
+    spec = SweepSpec(["t3_attmim"], {"image_mask.child_ratio": [0.5, 0.7]}, [0], small, "test")
+    rows = run_sweep(spec, tmp_path)
+    assert len(rows) == 2 and all(r["auc"] is not None for r in rows)
+    runs = sorted((tmp_path / "runs").iterdir())
+    stamps = {p: (p / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns for p in runs}
+    # interrupt one run: drop its done marker and its final checkpoint, keep an earlier one
+    victim = runs[0]
+    (victim / "done.json").unlink()
+    rows2 = run_sweep(spec, tmp_path)
+    assert (runs[1] / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns == stamps[runs[1]]  # not redone
+    assert (victim / "done.json").is_file() and len(rows2) == 2
+    text = (tmp_path / "results.md").read_text()
+    assert "| t3_attmim | 0.5 | 1 |" in text and (tmp_path / "results.png").stat().st_size > 1000
+    assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("preset,image_mask.child_ratio,seeds,auc_mean")
