@@ -280,14 +280,21 @@ def eval_finetune_cmd(
     if len(paths) != 1:
         raise MaskkitError("eval finetune takes one checkpoint")
     model, _ = load_model(paths[0])
-    ds, names, cfg = _eval_data(model, [c for c in checkpoint if "=" in c], split="train")
+    from .config import resolve
+    from .train import build_datasets
+
+    cfg, _ = resolve([c for c in checkpoint if "=" in c and c.startswith("data")] + ["preset=clip"])
+    train_ds, val_ds, names = build_datasets(cfg, model.image_size)
+    if val_ds is None:
+        raise MaskkitError("eval finetune needs held-out data (data.val_n > 0 for phantoms)")
+    ds = _concat(train_ds, val_ds)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
         sp = read_splits(folder)
     else:
-        ids = [ds[i]["id"] for i in range(len(ds))] if not hasattr(ds, "table") else [r.id for r in ds.table.records]
-        pats = [None] * len(ids) if not hasattr(ds, "table") else [r.patient_id for r in ds.table.records]
-        sp = make_splits(ids, pats, seed=seed)
+        recs = _records(ds)
+        test_ids = {r[0] for r in _records(val_ds)}
+        sp = make_splits([r[0] for r in recs], [r[1] for r in recs], seed=seed, test_ids=sorted(test_ids))
         write_splits(sp, folder)
     results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
     t = RTable(title=f"{mode} on {sp['test']['n']} test images (splits {folder})")
@@ -301,6 +308,26 @@ def eval_finetune_cmd(
                   "-" if r.mean_auc is None else f"{r.mean_auc:.3f}")
     console.print(t)
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
+
+
+def _records(ds) -> list[tuple[str, str | None]]:
+    """(id, patient) of every sample: the test split holds the patients pretraining held out."""
+    if hasattr(ds, "table"):
+        return [(r.id, r.patient_id) for r in ds.table.records]
+    return [(ds[i]["id"], None) for i in range(len(ds))]
+
+
+def _concat(a, b):
+    """One dataset over the pretraining train and held-out parts (fine-tuning splits both)."""
+    import torch.utils.data as tud
+
+    if hasattr(a, "table") and hasattr(b, "table"):
+        from .data.dataset import XrayDataset
+        from .data.records import Table
+
+        return XrayDataset(Table(a.table.name, a.table.records + b.table.records, a.table.label_names), a.image_size, a.policy,
+                           cache=a.cache.folder if a.cache is not None else None)
+    return tud.ConcatDataset([a, b])
 
 
 @eval_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -370,6 +397,137 @@ def sweep_cmd(
         sp.seeds = [int(x) for x in seeds.split(",")]
     run_sweep(sp, out_dir, extra, console=err_console)
     console.print((out_dir / "results.md").read_text(), highlight=False)
+
+
+viz_app = typer.Typer(help="Figures: mask overlays, entity highlighting, training curves.", no_args_is_help=True)
+app.add_typer(viz_app, name="visualize")
+
+
+def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n: int, index: int):
+    """A collated batch from image files (+ report files) or from a dataset (default: held-out phantoms)."""
+    from pathlib import Path
+
+    from .data.dataset import Collator, XrayDataset
+    from .data.ner import CachedNER, LexiconNER
+    from .data.records import Record, Table
+
+    if images:
+        if reports and len(reports) != len(images):
+            raise MaskkitError(f"--reports: {len(reports)} files for {len(images)} images; give one per image or none")
+        recs = [Record(Path(p).name, str(p), Path(reports[i]).read_text(encoding="utf-8") if reports else None)
+                for i, p in enumerate(images)]
+        ds = XrayDataset(Table("files", recs, ()), model.image_size, policy="raise", ner=CachedNER(LexiconNER()))
+        items = [ds[i] for i in range(len(ds))]
+    else:
+        from .config import resolve
+        from .data.dataset import PhantomDataset
+        from .train import build_datasets
+
+        cfg, _ = resolve([a for a in args if a.startswith("data")] + ["preset=clip"])
+        if cfg.data.name == "phantoms":
+            ds = PhantomDataset(index + n, cfg.data.seed, model.image_size, offset=10_000_000, ner=CachedNER(LexiconNER()), p_unpaired=0.0)
+        else:
+            _, ds, _ = build_datasets(cfg.model_copy(update={"text_mask": {"intersect": {"of": ["entity", "causal"]}}}), model.image_size)
+        if index + n > len(ds):
+            raise MaskkitError(f"--index {index} --n {n}: the dataset has {len(ds)} samples")
+        items = [ds[i] for i in range(index, index + n)]
+    return Collator(model.tokenizer)([s for s in items if "skipped" not in s])
+
+
+@viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def viz_masks_cmd(
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    images: list[str] = typer.Option([], "--images", help="image files to draw (repeatable)"),
+    reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
+    n: int = typer.Option(4, help="samples from the dataset (when no --images)"),
+    index: int = typer.Option(0, help="first sample index in the dataset"),
+    seed: int = typer.Option(0, help="mask seed"),
+    out: str = typer.Option("viz", help="output folder: masks.png and masks.html"),
+) -> None:
+    """Per image: the X-ray, then each strategy's attention heat map and mask (lesion outlines on phantoms)."""
+    from pathlib import Path
+
+    from .io import atomic_write_text
+    from .train import load_model
+    from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
+
+    paths = [c for c in checkpoint if "=" not in c]
+    model, _ = load_model(paths[0])
+    batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
+    views = sample_views(model, batch, seed=seed)
+    arr = composite(views, model.patch)
+    o = Path(out)
+    save_png(arr, o / "masks.png")
+    sections = []
+    for v, rep, ents in zip(views, batch["reports"], batch["entity_spans"]):
+        body = f"<img src='{png_data_uri(composite([v], model.patch))}'>"
+        if rep:
+            body += text_html(rep, [(s, e, "") for s, e in ents], [])
+        sections.append((v.id, body))
+    atomic_write_text(o / "masks.html", html_page("maskkit: AttMIM masks", sections))
+    console.print(f"wrote {o / 'masks.png'} and {o / 'masks.html'} ({len(views)} images)")
+
+
+@viz_app.command("text", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def viz_text_cmd(
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    images: list[str] = typer.Option([], "--images", help="image files (repeatable)"),
+    reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
+    n: int = typer.Option(3, help="samples from the dataset (when no --images)"),
+    index: int = typer.Option(0, help="first sample index"),
+    seed: int = typer.Option(0, help="mask seed"),
+    out: str = typer.Option("viz", help="output folder for text.html"),
+) -> None:
+    """Reports with NER entities, the EntMLM-masked words, and the decoder's reconstruction of them."""
+    from pathlib import Path
+
+    from .data.ner import LexiconNER
+    from .io import atomic_write_text
+    from .model.xlip import reconstruct_text
+    from .train import load_model
+    from .viz import html_page, text_html, text_spans, text_terminal
+
+    paths = [c for c in checkpoint if "=" not in c]
+    model, _ = load_model(paths[0])
+    batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
+    ner = LexiconNER()
+    recon = {r["index"]: r for r in reconstruct_text(model, batch, seed)} if model.text_decoder is not None else {}
+    sections = []
+    for i, rep in enumerate(batch["reports"]):
+        if not rep:
+            continue
+        ents, chosen = text_spans(model.tokenizer, rep, ner([rep])[0], recon.get(i))
+        console.rule(batch["ids"][i])
+        console.print(text_terminal(rep, ents, chosen))
+        sections.append((batch["ids"][i], text_html(rep, ents, chosen)))
+    if not sections:
+        raise MaskkitError("no sample with a report to show")
+    atomic_write_text(Path(out) / "text.html", html_page("maskkit: EntMLM", sections))
+    console.print(f"wrote {Path(out) / 'text.html'}")
+
+
+@viz_app.command("run")
+def viz_run_cmd(
+    path: str = typer.Argument(..., help="a run directory (loss curves) or a sweep directory (AUC/F1 vs ratios)"),
+    out: Optional[str] = typer.Option(None, help="PNG file (default: PATH/curves.png or PATH/sweep.png)"),
+) -> None:
+    """Training curves of a run (warm-up boundary marked, samples/s) or the plots of a sweep."""
+    from pathlib import Path
+
+    from .viz import sweep_figure, training_curves
+
+    p = Path(path)
+    if (p / "results.csv").is_file():
+        fig, default = sweep_figure(p), p / "sweep.png"
+    else:
+        fig, default = training_curves(p), p / "curves.png"
+    target = Path(out) if out else default
+    buf = __import__("io").BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    from .io import atomic_write_bytes
+
+    atomic_write_bytes(target, buf.getvalue())
+    console.print(f"wrote {target}")
 
 
 def main() -> None:

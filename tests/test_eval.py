@@ -48,6 +48,7 @@ def test_undefined_labels_stay_out_of_the_mean():
 
 
 def test_no_finding_has_its_own_prompts():
+    assert prompt_pair("no_finding") == prompt_pair("No Finding")
     pos, neg = prompt_pair("No Finding")
     assert not any("no no finding" in t.lower() for t in pos + neg)
     assert prompt_pair("Pleural Effusion") == (["pleural effusion"], ["no pleural effusion"])

@@ -170,6 +170,7 @@ class Collator:
             "entities": ents,
             "labels": torch.stack([s["labels"] for s in ok]) if ok else torch.zeros(0),
             "ids": [s["id"] for s in ok], "index": torch.tensor([s["index"] for s in ok], dtype=torch.long),
+            "reports": [s["report"] for s in ok], "entity_spans": [s["entity_spans"] for s in ok],
             "skipped": skipped,
         }
         if ok and all("lesion" in s for s in ok):

@@ -378,10 +378,12 @@ def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FIND
 
 
 def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | None = None,
-                patient_col: str | None = None) -> Table:
+                patient_col: str | None = None, image_root: str | None = None, captions_from_labels: bool = False) -> Table:
     """A CSV with an image path column, an optional report column and numeric label columns.
 
-    Relative image paths are resolved against the CSV's folder; empty label cells are unknown.
+    Relative image paths are resolved against ``image_root`` (default: the CSV's folder); empty
+    label cells are unknown. ``captions_from_labels`` writes a report from the positive labels
+    ("Findings: cardiomegaly, effusion." / "No finding.") for data that has labels but no text.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -394,10 +396,11 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     if label_cols is None:
         label_cols = [c for c in cols if c not in skip and all(_numeric(r[c]) for r in rows[:200])]
     label_cols = tuple(label_cols)
+    base = Path(image_root).expanduser() if image_root else path.parent
     recs = []
     for i, row in enumerate(rows):
         img = Path(row[image_col])
-        img = img if img.is_absolute() else path.parent / img
+        img = img if img.is_absolute() else base / img
         labels = {}
         for c in label_cols:
             cell = (row.get(c) or "").strip()
@@ -406,6 +409,10 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
             except ValueError:
                 raise DataError(f"{path}: row {i + 2}, column '{c}': expected a number, got {cell!r}") from None
         rep = (row.get(report_col) or "").strip() if report_col else ""
+        if captions_from_labels:
+            pos = [c.replace("_", " ").lower() for c in label_cols if labels.get(c) == 1.0 and "no_finding" not in c.lower()
+                   and c.lower() != "no finding"]
+            rep = f"Findings: {', '.join(pos)}." if pos else "No finding."
         recs.append(Record(id=row[image_col], image_path=str(img), report=rep or None, labels=labels,
                            patient_id=row.get(patient_col) if patient_col else None))
     return Table("csv", recs, label_cols)

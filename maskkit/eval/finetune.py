@@ -27,13 +27,22 @@ def checksum(ids: list[str]) -> str:
 
 
 def make_splits(ids: list[str], patients: list[str | None], seed: int = 0, test_fraction: float = 0.2,
-                fractions: tuple[float, ...] = (0.01, 0.1, 1.0)) -> dict[str, dict]:
-    """Patient-level splits: ``test`` and nested ``train_{pct}`` sets. Deterministic in ``seed``."""
+                fractions: tuple[float, ...] = (0.01, 0.1, 1.0), test_ids: list[str] | None = None) -> dict[str, dict]:
+    """Patient-level splits: ``test`` and nested ``train_{pct}`` sets. Deterministic in ``seed``.
+
+    ``test_ids`` fixes the test set (e.g. the patients held out from pretraining); their patients
+    never appear in a training split.
+    """
     pats = sorted({p or i for p, i in zip(patients, ids)})
     rng = np.random.default_rng(seed)
     order = [pats[i] for i in rng.permutation(len(pats))]
-    n_test = max(1, round(test_fraction * len(order)))
-    test_p, pool = set(order[:n_test]), order[n_test:]
+    if test_ids is not None:
+        tid = set(test_ids)
+        test_p = {p or i for p, i in zip(patients, ids) if i in tid}
+        pool = [p for p in order if p not in test_p]
+    else:
+        n_test = max(1, round(test_fraction * len(order)))
+        test_p, pool = set(order[:n_test]), order[n_test:]
     by_patient: dict[str, list[str]] = {}
     for p, i in zip(patients, ids):
         by_patient.setdefault(p or i, []).append(i)

@@ -28,10 +28,11 @@ METRICS = ("auc", "f1", "acc")
 
 def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE) -> tuple[list[str], list[str]]:
     """(positive prompts, negative prompts) of a label."""
-    if label in SPECIAL_PROMPTS:
-        pos, neg = SPECIAL_PROMPTS[label]
-        return list(pos), list(neg)
     name = label.replace("_", " ").lower()
+    special = {k.lower(): v for k, v in SPECIAL_PROMPTS.items()}
+    if name in special:  # "No Finding", "no_finding", ...
+        pos, neg = special[name]
+        return list(pos), list(neg)
     return [t.format(label=name) for t in positive], [t.format(label=name) for t in negative]
 
 

@@ -186,6 +186,37 @@ class XLIP(nn.Module):
         return out
 
 
+@torch.no_grad()
+def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
+    """EntMLM's view of each paired report: the selected (masked) positions and the decoder's
+    top-1 prediction for each, as produced in training (same masks for the same seed)."""
+    if model.text_decoder is None:
+        raise MaskkitError("this model has no text decoder (text_mask is null)")
+    dev = next(model.parameters()).device
+    ip = torch.nonzero(batch["paired"]).flatten()
+    if ip.numel() == 0:
+        return []
+    ids = batch["text"][ip].to(dev)
+    valid = batch["text_valid"][ip].to(dev)
+    ctx = MaskContext(report_valid=valid, entities=batch["entities"][ip].to(dev),
+                      generator=torch.Generator(device=dev).manual_seed(seed + 2))
+    attn = model.text_mask(ctx)
+    selected = _selected_positions(model.text_mask, ctx, attn) & valid
+    _, e_img = model.encode_image(batch["images"][ip].to(dev))
+    if model.config.mlm.mode == "input":
+        _, dec_in = text_tokens(model.clip, ids, replace=selected, mask_embedding=model.mask_embedding)
+    else:
+        _, dec_in = text_tokens(model.clip, ids)
+    hidden = model.text_decoder(dec_in, e_img, attn, ~valid)
+    pred = model.text_decoder.head(hidden[:, :-1]).argmax(-1)  # position t-1 predicts token t
+    out = []
+    for row in range(ids.shape[0]):
+        pos = torch.nonzero(selected[row, 1:]).flatten() + 1
+        out.append({"index": int(ip[row]), "positions": pos.tolist(), "truth": ids[row, pos].tolist(),
+                    "predicted": pred[row, pos - 1].tolist()})
+    return out
+
+
 def _selected_positions(strategy, ctx: MaskContext, attn: torch.Tensor) -> torch.Tensor:
     """The positions whose token is reconstructed: those hidden from some earlier query.
 

@@ -1,0 +1,357 @@
+"""Figures: mask overlays (the paper's Fig. 3), entity highlighting (Fig. 4), training curves,
+sweep plots (Fig. 6/7). The same functions back ``maskkit visualize`` and notebooks.
+
+Overlays are built as pixel arrays with numpy so that what is drawn is exactly the mask:
+a masked patch is tinted orange (``MASK_RGB`` at ``MASK_ALPHA``), an unmasked patch keeps its
+grey level, lesion outlines are cyan. Composite PNGs place panels on a fixed grid
+(:func:`panel_box`), so a test can read back which patches were drawn as masked.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MASK_RGB = np.array([255, 110, 0], dtype=np.float32)
+MASK_ALPHA = 0.6
+LESION_RGB = np.array([0, 255, 255], dtype=np.uint8)
+SCALE = 3          # panel pixels per image pixel
+TITLE_H = 22       # title strip height
+GAP = 6            # gap between panels
+
+
+@dataclass
+class Panel:
+    title: str
+    scores: np.ndarray | None   # [N] float, or None
+    mask: np.ndarray            # [N] bool
+
+
+@dataclass
+class SampleView:
+    id: str
+    image: np.ndarray           # [H, W] float in [0, 1]
+    lesion: np.ndarray | None   # [H, W] bool
+    panels: list[Panel] = field(default_factory=list)
+    report: str | None = None
+
+
+# --- pixel overlays ---------------------------------------------------------------------------
+
+def _grid(mask_or_scores: np.ndarray, grid: tuple[int, int], patch: int) -> np.ndarray:
+    return np.kron(np.asarray(mask_or_scores).reshape(grid), np.ones((patch, patch)))
+
+
+def _gray_rgb(image: np.ndarray) -> np.ndarray:
+    g = np.clip(image, 0, 1) * 255
+    return np.repeat(g[..., None], 3, -1).astype(np.float32)
+
+
+def _outline(lesion: np.ndarray) -> np.ndarray:
+    p = np.pad(lesion, 1)
+    inner = lesion & p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:]
+    return lesion & ~inner
+
+
+def _upscale(rgb: np.ndarray, s: int = SCALE) -> np.ndarray:
+    return np.kron(rgb, np.ones((s, s, 1))).astype(np.uint8) if rgb.ndim == 3 else np.kron(rgb, np.ones((s, s)))
+
+
+def _draw_lesion(up: np.ndarray, lesion: np.ndarray | None) -> np.ndarray:
+    if lesion is None or not lesion.any():
+        return up
+    edge = _outline(_upscale(lesion.astype(np.uint8)).astype(bool))
+    up = up.copy()
+    up[edge] = LESION_RGB
+    return up
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, patch: int, lesion: np.ndarray | None = None) -> np.ndarray:
+    """``[H*SCALE, W*SCALE, 3]`` uint8: masked patches tinted orange, lesion outline in cyan."""
+    H, W = image.shape
+    m = _grid(mask.astype(np.float32), (H // patch, W // patch), patch)[..., None]
+    rgb = _gray_rgb(image)
+    rgb = rgb * (1 - MASK_ALPHA * m) + MASK_RGB * (MASK_ALPHA * m)
+    return _draw_lesion(_upscale(rgb.astype(np.uint8)), lesion)
+
+
+def heat_overlay(image: np.ndarray, scores: np.ndarray, patch: int, lesion: np.ndarray | None = None) -> np.ndarray:
+    """``[H*SCALE, W*SCALE, 3]`` uint8: per-patch scores (min-max, viridis) over the X-ray."""
+    from matplotlib import colormaps
+
+    H, W = image.shape
+    s = np.asarray(scores, dtype=np.float64)
+    s = (s - s.min()) / (s.max() - s.min()) if s.max() > s.min() else np.zeros_like(s)
+    heat = colormaps["viridis"](_grid(s, (H // patch, W // patch), patch))[..., :3] * 255
+    rgb = 0.45 * _gray_rgb(image) + 0.55 * heat
+    return _draw_lesion(_upscale(rgb.astype(np.uint8)), lesion)
+
+
+# --- what to draw ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None = None) -> list[SampleView]:
+    """Panels of every sample: each child's scores and mask, the union, the final AttMIM mask, random."""
+    from .compose import build_strategy
+    from .core import CompositeStrategy, MaskContext, ScoredStrategy
+
+    dev = next(model.parameters()).device
+    _, e_img = model.encode_image(batch["images"].to(dev))
+    prompts, pv = model.prompt_features(dev)
+    views = []
+    for i in range(batch["images"].shape[0]):
+        paired = bool(batch["paired"][i])
+        strat = model.image_mask if paired else model.image_only_mask
+        kw = {}
+        if paired:
+            _, e_rep = model.encode_text(batch["text"][i:i + 1].to(dev))
+            kw = {"report_tokens": e_rep.float(), "report_valid": batch["text_valid"][i:i + 1].to(dev)}
+        ctx = MaskContext(image_tokens=e_img[i:i + 1].float(), prompt_tokens=prompts.float(), prompt_valid=pv,
+                          generator=torch.Generator(device=dev).manual_seed(seed), **kw)
+        panels = []
+        if strat is None:
+            final_ratio = random_ratio or 0.75
+        elif hasattr(strat, "explain") and strat.output == "tokens":
+            ex = strat.explain(ctx)
+            for child, m, s in zip(strat.children, ex["children"], ex["child_scores"]):
+                panels.append(Panel(child.name, None if s is None else s[0].cpu().numpy(), m[0].cpu().numpy()))
+            panels.append(Panel("union", ex["blended"][0].cpu().numpy(), ex["union"][0].cpu().numpy()))
+            panels.append(Panel("AttMIM (final)", ex["blended"][0].cpu().numpy(), ex["mask"][0].cpu().numpy()))
+            final_ratio = strat.config.ratio or float(ex["mask"].float().mean())
+        else:
+            scores = strat.scores(ctx)[0].cpu().numpy() if isinstance(strat, ScoredStrategy) else None
+            panels.append(Panel(strat.name, scores, strat(ctx)[0].cpu().numpy()))
+            final_ratio = getattr(strat.config, "ratio", None) or float(panels[-1].mask.mean())
+        rnd = build_strategy({"random": {"ratio": random_ratio or final_ratio}})
+        panels.append(Panel("random", None, rnd(ctx)[0].cpu().numpy()))
+        lesion = batch["lesion"][i].cpu().numpy() if "lesion" in batch else None
+        views.append(SampleView(batch["ids"][i], batch["images"][i, 0].cpu().numpy(), lesion, panels,
+                                batch.get("reports", [None] * len(batch["ids"]))[i]))
+    return views
+
+
+# --- composite PNG -------------------------------------------------------------------------------
+
+def panel_box(row: int, col: int, size: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) in the composite of the panel at grid ``row``, ``col``."""
+    side = size * SCALE
+    return TITLE_H + row * (side + GAP), col * (side + GAP), side, side
+
+
+def composite(views: list[SampleView], patch: int) -> np.ndarray:
+    """One image: per sample two rows (heat maps, masks); columns: X-ray, then each strategy."""
+    from PIL import Image, ImageDraw
+
+    size = views[0].image.shape[0]
+    cols = 1 + max(len(v.panels) for v in views)
+    side = size * SCALE
+    H = TITLE_H + 2 * len(views) * (side + GAP)
+    W = cols * (side + GAP)
+    canvas = np.full((H, W, 3), 255, np.uint8)
+    for r, v in enumerate(views):
+        t, l, h, w = panel_box(2 * r, 0, size)
+        canvas[t:t + h, l:l + w] = _draw_lesion(_upscale(_gray_rgb(v.image).astype(np.uint8)), v.lesion)
+        for c, p in enumerate(v.panels, start=1):
+            if p.scores is not None:
+                t, l, h, w = panel_box(2 * r, c, size)
+                canvas[t:t + h, l:l + w] = heat_overlay(v.image, p.scores, patch, v.lesion)
+            t, l, h, w = panel_box(2 * r + 1, c, size)
+            canvas[t:t + h, l:l + w] = mask_overlay(v.image, p.mask, patch, v.lesion)
+    img = Image.fromarray(canvas)
+    d = ImageDraw.Draw(img)
+    titles = ["X-ray (top: scores, bottom: mask)"] + [p.title for p in views[0].panels]
+    for c, title in enumerate(titles):
+        d.text((panel_box(0, c, size)[1] + 2, 4), title[: max(8, side // 7)], fill=(0, 0, 0))
+    return np.asarray(img)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    from PIL import Image
+
+    from .io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def read_mask_from_png(path: str | Path, row: int, col: int, size: int, patch: int) -> np.ndarray:
+    """``[N]`` bool read back from a composite PNG: a patch is masked when its centre is tinted."""
+    from PIL import Image
+
+    arr = np.asarray(Image.open(path).convert("RGB")).astype(int)
+    t, l, _, _ = panel_box(row, col, size)
+    g = size // patch
+    out = np.zeros(g * g, dtype=bool)
+    for k in range(g * g):
+        y, x = divmod(k, g)
+        cy, cx = t + (y * patch + patch // 2) * SCALE + SCALE // 2, l + (x * patch + patch // 2) * SCALE + SCALE // 2
+        r_, g_, b_ = arr[cy, cx]
+        out[k] = (r_ - b_) > 40
+    return out
+
+
+def mask_figure(views: list[SampleView], patch: int):
+    """The composite as a matplotlib figure (for notebooks)."""
+    import matplotlib.pyplot as plt
+
+    arr = composite(views, patch)
+    fig, ax = plt.subplots(figsize=(arr.shape[1] / 100, arr.shape[0] / 100), dpi=100)
+    ax.imshow(arr)
+    ax.axis("off")
+    fig.tight_layout(pad=0)
+    return fig
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+def text_spans(tokenizer, report: str, entities: list[tuple[int, int, str]], recon: dict | None):
+    """(entity spans, selected spans with (truth, predicted) words) in report characters."""
+    enc = tokenizer([report])
+    spans = enc.spans[0]
+    chosen = []
+    if recon:
+        for pos, t, p in zip(recon["positions"], recon["truth"], recon["predicted"]):
+            if pos < len(spans) and spans[pos][1] > spans[pos][0]:
+                chosen.append((spans[pos][0], spans[pos][1], tokenizer.decode([t]), tokenizer.decode([p])))
+    return entities, chosen
+
+
+def text_terminal(report: str, entities, chosen):
+    """A rich Text with entities underlined and EntMLM-chosen words reversed, plus predictions."""
+    from rich.text import Text
+
+    t = Text(report)
+    for s, e, label in entities:
+        t.stylize("underline cyan", s, e)
+    for s, e, truth, pred in chosen:
+        t.stylize("reverse bold", s, e)
+    lines = Text("\n")
+    for s, e, truth, pred in chosen:
+        ok = "✓" if truth.strip() == pred.strip() else "✗"
+        lines.append(f"  masked {report[s:e]!r}: token {truth!r} -> predicted {pred!r} {ok}\n")
+    return t + lines
+
+
+def text_html(report: str, entities, chosen) -> str:
+    marks = {}
+    for s, e, label in entities:
+        for k in range(s, e):
+            marks.setdefault(k, set()).add(("ent", label))
+    for s, e, truth, pred in chosen:
+        for k in range(s, e):
+            marks.setdefault(k, set()).add(("sel", f"{truth} → {pred}"))
+    out, k = [], 0
+    while k < len(report):
+        m = marks.get(k)
+        j = k
+        while j < len(report) and marks.get(j) == m:
+            j += 1
+        chunk = html.escape(report[k:j])
+        if m:
+            cls = " ".join(sorted({kind for kind, _ in m}))
+            tip = html.escape("; ".join(sorted(v for _, v in m)))
+            chunk = f'<span class="{cls}" title="{tip}">{chunk}</span>'
+        out.append(chunk)
+        k = j
+    preds = "".join(f"<li><b>{html.escape(report[s:e])}</b>: {html.escape(t)} → {html.escape(p)}</li>" for s, e, t, p in chosen)
+    return f'<p class="report">{"".join(out)}</p>' + (f"<ul class='preds'>{preds}</ul>" if preds else "")
+
+
+def html_page(title: str, sections: list[tuple[str, str]]) -> str:
+    """A self-contained HTML page (images inlined as data URIs)."""
+    css = ("body{font-family:system-ui,sans-serif;margin:20px;background:#fafafa}img{max-width:100%;border:1px solid #ccc}"
+           ".sel{background:#ff6e00;color:#fff;padding:0 2px}.ent{border-bottom:2px solid #0aa}"
+           "section{background:#fff;padding:12px;margin:12px 0;box-shadow:0 1px 3px #0002}.report{font-size:15px;line-height:1.6}")
+    body = "".join(f"<section><h2>{html.escape(h)}</h2>{b}</section>" for h, b in sections)
+    legend = ("<p>Masked patches are tinted <b style='color:#ff6e00'>orange</b>; lesion outlines are "
+              "<b style='color:#0aa'>cyan</b>. In reports, <span class='ent'>underlined</span> words are NER "
+              "entities and <span class='sel'>highlighted</span> ones were masked by EntMLM.</p>")
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{css}</style></head><body><h1>{html.escape(title)}</h1>{legend}{body}</body></html>"
+
+
+def png_data_uri(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+# --- runs and sweeps ----------------------------------------------------------------------------
+
+def training_curves(run_dir: str | Path):
+    """Loss curves per term (warm-up boundary marked) and samples/s of a run directory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .errors import MaskkitError
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise MaskkitError(f"{run_dir}: no metrics.jsonl; is it a maskkit run directory?")
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    if not rows:
+        raise MaskkitError(f"{path}: empty")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for k in ("align_loss", "mim_loss", "mlm_loss"):
+        pts = [(r["step"], r[k]) for r in rows if k in r]
+        if pts:
+            axes[0].plot(*zip(*pts), label=k)
+    ends = [r["step"] for r in rows if r.get("warmup")]
+    if ends:
+        axes[0].axvline(max(ends), color="k", ls="--", lw=1, label="end of warm-up")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("step")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].plot([r["step"] for r in rows], [r.get("samples_per_s", 0) for r in rows])
+    axes[1].set_xlabel("step")
+    axes[1].set_ylabel("samples/s")
+    fig.suptitle(Path(run_dir).name)
+    fig.tight_layout()
+    return fig
+
+
+def sweep_figure(sweep_dir: str | Path):
+    """Fig. 6/7-style plot of zero-shot AUC and F1 of a sweep directory (its results.csv)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from .errors import MaskkitError
+    from .sweep import plot_results
+
+    path = Path(sweep_dir) / "results.csv"
+    if not path.is_file():
+        raise MaskkitError(f"{sweep_dir}: no results.csv; run maskkit sweep first")
+    rows = list(csv.DictReader(path.open()))
+    fixed = {"preset", "seeds", "auc_mean", "auc_std", "f1_mean", "f1_std", "acc_mean", "acc_std"}
+    keys = [k for k in rows[0] if k not in fixed]
+
+    def num(v):
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return None
+    summary = [{**{k: (num(r[k]) if num(r[k]) is not None else r[k]) for k in keys}, "preset": r["preset"],
+                **{m: num(r[m]) for m in fixed - {"preset", "seeds"}}} for r in rows]
+    img = Image.open(io.BytesIO(plot_results(summary, keys)))
+    fig, ax = plt.subplots(figsize=(img.width / 110, img.height / 110), dpi=110)
+    ax.imshow(img)
+    ax.axis("off")
+    return fig

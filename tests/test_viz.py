@@ -1,0 +1,90 @@
+"""Figures from a tiny model on phantoms: files are valid, and drawn masks are the mask tensors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskkit.viz import (composite, mask_overlay, panel_box, read_mask_from_png, sample_views, save_png, text_html,
+                         training_curves)
+from model_helpers import phantom_batch, tiny_model
+
+
+@pytest.fixture(scope="module")
+def views():
+    model = tiny_model()
+    batch = phantom_batch(3, p_unpaired=0.34)
+    assert not batch["paired"].all()
+    return model, batch, sample_views(model, batch, seed=0)
+
+
+def test_panels_follow_the_composition(views):
+    model, batch, vs = views
+    paired = [v for v, p in zip(vs, batch["paired"]) if p]
+    unpaired = [v for v, p in zip(vs, batch["paired"]) if not p]
+    assert [p.title for p in paired[0].panels] == ["report_cross", "prompt_driven", "image_self", "union", "AttMIM (final)", "random"]
+    assert [p.title for p in unpaired[0].panels] == ["prompt_driven", "image_self", "union", "AttMIM (final)", "random"]
+    for v in vs:
+        final = next(p for p in v.panels if p.title == "AttMIM (final)")
+        assert final.mask.sum() == 27 and v.lesion is not None
+
+
+def test_drawn_masks_equal_the_mask_tensors(views, tmp_path):
+    model, batch, vs = views
+    path = save_png(composite(vs, model.patch), tmp_path / "masks.png")
+    img = Image.open(path)
+    img.verify()
+    size = model.image_size
+    for r, v in enumerate(vs):
+        for c, p in enumerate(v.panels, start=1):
+            drawn = read_mask_from_png(path, 2 * r + 1, c, size, model.patch)
+            assert np.array_equal(drawn, p.mask), (v.id, p.title)
+
+
+def test_overlay_tints_exactly_the_masked_patches():
+    img = np.full((32, 32), 0.5, np.float32)
+    mask = np.zeros(16, bool)
+    mask[[0, 5, 15]] = True
+    rgb = mask_overlay(img, mask, patch=8)
+    assert rgb.shape == (96, 96, 3)
+    tinted = (rgb[..., 0].astype(int) - rgb[..., 2]) > 40
+    per_patch = tinted.reshape(4, 24, 4, 24).all(axis=(1, 3)).flatten()
+    assert np.array_equal(per_patch, mask)
+
+
+def test_text_html_marks_entities_and_masked_words():
+    rep = "Small right pleural effusion. No pneumothorax."
+    h = text_html(rep, [(6, 11, "ANATOMY"), (30, 42, "PNEUMOTHORAX")], [(20, 28, "effusion", "effusion")])
+    assert '<span class="ent" title="ANATOMY">right</span>' in h
+    assert 'class="sel"' in h and "effusion → effusion" in h
+    HTMLParser().feed(h)
+
+
+def test_cli_writes_png_html_and_curves(tmp_path):
+    from maskkit.config import resolve
+    from maskkit.train import train
+
+    cfg, src = resolve(["data.n=16", "data.val_n=8", "train.steps=4", "train.batch_size=4", "train.warmup_steps=2",
+                        "train.log_every=1", "runtime.progress=false", f"runtime.out_dir={tmp_path}", "runtime.name=r",
+                        "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"])
+    train(cfg, src)
+    run = tmp_path / "r"
+    for args in (["visualize", "masks", str(run), "--n", "2", "--out", str(tmp_path / "v")],
+                 ["visualize", "text", str(run), "--n", "2", "--out", str(tmp_path / "v")],
+                 ["visualize", "run", str(run)]):
+        out = subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    for f in ("v/masks.png", "v/masks.html", "v/text.html", "r/curves.png"):
+        p = tmp_path / f
+        assert p.is_file() and p.stat().st_size > 500
+    Image.open(tmp_path / "v" / "masks.png").verify()
+    page = (tmp_path / "v" / "masks.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 2 and "http" not in page
+    fig = training_curves(run)
+    assert fig.axes[0].get_lines()
