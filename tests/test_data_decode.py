@@ -150,3 +150,15 @@ def test_interrupted_prepare_leaves_old_cache_intact(tmp_path):
         prepare_cache(bad, tmp_path / "cache", size=16, progress=False, overwrite=True)
     assert (tmp_path / "cache" / "images.npy").read_bytes() == before
     assert len(PreparedCache(tmp_path / "cache")) == 4
+
+
+def test_atomic_write_keeps_usual_permissions(tmp_path):
+    import os
+
+    from maskkit.io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mode = (tmp_path / "a.txt").stat().st_mode & 0o777
+    mask = os.umask(0)
+    os.umask(mask)
+    assert mode == 0o666 & ~mask
