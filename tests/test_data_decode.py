@@ -131,7 +131,7 @@ def test_prepared_cache_round_trip(tmp_path):
     for i in (0, 1):
         assert torch.allclose(ds[i]["image"], direct[i]["image"], atol=1 / 255)
     assert "skipped" in ds[2] and "skipped" in ds[3]
-    with pytest.raises(MaskkitError, match="cache folder exists"):
+    with pytest.raises(MaskkitError, match="folder exists; pass --overwrite"):
         prepare_cache(table, tmp_path / "cache", size=16, progress=False)
     with pytest.raises(MaskkitError, match="holds 16 px images, the run needs 32"):
         XrayDataset(table, image_size=32, cache=tmp_path / "cache")

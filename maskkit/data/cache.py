@@ -12,13 +12,12 @@ It is written into a temporary sibling folder and renamed into place, so an inte
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MaskkitError
+from ..io import atomic_directory
 from .images import DecodeError, read_image, resize
 from .records import Table
 
@@ -27,12 +26,7 @@ CACHE_VERSION = 1
 
 def prepare_cache(table: Table, out: str | Path, size: int, progress: bool = True, overwrite: bool = False) -> dict:
     """Decode, resize and store every image of ``table``; returns the index (with skipped files)."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise MaskkitError(f"{out}: cache folder exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         n = len(table.records)
         arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size))
         skipped: dict[int, str] = {}
@@ -56,12 +50,6 @@ def prepare_cache(table: Table, out: str | Path, size: int, progress: bool = Tru
         index = {"version": CACHE_VERSION, "size": size, "dataset": table.name, "ids": [r.id for r in table.records],
                  "paths": [r.image_path for r in table.records], "skipped": {str(k): v for k, v in skipped.items()}}
         (tmp / "index.json").write_text(json.dumps(index), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return index
 
 

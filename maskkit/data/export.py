@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import MaskkitError
+from ..io import atomic_directory
 from .phantoms import LABELS, PhantomGenerator
 
 
@@ -21,12 +19,7 @@ def write_phantoms(out: str | Path, n: int, seed: int = 0, size: int = 224, p_un
 
     Written into a temporary sibling folder and renamed, so a stopped run leaves nothing half-done.
     """
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise MaskkitError(f"{out}: output folder exists; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_directory(out, overwrite) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         gen = PhantomGenerator(seed, size, p_unpaired=p_unpaired)
@@ -43,10 +36,4 @@ def write_phantoms(out: str | Path, n: int, seed: int = 0, size: int = 224, p_un
                 Image.fromarray(p.lesion_mask.astype(np.uint8) * 255).save(tmp / "masks" / name)
                 w.writerow([f"images/{name}", p.report or "", *[int(p.labels[k]) for k in LABELS], f"masks/{name}"])
                 fj.write(json.dumps({"image": f"images/{name}", "findings": p.findings}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
