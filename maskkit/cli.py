@@ -39,10 +39,12 @@ def strategies_cmd(
         cls = reg.strategies[name]
         if cls.composite:
             inputs = "(its children's)"
-        elif name == "random" or not cls.requires:
-            inputs = ", ".join(sorted(cls(None).all_requires)) or "-"
         else:
-            inputs = ", ".join(sorted(cls.requires))
+            try:  # an instance with the default config knows its inputs (they may depend on the config)
+                req = cls(None).all_requires
+            except Exception:  # a plugin whose Config has required fields
+                req = cls.requires
+            inputs = ", ".join(sorted(req)) or "-"
         modal = "image|text" if "modality" in cls.Config.model_fields else ("(children's)" if cls.composite else cls.modality)
         rows.append({"name": name, "source": reg.strategy_sources[name], "modality": modal,
                      "output": cls.output, "inputs": inputs, "description": cls.description})
