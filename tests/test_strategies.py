@@ -46,7 +46,7 @@ def test_report_cross_l2_hand_computed():
 def test_report_cross_excludes_padding():
     pad = torch.cat([REP, torch.tensor([[[0, 0, 100.0]]] * 2)], 1)  # a huge padding token
     valid = torch.tensor([[True, True, False]] * 2)
-    s = build_strategy({"report_cross": {"ratio": 0.5}})
+    s = build_strategy({"report_cross": {"ratio": 0.5, "reduction": "l2"}})
     a = s.scores(MaskContext(image_tokens=IMG, report_tokens=pad, report_valid=valid))
     b = s.scores(MaskContext(image_tokens=IMG, report_tokens=REP))
     torch.testing.assert_close(a, b)
@@ -63,6 +63,12 @@ def test_received_reduction_counts_attention_each_token_gets():
     assert s(MaskContext(image_tokens=img, report_tokens=rep)).tolist() == [[False, False, True, False]]
 
 
+def test_default_reduction_is_max_sim():
+    # settled by the mask-lesion measurement in docs/results.md (assumption A1)
+    for name in ("image_self", "report_cross", "prompt_driven"):
+        assert build_strategy(name).config.reduction == "max_sim"
+
+
 def test_max_sim_and_entry_count():
     ctx = MaskContext(image_tokens=IMG, report_tokens=REP)
     ms = build_strategy({"report_cross": {"ratio": 0.25, "reduction": "max_sim"}}).scores(ctx)
@@ -75,7 +81,7 @@ def test_max_sim_and_entry_count():
 
 def test_image_self_eq6():
     x = torch.randn(2, 5, 4, generator=gen())
-    s = build_strategy({"image_self": {"ratio": 0.4}})
+    s = build_strategy({"image_self": {"ratio": 0.4, "reduction": "l2"}})
     A = (x @ x.transpose(1, 2) / 2.0).softmax(-1) @ x
     torch.testing.assert_close(s.scores(MaskContext(image_tokens=x)), A.norm(dim=-1))
 
@@ -83,7 +89,7 @@ def test_image_self_eq6():
 def test_prompt_driven_pooled_and_per_token_agree_when_one_token_each():
     x = torch.randn(2, 6, 4, generator=gen(1))
     p = torch.randn(14, 4, generator=gen(2))
-    s = build_strategy({"prompt_driven": {"ratio": 0.5}})
+    s = build_strategy({"prompt_driven": {"ratio": 0.5, "reduction": "l2"}})
     a = s.scores(MaskContext(image_tokens=x, prompt_tokens=p))
     per = torch.cat([p[:, None], torch.full((14, 2, 4), 50.0)], 1)  # two padding tokens each
     valid = torch.tensor([[True, False, False]] * 14)

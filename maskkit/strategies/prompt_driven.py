@@ -19,7 +19,7 @@ class PromptDriven(ScoredStrategy):
 
     class Config(StrategyConfig):
         ratio: float = Field(0.7, ge=0.0, le=1.0, description="fraction of valid image tokens to mask")
-        reduction: Reduction = Field("l2", description="how A [B, N, D] becomes one score per token")
+        reduction: Reduction = Field("max_sim", description="how A [B, N, D] becomes one score per token (docs/assumptions.md A1)")
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         keys, key_valid = ctx.prompt_tokens, None
