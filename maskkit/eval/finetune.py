@@ -142,6 +142,9 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
         if mode == "probe":
             m.eval()
             xtr, ytr = features(m, tr_idx)
+            # standardise features with training statistics (MAE's probe puts a BatchNorm before the head)
+            mu, sd = xtr.mean(0, keepdim=True), xtr.std(0, keepdim=True).clamp_min(1e-6)
+            xtr = (xtr - mu) / sd
             opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
             g = torch.Generator().manual_seed(seed)
             for _ in range(epochs):
@@ -153,7 +156,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
                     loss.backward()
                     opt.step()
             xte, yte = features(m, test_idx)
-            scores = head(xte.to(device)).detach().cpu()
+            scores = head(((xte - mu) / sd).to(device)).detach().cpu()
         else:
             params = list(m.clip.visual.parameters()) + list(head.parameters())
             opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
