@@ -56,7 +56,7 @@ def build_datasets(cfg: ExperimentConfig, image_size: int):
     from .data.records import Table, load_table
 
     d = cfg.data
-    ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None or d.ner == "scispacy" else None
+    ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None else None  # entities feed EntMLM only
     if d.name == "phantoms":
         train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired)
         val = PhantomDataset(d.val_n, d.seed, image_size, offset=10_000_000, ner=None, p_unpaired=0.0) if d.val_n else None

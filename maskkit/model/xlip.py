@@ -174,7 +174,7 @@ class XLIP(nn.Module):
             ctx = MaskContext(report_valid=rep_valid, entities=ents,
                               generator=torch.Generator(device=dev).manual_seed(seed + 2))
             attn = self.text_mask(ctx)  # [Bp, T, T], True = may not attend
-            selected = _selected_positions(self.text_mask, ctx, attn)
+            selected = _selected_positions(attn)
             if self.config.mlm.mode == "input":
                 _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
             else:
@@ -201,7 +201,7 @@ def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
     ctx = MaskContext(report_valid=valid, entities=batch["entities"][ip].to(dev),
                       generator=torch.Generator(device=dev).manual_seed(seed + 2))
     attn = model.text_mask(ctx)
-    selected = _selected_positions(model.text_mask, ctx, attn) & valid
+    selected = _selected_positions(attn) & valid
     _, e_img = model.encode_image(batch["images"][ip].to(dev))
     if model.config.mlm.mode == "input":
         _, dec_in = text_tokens(model.clip, ids, replace=selected, mask_embedding=model.mask_embedding)
@@ -217,7 +217,7 @@ def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
     return out
 
 
-def _selected_positions(strategy, ctx: MaskContext, attn: torch.Tensor) -> torch.Tensor:
+def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
     """The positions whose token is reconstructed: those hidden from some earlier query.
 
     For ``positional ∩ causal`` that is exactly the positional selection; for a plain causal mask
