@@ -14,7 +14,7 @@ from .errors import MaskkitError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="maskkit: masking strategies for medical vision-language pretraining (XLIP).")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # wide tables when piped to a file
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
