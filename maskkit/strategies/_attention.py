@@ -11,11 +11,19 @@ import math
 from typing import Literal
 
 import torch
+from pydantic import Field
 
-from ..core import MaskContext, masked_softmax
+from ..core import StrategyConfig, masked_softmax
 
 Reduction = Literal["l2", "received", "max_sim", "entry_count"]
 REDUCTIONS: tuple[str, ...] = ("l2", "received", "max_sim", "entry_count")
+
+
+class AttentionConfig(StrategyConfig):
+    """The keys every attention strategy (eq. 4-6) takes."""
+
+    ratio: float = Field(0.7, ge=0.0, le=1.0, description="fraction of valid image tokens to mask")
+    reduction: Reduction = Field("max_sim", description="how A [B, N, D] becomes one score per token (docs/assumptions.md A1)")
 
 
 def attend(query: torch.Tensor, keys: torch.Tensor, key_valid: torch.Tensor | None):

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 
-from ..core import MaskContext, ScoredStrategy, StrategyConfig
-from ._attention import Reduction, attend, reduce
+from ..core import MaskContext, ScoredStrategy
+from ._attention import AttentionConfig, attend, reduce
 
 
 class PromptDriven(ScoredStrategy):
@@ -17,9 +16,7 @@ class PromptDriven(ScoredStrategy):
     requires: ClassVar[frozenset[str]] = frozenset({"image_tokens", "prompt_tokens"})
     description = "Disease-prompt attention (eq. 5): mask image tokens most related to the disease prompts."
 
-    class Config(StrategyConfig):
-        ratio: float = Field(0.7, ge=0.0, le=1.0, description="fraction of valid image tokens to mask")
-        reduction: Reduction = Field("max_sim", description="how A [B, N, D] becomes one score per token (docs/assumptions.md A1)")
+    Config = AttentionConfig
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         keys, key_valid = ctx.prompt_tokens, None

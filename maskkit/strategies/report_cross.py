@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from pydantic import Field
 
-from ..core import MaskContext, ScoredStrategy, StrategyConfig
-from ._attention import Reduction, attend, reduce
+from ..core import MaskContext, ScoredStrategy
+from ._attention import AttentionConfig, attend, reduce
 
 
 class ReportCross(ScoredStrategy):
@@ -17,9 +16,7 @@ class ReportCross(ScoredStrategy):
     requires: ClassVar[frozenset[str]] = frozenset({"image_tokens", "report_tokens"})
     description = "Image-report cross-attention (eq. 4): mask the image tokens the paired report attends to."
 
-    class Config(StrategyConfig):
-        ratio: float = Field(0.7, ge=0.0, le=1.0, description="fraction of valid image tokens to mask")
-        reduction: Reduction = Field("max_sim", description="how A [B, N, D] becomes one score per token (docs/assumptions.md A1)")
+    Config = AttentionConfig
 
     def scores(self, ctx: MaskContext) -> torch.Tensor:
         key_valid = ctx.text_valid_mask()
