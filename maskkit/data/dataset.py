@@ -33,6 +33,16 @@ def clean_report(text: str | None) -> str | None:
     return text if _CONTENT.sub("", text) else None
 
 
+def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
+    """Character spans of the entities of each report, NER run once per distinct text (and
+    saved, for a :class:`~maskkit.data.ner.CachedNER`); no NER or no report gives none."""
+    texts = sorted({r for r in reports if r})
+    spans = dict(zip(texts, ner(texts))) if ner is not None and texts else {}
+    if ner is not None and hasattr(ner, "save"):
+        ner.save()
+    return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
+
+
 class SkipLimitExceeded(MaskkitError):
     """Too large a fraction of the images failed to decode."""
 
@@ -74,11 +84,7 @@ class XrayDataset(torch.utils.data.Dataset):
             raise MaskkitError(f"data.decode_policy: '{policy}' is not a policy; expected skip or raise")
         self.table, self.image_size, self.policy = table, image_size, policy
         self.reports = [clean_report(r.report) for r in table.records]
-        texts = sorted({r for r in self.reports if r})
-        spans = dict(zip(texts, ner(texts))) if ner is not None and texts else {}
-        if ner is not None and hasattr(ner, "save"):
-            ner.save()
-        self.entity_spans = [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in self.reports]
+        self.entity_spans = entity_spans(self.reports, ner)
         self.cache = None
         if cache is not None:
             from .cache import PreparedCache
@@ -122,11 +128,7 @@ class PhantomDataset(torch.utils.data.Dataset):
         self.n, self.offset, self.label_names = n, offset, LABELS
         self._items: dict[int, object] = {}
         self.reports = [clean_report(self._phantom(i).report) for i in range(n)]
-        texts = sorted({r for r in self.reports if r})
-        spans = dict(zip(texts, ner(texts))) if ner is not None and texts else {}
-        if ner is not None and hasattr(ner, "save"):
-            ner.save()
-        self.entity_spans = [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in self.reports]
+        self.entity_spans = entity_spans(self.reports, ner)
 
     def _phantom(self, i: int):
         p = self._items.get(i)

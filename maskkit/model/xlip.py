@@ -105,6 +105,22 @@ class XLIP(nn.Module):
             return pooled, None
         return toks, valid
 
+    def mlm_hidden(self, ids, valid, entities, image_tokens, seed: int, e_rep=None):
+        """EntMLM's decoder pass on paired rows: (hidden ``[B, T, C]``, selected ``[B, T]``).
+
+        The text mask is drawn from ``seed + 2``; ``mlm.mode=input`` re-encodes the report with
+        the selected tokens replaced by the mask embedding, ``loss`` uses the clean E_report.
+        """
+        ctx = MaskContext(report_valid=valid, entities=entities,
+                          generator=torch.Generator(device=ids.device).manual_seed(seed + 2))
+        attn = self.text_mask(ctx)  # [B, T, T], True = may not attend
+        selected = _selected_positions(attn)
+        if self.config.mlm.mode == "input":
+            _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
+        else:
+            dec_in = e_rep if e_rep is not None else text_tokens(self.clip, ids)[1]
+        return self.text_decoder(dec_in, image_tokens, attn, ~valid), selected
+
     # --- forward -------------------------------------------------------------------------
     def forward(self, batch: dict, seed: int = 0, terms: tuple[str, ...] = TERMS, gather=None) -> dict[str, torch.Tensor]:
         """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]``,
@@ -170,16 +186,7 @@ class XLIP(nn.Module):
             if not any_paired:
                 gather.mean_denominator(torch.zeros((), device=dev))  # match the other ranks' collective
                 return out
-            ents = batch["entities"].to(dev)[ip]
-            ctx = MaskContext(report_valid=rep_valid, entities=ents,
-                              generator=torch.Generator(device=dev).manual_seed(seed + 2))
-            attn = self.text_mask(ctx)  # [Bp, T, T], True = may not attend
-            selected = _selected_positions(attn)
-            if self.config.mlm.mode == "input":
-                _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
-            else:
-                dec_in = e_rep
-            hidden = self.text_decoder(dec_in, e_img[ip], attn, ~rep_valid)
+            hidden, selected = self.mlm_hidden(ids, rep_valid, batch["entities"].to(dev)[ip], e_img[ip], seed, e_rep)
             targets = selected & rep_valid
             denom = gather.mean_denominator(targets[:, 1:].sum()) if dist else None
             out["mlm_loss"] = mlm_loss(self.text_decoder, hidden, ids, targets, denom)
@@ -198,16 +205,9 @@ def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
         return []
     ids = batch["text"][ip].to(dev)
     valid = batch["text_valid"][ip].to(dev)
-    ctx = MaskContext(report_valid=valid, entities=batch["entities"][ip].to(dev),
-                      generator=torch.Generator(device=dev).manual_seed(seed + 2))
-    attn = model.text_mask(ctx)
-    selected = _selected_positions(attn) & valid
     _, e_img = model.encode_image(batch["images"][ip].to(dev))
-    if model.config.mlm.mode == "input":
-        _, dec_in = text_tokens(model.clip, ids, replace=selected, mask_embedding=model.mask_embedding)
-    else:
-        _, dec_in = text_tokens(model.clip, ids)
-    hidden = model.text_decoder(dec_in, e_img, attn, ~valid)
+    hidden, selected = model.mlm_hidden(ids, valid, batch["entities"][ip].to(dev), e_img, seed)
+    selected = selected & valid
     pred = model.text_decoder.head(hidden[:, :-1]).argmax(-1)  # position t-1 predicts token t
     out = []
     for row in range(ids.shape[0]):
