@@ -20,12 +20,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from .errors import MaskkitError, close_matches
+from .masking import STREAMS as TREES
 from .model.config import ModelConfig
+from .terms import TERMS
 
-TREES = ("image_mask", "image_only_mask", "text_mask")
 DATASETS = ("phantoms", "mimic", "padchest", "chexpert", "nih", "rsna", "covidx", "openi", "csv", "folder")
 
 
@@ -52,7 +53,9 @@ class DataConfig(Strict):
     max_skip_fraction: float = Field(0.05, ge=0, le=1, description="stop when more than this fraction of images failed to decode")
     ner: Literal["lexicon", "scispacy"] = Field("lexicon", description="entity backend for EntMLM")
     ner_model: str | None = Field(None, description="scispaCy model name or path (ner=scispacy)")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes")
+    num_workers: int = Field(4, ge=0, description="DataLoader worker processes per training process (0: load in the training process)")
+    pin_memory: bool = Field(True, description="page-locked host batches for faster copies to a CUDA device (ignored on the CPU)")
+    prefetch_factor: int = Field(4, ge=1, description="batches each worker loads ahead")
 
     @model_validator(mode="after")
     def _known(self):
@@ -81,10 +84,10 @@ class TrainConfig(Strict):
     seed: int = Field(0, description="seed of model init, data order and masks")
 
 
-class ObjectivesConfig(Strict):
-    align: float = Field(1.0, ge=0, description="weight of align_loss")
-    mim: float = Field(1.0, ge=0, description="weight of mim_loss")
-    mlm: float = Field(1.0, ge=0, description="weight of mlm_loss")
+ObjectivesConfig = create_model(
+    "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
+    **{t.name: (float, Field(1.0, ge=0, description=f"weight of {t.log_key}: {t.description}")) for t in TERMS},
+)
 
 
 class RuntimeConfig(Strict):
@@ -115,23 +118,18 @@ class ExperimentConfig(Strict):
         from .compose import build_strategy
 
         for t in TREES:
-            if getattr(self.model, t) is not None:
-                raise ValueError(f"set the strategy tree at top level ({t}=...), not under model.{t}")
             tree = getattr(self, t)
             if tree is not None:
                 build_strategy(tree, path=t)
         return self
 
-    def model_config_full(self) -> ModelConfig:
-        """The ModelConfig with the strategy trees filled in (what XLIP is built from)."""
-        return self.model.model_copy(update={t: getattr(self, t) for t in TREES})
 
 
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
         "model": {"arch": "maskkit-tiny", "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4},
                   "mlm": {"layers": 2, "heads": 4}},
-        "data": {"name": "phantoms", "n": 1024, "val_n": 256},
+        "data": {"name": "phantoms", "n": 1024, "val_n": 256, "num_workers": 0},
         "train": {"steps": 240, "batch_size": 16, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05,
                   "lr_warmup_steps": 10, "warmup_steps": 60, "ckpt_every": 100, "log_every": 10},
     },

@@ -46,8 +46,16 @@ class Gatherer:
     def __init__(self, info: DistInfo) -> None:
         self.info = info
 
+    @classmethod
+    def local(cls) -> Gatherer:
+        """The single-process gatherer (every collective is the identity)."""
+        return cls(DistInfo())
+
     def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """Concatenate ``x [n_r, ...]`` of every rank (rank order), keeping the local gradient."""
+        """Concatenate ``x [n_r, ...]`` of every rank (rank order), keeping the local gradient.
+
+        Two collectives on every call whatever ``n_r`` is (0 included): the sizes, then the rows
+        padded to the largest size; callers must call it on every rank at the same point."""
         if not self.info.enabled:
             return x
         import torch.distributed.nn.functional as dfn

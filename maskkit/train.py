@@ -1,24 +1,32 @@
-"""The pretraining recipe: a small loop separate from the model.
+"""The pretraining recipe (torchtune style): a class of small methods over a real DataLoader.
 
     maskkit run preset=xlip                              # tiny CPU run on phantoms
     maskkit run preset=xlip scale=paper data=mimic data.root=/data/mimic runtime.devices=8
 
-The model returns a dict of losses; this loop weights and sums the ``*_loss`` terms (only the
-masked-modelling terms during the warm-up), steps the optimiser, logs, checkpoints and resumes.
+:class:`PretrainRecipe` sets up the run (device, processes, run directory, model, data,
+optimiser, objectives), then repeats :meth:`~PretrainRecipe.train_step`, logging and
+checkpointing; :func:`train` is ``PretrainRecipe(cfg).run()``. The model returns features and
+masks; the objectives (:mod:`maskkit.objectives`) turn them into the terms of
+:data:`maskkit.terms.TERMS`, each with its weight and warm-up behaviour.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib.metadata
+import io
 import json
 import math
 import os
 import platform
 import random
+import re
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +37,12 @@ from .config import ExperimentConfig, flat_items
 from .distributed import DistInfo, Gatherer, init_from_env
 from .errors import MaskkitError
 from .io import atomic_write_bytes, atomic_write_text
+from .masking import mask_seed
+from .terms import TERM_BY_NAME
 
 # keys that may differ between a checkpoint and the run resuming from it
-RESUMABLE_DIFFERENCES = ("runtime.", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last")
+RESUMABLE_DIFFERENCES = ("runtime.", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
+                         "data.num_workers", "data.pin_memory", "data.prefetch_factor")
 
 
 class TrainingError(MaskkitError):
@@ -49,8 +60,13 @@ def _split_by_patient(records, val_fraction: float, seed: int):
     return train, val
 
 
-def build_datasets(cfg: ExperimentConfig, image_size: int):
-    """(train, held-out) datasets and their label names, from ``cfg.data``."""
+def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
+    """(train, held-out) datasets and their label names, from ``cfg.data``.
+
+    The training set replaces a sample that fails to decode by the next one that decodes (the skip
+    policy, reported); the held-out set drops it. ``tokenizer`` makes the training set compute
+    each record's token fields once (in the DataLoader's workers).
+    """
     from .data.dataset import PhantomDataset, XrayDataset
     from .data.ner import CachedNER, make_ner
     from .data.records import Table, load_table
@@ -58,7 +74,7 @@ def build_datasets(cfg: ExperimentConfig, image_size: int):
     d = cfg.data
     ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None else None  # entities feed EntMLM only
     if d.name == "phantoms":
-        train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired)
+        train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired, tokenizer=tokenizer)
         val = PhantomDataset(d.val_n, d.seed, image_size, offset=10_000_000, ner=None, p_unpaired=0.0) if d.val_n else None
         return train, val, train.label_names
     opts = dict(d.options)
@@ -77,28 +93,10 @@ def build_datasets(cfg: ExperimentConfig, image_size: int):
     if not len(table):
         raise MaskkitError(f"data: {d.name} at {d.root or d.path} has no records (after filters)")
     tr, va = _split_by_patient(table.records, 0.1, cfg.train.seed)
-    train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache)
+    train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache,
+                        tokenizer=tokenizer, on_skip="replace")
     val = XrayDataset(Table(table.name, va, table.label_names), image_size, d.decode_policy, cache=d.cache) if va else None
     return train, val, table.label_names
-
-
-class BatchOrder:
-    """The data order: a seeded permutation per epoch (DistributedSampler), resumable mid-epoch."""
-
-    def __init__(self, n: int, batch: int, seed: int, info: DistInfo) -> None:
-        from torch.utils.data import DistributedSampler
-
-        self.n, self.batch, self.info = n, batch, info
-        self.sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
-        self.per_epoch = max(1, len(self.sampler) // batch)
-        if len(self.sampler) < batch:
-            raise MaskkitError(f"train.batch_size: {batch} per process is more than the {len(self.sampler)} samples each process gets")
-
-    def batches(self, epoch: int, start: int):
-        self.sampler.set_epoch(epoch)
-        idx = list(self.sampler)
-        for b in range(start, self.per_epoch):
-            yield idx[b * self.batch:(b + 1) * self.batch]
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -123,8 +121,6 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    import io
-
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write_bytes(path, buf.getvalue())
@@ -144,7 +140,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if not k.startswith(RESUMABLE_DIFFERENCES) and saved.get(k) != current.get(k)]
 
 
-# --- the run ---------------------------------------------------------------------------------
+# --- the run's record --------------------------------------------------------------------------
 
 def git_revision() -> str:
     here = Path(__file__).resolve().parent
@@ -159,6 +155,47 @@ def git_revision() -> str:
 
     return f"maskkit {__version__} (not a git checkout)"
 
+
+def installed_plugins() -> list[dict[str, str]]:
+    """The plugins this process loaded (distribution, version, what they register), and the failed ones."""
+    from .plugins import get_plugin_manager, get_registry
+
+    reg = get_registry()
+    out = []
+    for name, plugin in get_plugin_manager().list_name_plugin():
+        dist = name.split(":", 1)[0]
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            from . import __version__
+
+            dist, version = "maskkit (built-in)", __version__
+        out.append({"plugin": name, "distribution": dist, "version": version})
+    for dist, why in getattr(reg, "failed_plugins", {}).items():
+        out.append({"plugin": dist, "distribution": dist, "version": _version_or_none(dist), "failed": why})
+    return out
+
+
+def _version_or_none(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def resolved_record(cfg: ExperimentConfig, sources: dict[str, str]) -> dict:
+    """``config.json``: the config with every strategy tree expanded with its defaults, and sources."""
+    from .compose import build_strategy, to_spec
+    from .masking import STREAMS
+
+    conf = cfg.model_dump(mode="json")
+    for t in STREAMS:
+        if conf.get(t) is not None:
+            conf[t] = to_spec(build_strategy(conf[t], t))
+    return {"config": conf, "sources": sources}
+
+
+# --- helpers ---------------------------------------------------------------------------------
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -179,13 +216,15 @@ def lr_factor(step: int, cfg) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.lr_warmup_steps) / span)))
 
 
-def active_terms(step: int, cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The loss terms that train at ``step``: masked modelling only during the warm-up."""
-    masked = tuple(t for t, on in (("mim", cfg.image_mask is not None or cfg.image_only_mask is not None),
-                                   ("mlm", cfg.text_mask is not None)) if on)
-    if step < cfg.train.warmup_steps and masked:
-        return masked
-    return ("align",) + masked
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; gains, biases, embeddings of one vector and the logit scale
+    are not decayed (open_clip's rule), so a term that is off in a phase leaves them unchanged."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 @dataclass
@@ -196,30 +235,59 @@ class RunResult:
     zeroshot: Any = None
 
 
+def default_run_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.preset}-{cfg.scale}-seed{cfg.train.seed}"
+
+
+def _numbered(base: Path) -> list[Path]:
+    """``base`` and its numbered siblings ``base-2``, ``base-3``, ... that exist, in number order."""
+    pat = re.compile(re.escape(base.name) + r"-(\d+)$")
+    found = [(1, base)] if base.exists() else []
+    if base.parent.is_dir():
+        found += [(int(m.group(1)), p) for p in base.parent.iterdir() if (m := pat.match(p.name)) and int(m.group(1)) >= 2]
+    return [p for _, p in sorted(found)]
+
+
 def run_dir_for(cfg: ExperimentConfig) -> Path:
-    name = cfg.runtime.name or f"{cfg.preset}-{cfg.scale}-seed{cfg.train.seed}"
-    return Path(cfg.runtime.out_dir) / name
+    """The run directory. ``runtime.name`` names it exactly. Without it, a new run gets the first
+    free of ``<preset>-<scale>-seed<k>``, ``...-2``, ``...-3`` (as common trainers number runs);
+    ``runtime.resume=latest`` continues the highest-numbered one; ``runtime.overwrite`` replaces
+    the unnumbered one."""
+    base = Path(cfg.runtime.out_dir) / (cfg.runtime.name or default_run_name(cfg))
+    if cfg.runtime.name or cfg.runtime.overwrite:
+        return base
+    existing = [p for p in _numbered(base) if p.is_dir() and any(p.iterdir())]
+    if cfg.runtime.resume is not None:
+        return existing[-1] if existing else base
+    if not existing:
+        return base
+    n = 2
+    while (base.parent / f"{base.name}-{n}").exists():
+        n += 1
+    return base.parent / f"{base.name}-{n}"
 
 
 def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo) -> Path:
-    out = run_dir_for(cfg)
-    resume = cfg.runtime.resume
-    if info.main:
-        exists = out.exists() and any(out.iterdir())
-        if exists and not resume and not cfg.runtime.overwrite:
-            raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
-                                f"runtime.overwrite=true to replace it (or choose runtime.name=...)")
-        if exists and cfg.runtime.overwrite and not resume:
-            import shutil
-
-            shutil.rmtree(out)
-        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-        resolved = {"config": cfg.model_dump(mode="json"), "sources": sources}
-        atomic_write_text(out / "config.json", json.dumps(resolved, indent=2))
-        env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
-               "cuda": torch.version.cuda, "maskkit_revision": git_revision(), "argv": sys.argv,
-               "world_size": info.world, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        atomic_write_text(out / "environment.json", json.dumps(env, indent=2))
+    """Choose (rank 0, then shared with every rank) and prepare the run directory."""
+    out = run_dir_for(cfg) if info.main else None
+    if info.enabled:
+        box = [str(out) if out is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = Path(box[0])
+    if not info.main:
+        return out
+    exists = out.exists() and any(out.iterdir())
+    if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
+        raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
+                            f"runtime.overwrite=true to replace it (or choose another runtime.name)")
+    if exists and cfg.runtime.overwrite and not cfg.runtime.resume:
+        shutil.rmtree(out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(resolved_record(cfg, sources), indent=2))
+    env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "maskkit_revision": git_revision(), "argv": sys.argv,
+           "world_size": info.world, "plugins": installed_plugins(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(out / "environment.json", json.dumps(env, indent=2))
     return out
 
 
@@ -235,195 +303,279 @@ def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
     return Path(r)
 
 
-def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> RunResult:
-    """Run the pretraining recipe described by ``cfg``; returns the run directory and losses."""
-    from rich.console import Console
+# --- the recipe ------------------------------------------------------------------------------
 
-    from .data.dataset import Collator, SkipReport
-    from .data.tokenize import ReportTokenizer
-    from .model import XLIP
+@dataclass
+class StepResult:
+    """What one optimiser step produced: each term's value (mean over ranks), and timings (s)."""
 
-    console = console or Console(stderr=True)
-    device = pick_device(cfg.runtime.device)
-    info = init_from_env(device.type)
-    if info.enabled and device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0") and cfg.runtime.resume is None:
-        cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "latest"})})
-    if cfg.train.precision == "fp16" and device.type != "cuda":
-        raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-    sources = sources or {}
-    out = prepare_run_dir(cfg, sources, info)
-    ckpt_path = find_resume(cfg, out)
-    torch.manual_seed(cfg.train.seed)
-    random.seed(cfg.train.seed)
-    np.random.seed(cfg.train.seed)
-    model = XLIP(cfg.model_config_full()).to(device)
-    if model.load_report and info.main:
-        console.print(f"model.pretrained: {model.load_report}", highlight=False)
-    image_size = cfg.data.image_size or model.image_size
-    if image_size != model.image_size:
-        raise MaskkitError(f"data.image_size={image_size} but model.arch {cfg.model.arch} takes {model.image_size} px images")
-    train_ds, val_ds, label_names = build_datasets(cfg, image_size)
-    order = BatchOrder(len(train_ds), cfg.train.batch_size, cfg.train.seed, info)
-    collate = Collator(ReportTokenizer(model.context_length))
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.train.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    step, epoch, batch_in_epoch = 0, 0, 0
-    if ckpt_path is not None:
-        ck = load_checkpoint(ckpt_path)
-        diff = config_differences(json.loads(ck["config_flat"]), {k: v for k, v in flat_items(cfg).items()})
-        if diff:
-            raise TrainingError(f"runtime.resume: {ckpt_path} was written by another config; differing keys: {', '.join(diff[:8])}"
-                                + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""))
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        step, epoch, batch_in_epoch = int(ck["step"]), int(ck["epoch"]), int(ck["batch_in_epoch"])
-        set_rng_state(ck["rng"])
-        if info.main:
-            console.print(f"resumed from {ckpt_path} at step {step}", highlight=False)
-    gather = Gatherer(info)
-    ddp = model
-    if info.enabled:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                                        find_unused_parameters=True)
-    weights = {"align_loss": cfg.objectives.align, "mim_loss": cfg.objectives.mim, "mlm_loss": cfg.objectives.mlm}
-    skips = SkipReport(cfg.data.max_skip_fraction)
-    metrics_f = open(out / "metrics.jsonl", "a", encoding="utf-8") if info.main else None
-    tb = _tensorboard(out) if info.main else None
-    losses_seen: list[dict] = []
-    bad_in_row = 0
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.precision)
+    values: dict[str, float]
+    finite: bool
+    samples: int
+    skipped: list = field(default_factory=list)
+    data_wait: float = 0.0
+    step_time: float = 0.0
 
-    def next_batch():
-        nonlocal epoch, batch_in_epoch
-        while True:
-            for idx in order.batches(epoch, batch_in_epoch):
-                batch_in_epoch += 1
-                return collate([train_ds[i] for i in idx])
-            epoch, batch_in_epoch = epoch + 1, 0
 
-    def checkpoint(final: bool = False) -> None:
-        if not info.main:
+class PretrainRecipe:
+    """The pretraining recipe. ``setup()`` once, then :meth:`train_step` until ``train.steps``;
+    :meth:`log`, :meth:`save` and :meth:`load` around it; :meth:`evaluate` at the end."""
+
+    def __init__(self, cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> None:
+        from rich.console import Console
+
+        self.cfg, self.sources = cfg, sources or {}
+        self.console = console or Console(stderr=True)
+        self.step = 0            # optimiser steps done
+        self.batches = 0         # micro-batches drawn (the loader's position)
+        self.bad_in_row = 0
+        self.losses: list[dict] = []
+
+    # --- setup ---------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.device = pick_device(cfg.runtime.device)
+        self.info = init_from_env(self.device.type)
+        if self.info.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank)
+            torch.cuda.set_device(self.device)
+        if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0") and cfg.runtime.resume is None:
+            cfg = self.cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "latest"})})
+        if cfg.train.precision == "fp16" and self.device.type != "cuda":
+            raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
+        self.out = prepare_run_dir(cfg, self.sources, self.info)
+        self.setup_model()
+        self.setup_data()
+        self.setup_optimizer()
+        ck = find_resume(cfg, self.out)
+        if ck is not None:
+            self.load(ck)
+        self.setup_loader()
+        self.gather = Gatherer(self.info)
+        from .objectives import Objectives
+
+        self.objectives = Objectives.for_model(self.model, cfg.objectives, self.gather)
+        self.ddp = self.model
+        if self.info.enabled:
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        from .data.dataset import SkipReport
+
+        self.skips = SkipReport(cfg.data.max_skip_fraction)
+        self.metrics_f = open(self.out / "metrics.jsonl", "a", encoding="utf-8") if self.info.main else None
+        self.tb = _tensorboard(self.out) if self.info.main else None
+
+    def setup_model(self) -> None:
+        from .model import XLIP
+
+        torch.manual_seed(self.cfg.train.seed)
+        random.seed(self.cfg.train.seed)
+        np.random.seed(self.cfg.train.seed)
+        self.model = XLIP.from_experiment(self.cfg).to(self.device)
+        if self.model.load_report and self.info.main:
+            self.console.print(f"model.pretrained: {self.model.load_report}", highlight=False)
+
+    def setup_data(self) -> None:
+        from .data.dataset import Collator
+
+        cfg, model = self.cfg, self.model
+        image_size = cfg.data.image_size or model.image_size
+        if image_size != model.image_size:
+            raise MaskkitError(f"data.image_size={image_size} but model.arch {cfg.model.arch} takes {model.image_size} px images")
+        self.train_ds, self.val_ds, self.label_names = build_datasets(cfg, image_size, tokenizer=model.tokenizer)
+        self.collate = Collator(model.tokenizer)
+
+    def setup_loader(self) -> None:
+        from .data.loader import ResumableBatchSampler, make_loader
+
+        d = self.cfg.data
+        self.sampler = ResumableBatchSampler(len(self.train_ds), self.cfg.train.batch_size, self.cfg.train.seed, self.info,
+                                             start=self.batches)
+        self.loader = make_loader(self.train_ds, self.collate, self.sampler, d.num_workers,
+                                  pin_memory=d.pin_memory and self.device.type == "cuda", prefetch_factor=d.prefetch_factor,
+                                  seed=self.cfg.train.seed)
+        self.batch_iter = iter(self.loader)
+
+    def setup_optimizer(self) -> None:
+        t = self.cfg.train
+        groups = param_groups(self.model, t.weight_decay)
+        if t.optimizer == "sgd":
+            self.opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+        else:
+            self.opt = torch.optim.AdamW(groups, lr=t.lr)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.precision == "fp16")
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+
+    # --- one step ----------------------------------------------------------------------------
+    def in_warmup(self, step: int) -> bool:
+        """Whether ``step`` is in the masked-modelling-only warm-up (only when such terms exist)."""
+        return step < self.cfg.train.warmup_steps and any(o.term.warmup for o in self.objectives.terms)
+
+    def next_batch(self) -> dict:
+        batch = next(self.batch_iter)
+        self.batches += 1
+        return batch
+
+    def train_step(self) -> StepResult:
+        """One optimiser step over ``train.grad_accum`` micro-batches. Every rank runs the same
+        forward, backward and collectives whatever its batches hold."""
+        cfg, dev = self.cfg, self.device
+        t0 = time.perf_counter()
+        self.ddp.train()
+        self.opt.zero_grad(set_to_none=True)
+        accum = cfg.train.grad_accum
+        warm = self.in_warmup(self.step)
+        sums = {n: torch.zeros((), device=dev) for n in self.objectives.names}
+        samples, skipped, wait = 0, [], 0.0
+        for micro in range(accum):
+            tw = time.perf_counter()
+            batch = self.next_batch()
+            wait += time.perf_counter() - tw
+            self.skips.update(len(batch["ids"]), batch["skipped"])
+            skipped += batch["skipped"]
+            samples += len(batch["ids"])
+            batch = {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            sync = micro == accum - 1 or not self.info.enabled
+            with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), \
+                    torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                out = self.ddp(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
+                total, values = self.objectives(out, in_warmup=warm)
+            self.scaler.scale(total / accum).backward()
+            for n, v in values.items():
+                sums[n] = sums[n] + v.detach().float() / accum
+        # one collective per term and one for finiteness, on every rank, every step
+        values = {n: self.gather.mean(v) for n, v in sums.items()}
+        finite = bool(torch.isfinite(torch.stack(list(values.values()))).all()) if values else True
+        if finite:
+            if cfg.train.clip_grad:
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+            self.model.constrain_()
+        else:
+            self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.step += 1
+        return StepResult({n: float(v) for n, v in values.items()}, finite, samples * self.info.world, skipped, wait,
+                          time.perf_counter() - t0)
+
+    # --- logging, checkpoints ----------------------------------------------------------------------
+    def log(self, r: StepResult, rate: float, warm: bool) -> str:
+        """Record a step (every step in memory; metrics.jsonl every ``train.log_every``); returns the bar text."""
+        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}
+        self.losses.append({"step": self.step, **logged})
+        txt = " ".join(f"{n} {v:.3f}" for n, v in r.values.items()) + f"  {rate:.1f} samples/s"
+        if warm:
+            txt += "  [warm-up]"
+        if not self.info.main:
+            return txt
+        if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+            if self.cfg.runtime.progress and not self.console.is_terminal:  # logs piped to a file (SLURM): plain lines
+                self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False)
+            epoch, b = self.sampler.position(self.batches)
+            line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
+                    "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time()}
+            self.metrics_f.write(json.dumps(line) + "\n")
+            self.metrics_f.flush()
+            if self.tb is not None:
+                for k, v in logged.items():
+                    self.tb.add_scalar(f"loss/{k}", v, self.step)
+                self.tb.add_scalar("samples_per_s", rate, self.step)
+        return txt
+
+    def save(self) -> None:
+        if not self.info.main:
             return
-        payload = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                   "scaler": scaler.state_dict(), "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                   "rng": rng_state(), "config_flat": json.dumps(flat_items(cfg)), "config": json.dumps(cfg.model_dump(mode="json"))}
-        save_checkpoint(out / "checkpoints" / f"step_{step:08d}.pt", payload)
-        cks = sorted((out / "checkpoints").glob("step_*.pt"))
-        for old in cks[: -cfg.train.keep_last]:
+        epoch, b = self.sampler.position(self.batches)
+        payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                   "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "epoch": epoch,
+                   "batch_in_epoch": b, "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
+                   "config": json.dumps(self.cfg.model_dump(mode="json"))}
+        ckdir = self.out / "checkpoints"
+        save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
+        for old in sorted(ckdir.glob("step_*.pt"))[: -self.cfg.train.keep_last]:
             old.unlink(missing_ok=True)
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    def load(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        diff = config_differences(json.loads(ck["config_flat"]), flat_items(self.cfg))
+        if diff:
+            raise TrainingError(f"runtime.resume: {path} was written by another config; differing keys: {', '.join(diff[:8])}"
+                                + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""))
+        if "batches" not in ck:
+            raise TrainingError(f"runtime.resume: {path} was written by an older maskkit (no loader position); start a new run")
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        self.sched.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.step, self.batches = int(ck["step"]), int(ck["batches"])
+        set_rng_state(ck["rng"])
+        if self.info.main:
+            self.console.print(f"resumed from {path} at step {self.step}", highlight=False)
 
-    progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=console,
-                        disable=not (cfg.runtime.progress and info.main))
-    t_last, n_last = time.perf_counter(), 0
-    with progress:
-        task = progress.add_task("train", total=cfg.train.steps, completed=step, info="")
-        while step < cfg.train.steps:
-            terms = active_terms(step, cfg)
-            ddp.train()
-            opt.zero_grad(set_to_none=True)
-            parts: dict[str, float] = {}
-            finite = True
-            n_samples = 0
-            for micro in range(cfg.train.grad_accum):
-                batch = next_batch()
-                skips.update(len(batch["ids"]), batch["skipped"])
-                batch = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-                n_samples += len(batch["ids"])
-                sync = micro == cfg.train.grad_accum - 1 or not info.enabled
-                ctx = ddp.no_sync() if not sync else _null()
-                with ctx, torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                    outd = ddp(batch, seed=cfg.train.seed * 1_000_003 + step * 17 + micro, terms=terms, gather=gather)
-                    losses = {k: v for k, v in outd.items() if k.endswith("_loss")}
-                    total = sum(weights[k] * v for k, v in losses.items()) / cfg.train.grad_accum
-                for k, v in losses.items():
-                    parts[k] = parts.get(k, 0.0) + float(v.detach()) / cfg.train.grad_accum
-                if not all(math.isfinite(float(v.detach())) for v in losses.values()):
-                    finite = False
-                if isinstance(total, torch.Tensor):
-                    scaler.scale(total).backward()
-            finite = bool(gather.mean(torch.tensor(float(finite))) == 1.0) if info.enabled else finite
-            if not finite:
-                bad_in_row += 1
-                opt.zero_grad(set_to_none=True)
-                bad = ", ".join(f"{k}={v}" for k, v in parts.items())
-                if info.main:
-                    console.print(f"[yellow]step {step}: non-finite loss ({bad}); step skipped ({bad_in_row} in a row)[/]")
-                if bad_in_row >= cfg.train.max_bad_steps:
-                    raise TrainingError(f"train.max_bad_steps: {bad_in_row} non-finite losses in a row, last at step {step} ({bad})")
-                step += 1
-                sched.step()
-                continue
-            bad_in_row = 0
-            if cfg.train.clip_grad:
-                scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            step += 1
-            logged = {k: float(gather.mean(torch.tensor(parts.get(k, 0.0)))) for k in ("align_loss", "mim_loss", "mlm_loss")}
-            logged = {k: v for k, v in logged.items() if k in parts or info.enabled and v != 0.0}
-            losses_seen.append({"step": step, **logged})
-            n_last += n_samples * info.world
-            if info.main:
-                now = time.perf_counter()
-                rate = n_last / max(now - t_last, 1e-9)
-                txt = " ".join(f"{k[:-5]} {v:.3f}" for k, v in logged.items()) + f"  {rate:.1f} samples/s"
-                if step <= cfg.train.warmup_steps and "align" not in terms:
-                    txt += "  [warm-up]"
-                progress.update(task, completed=step, info=txt)
-                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
-                    if cfg.runtime.progress and not console.is_terminal:  # logs piped to a file (SLURM): plain lines
-                        console.print(f"step {step}/{cfg.train.steps} {txt}", highlight=False)
-                    line = {"step": step, **logged, "lr": sched.get_last_lr()[0], "samples_per_s": rate,
-                            "warmup": "align" not in terms, "epoch": epoch, "time": time.time()}
-                    metrics_f.write(json.dumps(line) + "\n")
-                    metrics_f.flush()
-                    if tb is not None:
-                        for k, v in logged.items():
-                            tb.add_scalar(f"loss/{k}", v, step)
-                        tb.add_scalar("samples_per_s", rate, step)
-                    t_last, n_last = now, 0
-                if step % cfg.train.ckpt_every == 0 and step < cfg.train.steps:
-                    checkpoint()
-    checkpoint(final=True)
-    if metrics_f:
-        metrics_f.close()
-    if tb is not None:
-        tb.close()
-    if info.main:
-        console.print(skips.summary(), highlight=False)
-    result = RunResult(out, step, losses_seen)
-    if cfg.runtime.eval_zeroshot and val_ds is not None and info.main:
+    def evaluate(self):
+        """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
         from .eval.zeroshot import zeroshot_eval
 
-        result.zeroshot = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32),
-                                        n_boot=200)
-        atomic_write_text(out / "zeroshot.json", json.dumps(result.zeroshot.to_json(), indent=2))
-    if info.enabled:
-        torch.distributed.barrier()
-    return result
+        res = zeroshot_eval(self.model, self.val_ds, self.label_names, device=self.device,
+                            batch_size=max(self.cfg.train.batch_size, 32), n_boot=200)
+        atomic_write_text(self.out / "zeroshot.json", json.dumps(res.to_json(), indent=2))
+        return res
+
+    # --- the loop ----------------------------------------------------------------------------
+    def run(self) -> RunResult:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.setup()
+        cfg, info = self.cfg, self.info
+        progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
+                            disable=not (cfg.runtime.progress and info.main))
+        t_last, n_last = time.perf_counter(), 0
+        try:
+            with progress:
+                task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="")
+                while self.step < cfg.train.steps:
+                    warm = self.in_warmup(self.step)
+                    r = self.train_step()
+                    if not r.finite:
+                        self.bad_in_row += 1
+                        bad = ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items())
+                        if info.main:
+                            self.console.print(f"[yellow]step {self.step - 1}: non-finite loss ({bad}); step skipped ({self.bad_in_row} in a row)[/]")
+                        if self.bad_in_row >= cfg.train.max_bad_steps:
+                            raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} non-finite losses in a row, last at step {self.step - 1} ({bad})")
+                        continue
+                    self.bad_in_row = 0
+                    n_last += r.samples
+                    now = time.perf_counter()
+                    txt = self.log(r, n_last / max(now - t_last, 1e-9), warm)
+                    if self.step % cfg.train.log_every == 0:
+                        t_last, n_last = now, 0
+                    progress.update(task, completed=self.step, info=txt)
+                    if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
+                        self.save()
+            self.save()
+        finally:
+            if self.metrics_f:
+                self.metrics_f.close()
+            if self.tb is not None:
+                self.tb.close()
+        if info.main:
+            self.console.print(self.skips.summary(), highlight=False)
+        result = RunResult(self.out, self.step, self.losses)
+        if cfg.runtime.eval_zeroshot and self.val_ds is not None and info.main:
+            result.zeroshot = self.evaluate()
+        if info.enabled:
+            torch.distributed.barrier()
+        return result
 
 
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
+def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> RunResult:
+    """Run the pretraining recipe described by ``cfg``; returns the run directory and losses."""
+    return PretrainRecipe(cfg, sources, console).run()
 
 
 def _tensorboard(out: Path):
@@ -451,6 +603,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     if "config" not in ck or "model" not in ck:
         raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
     cfg = ExperimentConfig.model_validate(json.loads(ck["config"]))
-    model = XLIP(cfg.model_config_full())
+    model = XLIP.from_experiment(cfg)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg

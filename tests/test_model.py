@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from maskkit.errors import MaskkitError
 from maskkit.model import ModelConfig, XLIP
 from maskkit.model.towers import load_pretrained
-from model_helpers import phantom_batch, subset, tiny_config, tiny_model
+from model_helpers import model_losses, phantom_batch, subset, tiny_config, tiny_model
 
 LOSSES = ("align_loss", "mim_loss", "mlm_loss")
 
@@ -34,7 +35,7 @@ def test_token_features_shapes(batch):
 
 
 def test_forward_returns_finite_losses_and_the_mask(batch):
-    out = tiny_model()(batch)
+    out = model_losses(tiny_model(), batch)
     assert set(LOSSES) <= set(out)
     for k in LOSSES:
         assert out[k].dim() == 0 and torch.isfinite(out[k])
@@ -52,7 +53,7 @@ def test_each_loss_reaches_exactly_its_parameters(batch, placement):
     from maskkit.model import MIMConfig
 
     m = tiny_model(mim=MIMConfig(placement=placement, decoder_depth=2, decoder_width=64, decoder_heads=4))
-    out = m(batch)
+    out = model_losses(m, batch)
     mim = _grads(m, out["mim_loss"])
     assert any(n.startswith("decoder.") for n in mim)
     assert any(n.startswith("clip.visual.transformer") for n in mim)  # reaches the encoder
@@ -70,36 +71,107 @@ def test_each_loss_reaches_exactly_its_parameters(batch, placement):
 def test_no_gradient_through_the_topk_selection(batch):
     m = tiny_model()
     out = m(batch)
-    assert not out["mim_mask"].requires_grad and out["mim_mask"].dtype == torch.bool
+    assert not out.mim_mask.requires_grad and out.mim_mask.dtype == torch.bool
 
 
-def test_image_only_batch_never_touches_reports(batch):
+def test_forward_returns_features_and_masks_not_losses(batch):
+    from maskkit.model import XLIPOutput
+
+    out = tiny_model()(batch)
+    assert isinstance(out, XLIPOutput)
+    assert out.image_features.shape == (8, 128) and out.text_features.shape == (8, 128)
+    assert out.mim_pred.shape == out.mim_target.shape == (8, 36, 256) and out.mim_mask.shape == (8, 36)
+    k = int(out.mlm_labels.shape[0])
+    assert out.mlm_logits.shape[0] == k and k > 0
+
+
+def test_image_only_rows_do_not_reach_align_or_mlm(batch):
+    """An image-only row's (empty) report never changes a loss: replacing its token ids by
+    arbitrary ones changes nothing; an all-image-only batch has zero align and MLM losses."""
     m = tiny_model()
     only = subset(batch, torch.nonzero(~batch["paired"]).flatten())
-    poisoned = dict(only, text=torch.full_like(only["text"], -1), text_valid=torch.ones_like(only["text_valid"]))
-    out = m(poisoned)  # token id -1 would raise inside the text tower's embedding
-    assert set(k for k in out if k.endswith("_loss")) == {"mim_loss"}
-    torch.testing.assert_close(out["mim_loss"], m(only)["mim_loss"])
+    g = torch.Generator().manual_seed(0)
+    noisy = dict(only, text=torch.randint(1, 40000, only["text"].shape, generator=g), text_valid=torch.ones_like(only["text_valid"]))
+    a, b = model_losses(m, only), model_losses(m, noisy)
+    torch.testing.assert_close(a["mim_loss"], b["mim_loss"])
+    assert float(a["align_loss"]) == 0.0 and float(a["mlm_loss"]) == 0.0 and float(b["mlm_loss"]) == 0.0
+    mixed = dict(batch, text=torch.where(batch["paired"][:, None], batch["text"], torch.randint(1, 40000, batch["text"].shape, generator=g)))
+    for k, v in model_losses(m, batch).items():
+        torch.testing.assert_close(v, model_losses(m, mixed)[k])
+
+
+DETERMINISTIC = dict(image_mask={"image_self": {"ratio": 0.75}}, image_only_mask={"prompt_driven": {"ratio": 0.5}},
+                     text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}})
 
 
 def test_mixed_batch_equals_its_halves(batch):
-    m = tiny_model().eval()
+    """Eq. 16: a mixed batch's losses are those of its paired half and image-only half (row-wise
+    deterministic masks, so that both layouts mask the same tokens)."""
+    m = tiny_model(**DETERMINISTIC).eval()
     p = torch.nonzero(batch["paired"]).flatten()
     u = torch.nonzero(~batch["paired"]).flatten()
     with torch.no_grad():
-        full = m(batch, seed=3)
-        hp = m(subset(batch, p), seed=3)
-        hu = m(subset(batch, u), seed=3)
-    n_p, n_u = len(p), len(u)
+        full = model_losses(m, batch, seed=3)
+        hp = model_losses(m, subset(batch, p), seed=3)
+        hu = model_losses(m, subset(batch, u), seed=3)
+    n_p, n_u = full["mim_mask"][p].sum(), full["mim_mask"][u].sum()
     torch.testing.assert_close(full["mim_loss"], (n_p * hp["mim_loss"] + n_u * hu["mim_loss"]) / (n_p + n_u))
     torch.testing.assert_close(full["mlm_loss"], hp["mlm_loss"])
     torch.testing.assert_close(full["align_loss"], hp["align_loss"])  # paired samples only
     assert torch.equal(full["mim_mask"][p], hp["mim_mask"]) and torch.equal(full["mim_mask"][u], hu["mim_mask"])
+    assert int(full["mim_mask"][u[0]].sum()) == 18 and int(full["mim_mask"][p[0]].sum()) == 27  # each row its own tree
 
 
 def test_clip_preset_has_alignment_only(batch):
-    out = tiny_model("clip")(batch)
-    assert set(k for k in out if k.endswith("_loss")) == {"align_loss"}
+    from maskkit.config import ObjectivesConfig
+    from maskkit.objectives import Objectives
+
+    m = tiny_model("clip")
+    assert Objectives.for_model(m, ObjectivesConfig()).names == ("align",)
+    out = m(batch)
+    assert out.mim_pred is None and out.mlm_logits is None
+
+
+def test_same_report_pairs_are_not_negatives(batch):
+    """Two images of one study share a report: the pair is removed from the contrastive
+    negatives (A20). Checked against a row-by-row reference of the symmetric InfoNCE."""
+    import torch.nn.functional as F
+
+    from maskkit.objectives import AlignLoss
+
+    m = tiny_model("clip").eval()
+    p = torch.nonzero(batch["paired"]).flatten()
+    dup = subset(batch, torch.cat([p, p[:1]]))  # the first study's report again, with its image
+    assert torch.equal(dup["text_key"][0], dup["text_key"][-1])
+    with torch.no_grad():
+        out = m(dup)
+        got = AlignLoss(1.0)(out)
+        distinct = AlignLoss(1.0)(dataclasses.replace(out, text_key=torch.arange(len(p) + 1)))
+    img, txt = F.normalize(out.image_features, dim=-1), F.normalize(out.text_features, dim=-1)
+    s, key = out.logit_scale.exp(), out.text_key.tolist()
+
+    def ce(q, keys, i):
+        cols = [j for j in range(len(keys)) if j == i or keys[j] != keys[i]]
+        return -torch.log_softmax(s * q[i] @ keys_feats[cols].T, 0)[cols.index(i)]
+
+    keys_feats = txt
+    i2t = torch.stack([ce(img, key, i) for i in range(len(key))]).mean()
+    keys_feats = img
+    t2i = torch.stack([ce(txt, key, i) for i in range(len(key))]).mean()
+    torch.testing.assert_close(got, (i2t + t2i) / 2)
+    assert float(distinct) != pytest.approx(float(got))
+
+
+def test_logit_scale_is_capped():
+    """CLIP caps the logit scale at 100: an initial temperature below 1/100 is refused in one line,
+    and constrain_() (after every optimiser step) clamps the parameter."""
+    with pytest.raises(Exception, match=r"init_temperature 0.005 gives a logit scale of 200.0, above max_logit_scale 100"):
+        tiny_config(init_temperature=0.005)
+    m = tiny_model("clip")
+    with torch.no_grad():
+        m.clip.logit_scale.fill_(7.0)
+    m.constrain_()
+    assert abs(float(m.clip.logit_scale.exp()) - 100.0) < 1e-3
 
 
 def test_mlm_modes_and_table4_compositions(batch):
@@ -107,17 +179,19 @@ def test_mlm_modes_and_table4_compositions(batch):
 
     for preset in ("t4_mlm_full", "t4_mlm_random_0.5", "t4_entmlm_0.5"):
         for mode in ("input", "loss"):
-            out = tiny_model(preset, mlm=MLMConfig(mode=mode, layers=1, heads=4))(batch)
+            out = model_losses(tiny_model(preset, mlm=MLMConfig(mode=mode, layers=1, heads=4)), batch)
             assert torch.isfinite(out["mlm_loss"])
 
 
 def test_bad_configs_fail_with_one_line(batch):
-    with pytest.raises(MaskkitError, match="model.image_only_mask: image-only samples have no report"):
-        XLIP(tiny_config(image_only_mask={"union": {"of": ["report_cross", "image_self"]}}))
-    with pytest.raises(MaskkitError, match="model.text_mask: expected a text strategy"):
-        XLIP(tiny_config(text_mask="image_self"))
+    with pytest.raises(MaskkitError, match="image_only_mask: image-only samples have no report"):
+        tiny_model(image_only_mask={"union": {"of": ["report_cross", "image_self"]}})
+    with pytest.raises(MaskkitError, match="text_mask: expected a text strategy"):
+        tiny_model(text_mask="image_self")
     with pytest.raises(MaskkitError, match="unknown open_clip architecture 'ViT-B-61'"):
         XLIP(tiny_config(arch="ViT-B-61"))
+    with pytest.raises(MaskkitError, match=r"the batch holds no image .*were all its samples skipped"):
+        tiny_model()(dict(batch, images=torch.zeros(0)))
     with pytest.raises(MaskkitError, match=r"images are \(64, 64\) px; model.arch maskkit-tiny expects 96 px"):
         tiny_model()(dict(batch, images=torch.zeros(8, 1, 64, 64)))
 

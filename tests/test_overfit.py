@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from model_helpers import phantom_batch, tiny_model
+from model_helpers import model_losses, phantom_batch, tiny_model
 
 
 def test_each_loss_halves_on_eight_fixed_pairs():
@@ -14,7 +14,7 @@ def test_each_loss_halves_on_eight_fixed_pairs():
     opt = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.0)
     history = []
     for step in range(80):
-        out = model(batch, seed=step)
+        out = model_losses(model, batch, seed=step)
         losses = {k: v for k, v in out.items() if k.endswith("_loss")}
         history.append({k: float(v.detach()) for k, v in losses.items()})
         opt.zero_grad()

@@ -2,12 +2,20 @@
 
 A sample is a dict: ``image`` float ``[1, H, W]`` in [0, 1], ``report`` str or None, ``labels``
 float ``[K]`` (NaN = unknown), ``id`` str, ``entity_spans`` list of (start, end) characters, and
-for phantoms ``lesion`` bool ``[H, W]``. A file that fails to decode yields ``{"skipped": ...}``
-under ``policy="skip"`` (the collator drops it and reports it) or raises under ``"raise"``.
+for phantoms ``lesion`` bool ``[H, W]``. A dataset given a ``tokenizer`` adds the report's token
+fields (``text_ids``, ``text_valid``, ``entities`` ``[L]``, ``text_key``), computed once per record
+and kept, so that batches only stack them.
+
+The skip policy: a file that fails to decode raises under ``policy="raise"``; under ``"skip"``
+it yields ``{"skipped": [(file, reason)], ...}`` (``on_skip="drop"``: evaluation, where the batch
+former drops it) or, for training (``on_skip="replace"``), the next record that decodes, with the
+skipped files listed in ``skipped``, so a training batch always holds ``batch_size`` samples and
+every rank runs the same steps.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from collections.abc import Sequence
@@ -43,6 +51,34 @@ def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
     return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
 
 
+def report_key(report: str | None) -> int:
+    """A 52-bit identity of a report's text (equal texts, equal keys; exact in float64); -1 for None."""
+    if not report:
+        return -1
+    return int.from_bytes(hashlib.blake2b(report.encode("utf-8"), digest_size=8).digest(), "little") >> 12
+
+
+def encode_report(tokenizer: ReportTokenizer, report: str | None, spans: Sequence[tuple[int, int]]) -> dict:
+    """The token fields of one report: ``text_ids`` long ``[L]``, ``text_valid`` bool ``[L]``,
+    ``entities`` bool ``[L]`` (positions overlapping an entity span) and ``text_key`` (:func:`report_key`)."""
+    enc = tokenizer([report])
+    L = enc.ids.shape[1]
+    return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L),
+            "text_key": report_key(report)}
+
+
+class _TextFields:
+    """Token fields of each record, computed on first use and kept (per DataLoader worker)."""
+
+    def _text_fields(self, i: int) -> dict:
+        if self.tokenizer is None:
+            return {}
+        got = self._encoded.get(i)
+        if got is None:
+            got = self._encoded[i] = encode_report(self.tokenizer, self.reports[i], self.entity_spans[i])
+        return got
+
+
 class SkipLimitExceeded(MaskkitError):
     """Too large a fraction of the images failed to decode."""
 
@@ -76,13 +112,22 @@ class SkipReport:
         return "\n".join(lines)
 
 
-class XrayDataset(torch.utils.data.Dataset):
-    """Images of an adapter :class:`Table`, decoded (or read from a prepared cache) and resized."""
+class XrayDataset(_TextFields, torch.utils.data.Dataset):
+    """Images of an adapter :class:`Table`, decoded (or read from a prepared cache) and resized.
 
-    def __init__(self, table: Table, image_size: int = 224, policy: str = "skip", ner=None, cache: str | Path | None = None) -> None:
+    ``on_skip``: ``drop`` (a failed file yields a ``skipped`` stub) or ``replace`` (the next
+    record that decodes, at most ``max_replace`` tries; training). ``tokenizer`` adds token fields.
+    """
+
+    def __init__(self, table: Table, image_size: int = 224, policy: str = "skip", ner=None, cache: str | Path | None = None,
+                 tokenizer: ReportTokenizer | None = None, on_skip: str = "drop", max_replace: int = 32) -> None:
         if policy not in ("skip", "raise"):
             raise MaskkitError(f"data.decode_policy: '{policy}' is not a policy; expected skip or raise")
+        if on_skip not in ("drop", "replace"):
+            raise MaskkitError(f"on_skip: '{on_skip}' is not a choice; expected drop or replace")
         self.table, self.image_size, self.policy = table, image_size, policy
+        self.tokenizer, self.on_skip, self.max_replace = tokenizer, on_skip, max_replace
+        self._encoded: dict[int, dict] = {}
         self.reports = [clean_report(r.report) for r in table.records]
         self.entity_spans = entity_spans(self.reports, ner)
         self.cache = None
@@ -107,23 +152,36 @@ class XrayDataset(torch.utils.data.Dataset):
         return resize(read_image(rec.image_path), self.image_size)
 
     def __getitem__(self, i: int) -> dict:
-        rec = self.table.records[i]
-        try:
-            img = self.load_image(i)
-        except DecodeError as exc:
-            if self.policy == "raise":
-                raise
-            return {"skipped": (rec.image_path or rec.id, str(exc)), "index": i}
-        return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], "report": self.reports[i],
-                "labels": self.label_tensor(i), "id": rec.id, "index": i, "entity_spans": self.entity_spans[i]}
+        skipped: list[tuple[str, str]] = []
+        j = i
+        for _ in range(self.max_replace if self.on_skip == "replace" else 1):
+            rec = self.table.records[j]
+            try:
+                img = self.load_image(j)
+            except DecodeError as exc:
+                if self.policy == "raise":
+                    raise
+                skipped.append((rec.image_path or rec.id, str(exc)))
+                j = (j + 1) % len(self)
+                continue
+            return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], "report": self.reports[j],
+                    "labels": self.label_tensor(j), "id": rec.id, "index": j, "entity_spans": self.entity_spans[j],
+                    "skipped": skipped, **self._text_fields(j)}
+        if self.on_skip == "drop":
+            return {"skipped": skipped, "index": i}
+        raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} failed to decode; last: {skipped[-1][1]}")
 
 
-class PhantomDataset(torch.utils.data.Dataset):
-    """``n`` phantoms of one seed (sample ``i`` is generator index ``offset + i``), with NER spans."""
+class PhantomDataset(_TextFields, torch.utils.data.Dataset):
+    """``n`` phantoms of one seed (sample ``i`` is generator index ``offset + i``), with NER spans;
+    ``tokenizer`` adds token fields."""
 
-    def __init__(self, n: int, seed: int = 0, image_size: int = 96, offset: int = 0, ner=None, p_unpaired: float = 0.2) -> None:
+    def __init__(self, n: int, seed: int = 0, image_size: int = 96, offset: int = 0, ner=None, p_unpaired: float = 0.2,
+                 tokenizer: ReportTokenizer | None = None) -> None:
         from .phantoms import LABELS, PhantomGenerator
 
+        self.tokenizer = tokenizer
+        self._encoded: dict[int, dict] = {}
         self.gen = PhantomGenerator(seed, image_size, p_unpaired=p_unpaired)
         self.n, self.offset, self.label_names = n, offset, LABELS
         self._items: dict[int, object] = {}
@@ -145,32 +203,39 @@ class PhantomDataset(torch.utils.data.Dataset):
         p = self._phantom(i)
         return {"image": torch.from_numpy(p.image)[None], "report": self.reports[i],
                 "labels": torch.tensor([p.labels[n] for n in self.label_names]), "id": f"phantom-{self.gen.seed}-{self.offset + i}",
-                "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask)}
+                "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask), "skipped": [],
+                **self._text_fields(i)}
 
 
 class Collator:
-    """Stack samples into a batch, tokenize reports and map entity spans to token positions.
+    """Stack samples into a batch; reports are tokenized here only when the dataset did not.
 
     Batch: ``images [B, 1, H, W]``, ``text [B, L]`` ids, ``text_valid [B, L]``, ``paired [B]``
-    (has a report), ``entities [B, L]``, ``labels [B, K]``, ``ids``, ``index [B]``, ``skipped``
-    (list of (file, reason)), and ``lesion [B, H, W]`` when every sample has one.
+    (has a report), ``entities [B, L]``, ``text_key [B]`` long, ``labels [B, K]``, ``ids``,
+    ``index [B]``, ``skipped`` (list of (file, reason)), and ``lesion [B, H, W]`` when every
+    sample has one. Samples that are only a skip record are dropped (``B`` may then be 0).
     """
 
     def __init__(self, tokenizer: ReportTokenizer) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict]) -> dict:
-        skipped = [s["skipped"] for s in samples if "skipped" in s]
-        ok = [s for s in samples if "skipped" not in s]
-        enc = self.tokenizer([s["report"] for s in ok])
-        L = enc.ids.shape[1]
-        ents = torch.stack([entity_positions(sp, s["entity_spans"], L) for sp, s in zip(enc.spans, ok)]) if ok else torch.zeros(0, L, dtype=torch.bool)
+        skipped = [sk for s in samples for sk in s.get("skipped", [])]
+        ok = [s for s in samples if "image" in s]
+        L = self.tokenizer.context_length
+        text = [s if "text_ids" in s else {**s, **encode_report(self.tokenizer, s["report"], s["entity_spans"])} for s in ok]
+
+        def stack(key, empty):
+            return torch.stack([s[key] for s in text]) if text else empty
+
         batch = {
-            "images": torch.stack([s["image"] for s in ok]) if ok else torch.zeros(0),
-            "text": enc.ids, "text_valid": enc.valid,
+            "images": stack("image", torch.zeros(0, 1, 0, 0)),
+            "text": stack("text_ids", torch.zeros(0, L, dtype=torch.long)),
+            "text_valid": stack("text_valid", torch.zeros(0, L, dtype=torch.bool)),
+            "entities": stack("entities", torch.zeros(0, L, dtype=torch.bool)),
+            "text_key": torch.tensor([s["text_key"] for s in text], dtype=torch.long),
             "paired": torch.tensor([s["report"] is not None for s in ok], dtype=torch.bool),
-            "entities": ents,
-            "labels": torch.stack([s["labels"] for s in ok]) if ok else torch.zeros(0),
+            "labels": stack("labels", torch.zeros(0)),
             "ids": [s["id"] for s in ok], "index": torch.tensor([s["index"] for s in ok], dtype=torch.long),
             "reports": [s["report"] for s in ok], "entity_spans": [s["entity_spans"] for s in ok],
             "skipped": skipped,
@@ -178,3 +243,14 @@ class Collator:
         if ok and all("lesion" in s for s in ok):
             batch["lesion"] = torch.stack([s["lesion"] for s in ok])
         return batch
+
+
+def iter_batches(dataset, indices: Sequence[int], batch_size: int, collate: Collator, skips: SkipReport | None = None):
+    """Batches of ``dataset[indices]`` in order (evaluation, fine-tuning): skipped samples are
+    dropped and counted in ``skips``; a batch left with no sample is not yielded."""
+    for start in range(0, len(indices), batch_size):
+        b = collate([dataset[i] for i in indices[start:start + batch_size]])
+        if skips is not None:
+            skips.update(len(b["ids"]), b["skipped"])
+        if b["ids"]:
+            yield b

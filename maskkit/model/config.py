@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .towers import OPENAI_MEAN, OPENAI_STD
 
@@ -39,9 +39,14 @@ class ModelConfig(Strict):
     image_std: tuple[float, float, float] = Field(OPENAI_STD, description="normalisation std")
     prompts: tuple[str, ...] = Field(CHEXPERT_PROMPTS, description="disease prompts for prompt-driven attention (eq. 5)")
     prompt_features: Literal["tokens", "pooled"] = Field("tokens", description="per-token prompt features [P, L, C] (eq. 3) or pooled [P, C]")
-    init_temperature: float = Field(0.07, gt=0, description="initial σ of the alignment loss (learnable)")
+    init_temperature: float = Field(0.07, gt=0, description="initial σ of the alignment loss (learnable); at least 1/max_logit_scale")
+    max_logit_scale: float = Field(100.0, gt=1, description="cap of the learnable logit scale 1/σ (CLIP and open_clip: 100)")
     mim: MIMConfig = MIMConfig()
     mlm: MLMConfig = MLMConfig()
-    image_mask: Any = Field(None, description="strategy tree for paired samples (null: no MIM)")
-    image_only_mask: Any = Field(None, description="strategy tree for image-only samples (must not need a report)")
-    text_mask: Any = Field(None, description="strategy tree for the text decoder (null: no MLM)")
+
+    @model_validator(mode="after")
+    def _temperature(self):
+        if self.init_temperature * self.max_logit_scale < 1:
+            raise ValueError(f"init_temperature {self.init_temperature} gives a logit scale of {1 / self.init_temperature:.1f}, "
+                             f"above max_logit_scale {self.max_logit_scale:g}; expected init_temperature >= {1 / self.max_logit_scale:g}")
+        return self

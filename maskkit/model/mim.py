@@ -32,10 +32,14 @@ class MIMDecoder(nn.Module):
             x = blk(x)
         return self.pred(self.norm(x))
 
-    def forward_visible(self, visible: torch.Tensor, keep: torch.Tensor, N: int) -> torch.Tensor:
-        """MAE input placement: visible tokens ``[B, K, C]`` at patch indices ``keep [B, K]``."""
+    def forward_visible(self, visible: torch.Tensor, keep: torch.Tensor, N: int,
+                        keep_valid: torch.Tensor | None = None) -> torch.Tensor:
+        """MAE input placement: visible tokens ``[B, K, C]`` at patch indices ``keep [B, K]``;
+        ``keep_valid [B, K]`` bool marks the real ones (padding slots become mask tokens)."""
         B, K, _ = visible.shape
         v = self.embed(visible)
+        if keep_valid is not None:
+            v = torch.where(keep_valid.unsqueeze(-1), v, self.mask_token.to(v.dtype).expand_as(v))
         x = self.mask_token.to(v.dtype).expand(B, N, -1).clone()
         x = x.scatter(1, keep.unsqueeze(-1).expand(-1, -1, x.shape[-1]), v)
         x = x + self.pos.to(x.dtype)
@@ -43,16 +47,3 @@ class MIMDecoder(nn.Module):
             x = blk(x)
         return self.pred(self.norm(x))
 
-
-def mim_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool,
-             denom: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE on masked patches only: pred, target ``[B, N, P]``; mask ``[B, N]`` bool. Per-patch
-    normalised targets with ``norm_pix`` (MAE). ``denom`` replaces the masked-patch count (the
-    distributed loop passes the global count over the world size)."""
-    if norm_pix:
-        mean = target.mean(-1, keepdim=True)
-        var = target.var(-1, keepdim=True, unbiased=False)
-        target = (target - mean) / (var + 1e-6).sqrt()
-    per_patch = ((pred.float() - target.float()) ** 2).mean(-1)
-    m = mask.float()
-    return (per_patch * m).sum() / (m.sum() if denom is None else denom).clamp_min(1.0)

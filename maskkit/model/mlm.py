@@ -33,17 +33,3 @@ class TextDecoder(nn.Module):
         m = blocked.repeat_interleave(self.heads, 0)  # [B * heads, T, T]
         return self.layers(text + self.pos[:, :T].to(text.dtype), image, tgt_mask=m, tgt_is_causal=False)
 
-
-def mlm_loss(decoder: TextDecoder, hidden: torch.Tensor, ids: torch.Tensor, targets: torch.Tensor,
-             denom: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. (13) on the selected positions: position ``t - 1`` predicts token ``t`` for every
-    ``t`` with ``targets[b, t]``. hidden ``[B, T, C]``, ids ``[B, T]``, targets ``[B, T]`` bool.
-    Logits are computed only where a target is, not over the whole sequence. ``denom`` replaces
-    the target count (see :func:`maskkit.model.mim.mim_loss`)."""
-    sel = targets[:, 1:]
-    h = hidden[:, :-1][sel]          # [K, C]
-    y = ids[:, 1:][sel]              # [K]
-    if y.numel() == 0:
-        return hidden.sum() * 0.0
-    nll = torch.nn.functional.cross_entropy(decoder.head(h).float(), y, reduction="sum")
-    return nll / (torch.tensor(float(y.numel()), device=nll.device) if denom is None else denom).clamp_min(1.0)

@@ -94,12 +94,14 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
             + f"; unexpected {len(unexp)}" + (f" ({few(unexp)})" if unexp else ""))
 
 
-def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None):
+def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None):
     """Run the ViT on normalised images ``x [B, 3, H, W]``.
 
     Returns (pooled ``[B, C]`` projected, E_img ``[B, N, C]`` projected patch tokens, eq. 1).
-    With ``keep`` (``[B, K]`` long patch indices, sorted), only those patches are encoded (MAE);
-    then E_img is ``[B, K, C]`` and the pooled output is that of the visible patches.
+    With ``keep`` (``[B, K]`` long patch indices), only those patches are encoded (MAE); then
+    E_img is ``[B, K, C]`` and the pooled output is that of the visible patches. ``keep_valid``
+    (``[B, K]`` bool) marks padding slots of rows that keep fewer than ``K`` patches: no token
+    attends to them (a key-padding mask), so they change nothing of the real tokens.
     """
     v = clip.visual
     h = v.conv1(x).flatten(2).transpose(1, 2)  # [B, N, W]
@@ -110,7 +112,14 @@ def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None):
     cls = (v.class_embedding.to(h.dtype) + pos[0]).expand(h.shape[0], 1, -1)
     h = torch.cat([cls, h], 1)
     h = v.ln_pre(h)
-    h = v.transformer(h)
+    attn = None
+    if keep_valid is not None:
+        heads = v.transformer.resblocks[0].attn.num_heads
+        keys = torch.cat([keep_valid.new_ones(keep_valid.shape[0], 1), keep_valid], 1)  # CLS is always a key
+        attn = torch.zeros(keys.shape[0], 1, keys.shape[1], dtype=h.dtype, device=h.device)
+        attn = attn.masked_fill(~keys[:, None, :], float("-inf")).expand(-1, keys.shape[1], -1)
+        attn = attn.repeat_interleave(heads, 0)  # [B * heads, K + 1, K + 1], additive
+    h = v.transformer(h, attn_mask=attn)
     pooled, tokens = v._pool(h)
     if v.proj is not None:
         pooled = pooled @ v.proj

@@ -1,50 +1,52 @@
-"""XLIP: CLIP towers + AttMIM + EntMLM, returning a dict of losses (eq. 14-16).
+"""XLIP: CLIP towers + AttMIM + EntMLM, returning features and masks (eq. 1-13).
 
 Data flow (docs/model.md draws it): images -> ViT -> E_img; reports -> text tower -> E_report;
 disease prompts -> text tower -> E_prompt. The configured image strategy masks E_img (paired
 samples: e.g. report ∪ prompt ∪ self; image-only samples: prompt ∪ self); the MAE decoder
 reconstructs the masked patches. The text mask (entity ∩ causal) drives the multimodal text
-decoder, which cross-attends E_img. The alignment loss is symmetric InfoNCE on pooled features.
+decoder, which cross-attends E_img. The losses (eq. 14-16) live in :mod:`maskkit.objectives`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..compose import build_strategy
 from ..core import MaskContext
-from ..errors import MaskkitError
 from ..data.tokenize import ReportTokenizer
+from ..errors import MaskkitError
+from ..masking import STREAMS, check_mask, mask_generator
 from .config import ModelConfig
-from .mim import MIMDecoder, mim_loss
-from .mlm import TextDecoder, mlm_loss
+from .mim import MIMDecoder
+from .mlm import TextDecoder
+from .output import XLIPOutput
 from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens
-
-TERMS = ("align", "mim", "mlm")
-
-
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on L2-normalised pooled features ``[B, C]`` (the loss after eq. 11)."""
-    img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
-    logits = logit_scale.exp() * img @ txt.T
-    labels = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 class XLIP(nn.Module):
-    """``forward(batch, seed=..., terms=...) -> {"align_loss", "mim_loss", "mlm_loss"}`` (each when it applies).
+    """CLIP towers + AttMIM decoder + EntMLM text decoder: ``forward(batch, seed) -> XLIPOutput``.
 
-    The dict also holds ``mim_mask`` (``[B, N]`` bool, the AttMIM mask used); a training loop
-    sums the keys ending in ``_loss``.
+    The forward returns features and masks (:class:`~maskkit.model.output.XLIPOutput`), no
+    losses and no collectives: the objectives (:mod:`maskkit.objectives`) own those. Every row
+    runs through the same computation whatever the batch holds (paired, image-only or both), so
+    the autograd graph is the same at every step: paired rows are masked by ``image_mask``
+    (eq. 14), image-only rows by ``image_only_mask`` (eq. 15), chosen row by row with
+    ``torch.where``; the objectives ignore what does not apply to a row.
+
+    ``image_mask``, ``image_only_mask`` and ``text_mask`` are strategy trees (the experiment's
+    top-level keys, the only place they are configured); ``XLIP.from_experiment(cfg)`` builds
+    the model of an :class:`~maskkit.config.ExperimentConfig`.
     """
 
-    def __init__(self, config: ModelConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig | None = None, *, image_mask: Any = None, image_only_mask: Any = None,
+                 text_mask: Any = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
+        self.trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
         self.clip = create_clip(cfg.arch)
         self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained else None
         v = self.clip.visual
@@ -57,17 +59,20 @@ class XLIP(nn.Module):
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
         self.clip.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
-        self.image_mask = build_strategy(cfg.image_mask, "model.image_mask") if cfg.image_mask is not None else None
-        self.image_only_mask = build_strategy(cfg.image_only_mask, "model.image_only_mask") if cfg.image_only_mask is not None else None
-        self.text_mask = build_strategy(cfg.text_mask, "model.text_mask") if cfg.text_mask is not None else None
-        for name, s, modality in (("image_mask", self.image_mask, "image"), ("image_only_mask", self.image_only_mask, "image"),
-                                  ("text_mask", self.text_mask, "text")):
+        built = {k: build_strategy(t, k) if t is not None else None for k, t in self.trees.items()}
+        self.image_mask, self.image_only_mask, self.text_mask = built["image_mask"], built["image_only_mask"], built["text_mask"]
+        for name, modality in (("image_mask", "image"), ("image_only_mask", "image"), ("text_mask", "text")):
+            s = built[name]
             if s is not None and s.modality != modality:
-                raise MaskkitError(f"model.{name}: expected a {modality} strategy, got a {s.modality} one ({s.name})")
+                raise MaskkitError(f"{name}: expected a {modality} strategy, got a {s.modality} one ({s.name})")
         if self.image_only_mask is not None and self.image_only_mask.all_requires & {"report_tokens", "report_valid"}:
-            raise MaskkitError("model.image_only_mask: image-only samples have no report; use strategies such as prompt_driven and image_self")
+            raise MaskkitError("image_only_mask: image-only samples have no report; use strategies such as prompt_driven and image_self")
         if self.text_mask is not None and self.text_mask.output != "attention":
-            raise MaskkitError("model.text_mask: expected an attention mask [B, T, T] (e.g. {intersect: {of: [entity, causal]}})")
+            raise MaskkitError("text_mask: expected an attention mask [B, T, T] (e.g. {intersect: {of: [entity, causal]}})")
+        for name in ("image_mask", "image_only_mask"):
+            s = built[name]
+            if s is not None and s.output != "tokens":
+                raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
         self.decoder = MIMDecoder(C, self.grid, self.patch, cfg.mim.decoder_width, cfg.mim.decoder_depth, cfg.mim.decoder_heads) \
             if (self.image_mask is not None or self.image_only_mask is not None) else None
         self.text_decoder = TextDecoder(C, self.clip.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
@@ -78,10 +83,19 @@ class XLIP(nn.Module):
         enc = self.tokenizer(list(cfg.prompts))
         width = int(enc.valid.sum(1).max())  # prompts are short: encode only their real length
         self._prompt_ids = type(enc)(enc.ids[:, :width], enc.valid[:, :width], enc.spans)
+        self._needs_prompts = any(s is not None and "prompt_tokens" in s.all_requires for s in built.values())
+
+    @classmethod
+    def from_experiment(cls, cfg) -> XLIP:
+        """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees)."""
+        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS})
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """Grayscale ``[B, 1, H, W]`` in [0, 1] -> replicated, normalised ``[B, 3, H, W]`` (CheXzero)."""
+        if images.dim() != 4 or images.shape[0] == 0:
+            raise MaskkitError(f"the batch holds no image (images tensor of shape {tuple(images.shape)}); were all its "
+                               f"samples skipped? A batch former must drop or replace skipped samples")
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             raise MaskkitError(f"images are {tuple(images.shape[-2:])} px; model.arch {self.config.arch} expects {self.image_size} px "
                                f"(set data.image_size={self.image_size})")
@@ -105,114 +119,136 @@ class XLIP(nn.Module):
             return pooled, None
         return toks, valid
 
-    def mlm_hidden(self, ids, valid, entities, image_tokens, seed: int, e_rep=None):
-        """EntMLM's decoder pass on paired rows: (hidden ``[B, T, C]``, selected ``[B, T]``).
+    def mask_contexts(self, e_img: torch.Tensor, e_rep: torch.Tensor, rep_valid: torch.Tensor,
+                      entities: torch.Tensor | None, seed: int) -> dict[str, MaskContext]:
+        """The :class:`MaskContext` of each configured strategy tree, for every row of a batch.
 
-        The text mask is drawn from ``seed + 2``; ``mlm.mode=input`` re-encodes the report with
-        the selected tokens replaced by the mask embedding, ``loss`` uses the clean E_report.
+        ``image_mask`` sees the image and report tokens, the prompts and the entities;
+        ``image_only_mask`` the same without the report (eq. 15); ``text_mask`` the report
+        validity, tokens and entities. Features are detached: masks steer, they do not learn.
+        Each tree draws from its own stream of :func:`maskkit.masking.mask_generator` for ``seed``.
+        This is the one builder that training, ``eval masks`` and ``visualize`` use.
         """
-        ctx = MaskContext(report_valid=valid, entities=entities,
-                          generator=torch.Generator(device=ids.device).manual_seed(seed + 2))
-        attn = self.text_mask(ctx)  # [B, T, T], True = may not attend
+        dev = e_img.device
+        prompts = prompt_valid = None
+        if self._needs_prompts:
+            prompts, prompt_valid = self.prompt_features(dev)
+            prompts = prompts.to(e_img.dtype)
+        img, rep = e_img.detach(), e_rep.detach()
+        ents = entities.to(dev) if entities is not None else None
+        ctx: dict[str, MaskContext] = {}
+        if self.image_mask is not None:
+            ctx["image_mask"] = MaskContext(image_tokens=img, report_tokens=rep, report_valid=rep_valid, entities=ents,
+                                            prompt_tokens=prompts, prompt_valid=prompt_valid,
+                                            generator=mask_generator(seed, "image_mask", dev))
+        if self.image_only_mask is not None:
+            ctx["image_only_mask"] = MaskContext(image_tokens=img, prompt_tokens=prompts, prompt_valid=prompt_valid,
+                                                 generator=mask_generator(seed, "image_only_mask", dev))
+        if self.text_mask is not None:
+            ctx["text_mask"] = MaskContext(report_tokens=rep, report_valid=rep_valid, entities=ents,
+                                           generator=mask_generator(seed, "text_mask", dev))
+        return ctx
+
+    def image_masks(self, contexts: dict[str, MaskContext], paired: torch.Tensor) -> torch.Tensor:
+        """The AttMIM mask ``[B, N]`` bool: ``image_mask`` on paired rows, ``image_only_mask`` on the
+        others (a row whose tree is null is not masked). Each strategy's output is checked."""
+        B, N = paired.shape[0], self.grid[0] * self.grid[1]
+        none = torch.zeros(B, N, dtype=torch.bool, device=paired.device)
+        masks = {k: check_mask(getattr(self, k)(contexts[k]), getattr(self, k), (B, N), k) if k in contexts else none
+                 for k in ("image_mask", "image_only_mask")}
+        return torch.where(paired[:, None], masks["image_mask"], masks["image_only_mask"])
+
+    def mlm_hidden(self, ids: torch.Tensor, valid: torch.Tensor, ctx: MaskContext, image_tokens: torch.Tensor,
+                   e_rep: torch.Tensor):
+        """EntMLM's decoder pass: (hidden ``[B, T, C]``, selected ``[B, T]`` bool).
+
+        ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the mask
+        embedding; ``loss`` feeds the clean E_report.
+        """
+        B, T = ids.shape
+        attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend
         selected = _selected_positions(attn)
         if self.config.mlm.mode == "input":
             _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
         else:
-            dec_in = e_rep if e_rep is not None else text_tokens(self.clip, ids)[1]
+            dec_in = e_rep
         return self.text_decoder(dec_in, image_tokens, attn, ~valid), selected
 
+    def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """AttMIM's decoder output ``[B, N, P]`` for the mask ``[B, N]`` (``mim.placement``).
+
+        ``feature`` (eq. 9): the decoder sees the full-image features with masked ones replaced.
+        ``input`` (MAE): the encoder runs again on the visible patches only; rows may keep
+        different counts (padding plus a key-padding mask), so no masked patch reaches the encoder.
+        """
+        if self.config.mim.placement == "feature":
+            return self.decoder(e_img, mask)
+        n_vis = (~mask).sum(1)                                   # [B]
+        K = int(n_vis.max())                                     # one host sync per step, for the shape
+        order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
+        keep = order[:, :K]                                      # visible patches first, in position order
+        keep_valid = torch.arange(K, device=mask.device)[None, :] < n_vis[:, None]
+        _, vis = image_tokens(self.clip, x, keep=keep, keep_valid=keep_valid)
+        return self.decoder.forward_visible(vis, keep, mask.shape[1], keep_valid)
+
     # --- forward -------------------------------------------------------------------------
-    def forward(self, batch: dict, seed: int = 0, terms: tuple[str, ...] = TERMS, gather=None) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict, seed: int = 0) -> XLIPOutput:
         """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]``,
-        ``entities [B,T]``. Returns the losses that apply: paired samples get all three
-        (eq. 14), image-only ones MIM only (eq. 15); a mixed batch sums both (eq. 16).
-        ``gather`` (a :class:`maskkit.distributed.Gatherer`) makes the contrastive loss use the
-        embeddings of every rank and the MIM/MLM means global, under DistributedDataParallel."""
+        ``entities [B,T]`` and optionally ``text_key [B]`` (report identity; default all distinct).
+        ``seed`` is the step's mask seed (:func:`maskkit.masking.mask_seed`)."""
         images = batch["images"]
         dev = images.device
         paired = batch["paired"].to(dev)
+        ids = batch["text"].to(dev)
+        valid = batch["text_valid"].to(dev)
+        key = batch.get("text_key")
+        key = key.to(dev) if key is not None else torch.arange(images.shape[0], device=dev)
         x = self.normalise(images)
         pooled_img, e_img = image_tokens(self.clip, x)
-        out: dict[str, torch.Tensor] = {}
-        ip = torch.nonzero(paired).flatten()
-        iu = torch.nonzero(~paired).flatten()
-        any_paired = ip.numel() > 0  # one host sync per step, on the batch layout only
-        any_unpaired = iu.numel() > 0
-        dist = gather is not None and gather.info.enabled  # collectives run on every rank, always
-        e_rep = rep_valid = ids = pooled_txt = None
-        if any_paired and ({"align", "mlm"} & set(terms) or self.image_mask is not None):
-            ids = batch["text"].to(dev)[ip]
-            rep_valid = batch["text_valid"].to(dev)[ip]
-            pooled_txt, e_rep = text_tokens(self.clip, ids)
-        if "align" in terms and (any_paired or dist):
-            gi = pooled_img[ip]
-            gt = pooled_txt if pooled_txt is not None else pooled_img.new_zeros((0, pooled_img.shape[1]))
-            if dist:
-                gi, gt = gather.rows(gi), gather.rows(gt)
-            if gi.shape[0] > 0:
-                out["align_loss"] = clip_loss(gi, gt, self.clip.logit_scale)
-        if "mim" in terms and self.decoder is not None:
-            prompts, prompt_valid = self.prompt_features(dev)
-            groups = []  # (rows, mask) per branch: paired (eq. 14) and image-only (eq. 15)
-            if any_paired and self.image_mask is not None:
-                ctx = MaskContext(image_tokens=e_img[ip].detach(), report_tokens=e_rep.detach(), report_valid=rep_valid,
-                                  prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                  generator=torch.Generator(device=dev).manual_seed(seed))
-                groups.append((ip, self.image_mask(ctx)))
-            if any_unpaired and self.image_only_mask is not None:
-                ctx = MaskContext(image_tokens=e_img[iu].detach(), prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                  generator=torch.Generator(device=dev).manual_seed(seed + 1))
-                groups.append((iu, self.image_only_mask(ctx)))
-            count = sum((m.sum() for _, m in groups), torch.zeros((), device=dev))
-            denom = gather.mean_denominator(count) if dist else None
-            if groups:
-                preds, targets, masks = [], [], []
-                for rows, m in groups:
-                    if self.config.mim.placement == "feature":
-                        preds.append(self.decoder(e_img[rows], m))
-                    else:  # MAE: encode only the visible patches (the same count in every row of a branch)
-                        n_keep = m.shape[1] - int(m[0].sum())
-                        keep = torch.sort(m.to(torch.uint8), dim=1, stable=True).indices[:, :n_keep].sort(dim=1).values
-                        _, vis = image_tokens(self.clip, x[rows], keep=keep)
-                        preds.append(self.decoder.forward_visible(vis, keep, m.shape[1]))
-                    targets.append(patchify(images[rows, :1], self.patch))
-                    masks.append(m)
-                out["mim_loss"] = mim_loss(torch.cat(preds), torch.cat(targets), torch.cat(masks), self.config.mim.norm_pix, denom)
-                full = torch.zeros(images.shape[0], e_img.shape[1], dtype=torch.bool, device=dev)
-                for rows, m in groups:
-                    full[rows] = m
-                out["mim_mask"] = full
-        if "mlm" in terms and self.text_decoder is not None and (any_paired or dist):
-            if not any_paired:
-                gather.mean_denominator(torch.zeros((), device=dev))  # match the other ranks' collective
-                return out
-            hidden, selected = self.mlm_hidden(ids, rep_valid, batch["entities"].to(dev)[ip], e_img[ip], seed, e_rep)
-            targets = selected & rep_valid
-            denom = gather.mean_denominator(targets[:, 1:].sum()) if dist else None
-            out["mlm_loss"] = mlm_loss(self.text_decoder, hidden, ids, targets, denom)
+        pooled_txt, e_rep = text_tokens(self.clip, ids)
+        out = XLIPOutput(pooled_img, pooled_txt, paired, key, self.clip.logit_scale)
+        if self.decoder is None and self.text_decoder is None:
+            return out
+        ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
+        if self.decoder is not None:
+            out.mim_mask = self.image_masks(ctx, paired)
+            out.mim_pred = self.reconstruct(x, e_img, out.mim_mask)
+            out.mim_target = patchify(images[:, :1], self.patch)
+        if self.text_decoder is not None:
+            hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep)
+            targets = selected & valid & paired[:, None]
+            sel = targets[:, 1:]                                 # position t-1 predicts token t
+            out.mlm_logits = self.text_decoder.head(hidden[:, :-1][sel])
+            out.mlm_labels = ids[:, 1:][sel]
+            out.mlm_selected = selected
         return out
+
+    @torch.no_grad()
+    def constrain_(self) -> None:
+        """Clamp the learnable logit scale to ``[0, log(max_logit_scale)]`` in place (CLIP, open_clip);
+        the training loop calls it after every optimiser step."""
+        self.clip.logit_scale.clamp_(0, math.log(self.config.max_logit_scale))
 
 
 @torch.no_grad()
 def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
     """EntMLM's view of each paired report: the selected (masked) positions and the decoder's
-    top-1 prediction for each, as produced in training (same masks for the same seed)."""
+    top-1 prediction for each, with the masks training draws for the same ``seed``."""
     if model.text_decoder is None:
         raise MaskkitError("this model has no text decoder (text_mask is null)")
     dev = next(model.parameters()).device
-    ip = torch.nonzero(batch["paired"]).flatten()
-    if ip.numel() == 0:
-        return []
-    ids = batch["text"][ip].to(dev)
-    valid = batch["text_valid"][ip].to(dev)
-    _, e_img = model.encode_image(batch["images"][ip].to(dev))
-    hidden, selected = model.mlm_hidden(ids, valid, batch["entities"][ip].to(dev), e_img, seed)
+    ids = batch["text"].to(dev)
+    valid = batch["text_valid"].to(dev)
+    _, e_img = model.encode_image(batch["images"].to(dev))
+    _, e_rep = model.encode_text(ids)
+    ctx = model.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
+    hidden, selected = model.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep)
     selected = selected & valid
     pred = model.text_decoder.head(hidden[:, :-1]).argmax(-1)  # position t-1 predicts token t
     out = []
-    for row in range(ids.shape[0]):
+    for row in torch.nonzero(batch["paired"]).flatten().tolist():
         pos = torch.nonzero(selected[row, 1:]).flatten() + 1
-        out.append({"index": int(ip[row]), "positions": pos.tolist(), "truth": ids[row, pos].tolist(),
+        out.append({"index": row, "positions": pos.tolist(), "truth": ids[row, pos].tolist(),
                     "predicted": pred[row, pos - 1].tolist()})
     return out
 

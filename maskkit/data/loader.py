@@ -1,0 +1,76 @@
+"""The training DataLoader: a resumable, rank-aware batch sampler over ``torch.utils.data.DataLoader``.
+
+Decoding, resizing, tokenization and entity alignment run in the dataset's ``__getitem__``
+(in worker processes when ``data.num_workers > 0``), and their text results are kept per record;
+the collator only stacks. The order is fixed by the seed: epoch ``e`` is the permutation of
+``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` at epoch ``e``, cut into batches,
+so a run resumed at (epoch, batch) sees exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from ..distributed import DistInfo
+from ..errors import MaskkitError
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Endless batches of dataset indices for one rank, starting at global batch ``start``.
+
+    ``per_epoch`` batches per epoch (``len(DistributedSampler) // batch``); global batch ``g`` is
+    batch ``g % per_epoch`` of epoch ``g // per_epoch``. :meth:`position` converts.
+    """
+
+    def __init__(self, n: int, batch: int, seed: int, info: DistInfo, start: int = 0) -> None:
+        self.sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
+        if len(self.sampler) < batch:
+            raise MaskkitError(f"train.batch_size: {batch} per process is more than the {len(self.sampler)} samples each process gets")
+        self.batch = batch
+        self.per_epoch = len(self.sampler) // batch
+        self.start = start
+
+    def position(self, global_batch: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of a global batch number."""
+        return divmod(global_batch, self.per_epoch)
+
+    def batch_indices(self, global_batch: int) -> list[int]:
+        """The dataset indices of one global batch (what training reads at that batch)."""
+        epoch, b = self.position(global_batch)
+        self.sampler.set_epoch(epoch)
+        idx = list(self.sampler)
+        return idx[b * self.batch:(b + 1) * self.batch]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = self.start
+        while True:
+            epoch, b = self.position(g)
+            self.sampler.set_epoch(epoch)
+            idx = list(self.sampler)
+            for k in range(b, self.per_epoch):
+                yield idx[k * self.batch:(k + 1) * self.batch]
+            g = (epoch + 1) * self.per_epoch
+
+    def __len__(self) -> int:  # endless; DataLoader only needs it for len(loader), which we never take
+        return 2**62
+
+
+def seed_worker(worker_id: int) -> None:
+    """Seed NumPy and ``random`` in a worker from the seed torch gave it (torch's recipe)."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def make_loader(dataset, collate, sampler: ResumableBatchSampler, num_workers: int = 0, pin_memory: bool = False,
+                prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
+    """A DataLoader over ``dataset`` in ``sampler``'s order; workers are persistent and seeded."""
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=g, **kw)

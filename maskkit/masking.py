@@ -1,0 +1,52 @@
+"""The one mask-seed rule and the check a strategy's output gets where it is used.
+
+Training, ``maskkit eval masks`` and ``maskkit visualize masks`` all draw masks through
+:func:`mask_generator` with the seed of :func:`mask_seed`, so a figure of step ``s`` shows the
+masks training drew at step ``s``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import MaskkitError
+
+#: The three strategy trees of an experiment, by role; also the random streams of one step.
+STREAMS: tuple[str, ...] = ("image_mask", "image_only_mask", "text_mask")
+
+
+class MaskOutputError(MaskkitError):
+    """A strategy returned a mask of the wrong dtype or shape."""
+
+
+def mask_seed(train_seed: int, step: int, micro: int = 0) -> int:
+    """The seed of the masks of optimiser step ``step`` (0-based), micro-batch ``micro``.
+
+    Derived with NumPy's ``SeedSequence`` (entropy ``train_seed``, spawn key ``(step, micro)``),
+    so seeds of different steps, micro-batches and runs do not collide. Returns an int < 2**63.
+    """
+    ss = np.random.SeedSequence(train_seed % 2**63, spawn_key=(int(step), int(micro)))
+    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def mask_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """The ``torch.Generator`` of one stream (:data:`STREAMS`) for a step's ``seed``, on ``device``."""
+    if stream not in STREAMS:
+        raise ValueError(f"unknown mask stream '{stream}'; expected one of {', '.join(STREAMS)}")
+    ss = np.random.SeedSequence(seed % 2**63, spawn_key=(STREAMS.index(stream),))
+    return torch.Generator(device=device).manual_seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
+
+
+def check_mask(mask, strategy, shape: tuple[int, ...], where: str) -> torch.Tensor:
+    """``mask`` if it is a bool tensor of ``shape``; else :class:`MaskOutputError` naming the
+    strategy and the tree it came from. Reads only metadata: no host sync."""
+    name = getattr(strategy, "name", type(strategy).__name__)
+    want = f"torch.bool {list(shape)}"
+    if not isinstance(mask, torch.Tensor):
+        raise MaskOutputError(f"{where}: strategy '{name}' returned {type(mask).__name__}; expected a {want} tensor")
+    if mask.dtype != torch.bool:
+        raise MaskOutputError(f"{where}: strategy '{name}' returned a {mask.dtype} mask; expected {want} (True = masked)")
+    if tuple(mask.shape) != tuple(shape):
+        raise MaskOutputError(f"{where}: strategy '{name}' returned shape {list(mask.shape)}; expected {want}")
+    return mask

@@ -1,0 +1,171 @@
+"""XLIP's objectives as loss modules (open_clip's ``ClipLoss`` style): each owns its weight, its
+warm-up behaviour and every collective it needs.
+
+The model (:class:`maskkit.model.XLIP`) returns features and masks (:class:`XLIPOutput`), never
+losses; :class:`Objectives` turns them into one scalar per term of :data:`maskkit.terms.TERMS`.
+
+Distributed training: every objective runs the **same collectives on every rank at every call**,
+whatever a rank's batch holds (all paired, all image-only, a warm-up step). Nothing about a
+batch's content decides whether, in which order or with which shapes a collective runs, so ranks
+cannot fall out of step (the fault of issue 10.1). A term that does not train in the current
+phase is still computed and multiplied by zero, so the autograd graph, and with it DDP's gradient
+buckets, is the same at every step (no ``find_unused_parameters``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .distributed import Gatherer
+from .model.output import XLIPOutput
+from .terms import TERM_BY_NAME, Term
+
+
+class Objective(nn.Module):
+    """One term: ``forward(out) -> scalar`` (unweighted); :meth:`weight_at` gives its weight at a step."""
+
+    term: ClassVar[Term]
+
+    def __init__(self, weight: float, gather: Gatherer | None = None) -> None:
+        super().__init__()
+        self.weight = float(weight)
+        self.gather = gather or Gatherer.local()
+
+    @property
+    def name(self) -> str:
+        return self.term.name
+
+    def weight_at(self, in_warmup: bool) -> float:
+        """The weight of this term at a step: 0 during the warm-up for terms that do not train in it."""
+        return 0.0 if in_warmup and not self.term.warmup else self.weight
+
+
+
+class AlignLoss(Objective):
+    """Symmetric InfoNCE on L2-normalised pooled features of the paired rows of every rank.
+
+    Logits are ``min(exp(logit_scale), max_logit_scale) · img @ txtᵀ`` (CLIP caps the scale at 100).
+    Rows whose reports are identical (``out.text_key``) are not negatives of each other: a study's
+    images share one report (MIMIC-CXR: about 1.7 images per report), so they are positives of
+    the same caption, not contrasts (docs/assumptions.md, A20). Image-only rows take no part.
+
+    Under DDP the features of all ranks are gathered with their gradient (one size exchange and one
+    all-gather per call, always), and every rank computes the same global loss, as open_clip's
+    ``ClipLoss(gather_with_grad=True, local_loss=False)``.
+    """
+
+    term = TERM_BY_NAME["align"]
+
+    def __init__(self, weight: float, gather: Gatherer | None = None, max_logit_scale: float = 100.0) -> None:
+        super().__init__(weight, gather)
+        self.max_logit_scale = float(max_logit_scale)
+
+
+    def forward(self, out: XLIPOutput) -> torch.Tensor:
+        C = out.image_features.shape[1]
+        local = torch.cat([out.image_features.double(), out.text_features.double(), out.paired.double()[:, None],
+                           out.text_key.double()[:, None]], 1)
+        g = self.gather.rows(local)  # [G, 2C + 2]
+        img = F.normalize(g[:, :C].float(), dim=-1)
+        txt = F.normalize(g[:, C:2 * C].float(), dim=-1)
+        paired = g[:, 2 * C] > 0.5
+        key = g[:, 2 * C + 1]
+        scale = out.logit_scale.float().exp().clamp(max=self.max_logit_scale)
+        logits = scale * img @ txt.T  # [G, G]
+        eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+        allowed = paired[None, :] & (eye | (key[:, None] != key[None, :]))
+        neg = torch.finfo(logits.dtype).min
+        labels = torch.arange(logits.shape[0], device=logits.device)
+        w = paired.float()
+        n = w.sum().clamp_min(1.0)
+        i2t = F.cross_entropy(torch.where(paired[:, None], logits.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
+        t2i = F.cross_entropy(torch.where(paired[:, None], logits.T.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
+        return ((i2t * w).sum() + (t2i * w).sum()) / (2 * n)
+
+
+class MIMLoss(Objective):
+    """MSE on the masked patches (eq. 12), the mean over the masked patches of every rank.
+
+    Per-patch normalised targets with ``norm_pix`` (MAE). One all-reduce of the masked-patch count
+    per call, always. Rows without a mask (e.g. image-only rows when ``image_only_mask`` is null)
+    contribute nothing.
+    """
+
+    term = TERM_BY_NAME["mim"]
+
+    def __init__(self, weight: float, gather: Gatherer | None = None, norm_pix: bool = False) -> None:
+        super().__init__(weight, gather)
+        self.norm_pix = norm_pix
+
+
+    def forward(self, out: XLIPOutput) -> torch.Tensor:
+        target = out.mim_target.float()
+        if self.norm_pix:
+            mean = target.mean(-1, keepdim=True)
+            var = target.var(-1, keepdim=True, unbiased=False)
+            target = (target - mean) / (var + 1e-6).sqrt()
+        per_patch = ((out.mim_pred.float() - target) ** 2).mean(-1)  # [B, N]
+        m = out.mim_mask.float()
+        denom = self.gather.mean_denominator(m.sum())
+        return (per_patch * m).sum() / denom.clamp_min(1.0)
+
+
+class MLMLoss(Objective):
+    """Cross-entropy of the selected report tokens (eq. 13), the mean over the targets of every rank.
+
+    ``out.mlm_logits`` ``[K, V]`` and ``out.mlm_labels`` ``[K]`` hold only the target positions
+    of this rank (``K`` may be 0: an all-image-only batch); one all-reduce of ``K`` per call, always.
+    """
+
+    term = TERM_BY_NAME["mlm"]
+
+
+    def forward(self, out: XLIPOutput) -> torch.Tensor:
+        nll = F.cross_entropy(out.mlm_logits.float(), out.mlm_labels, reduction="sum")
+        k = torch.tensor(float(out.mlm_labels.shape[0]), device=nll.device)
+        return nll / self.gather.mean_denominator(k).clamp_min(1.0)
+
+
+OBJECTIVES: dict[str, type[Objective]] = {"align": AlignLoss, "mim": MIMLoss, "mlm": MLMLoss}
+
+
+class Objectives(nn.Module):
+    """The objectives a model has, in :data:`~maskkit.terms.TERMS` order.
+
+    ``forward(out, in_warmup) -> (total, values)``: ``total`` the weighted sum to back-propagate,
+    ``values`` each term's unweighted scalar (for logs), keyed by term name.
+    """
+
+    def __init__(self, objectives: list[Objective]) -> None:
+        super().__init__()
+        self.terms = nn.ModuleList(objectives)
+
+    @classmethod
+    def for_model(cls, model, weights, gather: Gatherer | None = None) -> Objectives:
+        """The objectives that ``model`` (an :class:`~maskkit.model.XLIP`) trains, weighted by
+        ``weights`` (an object with one float attribute per term name, e.g. ``cfg.objectives``)."""
+        objs: list[Objective] = [AlignLoss(weights.align, gather, model.config.max_logit_scale)]
+        if model.decoder is not None:
+            objs.append(MIMLoss(weights.mim, gather, model.config.mim.norm_pix))
+        if model.text_decoder is not None:
+            objs.append(MLMLoss(weights.mlm, gather))
+        return cls(objs)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.terms)
+
+    def forward(self, out: XLIPOutput, in_warmup: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = {o.name: o(out) for o in self.terms}
+        total = sum(o.weight_at(in_warmup) * values[o.name] for o in self.terms)
+        return total, values
+
+
+def logit_scale_cap(max_logit_scale: float) -> float:
+    """The largest value of the (log) ``logit_scale`` parameter: ``log(max_logit_scale)``."""
+    return math.log(max_logit_scale)
