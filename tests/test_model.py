@@ -250,3 +250,22 @@ def test_normalisation_is_stored_in_the_state_dict():
     assert torch.equal(sd["image_mean"].flatten(), torch.tensor([0.5] * 3))
     x = torch.full((1, 1, 96, 96), 0.75)
     assert torch.allclose(m.normalise(x), torch.ones(1, 3, 96, 96))
+
+
+def test_input_placement_keeps_each_rows_own_visible_patches(batch):
+    """MAE placement with a plain union (``ratio: null``): rows mask different counts. Each row's
+    reconstruction in the batch equals that row run alone, so no masked patch reached the encoder
+    and no visible one was dropped (padding plus a key-padding mask)."""
+    from maskkit.model import MIMConfig
+
+    tree = {"union": {"of": ["report_cross", "prompt_driven", "image_self"], "ratio": None}}
+    m = tiny_model(image_mask=tree, image_only_mask={"union": {"of": ["prompt_driven", "image_self"], "ratio": None}},
+                   mim=MIMConfig(placement="input", decoder_depth=1, decoder_width=32, decoder_heads=2)).eval()
+    with torch.no_grad():
+        out = m(batch)
+        counts = out.mim_mask.sum(1)
+        assert len(set(counts.tolist())) > 1, "the fixture must give rows with different mask counts"
+        for row in range(8):
+            alone = m(subset(batch, [row]))
+            assert torch.equal(alone.mim_mask[0], out.mim_mask[row])
+            torch.testing.assert_close(alone.mim_pred[0], out.mim_pred[row], atol=1e-5, rtol=1e-4)

@@ -7,10 +7,12 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 from maskkit.config import resolve
+from maskkit.errors import MaskkitError
 from maskkit.train import TrainingError, train
 
 SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=10",
@@ -66,6 +68,65 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=b", "runtime.overwrite=true"))
 
 
+def test_a_second_run_gets_a_numbered_directory(tmp_path):
+    """The README's command run twice: the second run gets <name>-2 (then -3); resume=latest
+    continues the newest; overwrite replaces the first."""
+    a = train(*cfg_for(tmp_path, "train.steps=1"))
+    b = train(*cfg_for(tmp_path, "train.steps=1"))
+    c = train(*cfg_for(tmp_path, "train.steps=1"))
+    assert [a.run_dir.name, b.run_dir.name, c.run_dir.name] == ["xlip-tiny-seed0", "xlip-tiny-seed0-2", "xlip-tiny-seed0-3"]
+    r = train(*cfg_for(tmp_path, "train.steps=2", "runtime.resume=latest"))
+    assert r.run_dir.name == "xlip-tiny-seed0-3" and [x["step"] for x in r.losses] == [2]
+    o = train(*cfg_for(tmp_path, "train.steps=1", "runtime.overwrite=true"))
+    assert o.run_dir.name == "xlip-tiny-seed0"
+
+
+def test_run_record_reproduces_the_run(tmp_path):
+    """config.json holds every strategy tree with its defaults filled in; environment.json the
+    installed plugins with their versions."""
+    from maskkit.compose import build_strategy, to_spec
+
+    train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=r"))
+    rec = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    union = rec["image_mask"]["union"]
+    assert union["subset"] == "uniform" and union["fill"] == "score"  # defaults written out
+    assert union["of"][0]["report_cross"]["ratio"] == 0.7             # children expanded, child_ratio applied
+    assert to_spec(build_strategy(rec["image_mask"])) == rec["image_mask"]
+    env = json.loads((tmp_path / "r" / "environment.json").read_text())
+    names = {p["distribution"] for p in env["plugins"]}
+    assert "maskkit (built-in)" in names and all(p["version"] for p in env["plugins"] if "failed" not in p)
+    if os.environ.get("MASKKIT_EXPECT_PLUGINS"):
+        assert "maskkit-blockwise" in names
+
+
+def test_strategy_output_is_checked_where_it_is_used(tmp_path):
+    """A plugin strategy returning a float mask or [B, N-1] stops the run with one line naming it."""
+    from maskkit.core import MaskStrategy
+    from maskkit.plugins import get_registry
+
+    class FloatMask(MaskStrategy):
+        name = "float_mask"
+        stochastic = False
+
+        def mask(self, ctx):
+            return ctx.image_tokens[..., 0].float()
+
+    class ShortMask(MaskStrategy):
+        name = "short_mask"
+        stochastic = False
+
+        def mask(self, ctx):
+            return torch.zeros(ctx.image_tokens.shape[0], ctx.image_tokens.shape[1] - 1, dtype=torch.bool)
+
+    reg = get_registry()
+    reg.add_strategy(FloatMask, "test")
+    reg.add_strategy(ShortMask, "test")
+    with pytest.raises(MaskkitError, match=r"image_mask: strategy 'float_mask' returned a torch.float32 mask; expected torch.bool \[4, 36\]"):
+        train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=f", "image_mask=float_mask"))
+    with pytest.raises(MaskkitError, match=r"image_only_mask: strategy 'short_mask' returned shape \[4, 35\]; expected torch.bool \[4, 36\]"):
+        train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=s", "image_mask=random", "image_only_mask=short_mask"))
+
+
 def test_elastic_restart_resumes_from_latest(tmp_path, monkeypatch):
     train(*cfg_for(tmp_path, "train.steps=10", "runtime.name=e"))
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
@@ -116,21 +177,92 @@ def test_config_show_names_sources():
     assert data["sources"]["model.arch"] == "scale:tiny"
 
 
-def test_two_process_ddp_equals_one_process(tmp_path):
-    """One step on 2 ranks x batch 4 (gloo, CPU) gives the losses of 1 process x batch 8."""
-    common = ["data.n=16", "data.val_n=0", "train.steps=1", "train.warmup_steps=0", "train.log_every=1",
-              "runtime.progress=false", "runtime.eval_zeroshot=false", f"runtime.out_dir={tmp_path}",
-              "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2",
-              # deterministic masks, so that both layouts mask the same tokens
-              'image_mask={"image_self": {"ratio": 0.75}}', 'image_only_mask={"image_self": {"ratio": 0.75}}',
-              'text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}}']
-    one = cli("run", *common, "train.batch_size=8", "runtime.name=one")
+# deterministic, row-wise masks, so that one process and two mask the same tokens
+DETERMINISTIC = ['image_mask={"image_self": {"ratio": 0.75}}', 'image_only_mask={"prompt_driven": {"ratio": 0.5}}',
+                 'text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}}']
+TINY = ["data.val_n=0", "train.log_every=1", "runtime.progress=false", "runtime.eval_zeroshot=false",
+        "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
+
+
+def _metrics(run):
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _uneven_steps(n, p_unpaired, batch, steps, accum):
+    """Steps at which one of two ranks holds only image-only samples (so the test covers them)."""
+    from maskkit.data.dataset import PhantomDataset
+    from maskkit.data.loader import ResumableBatchSampler
+    from maskkit.distributed import DistInfo
+
+    ds = PhantomDataset(n, 0, 96, p_unpaired=p_unpaired)
+    ranks = [ResumableBatchSampler(n, batch, 0, DistInfo(r, 2)) for r in range(2)]
+    out = []
+    for step in range(steps):
+        held = [[ds.reports[i] is not None for m in range(accum) for i in s.batch_indices(step * accum + m)] for s in ranks]
+        if any(not any(h) for h in held) and any(any(h) for h in held):
+            out.append(step)
+    return out
+
+
+def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
+    """Two gloo ranks x batch 1 with grad_accum=2, half the samples image-only (so that at some
+    steps one rank holds no paired sample), a warm-up step then joint steps: the run completes and
+    every logged loss equals that of one process x batch 2 (the same samples per step)."""
+    common = [*TINY, *DETERMINISTIC, "data.n=24", "data.p_unpaired=0.5", "train.steps=4", "train.warmup_steps=1",
+              "train.grad_accum=2", f"runtime.out_dir={tmp_path}"]
+    assert _uneven_steps(24, 0.5, 1, 4, 2), "the data must give a step where one rank is all image-only"
+    one = cli("run", *common, "train.batch_size=2", "runtime.name=one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = cli("run", *common, "train.batch_size=4", "runtime.devices=2", "runtime.name=two", env={"OMP_NUM_THREADS": "1"})
+    two = cli("run", *common, "train.batch_size=1", "runtime.devices=2", "runtime.name=two", env={"OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
-    a = json.loads((tmp_path / "one" / "metrics.jsonl").read_text().splitlines()[0])
-    b = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[0])
-    for k in ("align_loss", "mim_loss", "mlm_loss"):
-        assert k in a and k in b
-        assert abs(a[k] - b[k]) < 1e-4 * max(1.0, abs(a[k])), (k, a[k], b[k])
+    a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3, 4] and a[0]["warmup"] and not a[1]["warmup"]
+    for x, y in zip(a, b):
+        for k in ("align_loss", "mim_loss", "mlm_loss"):
+            assert abs(x[k] - y[k]) < 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
     assert json.loads((tmp_path / "two" / "environment.json").read_text())["world_size"] == 2
+
+
+def test_issue_command_with_random_masks_completes_on_two_ranks(tmp_path):
+    """The reported hang: preset=xlip, 2 CPU ranks, batch 1, half image-only (random union masks)."""
+    out = cli("run", "preset=xlip", "runtime.devices=2", "runtime.device=cpu", "train.batch_size=1", "data.p_unpaired=0.5",
+              *TINY, "data.n=24", "train.steps=6", "train.warmup_steps=2", f"runtime.out_dir={tmp_path}", "runtime.name=x",
+              env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [m["step"] for m in _metrics(tmp_path / "x")] == [1, 2, 3, 4, 5, 6]
+
+
+def _csv_with_a_truncated_png(tmp_path, n=12):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["image_path,report,patient_id"]
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(p)
+        rows.append(f"{p},Heart size is normal. Case {i}.,p{i}")
+    bad = tmp_path / "img3.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    csv = tmp_path / "data.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    return csv
+
+
+def test_skipped_image_is_replaced_in_training(tmp_path):
+    """The reported input: 12 images, one a truncated PNG, batch size 1. The run completes; the
+    skip is reported as a skip (not as an image size)."""
+    csv = _csv_with_a_truncated_png(tmp_path)
+    out = cli("run", "preset=xlip", "data=csv", f"data.path={csv}", "train.batch_size=1", *TINY, "train.steps=14",
+              "train.warmup_steps=2", "data.max_skip_fraction=0.2", f"runtime.out_dir={tmp_path}", "runtime.name=c")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "skipped" in out.stderr and "img3.png" in out.stderr and "px" not in out.stderr
+    assert len(_metrics(tmp_path / "c")) == 14
+
+
+def test_skipped_image_under_two_ranks(tmp_path):
+    csv = _csv_with_a_truncated_png(tmp_path)
+    out = cli("run", "preset=xlip", "data=csv", f"data.path={csv}", "train.batch_size=1", *TINY, "train.steps=8",
+              "train.warmup_steps=2", "data.max_skip_fraction=0.3", "runtime.devices=2", f"runtime.out_dir={tmp_path}",
+              "runtime.name=c2", env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len(_metrics(tmp_path / "c2")) == 8
