@@ -436,6 +436,19 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
     return Collator(model.tokenizer)([s for s in items if "skipped" not in s])
 
 
+def _checkpoint_step(path: str) -> int | None:
+    """The step of the checkpoint ``load_model`` reads from a run directory or checkpoint file."""
+    import re
+    from pathlib import Path
+
+    p = Path(path)
+    if p.is_dir():
+        cks = sorted((p / "checkpoints").glob("step_*.pt"))
+        p = cks[-1] if cks else p
+    m = re.match(r"step_(\d+)\.pt$", p.name)
+    return int(m.group(1)) if m else None
+
+
 @viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_masks_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
@@ -443,20 +456,33 @@ def viz_masks_cmd(
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
     n: int = typer.Option(4, help="samples from the dataset (when no --images)"),
     index: int = typer.Option(0, help="first sample index in the dataset"),
-    seed: int = typer.Option(0, help="mask seed"),
+    seed: int = typer.Option(0, help="mask seed (ignored with --step)"),
+    step: Optional[int] = typer.Option(None, help="draw the batch and masks of this training step (1-based, as in metrics.jsonl)"),
+    micro: int = typer.Option(0, help="with --step: the micro-batch (train.grad_accum > 1)"),
     out: str = typer.Option("viz", help="output folder: masks.png and masks.html"),
 ) -> None:
-    """Per image: the X-ray, then each strategy's attention heat map and mask (lesion outlines on phantoms)."""
+    """Per image: the X-ray, then each strategy's attention heat map and mask (lesion outlines on phantoms).
+
+    With ``--step K`` the figure shows the first ``--n`` samples of the batch training read at step
+    K and the masks it drew there (the same sampler and mask seed); attention-guided masks equal
+    training's when the checkpoint holds the weights before step K (``step_<K-1>``)."""
     from pathlib import Path
 
     from .io import atomic_write_text
-    from .train import load_model
+    from .train import load_model, training_batch
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
 
     paths = [c for c in checkpoint if "=" not in c]
-    model, _ = load_model(paths[0])
-    batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
-    views = sample_views(model, batch, seed=seed)
+    model, run_cfg = load_model(paths[0])
+    if step is not None:
+        batch, seed = training_batch(run_cfg, model, step, micro)
+        ck_step = _checkpoint_step(paths[0])
+        if ck_step is not None and ck_step != step - 1 and model.image_mask is not None:
+            err_console.print(f"note: weights from step {ck_step}; attention-guided masks equal training's with the checkpoint "
+                              f"of step {step - 1} (random draws are identical either way)", highlight=False)
+    else:
+        batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
+    views = sample_views(model, batch, seed=seed, rows=n if step is not None else None)
     arr = composite(views, model.patch)
     o = Path(out)
     save_png(arr, o / "masks.png")

@@ -578,6 +578,21 @@ def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=
     return PretrainRecipe(cfg, sources, console).run()
 
 
+def training_batch(cfg: ExperimentConfig, model, step: int, micro: int = 0, rank: int = 0, world: int = 1):
+    """(the collated batch, the mask seed) that training read at ``step`` (1-based, as logged in
+    metrics.jsonl), micro-batch ``micro``, on ``rank`` of ``world`` processes: the same sampler
+    and seed rule as :class:`PretrainRecipe`."""
+    from .data.dataset import Collator
+    from .data.loader import ResumableBatchSampler
+
+    if step < 1 or not 0 <= micro < cfg.train.grad_accum:
+        raise MaskkitError(f"--step {step} --micro {micro}: expected step >= 1 and 0 <= micro < train.grad_accum={cfg.train.grad_accum}")
+    ds, _, _ = build_datasets(cfg, model.image_size, tokenizer=model.tokenizer)
+    sampler = ResumableBatchSampler(len(ds), cfg.train.batch_size, cfg.train.seed, DistInfo(rank, world))
+    idx = sampler.batch_indices((step - 1) * cfg.train.grad_accum + micro)
+    return Collator(model.tokenizer)([ds[i] for i in idx]), mask_seed(cfg.train.seed, step - 1, micro)
+
+
 def _tensorboard(out: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter

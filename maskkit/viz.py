@@ -97,40 +97,52 @@ def heat_overlay(image: np.ndarray, scores: np.ndarray, patch: int, lesion: np.n
 # --- what to draw ------------------------------------------------------------------------------
 
 @torch.no_grad()
-def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None = None) -> list[SampleView]:
-    """Panels of every sample: each child's scores and mask, the union, the final AttMIM mask, random."""
-    from .compose import build_strategy
-    from .core import CompositeStrategy, MaskContext, ScoredStrategy
+def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None = None, rows: int | None = None) -> list[SampleView]:
+    """Panels of the first ``rows`` samples of a batch: each child's scores and mask, the union,
+    the final AttMIM mask, and random.
+
+    The masks are drawn as training draws them: the whole batch goes through the model's one
+    mask-context builder (:meth:`maskkit.model.XLIP.mask_contexts`) with ``seed`` (a training
+    step's :func:`maskkit.masking.mask_seed`), so the final panel is the mask that step used.
+    """
+    from .core import ScoredStrategy, topk_count_mask
+    from .masking import mask_generator
 
     dev = next(model.parameters()).device
-    _, e_img = model.encode_image(batch["images"].to(dev))
-    prompts, pv = model.prompt_features(dev)
+    images = batch["images"].to(dev)
+    paired = batch["paired"].to(dev)
+    _, e_img = model.encode_image(images)
+    _, e_rep = model.encode_text(batch["text"].to(dev))
+    ctxs = model.mask_contexts(e_img.float(), e_rep.float(), batch["text_valid"].to(dev), batch.get("entities"), seed)
+    final = model.image_masks(ctxs, paired) if ctxs.keys() & {"image_mask", "image_only_mask"} else None
+    explained = {}
+    for role in ("image_mask", "image_only_mask"):
+        strat = getattr(model, role)
+        if strat is not None and role in ctxs:
+            ex = strat.explain(ctxs[role]) if hasattr(strat, "explain") and strat.output == "tokens" else None
+            scores = strat.scores(ctxs[role]) if ex is None and isinstance(strat, ScoredStrategy) else None
+            explained[role] = (strat, ex, scores)
+    B, N = e_img.shape[:2]
+    noise = torch.rand(B, N, generator=mask_generator(seed, "image_mask", dev), device=dev)  # the random panel
     views = []
-    for i in range(batch["images"].shape[0]):
-        paired = bool(batch["paired"][i])
-        strat = model.image_mask if paired else model.image_only_mask
-        kw = {}
-        if paired:
-            _, e_rep = model.encode_text(batch["text"][i:i + 1].to(dev))
-            kw = {"report_tokens": e_rep.float(), "report_valid": batch["text_valid"][i:i + 1].to(dev)}
-        ctx = MaskContext(image_tokens=e_img[i:i + 1].float(), prompt_tokens=prompts.float(), prompt_valid=pv,
-                          generator=torch.Generator(device=dev).manual_seed(seed), **kw)
+    for i in range(B if rows is None else min(rows, B)):
+        role = "image_mask" if bool(batch["paired"][i]) else "image_only_mask"
         panels = []
-        if strat is None:
+        if role not in explained:
             final_ratio = random_ratio or 0.75
-        elif hasattr(strat, "explain") and strat.output == "tokens":
-            ex = strat.explain(ctx)
-            for child, m, s in zip(strat.children, ex["children"], ex["child_scores"]):
-                panels.append(Panel(child.name, None if s is None else s[0].cpu().numpy(), m[0].cpu().numpy()))
-            panels.append(Panel("union", ex["blended"][0].cpu().numpy(), ex["union"][0].cpu().numpy()))
-            panels.append(Panel("AttMIM (final)", ex["blended"][0].cpu().numpy(), ex["mask"][0].cpu().numpy()))
-            final_ratio = strat.config.ratio or float(ex["mask"].float().mean())
         else:
-            scores = strat.scores(ctx)[0].cpu().numpy() if isinstance(strat, ScoredStrategy) else None
-            panels.append(Panel(strat.name, scores, strat(ctx)[0].cpu().numpy()))
-            final_ratio = getattr(strat.config, "ratio", None) or float(panels[-1].mask.mean())
-        rnd = build_strategy({"random": {"ratio": random_ratio or final_ratio}})
-        panels.append(Panel("random", None, rnd(ctx)[0].cpu().numpy()))
+            strat, ex, scores = explained[role]
+            if ex is not None:
+                for child, m, sc in zip(strat.children, ex["children"], ex["child_scores"]):
+                    panels.append(Panel(child.name, None if sc is None else sc[i].cpu().numpy(), m[i].cpu().numpy()))
+                panels.append(Panel("union", ex["blended"][i].cpu().numpy(), ex["union"][i].cpu().numpy()))
+                panels.append(Panel("AttMIM (final)", ex["blended"][i].cpu().numpy(), final[i].cpu().numpy()))
+            else:
+                panels.append(Panel(strat.name, None if scores is None else scores[i].cpu().numpy(), final[i].cpu().numpy()))
+            final_ratio = float(final[i].float().mean())
+        k = torch.tensor([round((random_ratio or final_ratio) * N)], device=dev)
+        rnd = topk_count_mask(noise[i:i + 1], k, torch.ones(1, N, dtype=torch.bool, device=dev))
+        panels.append(Panel("random", None, rnd[0].cpu().numpy()))
         lesion = batch["lesion"][i].cpu().numpy() if "lesion" in batch else None
         views.append(SampleView(batch["ids"][i], batch["images"][i, 0].cpu().numpy(), lesion, panels,
                                 batch.get("reports", [None] * len(batch["ids"]))[i]))

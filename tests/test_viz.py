@@ -76,11 +76,12 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     train(cfg, src)
     run = tmp_path / "r"
     for args in (["visualize", "masks", str(run), "--n", "2", "--out", str(tmp_path / "v")],
+                 ["visualize", "masks", str(run), "--n", "2", "--step", "3", "--out", str(tmp_path / "s")],
                  ["visualize", "text", str(run), "--n", "2", "--out", str(tmp_path / "v")],
                  ["visualize", "run", str(run)]):
         out = subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True)
         assert out.returncode == 0, out.stderr
-    for f in ("v/masks.png", "v/masks.html", "v/text.html", "r/curves.png"):
+    for f in ("v/masks.png", "v/masks.html", "v/text.html", "r/curves.png", "s/masks.png"):
         p = tmp_path / f
         assert p.is_file() and p.stat().st_size > 500
     Image.open(tmp_path / "v" / "masks.png").verify()
@@ -88,3 +89,33 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 2 and "http" not in page
     fig = training_curves(run)
     assert fig.axes[0].get_lines()
+
+
+def test_figure_shows_the_mask_training_draws(views):
+    """The final panel is the mask the training forward draws with the same seed (one builder, one seed rule)."""
+    from maskkit.masking import mask_seed
+
+    model, batch, _ = views
+    seed = mask_seed(0, 7)
+    vs = sample_views(model, batch, seed=seed)
+    with torch.no_grad():
+        drawn = model(batch, seed=seed).mim_mask
+    for i, v in enumerate(vs):
+        final = next(p for p in v.panels if p.title == "AttMIM (final)")
+        assert np.array_equal(final.mask, drawn[i].numpy())
+
+
+def test_training_batch_is_the_batch_the_recipe_reads(tmp_path):
+    from maskkit.config import resolve
+    from maskkit.masking import mask_seed
+    from maskkit.train import PretrainRecipe, training_batch
+
+    cfg, src = resolve(["data.n=24", "data.val_n=0", "train.batch_size=4", "train.grad_accum=2", "runtime.progress=false",
+                        f"runtime.out_dir={tmp_path}", "runtime.name=t"])
+    r = PretrainRecipe(cfg, src)
+    r.setup()
+    seen = [r.next_batch()["ids"] for _ in range(6)]  # steps 1-3, two micro-batches each
+    for step in (1, 3):
+        for micro in (0, 1):
+            batch, seed = training_batch(cfg, r.model, step, micro)
+            assert batch["ids"] == seen[(step - 1) * 2 + micro] and seed == mask_seed(0, step - 1, micro)

@@ -7,10 +7,10 @@ fields (``text_ids``, ``text_valid``, ``entities`` ``[L]``, ``text_key``), compu
 and kept, so that batches only stack them.
 
 The skip policy: a file that fails to decode raises under ``policy="raise"``; under ``"skip"``
-it yields ``{"skipped": [(file, reason)], ...}`` (``on_skip="drop"``: evaluation, where the batch
-former drops it) or, for training (``on_skip="replace"``), the next record that decodes, with the
-skipped files listed in ``skipped``, so a training batch always holds ``batch_size`` samples and
-every rank runs the same steps.
+it yields ``{"skipped": [(file, reason)], "index": i}`` with no image (``on_skip="drop"``:
+evaluation, where the batch former drops it) or, for training (``on_skip="replace"``), the next
+record that decodes, with the skipped files listed under ``skipped``, so a training batch always
+holds ``batch_size`` samples and every rank runs the same steps.
 """
 
 from __future__ import annotations
@@ -166,7 +166,7 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
                 continue
             return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], "report": self.reports[j],
                     "labels": self.label_tensor(j), "id": rec.id, "index": j, "entity_spans": self.entity_spans[j],
-                    "skipped": skipped, **self._text_fields(j)}
+                    **({"skipped": skipped} if skipped else {}), **self._text_fields(j)}
         if self.on_skip == "drop":
             return {"skipped": skipped, "index": i}
         raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} failed to decode; last: {skipped[-1][1]}")
@@ -203,7 +203,7 @@ class PhantomDataset(_TextFields, torch.utils.data.Dataset):
         p = self._phantom(i)
         return {"image": torch.from_numpy(p.image)[None], "report": self.reports[i],
                 "labels": torch.tensor([p.labels[n] for n in self.label_names]), "id": f"phantom-{self.gen.seed}-{self.offset + i}",
-                "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask), "skipped": [],
+                "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask),
                 **self._text_fields(i)}
 
 

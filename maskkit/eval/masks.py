@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compose import build_strategy
+from ..masking import mask_generator
 from ..core import MaskContext
 
 
@@ -62,7 +63,7 @@ def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64,
 
 def measure(strategy, f: Features, seed: int = 0) -> dict:
     ctx = MaskContext(image_tokens=f.e_img, report_tokens=f.e_rep, report_valid=f.rep_valid, prompt_tokens=f.prompts,
-                      prompt_valid=f.prompt_valid, generator=torch.Generator().manual_seed(seed))
+                      prompt_valid=f.prompt_valid, generator=mask_generator(seed, "image_mask"))
     strategy.check_inputs(ctx)
     if hasattr(strategy, "explain") and strategy.output == "tokens":
         ex = strategy.explain(ctx)
