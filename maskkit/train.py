@@ -37,6 +37,7 @@ from .config import ExperimentConfig, flat_items
 from .distributed import DistInfo, Gatherer, init_from_env
 from .errors import MaskkitError
 from .io import atomic_write_bytes, atomic_write_text
+from .data.dataset import to_device
 from .masking import mask_seed
 from .terms import TERM_BY_NAME
 
@@ -94,7 +95,7 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
         raise MaskkitError(f"data: {d.name} at {d.root or d.path} has no records (after filters)")
     tr, va = _split_by_patient(table.records, 0.1, cfg.train.seed)
     train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache,
-                        tokenizer=tokenizer, on_skip="replace")
+                        tokenizer=tokenizer, on_skip="replace", raw_cache=True)
     val = XrayDataset(Table(table.name, va, table.label_names), image_size, d.decode_policy, cache=d.cache) if va else None
     return train, val, table.label_names
 
@@ -435,7 +436,7 @@ class PretrainRecipe:
             self.skips.update(len(batch["ids"]), batch["skipped"])
             skipped += batch["skipped"]
             samples += len(batch["ids"])
-            batch = {k: (v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+            batch = to_device(batch, dev)
             sync = micro == accum - 1 or not self.info.enabled
             with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), \
                     torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):

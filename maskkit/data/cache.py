@@ -80,8 +80,12 @@ class PreparedCache:
         return len(self.index["ids"])
 
     def image(self, record_id: str) -> np.ndarray:
-        """The cached ``[S, S]`` float image of a record (by id); DecodeError if it was skipped."""
+        """The cached ``[S, S]`` float image of a record (by id) in [0, 1]; DecodeError if it was skipped."""
+        return self.raw(record_id).astype(np.float32) / 255.0
+
+    def raw(self, record_id: str) -> np.ndarray:
+        """The cached ``[S, S]`` uint8 image of a record (0-255, as stored); DecodeError if it was skipped."""
         i = self.row[record_id]
         if i in self.skipped:
             raise DecodeError(self.skipped[i])
-        return self.images[i].astype(np.float32) / 255.0
+        return np.array(self.images[i])  # a writable copy (the memmap is read-only)
