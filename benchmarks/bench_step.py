@@ -1,12 +1,16 @@
-"""One training step of the full XLIP preset as a ratio to a plain CLIP step (same towers, batch).
+"""One training step of XLIP as a ratio to a plain CLIP step (same towers, batch), in time and FLOPs.
 
     python benchmarks/bench_step.py                          # CPU: maskkit-tiny, batch 16
+    python benchmarks/bench_step.py --arch ViT-B-16 --batch 8 --decoder-depth 8 --decoder-width 512 --decoder-heads 16
     python benchmarks/bench_step.py --device cuda --arch ViT-B-16 --batch 64 --bf16 \\
-        --decoder-depth 8 --decoder-width 512               # the paper's scale, on a GPU
+        --decoder-depth 8 --decoder-width 512 --decoder-heads 16    # the paper's scale, on a GPU
 
-Prints seconds per step (median) and samples/s for: CLIP (alignment only), XLIP with
-``mim.placement=feature`` (paper) and ``input`` (MAE), and the ratios to CLIP. The goal for
-``feature`` is at most 1.4x a CLIP step (its extra FLOPs are about 1.3x at ViT-B/16 scale).
+The configurations are timed interleaved (CLIP, XLIP-feature, XLIP-input, CLIP, ...), so machine
+drift lands in every configuration alike; each XLIP/CLIP ratio is taken round by round and the
+median is reported, beside the FLOP ratio counted with ``torch.utils.flop_counter`` for one full
+step (forward + backward). ``--breakdown`` adds FLOPs of the ablations that isolate what each
+extra term costs: the MIM decoder (with its mask scoring), the prompt pass, the text decoder and
+the second text-tower pass of ``mlm.mode=input``. On a GPU it also prints MFU against ``--peak-tflops``.
 """
 
 from __future__ import annotations
@@ -16,9 +20,23 @@ import statistics
 import time
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
+from maskkit.config import ObjectivesConfig
 from maskkit.model import MIMConfig, MLMConfig, ModelConfig, XLIP
-from maskkit.presets import PRESETS
+from maskkit.objectives import Objectives
+from maskkit.presets import IMAGE_ONLY, PRESETS, attmim
+
+CONFIGS = {  # label: (trees, mim placement, mlm mode)
+    "clip": (PRESETS["clip"][0], "feature", "input"),
+    "xlip-feature": (PRESETS["xlip"][0], "feature", "input"),
+    "xlip-input": (PRESETS["xlip"][0], "input", "input"),
+    "xlip-mlm-loss": (PRESETS["xlip"][0], "feature", "loss"),
+    # ablations for the breakdown
+    "mim-only": ({"image_mask": attmim(), "image_only_mask": IMAGE_ONLY, "text_mask": None}, "feature", "input"),
+    "mim-no-prompt": ({"image_mask": attmim(["report_cross", "image_self"]), "image_only_mask": {"image_self": {"ratio": 0.75}},
+                       "text_mask": None}, "feature", "input"),
+}
 
 
 def batch_for(model: XLIP, B: int, device: str) -> dict:
@@ -31,57 +49,97 @@ def batch_for(model: XLIP, B: int, device: str) -> dict:
     ids[torch.arange(B), lengths - 1] = model.tokenizer.eot
     return {"images": torch.rand(B, 1, model.image_size, model.image_size, generator=g).to(device),
             "text": ids.to(device), "text_valid": valid.to(device), "paired": torch.ones(B, dtype=torch.bool, device=device),
-            "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device)}
+            "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device), "text_key": torch.arange(B, device=device)}
 
 
-def step_time(model: XLIP, batch: dict, steps: int, device: str, bf16: bool) -> float:
-    opt = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
-    times = []
-    for i in range(steps + 2):
-        if device == "cuda":
+class Runner:
+    """A model, its objectives, an optimiser and a batch: ``step()`` is one timed training step."""
+
+    def __init__(self, label: str, args) -> None:
+        trees, placement, mode = CONFIGS[label]
+        cfg = ModelConfig(arch=args.arch, mim=MIMConfig(placement=placement, decoder_depth=args.decoder_depth,
+                                                         decoder_width=args.decoder_width, decoder_heads=args.decoder_heads),
+                          mlm=MLMConfig(layers=args.mlm_layers, mode=mode))
+        torch.manual_seed(0)
+        self.model = XLIP(cfg, **{k: trees.get(k) for k in ("image_mask", "image_only_mask", "text_mask")}).to(args.device)
+        self.objectives = Objectives.for_model(self.model, ObjectivesConfig())
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-5, momentum=0.9)
+        self.batch = batch_for(self.model, args.batch, args.device)
+        self.device, self.bf16, self.i = args.device, args.bf16, 0
+
+    def step(self) -> float:
+        if self.device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-            out = model(batch, seed=i)
-        loss = sum(v for k, v in out.items() if k.endswith("_loss"))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if device == "cuda":
+        with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
+            total, _ = self.objectives(self.model(self.batch, seed=self.i))
+        self.opt.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt.step()
+        if self.device == "cuda":
             torch.cuda.synchronize()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        self.i += 1
+        return time.perf_counter() - t0
+
+    def flops(self) -> int:
+        with FlopCounterMode(display=False) as fc:
+            with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
+                total, _ = self.objectives(self.model(self.batch, seed=0))
+            total.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return fc.get_total_flops()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--arch", default="maskkit-tiny")
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds (after 2 warm-up steps each)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--decoder-depth", type=int, default=2)
     ap.add_argument("--decoder-width", type=int, default=128)
     ap.add_argument("--decoder-heads", type=int, default=4)
     ap.add_argument("--mlm-layers", type=int, default=3)
+    ap.add_argument("--configs", default="clip,xlip-feature,xlip-input")
+    ap.add_argument("--breakdown", action="store_true", help="FLOPs of the ablations that isolate each extra term")
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100/H200 dense bf16: 989)")
     args = ap.parse_args()
-    xl, clip = PRESETS["xlip"][0], PRESETS["clip"][0]
-    results = {}
-    for label, preset, placement in (("clip", clip, "feature"), ("xlip feature", xl, "feature"), ("xlip input", xl, "input")):
-        cfg = ModelConfig(arch=args.arch, image_mask=preset["image_mask"], image_only_mask=preset["image_only_mask"],
-                          text_mask=preset["text_mask"],
-                          mim=MIMConfig(placement=placement, decoder_depth=args.decoder_depth, decoder_width=args.decoder_width,
-                                        decoder_heads=args.decoder_heads),
-                          mlm=MLMConfig(layers=args.mlm_layers))
-        torch.manual_seed(0)
-        model = XLIP(cfg).to(args.device)
-        results[label] = step_time(model, batch_for(model, args.batch, args.device), args.steps, args.device, args.bf16)
-        print(f"{label:14s} {results[label]:8.3f} s/step  {args.batch / results[label]:8.1f} samples/s", flush=True)
-        del model
-    print(f"device={args.device} arch={args.arch} batch={args.batch} bf16={args.bf16} decoder={args.decoder_depth}x{args.decoder_width}")
-    for label in ("xlip feature", "xlip input"):
-        print(f"{label} / clip = {results[label] / results['clip']:.2f}")
+    labels = args.configs.split(",")
+    runners = {lab: Runner(lab, args) for lab in labels}
+    flops = {lab: r.flops() for lab, r in runners.items()}
+    for r in runners.values():
+        r.step(), r.step()  # warm-up (allocators, kernels)
+    times: dict[str, list[float]] = {lab: [] for lab in labels}
+    for _ in range(args.rounds):
+        for lab in labels:
+            times[lab].append(runners[lab].step())
+    print(f"device={args.device} arch={args.arch} batch={args.batch} bf16={args.bf16} "
+          f"decoder={args.decoder_depth}x{args.decoder_width}/{args.decoder_heads} rounds={args.rounds} (interleaved)")
+    for lab in labels:
+        t = statistics.median(times[lab])
+        line = f"{lab:14s} {t:8.3f} s/step  {args.batch / t:8.1f} samples/s  {flops[lab] / 1e9:10.1f} GFLOP/step"
+        if args.device == "cuda":
+            line += f"  MFU {flops[lab] / t / (args.peak_tflops * 1e12):.1%}"
+        print(line)
+    if "clip" in labels:
+        for lab in labels:
+            if lab == "clip":
+                continue
+            ratios = [a / b for a, b in zip(times[lab], times["clip"])]
+            print(f"{lab} / clip: time {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
+                  f"FLOPs {flops[lab] / flops['clip']:.2f}x")
+    if args.breakdown:
+        need = ["clip", "mim-only", "mim-no-prompt", "xlip-mlm-loss", "xlip-feature"]
+        f = {lab: flops[lab] if lab in flops else Runner(lab, args).flops() for lab in need}
+        base = f["clip"]
+        parts = {"MIM decoder + mask scoring (mim-only - clip - prompt pass)": f["mim-only"] - base - (f["mim-only"] - f["mim-no-prompt"]),
+                 "prompt pass (mim-only - mim-no-prompt)": f["mim-only"] - f["mim-no-prompt"],
+                 "text decoder (xlip mlm.mode=loss - mim-only)": f["xlip-mlm-loss"] - f["mim-only"],
+                 "second text pass (mlm.mode=input - loss)": f["xlip-feature"] - f["xlip-mlm-loss"]}
+        print(f"breakdown, FLOPs relative to a CLIP step ({base / 1e9:.1f} GFLOP):")
+        for k, v in parts.items():
+            print(f"  + {v / base:6.3f}  {k}")
 
 
 if __name__ == "__main__":
