@@ -263,6 +263,11 @@ class MaskStrategy(ABC):
             return None
         return count_for_ratio(self.candidates(ctx), ratio)
 
+    def mask_and_scores(self, ctx: MaskContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This strategy's mask (what :meth:`mask` returns) and the ``[B, L]`` float scores it
+        ranked tokens by, or ``None`` when it has none. Composites read children through this."""
+        return self.mask(ctx), None
+
     def check_inputs(self, ctx: MaskContext) -> None:
         """Raise ``MissingInputError`` before any compute if the context lacks a required input."""
         ctx.require(self.all_requires, self.name)
@@ -289,6 +294,14 @@ class ScoredStrategy(MaskStrategy):
 
     def mask(self, ctx: MaskContext) -> torch.Tensor:
         return topk_mask(self.scores(ctx), self.config.ratio, self.valid(ctx))
+
+    def mask_and_scores(self, ctx: MaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores, computed once, and the mask: the top ``ratio`` of them, or, when a
+        subclass overrides :meth:`mask`, whatever that override returns."""
+        s = self.scores(ctx)
+        if type(self).mask is ScoredStrategy.mask:
+            return topk_mask(s, self.config.ratio, self.valid(ctx)), s
+        return self.mask(ctx), s
 
 
 # --- shared helpers ------------------------------------------------------------------------

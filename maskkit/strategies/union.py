@@ -15,9 +15,8 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from ..core import (CompositeStrategy, MaskContext, ScoredStrategy, StrategyConfig, as_attention,
-                    count_for_ratio, random_subset, rank_normalise, topk_count_mask, topk_mask,
-                    uniform_noise)
+from ..core import (CompositeStrategy, MaskContext, StrategyConfig, as_attention, count_for_ratio,
+                    random_subset, rank_normalise, topk_count_mask, uniform_noise)
 
 
 class Union(CompositeStrategy):
@@ -58,13 +57,9 @@ class Union(CompositeStrategy):
         valid = self.valid(ctx)
         masks, scores = [], []
         for c in self.children:
-            if isinstance(c, ScoredStrategy):
-                s = c.scores(ctx)
-                masks.append(topk_mask(s, c.config.ratio, valid))
-                scores.append(s)
-            else:
-                masks.append(c.mask(ctx))
-                scores.append(None)
+            m, s = c.mask_and_scores(ctx)  # the child's own mask(), never a recomputed top-k
+            masks.append(m)
+            scores.append(s)
         union = torch.stack(masks).any(0)
         parts = [rank_normalise(s, valid) if s is not None else m.float() for s, m in zip(scores, masks)]
         blended = torch.stack(parts).mean(0)
