@@ -31,6 +31,7 @@ def strategies_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List every registered strategy with its plugin, modality, inputs and description."""
+    from .core import declared_values
     from .plugins import get_registry, list_strategies
 
     reg = get_registry()
@@ -45,9 +46,10 @@ def strategies_cmd(
             except Exception:  # a plugin whose Config has required fields
                 req = cls.requires
             inputs = ", ".join(sorted(req)) or "-"
-        modal = "image|text" if "modality" in cls.Config.model_fields else ("(children's)" if cls.composite else cls.modality)
+        modal = "|".join(declared_values(cls, "modality"))  # the class's declaration
         rows.append({"name": name, "source": reg.strategy_sources[name], "modality": modal,
-                     "output": cls.output, "inputs": inputs, "description": cls.description})
+                     "output": "|".join(declared_values(cls, "output")), "inputs": inputs,
+                     "description": cls.description})
     if as_json:
         print(json.dumps(rows, indent=2))
         return

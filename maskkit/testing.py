@@ -11,12 +11,40 @@ In a plugin's test suite::
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 
 from .compose import build_strategy
 from .core import MaskContext, MaskStrategy
+
+
+@contextmanager
+def only_plugins(*names: str) -> Iterator[None]:
+    """Load the built-ins and only the plugins ``names`` (distributions or entry points).
+
+    Tests use it so that another plugin installed in the environment - a broken one, or one
+    registering a clashing name - cannot change what they see (``MASKKIT_LOAD_PLUGINS``)::
+
+        with only_plugins("maskkit-checker"):
+            check_strategy("checkerboard")
+    """
+    from . import plugins
+
+    old = os.environ.get("MASKKIT_LOAD_PLUGINS")
+    os.environ["MASKKIT_LOAD_PLUGINS"] = ",".join(names)
+    plugins.reset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MASKKIT_LOAD_PLUGINS", None)
+        else:
+            os.environ["MASKKIT_LOAD_PLUGINS"] = old
+        plugins.reset()
 
 
 def make_context(B: int = 3, N: int = 16, T: int = 12, P: int = 14, D: int = 8, *, seed: int = 0,

@@ -118,8 +118,7 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
         panels = []
         if strat is None:
             final_ratio = random_ratio or 0.75
-        elif hasattr(strat, "explain") and strat.output == "tokens":
-            ex = strat.explain(ctx)
+        elif strat.output == "tokens" and "union" in (ex := strat.explain(ctx)):
             for child, m, s in zip(strat.children, ex["children"], ex["child_scores"]):
                 panels.append(Panel(child.name, None if s is None else s[0].cpu().numpy(), m[0].cpu().numpy()))
             panels.append(Panel("union", ex["blended"][0].cpu().numpy(), ex["union"][0].cpu().numpy()))

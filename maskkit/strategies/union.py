@@ -21,7 +21,6 @@ from ..core import (CompositeStrategy, MaskContext, StrategyConfig, as_attention
 
 class Union(CompositeStrategy):
     name = "union"
-    modality = "image"
     description = "Union of the children's masks (eq. 7), then a λ2 subset of it (eq. 8); OR for attention masks."
 
     class Config(StrategyConfig):
@@ -53,7 +52,7 @@ class Union(CompositeStrategy):
             out = as_attention(masks[0], T)
             for m in masks[1:]:
                 out = out | as_attention(m, T)
-            return {"children": masks, "mask": out}
+            return {"children": masks, "child_scores": [None] * len(masks), "mask": out, "scores": None}
         valid = self.valid(ctx)
         masks, scores = [], []
         for c in self.children:
@@ -63,7 +62,7 @@ class Union(CompositeStrategy):
         union = torch.stack(masks).any(0)
         parts = [rank_normalise(s, valid) if s is not None else m.float() for s, m in zip(scores, masks)]
         blended = torch.stack(parts).mean(0)
-        out = {"children": masks, "child_scores": scores, "union": union, "blended": blended}
+        out = {"children": masks, "child_scores": scores, "union": union, "blended": blended, "scores": blended}
         if self.config.ratio is None:
             out["mask"] = union
             return out
