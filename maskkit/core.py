@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,6 +45,15 @@ CONTEXT_INPUTS = (
 )
 
 
+#: Shapes of ``MaskContext.attention`` entries: ``name -> (queries, keys)``; an entry is
+#: ``[B, Q, K]`` or ``[B, H, Q, K]`` (H heads) float. Other names are checked for B only.
+ATTENTION_SHAPES: dict[str, tuple[str, str]] = {
+    "image_self": ("N", "N"),    # image tokens attending to image tokens
+    "report_cross": ("N", "T"),  # image tokens (queries) attending to report positions (keys), as eq. 4
+    "report_self": ("T", "T"),   # report positions attending to report positions
+}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class MaskContext:
     """What mask strategies may read. Immutable; missing inputs are ``None``.
@@ -57,8 +67,9 @@ class MaskContext:
     - ``prompt_tokens``: ``[P, D]`` pooled disease-prompt features, or ``[P, L, D]`` per token
     - ``prompt_valid``: ``[P, L]`` bool validity of per-token prompt features
     - ``entities``: ``[B, T]`` bool, ``True`` = the position belongs to a NER entity
-    - ``attention``: optional maps a model already computed, by name
-      (e.g. ``"image_self"``: ``[B, N, N]`` or ``[B, H, N, N]`` attention weights)
+    - ``attention``: attention maps a model already computed, by name: ``[B, Q, K]`` or
+      ``[B, H, Q, K]`` float; ``image_self`` is ``[.., N, N]``, ``report_cross`` ``[.., N, T]``,
+      ``report_self`` ``[.., T, T]`` (``ATTENTION_SHAPES``); held read-only
     - ``generator``: the only source of randomness, on the same device as the tensors
     """
 
@@ -73,6 +84,8 @@ class MaskContext:
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
+        if self.attention is not None and isinstance(self.attention, Mapping):
+            object.__setattr__(self, "attention", MappingProxyType(dict(self.attention)))
         _check_context(self)
 
     # --- derived views -------------------------------------------------------------------
@@ -189,6 +202,7 @@ def _check_context(ctx: MaskContext) -> None:
                 f"MaskContext.prompt_valid: shape {tuple(ctx.prompt_valid.shape)} does not match "
                 f"prompt_tokens [P, L] = {tuple(ctx.prompt_tokens.shape[:2])}"
             )
+    _check_attention(ctx)
     devices = {t.device for t in ctx._tensors()}
     if len(devices) > 1:
         raise ContextError(f"MaskContext: tensors are on several devices {sorted(map(str, devices))}")
@@ -231,6 +245,36 @@ def declared_values(cls: type, attr: str) -> tuple[str, ...]:
 def declared_modalities(cls: type) -> tuple[str, ...]:
     """The modalities strategy class ``cls`` can mask (``random``: both)."""
     return declared_values(cls, "modality")
+
+
+def _check_attention(ctx: MaskContext) -> None:
+    """Each ``attention`` entry: a float ``[B, Q, K]`` / ``[B, H, Q, K]`` tensor matching the batch."""
+    att = ctx.attention
+    if att is None:
+        return
+    if not isinstance(att, Mapping):
+        raise ContextError(f"MaskContext.attention: expected a mapping of name -> tensor, got {type(att).__name__}")
+    B = next((getattr(ctx, n).shape[0] for n in ("image_tokens", "image_valid", "report_tokens", "report_valid", "entities")
+              if getattr(ctx, n) is not None), None)
+    size = {
+        "N": next((getattr(ctx, n).shape[1] for n in ("image_tokens", "image_valid") if getattr(ctx, n) is not None), None),
+        "T": next((getattr(ctx, n).shape[1] for n in ("report_tokens", "report_valid", "entities") if getattr(ctx, n) is not None), None),
+    }
+    for key, t in att.items():
+        where = f"MaskContext.attention[{key!r}]"
+        if not isinstance(key, str):
+            raise ContextError(f"MaskContext.attention: keys are names (str), got {type(key).__name__} {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise ContextError(f"{where}: expected a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ContextError(f"{where}: expected floating-point attention weights, got {t.dtype}")
+        q, k = ATTENTION_SHAPES.get(key, ("Q", "K"))
+        dims = ["B" if B is None else str(B), str(size.get(q) or q), str(size.get(k) or k)]
+        ok = t.dim() in (3, 4) and (B is None or t.shape[0] == B)
+        ok = ok and all(size.get(n) is None or t.shape[i] == size[n] for n, i in ((q, -2), (k, -1)))
+        if not ok:
+            want = f"[{dims[0]}, {dims[1]}, {dims[2]}] or [{dims[0]}, H, {dims[1]}, {dims[2]}]"
+            raise ContextError(f"{where}: expected shape {want} ([B, {q}, {k}] or [B, H, {q}, {k}]), got {tuple(t.shape)}")
 
 
 class StrategyConfig(BaseModel):
