@@ -31,6 +31,7 @@ def strategies_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
 ) -> None:
     """List every registered strategy with its plugin, modality, inputs and description."""
+    from .core import declared_values
     from .plugins import get_registry, list_strategies
 
     reg = get_registry()
@@ -45,9 +46,10 @@ def strategies_cmd(
             except Exception:  # a plugin whose Config has required fields
                 req = cls.requires
             inputs = ", ".join(sorted(req)) or "-"
-        modal = "image|text" if "modality" in cls.Config.model_fields else ("(children's)" if cls.composite else cls.modality)
+        modal = "|".join(declared_values(cls, "modality"))  # the class's declaration
         rows.append({"name": name, "source": reg.strategy_sources[name], "modality": modal,
-                     "output": cls.output, "inputs": inputs, "description": cls.description})
+                     "output": "|".join(declared_values(cls, "output")), "inputs": inputs,
+                     "description": cls.description})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -111,17 +113,33 @@ def compose_cmd(
 
 @app.command("check")
 def check_cmd(
-    spec: str = typer.Argument(..., help="A strategy name or an inline JSON composition."),
+    spec: str = typer.Argument(..., help="A strategy name, an inline JSON composition or a composition file."),
+    n: int = typer.Option(16, "--n", "-N", help="Image tokens N of the test contexts (e.g. 196 for a 14x14 grid)."),
+    t: int = typer.Option(12, "--t", "-T", help="Report length T of the test contexts."),
+    b: int = typer.Option(3, "--b", "-B", help="Batch size B of the test contexts."),
+    seed: int = typer.Option(0, help="Seed of the test contexts' data."),
+    device: str = typer.Option("cpu", help="Device of the test contexts (cpu, cuda, mps)."),
 ) -> None:
     """Run maskkit's conformance checks on a strategy (what a plugin author runs)."""
+    from pathlib import Path
+
+    from .compose import load_spec
     from .testing import check_strategy
 
-    tree = json.loads(spec) if spec.lstrip().startswith("{") else spec
+    for opt, value in (("--n", n), ("--t", t), ("--b", b)):
+        if value < 1:
+            raise MaskkitError(f"check {opt} {value}: expected a positive number of tokens/samples")
+    if spec.lstrip().startswith("{"):
+        tree = json.loads(spec)
+    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
+        tree = load_spec(spec)
+    else:
+        tree = spec
     try:
-        check_strategy(tree)
+        check_strategy(tree, device=device, B=b, N=n, T=t, seed=seed)
     except AssertionError as exc:
         raise MaskkitError(f"conformance failed: {exc}") from None
-    console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks")
+    console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks (B={b}, N={n}, T={t}, seed={seed}, {device})")
 
 
 @app.command("phantoms")

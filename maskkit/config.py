@@ -10,7 +10,9 @@ Resolution order (later wins), each value remembering where it came from:
 5. ``cli`` — ``key=value`` arguments (value parsed as JSON, else kept as a string).
 
 Keys inside a strategy tree may skip the strategy name: ``image_mask.child_ratio=0.6`` sets
-``image_mask.union.child_ratio``. ``data=mimic`` is short for ``data.name=mimic``.
+``image_mask.union.child_ratio``. ``data=mimic`` is short for ``data.name=mimic``. A tree value
+that is a ``.yaml``/``.yml``/``.toml``/``.json`` path (``image_mask=attmim.yaml``) is the tree
+stored in that file, as ``maskkit compose attmim.yaml`` reads it.
 """
 
 from __future__ import annotations
@@ -189,9 +191,32 @@ def _tree_set(tree: Any, keys: list[str], value: Any, where: str) -> Any:
     return tree
 
 
+COMPOSITION_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
+
+
+def _tree_value(value: Any, path: str, source: str) -> Any:
+    """A strategy-tree value that names a composition file (``.yaml``/``.yml``/``.toml``/``.json``)
+    is that file's tree, as ``maskkit compose FILE`` reads it; a relative path given in a config
+    file is relative to that file's folder."""
+    if not isinstance(value, str) or Path(value).suffix.lower() not in COMPOSITION_SUFFIXES:
+        return value
+    from .compose import load_spec
+
+    p = Path(value).expanduser()
+    if source.startswith("file:") and not p.is_absolute():
+        p = Path(source[len("file:"):]).parent / p
+    if not p.is_file():
+        raise ConfigError(f"{path}={value}: composition file {p} does not exist (from {source})")
+    try:
+        return load_spec(p)
+    except MaskkitError as exc:
+        raise ConfigError(f"{path}={value}: {exc}") from None
+
+
 def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_paths: set[str]) -> None:
     parts = path.split(".")
     if parts[0] in TREES:
+        value = _tree_value(value, path, source)
         if len(parts) == 1:
             cfg[parts[0]] = value
         else:

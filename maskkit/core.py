@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -44,6 +45,15 @@ CONTEXT_INPUTS = (
 )
 
 
+#: Shapes of ``MaskContext.attention`` entries: ``name -> (queries, keys)``; an entry is
+#: ``[B, Q, K]`` or ``[B, H, Q, K]`` (H heads) float. Other names are checked for B only.
+ATTENTION_SHAPES: dict[str, tuple[str, str]] = {
+    "image_self": ("N", "N"),    # image tokens attending to image tokens
+    "report_cross": ("N", "T"),  # image tokens (queries) attending to report positions (keys), as eq. 4
+    "report_self": ("T", "T"),   # report positions attending to report positions
+}
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class MaskContext:
     """What mask strategies may read. Immutable; missing inputs are ``None``.
@@ -57,8 +67,9 @@ class MaskContext:
     - ``prompt_tokens``: ``[P, D]`` pooled disease-prompt features, or ``[P, L, D]`` per token
     - ``prompt_valid``: ``[P, L]`` bool validity of per-token prompt features
     - ``entities``: ``[B, T]`` bool, ``True`` = the position belongs to a NER entity
-    - ``attention``: optional maps a model already computed, by name
-      (e.g. ``"image_self"``: ``[B, N, N]`` or ``[B, H, N, N]`` attention weights)
+    - ``attention``: attention maps a model already computed, by name: ``[B, Q, K]`` or
+      ``[B, H, Q, K]`` float; ``image_self`` is ``[.., N, N]``, ``report_cross`` ``[.., N, T]``,
+      ``report_self`` ``[.., T, T]`` (``ATTENTION_SHAPES``); held read-only
     - ``generator``: the only source of randomness, on the same device as the tensors
     """
 
@@ -73,6 +84,8 @@ class MaskContext:
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
+        if self.attention is not None and isinstance(self.attention, Mapping):
+            object.__setattr__(self, "attention", MappingProxyType(dict(self.attention)))
         _check_context(self)
 
     # --- derived views -------------------------------------------------------------------
@@ -189,6 +202,7 @@ def _check_context(ctx: MaskContext) -> None:
                 f"MaskContext.prompt_valid: shape {tuple(ctx.prompt_valid.shape)} does not match "
                 f"prompt_tokens [P, L] = {tuple(ctx.prompt_tokens.shape[:2])}"
             )
+    _check_attention(ctx)
     devices = {t.device for t in ctx._tensors()}
     if len(devices) > 1:
         raise ContextError(f"MaskContext: tensors are on several devices {sorted(map(str, devices))}")
@@ -201,6 +215,68 @@ def _check_context(ctx: MaskContext) -> None:
             )
 
 
+class declared:
+    """A class-level declaration of several values, resolved to one per instance.
+
+    ``RandomMask.modality`` (the class) is the declaration ``("image", "text")``: what
+    ``list_strategies(modality=...)`` and registration read. ``RandomMask(...).modality`` (an
+    instance) is the one modality this instance masks: ``resolved_modality``. An instance never
+    assigns the attribute; it only resolves it (from its config or its children).
+    """
+
+    def __init__(self, *values: str) -> None:
+        self.values = tuple(values)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.attr = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self.values
+        return getattr(obj, f"resolved_{self.attr}")
+
+
+def declared_values(cls: type, attr: str) -> tuple[str, ...]:
+    """The values class ``cls`` declares for ``modality`` or ``output`` (always a tuple)."""
+    v = getattr(cls, attr)
+    return (v,) if isinstance(v, str) else tuple(v)
+
+
+def declared_modalities(cls: type) -> tuple[str, ...]:
+    """The modalities strategy class ``cls`` can mask (``random``: both)."""
+    return declared_values(cls, "modality")
+
+
+def _check_attention(ctx: MaskContext) -> None:
+    """Each ``attention`` entry: a float ``[B, Q, K]`` / ``[B, H, Q, K]`` tensor matching the batch."""
+    att = ctx.attention
+    if att is None:
+        return
+    if not isinstance(att, Mapping):
+        raise ContextError(f"MaskContext.attention: expected a mapping of name -> tensor, got {type(att).__name__}")
+    B = next((getattr(ctx, n).shape[0] for n in ("image_tokens", "image_valid", "report_tokens", "report_valid", "entities")
+              if getattr(ctx, n) is not None), None)
+    size = {
+        "N": next((getattr(ctx, n).shape[1] for n in ("image_tokens", "image_valid") if getattr(ctx, n) is not None), None),
+        "T": next((getattr(ctx, n).shape[1] for n in ("report_tokens", "report_valid", "entities") if getattr(ctx, n) is not None), None),
+    }
+    for key, t in att.items():
+        where = f"MaskContext.attention[{key!r}]"
+        if not isinstance(key, str):
+            raise ContextError(f"MaskContext.attention: keys are names (str), got {type(key).__name__} {key!r}")
+        if not isinstance(t, torch.Tensor):
+            raise ContextError(f"{where}: expected a tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            raise ContextError(f"{where}: expected floating-point attention weights, got {t.dtype}")
+        q, k = ATTENTION_SHAPES.get(key, ("Q", "K"))
+        dims = ["B" if B is None else str(B), str(size.get(q) or q), str(size.get(k) or k)]
+        ok = t.dim() in (3, 4) and (B is None or t.shape[0] == B)
+        ok = ok and all(size.get(n) is None or t.shape[i] == size[n] for n, i in ((q, -2), (k, -1)))
+        if not ok:
+            want = f"[{dims[0]}, {dims[1]}, {dims[2]}] or [{dims[0]}, H, {dims[1]}, {dims[2]}]"
+            raise ContextError(f"{where}: expected shape {want} ([B, {q}, {k}] or [B, H, {q}, {k}]), got {tuple(t.shape)}")
+
+
 class StrategyConfig(BaseModel):
     """Base of every strategy's pydantic ``Config``: frozen, unknown keys rejected."""
 
@@ -208,16 +284,30 @@ class StrategyConfig(BaseModel):
 
 
 class MaskStrategy(ABC):
-    """One way of choosing what to mask.
+    """One way of choosing what to mask. The contract (docs/plugins.md) in brief:
 
-    Subclasses set ``name``, ``modality``, ``requires``, ``description``, a nested pydantic
-    ``Config`` and implement :meth:`mask`. Call the strategy (``strategy(ctx)``) to get its
-    mask: the call checks ``requires`` against the context before any compute.
+    A subclass **declares**, at class level (checked when it is registered):
+
+    - ``name``: the registry name;
+    - ``modality``: ``"image"`` or ``"text"``, or ``declared("image", "text")`` when the config
+      (a ``Config`` field named ``modality``) or the children decide per instance;
+    - ``output``: ``"tokens"`` (``[B, L]``) or ``"attention"`` (``[B, T, T]``);
+    - ``requires``: a frozenset of names from ``CONTEXT_INPUTS``;
+    - ``stochastic``: whether the mask depends on ``ctx.generator`` (``True`` by default;
+      deterministic strategies set ``False``);
+    - ``description`` and a nested pydantic ``Config`` (a ``StrategyConfig``);
+
+    and **implements** :meth:`mask`. An instance never assigns these; what one instance masks is
+    ``resolved_modality`` / ``resolved_output`` (also read as ``instance.modality`` / ``.output``).
+
+    The base class **provides**: ``__call__`` (checks ``requires`` and the generator, then calls
+    ``mask``), :meth:`valid`, :meth:`candidates`, :meth:`expected_count`,
+    :meth:`mask_and_scores`, :meth:`explain`, ``all_requires`` and :meth:`check_inputs`.
     """
 
     name: ClassVar[str]
-    modality: ClassVar[Modality] = "image"
-    output: ClassVar[Output] = "tokens"
+    modality: ClassVar[Modality | tuple[Modality, ...]] = "image"
+    output: ClassVar[Output | tuple[Output, ...]] = "tokens"
     requires: ClassVar[frozenset[str]] = frozenset()
     description: ClassVar[str] = ""
     #: whether the mask depends on ``ctx.generator`` (deterministic strategies set False)
@@ -244,13 +334,29 @@ class MaskStrategy(ABC):
 
     # --- what callers use -------------------------------------------------------------------
     @property
+    def resolved_modality(self) -> Modality:
+        """The modality this instance masks: the declaration, or the config's ``modality``."""
+        declared_ = declared_values(type(self), "modality")
+        if len(declared_) == 1:
+            return declared_[0]  # type: ignore[return-value]
+        return self.config.modality  # type: ignore[attr-defined]
+
+    @property
+    def resolved_output(self) -> Output:
+        """The kind of mask this instance returns: ``"tokens"`` or ``"attention"``."""
+        declared_ = declared_values(type(self), "output")
+        if len(declared_) == 1:
+            return declared_[0]  # type: ignore[return-value]
+        return self.config.output  # type: ignore[attr-defined]
+
+    @property
     def all_requires(self) -> frozenset[str]:
         """Inputs this strategy and (for composites) all of its children need."""
         return self.requires
 
     def valid(self, ctx: MaskContext) -> torch.Tensor:
         """``[B, L]`` bool: the real (non-padding) tokens of this strategy's modality."""
-        return ctx.image_valid_mask() if self.modality == "image" else ctx.text_valid_mask()
+        return ctx.image_valid_mask() if self.resolved_modality == "image" else ctx.text_valid_mask()
 
     def candidates(self, ctx: MaskContext) -> torch.Tensor:
         """``[B, L]`` bool: the positions this strategy may mask (default: every valid token)."""
@@ -259,9 +365,24 @@ class MaskStrategy(ABC):
     def expected_count(self, ctx: MaskContext) -> torch.Tensor | None:
         """``[B]`` long: how many tokens each row's mask holds, or None when it is not fixed."""
         ratio = getattr(self.config, "ratio", None)
-        if self.output != "tokens" or ratio is None:
+        if self.resolved_output != "tokens" or ratio is None:
             return None
         return count_for_ratio(self.candidates(ctx), ratio)
+
+    def mask_and_scores(self, ctx: MaskContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This strategy's mask (what :meth:`mask` returns) and the ``[B, L]`` float scores it
+        ranked tokens by, or ``None`` when it has none. Composites read children through this."""
+        return self.mask(ctx), None
+
+    def explain(self, ctx: MaskContext) -> dict[str, Any]:
+        """Intermediate results, for figures and measurements (never needed to mask).
+
+        Always holds ``"mask"`` (what :meth:`mask` returns) and ``"scores"`` (``[B, L]`` float
+        the strategy ranked by, or ``None``). Composites add ``"children"`` (each child's mask)
+        and ``"child_scores"``; ``union`` adds ``"union"`` (M_b, eq. 7) and ``"blended"``.
+        """
+        mask, scores = self.mask_and_scores(ctx)
+        return {"mask": mask, "scores": scores}
 
     def check_inputs(self, ctx: MaskContext) -> None:
         """Raise ``MissingInputError`` before any compute if the context lacks a required input."""
@@ -289,6 +410,14 @@ class ScoredStrategy(MaskStrategy):
 
     def mask(self, ctx: MaskContext) -> torch.Tensor:
         return topk_mask(self.scores(ctx), self.config.ratio, self.valid(ctx))
+
+    def mask_and_scores(self, ctx: MaskContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The scores, computed once, and the mask: the top ``ratio`` of them, or, when a
+        subclass overrides :meth:`mask`, whatever that override returns."""
+        s = self.scores(ctx)
+        if type(self).mask is ScoredStrategy.mask:
+            return topk_mask(s, self.config.ratio, self.valid(ctx)), s
+        return self.mask(ctx), s
 
 
 # --- shared helpers ------------------------------------------------------------------------
@@ -377,21 +506,40 @@ class CompositeStrategy(MaskStrategy):
 
     The composition builder builds the children first, applies :meth:`child_defaults` to the
     child specs that leave those keys unset, and passes the built children to ``__init__``.
-    Modality and output kind derive from the children.
+    Modality and output kind resolve from the children (the class declares both of each).
+
+    What a composite may assume of a child: it is a built ``MaskStrategy`` of the composite's
+    resolved modality; its inputs were checked (``check_inputs`` covers every child); its
+    mask, obtained through ``child.mask_and_scores(ctx)`` (or ``child.mask(ctx)``), holds the
+    mask convention and its own ``expected_count``. A composite never re-derives a child's mask
+    (a child that overrides ``mask()`` is honoured); scores are an optional extra.
     """
 
     composite: ClassVar[bool] = True
+    modality = declared("image", "text")
+    output = declared("tokens", "attention")
 
     def __init__(self, config=None, *, children: list[MaskStrategy], **kwargs: Any) -> None:
         super().__init__(config, **kwargs)
         if not children:
             raise ValueError(f"'{self.name}' needs at least one child strategy in 'of'")
         self.children = list(children)
-        mods = {c.modality for c in self.children}
+        mods = {c.resolved_modality for c in self.children}
         if len(mods) > 1:
             raise ValueError(f"'{self.name}' mixes {' and '.join(sorted(mods))} strategies; children must share a modality")
-        self.modality = mods.pop()
-        self.output = "attention" if any(c.output == "attention" for c in self.children) else "tokens"
+        self._modality = mods.pop()
+        if self._modality not in declared_modalities(type(self)):
+            raise ValueError(f"'{self.name}' masks {' or '.join(declared_modalities(type(self)))} tokens; "
+                             f"its children are {self._modality} strategies")
+        self._output = "attention" if any(c.resolved_output == "attention" for c in self.children) else "tokens"
+
+    @property
+    def resolved_modality(self) -> Modality:
+        return self._modality  # type: ignore[return-value]
+
+    @property
+    def resolved_output(self) -> Output:
+        return self._output  # type: ignore[return-value]
 
     @classmethod
     def child_defaults(cls, config: StrategyConfig) -> dict[str, Any]:
@@ -420,6 +568,54 @@ class CompositeStrategy(MaskStrategy):
 
     def child_masks(self, ctx: MaskContext) -> list[torch.Tensor]:
         return [c.mask(ctx) for c in self.children]
+
+    def explain(self, ctx: MaskContext) -> dict[str, Any]:
+        kids = [c.mask_and_scores(ctx) for c in self.children]
+        return {"children": [m for m, _ in kids], "child_scores": [s for _, s in kids],
+                "mask": self.mask(ctx), "scores": None}
+
+
+#: what each declaration may hold
+_MODALITIES = ("image", "text")
+_OUTPUTS = ("tokens", "attention")
+
+
+def check_declarations(cls: type, source: str) -> None:
+    """Check a strategy class's declarations when it is registered; one-line ``PluginError``."""
+    import inspect
+
+    from .errors import PluginError
+
+    who = f"plugin '{source}': strategy '{getattr(cls, 'name', cls.__qualname__)}'"
+    if inspect.isabstract(cls):
+        missing = ", ".join(sorted(cls.__abstractmethods__))
+        raise PluginError(f"{who} does not implement {missing}")
+    for attr, allowed in (("modality", _MODALITIES), ("output", _OUTPUTS)):
+        raw = getattr(cls, attr)
+        values = declared_values(cls, attr)
+        if not values or any(v not in allowed for v in values):
+            raise PluginError(f"{who} declares {attr} = {raw!r}; expected one of {', '.join(allowed)} "
+                              f"(or declared({', '.join(repr(a) for a in allowed)}) when instances decide)")
+        if len(values) > 1 and not cls.composite and attr not in cls.Config.model_fields \
+                and getattr(cls, f"resolved_{attr}") is getattr(MaskStrategy, f"resolved_{attr}"):
+            raise PluginError(f"{who} declares several values of {attr} {values} but its Config has no "
+                              f"'{attr}' field (and it does not override resolved_{attr}) to choose one")
+    req = cls.requires
+    if isinstance(req, str) or not isinstance(req, (set, frozenset, tuple, list)):
+        raise PluginError(f"{who} declares requires = {req!r}; expected a frozenset of input names, "
+                          f"e.g. frozenset({{'image_tokens'}})")
+    for r in req:
+        if r not in CONTEXT_INPUTS:
+            from .errors import close_matches
+
+            hint = close_matches(str(r), CONTEXT_INPUTS, n=1) or f"; expected one of {', '.join(CONTEXT_INPUTS)}"
+            raise PluginError(f"{who} requires unknown input {r!r}{hint}")
+    if not isinstance(cls.__dict__.get("stochastic", cls.stochastic), (bool, property)):
+        raise PluginError(f"{who} declares stochastic = {cls.stochastic!r}; expected True or False")
+    if not (isinstance(cls.Config, type) and issubclass(cls.Config, StrategyConfig)):
+        raise PluginError(f"{who}: Config must subclass maskkit.StrategyConfig")
+    if not isinstance(cls.description, str):
+        raise PluginError(f"{who} declares description = {cls.description!r}; expected a string")
 
 
 def as_attention(mask: torch.Tensor, T: int) -> torch.Tensor:

@@ -3,7 +3,13 @@
 Built-ins are plugins like any other: ``maskkit.strategies`` and ``maskkit.presets`` implement
 the hooks of :mod:`maskkit.hookspecs`; third-party packages add modules to the entry-point group
 ``maskkit``. ``MASKKIT_DISABLE_PLUGINS=1`` (or ``all`` / ``*``) loads no third-party plugin; a
-comma-separated list skips the named entry points or distributions.
+comma-separated list skips the named entry points or distributions. ``MASKKIT_LOAD_PLUGINS``,
+when set, is the opposite: only the listed distributions or entry points load (empty: none).
+
+One failing plugin never takes the host down: a plugin that cannot be imported, or whose
+registration hook raises (a duplicate name, a bad ``requires``, any exception), is skipped as a
+whole - its partial registrations are undone - recorded in ``Registry.failed_plugins`` and
+reported once on stderr in one line. Built-ins go through exactly the same path.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
+from .core import check_declarations, declared_modalities
 from .errors import PluginError, UnknownNameError, close_matches
 
 ENTRY_POINT_GROUP = "maskkit"
@@ -57,6 +64,7 @@ class Registry:
                 f"({self.strategies[name].__module__}.{self.strategies[name].__qualname__}) and by "
                 f"'{source}' ({cls.__module__}.{cls.__qualname__})"
             )
+        check_declarations(cls, source)
         self.strategies[name] = cls
         self.strategy_sources[name] = source
 
@@ -64,6 +72,13 @@ class Registry:
         if name in self.presets:
             raise PluginError(f"preset '{name}' is registered twice: by '{self.presets[name].source}' and by '{source}'")
         self.presets[name] = Preset(name, dict(config), description, source)
+
+    def remove_source(self, source: str) -> None:
+        """Undo everything plugin ``source`` registered (after one of its hooks failed)."""
+        for name in [n for n, src in self.strategy_sources.items() if src == source]:
+            del self.strategies[name], self.strategy_sources[name]
+        for name in [n for n, p in self.presets.items() if p.source == source]:
+            del self.presets[name]
 
     def strategy(self, name: str) -> type:
         try:
@@ -95,20 +110,41 @@ def _disabled() -> tuple[bool, set[str]]:
     return False, {p.strip() for p in raw.split(",") if p.strip()}
 
 
+def _allowed() -> set[str] | None:
+    """``MASKKIT_LOAD_PLUGINS``: the only distributions / entry points to load (None: unset, all)."""
+    raw = os.environ.get("MASKKIT_LOAD_PLUGINS")
+    if raw is None:
+        return None
+    return {p.strip() for p in raw.split(",") if p.strip()}
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` on one line, the whole message kept (newlines folded to spaces)."""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _report(dist: str, why: str, what: str) -> None:
+    if dist not in _failed:
+        _failed[dist] = why
+        print(f"maskkit: plugin '{dist}' {what} and is skipped ({why})", file=sys.stderr)
+
+
 def _load_entry_points(pm: pluggy.PluginManager) -> None:
     disable_all, skip = _disabled()
     if disable_all:
         return
+    allow = _allowed()
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = ep.dist.name if ep.dist is not None else ep.value
         if ep.name in skip or dist in skip:
             continue
+        if allow is not None and ep.name not in allow and dist not in allow:
+            continue
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not break the others
-            if dist not in _failed:
-                _failed[dist] = f"{type(exc).__name__}: {exc}"
-                print(f"maskkit: plugin '{dist}' failed to load and is skipped ({_failed[dist]})", file=sys.stderr)
+            _report(dist, _one_line(exc), "failed to load")
             continue
         if pm.is_registered(plugin):
             continue
@@ -129,18 +165,37 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _pm
 
 
+HOOKS = ("register_strategies", "register_presets")
+
+
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
-    """Call every plugin's hooks with a ``register`` callback that records the plugin as source."""
+    """Call every plugin's hooks with a ``register`` callback that records the plugin as source.
+
+    A plugin's hooks run as one unit: if any of them raises, everything that plugin registered
+    is undone and it is recorded in ``failed_plugins`` (the others, built-ins included, stay).
+    """
     pm = pm or get_plugin_manager()
-    reg = Registry(failed_plugins=dict(_failed))
-    for impl in pm.hook.register_strategies.get_hookimpls():
-        impl.function(register=lambda cls, _src=impl.plugin_name: reg.add_strategy(cls, _src))
-    for impl in pm.hook.register_presets.get_hookimpls():
-        impl.function(
-            register=lambda name, config, description="", _src=impl.plugin_name: reg.add_preset(
-                name, config, description, _src
-            )
-        )
+    reg = Registry()
+    impls: dict[str, dict[str, Any]] = {}  # plugin name -> hook name -> impl, in registration order
+    for hook in HOOKS:
+        for impl in getattr(pm.hook, hook).get_hookimpls():
+            impls.setdefault(impl.plugin_name, {})[hook] = impl
+    for source, hooks in impls.items():
+        calls = {
+            "register_strategies": lambda cls, _src=source: reg.add_strategy(cls, _src),
+            "register_presets": lambda name, config, description="", _src=source: reg.add_preset(
+                name, config, description, _src),
+        }
+        for hook in HOOKS:
+            if hook not in hooks:
+                continue
+            try:
+                hooks[hook].function(register=calls[hook])
+            except Exception as exc:  # one failing plugin never takes the host down
+                reg.remove_source(source)
+                _report(source.split(":")[0], _one_line(exc), f"failed in {hook}")
+                break
+    reg.failed_plugins = dict(_failed)
     return reg
 
 
@@ -170,9 +225,13 @@ def get_strategy(name: str) -> type:
 
 
 def list_strategies(pattern: str = "*", modality: str | None = None) -> list[str]:
-    """Sorted names of registered strategies matching a shell-style wildcard ``pattern``."""
+    """Sorted names of registered strategies matching a shell-style wildcard ``pattern``.
+
+    ``modality`` keeps the strategies that can mask that modality (their class declaration:
+    ``random`` and the composites declare both).
+    """
     reg = get_registry()
     return sorted(
         n for n, cls in reg.strategies.items()
-        if fnmatch.fnmatchcase(n, pattern) and (modality is None or cls.modality == modality)
+        if fnmatch.fnmatchcase(n, pattern) and (modality is None or modality in declared_modalities(cls))
     )

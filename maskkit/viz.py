@@ -105,7 +105,7 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
     mask-context builder (:meth:`maskkit.model.XLIP.mask_contexts`) with ``seed`` (a training
     step's :func:`maskkit.masking.mask_seed`), so the final panel is the mask that step used.
     """
-    from .core import ScoredStrategy, topk_count_mask
+    from .core import topk_count_mask
     from .masking import mask_generator
 
     dev = next(model.parameters()).device
@@ -119,9 +119,8 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
     for role in ("image_mask", "image_only_mask"):
         strat = getattr(model, role)
         if strat is not None and role in ctxs:
-            ex = strat.explain(ctxs[role]) if hasattr(strat, "explain") and strat.output == "tokens" else None
-            scores = strat.scores(ctxs[role]) if ex is None and isinstance(strat, ScoredStrategy) else None
-            explained[role] = (strat, ex, scores)
+            ex = strat.explain(ctxs[role])  # every strategy explains: mask and scores; a union adds its parts
+            explained[role] = (strat, ex if "union" in ex else None, ex.get("scores"))
     B, N = e_img.shape[:2]
     noise = torch.rand(B, N, generator=mask_generator(seed, "image_mask", dev), device=dev)  # the random panel
     views = []

@@ -78,3 +78,95 @@ def test_every_preset_composition_builds():
         only = preset.config.get("image_only_mask")
         if only is not None:  # image-only samples have no report (eq. 15)
             assert "report_tokens" not in build_strategy(only).all_requires
+
+
+# --- a composition file as a strategy-tree override value (issue 11, item 9) ----------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from maskkit.compose import load_spec  # noqa: E402
+from maskkit.config import ConfigError, resolve  # noqa: E402
+
+IMAGE_ONLY = {"union": {"of": ["prompt_driven", "image_self"], "child_ratio": 0.6, "ratio": 0.5}}
+TEXT = {"intersect": {"of": [{"entity": {"ratio": 0.3}}, "causal"]}}
+FORMATS = {
+    "yaml": lambda t: __import__("yaml").safe_dump(t),
+    "yml": lambda t: __import__("yaml").safe_dump(t),
+    "json": json.dumps,
+    "toml": None,
+}
+
+
+def _write(tmp_path, name, tree):
+    p = tmp_path / name
+    ext = p.suffix[1:]
+    if ext == "toml":
+        (n, cfg), = tree.items()
+        of = ", ".join(json.dumps(c) if isinstance(c, str) else "{ " + ", ".join(
+            f"{k} = {{ ratio = {v['ratio']} }}" for k, v in c.items()) + " }" for c in cfg["of"])
+        rest = "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items() if k != "of")
+        p.write_text(f"[{n}]\nof = [{of}]\n{rest}")
+    else:
+        p.write_text(FORMATS[ext](tree))
+    assert load_spec(p) == tree
+    return p
+
+
+@pytest.mark.parametrize("ext", ["yaml", "yml", "toml", "json"])
+@pytest.mark.parametrize("role, tree", [("image_mask", XLIP), ("image_only_mask", IMAGE_ONLY), ("text_mask", TEXT)])
+def test_tree_override_value_may_be_a_composition_file(tmp_path, ext, role, tree):
+    path = _write(tmp_path, f"tree.{ext}", tree)
+    cfg, sources = resolve([f"{role}={path}", "preset=clip"])
+    assert getattr(cfg, role) == tree
+    assert sources[role] == "cli"
+    assert to_spec(build_strategy(getattr(cfg, role))) == to_spec(load_strategy(path))  # as maskkit compose reads it
+
+
+def test_keys_set_after_a_tree_file_apply_to_its_tree(tmp_path):
+    path = _write(tmp_path, "attmim.yaml", IMAGE_ONLY)
+    cfg, _ = resolve([f"image_mask={path}", "image_mask.ratio=0.4"])
+    assert cfg.image_mask == {"union": {**IMAGE_ONLY["union"], "ratio": 0.4}}
+
+
+def test_tree_file_in_a_config_file_is_relative_to_that_file(tmp_path):
+    sub = tmp_path / "exp"
+    sub.mkdir()
+    _write(sub, "mask.json", IMAGE_ONLY)
+    (sub / "run.yaml").write_text("image_mask: mask.json\n")
+    cfg, sources = resolve([f"config={sub / 'run.yaml'}"])
+    assert cfg.image_mask == IMAGE_ONLY and sources["image_mask"] == f"file:{sub / 'run.yaml'}"
+
+
+@pytest.mark.parametrize("role", ["image_mask", "image_only_mask", "text_mask"])
+def test_missing_tree_file_is_one_line_naming_it(tmp_path, role):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError) as exc:
+        resolve([f"{role}={missing}"])
+    assert str(exc.value) == f"{role}={missing}: composition file {missing} does not exist (from cli)"
+
+
+def test_unparsable_tree_file_names_it(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match=rf"^image_mask={bad}: {bad}: cannot parse as JSON: "):
+        resolve([f"image_mask={bad}"])
+
+
+def test_tree_file_with_a_bad_node_names_the_path(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("union:\n  of: [report_cros, image_self]\n")
+    with pytest.raises(ConfigError, match=r"image_mask.union.of\[0\]: unknown strategy 'report_cros'; did you mean 'report_cross'\?"):
+        resolve([f"image_mask={p}"])
+
+
+def test_cli_config_show_and_run_take_a_tree_file(tmp_path):
+    path = _write(tmp_path, "attmim.toml", IMAGE_ONLY)
+    cli = [sys.executable, "-m", "maskkit.cli"]
+    out = subprocess.run([*cli, "config", "show", f"image_mask={path}", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["config"]["image_mask"] == IMAGE_ONLY
+    missing = tmp_path / "missing.yaml"
+    out = subprocess.run([*cli, "run", f"image_mask={missing}"], capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip() == f"error: image_mask={missing}: composition file {missing} does not exist (from cli)"

@@ -7,11 +7,20 @@ import torch
 
 from maskkit import list_strategies
 from maskkit.plugins import get_registry, reset
-from maskkit.testing import check_strategy
+from maskkit.testing import check_strategy, only_plugins
 
-reset()
-NAMES = list_strategies()
-reset()
+#: the built-ins and the plugin this repository ships; another plugin installed in the
+#: environment does not change what this suite tests (plugin authors run check_strategy themselves)
+SHIPPED = ("maskkit-blockwise",)
+
+with only_plugins(*SHIPPED):
+    NAMES = list_strategies()
+
+
+@pytest.fixture(autouse=True)
+def _only_our_plugins(monkeypatch):
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", ",".join(SHIPPED))
+    reset()
 
 
 def _spec(name):
@@ -38,3 +47,130 @@ def test_conformance_on_cuda(name):
 
 def test_every_builtin_is_registered():
     assert {"random", "image_self", "report_cross", "prompt_driven", "union", "entity", "causal", "intersect"} <= set(NAMES)
+
+
+# --- the kit itself (issue 11, item 8) -------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from maskkit import build_strategy  # noqa: E402
+from maskkit.core import ATTENTION_SHAPES, MaskStrategy, StrategyConfig, topk_mask, uniform_noise  # noqa: E402
+from maskkit.testing import KIT_CONTEXTS, has_choice, make_context  # noqa: E402
+
+
+@pytest.mark.parametrize("spec", [
+    {"random": {"ratio": 1.0}}, {"random": {"ratio": 0.0}},
+    {"random": {"ratio": 1.0, "modality": "text"}}, {"random": {"ratio": 0.0, "modality": "text"}},
+    {"entity": {"ratio": 1.0}}, {"entity": {"ratio": 0.0}},
+    {"union": {"of": ["image_self", "random"], "ratio": 1.0}},
+    {"union": {"of": ["image_self", {"random": {"ratio": 1.0}}], "ratio": None}},
+    {"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}},
+])
+def test_kit_passes_random_strategies_whose_count_leaves_no_choice(spec):
+    s = build_strategy(spec)
+    assert s.stochastic and not has_choice(s, make_context())
+    check_strategy(s)
+
+
+def test_kit_passes_blockwise_at_full_ratio():
+    if "blockwise" not in NAMES:
+        pytest.skip("plugins/maskkit-blockwise is not installed")
+    check_strategy({"blockwise": {"ratio": 1.0}}, N=196)
+
+
+class _Frozen(MaskStrategy):
+    """Declares itself random, has a choice (ratio 0.5), but ignores the generator."""
+
+    name = "frozen"
+    requires = frozenset({"image_tokens"})
+
+    class Config(StrategyConfig):
+        ratio: float = 0.5
+
+    def mask(self, ctx):
+        return topk_mask(ctx.image_tokens[..., 0], self.config.ratio, self.valid(ctx))
+
+
+class _Sneaky(_Frozen):
+    """Declares itself deterministic, yet draws from the generator."""
+
+    name = "sneaky"
+    stochastic = False
+
+    def mask(self, ctx):
+        return topk_mask(uniform_noise(tuple(ctx.image_tokens.shape[:2]), ctx), self.config.ratio, self.valid(ctx))
+
+
+class _IgnoresImagePadding(_Frozen):
+    name = "ignores_padding"
+    stochastic = False
+
+    def mask(self, ctx):
+        return topk_mask(ctx.image_tokens[..., 0], self.config.ratio)  # valid not passed
+
+
+class _ReadsAttention(MaskStrategy):
+    """Masks the image tokens that receive the most image self-attention (head mean)."""
+
+    name = "reads_attention"
+    requires = frozenset({"image_tokens", "attention"})
+    stochastic = False
+
+    class Config(StrategyConfig):
+        ratio: float = 0.5
+
+    def mask(self, ctx):
+        received = ctx.attention["image_self"].mean(1).sum(1)      # [B, N]
+        return topk_mask(received, self.config.ratio, self.valid(ctx))
+
+
+def test_kit_still_fails_a_random_strategy_that_ignores_its_generator():
+    with pytest.raises(AssertionError, match="frozen: declares stochastic = True and has a choice, but gave identical masks"):
+        check_strategy(_Frozen())
+    check_strategy(_Frozen({"ratio": 1.0}))  # no choice: nothing to vary
+
+
+def test_kit_fails_a_deterministic_declaration_that_is_not_true():
+    with pytest.raises(AssertionError, match="sneaky: declares stochastic = False but its mask changes with the generator seed"):
+        check_strategy(_Sneaky())
+
+
+def test_kit_context_holds_image_padding_and_attention():
+    ctx = make_context(**KIT_CONTEXTS[0])
+    B, N = ctx.image_tokens.shape[:2]
+    assert ctx.image_valid is not None and not ctx.image_valid.all() and not ctx.image_valid[0].all()
+    assert ctx.image_valid.any(-1).all()
+    assert set(ctx.attention) == set(ATTENTION_SHAPES)
+    T = ctx.report_tokens.shape[1]
+    assert ctx.attention["image_self"].shape == (B, 2, N, N) and ctx.attention["report_cross"].shape == (B, N, T)
+    # the inputs older tests pinned are unchanged by the additions
+    plain = make_context(image_pad=False, attention=False)
+    assert torch.equal(plain.image_tokens, ctx.image_tokens) and torch.equal(plain.report_valid, ctx.report_valid)
+
+
+def test_kit_fails_a_strategy_that_masks_image_padding():
+    with pytest.raises(AssertionError, match="ignores_padding: masked a padding position"):
+        check_strategy(_IgnoresImagePadding())
+
+
+def test_kit_runs_a_strategy_that_reads_attention_at_any_N():
+    for n in (5, 16, 196):
+        check_strategy(_ReadsAttention(), N=n)
+    extra = make_context(B=2, N=9, attention=False).replace(attention={"image_self": torch.rand(2, 1, 9, 9)})
+    check_strategy(_ReadsAttention(), contexts=[extra])
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "maskkit.cli", "check", *args], capture_output=True, text=True)
+
+
+def test_cli_check_sets_n_and_passes_full_ratio():
+    out = _cli('{"random": {"ratio": 1.0}}', "--n", "196", "--b", "2")
+    assert out.returncode == 0, out.stderr
+    assert "passes the maskkit conformance checks (B=2, N=196, T=12, seed=0, cpu)" in out.stdout
+    if "blockwise" in NAMES:
+        bad = _cli("blockwise", "--n", "10")
+        assert bad.returncode == 2  # a MaskkitError: bad input, one line
+        assert bad.stderr.strip() == "error: blockwise: 10 image tokens are not a square grid; set blockwise.grid: [H, W]"
+        assert _cli("blockwise", "--n", "196").returncode == 0

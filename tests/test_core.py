@@ -134,3 +134,43 @@ def test_random_strategy_needs_a_generator():
 
     with pytest.raises(MissingInputError, match="generator"):
         build_strategy("random")(MaskContext(image_tokens=torch.randn(1, 4, 2)))
+
+
+# --- MaskContext.attention is checked against the batch (issue 11, item 8) -----------------
+
+def _img(B=2, N=4):
+    return torch.randn(B, N, 8)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"image_self": torch.rand(3, 5)},
+     "MaskContext.attention['image_self']: expected shape [2, 4, 4] or [2, H, 4, 4] ([B, N, N] or [B, H, N, N]), got (3, 5)"),
+    ({"image_self": torch.rand(3, 4, 4)},
+     "MaskContext.attention['image_self']: expected shape [2, 4, 4] or [2, H, 4, 4] ([B, N, N] or [B, H, N, N]), got (3, 4, 4)"),
+    ({"image_self": torch.rand(2, 4, 5)},
+     "MaskContext.attention['image_self']: expected shape [2, 4, 4] or [2, H, 4, 4] ([B, N, N] or [B, H, N, N]), got (2, 4, 5)"),
+    ({"report_cross": torch.rand(2, 4, 5)},
+     "MaskContext.attention['report_cross']: expected shape [2, 4, 6] or [2, H, 4, 6] ([B, N, T] or [B, H, N, T]), got (2, 4, 5)"),
+    ({"my_map": torch.rand(3, 7, 7)},
+     "MaskContext.attention['my_map']: expected shape [2, Q, K] or [2, H, Q, K] ([B, Q, K] or [B, H, Q, K]), got (3, 7, 7)"),
+    ({"image_self": torch.ones(2, 4, 4, dtype=torch.long)},
+     "MaskContext.attention['image_self']: expected floating-point attention weights, got torch.int64"),
+    ({"image_self": [[0.5]]}, "MaskContext.attention['image_self']: expected a tensor, got list"),
+    ({0: torch.rand(2, 4, 4)}, "MaskContext.attention: keys are names (str), got int 0"),
+])
+def test_attention_entries_are_checked_against_the_batch(entry, message):
+    with pytest.raises(ContextError) as exc:
+        MaskContext(image_tokens=_img(), report_valid=torch.ones(2, 6, dtype=torch.bool), attention=entry)
+    assert str(exc.value) == message
+
+
+def test_attention_entries_of_the_right_shape_are_accepted_and_read_only():
+    maps = {"image_self": torch.rand(2, 3, 4, 4), "report_cross": torch.rand(2, 4, 6), "report_self": torch.rand(2, 6, 6),
+            "anything": torch.rand(2, 9, 2)}
+    ctx = MaskContext(image_tokens=_img(), report_valid=torch.ones(2, 6, dtype=torch.bool), attention=maps)
+    assert set(ctx.attention) == set(maps) and ctx.attention["image_self"] is maps["image_self"]
+    with pytest.raises(TypeError):
+        ctx.attention["image_self"] = torch.rand(2, 4, 4)  # type: ignore[index]
+    assert ctx.replace(generator=torch.Generator()).attention["anything"] is maps["anything"]
+    with pytest.raises(ContextError, match="is not a mapping|expected a mapping"):
+        MaskContext(image_tokens=_img(), attention=[torch.rand(2, 4, 4)])  # type: ignore[arg-type]

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import shared_path
-from maskkit.data.records import (DataError, chexpert, covidx, generic_csv, image_folder, load_table, mimic, nih,
-                                  openi, padchest, read_csv, rsna)
+from maskkit.data.records import (CHEXPERT_LABELS, DataError, chexpert, covidx, generic_csv, has_content, image_folder,
+                                  join_sections, load_table, mimic, nih, openi, padchest, read_csv, rsna)
 from maskkit.data.dataset import Collator, XrayDataset
 from maskkit.data.tokenize import ReportTokenizer
 
@@ -71,11 +71,76 @@ def test_chexpert_uncertain_policy_and_blank(tmp_path, policy, expected):
     t = chexpert(tmp_path, csv_name=str(shared_path(*META, "chexpert_train.head2000.csv.gz")), uncertain=policy)
     assert len(t) == 2000
     r = t.records[1]  # patient00002: Cardiomegaly -1, Lung Opacity 1, No Finding blank
-    assert math.isnan(r.labels["No Finding"])
+    assert r.labels["No Finding"] == 0.0  # blank = not mentioned, whatever the uncertain policy
     assert r.labels["Lung Opacity"] == 1.0
     got = r.labels["Cardiomegaly"]
     assert (math.isnan(got) if expected == "nan" else got == expected)
     assert t.records[0].labels["Pneumothorax"] == 0.0
+    unknown = chexpert(tmp_path, csv_name=str(shared_path(*META, "chexpert_train.head2000.csv.gz")), uncertain=policy,
+                       blank="unknown")
+    assert math.isnan(unknown.records[1].labels["No Finding"]) and unknown.records[1].labels["Lung Opacity"] == 1.0
+
+
+def test_chexpert_no_finding_has_both_classes_on_the_real_csv():
+    """The real train.csv holds No Finding as 1 or blank: under the default blank policy it is a
+    two-class label (259 positives in the first 2,000 rows), under blank=unknown only {1, NaN}."""
+    csv_name = str(shared_path(*META, "chexpert_train.head2000.csv.gz"))
+    rows = read_csv(shared_path(*META, "chexpert_train.head2000.csv.gz"))
+    assert {r["No Finding"] for r in rows} == {"1.0", ""}
+    for policy in ("ones", "zeros", "ignore"):
+        nf = [r.labels["No Finding"] for r in chexpert(shared_path(*META), csv_name=csv_name, uncertain=policy).records]
+        assert nf.count(1.0) == 259 and nf.count(0.0) == 1741
+    nf = [r.labels["No Finding"] for r in chexpert(shared_path(*META), csv_name=csv_name, blank="unknown").records]
+    assert nf.count(1.0) == 259 and sum(map(math.isnan, nf)) == 1741
+
+
+HEADER = "Path,Sex,Age,Frontal/Lateral,AP/PA," + ",".join(CHEXPERT_LABELS)
+
+
+@pytest.mark.parametrize("blank,uncertain,expected", [
+    ("negative", "ones", [1.0, 0.0, 1.0, 0.0]), ("negative", "zeros", [1.0, 0.0, 0.0, 0.0]),
+    ("negative", "ignore", [1.0, 0.0, "nan", 0.0]), ("unknown", "ones", [1.0, 0.0, 1.0, "nan"]),
+    ("unknown", "ignore", [1.0, 0.0, "nan", "nan"]),
+])
+def test_blank_and_uncertain_are_separate_policies(tmp_path, blank, uncertain, expected):
+    """Cells 1, 0.0, -1.0 and blank in one row, under each pair of policies (CheXpert and MIMIC)."""
+    cells = ["1", "0.0", "-1.0", ""] + ["0"] * 10
+    (tmp_path / "valid.csv").write_text(HEADER + "\nCheXpert-v1.0/valid/patient1/study1/view1_frontal.jpg,F,50,Frontal,PA,"
+                                        + ",".join(cells) + "\n")
+    _mimic_files(tmp_path, ",".join(cells))
+    for t in (chexpert(tmp_path, csv_name="valid.csv", uncertain=uncertain, blank=blank),
+              mimic(tmp_path, uncertain=uncertain, blank=blank)):
+        got = [t.records[0].labels[k] for k in CHEXPERT_LABELS[:4]]
+        assert [("nan" if math.isnan(v) else v) for v in got] == expected
+
+
+def test_bad_label_cell_names_file_row_and_column(tmp_path):
+    (tmp_path / "valid.csv").write_text(HEADER + "\nx/valid/p1/s1/v.jpg,F,50,Frontal,PA,1,,2,,,,,,,,,,,\n")
+    with pytest.raises(DataError, match=r"valid.csv: row 2, column 'Cardiomegaly': expected 1, 0, -1 or blank, got '2'"):
+        chexpert(tmp_path, csv_name="valid.csv")
+    _mimic_files(tmp_path, ",".join(["1", "yes"] + [""] * 12))
+    with pytest.raises(DataError, match=r"chexpert.csv: row 2, column 'Enlarged Cardiomediastinum': expected 1, 0, -1 or blank, got 'yes'"):
+        mimic(tmp_path)
+    with pytest.raises(DataError, match=r"data.blank: 'zeros' is not a policy; expected negative \(blank = not mentioned\) or unknown"):
+        chexpert(tmp_path, csv_name="valid.csv", blank="zeros")
+
+
+def test_mimic_study_without_labeler_row_is_unknown(tmp_path):
+    _mimic_files(tmp_path, ",".join(["1"] + [""] * 13))
+    t = mimic(tmp_path)
+    assert t.records[0].labels["No Finding"] == 1.0 and t.records[0].labels["Edema"] == 0.0
+    assert all(math.isnan(v) for v in t.records[1].labels.values())  # study 57375967 has no labeler row
+
+
+def _mimic_files(root, cells: str, report: str | None = None):
+    (root / "mimic-cxr-2.0.0-metadata.csv").write_text(
+        "dicom_id,subject_id,study_id,ViewPosition\nd1,10000032,50414267,PA\nd3,10000764,57375967,AP\n")
+    (root / "mimic-cxr-2.0.0-chexpert.csv").write_text(
+        "subject_id,study_id," + ",".join(CHEXPERT_LABELS) + "\n10000032,50414267," + cells + "\n")
+    if report is not None:
+        rep = root / "files" / "p10" / "p10000032" / "s50414267.txt"
+        rep.parent.mkdir(parents=True, exist_ok=True)
+        rep.write_text(report)
 
 
 def test_chexpert_views_and_paths(tmp_path):
@@ -176,3 +241,65 @@ def test_mimic_layout(tmp_path):
     assert [r.id for r in mimic(tmp_path, views=["PA", "AP"]).records] == ["d1", "d3"]
     assert [r.id for r in mimic(tmp_path, one_per_study=True).records] == ["d1", "d3"]
     assert mimic(tmp_path).records[2].report is None  # no report file for that study: image-only
+
+
+MIMIC_DEID = ("                                 FINAL REPORT\n EXAMINATION:  CHEST (PA AND LAT)\n\n INDICATION:  ___ with"
+              " cough\n\n FINDINGS: \n ___\n\n IMPRESSION: \n ___.\n")
+
+
+@pytest.mark.parametrize("findings,impression,expected", [
+    ("___", "___.", None),
+    ("___ ___, ___.", "  -- ", None),
+    ("[**Hospital1 18**] ___", "1. 2.", None),
+    ("___", "No acute process.", "IMPRESSION: No acute process."),
+    ("Heart size normal. ___", "___", "FINDINGS: Heart size normal. ___"),
+])
+def test_mimic_report_of_only_deid_marks_is_missing(tmp_path, findings, impression, expected):
+    """Missing is decided on the section bodies, before the headings are written."""
+    _mimic_files(tmp_path, ",".join([""] * 14), f" FINAL REPORT\n INDICATION: ___ with cough\n\n FINDINGS: \n {findings}\n\n"
+                                                 f" IMPRESSION: \n {impression}\n")
+    assert mimic(tmp_path).records[0].report == expected
+
+
+def test_mimic_real_layout_deid_report_is_image_only(tmp_path):
+    _mimic_files(tmp_path, ",".join([""] * 14), MIMIC_DEID)
+    r = mimic(tmp_path).records[0]
+    assert r.report is None  # INDICATION has text but is not a requested section
+
+
+OPENI_XML = """<?xml version="1.0" encoding="utf-8"?><eCitation><uId id="CXR{n}"/><MedlineCitation><Article><Abstract>
+<AbstractText Label="COMPARISON">None.</AbstractText><AbstractText Label="INDICATION">XXXX-year-old male</AbstractText>
+<AbstractText Label="FINDINGS">{findings}</AbstractText><AbstractText Label="IMPRESSION">{impression}</AbstractText>
+</Abstract></Article></MedlineCitation><MeSH><major>normal</major></MeSH><parentImage id="CXR{n}_1"/></eCitation>"""
+
+
+def test_openi_report_of_only_xxxx_is_missing(tmp_path):
+    cases = {1: ("XXXX", "XXXX. XXXX, XXXX", None), 2: ("", "   ", None), 3: ("", ".", None),
+             4: ("XXXX XXXX", "No XXXX effusion.", "IMPRESSION: No XXXX effusion."),
+             5: ("The heart is normal.\n  Lungs   clear.", "XXXX.", "FINDINGS: The heart is normal. Lungs clear.")}
+    for n, (f, i, _) in cases.items():
+        (tmp_path / f"{n}.xml").write_text(OPENI_XML.format(n=n, findings=f, impression=i))
+    got = {r.id: r.report for r in openi(tmp_path).records}
+    assert got == {f"CXR{n}": want for n, (_, _, want) in cases.items()}
+
+
+def test_csv_report_and_captions_without_content(tmp_path):
+    (tmp_path / "d.csv").write_text("image_path,report,effusion,edema,no_finding\n"
+                                    "a.png,XXXX.,1,0,0\nb.png,___ ___,0,0,1\nc.png,Small effusion.,0,,0\nd.png,,,,\ne.png,,0,0,0\n")
+    t = generic_csv(tmp_path / "d.csv")
+    assert [r.report for r in t.records] == [None, None, "Small effusion.", None, None]
+    caps = generic_csv(tmp_path / "d.csv", captions_from_labels=True)
+    # positives; No Finding = 1; an unknown label and no positive: no caption; all known negative
+    assert [r.report for r in caps.records] == ["Findings: effusion.", "No finding.", None, None, "No finding."]
+
+
+@pytest.mark.parametrize("text,expected", [("___", False), ("XXXX. XXXX", False), ("[**Name**], 1.", False), ("", False),
+                                           (None, False), ("No XXXX effusion.", True), ("Normal.", True),
+                                           ("Sin hallazgos", True), ("Cardiomegalia leve", True)])
+def test_has_content(text, expected):
+    assert has_content(text) is expected
+
+
+def test_join_sections_decides_on_bodies():
+    assert join_sections([("FINDINGS", "___"), ("IMPRESSION", "___")]) is None
+    assert join_sections([("FINDINGS", None), ("IMPRESSION", " No  acute\nprocess. ")]) == "IMPRESSION: No acute process."

@@ -54,6 +54,36 @@ def test_negated_mentions_are_entities(lexicon):
     assert {"pneumothorax", "effusion", "heart size"} <= found
 
 
+def test_post_surgical_material_is_an_entity(lexicon):
+    """The reported sentence: clips and sternotomy wires, not only 'right'."""
+    text = "Surgical clips in the right upper quadrant. Sternotomy wires are intact."
+    got = [(text[s:e], label) for s, e, label in lexicon([text])[0]]
+    assert got == [("Surgical clips", "POST_SURGICAL"), ("right", "ANATOMY"), ("quadrant", "ANATOMY"),
+                   ("Sternotomy", "POST_SURGICAL"), ("wires", "POST_SURGICAL")]
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("Median sternotomy wires and mediastinal clips.", {"sternotomy", "wires", "clips"}),
+    ("Cholecystectomy clips are noted.", {"cholecystectomy", "clips"}),
+    ("Skin staples overlie the left chest. Sutures at the apex.", {"staples", "sutures"}),
+    ("Status post CABG. Sternal cerclage wires.", {"cabg", "cerclage", "wires"}),
+    ("Postoperative changes of right upper lobectomy.", {"postoperative", "lobectomy"}),
+    ("Cervical spinal fusion hardware and thoracic rods.", {"spinal fusion", "rods"}),
+    ("Bilateral breast implants. Vertebroplasty cement at T12.", {"implants", "vertebroplasty", "cement"}),
+    ("Suture line in the left upper lobe from wedge resection.", {"suture", "wedge resection"}),
+    ("Postsurgical changes. A stent in the left subclavian.", {"postsurgical", "stent"}),
+])
+def test_post_surgical_kind(lexicon, text, expected):
+    found = {text[s:e].lower() for s, e, label in lexicon([text])[0] if label == "POST_SURGICAL"}
+    assert found == expected
+
+
+def test_no_post_surgical_entity_in_plain_findings(lexicon):
+    text = ("The heart is normal in size. The upper lobes and lower lobe are clear. No pneumothorax. "
+            "Degenerative changes of the spine. Preoperative chest radiograph.")
+    assert [text[s:e] for s, e, label in lexicon([text])[0] if label == "POST_SURGICAL"] == []
+
+
 def test_alignment_on_real_reports_with_xxxx_and_punctuation(openi_table, lexicon):
     tok = ReportTokenizer(256)
     recs = [r for r in openi_table.records if r.report and "XXXX" in r.report][:200]

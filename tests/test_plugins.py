@@ -17,17 +17,35 @@ import torch
 from maskkit import build_strategy, list_strategies
 from maskkit.errors import PluginError
 from maskkit.plugins import get_registry, reset
-from maskkit.testing import check_strategy, make_context
+from maskkit.testing import check_strategy, make_context, only_plugins
 
 
-def install_fake_dist(tmp_path, monkeypatch, dist: str, module: str, code: str) -> None:
-    (tmp_path / f"{module}.py").write_text(textwrap.dedent(code))
-    info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+#: the plugin this repository ships (plugins/maskkit-blockwise); the only environment plugin
+#: these tests let load, so another plugin installed here cannot change what they see
+SHIPPED = "maskkit-blockwise"
+
+
+@pytest.fixture(autouse=True)
+def _only_our_plugins(monkeypatch):
+    """Load the built-ins, the shipped plugin and the plugins a test installs itself - nothing else."""
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", SHIPPED)
+    reset()
+
+
+def install_fake_dist(tmp_path, monkeypatch, dist: str, module: str, code: str, *, allow: bool = True) -> None:
+    """A real installed distribution (dist-info + module on sys.path); ``allow``: this test loads it."""
+    root = tmp_path / dist
+    root.mkdir()
+    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[maskkit]\n{module} = {module}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(root))
+    if allow:
+        monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", f"{os.environ['MASKKIT_LOAD_PLUGINS']},{dist}")
     importlib.invalidate_caches()
+    sys.modules.pop(module, None)  # a module of that name imported by an earlier test
     reset()
 
 
@@ -72,28 +90,235 @@ def test_disable_plugins(tmp_path, monkeypatch, value):
     assert "union" in list_strategies()  # built-ins always load
 
 
-def test_broken_plugin_is_reported_once_and_others_work(tmp_path, monkeypatch, capsys):
+def _broken_plugin_is_reported_once_and_others_work(tmp_path, monkeypatch, capsys):
     install_fake_dist(tmp_path, monkeypatch, "maskkit-broken", "mk_broken", "raise ImportError('needs libfoo')\n")
     reg = get_registry()
     assert "union" in reg.strategies
     assert reg.failed_plugins == {"maskkit-broken": "ImportError: needs libfoo"}
     err = capsys.readouterr().err
     assert err.count("plugin 'maskkit-broken' failed to load") == 1
+    assert err.count("maskkit: plugin") == 1
 
 
-def test_duplicate_name_names_both_sources(tmp_path, monkeypatch):
+def test_broken_plugin_is_reported_once_and_others_work(tmp_path, monkeypatch, capsys):
+    _broken_plugin_is_reported_once_and_others_work(tmp_path, monkeypatch, capsys)
+
+
+def test_tests_are_isolated_from_a_broken_plugin_in_the_environment(tmp_path, monkeypatch, capsys):
+    """Another broken plugin installed in the environment changes nothing the test sees..."""
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-foreign", "mk_foreign",
+                      "raise RuntimeError('foreign and broken')\n", allow=False)
+    _broken_plugin_is_reported_once_and_others_work(tmp_path, monkeypatch, capsys)
+    # ... and it really is installed: without the isolation it loads (and fails)
+    monkeypatch.delenv("MASKKIT_LOAD_PLUGINS")
+    reset()
+    assert get_registry().failed_plugins["maskkit-foreign"] == "RuntimeError: foreign and broken"
+
+
+def test_load_plugins_empty_loads_builtins_only(tmp_path, monkeypatch):
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-checker", "mk_checker", GOOD)
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", "")
+    reset()
+    names = list_strategies()
+    assert "checker" not in names and "blockwise" not in names and "union" in names
+
+
+def test_duplicate_name_names_both_sources(tmp_path, monkeypatch, capsys):
     install_fake_dist(tmp_path, monkeypatch, "maskkit-dup", "mk_dup", '''
 from maskkit import hookimpl, MaskStrategy
 class R(MaskStrategy):
     name = "random"
     def mask(self, ctx):
         return None
+class Other(MaskStrategy):
+    name = "dup_other"
+    def mask(self, ctx):
+        return None
 @hookimpl
 def register_strategies(register):
+    register(Other)
     register(R)
 ''')
-    with pytest.raises(PluginError, match=r"strategy 'random' is registered twice: by 'maskkit.strategies' .* and by 'maskkit-dup:mk_dup'"):
-        get_registry()
+    reg = get_registry()
+    why = reg.failed_plugins["maskkit-dup"]
+    assert why.startswith("PluginError: strategy 'random' is registered twice: by 'maskkit.strategies' ")
+    assert why.endswith("and by 'maskkit-dup:mk_dup' (mk_dup.R)")
+    assert "dup_other" not in reg.strategies                   # its partial registration is undone
+    assert reg.strategies["random"].__module__ == "maskkit.strategies.random"
+    check_strategy("random")
+
+
+# --- a plugin whose registration hook raises (issue 11, item 7) ------------------------------
+
+RAISES_IN_STRATEGIES = '''
+import torch
+from maskkit import hookimpl, MaskStrategy
+
+class Half(MaskStrategy):
+    name = "half_done"
+    requires = frozenset({"image_tokens"})
+    def mask(self, ctx):
+        return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+@hookimpl
+def register_strategies(register):
+    register(Half)
+    raise RuntimeError("cannot find model weights,\\nyou have two options, ...")
+
+@hookimpl
+def register_presets(register):
+    register("half_preset", {"image_mask": "half_done"}, "never registered")
+'''
+
+RAISES_IN_PRESETS = '''
+import torch
+from maskkit import hookimpl, MaskStrategy
+
+class Half(MaskStrategy):
+    name = "half_done"
+    requires = frozenset({"image_tokens"})
+    def mask(self, ctx):
+        return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+@hookimpl
+def register_strategies(register):
+    register(Half)
+
+@hookimpl
+def register_presets(register):
+    register("half_preset", {"image_mask": "half_done"}, "registered, then undone")
+    raise KeyError("preset table")
+'''
+
+
+@pytest.mark.parametrize("code, hook, why", [
+    (RAISES_IN_STRATEGIES, "register_strategies", "RuntimeError: cannot find model weights, you have two options, ..."),
+    (RAISES_IN_PRESETS, "register_presets", "KeyError: 'preset table'"),
+])
+def test_plugin_whose_hook_raises_is_isolated(tmp_path, monkeypatch, capsys, code, hook, why):
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-raises", "mk_raises", code)
+    reg = get_registry()
+    assert reg.failed_plugins == {"maskkit-raises": why}
+    assert "half_done" not in reg.strategies and "half_preset" not in reg.presets   # undone
+    assert {"random", "union", "image_self", "causal"} <= set(reg.strategies)
+    assert "xlip" in reg.presets
+    err = capsys.readouterr().err
+    assert err == f"maskkit: plugin 'maskkit-raises' failed in {hook} and is skipped ({why})\n"
+    # everything else works: build, compose, conformance; the message is printed once
+    check_strategy("random")
+    assert build_strategy({"union": {"of": ["image_self", "random"]}})(make_context(B=2, N=8)).sum(-1).tolist() == [6, 6]
+    assert capsys.readouterr().err == ""
+
+
+def test_cli_commands_work_with_a_plugin_whose_hook_raises(tmp_path, monkeypatch):
+    import json
+    import subprocess
+
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-raises", "mk_raises", RAISES_IN_STRATEGIES)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "maskkit-raises"), os.environ.get("PYTHONPATH", "")])}
+    for args in (["strategies", "--json"], ["check", "random"], ["compose", "xlip"]):
+        out = subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, env=env)
+        assert out.returncode == 0, (args, out.stderr)
+        assert out.stderr.count("maskkit: plugin 'maskkit-raises' failed in register_strategies") == 1, out.stderr
+        assert "Traceback" not in out.stderr
+        if args[0] == "strategies":
+            names = [r["name"] for r in json.loads(out.stdout)]
+            assert "random" in names and "half_done" not in names
+
+
+# --- a strategy's declarations are checked when it is registered (item 13) -------------------
+
+BAD_DECLARATION = '''
+import torch
+from maskkit import hookimpl, MaskStrategy
+
+class Fine(MaskStrategy):
+    name = "fine_one"
+    requires = frozenset({"image_tokens"})
+    def mask(self, ctx):
+        return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+class Bad(MaskStrategy):
+    name = "typo_strategy"
+    DECL
+    def mask(self, ctx):
+        return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+@hookimpl
+def register_strategies(register):
+    register(Fine)
+    register(Bad)
+'''
+
+
+@pytest.mark.parametrize("decl, why", [
+    ('requires = frozenset({"image_token"})',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' requires unknown input 'image_token'; did you mean 'image_tokens'?"),
+    ('requires = frozenset({"pixels"})',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' requires unknown input 'pixels'; expected one of "
+     "image_tokens, report_tokens, report_valid, prompt_tokens, entities, attention"),
+    ('requires = "image_tokens"',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' declares requires = 'image_tokens'; "
+     "expected a frozenset of input names, e.g. frozenset({'image_tokens'})"),
+    ('modality = "images"',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' declares modality = 'images'; expected one of "
+     "image, text (or declared('image', 'text') when instances decide)"),
+    ('output = "attn"',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' declares output = 'attn'; expected one of "
+     "tokens, attention (or declared('tokens', 'attention') when instances decide)"),
+    ('modality = ("image", "text")',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' declares several values of modality "
+     "('image', 'text') but its Config has no 'modality' field (and it does not override resolved_modality) to choose one"),
+    ('stochastic = "yes"',
+     "PluginError: plugin 'maskkit-typo:mk_typo': strategy 'typo_strategy' declares stochastic = 'yes'; expected True or False"),
+])
+def test_bad_declaration_fails_registration_in_one_line(tmp_path, monkeypatch, capsys, decl, why):
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-typo", "mk_typo", BAD_DECLARATION.replace("DECL", decl))
+    reg = get_registry()
+    assert reg.failed_plugins == {"maskkit-typo": why}
+    assert "fine_one" not in reg.strategies and "random" in reg.strategies
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"maskkit: plugin 'maskkit-typo' failed in register_strategies and is skipped ({why})"]
+
+
+def test_registry_add_strategy_raises_directly():
+    from maskkit.core import MaskStrategy
+    from maskkit.plugins import Registry
+
+    class Typo(MaskStrategy):
+        name = "typo"
+        requires = frozenset({"report_token"})
+
+        def mask(self, ctx):
+            return None
+
+    class Abstract(MaskStrategy):
+        name = "abstract"
+
+    with pytest.raises(PluginError, match=r"^plugin 'here': strategy 'typo' requires unknown input 'report_token'; did you mean 'report_tokens'"):
+        Registry().add_strategy(Typo, "here")
+    with pytest.raises(PluginError, match=r"^plugin 'here': strategy 'abstract' does not implement mask$"):
+        Registry().add_strategy(Abstract, "here")
+
+
+with only_plugins(SHIPPED):  # what this module's tests see: the built-ins and the shipped plugin
+    _REGISTERED = list_strategies()
+
+
+@pytest.mark.parametrize("name", _REGISTERED)
+def test_every_registered_strategy_keeps_its_declarations(name):
+    """Built instances resolve modality/output among what the class declares and assign neither."""
+    from maskkit.core import declared_values
+
+    cls = get_registry().strategy(name)
+    specs = [{name: {"of": ["image_self", "random"]}}, {name: {"of": ["entity", "causal"]}}] if cls.composite else [name]
+    if "modality" in cls.Config.model_fields:
+        specs += [{name: {"modality": m}} for m in declared_values(cls, "modality")]
+    for spec in specs:
+        s = build_strategy(spec)
+        assert s.modality in declared_values(cls, "modality") and s.output in declared_values(cls, "output")
+        assert "modality" not in vars(s) and "output" not in vars(s)
+        assert set(s.explain(make_context())) >= {"mask", "scores"}
 
 
 def test_registry_is_not_filled_on_import():
@@ -106,7 +331,31 @@ def test_registry_is_not_filled_on_import():
 
 def test_wildcard_listing():
     assert list_strategies("report*") == ["report_cross"]
-    assert set(list_strategies(modality="text")) >= {"entity", "causal"}
+    text, image = set(list_strategies(modality="text")), set(list_strategies(modality="image"))
+    assert {"causal", "entity", "intersect", "random", "union"} <= text
+    assert not {"image_self", "report_cross", "prompt_driven", "blockwise"} & text
+    assert {"image_self", "report_cross", "prompt_driven", "random", "union", "intersect"} <= image
+    assert not {"entity", "causal"} & image
+    from maskkit.core import declared_modalities
+
+    for name, cls in get_registry().strategies.items():   # exactly what each class declares
+        for m in ("image", "text"):
+            assert (name in list_strategies(modality=m)) == (m in declared_modalities(cls)), (name, m)
+
+
+def test_modality_is_a_class_declaration_instances_never_assign():
+    from maskkit.strategies.random import RandomMask
+
+    text = build_strategy({"random": {"modality": "text"}})
+    image = build_strategy("random")
+    assert RandomMask.modality == ("image", "text")               # the declaration, unchanged
+    assert (text.modality, image.modality) == ("text", "image")   # resolved per instance
+    assert (text.resolved_modality, image.resolved_modality) == ("text", "image")
+    assert "modality" not in vars(text) and "modality" not in vars(image)
+    u = build_strategy({"intersect": {"of": ["entity", "causal"]}})
+    assert (u.modality, u.output) == ("text", "attention")
+    assert type(u).modality == ("image", "text") and type(u).output == ("tokens", "attention")
+    assert "modality" not in vars(u) and "output" not in vars(u)
 
 
 # --- the shipped plugin package in plugins/maskkit-blockwise ----------------------------------

@@ -234,3 +234,66 @@ def test_child_ratio_reaches_token_children_only():
     assert [c.config.ratio for c in u.children] == [0.6, 0.2]  # an explicit child ratio wins
     t = build_strategy({"union": {"of": ["entity", "causal"]}})
     assert t.children[0].config.ratio == 0.2  # λ3 untouched by the image default λ1
+
+
+# --- a composite gets each child's mask from the child (issue 11, item 13) -----------------
+
+def _bottom_self():
+    from maskkit.core import topk_mask
+    from maskkit.strategies.image_self import ImageSelf
+
+    class BottomSelf(ImageSelf):
+        """image_self's scores, but mask() masks the LOWEST-scoring tokens."""
+
+        name = "bottom_self"
+
+        def mask(self, ctx):
+            return topk_mask(-self.scores(ctx), self.config.ratio, self.valid(ctx))
+
+    return BottomSelf
+
+
+def test_union_uses_a_scored_childs_own_mask():
+    ctx = make_context(B=2, N=10, seed=4)
+    child = _bottom_self()({"ratio": 0.3})
+    own = child(ctx)
+    top = build_strategy({"image_self": {"ratio": 0.3}})(ctx)
+    assert own.sum(-1).tolist() == [3, 3] and not (own & top).any()   # the override really differs
+    u = build_strategy({"union": {"of": [child], "child_ratio": None, "ratio": None}})
+    assert torch.equal(u(ctx), own)
+    ex = u.explain(ctx)
+    assert torch.equal(ex["children"][0], own)
+    assert torch.equal(ex["child_scores"][0], child.scores(ctx))  # its scores still blend
+
+
+def test_union_uses_a_plain_childs_own_mask():
+    from maskkit.core import MaskStrategy
+
+    class FirstTwo(MaskStrategy):
+        name = "first_two"
+        requires = frozenset({"image_tokens"})
+        stochastic = False
+
+        def mask(self, ctx):
+            B, N = ctx.image_tokens.shape[:2]
+            return (torch.arange(N) < 2).expand(B, N).clone()
+
+    ctx = make_context(B=2, N=6)
+    u = build_strategy({"union": {"of": [FirstTwo()], "child_ratio": None, "ratio": None}})
+    assert u(ctx).tolist() == [[True, True, False, False, False, False]] * 2
+
+
+@pytest.mark.parametrize("reduction", ["max_sim", "l2", "received", "entry_count"])
+@pytest.mark.parametrize("pad", [True, False])
+def test_union_of_builtin_scored_children_unchanged(reduction, pad):
+    """Built-in scored children give exactly what union gave before: top-k of their scores."""
+    from maskkit.core import topk_mask
+
+    kids = [{n: {"reduction": reduction}} for n in ("report_cross", "prompt_driven", "image_self")]
+    u = build_strategy({"union": {"of": kids, "child_ratio": 0.7, "ratio": 0.75}})
+    ctx = make_context(B=3, N=20, seed=2, pad=pad, prompt_tokens_per=0 if pad else 4)
+    ex = u.explain(ctx)
+    valid = ctx.image_valid_mask()
+    for c, m in zip(u.children, ex["children"]):
+        assert torch.equal(m, topk_mask(c.scores(ctx), 0.7, valid))
+    assert torch.equal(ex["union"], torch.stack(ex["children"]).any(0))

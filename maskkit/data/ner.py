@@ -27,7 +27,7 @@ from ..io import atomic_write_text
 
 Entity = tuple[int, int, str]
 
-LEXICON_VERSION = "1"
+LEXICON_VERSION = "2"
 
 
 def cache_dir() -> Path:
@@ -50,13 +50,20 @@ def _read_phrases(folder) -> dict[str, list[str]]:
     return out
 
 
+def _read_list(path) -> list[str]:
+    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+
+
 def load_lexicon() -> tuple[dict[str, list[str]], list[str]]:
     """(label -> mention phrases, unmention phrases) of the packaged lexicon."""
     root = resources.files("maskkit.data") / "lexicon"
     mentions = _read_phrases(root / "chexpert" / "mention")
     # the labeler's no_finding list holds *other* findings (emphysema, scoliosis, ...)
     mentions["OTHER_FINDING"] = mentions.pop("NO_FINDING", [])
-    mentions["ANATOMY"] = [ln.strip() for ln in (root / "anatomy.txt").read_text().splitlines() if ln.strip()]
+    # post-surgical material and status (clips, sutures, wires, staples, sternotomy, ...): maskkit's
+    # own list, before ANATOMY so "sternal wires" is one post-surgical mention
+    mentions["POST_SURGICAL"] = _read_list(root / "postsurgical.txt")
+    mentions["ANATOMY"] = _read_list(root / "anatomy.txt")
     unmentions = [p for ps in _read_phrases(root / "chexpert" / "unmention").values() for p in ps]
     return mentions, unmentions
 

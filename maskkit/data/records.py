@@ -129,41 +129,91 @@ def apply_filters(records: list[Record], views: Iterable[str] | None, one_per_st
     return records
 
 
-def chexpert_value(raw: str, uncertain: str) -> float:
-    """CheXpert label cell: 1 / 0 / -1 / blank under the uncertain-label policy."""
+UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
+BLANK_POLICIES = ("negative", "unknown")
+
+
+def chexpert_value(raw: str | None, uncertain: str, blank: str = "negative") -> float:
+    """One CheXpert-labeler cell (``1`` / ``0`` / ``-1`` / blank, also ``1.0`` ...) as a label value.
+
+    ``-1`` (uncertain mention) follows ``uncertain``: ``ones`` -> 1.0, ``zeros`` -> 0.0,
+    ``ignore`` -> NaN. A blank cell follows ``blank``, a separate policy: ``negative`` -> 0.0 (the
+    labeler's meaning: the observation is not mentioned in the report; Irvin et al., AAAI 2019),
+    ``unknown`` -> NaN. Raises ``ValueError`` for any other value (adapters name file, row, column).
+    """
     raw = (raw or "").strip()
     if raw == "":
-        return NAN
-    v = float(raw)
+        return 0.0 if blank == "negative" else NAN
+    try:
+        v = float(raw)
+    except ValueError:
+        v = NAN
     if v == -1:
         return {"ones": 1.0, "zeros": 0.0, "ignore": NAN}[uncertain]
+    if v not in (0.0, 1.0):
+        raise ValueError(f"expected 1, 0, -1 or blank, got {raw!r}")
     return v
 
 
-def _check_policy(uncertain: str) -> None:
-    if uncertain not in ("ones", "zeros", "ignore"):
+def _check_policy(uncertain: str, blank: str = "negative") -> None:
+    if uncertain not in UNCERTAIN_POLICIES:
         raise DataError(f"data.uncertain: '{uncertain}' is not a policy; expected ones, zeros or ignore")
+    if blank not in BLANK_POLICIES:
+        raise DataError(f"data.blank: '{blank}' is not a policy; expected negative (blank = not mentioned) or unknown")
+
+
+def chexpert_labels(row: dict[str, str], path: Path, line: int, uncertain: str, blank: str) -> dict[str, float]:
+    """The 14 CheXpert labels of one CSV row; a bad cell is a one-line error naming file, row and column."""
+    out = {}
+    for k in CHEXPERT_LABELS:
+        try:
+            out[k] = chexpert_value(row.get(k), uncertain, blank)
+        except ValueError as exc:
+            raise DataError(f"{path}: row {line}, column '{k}': {exc}") from None
+    return out
+
+
+# De-identification marks: MIMIC-CXR ``___``, Open-i ``XXXX``, MIMIC-II style ``[**Name**]``
+_DEID = re.compile(r"\[\*\*.*?\*\*\]|_{2,}|X{2,}")
+
+
+def has_content(text: str | None) -> bool:
+    """Whether a report body says anything: a letter left once de-identification marks are removed
+    (``___``, ``XXXX``, ``[**...**]``); only marks, digits, punctuation or whitespace is no content."""
+    return bool(text) and any(c.isalpha() for c in _DEID.sub(" ", text))
+
+
+def join_sections(sections: Iterable[tuple[str, str | None]]) -> str | None:
+    """``"HEADING: body HEADING: body"`` from the sections whose *body* has content, or None.
+
+    Whether a report is missing is decided here, on the bodies, before any heading is written: a
+    report whose sections hold only de-identification marks and punctuation is no report (the
+    sample is image-only), not a caption made of its headings.
+    """
+    parts = [f"{head}: {' '.join(body.split())}" for head, body in sections if has_content(body)]
+    return " ".join(parts) or None
 
 
 # --- adapters --------------------------------------------------------------------------------
 
 def mimic(root, split: str | None = None, views=None, one_per_study: bool = False, uncertain: str = "ones",
-          sections: tuple[str, ...] = ("findings", "impression")) -> Table:
-    """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports."""
-    _check_policy(uncertain)
+          sections: tuple[str, ...] = ("findings", "impression"), blank: str = "negative") -> Table:
+    """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports.
+
+    Labels: ``mimic-cxr-2.0.0-chexpert.csv`` cells under ``uncertain`` (-1) and ``blank`` (not
+    mentioned) policies, see :func:`chexpert_value`; a study absent from that file (or no such
+    file) has every label unknown (NaN). The report is the ``sections`` whose bodies have content
+    (:func:`join_sections`); a study whose sections hold only ``___`` marks is image-only.
+    """
+    _check_policy(uncertain, blank)
     root = _need_dir(root)
     meta = read_csv(_find(root, ["mimic-cxr-2.0.0-metadata.csv"], "metadata CSV"),
                     ["dicom_id", "subject_id", "study_id", "ViewPosition"])
     labels = {}
-    try:
+    if any((root / n).is_file() for n in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-chexpert.csv.gz")):
         lab_path = _find(root, ["mimic-cxr-2.0.0-chexpert.csv"], "CheXpert label CSV")
-        for row in read_csv(lab_path, ["subject_id", "study_id"]):
-            labels[(row["subject_id"], row["study_id"])] = {k: chexpert_value(row.get(k, ""), uncertain) for k in CHEXPERT_LABELS}
-    except DataError:
-        if not any((root / n).is_file() for n in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-chexpert.csv.gz")):
-            labels = {}
-        else:
-            raise
+        for i, row in enumerate(read_csv(lab_path, ["subject_id", "study_id"])):
+            labels[(row["subject_id"], row["study_id"])] = chexpert_labels(row, lab_path, i + 2, uncertain, blank)
     splits = {}
     if split is not None:
         for row in read_csv(_find(root, ["mimic-cxr-2.0.0-split.csv"], "split CSV"), ["dicom_id", "split"]):
@@ -194,15 +244,15 @@ _SECTION = re.compile(r"^\s*([A-Z][A-Z /]+):", re.M)
 
 
 def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impression")) -> str | None:
-    """The named sections of a MIMIC-CXR free-text report, joined (None when none is present)."""
+    """The named sections of a MIMIC-CXR free-text report, ``"FINDINGS: ... IMPRESSION: ..."``;
+    sections with no content (only ``___`` marks, punctuation) are left out, None when none is left."""
     text = path.read_text(encoding="utf-8", errors="replace")
     heads = list(_SECTION.finditer(text))
     parts = {}
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
-        parts[m.group(1).strip().lower()] = " ".join(text[m.end():end].split())
-    out = [f"{s.upper()}: {parts[s]}" for s in sections if parts.get(s)]
-    return " ".join(out) or None
+        parts[m.group(1).strip().lower()] = text[m.end():end]
+    return join_sections((s.upper(), parts.get(s.lower())) for s in sections)
 
 
 def padchest(root, csv_name: str | None = None, views=None, one_per_study: bool = False,
@@ -229,14 +279,16 @@ def padchest(root, csv_name: str | None = None, views=None, one_per_study: bool 
     return Table("padchest", apply_filters(recs, views, one_per_study), names)
 
 
-def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool = False, uncertain: str = "ones") -> Table:
-    """CheXpert: ``Path`` plus the 14 labels (1 / 0 / -1 / blank) under the uncertain policy."""
-    _check_policy(uncertain)
+def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool = False, uncertain: str = "ones",
+             blank: str = "negative") -> Table:
+    """CheXpert: ``Path`` plus the 14 labels: ``-1`` under the ``uncertain`` policy, blank cells under
+    the separate ``blank`` policy (default ``negative``: not mentioned), see :func:`chexpert_value`."""
+    _check_policy(uncertain, blank)
     root = _need_dir(root)
     path = Path(csv_name) if Path(csv_name).is_file() else _find(root, [csv_name], "CheXpert CSV")
     rows = read_csv(path, ["Path", "Frontal/Lateral", *CHEXPERT_LABELS])
     recs = []
-    for row in rows:
+    for i, row in enumerate(rows):
         rel = Path(row["Path"])
         # paths start with the release folder name (CheXpert-v1.0-small/...): resolve beside it
         parts = rel.parts
@@ -244,7 +296,7 @@ def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool 
         m = re.search(r"(patient\d+)/(study\d+)", row["Path"])
         view = "LATERAL" if row["Frontal/Lateral"].strip().lower() == "lateral" else norm_view(row.get("AP/PA") or "")
         recs.append(Record(id=row["Path"], image_path=str(img),
-                           labels={k: chexpert_value(row[k], uncertain) for k in CHEXPERT_LABELS},
+                           labels=chexpert_labels(row, path, i + 2, uncertain, blank),
                            patient_id=m.group(1) if m else None, study_id="/".join(m.groups()) if m else None, view=view))
     return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
 
@@ -341,7 +393,8 @@ def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FIND
     """Open-i / IU X-ray report XMLs (a folder or the ``.tgz``): FINDINGS + IMPRESSION and MeSH.
 
     One record per ``parentImage`` when ``image_dir`` is given (``{id}.png``), else one per report.
-    Labels are derived from the manual MeSH major headings (``OPENI_MESH``).
+    Labels are derived from the manual MeSH major headings (``OPENI_MESH``). The report holds the
+    sections whose bodies have content (:func:`join_sections`): only ``XXXX`` marks is no report.
     """
     root = Path(root).expanduser()
     if not root.exists():
@@ -353,8 +406,8 @@ def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FIND
             doc = ET.fromstring(data)
         except ET.ParseError as exc:
             raise DataError(f"{name}: not valid XML ({exc})") from None
-        texts = {a.get("Label"): (a.text or "").strip() for a in doc.iter("AbstractText")}
-        report = " ".join(f"{s}: {texts[s]}" for s in sections if texts.get(s)) or None
+        texts = {a.get("Label"): a.text for a in doc.iter("AbstractText")}
+        report = join_sections((s, texts.get(s)) for s in sections)
         mesh = [m.text.strip() for m in doc.iter("major") if m.text]
         heads = {m.split("/")[0].strip() for m in mesh}
         labels = {n: 0.0 for n in names}
@@ -382,8 +435,11 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     """A CSV with an image path column, an optional report column and numeric label columns.
 
     Relative image paths are resolved against ``image_root`` (default: the CSV's folder); empty
-    label cells are unknown. ``captions_from_labels`` writes a report from the positive labels
-    ("Findings: cardiomegaly, effusion." / "No finding.") for data that has labels but no text.
+    label cells are unknown. A report with no content (only de-identification marks and
+    punctuation, :func:`has_content`) is None. ``captions_from_labels`` writes a report from the
+    labels for data that has labels but no text: "Findings: cardiomegaly, effusion." from the
+    positives; "No finding." when every finding label is known and negative or a ``No Finding`` /
+    ``no_finding`` column is 1; otherwise None (image-only): a caption claims nothing unknown.
     """
     path = Path(path).expanduser()
     if not path.is_file():
@@ -409,11 +465,14 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
             except ValueError:
                 raise DataError(f"{path}: row {i + 2}, column '{c}': expected a number, got {cell!r}") from None
         rep = (row.get(report_col) or "").strip() if report_col else ""
+        rep = rep if has_content(rep) else None
         if captions_from_labels:
-            pos = [c.replace("_", " ").lower() for c in label_cols if labels.get(c) == 1.0 and "no_finding" not in c.lower()
-                   and c.lower() != "no finding"]
-            rep = f"Findings: {', '.join(pos)}." if pos else "No finding."
-        recs.append(Record(id=row[image_col], image_path=str(img), report=rep or None, labels=labels,
+            findings = [c for c in label_cols if c.replace("_", " ").lower() != "no finding"]
+            pos = [c.replace("_", " ").lower() for c in findings if labels.get(c) == 1.0]
+            known = bool(findings) and all(not math.isnan(labels[c]) for c in findings)
+            normal = any(labels.get(c) == 1.0 for c in label_cols if c not in findings)
+            rep = f"Findings: {', '.join(pos)}." if pos else ("No finding." if known or normal else None)
+        recs.append(Record(id=row[image_col], image_path=str(img), report=rep, labels=labels,
                            patient_id=row.get(patient_col) if patient_col else None))
     return Table("csv", recs, label_cols)
 

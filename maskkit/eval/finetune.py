@@ -2,7 +2,9 @@
 
 Splits are patient-level, seeded, nested (the 1% set is inside the 10% set, inside 100%) and
 stored as JSON files with a SHA-256 checksum of their ids, so every method is compared on the
-same images. Multi-label BCE (unknown labels masked out); AUC per label and mean on the test split.
+same images. Multi-label BCE (unknown labels masked out); AUC per label and mean on the test split,
+with the test samples each label leaves out as unknown (``FinetuneResult.unknown``) and a
+``LabelCoverageWarning`` for a label the test split holds with one class.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,10 @@ class FinetuneResult:
     auc: dict[str, float | None]
     n_train: int
     sha256: str
+    # test samples left out of each label as unknown, and one line per label the test split
+    # holds with a single class (AUC undefined)
+    unknown: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def mean_auc(self) -> float | None:
@@ -174,6 +180,10 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
             with torch.no_grad():
                 xte, yte = features(m, test_idx)
                 scores = head(xte.to(device)).cpu()
+        from .labels import label_coverage, one_class_warnings
+
+        cov = label_coverage(yte.numpy(), label_names)
+        notes = one_class_warnings(cov, f"{mode} test split", warn=name == min(k for k in splits if k.startswith("train_")))
         results.append(FinetuneResult(name.removeprefix("train_"), mode, _auc(yte.numpy(), scores.numpy(), label_names),
-                                      len(tr_idx), splits[name]["sha256"]))
+                                      len(tr_idx), splits[name]["sha256"], {n: c["n_unknown"] for n, c in cov.items()}, notes))
     return results

@@ -5,8 +5,9 @@ default; several templates are averaged after L2 normalisation); the probability
 the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and ACC with
 bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
 positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
-threshold is tuned on the evaluation set. Labels with no positives or no negatives are reported
-as undefined and left out of every mean. ``No Finding`` has its own prompt pair, since
+threshold is tuned on the evaluation set. Unknown (NaN) labels are left out of that label's
+metrics and counted per label; labels with no positives or no negatives are reported as undefined,
+left out of every mean, and warned about (a label policy such as ``blank=unknown`` can cause it). ``No Finding`` has its own prompt pair, since
 "no No Finding" inverts the label (a CheXzero pitfall). Several checkpoints average their
 probabilities (the paper's "+ Ensemble").
 """
@@ -105,6 +106,10 @@ class ZeroShotResult:
     per_label: dict[str, dict | None]   # label -> {auc, f1, acc, ci: {metric: (lo, hi)}, n_pos, n} or None
     n: int
     undefined: list[str] = field(default_factory=list)
+    # label -> {n_known, n_pos, n_neg, n_unknown} (maskkit.eval.labels.label_coverage), and one line
+    # per label left with a single class by the data's label policies
+    coverage: dict[str, dict[str, int]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def mean(self, metric: str = "auc") -> float | None:
         vals = [r[metric] for r in self.per_label.values() if r is not None]
@@ -116,28 +121,40 @@ class ZeroShotResult:
 
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
-                "undefined": self.undefined, "threshold": 0.5}
+                "undefined": self.undefined, "threshold": 0.5, "coverage": self.coverage, "warnings": self.warnings}
 
     def table(self, title: str | None = None):
         from rich.table import Table
 
         t = Table(title=title or f"zero-shot on {self.n} held-out images (95% bootstrap CI)")
-        for c in ("label", "positives", "AUC", "F1", "ACC"):
+        for c in ("label", "positives", "unknown", "AUC", "F1", "ACC"):
             t.add_column(c, justify="left" if c == "label" else "right")
         for lab in self.labels:
-            r = self.per_label[lab]
+            r, cov = self.per_label[lab], self.coverage.get(lab)
+            pos = f"{cov['n_pos']}/{cov['n_known']}" if cov else "-"
+            unknown = str(cov["n_unknown"]) if cov else "-"  # samples left out of this label as unknown
             if r is None:
-                t.add_row(lab, "-", "undefined", "undefined", "undefined")
+                t.add_row(lab, pos, unknown, "undefined", "undefined", "undefined")
                 continue
             cells = [f"{r[m]:.3f} [{r['ci'][m][0]:.2f}, {r['ci'][m][1]:.2f}]" if "ci" in r else f"{r[m]:.3f}" for m in METRICS]
-            t.add_row(lab, f"{r['n_pos']}/{r['n']}", *cells)
+            t.add_row(lab, f"{r['n_pos']}/{r['n']}", unknown, *cells)
         means = [self.mean(m) for m in METRICS]
-        t.add_row("[bold]mean[/]", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
+        t.add_row("[bold]mean[/]", "", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
+        if self.warnings:
+            t.caption = "\n".join(f"warning: {w}" for w in self.warnings)
         return t
 
 
 def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed: int = 0) -> ZeroShotResult:
-    """Metrics of probabilities ``[M, K]`` against labels ``[M, K]`` (NaN = unknown, ignored)."""
+    """Metrics of probabilities ``[M, K]`` against labels ``[M, K]`` (NaN = unknown, ignored).
+
+    Per label, the samples left out as unknown are counted (``coverage``, a table column); a label
+    whose known samples hold one class is undefined and raises a ``LabelCoverageWarning``.
+    """
+    from .labels import label_coverage, one_class_warnings
+
+    coverage = label_coverage(y, label_names)
+    notes = one_class_warnings(coverage, "zero-shot")
     per, undefined = {}, []
     for k, lab in enumerate(label_names):
         known = ~np.isnan(y[:, k])
@@ -152,7 +169,7 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
             r["ci"] = bootstrap_ci(yk, pk, n_boot, seed + k)
         r["n_pos"], r["n"] = pos, int(len(yk))
         per[lab] = r
-    return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined)
+    return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined, coverage=coverage, warnings=notes)
 
 
 @torch.no_grad()

@@ -2,7 +2,8 @@
 
 ``ViT-B-16`` (the paper's) and every open_clip config work; maskkit registers small CPU configs
 (``maskkit-tiny``: a 4-layer width-192 ViT/16 on 96 px with a 64-token text context;
-``maskkit-tiny-p8``: 64 px with 8 px patches). Weights load only from a local file.
+``maskkit-tiny-p8``: 64 px with 8 px patches). Weights load only from a local file: OpenAI's
+TorchScript archives, open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or DDP-prefixed.
 """
 
 from __future__ import annotations
@@ -59,39 +60,140 @@ def create_clip(arch: str):
     return model
 
 
-def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
-    """Load a local open_clip checkpoint (``.bin``, ``.pt``, ``.pth``, ``.safetensors``) with
-    ``weights_only``; returns a one-line report of missing / unexpected keys."""
+#: keys OpenAI's TorchScript archives hold besides the weights (open_clip drops them too)
+OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+#: wrappers around a state dict, and key prefixes: DDP (``module.``), ``torch.compile``
+#: (``_orig_mod.``) and maskkit's own XLIP checkpoints (``clip.``)
+WRAPPER_KEYS = ("state_dict", "model", "module")
+PREFIXES = ("module.", "_orig_mod.", "clip.")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: the whole message`` on one line (no truncation at the first line or comma;
+    terminal colour codes, which torch puts in some messages, removed)."""
+    import re
+
+    msg = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())
+    return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _is_torchscript(p: Path) -> bool:
+    """A TorchScript archive (``torch.jit.save``; OpenAI's released CLIP checkpoints): a zip with
+    ``constants.pkl`` and compiled ``code/``, which ``torch.load(weights_only=True)`` refuses."""
+    import zipfile
+
+    if not zipfile.is_zipfile(p):
+        return False
+    with zipfile.ZipFile(p) as z:
+        names = z.namelist()
+    return any(n.endswith("/constants.pkl") for n in names) and any("/code/" in n for n in names)
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The tensors of a local checkpoint, on the CPU, and the format they came in.
+
+    Formats: OpenAI TorchScript archives (read as open_clip's ``load_openai_model`` does:
+    ``torch.jit.load(path, map_location="cpu").state_dict()``, without the non-weight entries),
+    ``torch.save`` files (``.pt``/``.pth``/``.bin``, read with ``weights_only=True``) and
+    ``.safetensors``; a ``{"state_dict": ...}`` (or ``model``/``module``) wrapper and
+    ``module.`` / ``_orig_mod.`` / ``clip.`` key prefixes are unwrapped.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise MaskkitError(f"model.pretrained: checkpoint {p} does not exist (maskkit never downloads weights)")
+    fmt = "state dict"
     try:
-        if p.suffix == ".safetensors":
+        if p.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
-            state = load_file(str(p))
+            state, fmt = load_file(str(p), device="cpu"), "safetensors"
+        elif _is_torchscript(p):
+            import warnings
+
+            with warnings.catch_warnings():  # "torch.jit.load is deprecated": the archives exist all the same
+                warnings.simplefilter("ignore", FutureWarning)
+                state, fmt = dict(torch.jit.load(str(p), map_location="cpu").state_dict()), "OpenAI TorchScript"
+            for key in OPENAI_EXTRA_KEYS:
+                state.pop(key, None)
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise MaskkitError(f"model.pretrained: cannot read {p} ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise MaskkitError(f"model.pretrained: {p} holds a {type(state).__name__}, not a state dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+        raise MaskkitError(f"model.pretrained: cannot read {p} ({_one_line(exc)})") from None
+    for _ in range(3):  # nested wrappers: {"model": {"state_dict": ...}}
+        if isinstance(state, dict):
+            inner = next((state[k] for k in WRAPPER_KEYS if isinstance(state.get(k), dict)), None)
+            if inner is not None and not any(isinstance(v, torch.Tensor) and k not in WRAPPER_KEYS for k, v in state.items()):
+                state, fmt = inner, f"{fmt} in a '{next(k for k in WRAPPER_KEYS if state.get(k) is inner)}' wrapper"
+    if not isinstance(state, dict) or not state:
+        what = "an empty dict" if isinstance(state, dict) else f"a {type(state).__name__}"
+        raise MaskkitError(f"model.pretrained: {p} holds {what}, not a state dict of tensors")
+    bad = next((k for k, v in state.items() if not isinstance(v, torch.Tensor)), None)
+    if bad is not None:
+        keys = ", ".join(map(str, list(state)[:5]))
+        raise MaskkitError(f"model.pretrained: {p}: entry '{bad}' is a {type(state[bad]).__name__}, not a tensor "
+                           f"(top-level keys: {keys}); expected a state dict or a {{'state_dict': ...}} wrapper")
+    changed = True
+    while changed:  # strip prefixes that every key carries (DDP inside torch.compile, ...)
+        changed = False
+        for pre in PREFIXES:
+            if all(k.startswith(pre) for k in state):
+                state, changed = {k[len(pre):]: v for k, v in state.items()}, True
+    return state, fmt
+
+
+def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
+    """Load a local CLIP checkpoint into an open_clip ``model``; returns a one-line report.
+
+    Reads every format of :func:`read_state_dict`, then adapts the state dict as open_clip's
+    ``load_checkpoint`` does: OpenAI layout to a custom-text model, a scalar/1-d ``logit_scale``,
+    and position embeddings interpolated to the model's image grid / text length. Shapes that
+    still differ are refused, naming the first key.
+    """
+    from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
+
+    state, fmt = read_state_dict(path)
+    p = Path(path).expanduser()
     own = model.state_dict()
-    shape_bad = [k for k, v in state.items() if k in own and hasattr(v, "shape") and v.shape != own[k].shape]
+    notes = []
+    for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
+        if key not in own:
+            state.pop(key, None)
+    if not state.keys() & own.keys():  # a whole-model checkpoint (maskkit's XLIP: the towers under 'clip.')
+        for pre in PREFIXES:
+            sub = {k[len(pre):]: v for k, v in state.items() if k.startswith(pre)}
+            if sub.keys() & own.keys():
+                notes.append(f"took the {len(sub)} '{pre}' tensors of {len(state)}")
+                state = sub
+                break
+    if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
+        state = convert_to_custom_text_state_dict(state)
+    if "logit_scale" in state and "logit_scale" in own and state["logit_scale"].ndim != own["logit_scale"].ndim:
+        state["logit_scale"] = state["logit_scale"].reshape(own["logit_scale"].shape)
+    for key, resize in (("visual.positional_embedding", resize_pos_embed), ("positional_embedding", resize_text_pos_embed)):
+        if key in state and key in own and state[key].shape != own[key].shape and state[key].shape[-1] == own[key].shape[-1]:
+            before = tuple(state[key].shape)
+            try:
+                resize(state, model)
+            except Exception as exc:
+                raise MaskkitError(f"model.pretrained: {p}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
+                                   f"({_one_line(exc)})") from None
+            notes.append(f"resized {key} {before} -> {tuple(state[key].shape)}")
+    shape_bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shape_bad:
         k = shape_bad[0]
         raise MaskkitError(f"model.pretrained: {p}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
                            f"({len(shape_bad)} mismatched keys); is model.arch right?")
-    res = model.load_state_dict(state, strict=False)
+    try:
+        res = model.load_state_dict(state, strict=False)
+    except Exception as exc:
+        raise MaskkitError(f"model.pretrained: {p}: cannot load ({_one_line(exc)})") from None
     miss, unexp = list(res.missing_keys), list(res.unexpected_keys)
     loaded = len(state) - len(unexp)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")
-            + f"; unexpected {len(unexp)}" + (f" ({few(unexp)})" if unexp else ""))
+            + f"; unexpected {len(unexp)}" + (f" ({few(unexp)})" if unexp else "")
+            + f"; format: {fmt}" + "".join(f"; {n}" for n in notes))
 
 
 def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None):

@@ -18,7 +18,6 @@ from ..core import CompositeStrategy, MaskContext, StrategyConfig, as_attention
 
 class Intersect(CompositeStrategy):
     name = "intersect"
-    modality = "text"
     description = "Element-wise AND of the children's masks; positional ∩ causal gives EntMLM's [B, T, T] (eq. 10)."
 
     class Config(StrategyConfig):

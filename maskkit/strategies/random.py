@@ -7,21 +7,17 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from ..core import MaskContext, MaskStrategy, StrategyConfig, topk_mask, uniform_noise
+from ..core import MaskContext, MaskStrategy, StrategyConfig, declared, topk_mask, uniform_noise
 
 
 class RandomMask(MaskStrategy):
     name = "random"
-    modality = "image"
+    modality = declared("image", "text")  # the config's `modality` picks one per instance
     description = "Uniform random subset of the valid tokens (MAE); image or text."
 
     class Config(StrategyConfig):
         ratio: float = Field(0.75, ge=0.0, le=1.0, description="fraction of valid tokens to mask")
         modality: Literal["image", "text"] = Field("image", description="mask image tokens or report tokens")
-
-    def __init__(self, config=None, **kwargs) -> None:
-        super().__init__(config, **kwargs)
-        self.modality = self.config.modality
 
     @property
     def all_requires(self) -> frozenset[str]:

@@ -15,14 +15,12 @@ from typing import Any, Literal
 import torch
 from pydantic import Field
 
-from ..core import (CompositeStrategy, MaskContext, ScoredStrategy, StrategyConfig, as_attention,
-                    count_for_ratio, random_subset, rank_normalise, topk_count_mask, topk_mask,
-                    uniform_noise)
+from ..core import (CompositeStrategy, MaskContext, StrategyConfig, as_attention, count_for_ratio,
+                    random_subset, rank_normalise, topk_count_mask, uniform_noise)
 
 
 class Union(CompositeStrategy):
     name = "union"
-    modality = "image"
     description = "Union of the children's masks (eq. 7), then a λ2 subset of it (eq. 8); OR for attention masks."
 
     class Config(StrategyConfig):
@@ -54,21 +52,17 @@ class Union(CompositeStrategy):
             out = as_attention(masks[0], T)
             for m in masks[1:]:
                 out = out | as_attention(m, T)
-            return {"children": masks, "mask": out}
+            return {"children": masks, "child_scores": [None] * len(masks), "mask": out, "scores": None}
         valid = self.valid(ctx)
         masks, scores = [], []
         for c in self.children:
-            if isinstance(c, ScoredStrategy):
-                s = c.scores(ctx)
-                masks.append(topk_mask(s, c.config.ratio, valid))
-                scores.append(s)
-            else:
-                masks.append(c.mask(ctx))
-                scores.append(None)
+            m, s = c.mask_and_scores(ctx)  # the child's own mask(), never a recomputed top-k
+            masks.append(m)
+            scores.append(s)
         union = torch.stack(masks).any(0)
         parts = [rank_normalise(s, valid) if s is not None else m.float() for s, m in zip(scores, masks)]
         blended = torch.stack(parts).mean(0)
-        out = {"children": masks, "child_scores": scores, "union": union, "blended": blended}
+        out = {"children": masks, "child_scores": scores, "union": union, "blended": blended, "scores": blended}
         if self.config.ratio is None:
             out["mask"] = union
             return out
