@@ -96,7 +96,7 @@ class RuntimeConfig(Strict):
     device: str = Field("auto", description="auto (cuda when available), cpu, cuda, cuda:1, ...")
     devices: int = Field(1, ge=1, description="processes (GPUs) for DistributedDataParallel; >1 launches torchrun")
     out_dir: str = Field("runs", description="folder holding run directories")
-    name: str | None = Field(None, description="run directory name (default: preset-scale-seed)")
+    name: str | None = Field(None, description="run directory name; default <preset>-<scale>-seed<k>, numbered -2, -3, ... when it exists")
     overwrite: bool = Field(False, description="allow replacing an existing run directory")
     resume: str | None = Field(None, description="'latest' or a checkpoint path to resume from")
     eval_zeroshot: bool = Field(True, description="print a zero-shot table on held-out data at the end")
@@ -233,6 +233,8 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
             for k, v in value.items():
                 _set(cfg, sources, f"{path}.{k}", v, source, valid_paths)
             return
+        if parts[0] == "model" and parts[-1] in TREES:
+            raise ConfigError(f"set the strategy tree at top level ({parts[-1]}=...), not under model.{parts[-1]} (from {source})")
         raise ConfigError(f"unknown key '{path}'{close_matches(path, valid_paths) or ''} (from {source})")
     node = cfg
     for k in parts[:-1]:

@@ -28,8 +28,6 @@ def _rows(model: type[BaseModel], prefix: str, defaults: dict, tiny: dict):
         key = f"{prefix}{name}"
         ann = f.annotation
         sub = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if prefix == "model." and name in ("image_mask", "image_only_mask", "text_mask"):
-            continue  # set at top level; ExperimentConfig refuses them under model.
         if sub is not None:
             yield from _rows(sub, key + ".", defaults.get(name, {}), tiny.get(name, {}) if isinstance(tiny, dict) else {})
             continue
@@ -119,7 +117,7 @@ def _cli_examples() -> list[str]:
         "maskkit run preset=xlip                                   # tiny CPU run on phantoms, < 5 min",
         "maskkit run preset=t3_attmim train.seed=1 runtime.name=attmim-s1",
         "maskkit run preset=xlip scale=paper data=mimic data.root=/data/mimic-cxr-jpg runtime.devices=8",
-        "maskkit run preset=xlip runtime.resume=latest             # continue the run in runs/xlip-tiny-seed0",
+        "maskkit run preset=xlip runtime.resume=latest             # continue the newest runs/xlip-tiny-seed0[-N]",
         "maskkit config show preset=xlip image_mask.child_ratio=0.6",
         "maskkit strategies 'report*'",
         "maskkit compose xlip --role text_mask",

@@ -34,7 +34,7 @@ class MLMConfig(Strict):
 
 class ModelConfig(Strict):
     arch: str = Field("ViT-B-16", description="open_clip architecture (maskkit-tiny for CPU)")
-    pretrained: str | None = Field(None, description="local open_clip checkpoint (.bin/.pt/.safetensors); never downloaded")
+    pretrained: str | None = Field(None, description="local weights: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts; never downloaded")
     image_mean: tuple[float, float, float] = Field(OPENAI_MEAN, description="normalisation mean of the 3 replicated channels")
     image_std: tuple[float, float, float] = Field(OPENAI_STD, description="normalisation std")
     prompts: tuple[str, ...] = Field(CHEXPERT_PROMPTS, description="disease prompts for prompt-driven attention (eq. 5)")
