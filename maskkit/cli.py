@@ -451,7 +451,7 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
         if index + n > len(ds):
             raise MaskkitError(f"--index {index} --n {n}: the dataset has {len(ds)} samples")
         items = [ds[i] for i in range(index, index + n)]
-    return Collator(model.tokenizer)([s for s in items if "skipped" not in s])
+    return Collator(model.tokenizer)([s for s in items if "image" in s])
 
 
 def _checkpoint_step(path: str) -> int | None:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.dataset import SkipReport
 from ..errors import MaskkitError
 from ..io import atomic_write_text
 
@@ -124,18 +125,28 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
             raise MaskkitError(f"split id '{missing[0]}' is not in the dataset ({len(missing)} missing)")
         return [index[i] for i in ids]
 
+    skips = SkipReport(max_fraction=1.0)
+
     def load(idx):
+        """(images, labels) of the samples of ``idx`` that decode; None when none does (skip policy)."""
         items = [dataset[i] for i in idx]
-        items = [s for s in items if "skipped" not in s]
+        skips.update(sum("image" in s for s in items), [sk for s in items for sk in s.get("skipped", [])])
+        items = [s for s in items if "image" in s]
+        if not items:
+            return None
         return torch.stack([s["image"] for s in items]), torch.stack([s["labels"] for s in items]).float()
 
     @torch.no_grad()
     def features(m, idx):
         feats, ys = [], []
         for s in range(0, len(idx), 64):
-            x, y = load(idx[s:s + 64])
-            feats.append(m.encode_image(x.to(device))[0].float().cpu())
-            ys.append(y)
+            got = load(idx[s:s + 64])
+            if got is None:
+                continue
+            feats.append(m.encode_image(got[0].to(device))[0].float().cpu())
+            ys.append(got[1])
+        if not feats:
+            raise MaskkitError(f"no image of {len(idx)} in a split decodes ({len(skips.skipped)} skipped; last: {skips.skipped[-1][1]})")
         return torch.cat(feats), torch.cat(ys)
 
     test_idx = rows(splits["test"]["ids"])
@@ -171,7 +182,10 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
                 m.train()
                 perm = torch.randperm(len(tr_idx), generator=g).tolist()
                 for s in range(0, len(perm), batch_size):
-                    x, y = load([tr_idx[j] for j in perm[s:s + batch_size]])
+                    got = load([tr_idx[j] for j in perm[s:s + batch_size]])
+                    if got is None:  # every sample of the mini-batch was skipped
+                        continue
+                    x, y = got
                     loss = masked_bce(head(m.encode_image(x.to(device))[0]), y.to(device))
                     opt.zero_grad()
                     loss.backward()

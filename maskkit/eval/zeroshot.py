@@ -53,7 +53,7 @@ def encode_images(model, dataset, device, batch_size: int = 64) -> tuple[torch.T
     feats, labels = [], []
     for start in range(0, len(dataset), batch_size):
         items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        items = [s for s in items if "skipped" not in s]
+        items = [s for s in items if "image" in s]  # the skip policy: files that fail to decode are left out
         if not items:
             continue
         pooled, _ = model.encode_image(torch.stack([s["image"] for s in items]).to(device))
