@@ -85,7 +85,7 @@ def probabilities(model, images: torch.Tensor, label_names, device="cpu", positi
       label; with none, the pair is used.
     - ``no_finding="pair"``: its own prompt pair (``SPECIAL_PROMPTS``), as for every label.
 
-    See docs/eval.md and docs/assumptions.md (A18) for why absence is the default.
+    See docs/eval.md and docs/assumptions.md (A24) for why absence is the default.
     Raises ``ValueError`` for an unknown ``no_finding``.
     """
     if no_finding not in NO_FINDING_MODES:

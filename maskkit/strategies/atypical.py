@@ -1,6 +1,6 @@
 """``atypical`` — mask the image tokens that differ most from the same position in the rest of the batch.
 
-Not in the XLIP paper. Added for issue 12 (docs/assumptions.md A19): on the phantoms the paper's
+Not in the XLIP paper. Added for issue 12 (docs/assumptions.md A25): on the phantoms the paper's
 attention scores (eq. 4-6) rank *tissue types* - every heart token alike in every image - so
 lesion tokens fall in both tails of each score and a top-k of them is no better than random at
 λ2 = 0.75. A lesion is a *deviation from the anatomy usual at that place*; this strategy scores

@@ -8,7 +8,7 @@ the highest blended scores, ``fill: random`` a uniform choice). With ``ratio: nu
 union is returned. For text attention masks (``[B, T, T]``) the union is an element-wise OR.
 
 Options added for issue 12 (not in the paper; equations in docs/strategies.md, reasons in
-docs/assumptions.md A19): ``subset: ranked`` draws the λ2 subset as a Gumbel top-k over the
+docs/assumptions.md A25): ``subset: ranked`` draws the λ2 subset as a Gumbel top-k over the
 blended score with a ``temperature`` (0: deterministic top-k; the uniform subset is its infinite
 limit), ``blend: max`` combines the children's ranks as a soft OR (the union's own logic) instead
 of their mean, and ``weights`` weighs the children in the blend.
