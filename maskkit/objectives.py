@@ -52,7 +52,7 @@ class AlignLoss(Objective):
     Logits are ``min(exp(logit_scale), max_logit_scale) · img @ txtᵀ`` (CLIP caps the scale at 100).
     Rows whose reports are identical (``out.text_key``) are not negatives of each other: a study's
     images share one report (MIMIC-CXR: about 1.7 images per report), so they are positives of
-    the same caption, not contrasts (docs/assumptions.md, A24). Image-only rows take no part.
+    the same caption, not contrasts (docs/assumptions.md, A26). Image-only rows take no part.
 
     Under DDP the features of all ranks are gathered with their gradient (one size exchange and one
     all-gather per call, always), and every rank computes the same global loss, as open_clip's

@@ -10,6 +10,10 @@ For each image strategy and ratio, over held-out images:
 - ``union_coverage`` (union only): the fraction of tokens in the union before the λ2 subset.
 
 A token is a lesion token when at least ``lesion_threshold`` of its pixels are lesion.
+
+Strategies see the held-out images in batches of ``batch_size`` (16: the tiny training batch),
+as in training: ``atypical`` and the guided unions compare a token with the same position in the
+other images of its batch. Counts are summed over batches before the fractions are taken.
 """
 
 from __future__ import annotations
@@ -61,24 +65,44 @@ def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64,
                     None if pv is None else pv.cpu(), torch.cat(lesion))
 
 
-def measure(strategy, f: Features, seed: int = 0) -> dict:
-    ctx = MaskContext(image_tokens=f.e_img, report_tokens=f.e_rep, report_valid=f.rep_valid, prompt_tokens=f.prompts,
-                      prompt_valid=f.prompt_valid, generator=mask_generator(seed, "image_mask"))
+def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator) -> dict[str, float]:
+    ctx = MaskContext(image_tokens=f.e_img[lo:hi], report_tokens=f.e_rep[lo:hi], report_valid=f.rep_valid[lo:hi],
+                      prompt_tokens=f.prompts, prompt_valid=f.prompt_valid, generator=generator)
     strategy.check_inputs(ctx)
-    if hasattr(strategy, "explain") and strategy.output == "tokens":
+    if strategy.output == "tokens":
         ex = strategy.explain(ctx)
         mask, union = ex["mask"], ex.get("union")
     else:
         mask, union = strategy(ctx), None
-    les = f.lesion
-    n_les = les.sum().clamp_min(1)
-    base = float(les.float().mean())
-    masked_on = float((mask & les).sum() / mask.sum().clamp_min(1))
-    out = {"lesion_visible": float((les & ~mask).sum() / n_les), "masked_on_lesion": masked_on,
-           "lift": masked_on / base if base else float("nan"), "masked_fraction": float(mask.float().mean()),
-           "lesion_base_rate": base}
+    les = f.lesion[lo:hi]
+    out = {"lesion": float(les.sum()), "lesion_visible": float((les & ~mask).sum()), "masked": float(mask.sum()),
+           "masked_on_lesion": float((mask & les).sum()), "tokens": float(les.numel())}
     if union is not None:
-        out["union_coverage"] = float(union.float().mean())
+        out["union"] = float(union.sum())
+    return out
+
+
+def measure(strategy, f: Features, seed: int = 0, batch_size: int | None = None) -> dict:
+    """Overlap of ``strategy``'s masks with the lesion tokens of ``f``, the images taken in batches
+    of ``batch_size`` (None: all at once), one generator seeded with ``seed`` for all batches.
+
+    Returns fractions: ``lesion_visible``, ``masked_on_lesion``, ``lift``, ``masked_fraction``,
+    ``lesion_base_rate`` and, for a union, ``union_coverage`` (all in [0, 1] except lift).
+    """
+    M = f.e_img.shape[0]
+    step = batch_size or M
+    g = mask_generator(seed, "image_mask")  # the seed rule training uses (A30)
+    tot: dict[str, float] = {}
+    for lo in range(0, M, step):
+        for k, v in _counts(strategy, f, lo, min(lo + step, M), g).items():
+            tot[k] = tot.get(k, 0.0) + v
+    base = tot["lesion"] / tot["tokens"]
+    masked_on = tot["masked_on_lesion"] / max(tot["masked"], 1.0)
+    out = {"lesion_visible": tot["lesion_visible"] / max(tot["lesion"], 1.0), "masked_on_lesion": masked_on,
+           "lift": masked_on / base if base else float("nan"), "masked_fraction": tot["masked"] / tot["tokens"],
+           "lesion_base_rate": base}
+    if "union" in tot:
+        out["union_coverage"] = tot["union"] / tot["tokens"]
     return out
 
 
@@ -93,15 +117,42 @@ def default_grid(ratio: float = 0.75) -> list[tuple[str, dict]]:
             kids = [{n: {"reduction": red}} for n in ("report_cross", "prompt_driven", "image_self")]
             rows.append((f"union {subset} λ1={lam} [{red}]",
                          {"union": {"of": kids, "child_ratio": lam, "ratio": ratio, "subset": subset}}))
+    return rows + guided_grid(ratio)
+
+
+def guided_grid(ratio: float = 0.75) -> list[tuple[str, dict]]:
+    """(label, spec): the issue-12 options beside the paper-faithful union (default reduction):
+    ``atypical`` alone, the ranked subset at several temperatures, the max blend, and the union of
+    the paper's three children with ``atypical`` under each subset and blend, including the
+    "two voices" weights of ``xlip-guided`` (the paper's blend and atypical weighed equally)."""
+    kids = ["report_cross", "prompt_driven", "image_self"]
+    rows = [("atypical", {"atypical": {"ratio": ratio}}),
+            ("union uniform λ1=0.7 (paper)", {"union": {"of": kids, "ratio": ratio}})]
+    for tau in (0.0, 0.1, 0.3, 1.0):
+        rows.append((f"union ranked τ={tau}", {"union": {"of": kids, "ratio": ratio, "subset": "ranked", "temperature": tau}}))
+    rows.append(("union ranked τ=0 blend=max", {"union": {"of": kids, "ratio": ratio, "subset": "ranked", "blend": "max"}}))
+    four = kids + ["atypical"]
+    rows.append(("union+atypical uniform", {"union": {"of": four, "ratio": ratio}}))
+    rows.append(("union+atypical score_weighted", {"union": {"of": four, "ratio": ratio, "subset": "score_weighted"}}))
+    for blend in ("mean", "max"):
+        for tau in (0.0, 0.1, 0.3):
+            rows.append((f"union+atypical ranked τ={tau} blend={blend}",
+                         {"union": {"of": four, "ratio": ratio, "subset": "ranked", "temperature": tau, "blend": blend}}))
+    rows.append(("union+atypical ranked τ=0 two voices", {"union": {"of": four, "ratio": ratio, "subset": "ranked",
+                                                                   "weights": [1.0, 1.0, 1.0, 3.0]}}))
+    from ..presets import GUIDED
+
+    rows.append(("xlip-guided (preset image_mask)", {"union": {**GUIDED["union"], "ratio": ratio}}))
     return rows
 
 
-def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3) -> list[dict]:
-    """Every strategy of ``grid`` measured on the features (random ones averaged over ``seeds``)."""
+def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3, batch_size: int | None = 16) -> list[dict]:
+    """Every strategy of ``grid`` measured on the features in batches of ``batch_size`` (random
+    ones averaged over ``seeds``)."""
     rows = []
     for label, spec in grid:
         s = build_strategy(spec)
-        runs = [measure(s, f, seed) for seed in range(seeds if s.stochastic else 1)]
+        runs = [measure(s, f, seed, batch_size) for seed in range(seeds if s.stochastic else 1)]
         avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
         rows.append({"strategy": label, **avg})
     return rows

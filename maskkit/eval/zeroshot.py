@@ -62,15 +62,50 @@ def encode_images(model, dataset, device, batch_size: int = 64) -> tuple[torch.T
     return torch.cat(feats), torch.cat(labels)
 
 
+NO_FINDING_MODES = ("absence", "pair")
+
+
+def is_no_finding(label: str) -> bool:
+    """Whether ``label`` names the normal class (``No Finding``, ``no_finding``, any case)."""
+    return label.replace("_", " ").strip().lower() == "no finding"
+
+
 @torch.no_grad()
-def probabilities(model, images: torch.Tensor, label_names, device="cpu", positive=POSITIVE, negative=NEGATIVE) -> np.ndarray:
-    """``[M, K]`` probability of each label: softmax over (cos to positive, cos to negative)."""
+def probabilities(model, images: torch.Tensor, label_names, device="cpu", positive=POSITIVE, negative=NEGATIVE,
+                  no_finding: str = "absence", absence_ignore: tuple[str, ...] = ()) -> np.ndarray:
+    """``[M, K]`` probability of each label (images: ``[M, C]`` L2-normalised embeddings).
+
+    Each finding: softmax over (cos to its positive prompts, cos to its negative prompts), the
+    CheXzero protocol (Tiu et al., Nat. Biomed. Eng. 2022). ``No Finding``:
+
+    - ``no_finding="absence"`` (default): the probability that none of the other labels is
+      present, ``prod_k (1 - p_k)`` over every other label except ``absence_ignore`` (a
+      noisy-OR of independent findings; the CheXpert labeler's definition of No Finding - "no
+      finding is positive" - applied to the zero-shot probabilities). Needs at least one other
+      label; with none, the pair is used.
+    - ``no_finding="pair"``: its own prompt pair (``SPECIAL_PROMPTS``), as for every label.
+
+    See docs/eval.md and docs/assumptions.md (A24) for why absence is the default.
+    Raises ``ValueError`` for an unknown ``no_finding``.
+    """
+    if no_finding not in NO_FINDING_MODES:
+        raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
+    ignore = {a.replace("_", " ").lower() for a in absence_ignore}
+    findings = [k for k, lab in enumerate(label_names)
+                if not is_no_finding(lab) and lab.replace("_", " ").lower() not in ignore]
+    derive = no_finding == "absence" and bool(findings)
     cols = []
     for lab in label_names:
+        if derive and is_no_finding(lab):
+            cols.append(None)
+            continue
         pos, neg = prompt_pair(lab, positive, negative)
         tp, tn = text_embeddings(model, pos, device), text_embeddings(model, neg, device)
         sims = torch.stack([images @ tp, images @ tn], -1)
         cols.append(sims.softmax(-1)[:, 0])
+    if derive:
+        absent = torch.stack([1 - cols[k] for k in findings], 1).prod(1)
+        cols = [absent if c is None else c for c in cols]
     return torch.stack(cols, 1).numpy()
 
 
@@ -174,11 +209,14 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
 
 @torch.no_grad()
 def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 64, n_boot: int = 1000,
-                  positive=POSITIVE, negative=NEGATIVE) -> ZeroShotResult:
-    """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset."""
+                  positive=POSITIVE, negative=NEGATIVE, no_finding: str = "absence",
+                  absence_ignore: tuple[str, ...] = ()) -> ZeroShotResult:
+    """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset.
+
+    ``no_finding`` / ``absence_ignore``: how No Finding is scored, see :func:`probabilities`."""
     models = models if isinstance(models, (list, tuple)) else [models]
     probs, y = [], None
     for m in models:
         img, y = encode_images(m, dataset, device, batch_size)
-        probs.append(probabilities(m, img, label_names, device, positive, negative))
+        probs.append(probabilities(m, img, label_names, device, positive, negative, no_finding, absence_ignore))
     return score(y.numpy(), np.mean(probs, 0), label_names, n_boot)

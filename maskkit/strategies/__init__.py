@@ -5,6 +5,7 @@ from ..hookspecs import hookimpl
 
 @hookimpl
 def register_strategies(register):
+    from .atypical import Atypical
     from .causal import CausalMask
     from .entity import EntityMask
     from .image_self import ImageSelf
@@ -14,5 +15,5 @@ def register_strategies(register):
     from .report_cross import ReportCross
     from .union import Union
 
-    for cls in (RandomMask, ImageSelf, ReportCross, PromptDriven, Union, EntityMask, CausalMask, Intersect):
+    for cls in (RandomMask, ImageSelf, ReportCross, PromptDriven, Union, EntityMask, CausalMask, Intersect, Atypical):
         register(cls)
