@@ -131,9 +131,6 @@ class MLMLoss(Objective):
         return nll / self.gather.mean_denominator(k).clamp_min(1.0)
 
 
-OBJECTIVES: dict[str, type[Objective]] = {"align": AlignLoss, "mim": MIMLoss, "mlm": MLMLoss}
-
-
 class Objectives(nn.Module):
     """The objectives a model has, in :data:`~maskkit.terms.TERMS` order.
 

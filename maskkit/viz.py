@@ -315,7 +315,9 @@ def training_curves(run_dir: str | Path):
     if not rows:
         raise MaskkitError(f"{path}: empty")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for k in ("align_loss", "mim_loss", "mlm_loss"):
+    from .terms import LOG_KEYS
+
+    for k in LOG_KEYS:
         pts = [(r["step"], r[k]) for r in rows if k in r]
         if pts:
             axes[0].plot(*zip(*pts), label=k)
