@@ -326,7 +326,11 @@ def eval_finetune_cmd(
     for r in results:
         t.add_row(r.fraction, str(r.n_train), *["-" if r.auc[n] is None else f"{r.auc[n]:.3f}" for n in names],
                   "-" if r.mean_auc is None else f"{r.mean_auc:.3f}")
+    if results:  # the test split is the same for every row: how many test samples each label left out
+        t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
     console.print(t)
+    for line in dict.fromkeys(w for r in results for w in r.warnings):
+        err_console.print(f"warning: {line}", highlight=False)
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
 
 
@@ -587,13 +591,13 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code)
-    except Exception as exc:  # click usage errors and the like
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+    except Exception as exc:  # usage errors of click, or of the click that typer vendors (typer._click)
+        if _state["debug"]:
+            raise
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # click's ClickException protocol: a one-line usage error
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if type(exc).__name__ == "Abort":
             sys.exit(1)
         raise
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import sys
-import typing
 from pathlib import Path
 
 from pydantic import BaseModel

@@ -50,3 +50,13 @@ def test_check_command():
     assert out.returncode == 2 and "Field required" in out.stderr
     out = run("check", '{"union": {"of": ["image_self", "prompt_driven"]}}')
     assert out.returncode == 0 and "passes" in out.stdout
+
+
+def test_option_range_errors_are_usage_errors_not_tracebacks(tmp_path):
+    """typer vendors its own click: its BadParameter must print one error line, not a traceback."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "phantoms", "--n", "0", "--out", str(tmp_path / "p")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" not in out.stderr and "Invalid value for '--n'" in out.stderr, out.stderr

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,18 +26,15 @@ import torch
 
 from ..errors import MaskkitError
 from .images import DecodeError, read_image, resize
-from .records import Table
+from .records import Table, has_content
 from .tokenize import ReportTokenizer, entity_positions
 
-_CONTENT = re.compile(r"X{2,}|[^A-Za-z]")
-
-
 def clean_report(text: str | None) -> str | None:
-    """The report, or None when it is empty or only de-identification marks (``XXXX``) and punctuation."""
-    if text is None:
+    """The report with whitespace collapsed, or None when it has no content
+    (:func:`maskkit.data.records.has_content`: empty, or only de-identification marks and punctuation)."""
+    if text is None or not has_content(text):
         return None
-    text = " ".join(text.split())
-    return text if _CONTENT.sub("", text) else None
+    return " ".join(text.split())
 
 
 def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import csv
 import gzip
-import io
 import math
 import re
 import tarfile

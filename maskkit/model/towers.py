@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ..errors import MaskkitError
 
