@@ -399,8 +399,11 @@ def sweep_cmd(
     grid: list[str] = typer.Option([], "--grid", help="KEY=v1,v2,... (repeatable): a grid of overrides"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's)"),
     out: str = typer.Option("sweeps", help="sweep folder (resumable: finished runs are kept)"),
+    jobs: int = typer.Option(1, help="runs at once (subprocesses; CPU threads are shared out)"),
+    align_steps: Optional[int] = typer.Option(None, help="budget-matched: every run gets this many alignment steps, warm-up on top"),
+    probe: bool = typer.Option(False, help="also a linear probe at 1/10/100% of the labels per run"),
 ) -> None:
-    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png."""
+    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md."""
     from pathlib import Path
 
     from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep
@@ -419,7 +422,14 @@ def sweep_cmd(
         sp.grid.update(parse_grid(grid))
     if seeds:
         sp.seeds = [int(x) for x in seeds.split(",")]
-    run_sweep(sp, out_dir, extra, console=err_console)
+    if align_steps is not None:
+        if align_steps < 1:
+            raise MaskkitError(f"--align-steps {align_steps}: expected a positive number of steps")
+        sp.align_steps = align_steps
+    sp.probe = sp.probe or probe
+    if jobs < 1:
+        raise MaskkitError(f"--jobs {jobs}: expected at least 1")
+    run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs)
     console.print((out_dir / "results.md").read_text(), highlight=False)
 
 

@@ -3,7 +3,12 @@
 Each run has its own directory ``OUT/runs/<preset>[-key=value...]-seed<k>``. A run that finished
 has ``done.json`` and is never redone; a run that was interrupted is resumed from its latest
 checkpoint. Results: ``results.csv`` / ``results.md`` (mean ± std over seeds of the held-out
-zero-shot mean AUC, F1 and ACC) and ``results.png``.
+zero-shot mean AUC, F1 and ACC, per-label zero-shot AUC, and with ``probe`` the linear-probe mean
+AUC at 1/10/100% of the labels), ``paired.md`` (each row against the first, seed by seed) and
+``results.png``.
+
+``align_steps: N`` matches the budget: every run gets N alignment steps, its warm-up on top
+(``train.steps = train.warmup_steps + N``). ``--jobs K`` runs K runs at once in subprocesses.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     args: list[str] = field(default_factory=list)
     description: str = ""
+    align_steps: int | None = None
+    probe: bool = False
 
     def runs(self) -> list[tuple[str, dict[str, Any], int]]:
         keys = list(self.grid)
@@ -55,11 +62,15 @@ def load_sweep(name_or_path: str) -> SweepSpec:
                                f"{close_matches(name_or_path, builtin_sweeps()) or ''}; built-ins: {', '.join(builtin_sweeps())}")
         p = Path(str(f))
     data = load_spec(p)
-    unknown = set(data) - {"presets", "grid", "seeds", "args", "description"}
+    keys = ("presets", "grid", "seeds", "args", "description", "align_steps", "probe")
+    unknown = set(data) - set(keys)
     if unknown:
-        raise MaskkitError(f"{p}: unknown sweep key '{sorted(unknown)[0]}'; expected presets, grid, seeds, args, description")
+        raise MaskkitError(f"{p}: unknown sweep key '{sorted(unknown)[0]}'; expected {', '.join(keys)}")
+    align = data.get("align_steps")
+    if align is not None and (not isinstance(align, int) or align < 1):
+        raise MaskkitError(f"{p}: align_steps: expected a positive integer, got {align!r}")
     return SweepSpec(list(data.get("presets") or ["xlip"]), dict(data.get("grid") or {}), list(data.get("seeds") or [0]),
-                     list(data.get("args") or []), data.get("description", ""))
+                     list(data.get("args") or []), data.get("description", ""), align, bool(data.get("probe", False)))
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -80,42 +91,118 @@ def slug(preset: str, combo: dict[str, Any], seed: int) -> str:
     return re.sub(r"[^A-Za-z0-9_.=+-]", "_", "-".join(parts)) + f"-seed{seed}"
 
 
-def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=None) -> list[dict]:
+def run_args(spec: SweepSpec, preset: str, combo: dict[str, Any], seed: int, out: Path, extra_args=()) -> list[str]:
+    """The ``maskkit run`` arguments of one run of the sweep (budget matched with ``align_steps``)."""
+    from .config import resolve
+
+    name = slug(preset, combo, seed)
+    run_dir = out / "runs" / name
+    args = [f"preset={preset}", *spec.args, *extra_args, *[f"{k}={json.dumps(v)}" for k, v in combo.items()],
+            f"train.seed={seed}", f"runtime.out_dir={out / 'runs'}", f"runtime.name={name}", "runtime.eval_zeroshot=true",
+            "runtime.progress=false"]
+    if spec.align_steps is not None:
+        cfg, _ = resolve(args)
+        warm = cfg.train.warmup_steps if (cfg.image_mask or cfg.image_only_mask or cfg.text_mask) else 0
+        args.append(f"train.steps={warm + spec.align_steps}")
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*.pt")):
+        args.append("runtime.resume=latest")
+    elif run_dir.exists():
+        args.append("runtime.overwrite=true")
+    return args
+
+
+def _one_run(args: list[str], row: dict, probe: bool, threads: int | None = None) -> dict:
+    """Train one run (in this process) and evaluate it; returns its result row (also ``done.json``)."""
+    import torch
+
     from .config import resolve
     from .train import train
 
+    if threads:
+        torch.set_num_threads(threads)
+    cfg, sources = resolve(args)
+    result = train(cfg, sources)
+    z = result.zeroshot
+    row = {**row, "steps": result.step, "auc": z.mean("auc") if z else None, "f1": z.mean("f1") if z else None,
+           "acc": z.mean("acc") if z else None}
+    if z:
+        row.update({f"auc:{k}": (v or {}).get("auc") for k, v in z.per_label.items()})
+    if probe:
+        row.update(probe_aucs(result.run_dir, cfg))
+    atomic_write_text(result.run_dir / "done.json", json.dumps(row))
+    return row
+
+
+def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
+    """Linear-probe mean AUC at 1/10/100% of the labels on the run's held-out split (``probe_<pct>``)."""
+    from .data.dataset import PhantomDataset
+    from .eval.finetune import make_splits, run_finetune
+    from .train import build_datasets, load_model
+
+    model, _ = load_model(run_dir)
+    train_ds, val_ds, names = build_datasets(cfg.model_copy(update={"text_mask": None}), model.image_size)
+    if val_ds is None:
+        return {}
+    import torch.utils.data as tud
+
+    ds = tud.ConcatDataset([train_ds, val_ds]) if isinstance(train_ds, PhantomDataset) else None
+    if ds is None:
+        return {}
+    ids = [ds[i]["id"] for i in range(len(ds))]
+    test = {ds[len(train_ds) + i]["id"] for i in range(len(val_ds))}
+    sp = make_splits(ids, [None] * len(ids), seed=cfg.train.seed, test_ids=sorted(test))
+    res = run_finetune(model, ds, names, sp, mode="probe", epochs=20, seed=cfg.train.seed)
+    return {f"probe_{float(r.fraction) * 100:g}": r.mean_auc for r in res}
+
+
+def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=None, jobs: int = 1) -> list[dict]:
+    """Run every (preset, grid point, seed) of ``spec`` not done before; ``jobs`` at once."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, todo = [], []
     plan = spec.runs()
     for n, (preset, combo, seed) in enumerate(plan, 1):
         name = slug(preset, combo, seed)
-        run_dir = out / "runs" / name
-        done = run_dir / "done.json"
+        done = out / "runs" / name / "done.json"
         if done.is_file():
             rows.append(json.loads(done.read_text()))
             if console:
                 console.print(f"[{n}/{len(plan)}] {name}: done before, kept", highlight=False)
             continue
-        args = [f"preset={preset}", *spec.args, *extra_args, *[f"{k}={json.dumps(v)}" for k, v in combo.items()],
-                f"train.seed={seed}", f"runtime.out_dir={out / 'runs'}", f"runtime.name={name}", "runtime.eval_zeroshot=true"]
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*.pt")):
-            args.append("runtime.resume=latest")
-        elif run_dir.exists():
-            args.append("runtime.overwrite=true")
-        cfg, sources = resolve(args)
-        if console:
-            console.print(f"[{n}/{len(plan)}] {name}", highlight=False)
-        result = train(cfg, sources, console=console)
-        z = result.zeroshot
-        row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name, "steps": result.step,
-               "auc": z.mean("auc") if z else None, "f1": z.mean("f1") if z else None, "acc": z.mean("acc") if z else None}
-        atomic_write_text(done, json.dumps(row))
-        rows.append(row)
+        row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
+        todo.append((run_args(spec, preset, combo, seed, out, extra_args), row))
+    if jobs <= 1:
+        for i, (args, row) in enumerate(todo, 1):
+            if console:
+                console.print(f"[{i}/{len(todo)}] {row['run']}", highlight=False)
+            rows.append(_one_run(args, row, spec.probe))
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = [pool.submit(_one_run, args, row, spec.probe, threads) for args, row in todo]
+            for i, f in enumerate(futures, 1):
+                rows.append(f.result())
+                if console:
+                    console.print(f"[{i}/{len(todo)}] {rows[-1]['run']} done", highlight=False)
     write_results(rows, spec, out)
     return rows
 
 
+METRICS = ("auc", "f1", "acc")
+
+
+def _metric_keys(rows: list[dict]) -> list[str]:
+    """The metrics the rows hold: zero-shot mean AUC/F1/ACC, then probe and per-label AUCs."""
+    extra = sorted({k for r in rows for k in r if k.startswith(("probe_", "auc:"))},
+                   key=lambda k: (not k.startswith("probe_"), int(k[6:]) if k[6:].isdigit() else 0, k))
+    return [*METRICS, *extra]
+
+
 def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
+    """Mean and sample std over seeds of every metric, per (preset, grid point)."""
     keys = list(spec.grid)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -123,11 +210,33 @@ def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
     out = []
     for g, rs in groups.items():
         row = {"preset": g[0], **dict(zip(keys, g[1:])), "seeds": len(rs)}
-        for m in ("auc", "f1", "acc"):
+        for m in _metric_keys(rows):
             v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else None
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0 if len(v) else None
         out.append(row)
+    return out
+
+
+def paired(rows: list[dict], spec: SweepSpec, metric: str = "auc") -> list[dict]:
+    """Each (preset, grid point) against the first, on the seeds both ran: the mean difference of
+    ``metric``, its standard error, and whether it exceeds twice the SE (a paired t-like margin)."""
+    keys = list(spec.grid)
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r.get(metric) is not None:
+            groups.setdefault((r["preset"], *[r.get(k) for k in keys]), {})[r["seed"]] = r[metric]
+    if not groups:
+        return []
+    base_key, base = next(iter(groups.items()))
+    out = []
+    for g, vals in list(groups.items())[1:]:
+        seeds = sorted(set(vals) & set(base))
+        d = np.array([vals[s] - base[s] for s in seeds], dtype=float)
+        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+        out.append({"row": " ".join(map(str, g)), "against": " ".join(map(str, base_key)), "metric": metric, "seeds": len(d),
+                    "mean_diff": float(d.mean()) if len(d) else float("nan"), "se": se,
+                    "exceeds_2se": bool(len(d) > 1 and abs(d.mean()) > 2 * se)})
     return out
 
 
@@ -141,12 +250,26 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     w.writerows(summary)
     atomic_write_text(out / "results.csv", buf.getvalue())
     keys = list(spec.grid)
-    head = ["preset", *keys, "seeds", "zero-shot AUC", "F1", "ACC"]
+    metrics = _metric_keys(rows)
+    shown = [m for m in metrics if not m.startswith("auc:")]
+    head = ["preset", *keys, "seeds", *[("zero-shot " + m.upper()) if m in METRICS else m for m in shown]]
     md = [f"# {spec.description or 'sweep'}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     fmt = lambda r, m: "n/a" if r[f"{m}_mean"] is None else f"{100 * r[f'{m}_mean']:.2f} ± {100 * r[f'{m}_std']:.2f}"
     for r in summary:
-        md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), fmt(r, "auc"), fmt(r, "f1"), fmt(r, "acc")]) + " |")
+        md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), *[fmt(r, m) for m in shown]]) + " |")
+    labels = [m for m in metrics if m.startswith("auc:")]
+    if labels:
+        md += ["", "Zero-shot AUC per label (mean ± std over seeds, %):", "",
+               "| preset | " + " | ".join([*keys, *[m[4:] for m in labels]]) + " |", "|" + "---|" * (1 + len(keys) + len(labels))]
+        for r in summary:
+            md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], *[fmt(r, m) for m in labels]]) + " |")
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
+    pl = [p for m in [*METRICS[:1], *[m for m in metrics if m.startswith("probe_")]] for p in paired(rows, spec, m)]
+    if pl:
+        lines = ["| row | against | metric | seeds | mean difference | SE | beyond 2 SE |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {100 * p['mean_diff']:+.2f} | "
+                  f"{100 * p['se']:.2f} | {'yes' if p['exceeds_2se'] else 'no'} |" for p in pl]
+        atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
     atomic_write_bytes(out / "results.png", plot_results(summary, keys))
 
 

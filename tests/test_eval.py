@@ -115,3 +115,20 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "| t3_attmim | 0.5 | 1 |" in text and (tmp_path / "results.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("preset,image_mask.child_ratio,seeds,auc_mean")
+
+
+def test_budget_matched_parallel_sweep_with_probe_and_paired_comparison(tmp_path):
+    """align_steps gives every row the same alignment steps (warm-up on top); two runs at once in
+    subprocesses; each row also has its linear probe at 1/10/100%; paired.md compares seed by seed."""
+    from maskkit.sweep import SweepSpec, run_sweep
+
+    small = ["data.n=16", "data.val_n=16", "train.batch_size=4", "train.warmup_steps=1", "runtime.progress=false",
+             "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
+    spec = SweepSpec(["clip", "t3_mim_random"], {}, [0, 1], small, "budget", align_steps=2, probe=True)
+    rows = run_sweep(spec, tmp_path, jobs=2)
+    steps = {(r["preset"], r["seed"]): r["steps"] for r in rows}
+    assert steps == {("clip", 0): 2, ("clip", 1): 2, ("t3_mim_random", 0): 3, ("t3_mim_random", 1): 3}
+    assert all({"probe_1", "probe_10", "probe_100"} <= set(r) for r in rows)
+    assert any(k.startswith("auc:") for k in rows[0])
+    paired = (tmp_path / "paired.md").read_text()
+    assert "| t3_mim_random | clip | auc | 2 |" in paired and "probe_100" in paired

@@ -160,7 +160,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
             m.eval()
             xtr, ytr = features(m, tr_idx)
             # standardise features with training statistics (MAE's probe puts a BatchNorm before the head)
-            mu, sd = xtr.mean(0, keepdim=True), xtr.std(0, keepdim=True).clamp_min(1e-6)
+            mu, sd = xtr.mean(0, keepdim=True), xtr.std(0, keepdim=True, correction=0).clamp_min(1e-6)  # defined for one sample too
             xtr = (xtr - mu) / sd
             opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
             g = torch.Generator().manual_seed(seed)
