@@ -90,6 +90,7 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "t3_prompt_driven": (_row(_single("prompt_driven")), "Table III: + Prompt-driven attention mask (0.75)."),
     "t3_image_self": (_row(_single("image_self")), "Table III: + Image Self-attention mask (0.75)."),
     "t3_attmim": (_row(attmim(), image_only=IMAGE_ONLY), "Table III: + AttMIM (union of the three, λ1=0.7, λ2=0.75)."),
+    "t3_guided": (_row(GUIDED, image_only=GUIDED_IMAGE_ONLY), "Table III-style row (not in the paper): the guided AttMIM of xlip-guided, no text decoder."),
     "t4_mlm_full": (_row(attmim(), image_only=IMAGE_ONLY, text=text_mask({"random": {"modality": "text", "ratio": 1.0}})), "Table IV: AttMIM + MLM Full (every token ∩ causal = captioning)."),
     "t4_mlm_random_0.5": (_row(attmim(), image_only=IMAGE_ONLY, text=text_mask({"random": {"modality": "text", "ratio": 0.5}})), "Table IV: AttMIM + MLM Random 0.5."),
     "t4_entmlm_0.5": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.5)), "Table IV: AttMIM + EntMLM λ3=0.5."),

@@ -142,6 +142,8 @@ def test_guided_preset_and_xlip_stays_paper_faithful():
     assert "report_cross" not in cfg.image_only_mask["union"]["of"]
     check_strategy(cfg.image_mask)
     check_strategy(cfg.image_only_mask)
+    t3, _ = resolve(["preset=t3_guided"])
+    assert t3.image_mask == cfg.image_mask and t3.text_mask is None
     xlip, _ = resolve(["preset=xlip"])
     assert xlip.image_mask == {"union": {"of": KIDS, "child_ratio": 0.7, "ratio": 0.75}}
 
