@@ -99,7 +99,6 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "t4_entmlm_0.2": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.2)), "Table IV: AttMIM + EntMLM λ3=0.2 (the paper's best; = xlip)."),
     "t3_attmim_input": (_row(attmim(), image_only=IMAGE_ONLY) | {"model": {"mim": {"placement": "input"}}},
                         "Table III AttMIM with MAE input placement (the encoder sees only visible patches; A9)."),
-    "t3_guided": (_row(GUIDED, image_only=GUIDED_IMAGE_ONLY), "Table III row with the guided AttMIM of issue 12 (not the paper's; no EntMLM)."),
 }
 
 
