@@ -219,24 +219,24 @@ def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
 
 
 def paired(rows: list[dict], spec: SweepSpec, metric: str = "auc") -> list[dict]:
-    """Each (preset, grid point) against the first, on the seeds both ran: the mean difference of
-    ``metric``, its standard error, and whether it exceeds twice the SE (a paired t-like margin)."""
+    """Every (preset, grid point) against every earlier one, on the seeds both ran: the mean
+    difference of ``metric``, its standard error over seeds, and whether it exceeds twice the SE
+    (a paired t-like margin: the difference is larger than the seed-to-seed spread)."""
     keys = list(spec.grid)
     groups: dict[tuple, dict[int, float]] = {}
     for r in rows:
         if r.get(metric) is not None:
             groups.setdefault((r["preset"], *[r.get(k) for k in keys]), {})[r["seed"]] = r[metric]
-    if not groups:
-        return []
-    base_key, base = next(iter(groups.items()))
+    items = list(groups.items())
     out = []
-    for g, vals in list(groups.items())[1:]:
-        seeds = sorted(set(vals) & set(base))
-        d = np.array([vals[s] - base[s] for s in seeds], dtype=float)
-        se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
-        out.append({"row": " ".join(map(str, g)), "against": " ".join(map(str, base_key)), "metric": metric, "seeds": len(d),
-                    "mean_diff": float(d.mean()) if len(d) else float("nan"), "se": se,
-                    "exceeds_2se": bool(len(d) > 1 and abs(d.mean()) > 2 * se)})
+    for j, (g, vals) in enumerate(items):
+        for base_key, base in items[:j]:
+            seeds = sorted(set(vals) & set(base))
+            d = np.array([vals[s] - base[s] for s in seeds], dtype=float)
+            se = float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+            out.append({"row": " ".join(map(str, g)), "against": " ".join(map(str, base_key)), "metric": metric,
+                        "seeds": len(d), "mean_diff": float(d.mean()) if len(d) else float("nan"), "se": se,
+                        "exceeds_2se": bool(len(d) > 1 and abs(d.mean()) > 2 * se)})
     return out
 
 
