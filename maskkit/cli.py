@@ -200,7 +200,11 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
 
     cfg, sources = resolve(list(args or []))
     if cfg.runtime.devices > 1 and not under_torchrun():
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
+        from .train import load_records
+
+        if cfg.data.name != "phantoms":
+            load_records(cfg)  # a bad data.path / data.root fails here, in one line, before any process starts
+        cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
         raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
@@ -591,12 +595,17 @@ def viz_run_cmd(
 
 
 def main() -> None:
+    import os
+
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except MaskkitError as exc:
         if _state["debug"]:
             raise
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one line, from rank 0
+            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))

@@ -78,6 +78,14 @@ class Gatherer:
         dist.all_reduce(c)
         return c / self.info.world
 
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        """The sum over ranks of a (detached) tensor (the identity in one process)."""
+        if not self.info.enabled:
+            return value.detach()
+        v = value.detach().clone().float()
+        dist.all_reduce(v)
+        return v
+
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         """The average of a (detached) scalar over ranks, for logging."""
         if not self.info.enabled:

@@ -70,7 +70,7 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
     """
     from .data.dataset import PhantomDataset, XrayDataset
     from .data.ner import CachedNER, make_ner
-    from .data.records import Table, load_table
+    from .data.records import Table
 
     d = cfg.data
     ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None else None  # entities feed EntMLM only
@@ -78,6 +78,19 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
         train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired, tokenizer=tokenizer)
         val = PhantomDataset(d.val_n, d.seed, image_size, offset=10_000_000, ner=None, p_unpaired=0.0) if d.val_n else None
         return train, val, train.label_names
+    table = load_records(cfg)
+    tr, va = _split_by_patient(table.records, 0.1, cfg.train.seed)
+    train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache,
+                        tokenizer=tokenizer, on_skip="replace", raw_cache=True)
+    val = XrayDataset(Table(table.name, va, table.label_names), image_size, d.decode_policy, cache=d.cache) if va else None
+    return train, val, table.label_names
+
+
+def load_records(cfg: ExperimentConfig):
+    """The adapter table of ``cfg.data`` (not phantoms), after filters; one-line errors."""
+    from .data.records import load_table
+
+    d = cfg.data
     opts = dict(d.options)
     if d.name == "csv":
         if not d.path:
@@ -93,11 +106,7 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
         raise MaskkitError(f"data.options: {exc}") from None
     if not len(table):
         raise MaskkitError(f"data: {d.name} at {d.root or d.path} has no records (after filters)")
-    tr, va = _split_by_patient(table.records, 0.1, cfg.train.seed)
-    train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache,
-                        tokenizer=tokenizer, on_skip="replace", raw_cache=True)
-    val = XrayDataset(Table(table.name, va, table.label_names), image_size, d.decode_policy, cache=d.cache) if va else None
-    return train, val, table.label_names
+    return table
 
 
 # --- checkpoints -----------------------------------------------------------------------------
@@ -433,7 +442,7 @@ class PretrainRecipe:
             tw = time.perf_counter()
             batch = self.next_batch()
             wait += time.perf_counter() - tw
-            self.skips.update(len(batch["ids"]), batch["skipped"])
+            self.skips.record(batch["skipped"])
             skipped += batch["skipped"]
             samples += len(batch["ids"])
             batch = to_device(batch, dev)
@@ -445,9 +454,16 @@ class PretrainRecipe:
             self.scaler.scale(total / accum).backward()
             for n, v in values.items():
                 sums[n] = sums[n] + v.detach().float() / accum
-        # one collective per term and one for finiteness, on every rank, every step
-        values = {n: self.gather.mean(v) for n, v in sums.items()}
-        finite = bool(torch.isfinite(torch.stack(list(values.values()))).all()) if values else True
+        # one all-reduce per step, on every rank: each term's value and the skip counts, so that
+        # every rank takes the same decisions (a non-finite step, the skip limit)
+        names = list(sums)
+        local = torch.stack([*sums.values(), torch.tensor(float(samples + len(skipped)), device=dev),
+                             torch.tensor(float(len(skipped)), device=dev)])
+        reduced = self.gather.sum(local)
+        values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
+        self.skips.count(int(reduced[-2]), int(reduced[-1]))
+        self.skips.check()
+        finite = bool(torch.isfinite(reduced[:len(names)]).all())
         if finite:
             if cfg.train.clip_grad:
                 self.scaler.unscale_(self.opt)
@@ -566,6 +582,7 @@ class PretrainRecipe:
                 self.tb.close()
         if info.main:
             self.console.print(self.skips.summary(), highlight=False)
+        self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)
         result = RunResult(self.out, self.step, self.losses)
         if cfg.runtime.eval_zeroshot and self.val_ds is not None and info.main:
             result.zeroshot = self.evaluate()

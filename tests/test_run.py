@@ -232,7 +232,7 @@ def test_issue_command_with_random_masks_completes_on_two_ranks(tmp_path):
     assert [m["step"] for m in _metrics(tmp_path / "x")] == [1, 2, 3, 4, 5, 6]
 
 
-def _csv_with_a_truncated_png(tmp_path, n=12):
+def _csv_with_a_truncated_png(tmp_path, n=12, bad=(3,)):
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -241,8 +241,9 @@ def _csv_with_a_truncated_png(tmp_path, n=12):
         p = tmp_path / f"img{i}.png"
         Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(p)
         rows.append(f"{p},Heart size is normal. Case {i}.,p{i}")
-    bad = tmp_path / "img3.png"
-    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    for b in bad:
+        f = tmp_path / f"img{b}.png"
+        f.write_bytes(f.read_bytes()[:200])  # truncated
     csv = tmp_path / "data.csv"
     csv.write_text("\n".join(rows) + "\n")
     return csv
@@ -257,6 +258,19 @@ def test_skipped_image_is_replaced_in_training(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "skipped" in out.stderr and "img3.png" in out.stderr and "px" not in out.stderr
     assert len(_metrics(tmp_path / "c")) == 14
+
+
+def test_a_short_run_on_mostly_broken_data_stops_on_every_rank(tmp_path):
+    """12 of 16 files corrupt, 2 ranks, a few steps: the skip limit stops the run (exit 2, one line
+    from rank 0), decided on the counts of all ranks so no rank is left waiting."""
+    csv = _csv_with_a_truncated_png(tmp_path, n=16, bad=tuple(range(12)))
+    out = cli("run", "preset=xlip", "data=csv", f"data.path={csv}", "train.batch_size=2", *TINY, "train.steps=6",
+              "train.warmup_steps=2", "runtime.devices=2", f"runtime.out_dir={tmp_path}", "runtime.name=m",
+              env={"OMP_NUM_THREADS": "1"})
+    assert out.returncode == 2, out.stderr[-2000:]
+    err = out.stderr.strip().splitlines()
+    assert sum("failed to decode" in l for l in err) == 1 and "data.max_skip_fraction=0.05" in out.stderr
+    assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr
 
 
 def test_skipped_image_under_two_ranks(tmp_path):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from maskkit.data.dataset import Collator, SkipReport, XrayDataset, iter_batches
@@ -38,8 +37,10 @@ def test_training_set_replaces_a_skipped_file(tmp_path):
     ds = XrayDataset(_table(tmp_path), 96, on_skip="replace")
     s = ds[2]
     assert s["id"] == "x3" and s["skipped"][0][0] == str(tmp_path / "x2.png")
-    with pytest.raises(Exception, match="in a row from index 0 failed to decode"):
-        XrayDataset(_table(tmp_path, n=3, bad=(0, 1, 2)), 96, on_skip="replace", max_replace=3)[0]
+    with pytest.raises(Exception, match=r"3 records in a row from index 0 \(of 6\) failed to decode"):
+        XrayDataset(_table(tmp_path, n=6, bad=(0, 1, 2)), 96, on_skip="replace", max_replace=3)[0]
+    with pytest.raises(Exception, match="none of the 3 records decodes"):  # not "32 in a row" of 3
+        XrayDataset(_table(tmp_path, n=3, bad=(0, 1, 2)), 96, on_skip="replace")[0]
 
 
 @pytest.mark.parametrize("mode", ["probe", "finetune"])

@@ -81,30 +81,49 @@ class SkipLimitExceeded(MaskkitError):
 
 @dataclass
 class SkipReport:
-    """Counts decoded and skipped files; stops the run past ``max_fraction`` (after ``min_seen``)."""
+    """Counts images read and files skipped; stops the run past ``max_fraction``.
+
+    The check runs once ``min_seen`` images were read, and always at the end (``final``), so a short
+    run on broken data stops too. Under DDP the recipe adds every rank's counts
+    (:meth:`count` with all-reduced numbers) so that every rank decides alike; :meth:`record`
+    keeps this process's file list for the summary. :meth:`update` does all three in one process.
+    """
 
     max_fraction: float = 0.05
-    min_seen: int = 50
+    min_seen: int = 20
     seen: int = 0
+    n_skipped: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
 
-    def update(self, n_ok: int, skipped: Sequence[tuple[str, str]]) -> None:
-        self.seen += n_ok + len(skipped)
+    def record(self, skipped: Sequence[tuple[str, str]]) -> None:
         self.skipped.extend(skipped)
-        if self.seen >= self.min_seen and len(self.skipped) > self.max_fraction * self.seen:
-            path, why = self.skipped[-1]
+
+    def count(self, seen: int, n_skipped: int) -> None:
+        self.seen += int(seen)
+        self.n_skipped += int(n_skipped)
+
+    def check(self, final: bool = False) -> None:
+        if (final or self.seen >= self.min_seen) and self.n_skipped > self.max_fraction * self.seen:
+            last = self.skipped[-1][1] if self.skipped else "(on another rank)"
             raise SkipLimitExceeded(
-                f"{len(self.skipped)} of {self.seen} images failed to decode ({len(self.skipped) / self.seen:.1%} > "
-                f"data.max_skip_fraction={self.max_fraction}); last: {why}"
-            )
+                f"{self.n_skipped} of {self.seen} images failed to decode ({self.n_skipped / self.seen:.1%} > "
+                f"data.max_skip_fraction={self.max_fraction}); last: {last}")
+
+    def update(self, n_ok: int, skipped: Sequence[tuple[str, str]]) -> None:
+        self.record(skipped)
+        self.count(n_ok + len(skipped), len(skipped))
+        self.check()
 
     def summary(self) -> str:
-        if not self.skipped:
+        if not self.n_skipped:
             return f"{self.seen} images read, none skipped"
-        lines = [f"{len(self.skipped)} of {self.seen} images skipped:"]
-        lines += [f"  {why}" for _, why in self.skipped[:20]]
-        if len(self.skipped) > 20:
-            lines.append(f"  ... and {len(self.skipped) - 20} more")
+        reads: dict[str, list] = {}
+        for path, why in self.skipped:
+            reads.setdefault(path, [why, 0])[1] += 1
+        lines = [f"{self.n_skipped} of {self.seen} image reads skipped ({len(reads)} files here):"]
+        lines += [f"  {why}" + (f" (read {k} times)" if k > 1 else "") for why, k in list(reads.values())[:20]]
+        if len(reads) > 20:
+            lines.append(f"  ... and {len(reads) - 20} more files")
         return "\n".join(lines)
 
 
@@ -154,7 +173,8 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         skipped: list[tuple[str, str]] = []
         j = i
-        for _ in range(self.max_replace if self.on_skip == "replace" else 1):
+        tries = min(self.max_replace, len(self)) if self.on_skip == "replace" else 1
+        for _ in range(tries):
             rec = self.table.records[j]
             try:
                 img = self.load_image(j)
@@ -170,7 +190,10 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
                     **({"skipped": skipped} if skipped else {}), **self._text_fields(j)}
         if self.on_skip == "drop":
             return {"skipped": skipped, "index": i}
-        raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} failed to decode; last: {skipped[-1][1]}")
+        if tries == len(self):
+            raise SkipLimitExceeded(f"none of the {len(self)} records decodes; last: {skipped[-1][1]}")
+        raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} (of {len(self)}) failed to decode; "
+                                f"last: {skipped[-1][1]}")
 
 
 class PhantomDataset(_TextFields, torch.utils.data.Dataset):
