@@ -264,6 +264,8 @@ def _eval_data(model, args: list[str], split: str = "val"):
 def eval_zeroshot_cmd(
     checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings"),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
+    no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
+    absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
     out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
     """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
@@ -275,7 +277,9 @@ def eval_zeroshot_cmd(
     args = [c for c in checkpoints if "=" in c]
     models = [load_model(p)[0] for p in paths]
     ds, names, _ = _eval_data(models[0], args)
-    res = zeroshot_eval(models, ds, names, n_boot=bootstrap)
+    if no_finding not in ("absence", "pair"):
+        raise MaskkitError(f"--no-finding {no_finding!r}: expected absence or pair")
+    res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore))
     console.print(res.table(title=f"zero-shot ({len(models)} checkpoint{'s' if len(models) > 1 else ''}, {res.n} images)"))
     if out:
         atomic_write_text(out, json.dumps(res.to_json(), indent=2))

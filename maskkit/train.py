@@ -635,7 +635,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     ck = load_checkpoint(p)
     if "config" not in ck or "model" not in ck:
         raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
-    cfg = ExperimentConfig.model_validate(json.loads(ck["config"]))
+    saved = json.loads(ck["config"])
+    for t in ("image_mask", "image_only_mask", "text_mask"):  # checkpoints before the trees moved out of model.
+        if saved.get("model", {}).get(t) is None:
+            saved.get("model", {}).pop(t, None)
+    cfg = ExperimentConfig.model_validate(saved)
     model = XLIP.from_experiment(cfg)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg
