@@ -81,7 +81,7 @@ def presets_cmd(pattern: str = typer.Argument("*", help="Shell-style wildcard on
 
 @app.command("compose")
 def compose_cmd(
-    spec: str = typer.Argument(..., help="A preset name, a .yaml/.toml/.json file, or an inline JSON tree."),
+    spec: str = typer.Argument(..., help="A preset name, a strategy name, a .yaml/.toml/.json file, or an inline JSON tree."),
     role: str = typer.Option("image_mask", help="Which tree of a preset: image_mask, image_only_mask or text_mask."),
 ) -> None:
     """Validate a composition and print it fully resolved (every default filled in)."""
@@ -97,6 +97,8 @@ def compose_cmd(
             raise MaskkitError(f"inline composition is not valid JSON: {exc}") from None
     elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
         tree, where = load_spec(spec), spec
+    elif spec in get_registry().strategies and spec not in get_registry().presets:
+        tree, where = spec, spec  # a bare strategy name is a composition (docs/composition.md)
     else:
         preset = get_registry().preset(spec)
         if role not in preset.config:
@@ -600,7 +602,11 @@ def viz_run_cmd(
 
 def main() -> None:
     import os
+    import warnings
 
+    from .eval.labels import LabelCoverageWarning
+
+    warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
     try:
         rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:

@@ -297,7 +297,15 @@ def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistIn
     env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "maskkit_revision": git_revision(), "argv": sys.argv,
            "world_size": info.world, "plugins": installed_plugins(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write_text(out / "environment.json", json.dumps(env, indent=2))
+    env_path = out / "environment.json"
+    if cfg.runtime.resume and env_path.is_file():  # keep the run's first record; each resume is added to it
+        try:
+            first = json.loads(env_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            first = None
+        if isinstance(first, dict):
+            env = {**first, "resumes": first.get("resumes", []) + [env]}
+    atomic_write_text(env_path, json.dumps(env, indent=2))
     return out
 
 

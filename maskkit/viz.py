@@ -156,12 +156,27 @@ def panel_box(row: int, col: int, size: int) -> tuple[int, int, int, int]:
     return TITLE_H + row * (side + GAP), col * (side + GAP), side, side
 
 
+def panel_columns(views: list[SampleView]) -> list[str]:
+    """The composite's column titles after the X-ray: every panel title of the views, in order of
+    first appearance (a paired sample's ``report_cross`` comes before ``prompt_driven`` also when
+    an image-only sample, which has no such panel, comes first)."""
+    cols: list[str] = []
+    for v in sorted(views, key=lambda v: -len(v.panels)):
+        for k, p in enumerate(v.panels):
+            if p.title not in cols:
+                nxt = next((q.title for q in v.panels[k + 1:] if q.title in cols), None)
+                cols.insert(cols.index(nxt) if nxt else len(cols), p.title)
+    return cols
+
+
 def composite(views: list[SampleView], patch: int) -> np.ndarray:
-    """One image: per sample two rows (heat maps, masks); columns: X-ray, then each strategy."""
+    """One image: per sample two rows (heat maps, masks); columns: X-ray, then each strategy by
+    title (:func:`panel_columns`); a sample without a column's panel leaves it blank."""
     from PIL import Image, ImageDraw
 
     size = views[0].image.shape[0]
-    cols = 1 + max(len(v.panels) for v in views)
+    columns = panel_columns(views)
+    cols = 1 + len(columns)
     side = size * SCALE
     H = TITLE_H + 2 * len(views) * (side + GAP)
     W = cols * (side + GAP)
@@ -169,7 +184,8 @@ def composite(views: list[SampleView], patch: int) -> np.ndarray:
     for r, v in enumerate(views):
         t, l, h, w = panel_box(2 * r, 0, size)
         canvas[t:t + h, l:l + w] = _draw_lesion(_upscale(_gray_rgb(v.image).astype(np.uint8)), v.lesion)
-        for c, p in enumerate(v.panels, start=1):
+        for p in v.panels:
+            c = 1 + columns.index(p.title)
             if p.scores is not None:
                 t, l, h, w = panel_box(2 * r, c, size)
                 canvas[t:t + h, l:l + w] = heat_overlay(v.image, p.scores, patch, v.lesion)
@@ -177,7 +193,7 @@ def composite(views: list[SampleView], patch: int) -> np.ndarray:
             canvas[t:t + h, l:l + w] = mask_overlay(v.image, p.mask, patch, v.lesion)
     img = Image.fromarray(canvas)
     d = ImageDraw.Draw(img)
-    titles = ["X-ray (top: scores, bottom: mask)"] + [p.title for p in views[0].panels]
+    titles = ["X-ray (top: scores, bottom: mask)"] + columns
     for c, title in enumerate(titles):
         d.text((panel_box(0, c, size)[1] + 2, 4), title[: max(8, side // 7)], fill=(0, 0, 0))
     return np.asarray(img)

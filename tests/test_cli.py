@@ -60,3 +60,13 @@ def test_option_range_errors_are_usage_errors_not_tracebacks(tmp_path):
     out = subprocess.run([sys.executable, "-m", "maskkit.cli", "phantoms", "--n", "0", "--out", str(tmp_path / "p")],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr and "Invalid value for '--n'" in out.stderr, out.stderr
+
+
+def test_compose_takes_a_bare_strategy_name():
+    import json as _json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "compose", "image_self"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert '"image_self"' in out.stdout and "modality=image" in out.stdout

@@ -55,6 +55,11 @@ def test_presets_without_warmup():
     (["scale=huge"], "scale: unknown scale 'huge'"),
     (["lr"], "argument 'lr': expected key=value"),
     (["model.image_mask=random"], "set the strategy tree at top level (image_mask=...), not under model.image_mask"),
+    (["model.init_temperature=NaN"], "model.init_temperature: Input should be a finite number"),
+    (["model.max_logit_scale=Infinity"], "model.max_logit_scale: Input should be a finite number"),
+    (["model.init_temperature=0.005"], "model: init_temperature 0.005 gives a logit scale of 200.0, above max_logit_scale 100"),
+    (["data.num_workers=-1"], "data.num_workers: Input should be greater than or equal to 0"),
+    (["data.prefetch_factor=0"], "data.prefetch_factor: Input should be greater than or equal to 1"),
 ])
 def test_errors_are_one_line(args, message):
     with pytest.raises(MaskkitError) as e:

@@ -303,3 +303,15 @@ def test_has_content(text, expected):
 def test_join_sections_decides_on_bodies():
     assert join_sections([("FINDINGS", "___"), ("IMPRESSION", "___")]) is None
     assert join_sections([("FINDINGS", None), ("IMPRESSION", " No  acute\nprocess. ")]) == "IMPRESSION: No acute process."
+
+
+def test_csv_reads_the_patient_column_by_default(tmp_path):
+    """A CSV's patient_id column keeps a patient's images together in every split (numeric ids too,
+    which must not become a label)."""
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "d.csv").write_text("image_path,report,patient_id,Effusion\na.png,x,1001,1\na.png,y,1001,0\n")
+    t = generic_csv(tmp_path / "d.csv")
+    assert [r.patient_id for r in t.records] == ["1001", "1001"] and t.label_names == ("Effusion",)
+    assert generic_csv(tmp_path / "d.csv", patient_col=None).records[0].patient_id is None

@@ -77,6 +77,8 @@ def test_a_second_run_gets_a_numbered_directory(tmp_path):
     assert [a.run_dir.name, b.run_dir.name, c.run_dir.name] == ["xlip-tiny-seed0", "xlip-tiny-seed0-2", "xlip-tiny-seed0-3"]
     r = train(*cfg_for(tmp_path, "train.steps=2", "runtime.resume=latest"))
     assert r.run_dir.name == "xlip-tiny-seed0-3" and [x["step"] for x in r.losses] == [2]
+    env = json.loads((r.run_dir / "environment.json").read_text())
+    assert len(env["resumes"]) == 1 and env["resumes"][0]["plugins"] and "resumes" not in env["resumes"][0]
     o = train(*cfg_for(tmp_path, "train.steps=1", "runtime.overwrite=true"))
     assert o.run_dir.name == "xlip-tiny-seed0"
 

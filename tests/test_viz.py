@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maskkit.viz import (composite, mask_overlay, panel_box, read_mask_from_png, sample_views, save_png, text_html,
+from maskkit.viz import (composite, mask_overlay, panel_columns, read_mask_from_png, sample_views, save_png, text_html,
                          training_curves)
 from model_helpers import phantom_batch, tiny_model
 
@@ -37,13 +37,16 @@ def test_panels_follow_the_composition(views):
 
 def test_drawn_masks_equal_the_mask_tensors(views, tmp_path):
     model, batch, vs = views
+    vs = sorted(vs, key=lambda v: len(v.panels))  # an image-only sample (fewer panels) first: columns go by title
     path = save_png(composite(vs, model.patch), tmp_path / "masks.png")
     img = Image.open(path)
     img.verify()
     size = model.image_size
+    columns = panel_columns(vs)
+    assert columns[:3] == ["report_cross", "prompt_driven", "image_self"]  # an image-only sample comes first here
     for r, v in enumerate(vs):
-        for c, p in enumerate(v.panels, start=1):
-            drawn = read_mask_from_png(path, 2 * r + 1, c, size, model.patch)
+        for p in v.panels:
+            drawn = read_mask_from_png(path, 2 * r + 1, 1 + columns.index(p.title), size, model.patch)
             assert np.array_equal(drawn, p.mask), (v.id, p.title)
 
 

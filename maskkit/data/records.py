@@ -430,11 +430,12 @@ def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FIND
 
 
 def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | None = None,
-                patient_col: str | None = None, image_root: str | None = None, captions_from_labels: bool = False) -> Table:
+                patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False) -> Table:
     """A CSV with an image path column, an optional report column and numeric label columns.
 
     Relative image paths are resolved against ``image_root`` (default: the CSV's folder); empty
-    label cells are unknown. A report with no content (only de-identification marks and
+    label cells are unknown. ``patient_col`` (default ``patient_id``, when the CSV has it) keeps a
+    patient's images on one side of every split. A report with no content (only de-identification marks and
     punctuation, :func:`has_content`) is None. ``captions_from_labels`` writes a report from the
     labels for data that has labels but no text: "Findings: cardiomegaly, effusion." from the
     positives; "No finding." when every finding label is known and negative or a ``No Finding`` /
@@ -447,6 +448,8 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     cols = list(rows[0].keys()) if rows else []
     if report_col and rows and report_col not in cols:
         report_col = None
+    if patient_col and rows and patient_col not in cols:
+        patient_col = None  # the default column is optional; splits are then per image
     skip = {image_col, report_col, patient_col}
     if label_cols is None:
         label_cols = [c for c in cols if c not in skip and all(_numeric(r[c]) for r in rows[:200])]

@@ -15,7 +15,7 @@ CHEXPERT_PROMPTS = (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class MIMConfig(Strict):
