@@ -120,7 +120,7 @@ class SkipReport:
         reads: dict[str, list] = {}
         for path, why in self.skipped:
             reads.setdefault(path, [why, 0])[1] += 1
-        lines = [f"{self.n_skipped} of {self.seen} image reads skipped ({len(reads)} files here):"]
+        lines = [f"{self.n_skipped} of {self.seen} images skipped ({len(reads)} files on this process):"]
         lines += [f"  {why}" + (f" (read {k} times)" if k > 1 else "") for why, k in list(reads.values())[:20]]
         if len(reads) > 20:
             lines.append(f"  ... and {len(reads) - 20} more files")
