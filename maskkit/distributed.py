@@ -6,6 +6,7 @@ maskkit uses torchrun + DistributedDataParallel; nothing here launches processes
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -66,7 +67,9 @@ class Gatherer:
         sizes = [int(s) for s in sizes]
         pad = max(sizes) - x.shape[0]
         xp = torch.cat([x, x.new_zeros((pad, *x.shape[1:]))]) if pad else x
-        parts = dfn.all_gather(xp)
+        with warnings.catch_warnings():  # its suggested successor is private (torch.distributed._functional_collectives)
+            warnings.simplefilter("ignore", FutureWarning)
+            parts = dfn.all_gather(xp)
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     def mean_denominator(self, count: torch.Tensor) -> torch.Tensor:
