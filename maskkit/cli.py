@@ -521,7 +521,7 @@ def viz_masks_cmd(
         ck_step = _checkpoint_step(paths[0])
         if ck_step is not None and ck_step != step - 1 and model.image_mask is not None:
             err_console.print(f"note: weights from step {ck_step}; attention-guided masks equal training's with the checkpoint "
-                              f"of step {step - 1} (random draws are identical either way)", highlight=False)
+                              f"of step {step - 1} (random draws are identical either way)", highlight=False, soft_wrap=True)
     else:
         batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
     views = sample_views(model, batch, seed=seed, rows=n if step is not None else None)
