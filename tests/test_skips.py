@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskkit.data.dataset import Collator, SkipReport, XrayDataset, iter_batches
+from maskkit.data.dataset import SkipReport, XrayDataset, decoded_batches
 from maskkit.data.records import Record, Table
-from maskkit.data.tokenize import ReportTokenizer
 from model_helpers import tiny_model
 
 
@@ -25,11 +24,11 @@ def _table(tmp_path, n=6, bad=(2,)):
     return Table("t", recs, ("A", "B"))
 
 
-def test_iter_batches_drops_and_counts(tmp_path):
+def test_decoded_batches_drop_and_count(tmp_path):
     ds = XrayDataset(_table(tmp_path), 96)
     skips = SkipReport(max_fraction=1.0)
-    batches = list(iter_batches(ds, list(range(6)), 1, Collator(ReportTokenizer(64)), skips))
-    assert [b["ids"] for b in batches] == [["x0"], ["x1"], ["x3"], ["x4"], ["x5"]]  # the emptied batch is left out
+    batches = list(decoded_batches(ds, list(range(6)), 1, skips))
+    assert [[s["id"] for s in b] for b in batches] == [["x0"], ["x1"], ["x3"], ["x4"], ["x5"]]  # the emptied batch is left out
     assert skips.seen == 6 and [p for p, _ in skips.skipped] == [str(tmp_path / "x2.png")]
 
 

@@ -277,12 +277,14 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
     return out
 
 
-def iter_batches(dataset, indices: Sequence[int], batch_size: int, collate: Collator, skips: SkipReport | None = None):
-    """Batches of ``dataset[indices]`` in order (evaluation, fine-tuning): skipped samples are
-    dropped and counted in ``skips``; a batch left with no sample is not yielded."""
+def decoded_batches(dataset, indices: Sequence[int], batch_size: int, skips: SkipReport | None = None):
+    """The samples of ``dataset[indices]`` in order, ``batch_size`` at a time, as lists of sample
+    dicts (evaluation, fine-tuning: the skip policy where these batches are formed). A file that
+    failed to decode is dropped and counted in ``skips``; a batch left with no sample is not yielded."""
     for start in range(0, len(indices), batch_size):
-        b = collate([dataset[i] for i in indices[start:start + batch_size]])
+        items = [dataset[i] for i in indices[start:start + batch_size]]
+        ok = [s for s in items if "image" in s]
         if skips is not None:
-            skips.update(len(b["ids"]), b["skipped"])
-        if b["ids"]:
-            yield b
+            skips.update(len(ok), [sk for s in items for sk in s.get("skipped", [])])
+        if ok:
+            yield ok

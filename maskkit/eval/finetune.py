@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.dataset import SkipReport
+from ..data.dataset import SkipReport, decoded_batches
 from ..errors import MaskkitError
 from ..io import atomic_write_text
 
@@ -127,24 +127,17 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
 
     skips = SkipReport(max_fraction=1.0)
 
-    def load(idx):
-        """(images, labels) of the samples of ``idx`` that decode; None when none does (skip policy)."""
-        items = [dataset[i] for i in idx]
-        skips.update(sum("image" in s for s in items), [sk for s in items for sk in s.get("skipped", [])])
-        items = [s for s in items if "image" in s]
-        if not items:
-            return None
-        return torch.stack([s["image"] for s in items]), torch.stack([s["labels"] for s in items]).float()
+    def batches(idx, size):
+        """(images, labels) of the samples of ``idx`` that decode, ``size`` at a time (skip policy)."""
+        for items in decoded_batches(dataset, idx, size, skips):
+            yield torch.stack([s["image"] for s in items]), torch.stack([s["labels"] for s in items]).float()
 
     @torch.no_grad()
     def features(m, idx):
         feats, ys = [], []
-        for s in range(0, len(idx), 64):
-            got = load(idx[s:s + 64])
-            if got is None:
-                continue
-            feats.append(m.encode_image(got[0].to(device))[0].float().cpu())
-            ys.append(got[1])
+        for x, y in batches(idx, 64):
+            feats.append(m.encode_image(x.to(device))[0].float().cpu())
+            ys.append(y)
         if not feats:
             raise MaskkitError(f"no image of {len(idx)} in a split decodes ({len(skips.skipped)} skipped; last: {skips.skipped[-1][1]})")
         return torch.cat(feats), torch.cat(ys)
@@ -181,11 +174,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
             for _ in range(epochs):
                 m.train()
                 perm = torch.randperm(len(tr_idx), generator=g).tolist()
-                for s in range(0, len(perm), batch_size):
-                    got = load([tr_idx[j] for j in perm[s:s + batch_size]])
-                    if got is None:  # every sample of the mini-batch was skipped
-                        continue
-                    x, y = got
+                for x, y in batches([tr_idx[j] for j in perm], batch_size):
                     loss = masked_bce(head(m.encode_image(x.to(device))[0]), y.to(device))
                     opt.zero_grad()
                     loss.backward()

@@ -41,13 +41,13 @@ class Features:
 @torch.no_grad()
 def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64, device="cpu") -> Features:
     """Token features of every (paired) sample and its lesion tokens."""
-    from ..data.dataset import Collator
+    from ..data.dataset import Collator, decoded_batches
 
     col = Collator(model.tokenizer)
     e_img, e_rep, valid, lesion = [], [], [], []
     p = model.patch
-    for start in range(0, len(dataset), batch_size):
-        b = col([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+    for items in decoded_batches(dataset, range(len(dataset)), batch_size):
+        b = col(items)
         keep = b["paired"]
         if not keep.any():
             continue

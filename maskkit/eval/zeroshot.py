@@ -50,12 +50,10 @@ def text_embeddings(model, prompts: list[str], device) -> torch.Tensor:
 def encode_images(model, dataset, device, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
     """(L2-normalised image embeddings ``[M, C]``, labels ``[M, K]``) of every decodable sample."""
     model.eval()
+    from ..data.dataset import decoded_batches
+
     feats, labels = [], []
-    for start in range(0, len(dataset), batch_size):
-        items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-        items = [s for s in items if "image" in s]  # the skip policy: files that fail to decode are left out
-        if not items:
-            continue
+    for items in decoded_batches(dataset, range(len(dataset)), batch_size):  # files that fail to decode are left out
         pooled, _ = model.encode_image(torch.stack([s["image"] for s in items]).to(device))
         feats.append(F.normalize(pooled.float(), dim=-1).cpu())
         labels.append(torch.stack([s["labels"] for s in items]).float())
