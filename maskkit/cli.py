@@ -302,7 +302,8 @@ def eval_finetune_cmd(
 
     from rich.table import Table as RTable
 
-    from .eval.finetune import make_splits, read_splits, run_finetune, write_splits
+    from .config import resolve
+    from .eval.finetune import held_out_splits, pretraining_data, read_splits, run_finetune, write_splits
     from .io import atomic_write_text
     from .train import load_model
 
@@ -310,21 +311,13 @@ def eval_finetune_cmd(
     if len(paths) != 1:
         raise MaskkitError("eval finetune takes one checkpoint")
     model, _ = load_model(paths[0])
-    from .config import resolve
-    from .train import build_datasets
-
     cfg, _ = resolve([c for c in checkpoint if "=" in c and c.startswith("data")] + ["preset=clip"])
-    train_ds, val_ds, names = build_datasets(cfg, model.image_size)
-    if val_ds is None:
-        raise MaskkitError("eval finetune needs held-out data (data.val_n > 0 for phantoms)")
-    ds = _concat(train_ds, val_ds)
+    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
         sp = read_splits(folder)
     else:
-        recs = _records(ds)
-        test_ids = {r[0] for r in _records(val_ds)}
-        sp = make_splits([r[0] for r in recs], [r[1] for r in recs], seed=seed, test_ids=sorted(test_ids))
+        sp = held_out_splits(recs, test_ids, seed)
         write_splits(sp, folder)
     results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
     t = RTable(title=f"{mode} on {sp['test']['n']} test images (splits {folder})")
@@ -342,26 +335,6 @@ def eval_finetune_cmd(
     for line in dict.fromkeys(w for r in results for w in r.warnings):
         err_console.print(f"warning: {line}", highlight=False)
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
-
-
-def _records(ds) -> list[tuple[str, str | None]]:
-    """(id, patient) of every sample: the test split holds the patients pretraining held out."""
-    if hasattr(ds, "table"):
-        return [(r.id, r.patient_id) for r in ds.table.records]
-    return [(ds[i]["id"], None) for i in range(len(ds))]
-
-
-def _concat(a, b):
-    """One dataset over the pretraining train and held-out parts (fine-tuning splits both)."""
-    import torch.utils.data as tud
-
-    if hasattr(a, "table") and hasattr(b, "table"):
-        from .data.dataset import XrayDataset
-        from .data.records import Table
-
-        return XrayDataset(Table(a.table.name, a.table.records + b.table.records, a.table.label_names), a.image_size, a.policy,
-                           cache=a.cache.folder if a.cache is not None else None)
-    return tud.ConcatDataset([a, b])
 
 
 @eval_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

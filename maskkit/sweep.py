@@ -134,24 +134,15 @@ def _one_run(args: list[str], row: dict, probe: bool, threads: int | None = None
 
 
 def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
-    """Linear-probe mean AUC at 1/10/100% of the labels on the run's held-out split (``probe_<pct>``)."""
-    from .data.dataset import PhantomDataset
-    from .eval.finetune import make_splits, run_finetune
-    from .train import build_datasets, load_model
+    """Linear-probe mean AUC at 1/10/100% of the labels on the run's held-out split (``probe_<pct>``),
+    as ``maskkit eval finetune`` computes it."""
+    from .eval.finetune import held_out_splits, pretraining_data, run_finetune
+    from .train import load_model
 
     model, _ = load_model(run_dir)
-    train_ds, val_ds, names = build_datasets(cfg.model_copy(update={"text_mask": None}), model.image_size)
-    if val_ds is None:
-        return {}
-    import torch.utils.data as tud
-
-    ds = tud.ConcatDataset([train_ds, val_ds]) if isinstance(train_ds, PhantomDataset) else None
-    if ds is None:
-        return {}
-    ids = [ds[i]["id"] for i in range(len(ds))]
-    test = {ds[len(train_ds) + i]["id"] for i in range(len(val_ds))}
-    sp = make_splits(ids, [None] * len(ids), seed=cfg.train.seed, test_ids=sorted(test))
-    res = run_finetune(model, ds, names, sp, mode="probe", epochs=20, seed=cfg.train.seed)
+    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
+    res = run_finetune(model, ds, names, held_out_splits(recs, test_ids, cfg.train.seed), mode="probe", epochs=20,
+                       seed=cfg.train.seed)
     return {f"probe_{float(r.fraction) * 100:g}": r.mean_auc for r in res}
 
 

@@ -108,6 +108,39 @@ def _auc(y: np.ndarray, s: np.ndarray, names) -> dict[str, float | None]:
     return out
 
 
+def pretraining_data(cfg, image_size: int):
+    """(one dataset over the pretraining train and held-out parts of ``cfg.data``, its label
+    names, the (id, patient) of every sample, the held-out ids): fine-tuning and probing train on
+    the first and test on the patients pretraining held out. No NER (no text is read)."""
+    import torch.utils.data as tud
+
+    from ..data.dataset import XrayDataset
+    from ..data.records import Table
+    from ..train import build_datasets
+
+    train_ds, val_ds, names = build_datasets(cfg.model_copy(update={"text_mask": None}), image_size)
+    if val_ds is None:
+        raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
+
+    def records(d):
+        if hasattr(d, "table"):
+            return [(r.id, r.patient_id) for r in d.table.records]
+        return [(d[i]["id"], None) for i in range(len(d))]
+
+    if hasattr(train_ds, "table") and hasattr(val_ds, "table"):
+        a, b = train_ds, val_ds
+        ds = XrayDataset(Table(a.table.name, a.table.records + b.table.records, a.table.label_names), a.image_size, a.policy,
+                         cache=a.cache.folder if a.cache is not None else None)
+    else:
+        ds = tud.ConcatDataset([train_ds, val_ds])
+    return ds, names, records(ds), {r[0] for r in records(val_ds)}
+
+
+def held_out_splits(recs: list[tuple[str, str | None]], test_ids: set[str], seed: int = 0) -> dict[str, dict]:
+    """:func:`make_splits` of ``recs`` ((id, patient) pairs) with the held-out ids as the test set."""
+    return make_splits([r[0] for r in recs], [r[1] for r in recs], seed=seed, test_ids=sorted(test_ids))
+
+
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
     """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split."""
