@@ -333,21 +333,20 @@ class MaskStrategy(ABC):
         """Return the bool mask (``True`` = masked): ``[B, N]``, ``[B, T]`` or ``[B, T, T]``."""
 
     # --- what callers use -------------------------------------------------------------------
+    def _resolved(self, attr: str):
+        """A declaration of one value, or (declared with several) the value the config chose."""
+        declared_ = declared_values(type(self), attr)
+        return declared_[0] if len(declared_) == 1 else getattr(self.config, attr)
+
     @property
     def resolved_modality(self) -> Modality:
         """The modality this instance masks: the declaration, or the config's ``modality``."""
-        declared_ = declared_values(type(self), "modality")
-        if len(declared_) == 1:
-            return declared_[0]  # type: ignore[return-value]
-        return self.config.modality  # type: ignore[attr-defined]
+        return self._resolved("modality")
 
     @property
     def resolved_output(self) -> Output:
         """The kind of mask this instance returns: ``"tokens"`` or ``"attention"``."""
-        declared_ = declared_values(type(self), "output")
-        if len(declared_) == 1:
-            return declared_[0]  # type: ignore[return-value]
-        return self.config.output  # type: ignore[attr-defined]
+        return self._resolved("output")
 
     @property
     def all_requires(self) -> frozenset[str]:

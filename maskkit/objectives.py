@@ -14,7 +14,6 @@ buckets, is the same at every step (no ``find_unused_parameters``).
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar
 
 import torch
@@ -162,7 +161,3 @@ class Objectives(nn.Module):
         total = sum(o.weight_at(in_warmup) * values[o.name] for o in self.terms)
         return total, values
 
-
-def logit_scale_cap(max_logit_scale: float) -> float:
-    """The largest value of the (log) ``logit_scale`` parameter: ``log(max_logit_scale)``."""
-    return math.log(max_logit_scale)

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,18 +167,16 @@ def git_revision() -> str:
 
 
 def installed_plugins() -> list[dict[str, str]]:
-    """The plugins this process loaded (distribution, version, what they register), and the failed ones."""
+    """The plugins this process loaded (plugin name, distribution, version), and the failed ones."""
+    from . import __version__
     from .plugins import get_plugin_manager, get_registry
 
     reg = get_registry()
     out = []
-    for name, plugin in get_plugin_manager().list_name_plugin():
+    for name, _ in get_plugin_manager().list_name_plugin():
         dist = name.split(":", 1)[0]
-        try:
-            version = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            from . import __version__
-
+        version = _version_or_none(dist)
+        if version is None:  # a built-in module, not a distribution
             dist, version = "maskkit (built-in)", __version__
         out.append({"plugin": name, "distribution": dist, "version": version})
     for dist, why in getattr(reg, "failed_plugins", {}).items():
@@ -330,7 +328,6 @@ class StepResult:
     values: dict[str, float]
     finite: bool
     samples: int
-    skipped: list = field(default_factory=list)
     data_wait: float = 0.0
     step_time: float = 0.0
 
@@ -445,13 +442,13 @@ class PretrainRecipe:
         accum = cfg.train.grad_accum
         warm = self.in_warmup(self.step)
         sums = {n: torch.zeros((), device=dev) for n in self.objectives.names}
-        samples, skipped, wait = 0, [], 0.0
+        samples, n_skipped, wait = 0, 0, 0.0
         for micro in range(accum):
             tw = time.perf_counter()
             batch = self.next_batch()
             wait += time.perf_counter() - tw
             self.skips.record(batch["skipped"])
-            skipped += batch["skipped"]
+            n_skipped += len(batch["skipped"])
             samples += len(batch["ids"])
             batch = to_device(batch, dev)
             sync = micro == accum - 1 or not self.info.enabled
@@ -465,8 +462,8 @@ class PretrainRecipe:
         # one all-reduce per step, on every rank: each term's value and the skip counts, so that
         # every rank takes the same decisions (a non-finite step, the skip limit)
         names = list(sums)
-        local = torch.stack([*sums.values(), torch.tensor(float(samples + len(skipped)), device=dev),
-                             torch.tensor(float(len(skipped)), device=dev)])
+        local = torch.stack([*sums.values(), torch.tensor(float(samples + n_skipped), device=dev),
+                             torch.tensor(float(n_skipped), device=dev)])
         reduced = self.gather.sum(local)
         values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
         self.skips.count(int(reduced[-2]), int(reduced[-1]))
@@ -483,7 +480,7 @@ class PretrainRecipe:
             self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         self.step += 1
-        return StepResult({n: float(v) for n, v in values.items()}, finite, samples * self.info.world, skipped, wait,
+        return StepResult({n: float(v) for n, v in values.items()}, finite, samples * self.info.world, wait,
                           time.perf_counter() - t0)
 
     # --- logging, checkpoints ----------------------------------------------------------------------
@@ -499,7 +496,7 @@ class PretrainRecipe:
         if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
             if self.cfg.runtime.progress and not self.console.is_terminal:  # logs piped to a file (SLURM): plain lines
                 self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False)
-            epoch, b = self.sampler.position(self.batches)
+            epoch, _ = self.sampler.position(self.batches)
             line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
                     "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time()}
             self.metrics_f.write(json.dumps(line) + "\n")
@@ -513,10 +510,9 @@ class PretrainRecipe:
     def save(self) -> None:
         if not self.info.main:
             return
-        epoch, b = self.sampler.position(self.batches)
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                   "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "epoch": epoch,
-                   "batch_in_epoch": b, "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
+                   "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches,
+                   "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)

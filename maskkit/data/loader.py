@@ -39,22 +39,23 @@ class ResumableBatchSampler(Sampler[list[int]]):
         """(epoch, batch within the epoch) of a global batch number."""
         return divmod(global_batch, self.per_epoch)
 
+    def _epoch_order(self, epoch: int) -> list[int]:
+        """This rank's dataset indices of ``epoch``, in order (batches are consecutive slices)."""
+        self.sampler.set_epoch(epoch)
+        return list(self.sampler)
+
     def batch_indices(self, global_batch: int) -> list[int]:
         """The dataset indices of one global batch (what training reads at that batch)."""
         epoch, b = self.position(global_batch)
-        self.sampler.set_epoch(epoch)
-        idx = list(self.sampler)
-        return idx[b * self.batch:(b + 1) * self.batch]
+        return self._epoch_order(epoch)[b * self.batch:(b + 1) * self.batch]
 
     def __iter__(self) -> Iterator[list[int]]:
-        g = self.start
+        epoch, b = self.position(self.start)
         while True:
-            epoch, b = self.position(g)
-            self.sampler.set_epoch(epoch)
-            idx = list(self.sampler)
+            idx = self._epoch_order(epoch)  # once per epoch, not per batch
             for k in range(b, self.per_epoch):
                 yield idx[k * self.batch:(k + 1) * self.batch]
-            g = (epoch + 1) * self.per_epoch
+            epoch, b = epoch + 1, 0
 
     def __len__(self) -> int:  # endless; DataLoader only needs it for len(loader), which we never take
         return 2**62

@@ -46,7 +46,6 @@ class XLIP(nn.Module):
                  text_mask: Any = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        self.trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
         self.clip = create_clip(cfg.arch)
         self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained else None
         v = self.clip.visual
@@ -59,7 +58,8 @@ class XLIP(nn.Module):
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
         self.clip.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
-        built = {k: build_strategy(t, k) if t is not None else None for k, t in self.trees.items()}
+        trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
+        built = {k: build_strategy(t, k) if t is not None else None for k, t in trees.items()}
         self.image_mask, self.image_only_mask, self.text_mask = built["image_mask"], built["image_only_mask"], built["text_mask"]
         for name, modality in (("image_mask", "image"), ("image_only_mask", "image"), ("text_mask", "text")):
             s = built[name]
