@@ -150,7 +150,7 @@ def register_strategies(register):
 
 # --- a plugin whose registration hook raises (issue 11, item 7) ------------------------------
 
-RAISES_IN_STRATEGIES = '''
+HALF_DONE = '''
 import torch
 from maskkit import hookimpl, MaskStrategy
 
@@ -163,32 +163,23 @@ class Half(MaskStrategy):
 @hookimpl
 def register_strategies(register):
     register(Half)
-    raise RuntimeError("cannot find model weights,\\nyou have two options, ...")
+    RAISE_IN_STRATEGIES
 
 @hookimpl
 def register_presets(register):
-    register("half_preset", {"image_mask": "half_done"}, "never registered")
+    register("half_preset", {"image_mask": "half_done"}, "undone when the plugin fails")
+    RAISE_IN_PRESETS
 '''
 
-RAISES_IN_PRESETS = '''
-import torch
-from maskkit import hookimpl, MaskStrategy
 
-class Half(MaskStrategy):
-    name = "half_done"
-    requires = frozenset({"image_tokens"})
-    def mask(self, ctx):
-        return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+def half_done_plugin(raises_in: str, statement: str) -> str:
+    """A plugin that registers a strategy and a preset, with ``statement`` (a raise) in one hook."""
+    code = HALF_DONE.replace(f"RAISE_IN_{raises_in.upper()}", statement)
+    return code.replace("RAISE_IN_STRATEGIES", "pass").replace("RAISE_IN_PRESETS", "pass")
 
-@hookimpl
-def register_strategies(register):
-    register(Half)
 
-@hookimpl
-def register_presets(register):
-    register("half_preset", {"image_mask": "half_done"}, "registered, then undone")
-    raise KeyError("preset table")
-'''
+RAISES_IN_STRATEGIES = half_done_plugin("strategies", 'raise RuntimeError("cannot find model weights,\\nyou have two options, ...")')
+RAISES_IN_PRESETS = half_done_plugin("presets", 'raise KeyError("preset table")')
 
 
 @pytest.mark.parametrize("code, hook, why", [
