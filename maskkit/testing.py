@@ -116,16 +116,20 @@ def _snapshot(ctx: MaskContext) -> list[torch.Tensor]:
 
 def check_mask(strategy: MaskStrategy, ctx: MaskContext, mask: torch.Tensor) -> None:
     """Shape, dtype, device, padding and (for ``ratio`` strategies) the exact count."""
+    from .masking import MaskOutputError
+    from .masking import check_mask as check_output
+
     name = strategy.name
     valid = strategy.valid(ctx)
-    assert isinstance(mask, torch.Tensor), f"{name}: returned {type(mask).__name__}, not a tensor"
-    assert mask.dtype == torch.bool, f"{name}: mask dtype {mask.dtype}, expected torch.bool"
-    assert mask.device == ctx.device, f"{name}: mask on {mask.device}, inputs on {ctx.device}"
     B, L = valid.shape
-    if strategy.output == "attention":
-        assert tuple(mask.shape) == (B, L, L), f"{name}: attention mask shape {tuple(mask.shape)}, expected {(B, L, L)}"
+    attention = strategy.output == "attention"
+    try:  # the check the model applies where a mask is used: type, dtype, shape
+        check_output(mask, strategy, (B, L, L) if attention else (B, L), "conformance")
+    except MaskOutputError as exc:
+        raise AssertionError(str(exc)) from None
+    assert mask.device == ctx.device, f"{name}: mask on {mask.device}, inputs on {ctx.device}"
+    if attention:
         return
-    assert tuple(mask.shape) == (B, L), f"{name}: token mask shape {tuple(mask.shape)}, expected {(B, L)}"
     assert not (mask & ~valid).any(), f"{name}: masked a padding position"
     assert not (mask & ~strategy.candidates(ctx)).any(), f"{name}: masked a position outside its candidates"
     want = strategy.expected_count(ctx)
