@@ -454,13 +454,10 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
 def _checkpoint_step(path: str) -> int | None:
     """The step of the checkpoint ``load_model`` reads from a run directory or checkpoint file."""
     import re
-    from pathlib import Path
 
-    p = Path(path)
-    if p.is_dir():
-        cks = sorted((p / "checkpoints").glob("step_*.pt"))
-        p = cks[-1] if cks else p
-    m = re.match(r"step_(\d+)\.pt$", p.name)
+    from .train import checkpoint_file
+
+    m = re.match(r"step_(\d+)\.pt$", checkpoint_file(path).name)
     return int(m.group(1)) if m else None
 
 
@@ -589,6 +586,12 @@ def main() -> None:
             raise
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one line, from rank 0
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
+            # can abort it ("terminate called ..."), which would hide this exit status
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         sys.exit(2)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))

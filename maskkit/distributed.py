@@ -41,6 +41,13 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
 
 
+def shutdown() -> None:
+    """Tear down the process group this process joined, if any: a process that leaves with it
+    alive (after an error, say) is aborted by the backend's threads ("terminate called ...")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 class Gatherer:
     """Collectives the model needs; the identity in a single process."""
 

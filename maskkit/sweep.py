@@ -94,6 +94,7 @@ def slug(preset: str, combo: dict[str, Any], seed: int) -> str:
 def run_args(spec: SweepSpec, preset: str, combo: dict[str, Any], seed: int, out: Path, extra_args=()) -> list[str]:
     """The ``maskkit run`` arguments of one run of the sweep (budget matched with ``align_steps``)."""
     from .config import resolve
+    from .train import run_checkpoints
 
     name = slug(preset, combo, seed)
     run_dir = out / "runs" / name
@@ -104,7 +105,7 @@ def run_args(spec: SweepSpec, preset: str, combo: dict[str, Any], seed: int, out
         cfg, _ = resolve(args)
         warm = cfg.train.warmup_steps if (cfg.image_mask or cfg.image_only_mask or cfg.text_mask) else 0
         args.append(f"train.steps={warm + spec.align_steps}")
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("step_*.pt")):
+    if run_checkpoints(run_dir):
         args.append("runtime.resume=latest")
     elif run_dir.exists():
         args.append("runtime.overwrite=true")

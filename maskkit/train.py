@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from .config import ExperimentConfig, flat_items
-from .distributed import DistInfo, Gatherer, init_from_env
+from .distributed import DistInfo, Gatherer, init_from_env, shutdown
 from .errors import MaskkitError
 from .io import atomic_write_bytes, atomic_write_text
 from .data.dataset import to_device
@@ -307,12 +307,30 @@ def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistIn
     return out
 
 
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a run directory (its latest) or a checkpoint path names; one-line errors."""
+    p = Path(path)
+    if p.is_dir():
+        cks = run_checkpoints(p)
+        if not cks:
+            raise MaskkitError(f"{p}: no checkpoint in {p / 'checkpoints'}; is it a maskkit run directory?")
+        p = cks[-1]
+    if not p.is_file():
+        raise MaskkitError(f"checkpoint {p} does not exist")
+    return p
+
+
 def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
     r = cfg.runtime.resume
     if r is None:
         return None
     if r == "latest":
-        cks = sorted((out / "checkpoints").glob("step_*.pt"))
+        cks = run_checkpoints(out)
         if not cks:
             raise TrainingError(f"runtime.resume=latest: no checkpoint in {out / 'checkpoints'}")
         return cks[-1]
@@ -516,7 +534,7 @@ class PretrainRecipe:
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
-        for old in sorted(ckdir.glob("step_*.pt"))[: -self.cfg.train.keep_last]:
+        for old in run_checkpoints(self.out)[: -self.cfg.train.keep_last]:
             old.unlink(missing_ok=True)
 
     def load(self, path: Path) -> None:
@@ -597,7 +615,10 @@ class PretrainRecipe:
 
 def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> RunResult:
     """Run the pretraining recipe described by ``cfg``; returns the run directory and losses."""
-    return PretrainRecipe(cfg, sources, console).run()
+    try:
+        return PretrainRecipe(cfg, sources, console).run()
+    finally:
+        shutdown()
 
 
 def training_batch(cfg: ExperimentConfig, model, step: int, micro: int = 0, rank: int = 0, world: int = 1):
@@ -628,14 +649,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     or a checkpoint file; loaded with ``weights_only``."""
     from .model import XLIP
 
-    p = Path(path)
-    if p.is_dir():
-        cks = sorted((p / "checkpoints").glob("step_*.pt"))
-        if not cks:
-            raise MaskkitError(f"{p}: no checkpoint in {p / 'checkpoints'}; is it a maskkit run directory?")
-        p = cks[-1]
-    if not p.is_file():
-        raise MaskkitError(f"checkpoint {p} does not exist")
+    p = checkpoint_file(path)
     ck = load_checkpoint(p)
     if "config" not in ck or "model" not in ck:
         raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
