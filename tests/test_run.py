@@ -282,3 +282,11 @@ def test_skipped_image_under_two_ranks(tmp_path):
               "runtime.name=c2", env={"OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     assert len(_metrics(tmp_path / "c2")) == 8
+
+
+def test_loader_workers_read_the_same_batches(tmp_path):
+    """Two DataLoader worker processes give the losses of loading in the training process, step by
+    step (same order, same token fields computed in the workers)."""
+    a = train(*cfg_for(tmp_path, "train.steps=6", "runtime.name=w0", "data.num_workers=0"))
+    b = train(*cfg_for(tmp_path, "train.steps=6", "runtime.name=w2", "data.num_workers=2"))
+    torch.testing.assert_close(losses(a, range(1, 7)), losses(b, range(1, 7)))
