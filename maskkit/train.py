@@ -307,6 +307,10 @@ def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistIn
     return out
 
 
+def _nonempty(path: Path) -> bool:
+    return path.is_file() and path.stat().st_size > 0
+
+
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
@@ -377,6 +381,7 @@ class PretrainRecipe:
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.out = prepare_run_dir(cfg, self.sources, self.info)
+        self.new_run_dir = self.info.main and cfg.runtime.resume is None  # this run made it (new, empty or overwritten)
         self.setup_model()
         self.setup_data()
         self.setup_optimizer()
@@ -564,6 +569,16 @@ class PretrainRecipe:
         return res
 
     # --- the loop ----------------------------------------------------------------------------
+    def discard_unstarted_run_dir(self) -> None:
+        """After a failure before any step finished: remove the run directory this run created, so
+        it leaves nothing behind and the next run takes its name (not ``<name>-2``). A directory
+        that holds a checkpoint or a logged step, or that a resume reused, is kept."""
+        out = getattr(self, "out", None)
+        if (out is None or not getattr(self, "new_run_dir", False) or getattr(self, "step", 0) > 0
+                or run_checkpoints(out) or _nonempty(out / "metrics.jsonl")):
+            return
+        shutil.rmtree(out, ignore_errors=True)
+
     def run(self) -> RunResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -615,8 +630,12 @@ class PretrainRecipe:
 
 def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> RunResult:
     """Run the pretraining recipe described by ``cfg``; returns the run directory and losses."""
+    recipe = PretrainRecipe(cfg, sources, console)
     try:
-        return PretrainRecipe(cfg, sources, console).run()
+        return recipe.run()
+    except BaseException:
+        recipe.discard_unstarted_run_dir()
+        raise
     finally:
         shutdown()
 

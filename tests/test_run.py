@@ -290,3 +290,19 @@ def test_loader_workers_read_the_same_batches(tmp_path):
     a = train(*cfg_for(tmp_path, "train.steps=6", "runtime.name=w0", "data.num_workers=0"))
     b = train(*cfg_for(tmp_path, "train.steps=6", "runtime.name=w2", "data.num_workers=2"))
     torch.testing.assert_close(losses(a, range(1, 7)), losses(b, range(1, 7)))
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_directory(tmp_path):
+    """Every image of the CSV is corrupt: the run stops before step 1 and removes the directory it
+    made, so the next run takes the name (not <name>-2). A directory that a resume reused, or one
+    holding logged steps, is kept."""
+    csv = _csv_with_a_truncated_png(tmp_path, n=8, bad=tuple(range(8)))
+    broken = ["data=csv", f"data.path={csv}", "train.batch_size=4", *TINY, "train.steps=3", "train.warmup_steps=1"]
+    with pytest.raises(MaskkitError):
+        train(*resolve(broken + [f"runtime.out_dir={tmp_path / 'runs'}"]))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    ok = train(*cfg_for(tmp_path / "runs", "train.steps=1"))
+    assert ok.run_dir.name == "xlip-tiny-seed0"
+    with pytest.raises(MaskkitError):  # a resume of that run on broken data: its directory stays
+        train(*resolve(broken + [f"runtime.out_dir={tmp_path / 'runs'}", "runtime.resume=latest"]))
+    assert (ok.run_dir / "checkpoints").is_dir() and (ok.run_dir / "metrics.jsonl").read_text()
