@@ -307,10 +307,6 @@ def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistIn
     return out
 
 
-def _nonempty(path: Path) -> bool:
-    return path.is_file() and path.stat().st_size > 0
-
-
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
@@ -367,6 +363,7 @@ class PretrainRecipe:
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
         self.losses: list[dict] = []
+        self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -381,7 +378,8 @@ class PretrainRecipe:
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.out = prepare_run_dir(cfg, self.sources, self.info)
-        self.new_run_dir = self.info.main and cfg.runtime.resume is None  # this run made it (new, empty or overwritten)
+        if self.info.main and cfg.runtime.resume is None:  # new, empty or overwritten: nothing in it predates this run
+            self.created_dir = self.out
         self.setup_model()
         self.setup_data()
         self.setup_optimizer()
@@ -572,12 +570,10 @@ class PretrainRecipe:
     def discard_unstarted_run_dir(self) -> None:
         """After a failure before any step finished: remove the run directory this run created, so
         it leaves nothing behind and the next run takes its name (not ``<name>-2``). A directory
-        that holds a checkpoint or a logged step, or that a resume reused, is kept."""
-        out = getattr(self, "out", None)
-        if (out is None or not getattr(self, "new_run_dir", False) or getattr(self, "step", 0) > 0
-                or run_checkpoints(out) or _nonempty(out / "metrics.jsonl")):
-            return
-        shutil.rmtree(out, ignore_errors=True)
+        that a resume reused is kept, and so is one of a run that finished a step (and may have
+        logged it or written a checkpoint)."""
+        if self.created_dir is not None and self.step == 0:
+            shutil.rmtree(self.created_dir, ignore_errors=True)
 
     def run(self) -> RunResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
