@@ -48,15 +48,17 @@ def _grads(model, loss):
     return {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
 
 
+@pytest.mark.parametrize("patch_embed", ["linear", "conv_stem"])
 @pytest.mark.parametrize("placement", ["feature", "input"])
-def test_each_loss_reaches_exactly_its_parameters(batch, placement):
+def test_each_loss_reaches_exactly_its_parameters(batch, placement, patch_embed):
     from maskkit.model import MIMConfig
 
-    m = tiny_model(mim=MIMConfig(placement=placement, decoder_depth=2, decoder_width=64, decoder_heads=4))
+    m = tiny_model(mim=MIMConfig(placement=placement, decoder_depth=2, decoder_width=64, decoder_heads=4), patch_embed=patch_embed)
     out = model_losses(m, batch)
     mim = _grads(m, out["mim_loss"])
     assert any(n.startswith("decoder.") for n in mim)
     assert any(n.startswith("clip.visual.transformer") for n in mim)  # reaches the encoder
+    assert any(n.startswith("clip.visual.conv1.") for n in mim)  # and the patch embedding, of either kind
     assert not any(n.startswith(("text_decoder.", "clip.transformer.", "clip.token_embedding")) for n in mim)
     align = _grads(m, out["align_loss"])
     assert "clip.logit_scale" in align and any(n.startswith("clip.visual.") for n in align)
@@ -269,3 +271,41 @@ def test_input_placement_keeps_each_rows_own_visible_patches(batch):
             alone = m(subset(batch, [row]))
             assert torch.equal(alone.mim_mask[0], out.mim_mask[row])
             torch.testing.assert_close(alone.mim_pred[0], out.mim_pred[row], atol=1e-5, rtol=1e-4)
+
+
+def test_conv_stem_keeps_the_token_grid_and_each_row_is_its_own_in_eval(batch):
+    """``model.patch_embed=conv_stem`` (A31): the same [B, N, C] tokens as the linear embedding, and
+    in eval mode (BatchNorm's running statistics) a row's features do not depend on its batch."""
+    from maskkit.model.towers import ConvStem
+
+    m = tiny_model(patch_embed="conv_stem").eval()
+    assert isinstance(m.clip.visual.conv1, ConvStem)
+    assert [c.stride for c in m.clip.visual.conv1 if isinstance(c, torch.nn.Conv2d)] == [(2, 2)] * 4 + [(1, 1)]
+    with torch.no_grad():
+        pooled, e_img = m.encode_image(batch["images"])
+        assert pooled.shape == (8, 128) and e_img.shape == (8, 36, 128)
+        torch.testing.assert_close(m.encode_image(batch["images"][3:4])[1][0], e_img[3], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(pooled, m.clip.encode_image(m.normalise(batch["images"])))
+
+
+def test_conv_stem_needs_a_power_of_two_patch():
+    with pytest.raises(MaskkitError, match=r"model.patch_embed=conv_stem: needs a power-of-two patch size \(got 12\)"):
+        tiny_model(arch="maskkit-tiny-p12", patch_embed="conv_stem")
+
+
+def test_input_placement_hides_masked_pixels_from_a_conv_stem(batch):
+    """MAE placement: the pixels of a masked patch must not reach the encoder. A conv stem's 31-px
+    receptive field spans neighbouring patches, so the masked patches are blanked before it:
+    changing their pixels changes nothing of the reconstruction."""
+    from maskkit.model import MIMConfig
+
+    rnd = {"random": {"ratio": 0.75}}
+    m = tiny_model(image_mask=rnd, image_only_mask=rnd, text_mask=None, patch_embed="conv_stem",
+                   mim=MIMConfig(placement="input", decoder_depth=1, decoder_width=32, decoder_heads=2)).eval()
+    with torch.no_grad():
+        out = m(batch, seed=5)
+        hidden = out.mim_mask.view(8, 1, 6, 1, 6, 1).expand(-1, 1, -1, 16, -1, 16).reshape(8, 1, 96, 96)
+        noisy = dict(batch, images=torch.where(hidden, torch.rand_like(batch["images"]), batch["images"]))
+        again = m(noisy, seed=5)
+    assert torch.equal(again.mim_mask, out.mim_mask)
+    torch.testing.assert_close(again.mim_pred, out.mim_pred)

@@ -2,7 +2,8 @@
 
 ``ViT-B-16`` (the paper's) and every open_clip config work; maskkit registers small CPU configs
 (``maskkit-tiny``: a 4-layer width-192 ViT/16 on 96 px with a 64-token text context;
-``maskkit-tiny-p8``: 64 px with 8 px patches). Weights load only from a local file: OpenAI's
+``maskkit-tiny-p8``: 64 px with 8 px patches). The patch embedding is CLIP's (one strided
+convolution) or a convolutional stem (:class:`ConvStem`, ``model.patch_embed``). Weights load only from a local file: OpenAI's
 TorchScript archives, open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or DDP-prefixed.
 """
 
@@ -31,8 +32,39 @@ def register_configs() -> None:
             open_clip.add_model_config(Path(str(f)))
 
 
-def create_clip(arch: str):
-    """An open_clip CLIP of architecture ``arch``, randomly initialised, never downloading."""
+PATCH_EMBEDS = ("linear", "conv_stem")
+
+
+class ConvStem(torch.nn.Sequential):
+    """A convolutional patch embedding (Xiao et al., "Early convolutions help transformers see
+    better", NeurIPS 2021): ``log2(p)`` layers of 3×3 stride-2 convolution, BatchNorm and ReLU,
+    then a 1×1 convolution to the ViT width; channels double up to the width
+    (``width / 2**(k - i)`` at layer ``i`` of ``k``). ``[B, 3, H, W] -> [B, width, H/p, W/p]``,
+    the shape of ViT's single ``p×p`` stride-``p`` convolution it replaces, so token ``n`` is
+    still patch ``n``; its receptive field (``2**(k+1) - 1`` px, 31 for ``p = 16``) reaches into
+    the neighbouring patches. Raises :class:`MaskkitError` unless ``p`` is a power of two ≥ 2.
+    """
+
+    def __init__(self, patch: int, width: int) -> None:
+        k = patch.bit_length() - 1
+        if patch < 2 or 2 ** k != patch or width % 2 ** (k - 1):
+            raise MaskkitError(f"model.patch_embed=conv_stem: needs a power-of-two patch size (got {patch}) and a width "
+                               f"divisible by {2 ** max(k - 1, 0)} (got {width})")
+        chans = [3] + [width // 2 ** (k - i) for i in range(1, k + 1)]
+        layers: list[torch.nn.Module] = []
+        for a, b in zip(chans[:-1], chans[1:]):
+            layers += [torch.nn.Conv2d(a, b, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(b), torch.nn.ReLU(inplace=True)]
+        layers.append(torch.nn.Conv2d(width, width, 1))
+        super().__init__(*layers)
+        self.patch = patch
+
+
+def create_clip(arch: str, patch_embed: str = "linear"):
+    """An open_clip CLIP of architecture ``arch``, randomly initialised, never downloading.
+
+    ``patch_embed="conv_stem"`` replaces the ViT's patch-embedding convolution
+    (``visual.conv1``) by a :class:`ConvStem`; ``"linear"`` keeps open_clip's (CLIP's) own.
+    """
     import open_clip
 
     register_configs()
@@ -56,6 +88,10 @@ def create_clip(arch: str):
         raise MaskkitError(f"model.arch: '{arch}' has a custom text tower; maskkit supports CLIP-style towers (e.g. ViT-B-16)")
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
         raise MaskkitError(f"model.arch: '{arch}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
+    if patch_embed not in PATCH_EMBEDS:
+        raise MaskkitError(f"model.patch_embed: unknown patch embedding '{patch_embed}'; expected one of {', '.join(PATCH_EMBEDS)}")
+    if patch_embed == "conv_stem":
+        model.visual.conv1 = ConvStem(model.visual.patch_size[0], model.visual.conv1.out_channels)
     return model
 
 

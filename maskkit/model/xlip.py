@@ -46,7 +46,7 @@ class XLIP(nn.Module):
                  text_mask: Any = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        self.clip = create_clip(cfg.arch)
+        self.clip = create_clip(cfg.arch, cfg.patch_embed)
         self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained else None
         v = self.clip.visual
         self.patch = v.patch_size[0]
@@ -180,9 +180,15 @@ class XLIP(nn.Module):
         ``feature`` (eq. 9): the decoder sees the full-image features with masked ones replaced.
         ``input`` (MAE): the encoder runs again on the visible patches only; rows may keep
         different counts (padding plus a key-padding mask), so no masked patch reaches the encoder.
+        The masked patches' pixels are set to 0 (the normalised mean) first: a convolutional stem
+        (``model.patch_embed=conv_stem``) would otherwise carry them into the visible tokens
+        through its receptive field; for the linear embedding this changes nothing.
         """
         if self.config.mim.placement == "feature":
             return self.decoder(e_img, mask)
+        gh, gw = self.grid
+        hidden = mask.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, -1, self.patch, -1, self.patch)
+        x = x.masked_fill(hidden.reshape(x.shape[0], 1, gh * self.patch, gw * self.patch), 0.0)
         n_vis = (~mask).sum(1)                                   # [B]
         K = int(n_vis.max())                                     # one host sync per step, for the shape
         order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
