@@ -306,3 +306,23 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_directory(tmp_path):
     with pytest.raises(MaskkitError):  # a resume of that run on broken data: its directory stays
         train(*resolve(broken + [f"runtime.out_dir={tmp_path / 'runs'}", "runtime.resume=latest"]))
     assert (ok.run_dir / "checkpoints").is_dir() and (ok.run_dir / "metrics.jsonl").read_text()
+
+
+def test_a_checkpoint_from_before_patch_embed_loads_with_the_linear_embedding(tmp_path):
+    """Runs saved before ``model.patch_embed`` existed (A31) have a linear patch embedding and no
+    such key in their config: they must load as they were, not as today's tiny default (conv stem)."""
+    from maskkit.model import XLIP
+    from maskkit.train import load_model, save_checkpoint
+
+    cfg, _ = resolve(["preset=xlip", "model.patch_embed=linear"])
+    torch.manual_seed(0)
+    old = XLIP.from_experiment(cfg).eval()
+    saved = json.loads(cfg.model_dump_json())
+    del saved["model"]["patch_embed"]
+    save_checkpoint(tmp_path / "step_00000001.pt", {"config": json.dumps(saved), "model": old.state_dict()})
+    model, loaded = load_model(tmp_path / "step_00000001.pt")
+    assert loaded.model.patch_embed == "linear" and isinstance(model.clip.visual.conv1, torch.nn.Conv2d)
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_image(x)[0], old.encode_image(x)[0])
+    assert resolve(["preset=xlip"])[0].model.patch_embed == "conv_stem"  # while new runs get the stem

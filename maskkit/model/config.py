@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .towers import OPENAI_MEAN, OPENAI_STD
+from .towers import OPENAI_MEAN, OPENAI_STD, PATCH_EMBEDS
 
 CHEXPERT_PROMPTS = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
@@ -34,7 +34,7 @@ class MLMConfig(Strict):
 
 class ModelConfig(Strict):
     arch: str = Field("ViT-B-16", description="open_clip architecture (maskkit-tiny for CPU)")
-    patch_embed: Literal["linear", "conv_stem"] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31)")
+    patch_embed: Literal[PATCH_EMBEDS] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31)")
     pretrained: str | None = Field(None, description="local weights: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts; never downloaded")
     image_mean: tuple[float, float, float] = Field(OPENAI_MEAN, description="normalisation mean of the 3 replicated channels")
     image_std: tuple[float, float, float] = Field(OPENAI_STD, description="normalisation std")

@@ -32,6 +32,7 @@ def register_configs() -> None:
             open_clip.add_model_config(Path(str(f)))
 
 
+#: the values of ``model.patch_embed`` (``ModelConfig`` reads this tuple)
 PATCH_EMBEDS = ("linear", "conv_stem")
 
 
@@ -56,7 +57,6 @@ class ConvStem(torch.nn.Sequential):
             layers += [torch.nn.Conv2d(a, b, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(b), torch.nn.ReLU(inplace=True)]
         layers.append(torch.nn.Conv2d(width, width, 1))
         super().__init__(*layers)
-        self.patch = patch
 
 
 def create_clip(arch: str, patch_embed: str = "linear"):
