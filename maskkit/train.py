@@ -393,8 +393,6 @@ class PretrainRecipe:
         self.objectives = Objectives.for_model(self.model, cfg.objectives, self.gather)
         self.ddp = self.model
         if self.info.enabled:
-            if self.device.type == "cuda":  # a conv stem's BatchNorm: batch statistics over all ranks (A31)
-                self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         from .data.dataset import SkipReport

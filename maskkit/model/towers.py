@@ -36,9 +36,46 @@ def register_configs() -> None:
 PATCH_EMBEDS = ("linear", "conv_stem")
 
 
+class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
+    """``BatchNorm2d`` whose training-mode statistics are those of the batch of **every rank**.
+
+    Under an initialised process group with more than one rank, each training forward all-reduces
+    the per-channel sum, sum of squares and count (one collective, with autograd, so the gradient
+    through the statistics is summed over ranks as well), and normalises with the global mean and
+    biased variance; running statistics get the global unbiased variance. So a run on ``R`` ranks
+    × batch ``b`` computes what one process computes on batch ``R·b`` (``SyncBatchNorm``'s
+    semantics, which torch provides for GPUs only; this one also runs on gloo/CPU). In eval mode,
+    or on one process, it is ``BatchNorm2d``. Input ``[B, C, H, W]``.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        C = x.shape[1]
+        xf = x.float()
+        local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() // C)])
+        total = all_reduce(local)
+        count = total[-1]
+        mean = total[:C] / count
+        var = (total[C:2 * C] / count - mean * mean).clamp_min(0.0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * count / (count - 1).clamp_min(1.0), alpha=m)
+        y = (xf - mean[None, :, None, None]) * torch.rsqrt(var[None, :, None, None] + self.eps)
+        return (y * self.weight[None, :, None, None] + self.bias[None, :, None, None]).to(x.dtype)
+
+
 class ConvStem(torch.nn.Sequential):
     """A convolutional patch embedding (Xiao et al., "Early convolutions help transformers see
-    better", NeurIPS 2021): ``log2(p)`` layers of 3×3 stride-2 convolution, BatchNorm and ReLU,
+    better", NeurIPS 2021): ``log2(p)`` layers of 3×3 stride-2 convolution, BatchNorm (over all
+    ranks' batches: :class:`GlobalBatchNorm2d`) and ReLU,
     then a 1×1 convolution to the ViT width; channels double up to the width
     (``width / 2**(k - i)`` at layer ``i`` of ``k``). ``[B, 3, H, W] -> [B, width, H/p, W/p]``,
     the shape of ViT's single ``p×p`` stride-``p`` convolution it replaces, so token ``n`` is
@@ -54,7 +91,7 @@ class ConvStem(torch.nn.Sequential):
         chans = [3] + [width // 2 ** (k - i) for i in range(1, k + 1)]
         layers: list[torch.nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):
-            layers += [torch.nn.Conv2d(a, b, 3, 2, 1, bias=False), torch.nn.BatchNorm2d(b), torch.nn.ReLU(inplace=True)]
+            layers += [torch.nn.Conv2d(a, b, 3, 2, 1, bias=False), GlobalBatchNorm2d(b), torch.nn.ReLU(inplace=True)]
         layers.append(torch.nn.Conv2d(width, width, 1))
         super().__init__(*layers)
 

@@ -31,7 +31,9 @@ class XLIP(nn.Module):
     """CLIP towers + AttMIM decoder + EntMLM text decoder: ``forward(batch, seed) -> XLIPOutput``.
 
     The forward returns features and masks (:class:`~maskkit.model.output.XLIPOutput`), no
-    losses and no collectives: the objectives (:mod:`maskkit.objectives`) own those. Every row
+    losses and no collectives: the objectives (:mod:`maskkit.objectives`) own those. (The one
+    exception: a conv stem's :class:`~maskkit.model.towers.GlobalBatchNorm2d` all-reduces its
+    statistics in training mode under DDP, on every rank at every forward.) Every row
     runs through the same computation whatever the batch holds (paired, image-only or both), so
     the autograd graph is the same at every step: paired rows are masked by ``image_mask``
     (eq. 14), image-only rows by ``image_only_mask`` (eq. 15), chosen row by row with
