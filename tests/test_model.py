@@ -289,7 +289,7 @@ def test_conv_stem_keeps_the_token_grid_and_each_row_is_its_own_in_eval(batch):
 
 
 def test_conv_stem_needs_a_power_of_two_patch():
-    with pytest.raises(MaskkitError, match=r"model.patch_embed=conv_stem: needs a power-of-two patch size \(got 12\)"):
+    with pytest.raises(MaskkitError, match=r"model.patch_embed=conv_stem: needs a power-of-two patch size, got 12; use model.patch_embed=linear"):
         tiny_model(arch="maskkit-tiny-p12", patch_embed="conv_stem")
 
 

@@ -85,9 +85,12 @@ class ConvStem(torch.nn.Sequential):
 
     def __init__(self, patch: int, width: int) -> None:
         k = patch.bit_length() - 1
-        if patch < 2 or 2 ** k != patch or width % 2 ** (k - 1):
-            raise MaskkitError(f"model.patch_embed=conv_stem: needs a power-of-two patch size (got {patch}) and a width "
-                               f"divisible by {2 ** max(k - 1, 0)} (got {width})")
+        if patch < 2 or 2 ** k != patch:
+            raise MaskkitError(f"model.patch_embed=conv_stem: needs a power-of-two patch size, got {patch}; "
+                               f"use model.patch_embed=linear for this architecture")
+        if width % 2 ** (k - 1):
+            raise MaskkitError(f"model.patch_embed=conv_stem: needs a ViT width divisible by {2 ** (k - 1)} for patch size "
+                               f"{patch}, got {width}; use model.patch_embed=linear for this architecture")
         chans = [3] + [width // 2 ** (k - i) for i in range(1, k + 1)]
         layers: list[torch.nn.Module] = []
         for a, b in zip(chans[:-1], chans[1:]):
