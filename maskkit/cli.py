@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MaskkitError
+from .sweep import builtin_sweeps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="maskkit: masking strategies for medical vision-language pretraining (XLIP).")
@@ -282,7 +283,7 @@ def eval_zeroshot_cmd(
     if no_finding not in ("absence", "pair"):
         raise MaskkitError(f"--no-finding {no_finding!r}: expected absence or pair")
     res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore))
-    console.print(res.table(title=f"zero-shot ({len(models)} checkpoint{'s' if len(models) > 1 else ''}, {res.n} images)"))
+    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images"))
     if out:
         atomic_write_text(out, json.dumps(res.to_json(), indent=2))
 
@@ -349,6 +350,7 @@ def eval_masks_cmd(
     """Mask-lesion overlap on held-out phantoms for every strategy, reduction, subset mode and λ1."""
     from pathlib import Path
 
+    from rich.markup import escape
     from rich.table import Table as RTable
 
     from .data.dataset import PhantomDataset
@@ -365,7 +367,7 @@ def eval_masks_cmd(
     for c in cols:
         t.add_column(c.replace("_", " "), justify="right")
     for r in rows:
-        t.add_row(r["strategy"], *[f"{r[c]:.3f}" if c in r else "" for c in cols])
+        t.add_row(escape(r["strategy"]), *[f"{r[c]:.3f}" if c in r else "" for c in cols])  # "[l2]" is not markup
     console.print(t)
     if out:
         o = Path(out)
@@ -377,7 +379,7 @@ def eval_masks_cmd(
 
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep_cmd(
-    spec: list[str] = typer.Argument(None, help="a built-in sweep (table3, table4, fig6, fig7) or a YAML file, then key=value settings for every run"),
+    spec: list[str] = typer.Argument(None, help=f"a built-in sweep ({', '.join(builtin_sweeps())}) or a YAML file, then key=value settings for every run"),
     presets: Optional[str] = typer.Option(None, help="comma-separated presets (instead of a sweep file)"),
     grid: list[str] = typer.Option([], "--grid", help="KEY=v1,v2,... (repeatable): a grid of overrides"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's)"),

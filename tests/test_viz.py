@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -92,6 +93,16 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     assert page.startswith("<!doctype html>") and page.count("data:image/png;base64,") == 2 and "http" not in page
     fig = training_curves(run)
     assert fig.axes[0].get_lines()
+    # the terminal tables: a strategy's "[max_sim]" is text, not rich markup; intervals name their resamples
+    env = {**os.environ, "COLUMNS": "200"}
+    masks = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "masks", str(run), "--n", "16", "--seeds", "1"],
+                           capture_output=True, text=True, env=env)
+    assert masks.returncode == 0, masks.stderr
+    assert "report_cross [max_sim]" in masks.stdout and "report_cross [l2]" in masks.stdout
+    zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--bootstrap", "20"],
+                        capture_output=True, text=True, env=env)
+    assert zs.returncode == 0, zs.stderr
+    assert "95% bootstrap CI, 20 resamples" in zs.stdout
 
 
 def test_figure_shows_the_mask_training_draws(views):

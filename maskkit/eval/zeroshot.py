@@ -143,6 +143,7 @@ class ZeroShotResult:
     # per label left with a single class by the data's label policies
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    n_boot: int = 0  # bootstrap resamples behind each interval (0: no intervals)
 
     def mean(self, metric: str = "auc") -> float | None:
         vals = [r[metric] for r in self.per_label.values() if r is not None]
@@ -154,12 +155,14 @@ class ZeroShotResult:
 
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
-                "undefined": self.undefined, "threshold": 0.5, "coverage": self.coverage, "warnings": self.warnings}
+                "undefined": self.undefined, "threshold": 0.5, "coverage": self.coverage, "warnings": self.warnings,
+                "n_boot": self.n_boot}
 
     def table(self, title: str | None = None):
         from rich.table import Table
 
-        t = Table(title=title or f"zero-shot on {self.n} held-out images (95% bootstrap CI)")
+        ci = f"95% bootstrap CI, {self.n_boot} resamples" if self.n_boot else "no intervals"
+        t = Table(title=f"{title or f'zero-shot on {self.n} held-out images'} ({ci})")
         for c in ("label", "positives", "unknown", "AUC", "F1", "ACC"):
             t.add_column(c, justify="left" if c == "label" else "right")
         for lab in self.labels:
@@ -202,7 +205,8 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
             r["ci"] = bootstrap_ci(yk, pk, n_boot, seed + k)
         r["n_pos"], r["n"] = pos, int(len(yk))
         per[lab] = r
-    return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined, coverage=coverage, warnings=notes)
+    return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined, coverage=coverage, warnings=notes,
+                          n_boot=int(n_boot))
 
 
 @torch.no_grad()

@@ -53,12 +53,12 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
 
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        from ..distributed import all_reduce_sum_with_grad
 
         C = x.shape[1]
         xf = x.float()
         local = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), xf.new_full((1,), x.numel() // C)])
-        total = all_reduce(local)
+        total = all_reduce_sum_with_grad(local)
         count = total[-1]
         mean = total[:C] / count
         var = (total[C:2 * C] / count - mean * mean).clamp_min(0.0)
