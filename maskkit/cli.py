@@ -272,7 +272,7 @@ def eval_zeroshot_cmd(
     out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
     """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
-    from .eval.zeroshot import zeroshot_eval
+    from .eval.zeroshot import NO_FINDING_MODES, zeroshot_eval
     from .io import atomic_write_text
     from .train import load_model
 
@@ -280,8 +280,8 @@ def eval_zeroshot_cmd(
     args = [c for c in checkpoints if "=" in c]
     models = [load_model(p)[0] for p in paths]
     ds, names, _ = _eval_data(models[0], args)
-    if no_finding not in ("absence", "pair"):
-        raise MaskkitError(f"--no-finding {no_finding!r}: expected absence or pair")
+    if no_finding not in NO_FINDING_MODES:
+        raise MaskkitError(f"--no-finding {no_finding!r}: expected one of {', '.join(NO_FINDING_MODES)}")
     res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore))
     console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images"))
     if out:
