@@ -10,6 +10,16 @@ class MaskkitError(ValueError):
     """Base of every error maskkit raises on bad input."""
 
 
+class OutputWriteError(MaskkitError):
+    """A file maskkit writes could not be written (disk full, no permission, ...): one line naming
+    the file and the cause; what was there before is intact (writes are atomic). ``errno`` is the
+    OS error number."""
+
+    def __init__(self, message: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+
 class ContextError(MaskkitError):
     """A MaskContext whose tensors have the wrong shape, dtype or device."""
 

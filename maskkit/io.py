@@ -11,8 +11,22 @@ from pathlib import Path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``.
+
+    Raises :class:`~maskkit.errors.OutputWriteError` (one line: the file and the OS's reason, e.g.
+    "No space left on device") when it cannot be written; a previous ``path`` is then unchanged.
+    """
     path = Path(path)
+    try:
+        _atomic_write(path, data)
+    except OSError as exc:
+        from .errors import OutputWriteError
+
+        raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc} (any previous version of it is unchanged)",
+                               exc.errno) from None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -326,3 +326,30 @@ def test_a_checkpoint_from_before_patch_embed_loads_with_the_linear_embedding(tm
     with torch.no_grad():
         torch.testing.assert_close(model.encode_image(x)[0], old.encode_image(x)[0])
     assert resolve(["preset=xlip"])[0].model.patch_embed == "conv_stem"  # while new runs get the stem
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    """ENOSPC while writing a checkpoint (a sweep filled the disk): one line naming the file and the
+    OS's reason, not a traceback; the checkpoint written before is intact and still loads."""
+    import errno
+
+    import maskkit.io as mio
+    from maskkit.errors import OutputWriteError
+    from maskkit.train import load_model
+
+    cfg, src = resolve(["preset=xlip", *TINY, "data.n=8", "train.batch_size=4", "train.steps=4", "train.warmup_steps=1",
+                        "train.ckpt_every=2", f"runtime.out_dir={tmp_path}", "runtime.name=d"])
+    real = mio._atomic_write
+
+    def full_after_first_checkpoint(path, data):
+        if path.name.startswith("step_") and path.name != "step_00000002.pt":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(mio, "_atomic_write", full_after_first_checkpoint)
+    with pytest.raises(OutputWriteError, match=r"cannot write .*step_00000004\.pt: No space left on device \(any previous") as e:
+        train(cfg, src)
+    assert "\n" not in str(e.value) and e.value.errno == errno.ENOSPC
+    ck = tmp_path / "d" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt"]
+    load_model(ck / "step_00000002.pt")
