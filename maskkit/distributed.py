@@ -41,6 +41,11 @@ def init_from_env(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]))
 
 
+def process_group_size() -> int:
+    """Ranks in the initialised default process group; 1 when there is none."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def shutdown() -> None:
     """Tear down the process group this process joined, if any: a process that leaves with it
     alive (after an error, say) is aborted by the backend's threads ("terminate called ...")."""
@@ -108,7 +113,7 @@ class Gatherer:
 def all_reduce_sum_with_grad(x: torch.Tensor) -> torch.Tensor:
     """The sum of ``x`` over every rank, differentiable (the gradient is summed over ranks too);
     ``x`` itself when no process group is initialised. One collective per call."""
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+    if process_group_size() == 1:
         return x
     import torch.distributed.nn.functional as dfn
 

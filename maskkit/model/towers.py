@@ -49,11 +49,10 @@ class GlobalBatchNorm2d(torch.nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
+        from ..distributed import all_reduce_sum_with_grad, process_group_size
 
-        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        if not self.training or process_group_size() == 1:
             return super().forward(x)
-        from ..distributed import all_reduce_sum_with_grad
 
         C = x.shape[1]
         xf = x.float()

@@ -24,7 +24,7 @@ from .config import ModelConfig
 from .mim import MIMDecoder
 from .mlm import TextDecoder
 from .output import XLIPOutput
-from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens
+from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens, unpatchify
 
 
 class XLIP(nn.Module):
@@ -188,9 +188,8 @@ class XLIP(nn.Module):
         """
         if self.config.mim.placement == "feature":
             return self.decoder(e_img, mask)
-        gh, gw = self.grid
-        hidden = mask.view(-1, 1, gh, 1, gw, 1).expand(-1, 1, -1, self.patch, -1, self.patch)
-        x = x.masked_fill(hidden.reshape(x.shape[0], 1, gh * self.patch, gw * self.patch), 0.0)
+        hidden = unpatchify(mask[:, :, None].expand(-1, -1, self.patch ** 2), self.patch, *self.grid)  # [B, 1, H, W]
+        x = x.masked_fill(hidden, 0.0)
         n_vis = (~mask).sum(1)                                   # [B]
         K = int(n_vis.max())                                     # one host sync per step, for the shape
         order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
