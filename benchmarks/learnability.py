@@ -26,10 +26,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from maskkit.config import resolve
-from maskkit.data.phantoms import LABELS, PhantomGenerator
+from maskkit.data.phantoms import DEV_OFFSET, LABELS, PhantomGenerator
 from maskkit.model import XLIP
+from maskkit.model.towers import PATCH_EMBEDS
 
-DEV_OFFSET = 30_000_000
 
 
 def phantoms(seed: int, offset: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +80,7 @@ def pixel_reference(seed: int) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--embed", action="append", choices=["linear", "conv_stem"], help="patch embedding (repeatable; default both)")
+    ap.add_argument("--embed", action="append", choices=PATCH_EMBEDS, help="patch embedding (repeatable; default both)")
     ap.add_argument("--seed", type=int, action="append", help="training seed (repeatable; default 0 and 1)")
     ap.add_argument("--steps", type=int, default=240, help="optimiser steps (default: the default run's 240)")
     ap.add_argument("--only", action="append", choices=list(LABELS), help="train on these labels only (default all)")
@@ -93,7 +93,7 @@ def main() -> None:
     if not args.no_pixels:
         for name, res in pixel_reference(0).items():
             print(f"| logistic regression, {name} | - | - | " + " | ".join(f"{res[LABELS[k]]:.3f}" for k in only) + " | - |", flush=True)
-    for embed in args.embed or ["linear", "conv_stem"]:
+    for embed in args.embed or PATCH_EMBEDS:
         for seed in args.seed or [0, 1]:
             t0 = time.time()
             res = supervised(embed, seed, args.steps, only)

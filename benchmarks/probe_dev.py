@@ -27,11 +27,11 @@ from sklearn.metrics import roc_auc_score
 
 from maskkit.config import resolve
 from maskkit.data.dataset import PhantomDataset
+from maskkit.data.phantoms import DEV_OFFSET
 from maskkit.eval.zeroshot import encode_images, probabilities
 from maskkit.model import XLIP
 from maskkit.train import load_model
 
-DEV_OFFSET = 30_000_000
 N_FIT, N_TEST = 512, 256
 
 

@@ -354,12 +354,13 @@ def eval_masks_cmd(
     from rich.table import Table as RTable
 
     from .data.dataset import PhantomDataset
+    from .data.phantoms import MASK_EVAL_OFFSET
     from .eval.masks import default_grid, evaluate_masks, extract
     from .io import atomic_write_text
     from .train import load_model
 
     model, cfg = load_model(checkpoint)
-    ds = PhantomDataset(n, cfg.data.seed, model.image_size, offset=20_000_000, p_unpaired=0.0)
+    ds = PhantomDataset(n, cfg.data.seed, model.image_size, offset=MASK_EVAL_OFFSET, p_unpaired=0.0)
     rows = evaluate_masks(extract(model, ds, lesion_threshold), default_grid(ratio), seeds)
     t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {n} held-out phantoms (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
     cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage"]
@@ -440,11 +441,12 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
     else:
         from .config import resolve
         from .data.dataset import PhantomDataset
+        from .data.phantoms import HELD_OUT_OFFSET
         from .train import build_datasets
 
         cfg, _ = resolve([a for a in args if a.startswith("data")] + ["preset=clip"])
         if cfg.data.name == "phantoms":
-            ds = PhantomDataset(index + n, cfg.data.seed, model.image_size, offset=10_000_000, ner=CachedNER(LexiconNER()), p_unpaired=0.0)
+            ds = PhantomDataset(index + n, cfg.data.seed, model.image_size, offset=HELD_OUT_OFFSET, ner=CachedNER(LexiconNER()), p_unpaired=0.0)
         else:
             _, ds, _ = build_datasets(cfg.model_copy(update={"text_mask": {"intersect": {"of": ["entity", "causal"]}}}), model.image_size)
         if index + n > len(ds):

@@ -70,13 +70,14 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
     """
     from .data.dataset import PhantomDataset, XrayDataset
     from .data.ner import CachedNER, make_ner
+    from .data.phantoms import HELD_OUT_OFFSET
     from .data.records import Table
 
     d = cfg.data
     ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None else None  # entities feed EntMLM only
     if d.name == "phantoms":
         train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired, tokenizer=tokenizer)
-        val = PhantomDataset(d.val_n, d.seed, image_size, offset=10_000_000, ner=None, p_unpaired=0.0) if d.val_n else None
+        val = PhantomDataset(d.val_n, d.seed, image_size, offset=HELD_OUT_OFFSET, ner=None, p_unpaired=0.0) if d.val_n else None
         return train, val, train.label_names
     table = load_records(cfg)
     tr, va = _split_by_patient(table.records, 0.1, cfg.train.seed)

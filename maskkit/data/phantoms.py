@@ -17,6 +17,9 @@ import numpy as np
 
 FINDINGS = ("Pleural Effusion", "Cardiomegaly", "Lung Lesion", "Pneumothorax", "Support Devices")
 LABELS = FINDINGS + ("No Finding",)
+#: generator-index offsets of the phantom splits: training uses 0..n-1; the held-out zero-shot set,
+#: the mask-lesion evaluation and development diagnosis (benchmarks only) start here
+HELD_OUT_OFFSET, MASK_EVAL_OFFSET, DEV_OFFSET = 10_000_000, 20_000_000, 30_000_000
 SIDES = ("right", "left")
 ZONES = ("upper", "middle", "lower")
 
