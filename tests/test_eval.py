@@ -101,10 +101,12 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     small = ["data.n=16", "data.val_n=16", "train.steps=2", "train.batch_size=4", "train.warmup_steps=1",
              "runtime.progress=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1",
              "model.mim.decoder_heads=2"]
-    spec = SweepSpec(["t3_attmim"], {"image_mask.child_ratio": [0.5, 0.7]}, [0], small, "test")
+    spec = SweepSpec(["t3_attmim"], {"image_mask.child_ratio": [0.5, 0.7]}, [0], small + ["train.ckpt_every=1"], "test")
     rows = run_sweep(spec, tmp_path)
     assert len(rows) == 2 and all(r["auc"] is not None for r in rows)
     runs = sorted((tmp_path / "runs").iterdir())
+    # a sweep run keeps only its latest checkpoint (step 1's was written, then removed)
+    assert [sorted(f.name for f in (p / "checkpoints").iterdir()) for p in runs] == [["step_00000002.pt"]] * 2
     stamps = {p: (p / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns for p in runs}
     # interrupt one run: drop its done marker and its final checkpoint, keep an earlier one
     victim = runs[0]
@@ -132,3 +134,16 @@ def test_budget_matched_parallel_sweep_with_probe_and_paired_comparison(tmp_path
     assert any(k.startswith("auc:") for k in rows[0])
     paired = (tmp_path / "paired.md").read_text()
     assert "| t3_mim_random | clip | auc | 2 |" in paired and "probe_100" in paired
+
+
+def test_sweep_runs_keep_one_checkpoint_unless_told_otherwise(tmp_path):
+    from maskkit.config import resolve
+    from maskkit.sweep import SweepSpec, run_args
+
+    def keep(spec_args=(), extra=()):
+        cfg, _ = resolve(run_args(SweepSpec(["clip"], args=list(spec_args)), "clip", {}, 0, tmp_path, extra))
+        return cfg.train.keep_last
+
+    assert keep() == 1
+    assert keep(spec_args=["train.keep_last=2"]) == 2 and keep(extra=["train.keep_last=3"]) == 3
+    assert resolve(["preset=clip"])[0].train.keep_last == 3  # maskkit run itself is unchanged

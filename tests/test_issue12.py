@@ -217,3 +217,28 @@ def test_measure_in_batches_sums_counts():
     for label, spec in guided_grid(0.75):
         r = measure(build_strategy(spec), f, batch_size=4)
         assert 0 <= r["lesion_visible"] <= 1, label
+
+
+def test_no_finding_under_absence_is_decided_present_when_no_finding_is_decided_present():
+    """F1/ACC of No Finding (absence) use "no other finding decided present", not the product at
+    0.5: with two undecided findings (p = 0.4 and 0.3) the product is 0.42, yet no finding is
+    decided present, so No Finding is."""
+    from maskkit.eval.zeroshot import predictions, score
+
+    labels = ["Pneumothorax", "Cardiomegaly", "No Finding"]
+    prob = np.array([[0.4, 0.3, 0.6 * 0.7], [0.9, 0.2, 0.1 * 0.8], [0.2, 0.6, 0.8 * 0.4], [0.45, 0.45, 0.55 ** 2]])
+    y = np.array([[0, 0, 1], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=float)
+    pred = predictions(prob, labels)
+    assert pred[:, 2].tolist() == [True, False, False, True]
+    assert pred[:, :2].tolist() == (prob[:, :2] >= 0.5).tolist()  # the findings keep their own 0.5 rule
+    r = score(y, prob, labels, n_boot=50, pred=pred)
+    assert r.per_label["No Finding"]["f1"] == pytest.approx(1.0) and r.per_label["No Finding"]["acc"] == pytest.approx(1.0)
+    assert r.per_label["No Finding"]["ci"]["f1"] == (1.0, 1.0)
+    # the product at 0.5 (the old rule) calls every one of these studies abnormal: F1 0
+    assert score(y, prob, labels, n_boot=0).per_label["No Finding"]["f1"] == 0.0
+    # ignored labels do not block No Finding; the pair mode thresholds its own column
+    assert predictions(prob, labels, absence_ignore=("Cardiomegaly",))[:, 2].tolist() == [True, False, True, True]
+    assert predictions(prob, labels, no_finding="pair")[:, 2].tolist() == (prob[:, 2] >= 0.5).tolist()
+    from maskkit.eval.zeroshot import NO_FINDING_MODES, NO_FINDING_NOTES
+
+    assert set(NO_FINDING_NOTES) == set(NO_FINDING_MODES)  # every mode says in the table how it scored No Finding

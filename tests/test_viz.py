@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,10 +100,12 @@ def test_cli_writes_png_html_and_curves(tmp_path):
                            capture_output=True, text=True, env=env)
     assert masks.returncode == 0, masks.stderr
     assert "report_cross [max_sim]" in masks.stdout and "report_cross [l2]" in masks.stdout
-    zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--bootstrap", "20"],
-                        capture_output=True, text=True, env=env)
+    zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--bootstrap", "20",
+                         "--out", str(tmp_path / "zs.json")], capture_output=True, text=True, env=env)
     assert zs.returncode == 0, zs.stderr
     assert "95% bootstrap CI, 20 resamples" in zs.stdout
+    assert "No Finding: absence" in zs.stdout
+    assert json.loads((tmp_path / "zs.json").read_text())["no_finding"] == "absence"
 
 
 def test_figure_shows_the_mask_training_draws(views):

@@ -5,7 +5,8 @@ default; several templates are averaged after L2 normalisation); the probability
 the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and ACC with
 bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
 positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
-threshold is tuned on the evaluation set. Unknown (NaN) labels are left out of that label's
+threshold is tuned on the evaluation set (No Finding scored as absence: "no finding decided
+present", :func:`predictions`). Unknown (NaN) labels are left out of that label's
 metrics and counted per label; labels with no positives or no negatives are reported as undefined,
 left out of every mean, and warned about (a label policy such as ``blank=unknown`` can cause it). ``No Finding`` has its own prompt pair, since
 "no No Finding" inverts the label (a CheXzero pitfall). Several checkpoints average their
@@ -25,6 +26,7 @@ NEGATIVE = ("no {label}",)
 SPECIAL_PROMPTS = {"No Finding": (("no acute cardiopulmonary abnormality", "no finding"),
                                   ("acute cardiopulmonary abnormality", "abnormal finding"))}
 METRICS = ("auc", "f1", "acc")
+THRESHOLD = 0.5  # F1/ACC decision: the positive prompt is closer than the negative one (fixed, never tuned)
 
 
 def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE) -> tuple[list[str], list[str]]:
@@ -61,11 +63,27 @@ def encode_images(model, dataset, device, batch_size: int = 64) -> tuple[torch.T
 
 
 NO_FINDING_MODES = ("absence", "pair")
+NO_FINDING_NOTES = {  # the table's caption line per mode
+    "absence": "No Finding: absence of every other finding (AUC ranks prod(1 - p); F1/ACC: no finding decided present)",
+    "pair": "No Finding: its own prompt pair (CheXzero)",
+}
 
 
 def is_no_finding(label: str) -> bool:
     """Whether ``label`` names the normal class (``No Finding``, ``no_finding``, any case)."""
     return label.replace("_", " ").strip().lower() == "no finding"
+
+
+def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tuple[str, ...] = ()) -> list[int] | None:
+    """The columns whose absence defines ``No Finding`` under ``no_finding="absence"`` (every other
+    label except ``absence_ignore``), or ``None`` when No Finding keeps its own prompt pair (mode
+    ``pair``, or no other label to take the absence of). Raises ``ValueError`` for an unknown mode."""
+    if no_finding not in NO_FINDING_MODES:
+        raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
+    ignore = {a.replace("_", " ").lower() for a in absence_ignore}
+    findings = [k for k, lab in enumerate(label_names)
+                if not is_no_finding(lab) and lab.replace("_", " ").lower() not in ignore]
+    return findings if no_finding == "absence" and findings else None
 
 
 @torch.no_grad()
@@ -80,46 +98,66 @@ def probabilities(model, images: torch.Tensor, label_names, device="cpu", positi
       present, ``prod_k (1 - p_k)`` over every other label except ``absence_ignore`` (a
       noisy-OR of independent findings; the CheXpert labeler's definition of No Finding - "no
       finding is positive" - applied to the zero-shot probabilities). Needs at least one other
-      label; with none, the pair is used.
+      label; with none, the pair is used. Its yes/no decision is :func:`predictions`'.
     - ``no_finding="pair"``: its own prompt pair (``SPECIAL_PROMPTS``), as for every label.
 
     See docs/eval.md and docs/assumptions.md (A24) for why absence is the default.
     Raises ``ValueError`` for an unknown ``no_finding``.
     """
-    if no_finding not in NO_FINDING_MODES:
-        raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
-    ignore = {a.replace("_", " ").lower() for a in absence_ignore}
-    findings = [k for k, lab in enumerate(label_names)
-                if not is_no_finding(lab) and lab.replace("_", " ").lower() not in ignore]
-    derive = no_finding == "absence" and bool(findings)
+    findings = absence_terms(label_names, no_finding, absence_ignore)
     cols = []
     for lab in label_names:
-        if derive and is_no_finding(lab):
+        if findings is not None and is_no_finding(lab):
             cols.append(None)
             continue
         pos, neg = prompt_pair(lab, positive, negative)
         tp, tn = text_embeddings(model, pos, device), text_embeddings(model, neg, device)
         sims = torch.stack([images @ tp, images @ tn], -1)
         cols.append(sims.softmax(-1)[:, 0])
-    if derive:
+    if findings is not None:
         absent = torch.stack([1 - cols[k] for k in findings], 1).prod(1)
         cols = [absent if c is None else c for c in cols]
     return torch.stack(cols, 1).numpy()
 
 
-def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """AUC (scikit-learn), F1 and ACC at ``threshold`` for one label (no NaN in ``y``)."""
+def predictions(prob: np.ndarray, label_names, no_finding: str = "absence",
+                absence_ignore: tuple[str, ...] = (), threshold: float = THRESHOLD) -> np.ndarray:
+    """``[M, K]`` bool yes/no decisions behind F1 and ACC, from probabilities ``[M, K]``.
+
+    Each label: ``p >= threshold``, i.e. its positive prompt is closer than its negative one.
+    ``No Finding`` under ``no_finding="absence"``: *no other finding is decided present*
+    (``p_k < threshold`` for every label in the product) - the CheXpert labeler's rule applied to
+    the decisions, as its probability applies it to the probabilities. Thresholding the product
+    itself at 0.5 would ask that the findings be absent *jointly* with probability 0.5, which five
+    undecided findings (``p_k`` near 0.5, product near 0.03) never are: its F1 was always 0.
+    """
+    pred = prob >= threshold
+    findings = absence_terms(label_names, no_finding, absence_ignore)
+    if findings is not None:
+        none_present = ~pred[:, findings].any(1)
+        for k, lab in enumerate(label_names):
+            if is_no_finding(lab):
+                pred[:, k] = none_present
+    return pred
+
+
+def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = THRESHOLD, pred: np.ndarray | None = None) -> dict[str, float]:
+    """AUC of the scores ``p`` (scikit-learn), F1 and ACC of the decisions ``pred`` (default
+    ``p >= threshold``) for one label (no NaN in ``y``)."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    pred = (p >= threshold).astype(int)
+    pred = (p >= threshold if pred is None else pred).astype(int)
     return {"auc": float(roc_auc_score(y, p)), "f1": float(f1_score(y, pred, zero_division=0)),
             "acc": float(accuracy_score(y, pred))}
 
 
-def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, threshold: float = 0.5) -> dict[str, tuple[float, float]]:
+def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, threshold: float = THRESHOLD,
+                 pred: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
     """Percentile 95% intervals from ``n_boot`` resamples of the images (with replacement);
-    resamples with a single class are redrawn-free skipped (their AUC is undefined)."""
+    resamples with a single class are redrawn-free skipped (their AUC is undefined). ``pred``:
+    the decisions, as in :func:`point_metrics`."""
     rng = np.random.default_rng(seed)
+    pred = p >= threshold if pred is None else pred
     vals = {m: [] for m in METRICS}
     n = len(y)
     for _ in range(n_boot):
@@ -127,7 +165,7 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0
         yb = y[idx]
         if yb.min() == yb.max():
             continue
-        for m, v in point_metrics(yb, p[idx], threshold).items():
+        for m, v in point_metrics(yb, p[idx], pred=pred[idx]).items():
             vals[m].append(v)
     return {m: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v else (float("nan"), float("nan"))
             for m, v in vals.items()}
@@ -144,6 +182,7 @@ class ZeroShotResult:
     coverage: dict[str, dict[str, int]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     n_boot: int = 0  # bootstrap resamples behind each interval (0: no intervals)
+    no_finding: str = ""  # how No Finding was scored (NO_FINDING_MODES; "" when score() was called directly)
 
     def mean(self, metric: str = "auc") -> float | None:
         vals = [r[metric] for r in self.per_label.values() if r is not None]
@@ -155,8 +194,8 @@ class ZeroShotResult:
 
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
-                "undefined": self.undefined, "threshold": 0.5, "coverage": self.coverage, "warnings": self.warnings,
-                "n_boot": self.n_boot}
+                "undefined": self.undefined, "threshold": THRESHOLD, "coverage": self.coverage, "warnings": self.warnings,
+                "n_boot": self.n_boot, "no_finding": self.no_finding}
 
     def table(self, title: str | None = None):
         from rich.table import Table
@@ -176,13 +215,19 @@ class ZeroShotResult:
             t.add_row(lab, f"{r['n_pos']}/{r['n']}", unknown, *cells)
         means = [self.mean(m) for m in METRICS]
         t.add_row("[bold]mean[/]", "", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
-        if self.warnings:
-            t.caption = "\n".join(f"warning: {w}" for w in self.warnings)
+        notes = [NO_FINDING_NOTES[self.no_finding]] if self.no_finding in NO_FINDING_NOTES else []
+        notes += [f"warning: {w}" for w in self.warnings]
+        if notes:
+            t.caption = "\n".join(notes)
         return t
 
 
-def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed: int = 0) -> ZeroShotResult:
+def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed: int = 0,
+          pred: np.ndarray | None = None) -> ZeroShotResult:
     """Metrics of probabilities ``[M, K]`` against labels ``[M, K]`` (NaN = unknown, ignored).
+
+    AUC ranks ``prob``; F1 and ACC score the decisions ``pred`` (``[M, K]`` bool, default
+    ``prob >= THRESHOLD``; :func:`predictions` gives the protocol's).
 
     Per label, the samples left out as unknown are counted (``coverage``, a table column); a label
     whose known samples hold one class is undefined and raises a ``LabelCoverageWarning``.
@@ -191,18 +236,19 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
 
     coverage = label_coverage(y, label_names)
     notes = one_class_warnings(coverage, "zero-shot")
+    pred = prob >= THRESHOLD if pred is None else pred
     per, undefined = {}, []
     for k, lab in enumerate(label_names):
         known = ~np.isnan(y[:, k])
-        yk, pk = y[known, k].astype(int), prob[known, k]
+        yk, pk, dk = y[known, k].astype(int), prob[known, k], pred[known, k]
         pos = int(yk.sum())
         if pos == 0 or pos == len(yk):
             per[lab] = None
             undefined.append(lab)
             continue
-        r = point_metrics(yk, pk)
+        r = point_metrics(yk, pk, pred=dk)
         if n_boot:
-            r["ci"] = bootstrap_ci(yk, pk, n_boot, seed + k)
+            r["ci"] = bootstrap_ci(yk, pk, n_boot, seed + k, pred=dk)
         r["n_pos"], r["n"] = pos, int(len(yk))
         per[lab] = r
     return ZeroShotResult(list(label_names), per, int(prob.shape[0]), undefined, coverage=coverage, warnings=notes,
@@ -215,10 +261,14 @@ def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 
                   absence_ignore: tuple[str, ...] = ()) -> ZeroShotResult:
     """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset.
 
-    ``no_finding`` / ``absence_ignore``: how No Finding is scored, see :func:`probabilities`."""
+    ``no_finding`` / ``absence_ignore``: how No Finding is scored, see :func:`probabilities` and
+    :func:`predictions` (an ensemble decides from its averaged probabilities)."""
     models = models if isinstance(models, (list, tuple)) else [models]
     probs, y = [], None
     for m in models:
         img, y = encode_images(m, dataset, device, batch_size)
         probs.append(probabilities(m, img, label_names, device, positive, negative, no_finding, absence_ignore))
-    return score(y.numpy(), np.mean(probs, 0), label_names, n_boot)
+    prob = np.mean(probs, 0)
+    res = score(y.numpy(), prob, label_names, n_boot, pred=predictions(prob, label_names, no_finding, absence_ignore))
+    res.no_finding = no_finding if absence_terms(label_names, no_finding, absence_ignore) is not None else "pair"
+    return res
