@@ -3,6 +3,7 @@
     python benchmarks/probe_dev.py runs/xlip-tiny-seed0 runs/xlip-tiny-seed1     # trained runs (latest checkpoint)
     python benchmarks/probe_dev.py runs/x/checkpoints/step_00000200.pt              # one checkpoint
     python benchmarks/probe_dev.py --init xlip --seed 0 --seed 1 --seed 2           # freshly initialised models
+    python benchmarks/probe_dev.py runs/xlip-tiny-seed0 --prompts chexzero          # CheXzero's bare-phrase prompts (A32)
 
 For each label: the zero-shot AUC (the protocol of ``maskkit eval zeroshot``: CheXzero prompt
 pairs, No Finding as the absence of findings) and the linear-probe AUC (logistic regression on the
@@ -13,7 +14,9 @@ not tune anything on the held-out set. The probe bounds what any prompt can read
 embedding: a label whose probe AUC is near 0.5 is not in the embedding, and a label whose probe is
 near 1 but whose zero-shot AUC is below 0.5 is read with the wrong sign by its prompt pair.
 ``--init PRESET`` measures an untrained model of that preset (``scale=tiny``) seeded with
-``--seed``: the reference for what training adds or removes. Needs scikit-learn.
+``--seed``: the reference for what training adds or removes. ``--prompts`` picks the prompt style
+(default: the library's). ``flips`` counts findings read with the wrong sign: probe >= 0.95 and
+zero-shot < 0.5. Needs scikit-learn.
 """
 
 from __future__ import annotations
@@ -28,19 +31,19 @@ from sklearn.metrics import roc_auc_score
 from maskkit.config import resolve
 from maskkit.data.dataset import PhantomDataset
 from maskkit.data.phantoms import DEV_OFFSET
-from maskkit.eval.zeroshot import encode_images, probabilities
+from maskkit.eval.zeroshot import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, encode_images, is_no_finding, probabilities
 from maskkit.model import XLIP
 from maskkit.train import load_model
 
 N_FIT, N_TEST = 512, 256
 
 
-def measure(model, data_seed: int) -> dict[str, tuple[float, float]]:
+def measure(model, data_seed: int, style: str = DEFAULT_PROMPT_STYLE) -> dict[str, tuple[float, float]]:
     """label -> (zero-shot AUC, linear-probe AUC) on the development phantoms."""
     ds = PhantomDataset(N_FIT + N_TEST, data_seed, model.image_size, offset=DEV_OFFSET, p_unpaired=0.0)
     x, y = encode_images(model, ds, "cpu")
     names = list(ds.label_names)
-    p = probabilities(model, x, names, "cpu")
+    p = probabilities(model, x, names, "cpu", style=style)
     x, y = x.numpy(), y.numpy()
     z = (x - x[:N_FIT].mean(0)) / (x[:N_FIT].std(0) + 1e-6)
     out = {}
@@ -55,6 +58,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="*", help="run directories or checkpoint files")
     ap.add_argument("--init", metavar="PRESET", help="measure freshly initialised models of this preset instead")
     ap.add_argument("--seed", type=int, action="append", help="init seeds for --init (repeatable; default 0)")
+    ap.add_argument("--prompts", choices=list(PROMPT_STYLES), default=DEFAULT_PROMPT_STYLE, help="zero-shot prompt style (A32)")
     args = ap.parse_args()
     if not args.runs and not args.init:
         ap.error("give run directories / checkpoints, or --init PRESET")
@@ -68,10 +72,11 @@ def main() -> None:
         torch.manual_seed(s)
         models.append((f"init:{args.init}:seed{s}", XLIP.from_experiment(cfg).eval(), cfg.data.seed))
     for name, model, data_seed in models:
-        res = measure(model, data_seed)
+        res = measure(model, data_seed, args.prompts)
         cells = "  ".join(f"{lab}: zs {a:.3f} probe {b:.3f}" for lab, (a, b) in res.items())
         zs, pr = np.mean([v[0] for v in res.values()]), np.mean([v[1] for v in res.values()])
-        print(f"{name}  {cells}  | mean zs {zs:.3f} probe {pr:.3f}", flush=True)
+        flips = sum(1 for lab, (a, b) in res.items() if not is_no_finding(lab) and b >= 0.95 and a < 0.5)
+        print(f"{name}  {cells}  | mean zs {zs:.3f} probe {pr:.3f} flips {flips}", flush=True)
 
 
 if __name__ == "__main__":

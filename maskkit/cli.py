@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Optional
 
@@ -250,6 +251,24 @@ eval_app = typer.Typer(help="Evaluate checkpoints: zero-shot, fine-tuning, mask-
 app.add_typer(eval_app, name="eval")
 
 
+_SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
+
+
+def _split_targets(items: list[str] | None, what: str, required: bool = True) -> tuple[list[str], list[str]]:
+    """(paths, ``key=value`` settings) of a command's positional arguments. A setting starts with a
+    dotted key (``data.root=...``); anything else, and anything that exists on disk, is a path, so
+    a sweep's run directory such as ``runs/xlip-entity.ratio=0.2-seed0`` stays a path. Raises a
+    one-line error when ``required`` and no path is given."""
+    from pathlib import Path
+
+    paths, settings = [], []
+    for it in items or []:
+        (settings if _SETTING.match(it) and not Path(it).exists() else paths).append(it)
+    if required and not paths:
+        raise MaskkitError(f"{what}: give a run directory or checkpoint file first (got only settings: {' '.join(settings)})")
+    return paths, settings
+
+
 def _eval_data(model, args: list[str], split: str = "val"):
     """The evaluation dataset from data.* settings (default: held-out phantoms)."""
     from .config import resolve
@@ -269,20 +288,23 @@ def eval_zeroshot_cmd(
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
     no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
     absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
+    prompts: str = typer.Option("sentence", help="how each prompt ends: sentence ('no pleural effusion.', like a report sentence; A32) or chexzero (the bare phrase)"),
     out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
     """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
-    from .eval.zeroshot import NO_FINDING_MODES, zeroshot_eval
+    from .eval.zeroshot import NO_FINDING_MODES, PROMPT_STYLES, zeroshot_eval
     from .io import atomic_write_text
     from .train import load_model
 
-    paths = [c for c in checkpoints if "=" not in c]
-    args = [c for c in checkpoints if "=" in c]
-    models = [load_model(p)[0] for p in paths]
-    ds, names, _ = _eval_data(models[0], args)
     if no_finding not in NO_FINDING_MODES:
         raise MaskkitError(f"--no-finding {no_finding!r}: expected one of {', '.join(NO_FINDING_MODES)}")
-    res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore))
+    if prompts not in PROMPT_STYLES:
+        raise MaskkitError(f"--prompts {prompts!r}: expected one of {', '.join(PROMPT_STYLES)}")
+    paths, args = _split_targets(checkpoints, "eval zeroshot")
+    models = [load_model(p)[0] for p in paths]
+    ds, names, _ = _eval_data(models[0], args)
+    res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore),
+                        style=prompts)
     console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images"))
     if out:
         atomic_write_text(out, json.dumps(res.to_json(), indent=2))
@@ -308,11 +330,11 @@ def eval_finetune_cmd(
     from .io import atomic_write_text
     from .train import load_model
 
-    paths = [c for c in checkpoint if "=" not in c]
+    paths, settings = _split_targets(checkpoint, "eval finetune")
     if len(paths) != 1:
-        raise MaskkitError("eval finetune takes one checkpoint")
+        raise MaskkitError(f"eval finetune takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
     model, _ = load_model(paths[0])
-    cfg, _ = resolve([c for c in checkpoint if "=" in c and c.startswith("data")] + ["preset=clip"])
+    cfg, _ = resolve([c for c in settings if c.startswith("data")] + ["preset=clip"])
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
@@ -394,8 +416,7 @@ def sweep_cmd(
 
     from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep
 
-    names = [s for s in (spec or []) if "=" not in s]
-    extra = [s for s in (spec or []) if "=" in s]
+    names, extra = _split_targets(spec, "sweep", required=False)
     if names:
         sp = load_sweep(names[0])
         out_dir = Path(out) / Path(names[0]).stem if out == "sweeps" else Path(out)
@@ -488,7 +509,7 @@ def viz_masks_cmd(
     from .train import load_model, training_batch
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
 
-    paths = [c for c in checkpoint if "=" not in c]
+    paths, settings = _split_targets(checkpoint, "visualize masks")
     model, run_cfg = load_model(paths[0])
     if step is not None:
         batch, seed = training_batch(run_cfg, model, step, micro)
@@ -497,7 +518,7 @@ def viz_masks_cmd(
             err_console.print(f"note: weights from step {ck_step}; attention-guided masks equal training's with the checkpoint "
                               f"of step {step - 1} (random draws are identical either way)", highlight=False, soft_wrap=True)
     else:
-        batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
+        batch = _viz_batch(model, images, reports, settings, n, index)
     views = sample_views(model, batch, seed=seed, rows=n if step is not None else None)
     arr = composite(views, model.patch)
     o = Path(out)
@@ -531,9 +552,9 @@ def viz_text_cmd(
     from .train import load_model
     from .viz import html_page, text_html, text_spans, text_terminal
 
-    paths = [c for c in checkpoint if "=" not in c]
+    paths, settings = _split_targets(checkpoint, "visualize text")
     model, _ = load_model(paths[0])
-    batch = _viz_batch(model, images, reports, [c for c in checkpoint if "=" in c], n, index)
+    batch = _viz_batch(model, images, reports, settings, n, index)
     ner = LexiconNER()
     recon = {r["index"]: r for r in reconstruct_text(model, batch, seed)} if model.text_decoder is not None else {}
     sections = []

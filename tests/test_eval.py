@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -51,7 +53,25 @@ def test_no_finding_has_its_own_prompts():
     assert prompt_pair("no_finding") == prompt_pair("No Finding")
     pos, neg = prompt_pair("No Finding")
     assert not any("no no finding" in t.lower() for t in pos + neg)
-    assert prompt_pair("Pleural Effusion") == (["pleural effusion"], ["no pleural effusion"])
+    # the default ends each prompt as a report sentence ends (A32); CheXzero's bare phrase stays available
+    assert prompt_pair("Pleural Effusion") == (["pleural effusion."], ["no pleural effusion."])
+    assert prompt_pair("Pleural Effusion", style="chexzero") == (["pleural effusion"], ["no pleural effusion"])
+    assert prompt_pair("No Finding", style="chexzero")[0][0] + "." == pos[0]
+    with pytest.raises(ValueError, match="prompt style 'sentences'"):
+        prompt_pair("Pleural Effusion", style="sentences")
+
+
+def test_the_cli_defaults_are_the_library_defaults():
+    """`maskkit eval zeroshot`'s defaults are spelt in cli.py (it imports torch lazily): they must
+    be the library's."""
+    import inspect
+
+    from maskkit import cli
+    from maskkit.eval.zeroshot import DEFAULT_PROMPT_STYLE, zeroshot_eval
+
+    params = inspect.signature(cli.eval_zeroshot_cmd).parameters
+    assert params["prompts"].default.default == DEFAULT_PROMPT_STYLE
+    assert params["no_finding"].default.default == inspect.signature(zeroshot_eval).parameters["no_finding"].default
 
 
 def test_splits_are_deterministic_patient_level_and_nested(tmp_path):
@@ -114,6 +134,10 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     rows2 = run_sweep(spec, tmp_path)
     assert (runs[1] / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns == stamps[runs[1]]  # not redone
     assert (victim / "done.json").is_file() and len(rows2) == 2
+    # a sweep's run directory has "key=value" in its name: the eval commands take it as a path
+    zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(victim), "--bootstrap", "0"],
+                        capture_output=True, text=True)
+    assert "=" in victim.name and zs.returncode == 0, zs.stderr
     text = (tmp_path / "results.md").read_text()
     assert "| t3_attmim | 0.5 | 1 |" in text and (tmp_path / "results.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("preset,image_mask.child_ratio,seeds,auc_mean")
@@ -147,3 +171,17 @@ def test_sweep_runs_keep_one_checkpoint_unless_told_otherwise(tmp_path):
     assert keep() == 1
     assert keep(spec_args=["train.keep_last=2"]) == 2 and keep(extra=["train.keep_last=3"]) == 3
     assert resolve(["preset=clip"])[0].train.keep_last == 3  # maskkit run itself is unchanged
+
+
+def test_positional_arguments_split_into_paths_and_settings(tmp_path, monkeypatch):
+    from maskkit.cli import _split_targets
+    from maskkit.errors import MaskkitError
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "xlip-entity.ratio=0.2-seed0"
+    run.mkdir()
+    items = [run.name, "runs/clip-seed0", "runs/xlip-image_mask.ratio=0.9-seed1", "data.root=/x", "text_mask.of.0.entity.ratio=0.3"]
+    assert _split_targets(items, "eval zeroshot") == (items[:3], items[3:])
+    with pytest.raises(MaskkitError, match="eval zeroshot: give a run directory or checkpoint file first"):
+        _split_targets(["data.root=/x"], "eval zeroshot")
+    assert _split_targets(["train.steps=4"], "sweep", required=False) == ([], ["train.steps=4"])

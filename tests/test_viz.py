@@ -104,8 +104,12 @@ def test_cli_writes_png_html_and_curves(tmp_path):
                          "--out", str(tmp_path / "zs.json")], capture_output=True, text=True, env=env)
     assert zs.returncode == 0, zs.stderr
     assert "95% bootstrap CI, 20 resamples" in zs.stdout
-    assert "No Finding: absence" in zs.stdout
-    assert json.loads((tmp_path / "zs.json").read_text())["no_finding"] == "absence"
+    assert "No Finding: absence" in zs.stdout and "prompts: sentence ('no pleural effusion.')" in zs.stdout
+    got = json.loads((tmp_path / "zs.json").read_text())
+    assert got["no_finding"] == "absence" and got["prompts"] == "sentence"
+    bad = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--prompts", "sentences"],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "--prompts 'sentences': expected one of sentence, chexzero" in bad.stderr + bad.stdout
 
 
 def test_figure_shows_the_mask_training_draws(views):

@@ -1,7 +1,8 @@
 """Zero-shot classification, the CheXzero protocol.
 
-For each label a positive and a negative prompt (templates ``"{label}"`` / ``"no {label}"`` by
-default; several templates are averaged after L2 normalisation); the probability of the label is
+For each label a positive and a negative prompt (templates ``"{label}"`` / ``"no {label}"``,
+ending with a full stop by default, :data:`PROMPT_STYLES`; several templates are averaged after L2
+normalisation); the probability of the label is
 the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and ACC with
 bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
 positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
@@ -29,14 +30,26 @@ METRICS = ("auc", "f1", "acc")
 THRESHOLD = 0.5  # F1/ACC decision: the positive prompt is closer than the negative one (fixed, never tuned)
 
 
-def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE) -> tuple[list[str], list[str]]:
-    """(positive prompts, negative prompts) of a label."""
+# How a prompt ends (appended to every prompt, No Finding's included). "sentence" (default): like a
+# report sentence, with the full stop that ends every training report just before the
+# <end_of_text> token the text tower pools (A32); "chexzero": the bare phrase, as CheXzero wrote it.
+PROMPT_STYLES = {"sentence": ".", "chexzero": ""}
+DEFAULT_PROMPT_STYLE = "sentence"
+
+
+def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE, style: str = DEFAULT_PROMPT_STYLE) -> tuple[list[str], list[str]]:
+    """(positive prompts, negative prompts) of a label, each ending as ``style`` says
+    (:data:`PROMPT_STYLES`). Raises ``ValueError`` for an unknown style."""
+    if style not in PROMPT_STYLES:
+        raise ValueError(f"prompt style '{style}': expected one of {', '.join(PROMPT_STYLES)}")
+    end = PROMPT_STYLES[style]
     name = label.replace("_", " ").lower()
     special = {k.lower(): v for k, v in SPECIAL_PROMPTS.items()}
     if name in special:  # "No Finding", "no_finding", ...
         pos, neg = special[name]
-        return list(pos), list(neg)
-    return [t.format(label=name) for t in positive], [t.format(label=name) for t in negative]
+    else:
+        pos, neg = [t.format(label=name) for t in positive], [t.format(label=name) for t in negative]
+    return [t + end for t in pos], [t + end for t in neg]
 
 
 @torch.no_grad()
@@ -88,11 +101,13 @@ def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tupl
 
 @torch.no_grad()
 def probabilities(model, images: torch.Tensor, label_names, device="cpu", positive=POSITIVE, negative=NEGATIVE,
-                  no_finding: str = "absence", absence_ignore: tuple[str, ...] = ()) -> np.ndarray:
+                  no_finding: str = "absence", absence_ignore: tuple[str, ...] = (),
+                  style: str = DEFAULT_PROMPT_STYLE) -> np.ndarray:
     """``[M, K]`` probability of each label (images: ``[M, C]`` L2-normalised embeddings).
 
     Each finding: softmax over (cos to its positive prompts, cos to its negative prompts), the
-    CheXzero protocol (Tiu et al., Nat. Biomed. Eng. 2022). ``No Finding``:
+    CheXzero protocol (Tiu et al., Nat. Biomed. Eng. 2022); ``style`` says how each prompt ends
+    (:data:`PROMPT_STYLES`, A32). ``No Finding``:
 
     - ``no_finding="absence"`` (default): the probability that none of the other labels is
       present, ``prod_k (1 - p_k)`` over every other label except ``absence_ignore`` (a
@@ -102,7 +117,7 @@ def probabilities(model, images: torch.Tensor, label_names, device="cpu", positi
     - ``no_finding="pair"``: its own prompt pair (``SPECIAL_PROMPTS``), as for every label.
 
     See docs/eval.md and docs/assumptions.md (A24) for why absence is the default.
-    Raises ``ValueError`` for an unknown ``no_finding``.
+    Raises ``ValueError`` for an unknown ``no_finding`` or ``style``.
     """
     findings = absence_terms(label_names, no_finding, absence_ignore)
     cols = []
@@ -110,7 +125,7 @@ def probabilities(model, images: torch.Tensor, label_names, device="cpu", positi
         if findings is not None and is_no_finding(lab):
             cols.append(None)
             continue
-        pos, neg = prompt_pair(lab, positive, negative)
+        pos, neg = prompt_pair(lab, positive, negative, style)
         tp, tn = text_embeddings(model, pos, device), text_embeddings(model, neg, device)
         sims = torch.stack([images @ tp, images @ tn], -1)
         cols.append(sims.softmax(-1)[:, 0])
@@ -183,6 +198,7 @@ class ZeroShotResult:
     warnings: list[str] = field(default_factory=list)
     n_boot: int = 0  # bootstrap resamples behind each interval (0: no intervals)
     no_finding: str = ""  # how No Finding was scored (NO_FINDING_MODES; "" when score() was called directly)
+    prompts: str = ""  # the prompt style (PROMPT_STYLES; "" when score() was called directly)
 
     def mean(self, metric: str = "auc") -> float | None:
         vals = [r[metric] for r in self.per_label.values() if r is not None]
@@ -195,7 +211,7 @@ class ZeroShotResult:
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
                 "undefined": self.undefined, "threshold": THRESHOLD, "coverage": self.coverage, "warnings": self.warnings,
-                "n_boot": self.n_boot, "no_finding": self.no_finding}
+                "n_boot": self.n_boot, "no_finding": self.no_finding, "prompts": self.prompts}
 
     def table(self, title: str | None = None):
         from rich.table import Table
@@ -215,7 +231,8 @@ class ZeroShotResult:
             t.add_row(lab, f"{r['n_pos']}/{r['n']}", unknown, *cells)
         means = [self.mean(m) for m in METRICS]
         t.add_row("[bold]mean[/]", "", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
-        notes = [NO_FINDING_NOTES[self.no_finding]] if self.no_finding in NO_FINDING_NOTES else []
+        notes = [f"prompts: {self.prompts} ({prompt_pair('Pleural Effusion', style=self.prompts)[1][0]!r})"] if self.prompts else []
+        notes += [NO_FINDING_NOTES[self.no_finding]] if self.no_finding in NO_FINDING_NOTES else []
         notes += [f"warning: {w}" for w in self.warnings]
         if notes:
             t.caption = "\n".join(notes)
@@ -258,7 +275,7 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
 @torch.no_grad()
 def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 64, n_boot: int = 1000,
                   positive=POSITIVE, negative=NEGATIVE, no_finding: str = "absence",
-                  absence_ignore: tuple[str, ...] = ()) -> ZeroShotResult:
+                  absence_ignore: tuple[str, ...] = (), style: str = DEFAULT_PROMPT_STYLE) -> ZeroShotResult:
     """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset.
 
     ``no_finding`` / ``absence_ignore``: how No Finding is scored, see :func:`probabilities` and
@@ -267,8 +284,9 @@ def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 
     probs, y = [], None
     for m in models:
         img, y = encode_images(m, dataset, device, batch_size)
-        probs.append(probabilities(m, img, label_names, device, positive, negative, no_finding, absence_ignore))
+        probs.append(probabilities(m, img, label_names, device, positive, negative, no_finding, absence_ignore, style))
     prob = np.mean(probs, 0)
     res = score(y.numpy(), prob, label_names, n_boot, pred=predictions(prob, label_names, no_finding, absence_ignore))
     res.no_finding = no_finding if absence_terms(label_names, no_finding, absence_ignore) is not None else "pair"
+    res.prompts = style
     return res
