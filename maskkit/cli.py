@@ -410,6 +410,7 @@ def sweep_cmd(
     jobs: int = typer.Option(1, help="runs at once (subprocesses; CPU threads are shared out)"),
     align_steps: Optional[int] = typer.Option(None, help="budget-matched: every run gets this many alignment steps, warm-up on top"),
     probe: bool = typer.Option(False, help="also a linear probe at 1/10/100% of the labels per run"),
+    rescore: bool = typer.Option(False, help="score the zero-shot of runs done before again with the current protocol (no retraining)"),
 ) -> None:
     """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md."""
     from pathlib import Path
@@ -436,7 +437,7 @@ def sweep_cmd(
     sp.probe = sp.probe or probe
     if jobs < 1:
         raise MaskkitError(f"--jobs {jobs}: expected at least 1")
-    run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs)
+    run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
     console.print((out_dir / "results.md").read_text(), highlight=False)
 
 

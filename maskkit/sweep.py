@@ -132,14 +132,31 @@ def _one_run(args: list[str], row: dict, probe: bool, threads: int | None = None
         torch.set_num_threads(threads)
     cfg, sources = resolve(args)
     result = train(cfg, sources)
-    z = result.zeroshot
-    row = {**row, "steps": result.step, "auc": z.mean("auc") if z else None, "f1": z.mean("f1") if z else None,
-           "acc": z.mean("acc") if z else None}
-    if z:
-        row.update({f"auc:{k}": (v or {}).get("auc") for k, v in z.per_label.items()})
+    row = {**row, "steps": result.step, **zeroshot_fields(result.zeroshot)}
     if probe:
         row.update(probe_aucs(result.run_dir, cfg))
     atomic_write_text(result.run_dir / "done.json", json.dumps(row))
+    return row
+
+
+def zeroshot_fields(z) -> dict[str, float | None]:
+    """A result row's zero-shot columns: mean ``auc``/``f1``/``acc`` and ``auc:<label>``."""
+    row = {m: z.mean(m) if z else None for m in METRICS}
+    if z:
+        row.update({f"auc:{k}": (v or {}).get("auc") for k, v in z.per_label.items()})
+    return row
+
+
+def rescore_run(run_dir: Path, row: dict) -> dict:
+    """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
+    own held-out data, as at the end of training: :func:`maskkit.train.run_zeroshot`); rewrites
+    ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts."""
+    from .train import build_datasets, load_model, run_zeroshot
+
+    model, cfg = load_model(run_dir)
+    _, val_ds, names = build_datasets(cfg, model.image_size, tokenizer=model.tokenizer)
+    row = {**row, **zeroshot_fields(run_zeroshot(model, cfg, val_ds, names, run_dir))}
+    atomic_write_text(run_dir / "done.json", json.dumps(row))
     return row
 
 
@@ -156,8 +173,11 @@ def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
     return {f"probe_{float(r.fraction) * 100:g}": r.mean_auc for r in res}
 
 
-def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=None, jobs: int = 1) -> list[dict]:
-    """Run every (preset, grid point, seed) of ``spec`` not done before; ``jobs`` at once."""
+def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=None, jobs: int = 1,
+              rescore: bool = False) -> list[dict]:
+    """Run every (preset, grid point, seed) of ``spec`` not done before; ``jobs`` at once.
+    ``rescore``: runs done before get their zero-shot scored again (:func:`rescore_run`), e.g.
+    after a protocol change, without retraining."""
     import os
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
@@ -169,9 +189,10 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
         name = slug(preset, combo, seed)
         done = out / "runs" / name / "done.json"
         if done.is_file():
-            rows.append(json.loads(done.read_text()))
+            kept = json.loads(done.read_text())
+            rows.append(rescore_run(done.parent, kept) if rescore else kept)
             if console:
-                console.print(f"[{n}/{len(plan)}] {name}: done before, kept", highlight=False)
+                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False)
             continue
         row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
         todo.append((run_args(spec, preset, combo, seed, out, extra_args), row))

@@ -560,12 +560,7 @@ class PretrainRecipe:
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
-        from .eval.zeroshot import zeroshot_eval
-
-        res = zeroshot_eval(self.model, self.val_ds, self.label_names, device=self.device,
-                            batch_size=max(self.cfg.train.batch_size, 32), n_boot=200)
-        atomic_write_text(self.out / "zeroshot.json", json.dumps(res.to_json(), indent=2))
-        return res
+        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device)
 
     # --- the loop ----------------------------------------------------------------------------
     def discard_unstarted_run_dir(self) -> None:
@@ -658,6 +653,18 @@ def _tensorboard(out: Path):
     except Exception:  # tensorboard is optional
         return None
     return SummaryWriter(str(out / "tensorboard"))
+
+
+def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu"):
+    """A run's end-of-run zero-shot evaluation (200 bootstrap resamples, the library's protocol
+    defaults) on its held-out set, written atomically to ``out/zeroshot.json``; returns the
+    :class:`~maskkit.eval.zeroshot.ZeroShotResult`. Used by the recipe and by ``maskkit sweep
+    --rescore``, so a re-scored run is scored exactly as a new one."""
+    from .eval.zeroshot import zeroshot_eval
+
+    res = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32), n_boot=200)
+    atomic_write_text(Path(out) / "zeroshot.json", json.dumps(res.to_json(), indent=2))
+    return res
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):

@@ -134,6 +134,14 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     rows2 = run_sweep(spec, tmp_path)
     assert (runs[1] / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns == stamps[runs[1]]  # not redone
     assert (victim / "done.json").is_file() and len(rows2) == 2
+    # --rescore: a run done before is scored again (same model and data), not retrained
+    before = json.loads((runs[1] / "zeroshot.json").read_text())
+    (runs[1] / "zeroshot.json").unlink()
+    rows3 = run_sweep(spec, tmp_path, rescore=True)
+    assert (runs[1] / "checkpoints" / "step_00000002.pt").stat().st_mtime_ns == stamps[runs[1]]
+    after = json.loads((runs[1] / "zeroshot.json").read_text())
+    assert after["mean"] == before["mean"] and after["prompts"] == "sentence"
+    assert {r["run"]: r["auc"] for r in rows3} == {r["run"]: r["auc"] for r in rows2}
     # a sweep's run directory has "key=value" in its name: the eval commands take it as a path
     zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(victim), "--bootstrap", "0"],
                         capture_output=True, text=True)
