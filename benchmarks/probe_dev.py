@@ -5,8 +5,8 @@
     python benchmarks/probe_dev.py --init xlip --seed 0 --seed 1 --seed 2           # freshly initialised models
     python benchmarks/probe_dev.py runs/xlip-tiny-seed0 --prompts chexzero          # CheXzero's bare-phrase prompts (A32)
 
-For each label: the zero-shot AUC (the protocol of ``maskkit eval zeroshot``: CheXzero prompt
-pairs, No Finding as the absence of findings) and the linear-probe AUC (logistic regression on the
+For each label: the zero-shot AUC (the protocol of ``maskkit eval zeroshot``: prompt pairs in the
+library's default style, No Finding as the absence of findings) and the linear-probe AUC (logistic regression on the
 standardised, L2-normalised pooled image embedding ``[C]``, fitted on the first 512 phantoms and
 scored on the other 256). Both are computed on *development* phantoms (generator indices from
 30,000,000; training uses 0..n-1 and the held-out zero-shot 10,000,000..), so diagnosing here does

@@ -265,8 +265,19 @@ def _split_targets(items: list[str] | None, what: str, required: bool = True) ->
     for it in items or []:
         (settings if _SETTING.match(it) and not Path(it).exists() else paths).append(it)
     if required and not paths:
-        raise MaskkitError(f"{what}: give a run directory or checkpoint file first (got only settings: {' '.join(settings)})")
+        raise MaskkitError(f"{what}: give a run directory or checkpoint file first (got only settings, none of them an "
+                           f"existing file or folder: {' '.join(settings)})")
     return paths, settings
+
+
+def _data_settings(settings: list[str], what: str) -> list[str]:
+    """The ``data.*`` settings of an evaluation command; any other setting is refused in one line
+    (evaluation reads only which data to use; a mistyped checkpoint path lands here too)."""
+    for it in settings:
+        if not it.startswith("data."):
+            raise MaskkitError(f"{what}: {it!r} is neither an existing run directory or checkpoint nor a data.* setting "
+                               "(evaluation takes only data.* settings)")
+    return settings
 
 
 def _eval_data(model, args: list[str], split: str = "val"):
@@ -274,7 +285,7 @@ def _eval_data(model, args: list[str], split: str = "val"):
     from .config import resolve
     from .train import build_datasets
 
-    cfg, _ = resolve([a for a in args if a.startswith("data")] + ["preset=clip"])
+    cfg, _ = resolve(list(args) + ["preset=clip"])
     train_ds, val_ds, names = build_datasets(cfg, model.image_size)
     ds = val_ds if split == "val" else train_ds
     if ds is None or len(ds) == 0:
@@ -301,6 +312,7 @@ def eval_zeroshot_cmd(
     if prompts not in PROMPT_STYLES:
         raise MaskkitError(f"--prompts {prompts!r}: expected one of {', '.join(PROMPT_STYLES)}")
     paths, args = _split_targets(checkpoints, "eval zeroshot")
+    _data_settings(args, "eval zeroshot")
     models = [load_model(p)[0] for p in paths]
     ds, names, _ = _eval_data(models[0], args)
     res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore),
@@ -334,7 +346,7 @@ def eval_finetune_cmd(
     if len(paths) != 1:
         raise MaskkitError(f"eval finetune takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
     model, _ = load_model(paths[0])
-    cfg, _ = resolve([c for c in settings if c.startswith("data")] + ["preset=clip"])
+    cfg, _ = resolve(_data_settings(settings, "eval finetune") + ["preset=clip"])
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
@@ -360,7 +372,7 @@ def eval_finetune_cmd(
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
 
 
-@eval_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@eval_app.command("masks")
 def eval_masks_cmd(
     checkpoint: str = typer.Argument(..., help="a run directory or checkpoint file"),
     n: int = typer.Option(256, help="held-out phantoms"),
@@ -381,6 +393,7 @@ def eval_masks_cmd(
     from .io import atomic_write_text
     from .train import load_model
 
+    _split_targets([checkpoint], "eval masks")
     model, cfg = load_model(checkpoint)
     ds = PhantomDataset(n, cfg.data.seed, model.image_size, offset=MASK_EVAL_OFFSET, p_unpaired=0.0)
     rows = evaluate_masks(extract(model, ds, lesion_threshold), default_grid(ratio), seeds)
@@ -423,7 +436,8 @@ def sweep_cmd(
         out_dir = Path(out) / Path(names[0]).stem if out == "sweeps" else Path(out)
     else:
         if not presets and not grid:
-            raise MaskkitError("maskkit sweep needs a sweep name/file, --presets or --grid")
+            raise MaskkitError("maskkit sweep needs a sweep name/file, --presets or --grid" + (
+                f" (took {' '.join(extra)} as settings: a sweep file's path must exist)" if extra else ""))
         sp = SweepSpec((presets or "xlip").split(","))
         out_dir = Path(out)
     if grid:
@@ -453,6 +467,9 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
     from .data.ner import CachedNER, LexiconNER
     from .data.records import Record, Table
 
+    _data_settings(args, "visualize")
+    if images and args:
+        raise MaskkitError(f"visualize: {args[0]!r}: data.* settings choose a dataset, and --images replaces it; give one or the other")
     if images:
         if reports and len(reports) != len(images):
             raise MaskkitError(f"--reports: {len(reports)} files for {len(images)} images; give one per image or none")
@@ -466,7 +483,7 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
         from .data.phantoms import HELD_OUT_OFFSET
         from .train import build_datasets
 
-        cfg, _ = resolve([a for a in args if a.startswith("data")] + ["preset=clip"])
+        cfg, _ = resolve(list(args) + ["preset=clip"])
         if cfg.data.name == "phantoms":
             ds = PhantomDataset(index + n, cfg.data.seed, model.image_size, offset=HELD_OUT_OFFSET, ner=CachedNER(LexiconNER()), p_unpaired=0.0)
         else:

@@ -144,7 +144,23 @@ def zeroshot_fields(z) -> dict[str, float | None]:
     row = {m: z.mean(m) if z else None for m in METRICS}
     if z:
         row.update({f"auc:{k}": (v or {}).get("auc") for k, v in z.per_label.items()})
+        row.update({f"protocol:{k}": getattr(z, k) for k in PROTOCOL_FIELDS})
     return row
+
+
+PROTOCOL_FIELDS = ("prompts", "no_finding")  # how a row's zero-shot was scored (ZeroShotResult fields)
+
+
+def protocol_line(rows: list[dict]) -> str:
+    """One line saying how the rows' zero-shot was scored, e.g. ``prompts: sentence; No Finding:
+    absence``; a field the rows disagree on lists its values, and rows scored before maskkit
+    recorded it count as ``not recorded``."""
+    parts = []
+    for k in PROTOCOL_FIELDS:
+        vals = sorted({str(r.get(f"protocol:{k}") or "not recorded") for r in rows})
+        name = "No Finding" if k == "no_finding" else k
+        parts.append(f"{name}: {vals[0]}" if len(vals) == 1 else f"{name}: MIXED ({', '.join(vals)}; `--rescore` makes them one)")
+    return "Zero-shot protocol: " + "; ".join(parts) + " (docs/eval.md)."
 
 
 def rescore_run(run_dir: Path, row: dict) -> dict:
@@ -182,7 +198,8 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
-    out.mkdir(parents=True, exist_ok=True)
+    from .config import resolve
+
     rows, todo = [], []
     plan = spec.runs()
     for n, (preset, combo, seed) in enumerate(plan, 1):
@@ -195,7 +212,10 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
                 console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False)
             continue
         row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
-        todo.append((run_args(spec, preset, combo, seed, out, extra_args), row))
+        args = run_args(spec, preset, combo, seed, out, extra_args)
+        resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
+        todo.append((args, row))
+    out.mkdir(parents=True, exist_ok=True)
     if jobs <= 1:
         for i, (args, row) in enumerate(todo, 1):
             if console:
@@ -224,7 +244,8 @@ def _metric_keys(rows: list[dict]) -> list[str]:
 
 
 def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
-    """Mean and sample std over seeds of every metric, per (preset, grid point)."""
+    """Mean and sample std over seeds of every metric, per (preset, grid point); the std of a
+    single seed is ``None`` (no spread to report), not 0."""
     keys = list(spec.grid)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -235,7 +256,7 @@ def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
         for m in _metric_keys(rows):
             v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else None
-            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else 0.0 if len(v) else None
+            row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else None  # one seed has no spread
         out.append(row)
     return out
 
@@ -275,8 +296,10 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     metrics = _metric_keys(rows)
     shown = [m for m in metrics if not m.startswith("auc:")]
     head = ["preset", *keys, "seeds", *[("zero-shot " + m.upper()) if m in METRICS else m for m in shown]]
-    md = [f"# {spec.description or 'sweep'}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    fmt = lambda r, m: "n/a" if r[f"{m}_mean"] is None else f"{100 * r[f'{m}_mean']:.2f} ± {100 * r[f'{m}_std']:.2f}"
+    md = [f"# {spec.description or 'sweep'}", "", protocol_line(rows), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    def fmt(r, m):
+        mean, std = r[f"{m}_mean"], r[f"{m}_std"]
+        return "n/a" if mean is None else f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
     for r in summary:
         md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), *[fmt(r, m) for m in shown]]) + " |")
     labels = [m for m in metrics if m.startswith("auc:")]

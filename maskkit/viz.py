@@ -370,7 +370,8 @@ def sweep_figure(sweep_dir: str | Path):
         raise MaskkitError(f"{sweep_dir}: no results.csv; run maskkit sweep first")
     rows = list(csv.DictReader(path.open()))
     fixed = {"preset", "seeds", "auc_mean", "auc_std", "f1_mean", "f1_std", "acc_mean", "acc_std"}
-    keys = [k for k in rows[0] if k not in fixed]
+    cols = list(rows[0])
+    keys = cols[1:cols.index("seeds")]  # summarise() writes preset, the grid keys, seeds, then the metrics
 
     def num(v):
         try:

@@ -147,6 +147,11 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
                         capture_output=True, text=True)
     assert "=" in victim.name and zs.returncode == 0, zs.stderr
     text = (tmp_path / "results.md").read_text()
+    assert "Zero-shot protocol: prompts: sentence; No Finding: absence" in text
+    assert "±" not in text.split("Zero-shot AUC per label")[0]  # one seed: no spread to show, not "± 0.00"
+    from maskkit.viz import sweep_figure
+
+    assert sweep_figure(tmp_path).axes  # its x axis is the grid key read from results.csv, not a metric column
     assert "| t3_attmim | 0.5 | 1 |" in text and (tmp_path / "results.png").stat().st_size > 1000
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("preset,image_mask.child_ratio,seeds,auc_mean")
 
@@ -193,3 +198,23 @@ def test_positional_arguments_split_into_paths_and_settings(tmp_path, monkeypatc
     with pytest.raises(MaskkitError, match="eval zeroshot: give a run directory or checkpoint file first"):
         _split_targets(["data.root=/x"], "eval zeroshot")
     assert _split_targets(["train.steps=4"], "sweep", required=False) == ([], ["train.steps=4"])
+
+
+def test_a_sweep_checks_every_run_before_starting_one(tmp_path):
+    from maskkit.errors import MaskkitError
+    from maskkit.sweep import SweepSpec, run_sweep
+
+    spec = SweepSpec(["t3_mim_random", "clip"], {"image_mask.ratio": [0.5]}, [0], ["runtime.progress=false"], "bad")
+    with pytest.raises(MaskkitError, match="image_mask"):  # clip has no image mask to set a ratio on
+        run_sweep(spec, tmp_path / "sw")
+    assert not (tmp_path / "sw").exists()  # nothing trained, nothing written
+
+
+def test_evaluation_takes_only_data_settings():
+    from maskkit.cli import _data_settings
+    from maskkit.errors import MaskkitError
+
+    assert _data_settings(["data.val_n=16", "data.root=/x"], "eval zeroshot") == ["data.val_n=16", "data.root=/x"]
+    for bad in ("lr=0.2", "train.steps=3", "bogus.key=1"):
+        with pytest.raises(MaskkitError, match=f"'{bad}' is neither an existing run directory or checkpoint nor a data"):
+            _data_settings(["data.val_n=16", bad], "eval zeroshot")

@@ -101,12 +101,14 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     assert masks.returncode == 0, masks.stderr
     assert "report_cross [max_sim]" in masks.stdout and "report_cross [l2]" in masks.stdout
     zs = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--bootstrap", "20",
-                         "--out", str(tmp_path / "zs.json")], capture_output=True, text=True, env=env)
+                         "--out", str(tmp_path / "zs.json"), "--absence-ignore", "Support Devices"],
+                        capture_output=True, text=True, env=env)
     assert zs.returncode == 0, zs.stderr
     assert "95% bootstrap CI, 20 resamples" in zs.stdout
     assert "No Finding: absence" in zs.stdout and "prompts: sentence ('no pleural effusion.')" in zs.stdout
     got = json.loads((tmp_path / "zs.json").read_text())
-    assert got["no_finding"] == "absence" and got["prompts"] == "sentence"
+    assert got["no_finding"] == "absence" and got["prompts"] == "sentence" and got["absence_ignore"] == ["Support Devices"]
+    assert "No Finding's absence leaves out: Support Devices" in zs.stdout
     bad = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--prompts", "sentences"],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "--prompts 'sentences': expected one of sentence, chexzero" in bad.stderr + bad.stdout

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import MaskkitError
+
 POSITIVE = ("{label}",)
 NEGATIVE = ("no {label}",)
 SPECIAL_PROMPTS = {"No Finding": (("no acute cardiopulmonary abnormality", "no finding"),
@@ -90,10 +92,16 @@ def is_no_finding(label: str) -> bool:
 def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tuple[str, ...] = ()) -> list[int] | None:
     """The columns whose absence defines ``No Finding`` under ``no_finding="absence"`` (every other
     label except ``absence_ignore``), or ``None`` when No Finding keeps its own prompt pair (mode
-    ``pair``, or no other label to take the absence of). Raises ``ValueError`` for an unknown mode."""
+    ``pair``, or no other label to take the absence of). Raises ``ValueError`` for an unknown mode
+    and ``MaskkitError`` (a ``ValueError``) for an ``absence_ignore`` that is not an evaluated finding."""
     if no_finding not in NO_FINDING_MODES:
         raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
     ignore = {a.replace("_", " ").lower() for a in absence_ignore}
+    known = {lab.replace("_", " ").lower() for lab in label_names if not is_no_finding(lab)}
+    for a in absence_ignore:
+        if a.replace("_", " ").lower() not in known:
+            raise MaskkitError(f"absence_ignore: '{a}' is not one of the evaluated findings "
+                               f"({', '.join(lab for lab in label_names if not is_no_finding(lab))})")
     findings = [k for k, lab in enumerate(label_names)
                 if not is_no_finding(lab) and lab.replace("_", " ").lower() not in ignore]
     return findings if no_finding == "absence" and findings else None
@@ -199,6 +207,7 @@ class ZeroShotResult:
     n_boot: int = 0  # bootstrap resamples behind each interval (0: no intervals)
     no_finding: str = ""  # how No Finding was scored (NO_FINDING_MODES; "" when score() was called directly)
     prompts: str = ""  # the prompt style (PROMPT_STYLES; "" when score() was called directly)
+    absence_ignore: list[str] = field(default_factory=list)  # findings left out of No Finding's absence product
 
     def mean(self, metric: str = "auc") -> float | None:
         vals = [r[metric] for r in self.per_label.values() if r is not None]
@@ -211,7 +220,8 @@ class ZeroShotResult:
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
                 "undefined": self.undefined, "threshold": THRESHOLD, "coverage": self.coverage, "warnings": self.warnings,
-                "n_boot": self.n_boot, "no_finding": self.no_finding, "prompts": self.prompts}
+                "n_boot": self.n_boot, "no_finding": self.no_finding, "prompts": self.prompts,
+                "absence_ignore": self.absence_ignore}
 
     def table(self, title: str | None = None):
         from rich.table import Table
@@ -233,6 +243,8 @@ class ZeroShotResult:
         t.add_row("[bold]mean[/]", "", "", *[("undefined" if v is None else f"[bold]{v:.3f}[/]") for v in means])
         notes = [f"prompts: {self.prompts} ({prompt_pair('Pleural Effusion', style=self.prompts)[1][0]!r})"] if self.prompts else []
         notes += [NO_FINDING_NOTES[self.no_finding]] if self.no_finding in NO_FINDING_NOTES else []
+        if self.absence_ignore:
+            notes.append(f"No Finding's absence leaves out: {', '.join(self.absence_ignore)}")
         notes += [f"warning: {w}" for w in self.warnings]
         if notes:
             t.caption = "\n".join(notes)
@@ -289,4 +301,5 @@ def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 
     res = score(y.numpy(), prob, label_names, n_boot, pred=predictions(prob, label_names, no_finding, absence_ignore))
     res.no_finding = no_finding if absence_terms(label_names, no_finding, absence_ignore) is not None else "pair"
     res.prompts = style
+    res.absence_ignore = list(absence_ignore) if res.no_finding == "absence" else []
     return res
