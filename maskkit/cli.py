@@ -275,7 +275,7 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
     (evaluation reads only which data to use; a mistyped checkpoint path lands here too)."""
     for it in settings:
         if not it.startswith("data."):
-            raise MaskkitError(f"{what}: {it!r} is neither an existing run directory or checkpoint nor a data.* setting "
+            raise MaskkitError(f"{what}: {it!r} is not an existing run directory or checkpoint, nor a data.* setting "
                                "(evaluation takes only data.* settings)")
     return settings
 

@@ -313,7 +313,8 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     if pl:
         lines = ["| row | against | metric | seeds | mean difference | SE | beyond 2 SE |", "|---|---|---|---|---|---|---|"]
         lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {100 * p['mean_diff']:+.2f} | "
-                  f"{100 * p['se']:.2f} | {'yes' if p['exceeds_2se'] else 'no'} |" for p in pl]
+                  + (f"{100 * p['se']:.2f} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
+                     else "n/a | n/a (one seed: no spread) |") for p in pl]
         atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
     atomic_write_bytes(out / "results.png", plot_results(summary, keys))
 

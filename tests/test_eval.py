@@ -149,6 +149,7 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     text = (tmp_path / "results.md").read_text()
     assert "Zero-shot protocol: prompts: sentence; No Finding: absence" in text
     assert "±" not in text.split("Zero-shot AUC per label")[0]  # one seed: no spread to show, not "± 0.00"
+    assert "| 1 | " in (tmp_path / "paired.md").read_text() and "n/a (one seed: no spread)" in (tmp_path / "paired.md").read_text()
     from maskkit.viz import sweep_figure
 
     assert sweep_figure(tmp_path).axes  # its x axis is the grid key read from results.csv, not a metric column
@@ -216,5 +217,5 @@ def test_evaluation_takes_only_data_settings():
 
     assert _data_settings(["data.val_n=16", "data.root=/x"], "eval zeroshot") == ["data.val_n=16", "data.root=/x"]
     for bad in ("lr=0.2", "train.steps=3", "bogus.key=1"):
-        with pytest.raises(MaskkitError, match=f"'{bad}' is neither an existing run directory or checkpoint nor a data"):
+        with pytest.raises(MaskkitError, match=f"'{bad}' is not an existing run directory or checkpoint, nor a data"):
             _data_settings(["data.val_n=16", bad], "eval zeroshot")
