@@ -96,14 +96,15 @@ def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tupl
     and ``MaskkitError`` (a ``ValueError``) for an ``absence_ignore`` that is not an evaluated finding."""
     if no_finding not in NO_FINDING_MODES:
         raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
-    ignore = {a.replace("_", " ").lower() for a in absence_ignore}
-    known = {lab.replace("_", " ").lower() for lab in label_names if not is_no_finding(lab)}
-    for a in absence_ignore:
-        if a.replace("_", " ").lower() not in known:
-            raise MaskkitError(f"absence_ignore: '{a}' is not one of the evaluated findings "
-                               f"({', '.join(lab for lab in label_names if not is_no_finding(lab))})")
-    findings = [k for k, lab in enumerate(label_names)
-                if not is_no_finding(lab) and lab.replace("_", " ").lower() not in ignore]
+    key = lambda label: label.replace("_", " ").lower()  # "Support_Devices" is "support devices"
+    others = [(k, lab) for k, lab in enumerate(label_names) if not is_no_finding(lab)]
+    ignore = {key(a) for a in absence_ignore}
+    unknown = ignore - {key(lab) for _, lab in others}
+    if unknown:
+        bad = next(a for a in absence_ignore if key(a) in unknown)
+        raise MaskkitError(f"absence_ignore: '{bad}' is not one of the evaluated findings "
+                           f"({', '.join(lab for _, lab in others)})")
+    findings = [k for k, lab in others if key(lab) not in ignore]
     return findings if no_finding == "absence" and findings else None
 
 
