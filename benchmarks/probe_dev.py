@@ -33,7 +33,7 @@ from maskkit.data.dataset import PhantomDataset
 from maskkit.data.phantoms import DEV_OFFSET
 from maskkit.eval.zeroshot import DEFAULT_PROMPT_STYLE, PROMPT_STYLES, encode_images, is_no_finding, probabilities
 from maskkit.model import XLIP
-from maskkit.train import load_model
+from maskkit.training.checkpointing import load_model
 
 N_FIT, N_TEST = 512, 256
 

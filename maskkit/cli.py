@@ -204,7 +204,7 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
 
     cfg, sources = resolve(list(args or []))
     if cfg.runtime.devices > 1 and not under_torchrun():
-        from .train import load_records
+        from .data.build import load_records
 
         if cfg.data.name != "phantoms":
             load_records(cfg)  # a bad data.path / data.root fails here, in one line, before any process starts
@@ -283,7 +283,7 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
 def _eval_data(model, args: list[str], split: str = "val"):
     """The evaluation dataset from data.* settings (default: held-out phantoms)."""
     from .config import resolve
-    from .train import build_datasets
+    from .data.build import build_datasets
 
     cfg, _ = resolve(list(args) + ["preset=clip"])
     train_ds, val_ds, names = build_datasets(cfg, model.image_size)
@@ -305,7 +305,7 @@ def eval_zeroshot_cmd(
     """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
     from .eval.zeroshot import NO_FINDING_MODES, PROMPT_STYLES, zeroshot_eval
     from .io import atomic_write_text
-    from .train import load_model
+    from .training.checkpointing import load_model
 
     if no_finding not in NO_FINDING_MODES:
         raise MaskkitError(f"--no-finding {no_finding!r}: expected one of {', '.join(NO_FINDING_MODES)}")
@@ -340,7 +340,7 @@ def eval_finetune_cmd(
     from .config import resolve
     from .eval.finetune import held_out_splits, pretraining_data, read_splits, run_finetune, write_splits
     from .io import atomic_write_text
-    from .train import load_model
+    from .training.checkpointing import load_model
 
     paths, settings = _split_targets(checkpoint, "eval finetune")
     if len(paths) != 1:
@@ -391,7 +391,7 @@ def eval_masks_cmd(
     from .data.phantoms import MASK_EVAL_OFFSET
     from .eval.masks import default_grid, evaluate_masks, extract
     from .io import atomic_write_text
-    from .train import load_model
+    from .training.checkpointing import load_model
 
     _split_targets([checkpoint], "eval masks")
     model, cfg = load_model(checkpoint)
@@ -481,7 +481,7 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
         from .config import resolve
         from .data.dataset import PhantomDataset
         from .data.phantoms import HELD_OUT_OFFSET
-        from .train import build_datasets
+        from .data.build import build_datasets
 
         cfg, _ = resolve(list(args) + ["preset=clip"])
         if cfg.data.name == "phantoms":
@@ -498,7 +498,7 @@ def _checkpoint_step(path: str) -> int | None:
     """The step of the checkpoint ``load_model`` reads from a run directory or checkpoint file."""
     import re
 
-    from .train import checkpoint_file
+    from .training.checkpointing import checkpoint_file
 
     m = re.match(r"step_(\d+)\.pt$", checkpoint_file(path).name)
     return int(m.group(1)) if m else None
@@ -524,7 +524,8 @@ def viz_masks_cmd(
     from pathlib import Path
 
     from .io import atomic_write_text
-    from .train import load_model, training_batch
+    from .train import training_batch
+    from .training.checkpointing import load_model
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
 
     paths, settings = _split_targets(checkpoint, "visualize masks")
@@ -567,7 +568,7 @@ def viz_text_cmd(
     from .data.ner import LexiconNER
     from .io import atomic_write_text
     from .model.xlip import reconstruct_text
-    from .train import load_model
+    from .training.checkpointing import load_model
     from .viz import html_page, text_html, text_spans, text_terminal
 
     paths, settings = _split_targets(checkpoint, "visualize text")

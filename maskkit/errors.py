@@ -44,3 +44,7 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
     """A '; did you mean ...?' suffix listing close matches, or '' when none."""
     hits = difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)
     return f"; did you mean {', '.join(repr(h) for h in hits)}?" if hits else ""
+
+
+class TrainingError(MaskkitError):
+    """The run cannot go on (NaN losses in a row, a refused checkpoint, a bad run directory)."""

@@ -103,7 +103,7 @@ def run_args(spec: SweepSpec, preset: str, combo: dict[str, Any], seed: int, out
     """The ``maskkit run`` arguments of one run of the sweep (budget matched with ``align_steps``);
     :data:`SWEEP_RUN_DEFAULTS` first, so the sweep's ``args`` and the command line override them."""
     from .config import resolve
-    from .train import run_checkpoints
+    from .training.checkpointing import run_checkpoints
 
     name = slug(preset, combo, seed)
     run_dir = out / "runs" / name
@@ -167,7 +167,9 @@ def rescore_run(run_dir: Path, row: dict) -> dict:
     """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
     own held-out data, as at the end of training: :func:`maskkit.train.run_zeroshot`); rewrites
     ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts."""
-    from .train import build_datasets, load_model, run_zeroshot
+    from .data.build import build_datasets
+    from .train import run_zeroshot
+    from .training.checkpointing import load_model
 
     model, cfg = load_model(run_dir)
     _, val_ds, names = build_datasets(cfg, model.image_size, tokenizer=model.tokenizer)
@@ -180,7 +182,7 @@ def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
     """Linear-probe mean AUC at 1/10/100% of the labels on the run's held-out split (``probe_<pct>``),
     as ``maskkit eval finetune`` computes it."""
     from .eval.finetune import held_out_splits, pretraining_data, run_finetune
-    from .train import load_model
+    from .training.checkpointing import load_model
 
     model, _ = load_model(run_dir)
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)

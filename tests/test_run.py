@@ -312,7 +312,7 @@ def test_a_checkpoint_from_before_patch_embed_loads_with_the_linear_embedding(tm
     """Runs saved before ``model.patch_embed`` existed (A31) have a linear patch embedding and no
     such key in their config: they must load as they were, not as today's tiny default (conv stem)."""
     from maskkit.model import XLIP
-    from maskkit.train import load_model, save_checkpoint
+    from maskkit.training.checkpointing import load_model, save_checkpoint
 
     cfg, _ = resolve(["preset=xlip", "model.patch_embed=linear"])
     torch.manual_seed(0)
@@ -335,7 +335,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp
 
     import maskkit.io as mio
     from maskkit.errors import OutputWriteError
-    from maskkit.train import load_model
+    from maskkit.training.checkpointing import load_model
 
     cfg, src = resolve(["preset=xlip", *TINY, "data.n=8", "train.batch_size=4", "train.steps=4", "train.warmup_steps=1",
                         "train.ckpt_every=2", f"runtime.out_dir={tmp_path}", "runtime.name=d"])

@@ -116,7 +116,7 @@ def pretraining_data(cfg, image_size: int):
 
     from ..data.dataset import XrayDataset
     from ..data.records import Table
-    from ..train import build_datasets
+    from ..data.build import build_datasets
 
     train_ds, val_ds, names = build_datasets(cfg.model_copy(update={"text_mask": None}), image_size)
     if val_ds is None:

@@ -1,0 +1,108 @@
+"""Checkpoints: what one holds, writing it atomically, reading it back, RNG state, which
+checkpoint a run directory or ``runtime.resume`` names, and loading a trained model."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import ExperimentConfig
+from ..errors import MaskkitError, TrainingError
+from ..io import atomic_write_bytes
+
+# keys that may differ between a checkpoint and the run resuming from it
+RESUMABLE_DIFFERENCES = ("runtime.", "train.steps", "train.log_every", "train.ckpt_every", "train.keep_last",
+                         "data.num_workers", "data.pin_memory", "data.prefetch_factor")
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py = random.getstate()
+    state = {"torch": torch.get_rng_state(), "python": [int(x) for x in py[1]], "python_gauss": py[2],
+             "numpy": [int(x) for x in np_state[1]] + [int(np_state[2]), int(np_state[3]), float(np_state[4])]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(int(x) for x in state["python"]), state["python_gauss"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", np.array(n[:624], dtype=np.uint32), int(n[624]), int(n[625]), float(n[626])))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.is_file():
+        raise TrainingError(f"runtime.resume: checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(f"runtime.resume: {path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [k for k in keys if not k.startswith(RESUMABLE_DIFFERENCES) and saved.get(k) != current.get(k)]
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
+    return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """The checkpoint a run directory (its latest) or a checkpoint path names; one-line errors."""
+    p = Path(path)
+    if p.is_dir():
+        cks = run_checkpoints(p)
+        if not cks:
+            raise MaskkitError(f"{p}: no checkpoint in {p / 'checkpoints'}; is it a maskkit run directory?")
+        p = cks[-1]
+    if not p.is_file():
+        raise MaskkitError(f"checkpoint {p} does not exist")
+    return p
+
+
+def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
+    r = cfg.runtime.resume
+    if r is None:
+        return None
+    if r == "latest":
+        cks = run_checkpoints(out)
+        if not cks:
+            raise TrainingError(f"runtime.resume=latest: no checkpoint in {out / 'checkpoints'}")
+        return cks[-1]
+    return Path(r)
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu"):
+    """(XLIP model in eval mode, its ExperimentConfig) from a run directory (latest checkpoint)
+    or a checkpoint file; loaded with ``weights_only``."""
+    from ..model import XLIP
+
+    p = checkpoint_file(path)
+    ck = load_checkpoint(p)
+    if "config" not in ck or "model" not in ck:
+        raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
+    saved = json.loads(ck["config"])
+    for t in ("image_mask", "image_only_mask", "text_mask"):  # checkpoints before the trees moved out of model.
+        if saved.get("model", {}).get(t) is None:
+            saved.get("model", {}).pop(t, None)
+    cfg = ExperimentConfig.model_validate(saved)
+    model = XLIP.from_experiment(cfg)
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), cfg

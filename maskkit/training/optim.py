@@ -1,0 +1,42 @@
+"""The optimiser, its parameter groups and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def lr_factor(step: int, cfg) -> float:
+    t = cfg.train
+    if t.lr_warmup_steps and step < t.lr_warmup_steps:
+        return (step + 1) / t.lr_warmup_steps
+    if t.schedule == "constant":
+        return 1.0
+    span = max(1, t.steps - t.lr_warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.lr_warmup_steps) / span)))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only; gains, biases, embeddings of one vector and the logit scale
+    are not decayed (open_clip's rule), so a term that is off in a phase leaves them unchanged."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "logit_scale" in name else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: torch.nn.Module, cfg, device_type: str):
+    """(optimiser, LambdaLR scheduler, GradScaler, autocast dtype or None) for ``cfg.train``."""
+    t = cfg.train
+    groups = param_groups(model, t.weight_decay)
+    if t.optimizer == "sgd":
+        opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+    else:
+        opt = torch.optim.AdamW(groups, lr=t.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+    scaler = torch.amp.GradScaler(device_type, enabled=t.precision == "fp16")
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
+    return opt, sched, scaler, autocast_dtype

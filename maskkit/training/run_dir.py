@@ -1,0 +1,136 @@
+"""The run directory: its name, creating or reusing it, and the run's record in it
+(``config.json``: the resolved config; ``environment.json``: versions, plugins, each resume)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import ExperimentConfig
+from ..distributed import DistInfo
+from ..errors import TrainingError
+from ..io import atomic_write_text
+
+
+def git_revision() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0:
+            return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from .. import __version__
+
+    return f"maskkit {__version__} (not a git checkout)"
+
+
+def installed_plugins() -> list[dict[str, str]]:
+    """The plugins this process loaded (plugin name, distribution, version), and the failed ones."""
+    from .. import __version__
+    from ..plugins import get_plugin_manager, get_registry
+
+    reg = get_registry()
+    out = []
+    for name, _ in get_plugin_manager().list_name_plugin():
+        dist = name.split(":", 1)[0]
+        version = _version_or_none(dist)
+        if version is None:  # a built-in module, not a distribution
+            dist, version = "maskkit (built-in)", __version__
+        out.append({"plugin": name, "distribution": dist, "version": version})
+    for dist, why in getattr(reg, "failed_plugins", {}).items():
+        out.append({"plugin": dist, "distribution": dist, "version": _version_or_none(dist), "failed": why})
+    return out
+
+
+def _version_or_none(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def resolved_record(cfg: ExperimentConfig, sources: dict[str, str]) -> dict:
+    """``config.json``: the config with every strategy tree expanded with its defaults, and sources."""
+    from ..compose import build_strategy, to_spec
+    from ..masking import STREAMS
+
+    conf = cfg.model_dump(mode="json")
+    for t in STREAMS:
+        if conf.get(t) is not None:
+            conf[t] = to_spec(build_strategy(conf[t], t))
+    return {"config": conf, "sources": sources}
+
+
+def default_run_name(cfg: ExperimentConfig) -> str:
+    return f"{cfg.preset}-{cfg.scale}-seed{cfg.train.seed}"
+
+
+def _numbered(base: Path) -> list[Path]:
+    """``base`` and its numbered siblings ``base-2``, ``base-3``, ... that exist, in number order."""
+    pat = re.compile(re.escape(base.name) + r"-(\d+)$")
+    found = [(1, base)] if base.exists() else []
+    if base.parent.is_dir():
+        found += [(int(m.group(1)), p) for p in base.parent.iterdir() if (m := pat.match(p.name)) and int(m.group(1)) >= 2]
+    return [p for _, p in sorted(found)]
+
+
+def run_dir_for(cfg: ExperimentConfig) -> Path:
+    """The run directory. ``runtime.name`` names it exactly. Without it, a new run gets the first
+    free of ``<preset>-<scale>-seed<k>``, ``...-2``, ``...-3`` (as common trainers number runs);
+    ``runtime.resume=latest`` continues the highest-numbered one; ``runtime.overwrite`` replaces
+    the unnumbered one."""
+    base = Path(cfg.runtime.out_dir) / (cfg.runtime.name or default_run_name(cfg))
+    if cfg.runtime.name or cfg.runtime.overwrite:
+        return base
+    existing = [p for p in _numbered(base) if p.is_dir() and any(p.iterdir())]
+    if cfg.runtime.resume is not None:
+        return existing[-1] if existing else base
+    if not existing:
+        return base
+    n = 2
+    while (base.parent / f"{base.name}-{n}").exists():
+        n += 1
+    return base.parent / f"{base.name}-{n}"
+
+
+def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo) -> Path:
+    """Choose (rank 0, then shared with every rank) and prepare the run directory."""
+    out = run_dir_for(cfg) if info.main else None
+    if info.enabled:
+        box = [str(out) if out is not None else None]
+        torch.distributed.broadcast_object_list(box, src=0)
+        out = Path(box[0])
+    if not info.main:
+        return out
+    exists = out.exists() and any(out.iterdir())
+    if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
+        raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
+                            f"runtime.overwrite=true to replace it (or choose another runtime.name)")
+    if exists and cfg.runtime.overwrite and not cfg.runtime.resume:
+        shutil.rmtree(out)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(resolved_record(cfg, sources), indent=2))
+    env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
+           "cuda": torch.version.cuda, "maskkit_revision": git_revision(), "argv": sys.argv,
+           "world_size": info.world, "plugins": installed_plugins(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    env_path = out / "environment.json"
+    if cfg.runtime.resume and env_path.is_file():  # keep the run's first record; each resume is added to it
+        try:
+            first = json.loads(env_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            first = None
+        if isinstance(first, dict):
+            env = {**first, "resumes": first.get("resumes", []) + [env]}
+    atomic_write_text(env_path, json.dumps(env, indent=2))
+    return out
