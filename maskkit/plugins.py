@@ -7,9 +7,17 @@ comma-separated list skips the named entry points or distributions. ``MASKKIT_LO
 when set, is the opposite: only the listed distributions or entry points load (empty: none).
 
 One failing plugin never takes the host down: a plugin that cannot be imported, or whose
-registration hook raises (a duplicate name, a bad ``requires``, any exception), is skipped as a
-whole - its partial registrations are undone - recorded in ``Registry.failed_plugins`` and
-reported once on stderr in one line. Built-ins go through exactly the same path.
+registration hook raises (a bad ``requires``, any exception), is skipped as a whole - its partial
+registrations are undone - recorded in ``Registry.failed_plugins`` and reported once on stderr in
+one line. Built-ins go through exactly the same path.
+
+Name collisions (``Registry.claim``, one rule for every kind of registered item): built-ins
+register first, in ``BUILTIN_PLUGINS`` order, then third-party plugins sorted by their
+``dist:entry-point`` name, whatever ``tryfirst`` / ``trylast`` their hooks ask for. A built-in
+keeps every name it registers: a third-party item with a built-in's name is skipped with one line
+(the rest of that plugin registers). Two third-party plugins registering one name are both
+refused that name (one line each; ``Registry.conflicts``): which one would win is not the user's
+choice, and a name whose meaning changes with what else is installed would change runs silently.
 """
 
 from __future__ import annotations
@@ -49,6 +57,63 @@ class Registry:
     strategy_sources: dict[str, str] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
     failed_plugins: dict[str, str] = field(default_factory=dict)
+    #: the sources whose names no third-party plugin can take (``claim``)
+    builtin: frozenset[str] = field(default_factory=lambda: frozenset(BUILTIN_PLUGINS))
+    #: (kind, name) -> the source holding it, for every kind (strategy, preset, ...)
+    holders: dict[tuple[str, str], str] = field(default_factory=dict)
+    #: (kind, name) -> the third-party sources that registered it; none of them holds it
+    conflicts: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    #: one line per third-party item skipped by the collision rule (also printed once on stderr)
+    skipped: list[str] = field(default_factory=list)
+
+    def claim(self, kind: str, name: str, source: str) -> bool:
+        """Whether ``source`` may register ``name`` of ``kind`` (the module's collision rule).
+
+        True: the name is now held by ``source``. False: the item is skipped, with one line in
+        ``skipped`` (a built-in holds the name; or another third-party plugin registered it too,
+        whose item is then removed as well). Raises :class:`PluginError` when two built-ins
+        register one name (a maskkit bug).
+        """
+        key = (kind, name)
+        if key in self.conflicts:
+            self.conflicts[key].append(source)
+            self._skip(f"plugin '{source}' registers {kind} '{name}', which {_quoted(self.conflicts[key][:-1])} "
+                       f"also register; the name is refused to all of them")
+            return False
+        held = self.holders.get(key)
+        if held is None:
+            self.holders[key] = source
+            return True
+        if held in self.builtin and source in self.builtin:
+            raise PluginError(f"{kind} '{name}' is registered twice: by '{held}' and by '{source}'")
+        if held in self.builtin:
+            self._skip(f"plugin '{source}' registers {kind} '{name}', a built-in name; its {kind} is skipped")
+            return False
+        if held == source:
+            raise PluginError(f"{kind} '{name}' is registered twice by '{source}'")
+        if source in self.builtin:  # only when a caller registered a third party before the built-ins
+            self._skip(f"plugin '{held}' registers {kind} '{name}', a built-in name; its {kind} is skipped")
+            self._drop(kind, name)
+            self.holders[key] = source
+            return True
+        self._drop(kind, name)
+        self.conflicts[key] = [held, source]
+        self._skip(f"plugins '{held}' and '{source}' both register {kind} '{name}'; the name is refused to both "
+                   f"(disable one with MASKKIT_DISABLE_PLUGINS)")
+        return False
+
+    def _skip(self, line: str) -> None:
+        self.skipped.append(line)
+        _note(line)
+
+    def _drop(self, kind: str, name: str) -> None:
+        """Remove the registered item ``name`` of ``kind`` (and who held it)."""
+        self.holders.pop((kind, name), None)
+        if kind == "strategy":
+            self.strategies.pop(name, None)
+            self.strategy_sources.pop(name, None)
+        elif kind == "preset":
+            self.presets.pop(name, None)
 
     def add_strategy(self, cls: type, source: str) -> None:
         from .core import MaskStrategy
@@ -58,32 +123,36 @@ class Registry:
         name = getattr(cls, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(f"plugin '{source}' registered {cls.__qualname__} without a string 'name'")
-        if name in self.strategies:
-            raise PluginError(
-                f"strategy '{name}' is registered twice: by '{self.strategy_sources[name]}' "
-                f"({self.strategies[name].__module__}.{self.strategies[name].__qualname__}) and by "
-                f"'{source}' ({cls.__module__}.{cls.__qualname__})"
-            )
         check_declarations(cls, source)
+        if not self.claim("strategy", name, source):
+            return
         self.strategies[name] = cls
         self.strategy_sources[name] = source
 
     def add_preset(self, name: str, config: dict[str, Any], description: str, source: str) -> None:
-        if name in self.presets:
-            raise PluginError(f"preset '{name}' is registered twice: by '{self.presets[name].source}' and by '{source}'")
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"plugin '{source}' registered a preset named {name!r}; expected a non-empty string")
+        if not self.claim("preset", name, source):
+            return
         self.presets[name] = Preset(name, dict(config), description, source)
 
     def remove_source(self, source: str) -> None:
         """Undo everything plugin ``source`` registered (after one of its hooks failed)."""
-        for name in [n for n, src in self.strategy_sources.items() if src == source]:
-            del self.strategies[name], self.strategy_sources[name]
-        for name in [n for n, p in self.presets.items() if p.source == source]:
-            del self.presets[name]
+        for kind, name in [k for k, src in self.holders.items() if src == source]:
+            self._drop(kind, name)
+
+    def _refused(self, kind: str, name: str) -> None:
+        """Raise the one line for a name two third-party plugins registered (``conflicts``)."""
+        srcs = self.conflicts.get((kind, name))
+        if srcs:
+            raise UnknownNameError(f"{kind} '{name}' is registered by plugins {_quoted(srcs)} and refused to all of "
+                                   f"them; keep one with MASKKIT_DISABLE_PLUGINS")
 
     def strategy(self, name: str) -> type:
         try:
             return self.strategies[name]
         except KeyError:
+            self._refused("strategy", name)
             raise UnknownNameError(
                 f"unknown strategy '{name}'{close_matches(name, self.strategies) or '; registered: ' + ', '.join(sorted(self.strategies))}"
             ) from None
@@ -92,6 +161,7 @@ class Registry:
         try:
             return self.presets[name]
         except KeyError:
+            self._refused("preset", name)
             raise UnknownNameError(
                 f"unknown preset '{name}'{close_matches(name, self.presets) or '; registered: ' + ', '.join(sorted(self.presets))}"
             ) from None
@@ -122,6 +192,20 @@ def _one_line(exc: BaseException) -> str:
     """``Type: message`` on one line, the whole message kept (newlines folded to spaces)."""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+
+
+def _quoted(names) -> str:
+    return " and ".join(f"'{n}'" for n in names)
+
+
+_noted: set[str] = set()
+
+
+def _note(line: str) -> None:
+    """Print a collision line on stderr once per process."""
+    if line not in _noted:
+        _noted.add(line)
+        print(f"maskkit: {line}", file=sys.stderr)
 
 
 def _report(dist: str, why: str, what: str) -> None:
@@ -173,14 +257,19 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
 
     A plugin's hooks run as one unit: if any of them raises, everything that plugin registered
     is undone and it is recorded in ``failed_plugins`` (the others, built-ins included, stay).
+    Plugins run built-ins first (``BUILTIN_PLUGINS`` order), then the others sorted by name, so
+    a hook's ``tryfirst`` / ``trylast`` never decides who holds a name (``Registry.claim``).
     """
     pm = pm or get_plugin_manager()
     reg = Registry()
-    impls: dict[str, dict[str, Any]] = {}  # plugin name -> hook name -> impl, in registration order
+    impls: dict[str, dict[str, Any]] = {}  # plugin name -> hook name -> impl
     for hook in HOOKS:
         for impl in getattr(pm.hook, hook).get_hookimpls():
             impls.setdefault(impl.plugin_name, {})[hook] = impl
-    for source, hooks in impls.items():
+    builtin_order = {name: i for i, name in enumerate(BUILTIN_PLUGINS)}
+    order = sorted(impls, key=lambda src: (0, builtin_order[src], "") if src in reg.builtin else (1, 0, src))
+    for source in order:
+        hooks = impls[source]
         calls = {
             "register_strategies": lambda cls, _src=source: reg.add_strategy(cls, _src),
             "register_presets": lambda name, config, description="", _src=source: reg.add_preset(
@@ -217,6 +306,7 @@ def reset() -> None:
         _pm = None
         _registry = None
         _failed.clear()
+        _noted.clear()
 
 
 def get_strategy(name: str) -> type:
