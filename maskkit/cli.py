@@ -139,11 +139,24 @@ def check_cmd(
         tree = load_spec(spec)
     else:
         tree = spec
-    try:
-        check_strategy(tree, device=device, B=b, N=n, T=t, seed=seed)
-    except AssertionError as exc:
-        raise MaskkitError(f"conformance failed: {exc}") from None
-    console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks (B={b}, N={n}, T={t}, seed={seed}, {device})")
+    import warnings
+
+    from .testing import ConformanceWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConformanceWarning)
+        try:
+            check_strategy(tree, device=device, B=b, N=n, T=t, seed=seed)
+        except AssertionError as exc:
+            raise MaskkitError(f"conformance failed: {exc}") from None
+    notes = [str(w.message) for w in caught if issubclass(w.category, ConformanceWarning)]
+    for w in caught:  # other warnings are shown as Python would have
+        if not issubclass(w.category, ConformanceWarning):
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    for line in notes:
+        err_console.print(f"[yellow]warning[/]: {line}", highlight=False, soft_wrap=True)
+    also = f"; {len(notes)} warning{'s' if len(notes) > 1 else ''} above" if notes else ""
+    console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks (B={b}, N={n}, T={t}, seed={seed}, {device}){also}")
 
 
 @app.command("phantoms")
@@ -473,7 +486,9 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
     if images:
         if reports and len(reports) != len(images):
             raise MaskkitError(f"--reports: {len(reports)} files for {len(images)} images; give one per image or none")
-        recs = [Record(Path(p).name, str(p), Path(reports[i]).read_text(encoding="utf-8") if reports else None)
+        from .io import read_text
+
+        recs = [Record(Path(p).name, str(p), read_text(reports[i]) if reports else None)
                 for i, p in enumerate(images)]
         ds = XrayDataset(Table("files", recs, ()), model.image_size, policy="raise", ner=CachedNER(LexiconNER()))
         items = [ds[i] for i in range(len(ds))]
