@@ -104,7 +104,9 @@ def load_spec(path: str | Path) -> Any:
     if not p.is_file():
         raise CompositionError(f"{p}: composition file does not exist")
     suffix = p.suffix.lower()
-    text = p.read_text(encoding="utf-8")
+    from .io import read_text
+
+    text = read_text(p)  # UTF-8 with or without a byte-order mark
     try:
         if suffix in (".yaml", ".yml"):
             import yaml

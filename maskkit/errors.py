@@ -20,6 +20,10 @@ class OutputWriteError(MaskkitError):
         self.errno = errno
 
 
+class TextFileError(MaskkitError):
+    """A text file maskkit reads (CSV, split, report, config) that cannot be read or is not UTF-8."""
+
+
 class ContextError(MaskkitError):
     """A MaskContext whose tensors have the wrong shape, dtype or device."""
 

@@ -70,3 +70,51 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+#: how maskkit decodes every text file a user gives it (CSV, split and report files, config,
+#: composition and sweep files): UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8",
+#: Notepad's "UTF-8 with BOM"); the mark is never part of the text. Written files are UTF-8
+#: without a mark.
+TEXT_ENCODING = "utf-8-sig"
+
+
+def decode_text(data: bytes, path: str | Path, errors: str = "strict") -> str:
+    """``data`` (the bytes of ``path``) as text under :data:`TEXT_ENCODING`.
+
+    Raises :class:`~maskkit.errors.TextFileError` in one line naming the file for UTF-16 text
+    (a UTF-16 byte-order mark: Excel's "Unicode text") or bytes that are not UTF-8 (with the
+    offset of the first one), unless ``errors="replace"``.
+    """
+    from .errors import TextFileError
+
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise TextFileError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8 "
+                            f"(with or without a byte-order mark)")
+    try:
+        return data.decode(TEXT_ENCODING, errors)
+    except UnicodeDecodeError as exc:
+        raise TextFileError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                            f"save it as UTF-8 (with or without a byte-order mark)") from None
+
+
+def read_text(path: str | Path, errors: str = "strict") -> str:
+    """The text of a file (gzip-compressed when its name ends in ``.gz``) under
+    :data:`TEXT_ENCODING`; a leading byte-order mark is dropped and line ends are kept as they are.
+
+    Raises :class:`~maskkit.errors.TextFileError` in one line naming the file when it cannot be
+    read (the OS's reason), is not valid gzip, or is not UTF-8 text (:func:`decode_text`).
+    """
+    import gzip
+    import zlib
+
+    from .errors import TextFileError
+
+    path = Path(path)
+    try:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except OSError as exc:  # gzip.BadGzipFile is an OSError
+        raise TextFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    except (EOFError, zlib.error) as exc:
+        raise TextFileError(f"{path}: cannot read (damaged gzip data: {exc})") from None
+    return decode_text(data, path, errors)

@@ -208,7 +208,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
         name = slug(preset, combo, seed)
         done = out / "runs" / name / "done.json"
         if done.is_file():
-            kept = json.loads(done.read_text())
+            kept = json.loads(done.read_text(encoding="utf-8"))
             rows.append(rescore_run(done.parent, kept) if rescore else kept)
             if console:
                 console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False)

@@ -327,7 +327,9 @@ def training_curves(run_dir: str | Path):
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise MaskkitError(f"{run_dir}: no metrics.jsonl; is it a maskkit run directory?")
-    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    from .io import read_text
+
+    rows = [json.loads(l) for l in read_text(path).splitlines() if l.strip()]
     if not rows:
         raise MaskkitError(f"{path}: empty")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -368,7 +370,9 @@ def sweep_figure(sweep_dir: str | Path):
     path = Path(sweep_dir) / "results.csv"
     if not path.is_file():
         raise MaskkitError(f"{sweep_dir}: no results.csv; run maskkit sweep first")
-    rows = list(csv.DictReader(path.open()))
+    from .io import read_text
+
+    rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
     fixed = {"preset", "seeds", "auc_mean", "auc_std", "f1_mean", "f1_std", "acc_mean", "acc_std"}
     cols = list(rows[0])
     keys = cols[1:cols.index("seeds")]  # summarise() writes preset, the grid keys, seeds, then the metrics

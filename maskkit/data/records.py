@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import gzip
 import math
 import re
 import tarfile
@@ -84,17 +83,45 @@ def _find(root: Path, names: Iterable[str], what: str) -> Path:
 
 
 def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV (plain or .gz) as dicts; a missing required column is a one-line error."""
-    opener = gzip.open if path.suffix == ".gz" else open
+    """Rows of a CSV (plain or .gz) as dicts; a missing required column is a one-line error.
+
+    UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"; ``maskkit.io.read_text``), LF
+    or CRLF line ends, cells quoted as the ``csv`` module reads them. Header names are stripped
+    of surrounding whitespace (``" report "`` is the column ``report``); a header cell left empty
+    names no column (its cells are ignored: Excel's trailing commas); two header cells with one
+    name are an error. A row shorter than the header has None in the missing cells; a row with
+    non-empty cells beyond the header is an error naming the row.
+    """
+    import io
+
+    from ..io import read_text
+
+    text = read_text(path)
     try:
-        with opener(path, "rt", encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            cols = reader.fieldnames or []
-            missing = [c for c in required if c not in cols]
-            if missing:
-                raise DataError(f"{path}: missing column '{missing[0]}'; it has {', '.join(c for c in cols if c)[:300]}")
-            return list(reader)
-    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, None) or []
+        names = [h.strip() for h in header]
+        seen: dict[str, int] = {}
+        for i, h in enumerate(names):
+            if h and h in seen:
+                raise DataError(f"{path}: column '{h}' appears twice in the header (cells {seen[h] + 1} and {i + 1})")
+            seen.setdefault(h, i)
+        cols = [h for h in names if h]
+        missing = [c for c in required if c not in seen]
+        if missing:
+            raise DataError(f"{path}: missing column '{missing[0]}'; it has {', '.join(cols)[:300]}")
+        keep = [(i, h) for i, h in enumerate(names) if h]
+        width = len(names)
+        rows = []
+        for cells in reader:
+            if not cells:
+                continue  # a blank line (csv.DictReader skips them too)
+            if len(cells) > width and any(c.strip() for c in cells[width:]):
+                raise DataError(f"{path}: row {len(rows) + 2} has {len(cells)} cells, the header {width}; "
+                                f"quote a cell that holds a comma")
+            rows.append({h: cells[i] if i < len(cells) else None for i, h in keep})
+        return rows
+    except csv.Error as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from None
 
 
@@ -132,33 +159,52 @@ UNCERTAIN_POLICIES = ("ones", "zeros", "ignore")
 BLANK_POLICIES = ("negative", "unknown")
 
 
-def chexpert_value(raw: str | None, uncertain: str, blank: str = "negative") -> float:
+def chexpert_value(raw: str | None, uncertain: str | None, blank: str = "negative") -> float:
     """One CheXpert-labeler cell (``1`` / ``0`` / ``-1`` / blank, also ``1.0`` ...) as a label value.
 
     ``-1`` (uncertain mention) follows ``uncertain``: ``ones`` -> 1.0, ``zeros`` -> 0.0,
-    ``ignore`` -> NaN. A blank cell follows ``blank``, a separate policy: ``negative`` -> 0.0 (the
-    labeler's meaning: the observation is not mentioned in the report; Irvin et al., AAAI 2019),
+    ``ignore`` -> NaN; ``None`` (no policy chosen, the ``csv`` adapter's default) makes it an
+    error that names the policy. A blank cell - also ``nan`` / ``NaN``, how pandas and NumPy write
+    a missing value - follows ``blank``, a separate policy: ``negative`` -> 0.0 (the labeler's
+    meaning: the observation is not mentioned in the report; Irvin et al., AAAI 2019),
     ``unknown`` -> NaN. Raises ``ValueError`` for any other value (adapters name file, row, column).
     """
     raw = (raw or "").strip()
-    if raw == "":
+    if raw == "" or raw.lower() == "nan":
         return 0.0 if blank == "negative" else NAN
     try:
         v = float(raw)
     except ValueError:
         v = NAN
     if v == -1:
+        if uncertain is None:
+            raise ValueError(f"got {raw!r} (uncertain) and no uncertain policy; set data.options.uncertain "
+                             f"to ones, zeros or ignore")
         return {"ones": 1.0, "zeros": 0.0, "ignore": NAN}[uncertain]
     if v not in (0.0, 1.0):
         raise ValueError(f"expected 1, 0, -1 or blank, got {raw!r}")
     return v
 
 
-def _check_policy(uncertain: str, blank: str = "negative") -> None:
-    if uncertain not in UNCERTAIN_POLICIES:
+def _check_policy(uncertain: str | None, blank: str = "negative", allow_none: bool = False) -> None:
+    if not (uncertain is None and allow_none) and uncertain not in UNCERTAIN_POLICIES:
         raise DataError(f"data.uncertain: '{uncertain}' is not a policy; expected ones, zeros or ignore")
     if blank not in BLANK_POLICIES:
         raise DataError(f"data.blank: '{blank}' is not a policy; expected negative (blank = not mentioned) or unknown")
+
+
+def check_label_values(table: "Table", where: str = "") -> None:
+    """Every label value of ``table`` is 1.0, 0.0 or NaN (unknown), what training, zero-shot and
+    fine-tuning expect; else a one-line :class:`DataError` naming the dataset, record, label and
+    value. Adapters check their cells as they parse them (naming file, row and column); this is
+    the check every table passes on its way out of :func:`load_table`, whatever adapter made it.
+    """
+    allowed = (0.0, 1.0)
+    for r in table.records:
+        for k, v in r.labels.items():
+            if not (isinstance(v, (int, float)) and (v in allowed or v != v)):
+                raise DataError(f"{where or table.name}: record '{r.id}', label '{k}' is {v!r}; expected 1, 0 or "
+                                f"unknown (NaN)")
 
 
 def chexpert_labels(row: dict[str, str], path: Path, line: int, uncertain: str, blank: str) -> dict[str, float]:
@@ -245,7 +291,9 @@ _SECTION = re.compile(r"^\s*([A-Z][A-Z /]+):", re.M)
 def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impression")) -> str | None:
     """The named sections of a MIMIC-CXR free-text report, ``"FINDINGS: ... IMPRESSION: ..."``;
     sections with no content (only ``___`` marks, punctuation) are left out, None when none is left."""
-    text = path.read_text(encoding="utf-8", errors="replace")
+    from ..io import read_text
+
+    text = read_text(path, errors="replace")
     heads = list(_SECTION.finditer(text))
     parts = {}
     for i, m in enumerate(heads):
@@ -334,7 +382,9 @@ def rsna(root, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | 
     root = _need_dir(root)
     path = Path(labels_csv) if Path(labels_csv).is_file() else _find(root, [labels_csv], "RSNA labels CSV")
     target: dict[str, float] = {}
-    for row in read_csv(path, ["patientId", "Target"]):
+    for i, row in enumerate(read_csv(path, ["patientId", "Target"])):
+        if (row["Target"] or "").strip() not in ("0", "1"):
+            raise DataError(f"{path}: row {i + 2}, column 'Target': expected 1 or 0, got {row['Target']!r}")
         target[row["patientId"]] = max(target.get(row["patientId"], 0.0), float(row["Target"]))
     view = {}
     if headers_csv:
@@ -354,7 +404,9 @@ def covidx(root, split_file: str = "train.txt", image_dir: str | None = None) ->
     path = Path(split_file) if Path(split_file).is_file() else _find(root, [split_file], "COVIDx split file")
     folder = root / (image_dir or Path(split_file).stem)
     recs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    from ..io import read_text
+
+    for n, line in enumerate(read_text(path).splitlines(), 1):
         parts = line.split()
         if not parts:
             continue
@@ -430,42 +482,57 @@ def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FIND
 
 
 def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | None = None,
-                patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False) -> Table:
-    """A CSV with an image path column, an optional report column and numeric label columns.
+                patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False,
+                uncertain: str | None = None) -> Table:
+    """A CSV with an image path column, an optional report column and label columns.
 
-    Relative image paths are resolved against ``image_root`` (default: the CSV's folder); empty
-    label cells are unknown. ``patient_col`` (default ``patient_id``, when the CSV has it) keeps a
+    Label columns: ``label_cols`` (a list of names, or one name) when given; otherwise every
+    column other than the image, report and patient columns whose non-blank cells are all 1, 0
+    or -1 over **all** rows, with at least one non-blank cell (``csv_label_columns``); numeric
+    columns left out by that rule (an age, a study number) are named in one line on stderr.
+    Label cells (:func:`chexpert_value`, ``blank=unknown``): ``1`` / ``0`` (also ``1.0``), blank
+    or ``nan`` = unknown, ``-1`` under the ``uncertain`` policy (``ones`` / ``zeros`` /
+    ``ignore``; without one, a ``-1`` is an error naming the policy); any other value is a one-line
+    error naming the file, row, column, value and what was expected.
+
+    Relative image paths are resolved against ``image_root`` (default: the CSV's folder).
+    ``patient_col`` (default ``patient_id``, when the CSV has it) keeps a
     patient's images on one side of every split. A report with no content (only de-identification marks and
     punctuation, :func:`has_content`) is None. ``captions_from_labels`` writes a report from the
     labels for data that has labels but no text: "Findings: cardiomegaly, effusion." from the
     positives; "No finding." when every finding label is known and negative or a ``No Finding`` /
     ``no_finding`` column is 1; otherwise None (image-only): a caption claims nothing unknown.
     """
+    _check_policy(uncertain, "unknown", allow_none=True)
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"data.path: CSV file {path} does not exist")
-    rows = read_csv(path, [image_col] + ([label_cols] if isinstance(label_cols, str) else list(label_cols or [])))
+    if isinstance(label_cols, str):
+        label_cols = [label_cols]
+    rows = read_csv(path, [image_col] + list(label_cols or []))
     cols = list(rows[0].keys()) if rows else []
     if report_col and rows and report_col not in cols:
         report_col = None
     if patient_col and rows and patient_col not in cols:
         patient_col = None  # the default column is optional; splits are then per image
-    skip = {image_col, report_col, patient_col}
     if label_cols is None:
-        label_cols = [c for c in cols if c not in skip and all(_numeric(r[c]) for r in rows[:200])]
+        label_cols, left_out = csv_label_columns(rows, [c for c in cols if c not in {image_col, report_col, patient_col}])
+        if left_out:
+            _note_once(f"data=csv {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
+                       f"({', '.join(label_cols) or 'none'}); numeric columns left out: "
+                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with data.options.label_cols")
     label_cols = tuple(label_cols)
     base = Path(image_root).expanduser() if image_root else path.parent
     recs = []
     for i, row in enumerate(rows):
-        img = Path(row[image_col])
+        img = Path(row[image_col] or "")
         img = img if img.is_absolute() else base / img
         labels = {}
         for c in label_cols:
-            cell = (row.get(c) or "").strip()
             try:
-                labels[c] = float(cell) if cell else NAN
-            except ValueError:
-                raise DataError(f"{path}: row {i + 2}, column '{c}': expected a number, got {cell!r}") from None
+                labels[c] = chexpert_value(row.get(c), uncertain, blank="unknown")
+            except ValueError as exc:
+                raise DataError(f"{path}: row {i + 2}, column '{c}': {exc}") from None
         rep = (row.get(report_col) or "").strip() if report_col else ""
         rep = rep if has_content(rep) else None
         if captions_from_labels:
@@ -479,15 +546,52 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     return Table("csv", recs, label_cols)
 
 
-def _numeric(s: str) -> bool:
-    s = (s or "").strip()
-    if not s:
-        return True
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
+#: the values a label cell may hold besides blank (``-1``: uncertain, under a policy)
+LABEL_CELL_VALUES = (1.0, 0.0, -1.0)
+
+
+def csv_label_columns(rows: list[dict[str, str]], candidates: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """(label columns, numeric columns left out with one of their other values) of CSV ``rows``.
+
+    A label column has at least one non-blank cell and every non-blank cell (blank: empty or
+    ``nan``) one of ``LABEL_CELL_VALUES`` (``1.0`` counts as 1), over all rows. A column whose
+    cells are all numbers but not all of those (an age, a study number) is left out and
+    returned with its first other value; a column holding text is left out silently.
+    """
+    labels, left_out = [], []
+    for c in candidates:
+        seen, other, text = False, None, False
+        for r in rows:
+            cell = (r.get(c) or "").strip()
+            if not cell or cell.lower() == "nan":
+                continue
+            seen = True
+            try:
+                v = float(cell)
+            except ValueError:
+                text = True
+                break
+            if v not in LABEL_CELL_VALUES and other is None:
+                other = cell
+        if text or not seen:
+            continue
+        if other is None:
+            labels.append(c)
+        else:
+            left_out.append((c, other))
+    return labels, left_out
+
+
+_noted: set[str] = set()
+
+
+def _note_once(line: str) -> None:
+    """A one-line note on stderr, once per process (every rank and command loads the table)."""
+    import sys
+
+    if line not in _noted:
+        _noted.add(line)
+        print(f"note: {line}", file=sys.stderr)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
@@ -518,4 +622,6 @@ def load_table(name: str, **options: Any) -> Table:
 
     if name not in ADAPTERS:
         raise DataError(f"data: unknown dataset '{name}'{close_matches(name, ADAPTERS) or ''}; expected one of {', '.join(ADAPTERS)}")
-    return ADAPTERS[name](**options)
+    table = ADAPTERS[name](**options)
+    check_label_values(table, name)  # every table, whatever adapter made it
+    return table

@@ -65,7 +65,9 @@ def write_splits(splits: dict, folder: Path) -> None:
 def read_splits(folder: Path) -> dict:
     out = {}
     for f in sorted(folder.glob("*.json")):
-        s = json.loads(f.read_text())
+        from ..io import read_text
+
+        s = json.loads(read_text(f))
         if checksum(s["ids"]) != s["sha256"]:
             raise MaskkitError(f"{f}: ids do not match their sha256; the split file was edited")
         out[f.stem] = s
