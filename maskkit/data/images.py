@@ -5,10 +5,16 @@ A PNG's decode path is chosen from its IHDR (bit depth x colour type), never fro
 opens it in: samples are divided by ``2^bit_depth - 1``, 16-bit files of every colour type are
 read on a 16-bit path (never through an 8-bit conversion), alpha is dropped and colour becomes
 BT.601 luma. A file that cannot be decoded raises :class:`DecodeError` naming the file and the reason.
+
+EXIF orientation is applied wherever a format carries it (JPEG, TIFF, WebP and the rest read
+through Pillow; PNG's ``eXIf`` chunk), by Pillow's ``ImageOps.exif_transpose``: the array is the
+image as it is meant to be viewed, so the patient's left stays where the viewer expects it.
+DICOM has no EXIF; its pixel data is used as stored (``PatientOrientation`` is not applied).
 """
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from dataclasses import dataclass
@@ -66,9 +72,10 @@ def png_header(path: Path, head: bytes) -> PngHeader | None:
     return PngHeader(w, h, bits, ctype, interlace)
 
 
-def _png_chunks(path: Path, data: bytes) -> tuple[bytes, bytes | None]:
-    """(the concatenated IDAT payloads, the PLTE payload or None), each IDAT's CRC checked."""
-    pos, parts, plte = 8, [], None
+def _png_chunks(path: Path, data: bytes) -> tuple[bytes, bytes | None, bytes | None]:
+    """(the concatenated IDAT payloads, the PLTE payload or None, the eXIf payload or None), each
+    IDAT's CRC checked."""
+    pos, parts, plte, exif = 8, [], None, None
     while True:
         if pos + 8 > len(data):
             raise DecodeError(f"{path}: cannot decode image (PNG truncated before its IEND chunk)")
@@ -83,12 +90,31 @@ def _png_chunks(path: Path, data: bytes) -> tuple[bytes, bytes | None]:
             parts.append(body)
         elif kind == b"PLTE":
             plte = data[pos + 8:pos + 8 + n]
+        elif kind == b"eXIf":
+            exif = data[pos + 8:pos + 8 + n]
         elif kind == b"IEND":
             break
         pos = end
     if not parts:
         raise DecodeError(f"{path}: cannot decode image (PNG without image data)")
-    return b"".join(parts), plte
+    return b"".join(parts), plte, exif
+
+
+def upright(path: Path, arr: np.ndarray, exif: bytes | None) -> np.ndarray:
+    """``arr`` ``[H, W]`` float32 turned upright by the EXIF ``Orientation`` in ``exif`` (the raw
+    EXIF block, with or without its ``Exif\\x00\\x00`` header; None: unchanged), through Pillow's
+    ``ImageOps.exif_transpose``. A damaged EXIF block raises :class:`DecodeError` naming the file."""
+    if not exif:
+        return arr
+    from PIL import Image, ImageOps
+
+    im = Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32), mode="F")
+    im.info["exif"] = exif if exif.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + exif
+    try:
+        out = ImageOps.exif_transpose(im)
+    except (SyntaxError, ValueError, OSError, struct.error) as exc:
+        raise DecodeError(f"{path}: cannot decode image (damaged EXIF block; {type(exc).__name__}: {exc})") from None
+    return arr if out is None else np.asarray(out, dtype=np.float32)
 
 
 _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
@@ -123,11 +149,16 @@ def _from_png(path: Path, hdr: PngHeader) -> np.ndarray:
     unpacks it under the raw mode of ``_PIL_RAW``, so 16-bit samples of every colour type keep
     both bytes (Pillow's own reader opens 16-bit grey+alpha / RGB / RGBA as 8-bit images).
     Samples are divided by ``2^bit_depth - 1``; palette entries (8-bit) by 255; alpha is dropped;
-    colour becomes BT.601 luma.
+    colour becomes BT.601 luma. An ``eXIf`` chunk's orientation is applied (:func:`upright`).
     """
+    idat, plte, exif = _png_chunks(path, path.read_bytes())
+    return upright(path, _png_pixels(path, hdr, idat, plte), exif)
+
+
+def _png_pixels(path: Path, hdr: PngHeader, idat: bytes, plte: bytes | None) -> np.ndarray:
+    """The samples of a PNG's image data as stored (before any EXIF orientation)."""
     from PIL import Image
 
-    idat, plte = _png_chunks(path, path.read_bytes())
     inflate = zlib.decompressobj()
     try:
         raw = inflate.decompress(idat)
@@ -172,11 +203,14 @@ def _from_png(path: Path, hdr: PngHeader) -> np.ndarray:
 
 def _from_pil(path: Path) -> np.ndarray:
     """JPEG, TIFF, BMP, ...: 16-bit grey modes by their full range, everything else as 8-bit luma."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
-            im.load()
+        # from bytes, not the path: Pillow memory-maps an uncompressed TIFF opened by path and then
+        # skips the orientation its TIFF loader applies (Pillow 13); read from bytes it applies it
+        with Image.open(io.BytesIO(path.read_bytes())) as opened:
+            opened.load()
+            im = ImageOps.exif_transpose(opened)  # upright as meant to be viewed (a copy; none: unchanged)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
                 return (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1).astype(np.float32)
             if im.mode == "I":  # some 16-bit TIFFs; a wider range is not an X-ray we can scale
