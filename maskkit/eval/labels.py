@@ -20,18 +20,21 @@ class LabelCoverageWarning(UserWarning):
 def label_coverage(y: np.ndarray, label_names) -> dict[str, dict[str, int]]:
     """Per label ``{"n_known", "n_pos", "n_neg", "n_unknown"}`` of labels ``y`` ``[M, K]`` (NaN = unknown).
 
-    Raises ``ValueError`` when ``y`` is not ``[M, len(label_names)]`` or holds values other than
-    0, 1 and NaN.
+    Raises :class:`~maskkit.errors.MaskkitError` (a ``ValueError``; one line) when ``y`` is not
+    ``[M, len(label_names)]`` or holds values other than 0, 1 and NaN. Tables are checked when they
+    are loaded (``maskkit.data.records.check_label_values``); this guards arrays passed in directly.
     """
+    from ..errors import MaskkitError
+
     y = np.asarray(y, dtype=np.float64)
     names = list(label_names)
     if y.ndim != 2 or y.shape[1] != len(names):
-        raise ValueError(f"labels: expected shape [M, {len(names)}] for {len(names)} label names, got {list(y.shape)}")
+        raise MaskkitError(f"labels: expected shape [M, {len(names)}] for {len(names)} label names, got {list(y.shape)}")
     known = ~np.isnan(y)
     bad = known & (y != 0) & (y != 1)
     if bad.any():
         m, k = map(int, np.argwhere(bad)[0])
-        raise ValueError(f"labels: sample {m}, label '{names[k]}' is {y[m, k]}; expected 1, 0 or NaN (unknown)")
+        raise MaskkitError(f"labels: sample {m}, label '{names[k]}' is {y[m, k]}; expected 1, 0 or NaN (unknown)")
     out = {}
     for k, name in enumerate(names):
         n_known, n_pos = int(known[:, k].sum()), int(np.nansum(y[:, k]))
