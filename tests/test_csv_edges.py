@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from maskkit.data.records import (DataError, Record, Table, check_label_values, covidx, csv_label_columns,
-                                  generic_csv, load_table, mimic_report, read_csv, rsna)
+                                  generic_csv, load_table, mimic_report, openi, read_csv, rsna)
 from maskkit.errors import TextFileError
 
 BOM = b"\xef\xbb\xbf"
@@ -91,8 +91,8 @@ def test_text_that_is_not_utf8_is_one_line(tmp_path, encoding, data, message):
 
 
 def test_every_text_reader_takes_a_bom(tmp_path):
-    """covidx split files, MIMIC report .txt, composition / config / sweep files, fine-tuning's split
-    files: the mark is never part of the text."""
+    """covidx split files, Open-i XML, MIMIC report .txt, composition / config / sweep files,
+    fine-tuning's split files: the mark is never part of the text."""
     from maskkit.compose import load_spec
     from maskkit.config import resolve
     from maskkit.eval.finetune import checksum, read_splits
@@ -102,6 +102,12 @@ def test_every_text_reader_takes_a_bom(tmp_path):
     (tmp_path / "train.txt").write_bytes(BOM + b"p7 a.png positive src\r\np8 b.png negative src\r\n")
     t = covidx(tmp_path)
     assert [r.patient_id for r in t.records] == ["p7", "p8"] and t.records[0].labels == {"COVID-19": 1.0}
+
+    xml = tmp_path / "openi"
+    xml.mkdir()
+    (xml / "1.xml").write_bytes(BOM + b'<?xml version="1.0" encoding="utf-8"?>\r\n<eCitation><uId id="CXR1"/><Abstract>'
+                                b'<AbstractText Label="FINDINGS">Heart normal.</AbstractText></Abstract></eCitation>\r\n')
+    assert [(r.id, r.report) for r in openi(xml).records] == [("CXR1", "FINDINGS: Heart normal.")]
 
     rep = tmp_path / "s1.txt"
     rep.write_bytes(BOM + b"FINDINGS: Small left effusion.\r\nIMPRESSION: Effusion.\r\n")

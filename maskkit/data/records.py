@@ -586,10 +586,11 @@ _noted: set[str] = set()
 
 
 def _note_once(line: str) -> None:
-    """A one-line note on stderr, once per process (every rank and command loads the table)."""
+    """A one-line note on stderr, once per process and only on rank 0 (every rank loads the table)."""
+    import os
     import sys
 
-    if line not in _noted:
+    if line not in _noted and os.environ.get("RANK", "0") == "0":
         _noted.add(line)
         print(f"note: {line}", file=sys.stderr)
 
