@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import csv
 import math
+import operator
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Iterator
@@ -560,12 +561,10 @@ def csv_label_columns(rows: list[dict[str, str]], candidates: Iterable[str]) -> 
     """
     labels, left_out = [], []
     for c in candidates:
-        seen, other, text = False, None, False
-        for r in rows:
-            cell = (r.get(c) or "").strip()
-            if not cell or cell.lower() == "nan":
-                continue
-            seen = True
+        first = dict.fromkeys(map(operator.itemgetter(c), rows))  # distinct cells, in order of first appearance
+        cells = [v for v in ((x or "").strip() for x in first) if v and v.lower() != "nan"]
+        other, text = None, False
+        for cell in cells:
             try:
                 v = float(cell)
             except ValueError:
@@ -573,7 +572,7 @@ def csv_label_columns(rows: list[dict[str, str]], candidates: Iterable[str]) -> 
                 break
             if v not in LABEL_CELL_VALUES and other is None:
                 other = cell
-        if text or not seen:
+        if text or not cells:
             continue
         if other is None:
             labels.append(c)
