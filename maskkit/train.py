@@ -296,7 +296,8 @@ class PretrainRecipe:
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
-        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device)
+        what = self.corpus.what("run", f"the held-out split of run {self.out} ({self.corpus.describe()})")
+        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device, data=what)
 
     # --- the loop ----------------------------------------------------------------------------
     def discard_unstarted_run_dir(self) -> None:
@@ -403,13 +404,14 @@ def record_split(out: Path, corpus, resumed: bool) -> None:
         write_split(out, corpus)
 
 
-def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu"):
+def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu", data: dict | None = None):
     """A run's end-of-run zero-shot evaluation (200 bootstrap resamples, the library's protocol
     defaults) on its held-out set, written atomically to ``out/zeroshot.json``; returns the
     :class:`~maskkit.eval.zeroshot.ZeroShotResult`. Used by the recipe and by ``maskkit sweep
-    --rescore``, so a re-scored run is scored exactly as a new one."""
+    --rescore``, so a re-scored run is scored exactly as a new one. ``data`` (what data and split)
+    is recorded beside the result."""
     from .eval.zeroshot import zeroshot_eval
 
     res = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32), n_boot=200)
-    atomic_write_text(Path(out) / "zeroshot.json", json.dumps(res.to_json(), indent=2))
+    atomic_write_text(Path(out) / "zeroshot.json", json.dumps({**res.to_json(), **({"data": data} if data else {})}, indent=2))
     return res

@@ -107,6 +107,14 @@ class Corpus:
         return {"val_fraction": VAL_FRACTION, "seed": self.seed, "rule": "split_by_patient (held-out phantoms: generated apart)",
                 "sources": [s.record() for s in self.sources]}
 
+    def what(self, split: str, text: str) -> dict:
+        """What data and split a result was computed on (recorded in every evaluation result):
+        ``split`` is ``run`` (the run's recorded split), ``run-config`` (rebuilt, nothing recorded
+        to verify) or ``explicit`` (data.* settings)."""
+        return {"data": self.describe(), "split": split, "text": text, "train_seed": self.seed,
+                "sources": [{"name": n, "held_out": len(s.held_records), "held_out_sha256": ids_sha256(s.held_out_ids)}
+                            for n, s in zip(self.names, self.sources)]}
+
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples."""
         return [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out "
@@ -299,3 +307,43 @@ def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
                 f"{path}: source {r['name']}: the held-out ids rebuilt now ({len(ids)}) differ from the run's "
                 f"({r['held_out']}, sha256 {r['held_out_sha256'][:12]}); the data changed since the run (rebuild gives "
                 f"{ids_sha256(ids)[:12]})")
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run directory or of one of its checkpoint files."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, settings: list[str] | None = None,
+                tokenizer=None, held_out_ner: bool = False) -> tuple[ExperimentConfig, Corpus, dict]:
+    """The data a command that evaluates (or draws samples from) a run reads: (config, corpus, what).
+
+    Without ``settings``: the run's own data and split, rebuilt from its config and checked against
+    its ``split.json`` (SHA-256 of each source's held-out ids; a mismatch is one line). With
+    ``data.*`` settings: that data, explicit, split by patient with the run's ``train.seed`` (so the
+    run's own data given explicitly is still its split). ``what`` names the data and split (it goes
+    into every result: table titles, JSON)."""
+    import sys
+
+    if settings:
+        from ..config import resolve
+
+        cfg, _ = resolve(list(settings) + ["preset=clip", f"train.seed={run_cfg.train.seed}"])
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        what = corpus.what("explicit", f"{corpus.describe()}, held out by patient with the run's seed {run_cfg.train.seed} (data.* given)")
+    else:
+        cfg = run_cfg
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        run = run_dir_of(path)
+        rec = read_split(run)
+        if rec is not None:
+            verify_split(corpus, rec, run / SPLIT_FILE)
+            what = corpus.what("run", f"the held-out split of run {run} ({corpus.describe()}; split.json verified)")
+        else:
+            what = corpus.what("run-config", f"the held-out split of run {run} rebuilt from its config ({corpus.describe()}; no split.json to verify)")
+            print(f"note: {run} has no {SPLIT_FILE} (a run from before maskkit recorded its split); its held-out set is "
+                  "rebuilt from its config and cannot be verified", file=sys.stderr)
+    return cfg, corpus, what
