@@ -295,7 +295,7 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
     """The ``data.*`` settings of an evaluation command; any other setting is refused in one line
     (evaluation reads only which data to use; a mistyped checkpoint path lands here too)."""
     for it in settings:
-        if not it.startswith("data."):
+        if not it.startswith(("data.", "data=")):
             raise MaskkitError(f"{what}: {it!r} is not an existing run directory or checkpoint, nor a data.* setting "
                                "(evaluation takes only data.* settings)")
     return settings
