@@ -101,8 +101,10 @@ def datasets_cmd(
     for col in ("name", "source", "role", "options (type = default)", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
+        from rich.markup import escape
+
         opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" for o in r["options"])
-        table.add_row(r["name"], r["source"], r["role"], opts, r["description"])
+        table.add_row(r["name"], r["source"], r["role"], escape(opts), escape(r["description"]))  # list[str] is not markup
     console.print(table)
 
 
@@ -197,7 +199,6 @@ def prepare_cmd(
 ) -> None:
     """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
     from .data.cache import prepare_cache
-    from .data.records import load_table
 
     opts = {}
     for item in option:
@@ -208,7 +209,10 @@ def prepare_cmd(
             opts[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             opts[k.strip()] = v
-    table = load_table(dataset, **opts)  # options checked against the adapter's model: one line naming the key
+    from .data.adapters import get_adapter
+
+    adapter = get_adapter(dataset)
+    table = adapter.load(**adapter.validate(opts, key_name=lambda k: f"--option {k}"))  # one line naming the key
     index = prepare_cache(table, out, size=size, overwrite=overwrite)
     console.print(f"cached {len(table)} images of {dataset} at {size}px in {out}; {len(index['skipped'])} skipped")
     for i, why in list(index["skipped"].items())[:20]:

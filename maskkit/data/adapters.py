@@ -73,12 +73,25 @@ def options_model(fn: Callable[..., Any], name: str) -> type[BaseModel]:
 
 
 def type_name(tp: Any) -> str:
-    """A short readable form of a type hint (``list[str] | None``)."""
+    """A short readable form of a type hint: ``list[str] | None``, ``'error' | 'skip'``."""
+    import types
+
     if tp is Any:
         return "any"
-    if isinstance(tp, type) and not typing.get_args(tp):
-        return tp.__name__
-    return str(tp).replace("typing.", "").replace("NoneType", "None").replace("pathlib.", "")
+    if tp is type(None):
+        return "None"
+    if tp is Ellipsis:
+        return "..."
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is typing.Annotated:
+        return type_name(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in args)
+    if origin is not None:
+        return f"{getattr(origin, '__name__', str(origin))}[{', '.join(type_name(a) for a in args)}]"
+    return tp.__name__ if isinstance(tp, type) else str(tp)
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,9 @@ class DatasetAdapter:
     def validate(self, options: dict[str, Any], key_name: Callable[[str], str] | None = None) -> dict[str, Any]:
         """The options given, validated and coerced; raises :class:`DatasetOptionError` in one line
         naming the adapter and the key (``key_name(key)``: how the caller's config spells it)."""
-        key_name = key_name or (lambda k: k)
+        def where(k: str) -> str:
+            return f"{key_name(k)}: " if key_name else ""
+
         try:
             model = self.options.model_validate(options)
         except ValidationError as exc:
@@ -114,12 +129,12 @@ class DatasetAdapter:
             key = str(e["loc"][0]) if e["loc"] else "?"
             if e["type"] == "extra_forbidden":
                 raise DatasetOptionError(
-                    f"{key_name(key)}: dataset '{self.name}' has no option '{key}'"
+                    f"{where(key)}dataset '{self.name}' has no option '{key}'"
                     f"{close_matches(key, self.options.model_fields) or ''}; it takes {', '.join(self.options.model_fields)}") from None
             if e["type"] == "missing":
-                raise DatasetOptionError(f"{key_name(key)}: dataset '{self.name}' needs option '{key}'") from None
+                raise DatasetOptionError(f"{where(key)}dataset '{self.name}' needs option '{key}'") from None
             got = e.get("input")
-            raise DatasetOptionError(f"{key_name(key)}: dataset '{self.name}' option '{key}': "
+            raise DatasetOptionError(f"{where(key)}dataset '{self.name}' option '{key}': "
                                      f"{e['msg'].removeprefix('Value error, ')} (got {got!r})") from None
         return {k: getattr(model, k) for k in model.model_fields_set}
 
@@ -145,7 +160,7 @@ def make_adapter(name: str, load: Callable[..., Any], role: str = "auto", descri
         raise MaskkitError(f"dataset '{name}' (plugin '{source}'): role '{role}' is not one of {', '.join(ROLES)}")
     if not callable(load):
         raise MaskkitError(f"dataset '{name}' (plugin '{source}'): {load!r} is not a function")
-    doc = description if description is not None else (inspect.getdoc(load) or "").split("\n")[0]
+    doc = description if description is not None else " ".join((inspect.getdoc(load) or "").split("\n\n")[0].split())
     return DatasetAdapter(name, load, role, doc, options_model(load, name), source, split, dataset)
 
 
