@@ -197,3 +197,16 @@ def test_no_paired_sample_says_so_before_step_1(tmp_path):
     with open(out, "w") as f:
         train(*resolve(["preset=xlip", *common, "runtime.name=x"]), console=Console(file=f, width=300))
     assert "warning: data: no source of csv" in out.read_text() and "objectives.align, objectives.mlm" in out.read_text()
+
+
+def test_the_shipped_paper_corpus_config_resolves():
+    from pathlib import Path
+
+    from maskkit.data.sources import source_specs
+
+    conf = Path(__file__).resolve().parents[1] / "configs" / "xlip_paper_corpus.yaml"
+    cfg, src = resolve([f"config={conf}", "scale=paper"])
+    a, b = source_specs(cfg.data)
+    assert (a.name, a.role, a.weight, b.name, b.role, b.weight) == ("mimic", "paired", 1.0, "padchest", "image_only", 1.0)
+    assert a.options["views"] == ["PA", "AP"] and a.options["split"] == "train" and b.options["labels"] == []
+    assert src["data.sources"] == f"file:{conf}" and cfg.model.arch != "maskkit-tiny"

@@ -509,6 +509,11 @@ def image_folder(root: str) -> Table:
 def load_table(name: str, **options: Any) -> Table:
     """Run the registered dataset adapter ``name`` (:mod:`maskkit.datasets`, plugins) with its
     options, validated against its options model; an unknown adapter or option is one line."""
+    from ..errors import UnknownNameError
     from .adapters import get_adapter
 
-    return get_adapter(name)(**options)
+    try:
+        adapter = get_adapter(name)
+    except UnknownNameError as exc:
+        raise DataError(f"data: {exc}") from None
+    return adapter(**options)
