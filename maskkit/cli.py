@@ -319,14 +319,15 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
 
 @eval_app.command("zeroshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_zeroshot_cmd(
-    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings"),
+    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings (default: the run's data and split)"),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
     no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
     absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
     prompts: str = typer.Option("sentence", help="how each prompt ends: sentence ('no pleural effusion.', like a report sentence; A32) or chexzero (the bare phrase)"),
     out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
-    """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
+    """Zero-shot AUC/F1/ACC (CheXzero protocol) on the run's held-out split (checked against its split.json),
+    or on the data.* given; several checkpoints are ensembled."""
     from .eval.zeroshot import NO_FINDING_MODES, PROMPT_STYLES, zeroshot_eval
     from .io import atomic_write_text
     from .training.checkpointing import load_model
@@ -354,7 +355,7 @@ def eval_zeroshot_cmd(
 
 @eval_app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_finetune_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings (default: the run's data and split)"),
     mode: str = typer.Option("probe", help="probe (encoder frozen) or finetune (encoder trained too)"),
     splits: Optional[str] = typer.Option(None, help="folder of split files to use or create (default: OUT/splits)"),
     out: str = typer.Option("finetune", help="output folder"),
@@ -362,7 +363,8 @@ def eval_finetune_cmd(
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0, help="split and training seed"),
 ) -> None:
-    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files."""
+    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files; tested
+    on the run's held-out patients (checked against its split.json), or on the data.* given."""
     from pathlib import Path
 
     from rich.table import Table as RTable
@@ -553,11 +555,11 @@ def _checkpoint_step(path: str) -> int | None:
 
 @viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_masks_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files to draw (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
-    n: int = typer.Option(4, help="samples from the dataset (when no --images)"),
-    index: int = typer.Option(0, help="first sample index in the dataset"),
+    n: int = typer.Option(4, help="samples from the held-out split (when no --images)"),
+    index: int = typer.Option(0, help="first sample index in the held-out split"),
     seed: int = typer.Option(0, help="mask seed (ignored with --step)"),
     step: Optional[int] = typer.Option(None, help="draw the batch and masks of this training step (1-based, as in metrics.jsonl)"),
     micro: int = typer.Option(0, help="with --step: the micro-batch (train.grad_accum > 1)"),
@@ -601,7 +603,7 @@ def viz_masks_cmd(
 
 @viz_app.command("text", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_text_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
     n: int = typer.Option(3, help="samples from the dataset (when no --images)"),
