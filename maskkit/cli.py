@@ -305,6 +305,11 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
     return settings
 
 
+#: how a result's title names its split (maskkit.data.build.Corpus.what)
+_SPLIT_WORDS = {"run": "the run's held-out split", "run-config": "the run's held-out split, unverified",
+                "explicit": "held-out part of the data.* given"}
+
+
 def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = False):
     """(held-out dataset, label names, config, what) an evaluation reads: the run's own data and
     split by default (verified against its split.json), or the explicit data.* settings
@@ -347,8 +352,9 @@ def eval_zeroshot_cmd(
     ds, names, _, what = _eval_data(paths[0], models[0], loaded[0][1], args)
     res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore),
                         style=prompts)
-    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images: "
-                                  f"{what['text']}"))
+    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images "
+                                  f"({_SPLIT_WORDS[what['split']]})"))
+    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
     if out:
         atomic_write_text(out, json.dumps({**res.to_json(), "data": what}, indent=2))
 
@@ -393,7 +399,7 @@ def eval_finetune_cmd(
         sp = held_out_splits(recs, test_ids, seed)
         write_splits(sp, folder)
     results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
-    t = RTable(title=f"{mode} on {sp['test']['n']} test images (splits {folder}): {what['text']}")
+    t = RTable(title=f"{mode} on {sp['test']['n']} test images ({_SPLIT_WORDS[what['split']]}; splits {folder})")
     t.add_column("labels")
     t.add_column("train images", justify="right")
     for n in names:
@@ -405,6 +411,7 @@ def eval_finetune_cmd(
     if results:  # the test split is the same for every row: how many test samples each label left out
         t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
     console.print(t)
+    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
     for line in dict.fromkeys(w for r in results for w in r.warnings):
         err_console.print(f"warning: {line}", highlight=False)
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc, "data": what} for r in results],
@@ -447,7 +454,7 @@ def eval_masks_cmd(
             f"({'the run trained on phantoms 0..n-1 of that seed' if seeds_run else 'the run trained on no phantoms'}: none trained on)")
     for r in rows:
         r["data"] = what
-    t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {what} (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
+    t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {n} held-out phantoms (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
     cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage"]
     t.add_column("strategy")
     for c in cols:
@@ -455,6 +462,7 @@ def eval_masks_cmd(
     for r in rows:
         t.add_row(escape(r["strategy"]), *[f"{r[c]:.3f}" if c in r else "" for c in cols])  # "[l2]" is not markup
     console.print(t)
+    console.print(f"data: {what}", highlight=False, soft_wrap=True)
     if out:
         o = Path(out)
         atomic_write_text(o / "masks.json", json.dumps(rows, indent=1))
