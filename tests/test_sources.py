@@ -210,3 +210,8 @@ def test_the_shipped_paper_corpus_config_resolves():
     assert (a.name, a.role, a.weight, b.name, b.role, b.weight) == ("mimic", "paired", 1.0, "padchest", "image_only", 1.0)
     assert a.options["views"] == ["PA", "AP"] and a.options["split"] == "train" and b.options["labels"] == []
     assert src["data.sources"] == f"file:{conf}" and cfg.model.arch != "maskkit-tiny"
+
+
+def test_single_source_keys_and_sources_together_are_refused():
+    with pytest.raises(MaskkitError, match=r"^data.name=mimic and data.sources: give one"):
+        resolve(["data=mimic", 'data.sources=[{"name": "csv", "path": "a.csv"}]'])

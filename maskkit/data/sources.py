@@ -101,6 +101,8 @@ def source_specs(d) -> list[SourceSpec]:
     takes (``root`` / ``path`` given to an adapter that takes neither is an error).
     """
     if d.sources:
+        if d.name != type(d).model_fields["name"].default:
+            raise SourceError(f"data.name={d.name} and data.sources: give one (a data.sources entry names its dataset)")
         if d.root is not None or d.path is not None or d.options:
             raise SourceError("data.sources: give each source its own root/path/options; "
                               "data.root, data.path and data.options are for the single-source form")
