@@ -9,6 +9,11 @@ them with the real Open-i reports of ../shared/data/openi (the development part)
 the main process (``num_workers=0``). Epoch 1 tokenizes and aligns every report (cold); later
 epochs reuse each record's kept token fields (warm). The goal (docs/benchmarks.md) is at least
 5,000 samples/s per worker, warm.
+
+Then the mixture sampler (``MixtureBatchSampler``, ``data.sources``): the same records as two
+sources (half paired, half image-only at weight 0.5) through the loader, and the sampler alone
+on the paper corpus's sizes (about 243,000 frontal MIMIC-CXR + 110,000 PadChest images, weights
+1 and 0.5, batch 64 per rank, 8 ranks): indices per second, every epoch order computed.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from PIL import Image
 
 from maskkit.data.cache import prepare_cache
 from maskkit.data.dataset import Collator, XrayDataset
-from maskkit.data.loader import ResumableBatchSampler, make_loader
+from maskkit.data.build import ConcatSources
+from maskkit.data.loader import MixtureBatchSampler, ResumableBatchSampler, make_loader
 from maskkit.data.ner import LexiconNER
 from maskkit.data.phantoms import PhantomGenerator
 from maskkit.data.records import Record, Table, openi
@@ -52,6 +58,38 @@ def epochs_rate(ds, collate, batch: int, workers: int, epochs: int) -> list[floa
             n += len(next(it)["ids"])
         out.append(n / (time.perf_counter() - t0))
     return out
+
+
+def mixture_rates(ds, collate, batch: int, workers: int, epochs: int) -> list[float]:
+    """Samples/s through the loader with two sources of ``ds``'s records (half, weights 1 and 0.5)."""
+    half = len(ds) // 2
+    a = XrayDataset(Table("a", ds.table.records[:half], ()), ds.image_size, cache=ds.cache.folder, tokenizer=ds.tokenizer,
+                    on_skip="replace", raw_cache=True)
+    b = XrayDataset(Table("b", ds.table.records[half:], ()), ds.image_size, cache=ds.cache.folder, tokenizer=ds.tokenizer,
+                    on_skip="replace", raw_cache=True)
+    b.reports = [None] * len(b)  # the image-only source
+    mixed = ConcatSources([a, b], ["a", "b"])
+    sampler = MixtureBatchSampler([len(a), len(b)], [1.0, 0.5], batch, 0, DistInfo())
+    it = iter(make_loader(mixed, collate, sampler, workers))
+    out = []
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        n = 0
+        for _ in range(sampler.per_epoch):
+            n += len(next(it)["ids"])
+        out.append(n / (time.perf_counter() - t0))
+    return out
+
+
+def sampler_rate(sizes=(243_000, 110_000), weights=(1.0, 0.5), batch: int = 64, world: int = 8, epochs: int = 3) -> float:
+    """Indices/s of MixtureBatchSampler alone (rank 0 of ``world``), epoch orders included."""
+    s = MixtureBatchSampler(list(sizes), list(weights), batch, 0, DistInfo(0, world))
+    it = iter(s)
+    t0 = time.perf_counter()
+    n = 0
+    for _ in range(epochs * s.per_epoch):
+        n += len(next(it))
+    return n / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -84,6 +122,13 @@ def main() -> None:
             where = "main process" if workers == 0 else "1 worker    "
             print(f"{where}: " + "  ".join(f"epoch {e + 1} {r:8.0f} samples/s" for e, r in enumerate(rates)))
         print(f"n={args.n} batch={args.batch} size={args.size}px (uint8 from the cache, as training reads it), context 77, real Open-i reports")
+        for workers in (0, 1):
+            ds._encoded.clear()
+            rates = mixture_rates(ds, collate, args.batch, workers, args.epochs)
+            where = "main process" if workers == 0 else "1 worker    "
+            print(f"two sources (weights 1, 0.5), {where}: " + "  ".join(f"epoch {e + 1} {r:8.0f} samples/s" for e, r in enumerate(rates)))
+    print(f"MixtureBatchSampler alone, 243,000 + 110,000 samples, weights 1 / 0.5, batch 64, rank 0 of 8: "
+          f"{sampler_rate():,.0f} indices/s")
 
 
 if __name__ == "__main__":

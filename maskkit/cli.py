@@ -81,6 +81,33 @@ def presets_cmd(pattern: str = typer.Argument("*", help="Shell-style wildcard on
     console.print(table)
 
 
+@app.command("datasets")
+def datasets_cmd(
+    pattern: str = typer.Argument("*", help="Shell-style wildcard on the dataset name."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """List the registered dataset adapters: plugin, role (paired / image_only / auto) and options."""
+    import fnmatch
+
+    from .plugins import get_registry
+
+    reg = get_registry()
+    rows = [{"name": n, "source": a.source, "role": a.role, "description": a.description, "options": a.option_rows()}
+            for n, a in sorted(reg.datasets.items()) if fnmatch.fnmatchcase(n, pattern)]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title=f"maskkit datasets ({len(rows)})")
+    for col in ("name", "source", "role", "options (type = default)", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        from rich.markup import escape
+
+        opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" for o in r["options"])
+        table.add_row(r["name"], r["source"], r["role"], escape(opts), escape(r["description"]))  # list[str] is not markup
+    console.print(table)
+
+
 @app.command("compose")
 def compose_cmd(
     spec: str = typer.Argument(..., help="A preset name, a strategy name, a .yaml/.toml/.json file, or an inline JSON tree."),
@@ -177,7 +204,7 @@ def phantoms_cmd(
 
 @app.command("prepare")
 def prepare_cmd(
-    dataset: str = typer.Argument(..., help="Adapter: mimic, padchest, chexpert, nih, rsna, covidx, openi, csv, folder."),
+    dataset: str = typer.Argument(..., help="A registered dataset adapter (`maskkit datasets` lists them)."),
     out: str = typer.Option(..., "--out", help="Cache folder to create."),
     size: int = typer.Option(224, help="Training resolution (square side in pixels)."),
     option: list[str] = typer.Option([], "--option", "-o", help="Adapter option KEY=VALUE (e.g. root=/data/nih, views=[\"PA\"])."),
@@ -185,7 +212,6 @@ def prepare_cmd(
 ) -> None:
     """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
     from .data.cache import prepare_cache
-    from .data.records import load_table
 
     opts = {}
     for item in option:
@@ -196,10 +222,10 @@ def prepare_cmd(
             opts[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             opts[k.strip()] = v
-    try:
-        table = load_table(dataset, **opts)
-    except TypeError as exc:
-        raise MaskkitError(f"{dataset}: bad adapter option ({exc})") from None
+    from .data.adapters import get_adapter
+
+    adapter = get_adapter(dataset)
+    table = adapter.load(**adapter.validate(opts, key_name=lambda k: f"--option {k}"))  # one line naming the key
     index = prepare_cache(table, out, size=size, overwrite=overwrite)
     console.print(f"cached {len(table)} images of {dataset} at {size}px in {out}; {len(index['skipped'])} skipped")
     for i, why in list(index["skipped"].items())[:20]:
@@ -219,8 +245,7 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     if cfg.runtime.devices > 1 and not under_torchrun():
         from .data.build import load_records
 
-        if cfg.data.name != "phantoms":
-            load_records(cfg)  # a bad data.path / data.root fails here, in one line, before any process starts
+        load_records(cfg)  # a bad data.path / data.root fails here, in one line, before any process starts
         cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
@@ -287,35 +312,40 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
     """The ``data.*`` settings of an evaluation command; any other setting is refused in one line
     (evaluation reads only which data to use; a mistyped checkpoint path lands here too)."""
     for it in settings:
-        if not it.startswith("data."):
+        if not it.startswith(("data.", "data=")):
             raise MaskkitError(f"{what}: {it!r} is not an existing run directory or checkpoint, nor a data.* setting "
                                "(evaluation takes only data.* settings)")
     return settings
 
 
-def _eval_data(model, args: list[str], split: str = "val"):
-    """The evaluation dataset from data.* settings (default: held-out phantoms)."""
-    from .config import resolve
-    from .data.build import build_datasets
+#: how a result's title names its split (maskkit.data.build.Corpus.what)
+_SPLIT_WORDS = {"run": "the run's held-out split", "run-config": "the run's held-out split, unverified",
+                "explicit": "held-out part of the data.* given"}
 
-    cfg, _ = resolve(list(args) + ["preset=clip"])
-    train_ds, val_ds, names = build_datasets(cfg, model.image_size)
-    ds = val_ds if split == "val" else train_ds
-    if ds is None or len(ds) == 0:
-        raise MaskkitError("the evaluation split is empty; set data.val_n (phantoms) or use a larger dataset")
-    return ds, names, cfg
+
+def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = False):
+    """(held-out dataset, label names, config, what) an evaluation reads: the run's own data and
+    split by default (verified against its split.json), or the explicit data.* settings
+    (:func:`maskkit.data.build.eval_corpus`); ``what`` names the data and split in the result."""
+    from .data.build import eval_corpus
+
+    cfg, corpus, what = eval_corpus(path, run_cfg, model.image_size, args, held_out_ner=held_out_ner)
+    if corpus.val is None or len(corpus.val) == 0:
+        raise MaskkitError(f"the evaluation split of {what['data']} is empty; set data.val_n (phantoms) or use a larger dataset")
+    return corpus.val, corpus.label_names, cfg, what
 
 
 @eval_app.command("zeroshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_zeroshot_cmd(
-    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings"),
+    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings (default: the run's data and split)"),
     bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
     no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
     absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
     prompts: str = typer.Option("sentence", help="how each prompt ends: sentence ('no pleural effusion.', like a report sentence; A32) or chexzero (the bare phrase)"),
     out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
 ) -> None:
-    """Zero-shot AUC/F1/ACC (CheXzero protocol) on held-out data; several checkpoints are ensembled."""
+    """Zero-shot AUC/F1/ACC (CheXzero protocol) on the run's held-out split (checked against its split.json),
+    or on the data.* given; several checkpoints are ensembled."""
     from .eval.zeroshot import NO_FINDING_MODES, PROMPT_STYLES, zeroshot_eval
     from .io import atomic_write_text
     from .training.checkpointing import load_model
@@ -326,18 +356,25 @@ def eval_zeroshot_cmd(
         raise MaskkitError(f"--prompts {prompts!r}: expected one of {', '.join(PROMPT_STYLES)}")
     paths, args = _split_targets(checkpoints, "eval zeroshot")
     _data_settings(args, "eval zeroshot")
-    models = [load_model(p)[0] for p in paths]
-    ds, names, _ = _eval_data(models[0], args)
+    loaded = [load_model(p) for p in paths]
+    models = [m for m, _ in loaded]
+    for p, (_, c) in zip(paths[1:], loaded[1:]):  # an ensemble's members must hold out the same data
+        if not args and (c.data != loaded[0][1].data or c.train.seed != loaded[0][1].train.seed):
+            raise MaskkitError(f"eval zeroshot: {p} was trained on other data or another train.seed than {paths[0]}; "
+                               "its held-out split differs, so one member's test data may be another's training data")
+    ds, names, _, what = _eval_data(paths[0], models[0], loaded[0][1], args)
     res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore),
                         style=prompts)
-    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images"))
+    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images "
+                                  f"({_SPLIT_WORDS[what['split']]})"))
+    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
     if out:
-        atomic_write_text(out, json.dumps(res.to_json(), indent=2))
+        atomic_write_text(out, json.dumps({**res.to_json(), "data": what}, indent=2))
 
 
 @eval_app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_finetune_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings (default: the run's data and split)"),
     mode: str = typer.Option("probe", help="probe (encoder frozen) or finetune (encoder trained too)"),
     splits: Optional[str] = typer.Option(None, help="folder of split files to use or create (default: OUT/splits)"),
     out: str = typer.Option("finetune", help="output folder"),
@@ -345,7 +382,8 @@ def eval_finetune_cmd(
     lr: float = typer.Option(1e-3),
     seed: int = typer.Option(0, help="split and training seed"),
 ) -> None:
-    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files."""
+    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files; tested
+    on the run's held-out patients (checked against its split.json), or on the data.* given."""
     from pathlib import Path
 
     from rich.table import Table as RTable
@@ -358,17 +396,23 @@ def eval_finetune_cmd(
     paths, settings = _split_targets(checkpoint, "eval finetune")
     if len(paths) != 1:
         raise MaskkitError(f"eval finetune takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
-    model, _ = load_model(paths[0])
-    cfg, _ = resolve(_data_settings(settings, "eval finetune") + ["preset=clip"])
-    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
+    from .data.build import eval_corpus
+
+    model, run_cfg = load_model(paths[0])
+    cfg, corpus, what = eval_corpus(paths[0], run_cfg.model_copy(update={"text_mask": None}), model.image_size,
+                                    _data_settings(settings, "eval finetune"))
+    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
         sp = read_splits(folder)
+        if set(sp["test"]["ids"]) != test_ids:
+            raise MaskkitError(f"{folder / 'test.json'}: its {sp['test']['n']} test ids are not the {len(test_ids)} held-out ids "
+                               f"of {what['text']}; use another --splits folder")
     else:
         sp = held_out_splits(recs, test_ids, seed)
         write_splits(sp, folder)
     results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
-    t = RTable(title=f"{mode} on {sp['test']['n']} test images (splits {folder})")
+    t = RTable(title=f"{mode} on {sp['test']['n']} test images ({_SPLIT_WORDS[what['split']]}; splits {folder})")
     t.add_column("labels")
     t.add_column("train images", justify="right")
     for n in names:
@@ -380,9 +424,11 @@ def eval_finetune_cmd(
     if results:  # the test split is the same for every row: how many test samples each label left out
         t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
     console.print(t)
+    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
     for line in dict.fromkeys(w for r in results for w in r.warnings):
         err_console.print(f"warning: {line}", highlight=False)
-    atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc} for r in results], indent=2))
+    atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc, "data": what} for r in results],
+                                                             indent=2))
 
 
 @eval_app.command("masks")
@@ -406,10 +452,21 @@ def eval_masks_cmd(
     from .io import atomic_write_text
     from .training.checkpointing import load_model
 
+    from .data.sources import source_specs
+    from .datasets import phantoms
+
     _split_targets([checkpoint], "eval masks")
     model, cfg = load_model(checkpoint)
-    ds = PhantomDataset(n, cfg.data.seed, model.image_size, offset=MASK_EVAL_OFFSET, p_unpaired=0.0)
+    # the run's phantoms (their seed) when it trained on phantoms; generator indices from MASK_EVAL_OFFSET,
+    # apart from every training (0..n-1) and held-out phantom, so none of them was trained on
+    seeds_run = [s.options.get("seed", 0) for s in source_specs(cfg.data) if _adapter_load(s.name) is phantoms]
+    pseed = seeds_run[0] if seeds_run else 0
+    ds = PhantomDataset(n, pseed, model.image_size, offset=MASK_EVAL_OFFSET, p_unpaired=0.0)
     rows = evaluate_masks(extract(model, ds, lesion_threshold), default_grid(ratio), seeds)
+    what = (f"{n} phantoms of seed {pseed} from generator index {MASK_EVAL_OFFSET} "
+            f"({'the run trained on phantoms 0..n-1 of that seed' if seeds_run else 'the run trained on no phantoms'}: none trained on)")
+    for r in rows:
+        r["data"] = what
     t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {n} held-out phantoms (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
     cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage"]
     t.add_column("strategy")
@@ -418,6 +475,7 @@ def eval_masks_cmd(
     for r in rows:
         t.add_row(escape(r["strategy"]), *[f"{r[c]:.3f}" if c in r else "" for c in cols])  # "[l2]" is not markup
     console.print(t)
+    console.print(f"data: {what}", highlight=False, soft_wrap=True)
     if out:
         o = Path(out)
         atomic_write_text(o / "masks.json", json.dumps(rows, indent=1))
@@ -472,8 +530,16 @@ viz_app = typer.Typer(help="Figures: mask overlays, entity highlighting, trainin
 app.add_typer(viz_app, name="visualize")
 
 
-def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n: int, index: int):
-    """A collated batch from image files (+ report files) or from a dataset (default: held-out phantoms)."""
+def _adapter_load(name: str):
+    """The load function of the registered dataset ``name``."""
+    from .data.adapters import get_adapter
+
+    return get_adapter(name).load
+
+
+def _viz_batch(path: str, model, run_cfg, images: list[str], reports: list[str], args: list[str], n: int, index: int):
+    """A collated batch from image files (+ report files) or from a dataset: the run's held-out
+    split by default, or the data.* settings' held-out part (:func:`_eval_data`)."""
     from pathlib import Path
 
     from .data.dataset import Collator, XrayDataset
@@ -493,18 +559,9 @@ def _viz_batch(model, images: list[str], reports: list[str], args: list[str], n:
         ds = XrayDataset(Table("files", recs, ()), model.image_size, policy="raise", ner=CachedNER(LexiconNER()))
         items = [ds[i] for i in range(len(ds))]
     else:
-        from .config import resolve
-        from .data.dataset import PhantomDataset
-        from .data.phantoms import HELD_OUT_OFFSET
-        from .data.build import build_datasets
-
-        cfg, _ = resolve(list(args) + ["preset=clip"])
-        if cfg.data.name == "phantoms":
-            ds = PhantomDataset(index + n, cfg.data.seed, model.image_size, offset=HELD_OUT_OFFSET, ner=CachedNER(LexiconNER()), p_unpaired=0.0)
-        else:
-            _, ds, _ = build_datasets(cfg.model_copy(update={"text_mask": {"intersect": {"of": ["entity", "causal"]}}}), model.image_size)
+        ds, _, _, _ = _eval_data(path, model, run_cfg, args, held_out_ner=True)
         if index + n > len(ds):
-            raise MaskkitError(f"--index {index} --n {n}: the dataset has {len(ds)} samples")
+            raise MaskkitError(f"--index {index} --n {n}: the held-out set has {len(ds)} samples")
         items = [ds[i] for i in range(index, index + n)]
     return Collator(model.tokenizer)([s for s in items if "image" in s])
 
@@ -521,11 +578,11 @@ def _checkpoint_step(path: str) -> int | None:
 
 @viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_masks_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files to draw (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
-    n: int = typer.Option(4, help="samples from the dataset (when no --images)"),
-    index: int = typer.Option(0, help="first sample index in the dataset"),
+    n: int = typer.Option(4, help="samples from the held-out split (when no --images)"),
+    index: int = typer.Option(0, help="first sample index in the held-out split"),
     seed: int = typer.Option(0, help="mask seed (ignored with --step)"),
     step: Optional[int] = typer.Option(None, help="draw the batch and masks of this training step (1-based, as in metrics.jsonl)"),
     micro: int = typer.Option(0, help="with --step: the micro-batch (train.grad_accum > 1)"),
@@ -552,7 +609,7 @@ def viz_masks_cmd(
             err_console.print(f"note: weights from step {ck_step}; attention-guided masks equal training's with the checkpoint "
                               f"of step {step - 1} (random draws are identical either way)", highlight=False, soft_wrap=True)
     else:
-        batch = _viz_batch(model, images, reports, settings, n, index)
+        batch = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
     views = sample_views(model, batch, seed=seed, rows=n if step is not None else None)
     arr = composite(views, model.patch)
     o = Path(out)
@@ -569,7 +626,7 @@ def viz_masks_cmd(
 
 @viz_app.command("text", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_text_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings"),
+    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
     n: int = typer.Option(3, help="samples from the dataset (when no --images)"),
@@ -587,8 +644,8 @@ def viz_text_cmd(
     from .viz import html_page, text_html, text_spans, text_terminal
 
     paths, settings = _split_targets(checkpoint, "visualize text")
-    model, _ = load_model(paths[0])
-    batch = _viz_batch(model, images, reports, settings, n, index)
+    model, run_cfg = load_model(paths[0])
+    batch = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
     ner = LexiconNER()
     recon = {r["index"]: r for r in reconstruct_text(model, batch, seed)} if model.text_decoder is not None else {}
     sections = []

@@ -29,8 +29,6 @@ from .masking import STREAMS as TREES
 from .model.config import ModelConfig
 from .terms import TERMS
 
-DATASETS = ("phantoms", "mimic", "padchest", "chexpert", "nih", "rsna", "covidx", "openi", "csv", "folder")
-
 
 class ConfigError(MaskkitError):
     """A configuration key or value that does not validate."""
@@ -41,10 +39,11 @@ class Strict(BaseModel):
 
 
 class DataConfig(Strict):
-    name: str = Field("phantoms", description=f"dataset adapter: {', '.join(DATASETS)}")
+    name: str = Field("phantoms", description="dataset adapter (`maskkit datasets` lists the registered ones)")
     root: str | None = Field(None, description="dataset folder (adapters that read one)")
     path: str | None = Field(None, description="CSV file (data=csv)")
     options: dict[str, Any] = Field(default_factory=dict, description="other adapter options, e.g. {\"views\": [\"PA\"], \"uncertain\": \"zeros\"}")
+    sources: list[dict[str, Any]] = Field(default_factory=list, description="several sources in one run: [{name, role: paired|image_only|auto, weight, root/path/options...}] (docs/data.md); replaces name/root/path/options")
     image_size: int | None = Field(None, ge=16, description="training resolution (default: the model's)")
     cache: str | None = Field(None, description="a prepared cache folder (maskkit prepare) to read images from")
     n: int = Field(2000, ge=1, description="phantoms: number of training phantoms")
@@ -61,8 +60,9 @@ class DataConfig(Strict):
 
     @model_validator(mode="after")
     def _known(self):
-        if self.name not in DATASETS:
-            raise ValueError(f"unknown dataset '{self.name}'{close_matches(self.name, DATASETS)}; expected one of {', '.join(DATASETS)}")
+        from .data.sources import source_specs
+
+        source_specs(self)  # the adapter(s) and their options, validated: one line naming source and key
         return self
 
 
@@ -331,6 +331,8 @@ def _one_line(exc: ValidationError, valid: set[str]) -> str:
     got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
     if e["type"] == "extra_forbidden":
         return f"unknown key '{loc}'{close_matches(loc, valid) or ''}"
+    if loc and (msg.startswith(loc + ":") or msg.startswith(loc + ".") or msg.startswith(loc + " (")):
+        return msg  # the message already names its key (data.sources[1] (padchest): ...)
     return f"{loc}: {msg}{got_s}" if loc else f"{msg}"
 
 

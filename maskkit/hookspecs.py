@@ -14,3 +14,10 @@ def register_strategies(register):
 @hookspec
 def register_presets(register):
     """Register presets: call ``register(name, config_dict, description)`` once for each."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register dataset adapters: call ``register(name, load, role="auto", description=None)`` once
+    for each. ``load(**options)`` returns a :class:`maskkit.data.records.Table`; its signature and
+    type hints are the adapter's typed options (docs/data.md, docs/plugins.md)."""

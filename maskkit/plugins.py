@@ -1,6 +1,6 @@
 """The plugin manager and the registries it fills (lazily, on first use, never on import).
 
-Built-ins are plugins like any other: ``maskkit.strategies`` and ``maskkit.presets`` implement
+Built-ins are plugins like any other: ``maskkit.strategies``, ``maskkit.presets`` and ``maskkit.datasets`` implement
 the hooks of :mod:`maskkit.hookspecs`; third-party packages add modules to the entry-point group
 ``maskkit``. ``MASKKIT_DISABLE_PLUGINS=1`` (or ``all`` / ``*``) loads no third-party plugin; a
 comma-separated list skips the named entry points or distributions. ``MASKKIT_LOAD_PLUGINS``,
@@ -38,7 +38,7 @@ from .core import check_declarations, declared_modalities
 from .errors import PluginError, UnknownNameError, close_matches
 
 ENTRY_POINT_GROUP = "maskkit"
-BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets")
+BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets", "maskkit.datasets")
 
 
 @dataclass
@@ -56,6 +56,7 @@ class Registry:
     strategies: dict[str, type] = field(default_factory=dict)
     strategy_sources: dict[str, str] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
+    datasets: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.data.adapters.DatasetAdapter
     failed_plugins: dict[str, str] = field(default_factory=dict)
     #: the sources whose names no third-party plugin can take (``claim``)
     builtin: frozenset[str] = field(default_factory=lambda: frozenset(BUILTIN_PLUGINS))
@@ -114,6 +115,8 @@ class Registry:
             self.strategy_sources.pop(name, None)
         elif kind == "preset":
             self.presets.pop(name, None)
+        elif kind == "dataset":
+            self.datasets.pop(name, None)
 
     def add_strategy(self, cls: type, source: str) -> None:
         from .core import MaskStrategy
@@ -136,6 +139,15 @@ class Registry:
             return
         self.presets[name] = Preset(name, dict(config), description, source)
 
+    def add_dataset(self, name: str, load, source: str, **kw: Any) -> None:
+        """A dataset adapter (:func:`maskkit.data.adapters.make_adapter`: its options model from ``load``)."""
+        from .data.adapters import make_adapter
+
+        adapter = make_adapter(name, load, source=source, **kw)  # a bad registration fails before it claims the name
+        if not self.claim("dataset", name, source):
+            return
+        self.datasets[name] = adapter
+
     def remove_source(self, source: str) -> None:
         """Undo everything plugin ``source`` registered (after one of its hooks failed)."""
         for kind, name in [k for k, src in self.holders.items() if src == source]:
@@ -155,6 +167,16 @@ class Registry:
             self._refused("strategy", name)
             raise UnknownNameError(
                 f"unknown strategy '{name}'{close_matches(name, self.strategies) or '; registered: ' + ', '.join(sorted(self.strategies))}"
+            ) from None
+
+    def dataset(self, name: str):
+        """The :class:`~maskkit.data.adapters.DatasetAdapter` registered as ``name``."""
+        try:
+            return self.datasets[name]
+        except KeyError:
+            self._refused("dataset", name)
+            raise UnknownNameError(
+                f"unknown dataset '{name}'{close_matches(name, self.datasets) or '; registered: ' + ', '.join(sorted(self.datasets))}"
             ) from None
 
     def preset(self, name: str) -> Preset:
@@ -249,7 +271,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _pm
 
 
-HOOKS = ("register_strategies", "register_presets")
+HOOKS = ("register_strategies", "register_presets", "register_datasets")
 
 
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
@@ -274,6 +296,7 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
             "register_strategies": lambda cls, _src=source: reg.add_strategy(cls, _src),
             "register_presets": lambda name, config, description="", _src=source: reg.add_preset(
                 name, config, description, _src),
+            "register_datasets": lambda name, load, _src=source, **kw: reg.add_dataset(name, load, _src, **kw),
         }
         for hook in HOOKS:
             if hook not in hooks:

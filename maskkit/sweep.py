@@ -167,13 +167,13 @@ def rescore_run(run_dir: Path, row: dict) -> dict:
     """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
     own held-out data, as at the end of training: :func:`maskkit.train.run_zeroshot`); rewrites
     ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts."""
-    from .data.build import build_datasets
+    from .data.build import eval_corpus
     from .train import run_zeroshot
     from .training.checkpointing import load_model
 
     model, cfg = load_model(run_dir)
-    _, val_ds, names = build_datasets(cfg, model.image_size, tokenizer=model.tokenizer)
-    row = {**row, **zeroshot_fields(run_zeroshot(model, cfg, val_ds, names, run_dir))}
+    _, corpus, what = eval_corpus(run_dir, cfg, model.image_size, tokenizer=model.tokenizer)  # verified against split.json
+    row = {**row, **zeroshot_fields(run_zeroshot(model, cfg, corpus.val, corpus.label_names, run_dir, data=what))}
     atomic_write_text(run_dir / "done.json", json.dumps(row))
     return row
 
@@ -184,8 +184,11 @@ def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
     from .eval.finetune import held_out_splits, pretraining_data, run_finetune
     from .training.checkpointing import load_model
 
+    from .data.build import eval_corpus
+
     model, _ = load_model(run_dir)
-    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size)
+    _, corpus, _ = eval_corpus(run_dir, cfg.model_copy(update={"text_mask": None}), model.image_size)  # the run's split, verified
+    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
     res = run_finetune(model, ds, names, held_out_splits(recs, test_ids, cfg.train.seed), mode="probe", epochs=20,
                        seed=cfg.train.seed)
     return {f"probe_{float(r.fraction) * 100:g}": r.mean_auc for r in res}

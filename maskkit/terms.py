@@ -16,12 +16,14 @@ class Term:
 
     ``name`` is the config key (``objectives.<name>`` is its weight); ``log_key`` the key in
     ``metrics.jsonl``, TensorBoard and the progress bar; ``warmup`` whether the term trains
-    during the masked-modelling-only warm-up (``train.warmup_steps``, paper section IV-B).
+    during the masked-modelling-only warm-up (``train.warmup_steps``, paper section IV-B);
+    ``paired`` whether it needs image-report pairs (it is zero on image-only samples).
     """
 
     name: str
     description: str
     warmup: bool
+    paired: bool = False
 
     @property
     def log_key(self) -> str:
@@ -29,9 +31,9 @@ class Term:
 
 
 TERMS: tuple[Term, ...] = (
-    Term("align", "symmetric InfoNCE between pooled image and report features (CLIP; the loss after eq. 11)", warmup=False),
+    Term("align", "symmetric InfoNCE between pooled image and report features (CLIP; the loss after eq. 11)", warmup=False, paired=True),
     Term("mim", "AttMIM pixel reconstruction of the masked patches (eq. 12)", warmup=True),
-    Term("mlm", "EntMLM reconstruction of the selected report tokens (eq. 13)", warmup=True),
+    Term("mlm", "EntMLM reconstruction of the selected report tokens (eq. 13)", warmup=True, paired=True),
 )
 TERM_BY_NAME: dict[str, Term] = {t.name: t for t in TERMS}
 LOG_KEYS: tuple[str, ...] = tuple(t.log_key for t in TERMS)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .config import ExperimentConfig, flat_items
-from .data.build import build_datasets
+from .data.build import build_corpus
 from .data.dataset import to_device
 from .distributed import DistInfo, Gatherer, init_from_env, shutdown
 from .errors import MaskkitError, TrainingError
@@ -113,6 +113,7 @@ class PretrainRecipe:
         from .objectives import Objectives
 
         self.objectives = Objectives.for_model(self.model, cfg.objectives, self.gather)
+        self.check_pairs()
         self.ddp = self.model
         if self.info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -139,15 +140,37 @@ class PretrainRecipe:
         image_size = cfg.data.image_size or model.image_size
         if image_size != model.image_size:
             raise MaskkitError(f"data.image_size={image_size} but model.arch {cfg.model.arch} takes {model.image_size} px images")
-        self.train_ds, self.val_ds, self.label_names = build_datasets(cfg, image_size, tokenizer=model.tokenizer)
+        self.corpus = build_corpus(cfg, image_size, tokenizer=model.tokenizer)
+        self.train_ds, self.val_ds, self.label_names = self.corpus.train, self.corpus.val, self.corpus.label_names
         self.collate = Collator(model.tokenizer)
+        if self.info.main:
+            record_split(self.out, self.corpus, resumed=cfg.runtime.resume is not None)
+            for line in self.corpus.summary_lines():
+                self.console.print(line, highlight=False)
+
+    def check_pairs(self) -> None:
+        """No paired sample while a term that needs pairs trains: one line before step 1 (an error
+        when every weighted term needs pairs: nothing would train)."""
+        from .terms import TERM_BY_NAME
+
+        if self.corpus.has_paired:
+            return
+        needs = [o.name for o in self.objectives.terms if TERM_BY_NAME[o.name].paired and getattr(self.cfg.objectives, o.name) > 0]
+        if not needs:
+            return
+        msg = (f"data: no source of {self.corpus.describe()} holds a paired (image + report) sample, but preset "
+               f"'{self.cfg.preset}' trains {', '.join('objectives.' + n for n in needs)}")
+        if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
+            raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
+        if self.info.main:
+            self.console.print(f"[yellow]warning: {msg}; those terms stay 0 (set them to 0 or add a paired source)[/]", highlight=False)
 
     def setup_loader(self) -> None:
-        from .data.loader import ResumableBatchSampler, make_loader
+        from .data.loader import make_loader
 
         d = self.cfg.data
-        self.sampler = ResumableBatchSampler(len(self.train_ds), self.cfg.train.batch_size, self.cfg.train.seed, self.info,
-                                             start=self.batches)
+        self.sampler = make_sampler(self.corpus, self.cfg, self.info, start=self.batches)
+        self.seen = self.sampler.samples_seen(self.batches)
         self.loader = make_loader(self.train_ds, self.collate, self.sampler, d.num_workers,
                                   pin_memory=d.pin_memory and self.device.type == "cuda", prefetch_factor=d.prefetch_factor,
                                   seed=self.cfg.train.seed)
@@ -163,8 +186,13 @@ class PretrainRecipe:
 
     def next_batch(self) -> dict:
         batch = next(self.batch_iter)
+        self.seen = self.seen + self.sampler.batch_sources(self.batches)  # every rank's samples, per source
         self.batches += 1
         return batch
+
+    def samples_seen(self) -> dict[str, int]:
+        """Samples read so far per source (every rank), by source name."""
+        return dict(zip(self.corpus.names, (int(v) for v in self.seen)))
 
     def train_step(self) -> StepResult:
         """One optimiser step over ``train.grad_accum`` micro-batches. Every rank runs the same
@@ -232,7 +260,8 @@ class PretrainRecipe:
                 self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False)
             epoch, _ = self.sampler.position(self.batches)
             line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
-                    "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time()}
+                    "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time(),
+                    "samples_seen": self.samples_seen()}
             self.metrics.write(line, logged)
         return txt
 
@@ -267,7 +296,8 @@ class PretrainRecipe:
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
-        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device)
+        what = self.corpus.what("run", f"the held-out split of run {self.out} ({self.corpus.describe()})")
+        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device, data=what)
 
     # --- the loop ----------------------------------------------------------------------------
     def discard_unstarted_run_dir(self) -> None:
@@ -316,6 +346,8 @@ class PretrainRecipe:
                 self.metrics.close()
         if info.main:
             self.console.print(self.skips.summary(), highlight=False)
+            self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),
+                               highlight=False)
         self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)
         result = RunResult(self.out, self.step, self.losses)
         if cfg.runtime.eval_zeroshot and self.val_ds is not None and info.main:
@@ -342,23 +374,44 @@ def training_batch(cfg: ExperimentConfig, model, step: int, micro: int = 0, rank
     metrics.jsonl), micro-batch ``micro``, on ``rank`` of ``world`` processes: the same sampler
     and seed rule as :class:`PretrainRecipe`."""
     from .data.dataset import Collator
-    from .data.loader import ResumableBatchSampler
 
     if step < 1 or not 0 <= micro < cfg.train.grad_accum:
         raise MaskkitError(f"--step {step} --micro {micro}: expected step >= 1 and 0 <= micro < train.grad_accum={cfg.train.grad_accum}")
-    ds, _, _ = build_datasets(cfg, model.image_size, tokenizer=model.tokenizer)
-    sampler = ResumableBatchSampler(len(ds), cfg.train.batch_size, cfg.train.seed, DistInfo(rank, world))
+    corpus = build_corpus(cfg, model.image_size, tokenizer=model.tokenizer)
+    ds = corpus.train
+    sampler = make_sampler(corpus, cfg, DistInfo(rank, world))
     idx = sampler.batch_indices((step - 1) * cfg.train.grad_accum + micro)
     return Collator(model.tokenizer)([ds[i] for i in idx]), mask_seed(cfg.train.seed, step - 1, micro)
 
 
-def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu"):
+def make_sampler(corpus, cfg: ExperimentConfig, info: DistInfo, start: int = 0):
+    """The training sampler of a corpus (:class:`~maskkit.data.loader.MixtureBatchSampler`; with one
+    source of weight 1 it is exactly the single-dataset order)."""
+    from .data.loader import MixtureBatchSampler
+
+    return MixtureBatchSampler(corpus.sizes, corpus.weights, cfg.train.batch_size, cfg.train.seed, info, start=start)
+
+
+def record_split(out: Path, corpus, resumed: bool) -> None:
+    """Rank 0: write the run's split.json at its start; a resume checks the held-out ids it rebuilt
+    against the recorded ones (the data must not have changed under the run)."""
+    from .data.build import SPLIT_FILE, read_split, verify_split, write_split
+
+    rec = read_split(out) if resumed else None
+    if rec is not None:
+        verify_split(corpus, rec, out / SPLIT_FILE)
+    else:
+        write_split(out, corpus)
+
+
+def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu", data: dict | None = None):
     """A run's end-of-run zero-shot evaluation (200 bootstrap resamples, the library's protocol
     defaults) on its held-out set, written atomically to ``out/zeroshot.json``; returns the
     :class:`~maskkit.eval.zeroshot.ZeroShotResult`. Used by the recipe and by ``maskkit sweep
-    --rescore``, so a re-scored run is scored exactly as a new one."""
+    --rescore``, so a re-scored run is scored exactly as a new one. ``data`` (what data and split)
+    is recorded beside the result."""
     from .eval.zeroshot import zeroshot_eval
 
     res = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32), n_boot=200)
-    atomic_write_text(Path(out) / "zeroshot.json", json.dumps(res.to_json(), indent=2))
+    atomic_write_text(Path(out) / "zeroshot.json", json.dumps({**res.to_json(), **({"data": data} if data else {})}, indent=2))
     return res

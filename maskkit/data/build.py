@@ -1,13 +1,26 @@
-"""Building a run's datasets from ``cfg.data``: the adapter table, the patient split, the
-training and held-out datasets. Used by training, evaluation, visualisation and sweeps alike
-(evaluation does not import training)."""
+"""Building a run's datasets from ``cfg.data``: each source's adapter table, its patient split,
+its training and held-out datasets, and the split record. Used by training, evaluation,
+visualisation and sweeps alike (evaluation does not import training)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from ..config import ExperimentConfig
 from ..errors import MaskkitError
+
+#: the fraction of each source's patients held out from pretraining (split_by_patient)
+VAL_FRACTION = 0.1
+SPLIT_FILE = "split.json"
+
+
+class SplitMismatchError(MaskkitError):
+    """The held-out ids rebuilt from a run's config differ from those its split.json recorded."""
 
 
 def split_by_patient(records, val_fraction: float, seed: int):
@@ -21,50 +34,316 @@ def split_by_patient(records, val_fraction: float, seed: int):
     return train, val
 
 
-def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
-    """(train, held-out) datasets and their label names, from ``cfg.data``.
+def ids_sha256(ids) -> str:
+    """SHA-256 of the sorted ids joined by newlines (the split record's checksum)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+@dataclass
+class SourceData:
+    """One source of a run's corpus, built: its spec, records split, datasets and resolved role."""
+
+    spec: Any                      # maskkit.data.sources.SourceSpec
+    adapter: Any                   # maskkit.data.adapters.DatasetAdapter
+    records: int
+    train_records: list = field(repr=False)
+    held_records: list = field(repr=False)
+    role: str                      # paired or image_only (auto resolved from the records)
+    n_paired: int
+    train: Any = None
+    val: Any = None
+
+    @property
+    def held_out_ids(self) -> list[str]:
+        return sorted(r.id for r in self.held_records)
+
+    def record(self, with_ids: bool = True) -> dict:
+        """This source's entry of split.json: counts, held-out ids and their SHA-256."""
+        ids = self.held_out_ids
+        out = {"index": self.spec.index, "name": self.spec.name, "role": self.role, "weight": self.spec.weight,
+               "data": self.spec.describe(), "records": self.records, "train": len(self.train_records),
+               "held_out": len(ids), "paired_train": self.n_paired, "held_out_sha256": ids_sha256(ids)}
+        if with_ids:
+            out["held_out_ids"] = ids
+        return out
+
+
+@dataclass
+class Corpus:
+    """A run's data: the sources, the union of their label names, the training dataset (one
+    source's, or the concatenation in source order) and the held-out dataset (likewise, or None)."""
+
+    sources: list[SourceData]
+    label_names: tuple[str, ...]
+    train: Any
+    val: Any
+    seed: int
+
+    @property
+    def sizes(self) -> list[int]:
+        """Training samples of each source (the mixture sampler's sizes)."""
+        return [len(s.train) if s.train is not None else 0 for s in self.sources]
+
+    @property
+    def weights(self) -> list[float]:
+        return [s.spec.weight for s in self.sources]
+
+    @property
+    def names(self) -> list[str]:
+        """A unique name per source: the adapter name, with ``#index`` when an adapter repeats."""
+        base = [s.spec.name for s in self.sources]
+        return [n if base.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(base, self.sources)]
+
+    @property
+    def has_paired(self) -> bool:
+        return any(s.n_paired and s.spec.weight > 0 for s in self.sources)
+
+    def describe(self) -> str:
+        """``mimic root=... + padchest root=...`` (what data this is)."""
+        return " + ".join(s.spec.describe() for s in self.sources)
+
+    def split_record(self) -> dict:
+        """split.json: per source, the held-out ids, their count and SHA-256, and the counts."""
+        return {"val_fraction": VAL_FRACTION, "seed": self.seed, "rule": "split_by_patient (held-out phantoms: generated apart)",
+                "sources": [s.record() for s in self.sources]}
+
+    def what(self, split: str, text: str) -> dict:
+        """What data and split a result was computed on (recorded in every evaluation result):
+        ``split`` is ``run`` (the run's recorded split), ``run-config`` (rebuilt, nothing recorded
+        to verify) or ``explicit`` (data.* settings)."""
+        return {"data": self.describe(), "split": split, "text": text, "train_seed": self.seed,
+                "sources": [{"name": n, "held_out": len(s.held_records), "held_out_sha256": ids_sha256(s.held_out_ids)}
+                            for n, s in zip(self.names, self.sources)]}
+
+    def summary_lines(self) -> list[str]:
+        """One line per source: records, held out, role, weight, paired training samples."""
+        return [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out "
+                f"(role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
+
+
+class ConcatSources:
+    """The datasets of several sources as one map-style dataset (index ``offsets[k] + i`` is sample
+    ``i`` of source ``k``); samples carry their ``source`` index."""
+
+    def __init__(self, datasets: list, names: list[str]) -> None:
+        import bisect
+
+        self._bisect = bisect.bisect_right
+        self.datasets, self.names = datasets, names
+        self.offsets, total = [], 0
+        for d in datasets:
+            self.offsets.append(total)
+            total += len(d) if d is not None else 0
+        self.total = total
+
+    def __len__(self) -> int:
+        return self.total
+
+    def __getitem__(self, i: int) -> dict:
+        if not 0 <= i < self.total:
+            raise IndexError(i)
+        k = self._bisect(self.offsets, i) - 1
+        while self.datasets[k] is None or i - self.offsets[k] >= len(self.datasets[k]):
+            k -= 1  # an empty source shares its offset with the next one
+        item = self.datasets[k][i - self.offsets[k]]
+        return {**item, "source": k, "index": i}
+
+    @property
+    def ids(self) -> list[str]:
+        out = []
+        for d in self.datasets:
+            if d is not None:
+                out += [r.id for r in d.table.records] if hasattr(d, "table") else [d[j]["id"] for j in range(len(d))]
+        return out
+
+
+def _default_dataset(table, image_size: int, *, train: bool, ner=None, tokenizer=None, data=None, cache=None):
+    from .dataset import XrayDataset
+
+    if not table.records:
+        return None
+    if train:
+        return XrayDataset(table, image_size, data.decode_policy, ner=ner, cache=cache, tokenizer=tokenizer,
+                           on_skip="replace", raw_cache=True)
+    return XrayDataset(table, image_size, data.decode_policy, ner=ner, cache=cache)
+
+
+def _drop_reports(ds) -> None:
+    """An image-only source: no sample of ``ds`` has a report (nor entities, nor cached tokens)."""
+    if ds is None:
+        return
+    if hasattr(ds, "reports"):
+        ds.reports = [None] * len(ds)
+    if hasattr(ds, "entity_spans"):
+        ds.entity_spans = [[] for _ in range(len(ds))]
+    if hasattr(ds, "_encoded"):
+        ds._encoded.clear()
+
+
+def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False) -> Corpus:
+    """Every source of ``cfg.data`` built: adapter table, split by patient with ``train.seed``
+    (each source on its own), training and held-out datasets over the union of label names.
 
     The training set replaces a sample that fails to decode by the next one that decodes (the skip
-    policy, reported); the held-out set drops it. ``tokenizer`` makes the training set compute
-    each record's token fields once (in the DataLoader's workers).
+    policy, reported); the held-out set drops it. ``tokenizer`` makes the training set compute each
+    record's token fields once (in the DataLoader's workers). Raises one line when a source has no
+    record, or is ``role: paired`` with no report among its training records.
     """
-    from .dataset import PhantomDataset, XrayDataset
     from .ner import CachedNER, make_ner
-    from .phantoms import HELD_OUT_OFFSET
     from .records import Table
+    from .sources import source_specs
 
     d = cfg.data
-    ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None else None  # entities feed EntMLM only
-    if d.name == "phantoms":
-        train = PhantomDataset(d.n, d.seed, image_size, offset=0, ner=ner, p_unpaired=d.p_unpaired, tokenizer=tokenizer)
-        val = PhantomDataset(d.val_n, d.seed, image_size, offset=HELD_OUT_OFFSET, ner=None, p_unpaired=0.0) if d.val_n else None
-        return train, val, train.label_names
-    table = load_records(cfg)
-    tr, va = split_by_patient(table.records, 0.1, cfg.train.seed)
-    train = XrayDataset(Table(table.name, tr, table.label_names), image_size, d.decode_policy, ner=ner, cache=d.cache,
-                        tokenizer=tokenizer, on_skip="replace", raw_cache=True)
-    val = XrayDataset(Table(table.name, va, table.label_names), image_size, d.decode_policy, cache=d.cache) if va else None
-    return train, val, table.label_names
+    specs = source_specs(d)
+    ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None or held_out_ner else None
+    tables = []
+    for spec in specs:
+        from .adapters import get_adapter
+
+        adapter = get_adapter(spec.name)
+        table = adapter.load(**spec.options)
+        if not len(table):
+            raise MaskkitError(f"{spec.label}: {spec.describe()} has no records (after filters)")
+        tables.append((spec, adapter, table))
+    names: list[str] = []
+    for _, _, t in tables:
+        names += [n for n in t.label_names if n not in names]
+    label_names = tuple(names)
+    built = []
+    for spec, adapter, table in tables:
+        split = adapter.split or (lambda recs, seed: split_by_patient(recs, VAL_FRACTION, seed))
+        tr, va = split(table.records, cfg.train.seed)
+        role = spec.role if spec.role != "auto" else adapter.role
+        if role == "image_only":
+            tr = [dataclasses.replace(r, report=None) for r in tr]
+            va = [dataclasses.replace(r, report=None) for r in va]
+        make = adapter.dataset or _default_dataset
+        kw = {"data": d} if adapter.dataset else {"data": d, "cache": spec.cache}
+        train = make(Table(table.name, tr, label_names), image_size, train=True, ner=ner if role != "image_only" else None,
+                     tokenizer=tokenizer, **kw)
+        val = make(Table(table.name, va, label_names), image_size, train=False,
+                   ner=ner if held_out_ner and role != "image_only" else None, tokenizer=None, **kw)
+        if role == "image_only":
+            _drop_reports(train)
+            _drop_reports(val)
+        reports = getattr(train, "reports", None) if train is not None else []
+        n_paired = sum(r is not None for r in reports) if reports is not None else sum(bool(r.report) for r in tr)
+        if role == "auto":
+            role = "paired" if n_paired else "image_only"
+        elif role == "paired" and not n_paired:
+            raise MaskkitError(f"{spec.label}: role paired, but none of its {len(tr)} training records has a report "
+                               f"(set role: image_only, or check the report files)")
+        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val))
+    corpus_names = [s.spec.name for s in built]
+    names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
+    if len(built) == 1:
+        train_ds, val_ds = built[0].train, built[0].val
+    else:
+        train_ds = ConcatSources([s.train for s in built], names_u)
+        vals = [s.val for s in built]
+        val_ds = ConcatSources(vals, names_u) if any(v is not None and len(v) for v in vals) else None
+    if train_ds is None or not len(train_ds):
+        raise MaskkitError(f"data: {' + '.join(s.spec.describe() for s in built)} leaves no training record after the held-out split")
+    return Corpus(built, label_names, train_ds, val_ds, cfg.train.seed)
+
+
+def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
+    """(train, held-out) datasets and their label names, from ``cfg.data`` (:func:`build_corpus`)."""
+    c = build_corpus(cfg, image_size, tokenizer)
+    return c.train, c.val, c.label_names
 
 
 def load_records(cfg: ExperimentConfig):
-    """The adapter table of ``cfg.data`` (not phantoms), after filters; one-line errors."""
-    from .records import load_table
+    """The adapter tables of ``cfg.data`` (every source), loaded and checked: one-line errors.
+    Returns the first source's table (the single-source form's table)."""
+    from .adapters import get_adapter
+    from .sources import source_specs
 
-    d = cfg.data
-    opts = dict(d.options)
-    if d.name == "csv":
-        if not d.path:
-            raise MaskkitError("data.path: data=csv needs data.path=/path/to/file.csv")
-        opts["path"] = d.path
-    else:
-        if not d.root:
-            raise MaskkitError(f"data.root: data={d.name} needs data.root=/path/to/{d.name}")
-        opts["root"] = d.root
+    first = None
+    for spec in source_specs(cfg.data):
+        table = get_adapter(spec.name).load(**spec.options)
+        if not len(table):
+            raise MaskkitError(f"{spec.label}: {spec.describe()} has no records (after filters)")
+        first = first or table
+    return first
+
+
+# --- the split record -----------------------------------------------------------------------
+
+def write_split(run_dir: str | Path, corpus: Corpus) -> Path:
+    """Write ``split.json`` (atomically) into a run directory; returns its path."""
+    from ..io import atomic_write_text
+
+    path = Path(run_dir) / SPLIT_FILE
+    atomic_write_text(path, json.dumps(corpus.split_record(), indent=1))
+    return path
+
+
+def read_split(run_dir: str | Path) -> dict | None:
+    """A run directory's split record, or None when the run predates it; one line when unreadable."""
+    path = Path(run_dir) / SPLIT_FILE
+    if not path.is_file():
+        return None
     try:
-        table = load_table(d.name, **opts)
-    except TypeError as exc:
-        raise MaskkitError(f"data.options: {exc}") from None
-    if not len(table):
-        raise MaskkitError(f"data: {d.name} at {d.root or d.path} has no records (after filters)")
-    return table
+        rec = json.loads(path.read_text(encoding="utf-8"))
+        for s in rec["sources"]:
+            if ids_sha256(s["held_out_ids"]) != s["held_out_sha256"]:
+                raise SplitMismatchError(f"{path}: source {s['name']}: the held-out ids do not match their SHA-256; the file was edited")
+        return rec
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise MaskkitError(f"{path}: not a readable split record ({type(exc).__name__}: {exc})") from None
+
+
+def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
+    """Check that the held-out ids rebuilt from a run's config are those its split.json recorded;
+    a difference (the data changed on disk) is one line naming the source and both counts."""
+    rec = record["sources"]
+    if len(rec) != len(corpus.sources):
+        raise SplitMismatchError(f"{path}: records {len(rec)} sources, the run's config builds {len(corpus.sources)}")
+    for s, r in zip(corpus.sources, rec):
+        ids = s.held_out_ids
+        if ids_sha256(ids) != r["held_out_sha256"]:
+            raise SplitMismatchError(
+                f"{path}: source {r['name']}: the held-out ids rebuilt now ({len(ids)}) differ from the run's "
+                f"({r['held_out']}, sha256 {r['held_out_sha256'][:12]}); the data changed since the run (rebuild gives "
+                f"{ids_sha256(ids)[:12]})")
+
+
+def run_dir_of(path: str | Path) -> Path:
+    """The run directory of a run directory or of one of its checkpoint files."""
+    p = Path(path)
+    if p.is_dir():
+        return p
+    return p.parent.parent if p.parent.name == "checkpoints" else p.parent
+
+
+def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, settings: list[str] | None = None,
+                tokenizer=None, held_out_ner: bool = False) -> tuple[ExperimentConfig, Corpus, dict]:
+    """The data a command that evaluates (or draws samples from) a run reads: (config, corpus, what).
+
+    Without ``settings``: the run's own data and split, rebuilt from its config and checked against
+    its ``split.json`` (SHA-256 of each source's held-out ids; a mismatch is one line). With
+    ``data.*`` settings: that data, explicit, split by patient with the run's ``train.seed`` (so the
+    run's own data given explicitly is still its split). ``what`` names the data and split (it goes
+    into every result: table titles, JSON)."""
+    import sys
+
+    if settings:
+        from ..config import resolve
+
+        cfg, _ = resolve(list(settings) + ["preset=clip", f"train.seed={run_cfg.train.seed}"])
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        what = corpus.what("explicit", f"{corpus.describe()}, held out by patient with the run's seed {run_cfg.train.seed} (data.* given)")
+    else:
+        cfg = run_cfg
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        run = run_dir_of(path)
+        rec = read_split(run)
+        if rec is not None:
+            verify_split(corpus, rec, run / SPLIT_FILE)
+            what = corpus.what("run", f"the held-out split of run {run} ({corpus.describe()}; split.json verified)")
+        else:
+            what = corpus.what("run-config", f"the held-out split of run {run} rebuilt from its config ({corpus.describe()}; no split.json to verify)")
+            print(f"note: {run} has no {SPLIT_FILE} (a run from before maskkit recorded its split); its held-out set is "
+                  "rebuilt from its config and cannot be verified", file=sys.stderr)
+    return cfg, corpus, what

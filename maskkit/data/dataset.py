@@ -198,16 +198,17 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
 
 class PhantomDataset(_TextFields, torch.utils.data.Dataset):
     """``n`` phantoms of one seed (sample ``i`` is generator index ``offset + i``), with NER spans;
-    ``tokenizer`` adds token fields."""
+    ``tokenizer`` adds token fields. ``label_names`` (default: the phantoms' own) orders the
+    ``labels`` vector; a name the phantoms do not have is unknown (NaN), as in a mixed corpus."""
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 96, offset: int = 0, ner=None, p_unpaired: float = 0.2,
-                 tokenizer: ReportTokenizer | None = None) -> None:
+                 tokenizer: ReportTokenizer | None = None, label_names: Sequence[str] | None = None) -> None:
         from .phantoms import LABELS, PhantomGenerator
 
         self.tokenizer = tokenizer
         self._encoded: dict[int, dict] = {}
         self.gen = PhantomGenerator(seed, image_size, p_unpaired=p_unpaired)
-        self.n, self.offset, self.label_names = n, offset, LABELS
+        self.n, self.offset, self.label_names = n, offset, tuple(label_names or LABELS)
         self._items: dict[int, object] = {}
         self.reports = [clean_report(self._phantom(i).report) for i in range(n)]
         self.entity_spans = entity_spans(self.reports, ner)
@@ -226,7 +227,7 @@ class PhantomDataset(_TextFields, torch.utils.data.Dataset):
             raise IndexError(i)
         p = self._phantom(i)
         return {"image": torch.from_numpy(p.image)[None], "report": self.reports[i],
-                "labels": torch.tensor([p.labels[n] for n in self.label_names]), "id": f"phantom-{self.gen.seed}-{self.offset + i}",
+                "labels": torch.tensor([p.labels.get(n, math.nan) for n in self.label_names]), "id": f"phantom-{self.gen.seed}-{self.offset + i}",
                 "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask),
                 **self._text_fields(i)}
 

@@ -61,6 +61,111 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return 2**62
 
 
+class MixtureBatchSampler(Sampler[list[int]]):
+    """Endless batches over several sources (indices into their concatenation), for one rank,
+    starting at global batch ``start``; seeded, resumable and exact under DDP.
+
+    Weights behave as open_clip's ``--train-data-upsampling-factors``: a source's share of the
+    samples drawn is proportional to its size times its weight, ``n_k w_k / sum_j n_j w_j``. An
+    epoch draws ``m_k = round(n_k w_k)`` samples of source ``k``: a source of weight 1 gives each of
+    its samples once; otherwise the next ``m_k`` of an endless stream of seeded permutations of the
+    source (``w < 1``: a different subset each epoch, every sample once before any repeats;
+    ``w > 1``: each sample ``w`` times on average). The epoch's ``M = sum m_k`` indices are shuffled
+    by ``torch.randperm(M)`` seeded ``seed + epoch`` and dealt to ranks as
+    ``DistributedSampler(drop_last=True)`` deals them, then cut into batches. With one source of
+    weight 1 this is exactly :class:`ResumableBatchSampler`'s order.
+    """
+
+    def __init__(self, sizes: list[int], weights: list[float], batch: int, seed: int, info: DistInfo, start: int = 0) -> None:
+        if len(sizes) != len(weights):
+            raise MaskkitError(f"{len(sizes)} sources but {len(weights)} weights")
+        self.sizes = [int(n) for n in sizes]
+        self.weights = [float(w) for w in weights]
+        self.m = [int(round(n * w)) if n else 0 for n, w in zip(self.sizes, self.weights)]
+        self.m = [max(m, 1) if n and w > 0 else m for m, n, w in zip(self.m, self.sizes, self.weights)]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
+        self.total = sum(self.m)
+        self.world, self.rank, self.batch, self.seed, self.start = info.world, info.rank, batch, seed, start
+        self.per_rank = self.total // self.world  # DistributedSampler(drop_last=True)
+        if self.per_rank < batch:
+            raise MaskkitError(f"train.batch_size: {batch} per process is more than the {self.per_rank} samples each process gets")
+        self.per_epoch = self.per_rank // batch
+        self._cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def position(self, global_batch: int) -> tuple[int, int]:
+        """(epoch, batch within the epoch) of a global batch number."""
+        return divmod(global_batch, self.per_epoch)
+
+    def _stream(self, k: int, start: int, count: int) -> np.ndarray:
+        """Elements ``start .. start+count-1`` of source ``k``'s stream of seeded permutations."""
+        n = self.sizes[k]
+        out = []
+        pos = start
+        while pos < start + count:
+            cycle, off = divmod(pos, n)
+            perm = np.random.default_rng([self.seed, k, cycle]).permutation(n)
+            take = min(n - off, start + count - pos)
+            out.append(perm[off:off + take])
+            pos += take
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    def epoch_order(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(global dataset indices, their source) of ``epoch``, before dealing to ranks."""
+        if self._cache is not None and self._cache[0] == epoch:
+            return self._cache[1], self._cache[2]
+        idx, src = [], []
+        for k, (n, m) in enumerate(zip(self.sizes, self.m)):
+            if not m:
+                continue
+            local = np.arange(n) if m == n else self._stream(k, epoch * m, m)
+            idx.append(local + self.offsets[k])
+            src.append(np.full(m, k))
+        idx, src = np.concatenate(idx), np.concatenate(src)
+        g = torch.Generator()
+        g.manual_seed(self.seed + epoch)
+        perm = torch.randperm(self.total, generator=g).numpy()
+        self._cache = (epoch, idx[perm], src[perm])
+        return self._cache[1], self._cache[2]
+
+    def _rank_order(self, epoch: int) -> np.ndarray:
+        idx, _ = self.epoch_order(epoch)
+        return idx[: self.per_rank * self.world][self.rank::self.world]
+
+    def batch_indices(self, global_batch: int) -> list[int]:
+        """This rank's dataset indices of one global batch (what training reads at that batch)."""
+        epoch, b = self.position(global_batch)
+        return self._rank_order(epoch)[b * self.batch:(b + 1) * self.batch].tolist()
+
+    def batch_sources(self, global_batch: int) -> np.ndarray:
+        """Samples of each source in one global batch, over every rank: int ``[sources]``."""
+        epoch, b = self.position(global_batch)
+        _, src = self.epoch_order(epoch)
+        span = self.batch * self.world  # rank r's batch b is positions r + world*(b*B .. b*B+B-1)
+        return np.bincount(src[b * span:(b + 1) * span], minlength=len(self.sizes))
+
+    def samples_seen(self, global_batches: int) -> np.ndarray:
+        """Samples of each source read by every rank in the first ``global_batches`` batches: int ``[sources]``."""
+        full, rest = self.position(global_batches)
+        span = self.batch * self.world
+        seen = np.zeros(len(self.sizes), np.int64)
+        for e in range(full + (1 if rest else 0)):
+            _, src = self.epoch_order(e)
+            upto = (self.per_epoch if e < full else rest) * span
+            seen += np.bincount(src[:upto], minlength=len(self.sizes))
+        return seen
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, b = self.position(self.start)
+        while True:
+            idx = self._rank_order(epoch)  # once per epoch, not per batch
+            for k in range(b, self.per_epoch):
+                yield idx[k * self.batch:(k + 1) * self.batch].tolist()
+            epoch, b = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless
+        return 2**62
+
+
 def seed_worker(worker_id: int) -> None:
     """Seed NumPy and ``random`` in a worker from the seed torch gave it (torch's recipe)."""
     s = torch.initial_seed() % 2**32

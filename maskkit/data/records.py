@@ -14,7 +14,7 @@ import math
 import operator
 import re
 import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,7 +242,7 @@ def join_sections(sections: Iterable[tuple[str, str | None]]) -> str | None:
 
 # --- adapters --------------------------------------------------------------------------------
 
-def mimic(root, split: str | None = None, views=None, one_per_study: bool = False, uncertain: str = "ones",
+def mimic(root: str, split: str | None = None, views: list[str] | None = None, one_per_study: bool = False, uncertain: str = "ones",
           sections: tuple[str, ...] = ("findings", "impression"), blank: str = "negative") -> Table:
     """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports.
 
@@ -303,7 +303,7 @@ def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impressio
     return join_sections((s.upper(), parts.get(s.lower())) for s in sections)
 
 
-def padchest(root, csv_name: str | None = None, views=None, one_per_study: bool = False,
+def padchest(root: str, csv_name: str | None = None, views: list[str] | None = None, one_per_study: bool = False,
              labels: Iterable[str] | None = None) -> Table:
     """PadChest: image-only in XLIP; ``Labels`` (a Python list string) becomes multi-hot labels."""
     root = _need_dir(root)
@@ -327,7 +327,7 @@ def padchest(root, csv_name: str | None = None, views=None, one_per_study: bool 
     return Table("padchest", apply_filters(recs, views, one_per_study), names)
 
 
-def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool = False, uncertain: str = "ones",
+def chexpert(root: str, csv_name: str = "train.csv", views: list[str] | None = None, one_per_study: bool = False, uncertain: str = "ones",
              blank: str = "negative") -> Table:
     """CheXpert: ``Path`` plus the 14 labels: ``-1`` under the ``uncertain`` policy, blank cells under
     the separate ``blank`` policy (default ``negative``: not mentioned), see :func:`chexpert_value`."""
@@ -349,7 +349,7 @@ def chexpert(root, csv_name: str = "train.csv", views=None, one_per_study: bool 
     return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
 
 
-def nih(root, csv_name: str | None = None, views=None, one_per_study: bool = False) -> Table:
+def nih(root: str, csv_name: str | None = None, views: list[str] | None = None, one_per_study: bool = False) -> Table:
     """NIH ChestX-ray14: ``Data_Entry_2017*.csv`` with ``|``-separated ``Finding Labels``.
 
     Images are looked up in ``images/`` and the release's ``images_*/images/`` folders.
@@ -374,8 +374,8 @@ def nih(root, csv_name: str | None = None, views=None, one_per_study: bool = Fal
     return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + ("No Finding",))
 
 
-def rsna(root, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
-         image_dir: str = "stage_2_train_images", views=None) -> Table:
+def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
+         image_dir: str = "stage_2_train_images", views: list[str] | None = None) -> Table:
     """RSNA Pneumonia: DICOMs named ``{patientId}.dcm`` and ``Target`` (several box rows per patient).
 
     Views come from a DICOM-header CSV (``Filename``/``PatientID``, ``ViewPosition``) when given.
@@ -399,7 +399,7 @@ def rsna(root, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | 
     return Table("rsna", apply_filters(recs, views, False), ("Pneumonia",))
 
 
-def covidx(root, split_file: str = "train.txt", image_dir: str | None = None) -> Table:
+def covidx(root: str, split_file: str = "train.txt", image_dir: str | None = None) -> Table:
     """COVIDx: split text files, one ``patient_id filename class source`` line per image."""
     root = _need_dir(root)
     path = Path(split_file) if Path(split_file).is_file() else _find(root, [split_file], "COVIDx split file")
@@ -441,7 +441,7 @@ def _openi_files(root: Path) -> Iterator[tuple[str, bytes]]:
         yield str(p), p.read_bytes()
 
 
-def openi(root, image_dir: str | None = None, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION"), views=None) -> Table:
+def openi(root: str, image_dir: str | None = None, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION"), views: list[str] | None = None) -> Table:
     """Open-i / IU X-ray report XMLs (a folder or the ``.tgz``): FINDINGS + IMPRESSION and MeSH.
 
     One record per ``parentImage`` when ``image_dir`` is given (``{id}.png``), else one per report.
@@ -597,7 +597,7 @@ def _note_once(line: str) -> None:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 
 
-def image_folder(root) -> Table:
+def image_folder(root: str) -> Table:
     """Every image under ``root``; images in class subfolders get one-hot labels by folder name."""
     root = _need_dir(root)
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
@@ -610,18 +610,16 @@ def image_folder(root) -> Table:
     return Table("folder", recs, classes)
 
 
-ADAPTERS: dict[str, Callable[..., Table]] = {
-    "mimic": mimic, "padchest": padchest, "chexpert": chexpert, "nih": nih, "rsna": rsna, "covidx": covidx,
-    "openi": openi, "csv": generic_csv, "folder": image_folder,
-}
-
-
 def load_table(name: str, **options: Any) -> Table:
-    """Run the adapter ``name`` with its options; an unknown adapter names the valid ones."""
-    from ..errors import close_matches
+    """Run the registered dataset adapter ``name`` (:mod:`maskkit.datasets`, plugins) with its
+    options, validated against its options model; an unknown adapter or option is one line."""
+    from ..errors import UnknownNameError
+    from .adapters import get_adapter
 
-    if name not in ADAPTERS:
-        raise DataError(f"data: unknown dataset '{name}'{close_matches(name, ADAPTERS) or ''}; expected one of {', '.join(ADAPTERS)}")
-    table = ADAPTERS[name](**options)
+    try:
+        adapter = get_adapter(name)
+    except UnknownNameError as exc:
+        raise DataError(f"data: {exc}") from None
+    table = adapter(**options)
     check_label_values(table, name)  # every table, whatever adapter made it
     return table

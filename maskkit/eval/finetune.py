@@ -110,32 +110,27 @@ def _auc(y: np.ndarray, s: np.ndarray, names) -> dict[str, float | None]:
     return out
 
 
-def pretraining_data(cfg, image_size: int):
-    """(one dataset over the pretraining train and held-out parts of ``cfg.data``, its label
-    names, the (id, patient) of every sample, the held-out ids): fine-tuning and probing train on
-    the first and test on the patients pretraining held out. No NER (no text is read)."""
-    import torch.utils.data as tud
+def pretraining_data(cfg, image_size: int, corpus=None):
+    """(one dataset over the pretraining train and held-out parts of ``cfg.data``, every source,
+    its label names, the (id, patient) of every sample, the held-out ids): fine-tuning and probing
+    train on the first and test on the patients pretraining held out. No NER (no text is read).
+    ``corpus``: the :class:`~maskkit.data.build.Corpus` already built (e.g. verified against a run's
+    split.json), else it is built from ``cfg``."""
+    from ..data.build import ConcatSources, build_corpus
 
-    from ..data.dataset import XrayDataset
-    from ..data.records import Table
-    from ..data.build import build_datasets
-
-    train_ds, val_ds, names = build_datasets(cfg.model_copy(update={"text_mask": None}), image_size)
-    if val_ds is None:
+    if corpus is None:
+        corpus = build_corpus(cfg.model_copy(update={"text_mask": None}), image_size)
+    if corpus.val is None:
         raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
-
-    def records(d):
-        if hasattr(d, "table"):
-            return [(r.id, r.patient_id) for r in d.table.records]
-        return [(d[i]["id"], None) for i in range(len(d))]
-
-    if hasattr(train_ds, "table") and hasattr(val_ds, "table"):
-        a, b = train_ds, val_ds
-        ds = XrayDataset(Table(a.table.name, a.table.records + b.table.records, a.table.label_names), a.image_size, a.policy,
-                         cache=a.cache.folder if a.cache is not None else None)
-    else:
-        ds = tud.ConcatDataset([train_ds, val_ds])
-    return ds, names, records(ds), {r[0] for r in records(val_ds)}
+    parts, recs, test_ids = [], [], set()
+    for s in corpus.sources:
+        for d, rs in ((s.train, s.train_records), (s.val, s.held_records)):
+            if d is not None and len(d):
+                parts.append(d)
+                recs += [(r.id, r.patient_id) for r in rs]
+        test_ids |= {r.id for r in s.held_records}
+    ds = ConcatSources(parts, [f"part{k}" for k in range(len(parts))])
+    return ds, corpus.label_names, recs, test_ids
 
 
 def held_out_splits(recs: list[tuple[str, str | None]], test_ids: set[str], seed: int = 0) -> dict[str, dict]:
@@ -151,6 +146,8 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
     if mode not in ("probe", "finetune"):
         raise MaskkitError(f"finetune.mode: '{mode}' is not a mode; expected probe or finetune")
     index = {r.id if hasattr(r, "id") else None: i for i, r in enumerate(getattr(getattr(dataset, "table", None), "records", []))}
+    if not index and hasattr(dataset, "ids"):  # ConcatSources: every source's ids, in order
+        index = {rid: i for i, rid in enumerate(dataset.ids)}
     if not index:
         index = {dataset[i]["id"]: i for i in range(len(dataset))}
 
