@@ -230,12 +230,18 @@ def test_every_table_leaving_load_table_has_labels_in_0_1_nan():
 def test_load_table_checks_what_the_adapter_returns(tmp_path, monkeypatch):
     """A dataset adapter that returns a label value outside {0, 1, NaN} (a plugin's, say) is
     stopped at load, not by a traceback in the end-of-run zero-shot."""
-    from maskkit.data import records
+    from test_plugins import install_fake_dist
 
-    def sloppy(root):
-        return Table("sloppy", [Record("x", None, labels={"Edema": 2.0})], ("Edema",))
-
-    monkeypatch.setitem(records.ADAPTERS, "sloppy", sloppy)
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", "")  # no other third-party plugin: only this one is added
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-sloppy", "mk_sloppy", '''
+from maskkit import hookimpl
+from maskkit.data.records import Record, Table
+def sloppy(root: str):
+    return Table("sloppy", [Record("x", None, labels={"Edema": 2.0})], ("Edema",))
+@hookimpl
+def register_datasets(register):
+    register("sloppy", sloppy)
+''')
     with pytest.raises(DataError, match=r"^sloppy: record 'x', label 'Edema' is 2.0; expected 1, 0 or unknown \(NaN\)$"):
         load_table("sloppy", root=str(tmp_path))
 
