@@ -161,6 +161,7 @@ def test_fp16_overflow_is_the_grad_scalers_and_not_counted(tmp_path):
     assert scaler["scale"] == 2.0 ** 14  # 2^16 halved twice
 
 
+@pytest.mark.slow
 def test_every_rank_skips_a_step_whose_gradient_is_non_finite_on_one_rank(tmp_path):
     """Two gloo ranks; the inf gradient is injected on rank 1 only: both ranks skip step 3 and the
     run finishes (no rank waits on another), with finite checkpoints."""
@@ -232,6 +233,7 @@ def test_accumulation_equals_one_batch_in_losses_and_gradients(tmp_path):
     assert one[1][1]["clip.logit_scale"].abs() > 0 and one[0][1]["clip.logit_scale"].abs() == 0
 
 
+@pytest.mark.slow
 def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
     """2 gloo ranks x batch 4, and 2 ranks x batch 2 x grad_accum 2, on the same 8 samples: every
     logged term and the weights after two steps equal those of one process x batch 8."""
@@ -251,3 +253,24 @@ def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
         w2 = params_of(tmp_path / name / "checkpoints" / "step_00000002.pt")
         for k in w1:
             torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {k}: {m}")
+
+
+# --- the same kind elsewhere: evaluation's fine-tuning loop ----------------------------------------
+
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
+    """A fine-tuning step that diverges (--lr 1e37) leaves NaN scores: one line naming the split,
+    the mode and --lr, not a traceback from the AUC."""
+    from maskkit.errors import MaskkitError
+    from maskkit.eval.finetune import run_finetune
+    from model_helpers import tiny_model
+    from test_skips import _table
+
+    table = _table(tmp_path, n=8, bad=())
+    ids = [r.id for r in table.records]
+    splits = {"test": {"ids": ids[4:]}, "train_100": {"ids": ids[:4], "sha256": "x"}}
+    from maskkit.data.dataset import XrayDataset
+
+    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
+                                           r"epochs at --lr 1e\+37\); lower --lr$"):
+        run_finetune(tiny_model("clip"), XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=1e37, batch_size=2)
