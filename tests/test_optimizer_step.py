@@ -158,7 +158,7 @@ def test_fp16_overflow_is_the_grad_scalers_and_not_counted(tmp_path):
                           "runtime.name=h", at=(2, 3))
     assert res.step == 4 and "non-finite" not in log
     scaler = load_checkpoint(res.run_dir / "checkpoints" / "step_00000004.pt")["scaler"]
-    assert scaler["scale"] == 2.0 ** 14  # 2^16 halved twice
+    assert scaler["scale"] <= 2.0 ** 14  # 2^16 halved at least twice (at the two injected steps)
 
 
 @pytest.mark.slow
@@ -204,33 +204,46 @@ def _step_grads(tmp_path, name, *args, steps=2):
 
 
 def _image_only_micro_batch(n, batch, accum, steps):
-    """Whether some micro-batch of the first ``steps`` steps holds only image-only samples."""
+    """The steps (of the first ``steps``) with a micro-batch of image-only samples only."""
     from maskkit.data.dataset import PhantomDataset
     from maskkit.data.loader import ResumableBatchSampler
     from maskkit.distributed import DistInfo
 
     ds = PhantomDataset(n, 0, 96, p_unpaired=0.5)
     s = ResumableBatchSampler(n, batch, 0, DistInfo())
-    return any(all(ds.reports[i] is None for i in s.batch_indices(b)) for b in range(steps * accum))
+    return [t for t in range(steps) if any(all(ds.reports[i] is None for i in s.batch_indices(t * accum + m)) for m in range(accum))]
 
 
-def test_accumulation_equals_one_batch_in_losses_and_gradients(tmp_path):
-    """The same 8 samples (half image-only), a warm-up step (align weight 0) then a joint step:
-    batch 4 x grad_accum 2 and batch 2 x grad_accum 4 (a micro-batch of image-only samples only)
-    log every term's value and produce the gradients of one batch of 8."""
-    assert _image_only_micro_batch(8, 2, 4, 2)
-    one = _step_grads(tmp_path, "b8", "train.batch_size=8")
-    for name, args in (("b4a2", ["train.batch_size=4", "train.grad_accum=2"]), ("b2a4", ["train.batch_size=2", "train.grad_accum=4"])):
-        acc = _step_grads(tmp_path, name, *args)
-        for step, ((v1, g1), (v2, g2)) in enumerate(zip(one, acc)):
-            assert v1.keys() == v2.keys() == {"align", "mim", "mlm"}
-            for k in v1:
-                assert v2[k] == pytest.approx(v1[k], rel=1e-5), (name, step, k)
-            assert g1.keys() == g2.keys()
-            for k in g1:
-                torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} step {step} {k}: {m}")
-    # the alignment term's gradient is not zero at the joint step (so its equality means something)
-    assert one[1][1]["clip.logit_scale"].abs() > 0 and one[0][1]["clip.logit_scale"].abs() == 0
+@pytest.fixture(scope="module")
+def batch8(tmp_path_factory):
+    """Two steps of one batch of the 8 samples: a warm-up step (alignment weight 0), a joint step."""
+    return _step_grads(tmp_path_factory.mktemp("b8"), "b8", "train.batch_size=8")
+
+
+def _same_steps(one, acc, name):
+    for step, ((v1, g1), (v2, g2)) in enumerate(zip(one, acc)):
+        assert v1.keys() == v2.keys() == {"align", "mim", "mlm"}
+        for k in v1:
+            assert v2[k] == pytest.approx(v1[k], rel=1e-5), (name, step, k)
+        assert g1.keys() == g2.keys()
+        for k in g1:
+            torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} step {step} {k}: {m}")
+    # the alignment term's gradient is 0 in the warm-up and not at the joint step (so equality means something)
+    assert one[0][1]["clip.logit_scale"].abs() == 0 and one[1][1]["clip.logit_scale"].abs() > 0
+
+
+def test_accumulation_equals_one_batch_in_losses_and_gradients(tmp_path, batch8):
+    """The reported input: the same 8 samples (half image-only), batch 4 x grad_accum 2 against
+    batch 8, a warm-up step then a joint step: every term's logged value and every gradient."""
+    _same_steps(batch8, _step_grads(tmp_path, "b4a2", "train.batch_size=4", "train.grad_accum=2"), "b4a2")
+
+
+@pytest.mark.slow
+def test_accumulation_with_a_micro_batch_of_image_only_samples(tmp_path, batch8):
+    """batch 2 x grad_accum 4 on the same samples: at each step one micro-batch holds no paired
+    sample (no alignment row, no MLM target), and the step still equals batch 8."""
+    assert _image_only_micro_batch(8, 2, 4, 2) == [0, 1]
+    _same_steps(batch8, _step_grads(tmp_path, "b2a4", "train.batch_size=2", "train.grad_accum=4"), "b2a4")
 
 
 @pytest.mark.slow
