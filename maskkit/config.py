@@ -69,7 +69,7 @@ class DataConfig(Strict):
 class TrainConfig(Strict):
     steps: int = Field(50000, ge=1, description="optimiser steps (the paper does not give a total)")
     batch_size: int = Field(64, ge=1, description="samples per step per process (paper: 64)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimiser step")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step; the step equals one batch of them all (an extra no-grad forward; docs/distributed.md)")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (paper, momentum 0.9) or adamw")
     lr: float = Field(5e-5, gt=0, description="peak learning rate (paper: 5e-5)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (paper: 0.9)")
@@ -79,10 +79,10 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(15000, ge=0, description="masked-modelling-only phase before all terms train jointly (paper: 15,000)")
     clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm (null: no clipping)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision where the device supports it")
-    max_bad_steps: int = Field(5, ge=1, description="stop after this many NaN/inf losses in a row")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many skipped steps in a row (a NaN/inf loss or gradient)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
-    keep_last: int = Field(3, ge=1, description="checkpoints kept")
+    keep_last: int = Field(3, ge=1, description="checkpoints kept (each is checked finite before it is written)")
     seed: int = Field(0, description="seed of model init, data order and masks")
 
 

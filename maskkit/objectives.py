@@ -10,10 +10,18 @@ batch's content decides whether, in which order or with which shapes a collectiv
 cannot fall out of step (the fault of issue 10.1). A term that does not train in the current
 phase is still computed and multiplied by zero, so the autograd graph, and with it DDP's gradient
 buckets, is the same at every step (no ``find_unused_parameters``).
+
+Gradient accumulation (``train.grad_accum``): an optimiser step over several micro-batches equals
+one step over their union. The recipe first runs every micro-batch forward without gradient and
+keeps each objective's :meth:`Objective.summary` of it (the alignment rows, the masked-modelling
+counts); then, for each micro-batch in turn, forward with gradient and each objective's
+:class:`MicroBatches` share of the whole step's loss (open_clip's ``--accum-freq``, with the
+logit scale's gradient and the masked-modelling normalisation corrected; docs/distributed.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -25,8 +33,49 @@ from .model.output import XLIPOutput
 from .terms import TERM_BY_NAME, Term
 
 
+@dataclass
+class MicroBatches:
+    """The micro-batches of one optimiser step, seen from the forward of micro-batch ``index``.
+
+    ``cached[name]`` holds, for objective ``name``, the detached :meth:`Objective.summary` of
+    every micro-batch of the step (this rank's, in order), from a forward without gradient. Under
+    it an objective returns micro-batch ``index``'s *share*: the shares' values and gradients,
+    summed over the step's micro-batches, are the loss and the gradient of one batch holding them
+    all (of every rank, with DDP's gradient average).
+    """
+
+    cached: dict[str, list[torch.Tensor]]
+    index: int
+
+    @property
+    def n(self) -> int:
+        """Micro-batches in the step."""
+        return len(next(iter(self.cached.values())))
+
+    def substitute(self, name: str, local: torch.Tensor) -> torch.Tensor:
+        """Every micro-batch's cached rows of ``name`` concatenated ``[sum B_m, ...]``, with micro-batch
+        ``index``'s replaced by ``local`` (which carries the gradient)."""
+        parts = self.cached[name]
+        return torch.cat([*parts[:self.index], local, *parts[self.index + 1:]])
+
+    def total(self, name: str) -> torch.Tensor:
+        """The sum of the cached scalars of ``name`` over the step's micro-batches."""
+        return torch.stack(self.cached[name]).sum()
+
+
+def _grad_times(x: torch.Tensor, f: float) -> torch.Tensor:
+    """``x`` with its gradient multiplied by ``f`` (the value is unchanged)."""
+    return x.detach() + f * (x - x.detach())
+
+
+def _value_times(x: torch.Tensor, f: float) -> torch.Tensor:
+    """``f · x`` as a value, with the gradient of ``x`` unchanged."""
+    return x + (f - 1.0) * x.detach()
+
+
 class Objective(nn.Module):
-    """One term: ``forward(out) -> scalar`` (unweighted); :meth:`weight_at` gives its weight at a step."""
+    """One term: ``forward(out, micro=None) -> scalar`` (unweighted); :meth:`weight_at` gives its
+    weight at a step; :meth:`summary` what the step's other micro-batches need of a micro-batch."""
 
     term: ClassVar[Term]
 
@@ -43,6 +92,11 @@ class Objective(nn.Module):
         """The weight of this term at a step: 0 during the warm-up for terms that do not train in it."""
         return 0.0 if in_warmup and not self.term.warmup else self.weight
 
+    def summary(self, out: XLIPOutput) -> torch.Tensor:
+        """What this objective needs of a micro-batch to compute the loss of the whole step
+        (detached; computed without gradient). Read back through :class:`MicroBatches`."""
+        raise NotImplementedError
+
 
 
 class AlignLoss(Objective):
@@ -56,6 +110,12 @@ class AlignLoss(Objective):
     Under DDP the features of all ranks are gathered with their gradient (one size exchange and one
     all-gather per call, always), and every rank computes the same global loss, as open_clip's
     ``ClipLoss(gather_with_grad=True, local_loss=False)``.
+
+    Under accumulation (``micro``) the loss is over the pairs of every micro-batch: the cached rows
+    with micro-batch ``micro.index``'s substituted by its rows with gradient (open_clip's
+    ``--accum-freq``). Each micro-batch's forward then computes the whole loss, so its share is the
+    loss's value divided by the micro-batch count with the gradient of its own rows, and the logit
+    scale's gradient is divided by the count too (open_clip adds it once per micro-batch).
     """
 
     term = TERM_BY_NAME["align"]
@@ -65,16 +125,26 @@ class AlignLoss(Objective):
         self.max_logit_scale = float(max_logit_scale)
 
 
-    def forward(self, out: XLIPOutput) -> torch.Tensor:
+    @staticmethod
+    def rows(out: XLIPOutput) -> torch.Tensor:
+        """``[B, 2C + 2]`` float64: image features, text features, paired, text key."""
+        return torch.cat([out.image_features.double(), out.text_features.double(), out.paired.double()[:, None],
+                          out.text_key.double()[:, None]], 1)
+
+    def summary(self, out: XLIPOutput) -> torch.Tensor:
+        return self.rows(out).detach()
+
+    def forward(self, out: XLIPOutput, micro: MicroBatches | None = None) -> torch.Tensor:
         C = out.image_features.shape[1]
-        local = torch.cat([out.image_features.double(), out.text_features.double(), out.paired.double()[:, None],
-                           out.text_key.double()[:, None]], 1)
+        local, log_scale = self.rows(out), out.logit_scale
+        if micro is not None:
+            local, log_scale = micro.substitute(self.name, local), _grad_times(log_scale, 1.0 / micro.n)
         g = self.gather.rows(local)  # [G, 2C + 2]
         img = F.normalize(g[:, :C].float(), dim=-1)
         txt = F.normalize(g[:, C:2 * C].float(), dim=-1)
         paired = g[:, 2 * C] > 0.5
         key = g[:, 2 * C + 1]
-        scale = out.logit_scale.float().exp().clamp(max=self.max_logit_scale)
+        scale = log_scale.float().exp().clamp(max=self.max_logit_scale)
         logits = scale * img @ txt.T  # [G, G]
         eye = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
         allowed = paired[None, :] & (eye | (key[:, None] != key[None, :]))
@@ -84,7 +154,8 @@ class AlignLoss(Objective):
         n = w.sum().clamp_min(1.0)
         i2t = F.cross_entropy(torch.where(paired[:, None], logits.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
         t2i = F.cross_entropy(torch.where(paired[:, None], logits.T.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
-        return ((i2t * w).sum() + (t2i * w).sum()) / (2 * n)
+        loss = ((i2t * w).sum() + (t2i * w).sum()) / (2 * n)
+        return loss if micro is None else _value_times(loss, 1.0 / micro.n)
 
 
 class MIMLoss(Objective):
@@ -92,7 +163,8 @@ class MIMLoss(Objective):
 
     Per-patch normalised targets with ``norm_pix`` (MAE). One all-reduce of the masked-patch count
     per call, always. Rows without a mask (e.g. image-only rows when ``image_only_mask`` is null)
-    contribute nothing.
+    contribute nothing. Under accumulation (``micro``) the count is that of every micro-batch of
+    the step, so each micro-batch's share is its squared error over the step's masked patches.
     """
 
     term = TERM_BY_NAME["mim"]
@@ -102,7 +174,10 @@ class MIMLoss(Objective):
         self.norm_pix = norm_pix
 
 
-    def forward(self, out: XLIPOutput) -> torch.Tensor:
+    def summary(self, out: XLIPOutput) -> torch.Tensor:
+        return out.mim_mask.sum().float().detach()
+
+    def forward(self, out: XLIPOutput, micro: MicroBatches | None = None) -> torch.Tensor:
         target = out.mim_target.float()
         if self.norm_pix:
             mean = target.mean(-1, keepdim=True)
@@ -110,7 +185,7 @@ class MIMLoss(Objective):
             target = (target - mean) / (var + 1e-6).sqrt()
         per_patch = ((out.mim_pred.float() - target) ** 2).mean(-1)  # [B, N]
         m = out.mim_mask.float()
-        denom = self.gather.mean_denominator(m.sum())
+        denom = self.gather.mean_denominator(m.sum() if micro is None else micro.total(self.name))
         return (per_patch * m).sum() / denom.clamp_min(1.0)
 
 
@@ -119,22 +194,27 @@ class MLMLoss(Objective):
 
     ``out.mlm_logits`` ``[K, V]`` and ``out.mlm_labels`` ``[K]`` hold only the target positions
     of this rank (``K`` may be 0: an all-image-only batch); one all-reduce of ``K`` per call, always.
+    Under accumulation (``micro``) ``K`` is counted over every micro-batch of the step.
     """
 
     term = TERM_BY_NAME["mlm"]
 
 
-    def forward(self, out: XLIPOutput) -> torch.Tensor:
+    def summary(self, out: XLIPOutput) -> torch.Tensor:
+        return torch.tensor(float(out.mlm_labels.shape[0]), device=out.mlm_logits.device)
+
+    def forward(self, out: XLIPOutput, micro: MicroBatches | None = None) -> torch.Tensor:
         nll = F.cross_entropy(out.mlm_logits.float(), out.mlm_labels, reduction="sum")
-        k = torch.tensor(float(out.mlm_labels.shape[0]), device=nll.device)
+        k = torch.tensor(float(out.mlm_labels.shape[0]), device=nll.device) if micro is None else micro.total(self.name)
         return nll / self.gather.mean_denominator(k).clamp_min(1.0)
 
 
 class Objectives(nn.Module):
     """The objectives a model has, in :data:`~maskkit.terms.TERMS` order.
 
-    ``forward(out, in_warmup) -> (total, values)``: ``total`` the weighted sum to back-propagate,
-    ``values`` each term's unweighted scalar (for logs), keyed by term name.
+    ``forward(out, in_warmup, micro=None) -> (total, values)``: ``total`` the weighted sum to
+    back-propagate, ``values`` each term's unweighted scalar (for logs), keyed by term name; with
+    ``micro`` (:class:`MicroBatches`) both are that micro-batch's shares, which sum over the step.
     """
 
     def __init__(self, objectives: list[Objective]) -> None:
@@ -156,8 +236,13 @@ class Objectives(nn.Module):
     def names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.terms)
 
-    def forward(self, out: XLIPOutput, in_warmup: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = {o.name: o(out) for o in self.terms}
+    def summaries(self, out: XLIPOutput) -> dict[str, torch.Tensor]:
+        """Each objective's :meth:`Objective.summary` of a micro-batch, keyed by term name."""
+        return {o.name: o.summary(out) for o in self.terms}
+
+    def forward(self, out: XLIPOutput, in_warmup: bool = False,
+                micro: MicroBatches | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        values = {o.name: o(out, micro) for o in self.terms}
         total = sum(o.weight_at(in_warmup) * values[o.name] for o in self.terms)
         return total, values
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,10 +34,11 @@ from .distributed import DistInfo, Gatherer, init_from_env, shutdown
 from .errors import MaskkitError, TrainingError
 from .io import atomic_write_text
 from .masking import mask_seed
+from .objectives import MicroBatches
 from .terms import TERM_BY_NAME
-from .training.checkpointing import config_differences, find_resume, load_checkpoint, rng_state, run_checkpoints, save_checkpoint, set_rng_state
+from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import MetricLogger
-from .training.optim import build_optimizer
+from .training.optim import buffers_restored, build_optimizer, grad_norm
 from .training.run_dir import prepare_run_dir
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_zeroshot", "train", "training_batch"]
@@ -62,13 +65,15 @@ class RunResult:
 
 @dataclass
 class StepResult:
-    """What one optimiser step produced: each term's value (mean over ranks), and timings (s)."""
+    """What one optimiser step produced: each term's value (mean over ranks), and timings (s).
+    ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or ``"gradient"``) was not."""
 
     values: dict[str, float]
     finite: bool
     samples: int
     data_wait: float = 0.0
     step_time: float = 0.0
+    nonfinite: str | None = None
 
 
 class PretrainRecipe:
@@ -195,8 +200,15 @@ class PretrainRecipe:
         return dict(zip(self.corpus.names, (int(v) for v in self.seen)))
 
     def train_step(self) -> StepResult:
-        """One optimiser step over ``train.grad_accum`` micro-batches. Every rank runs the same
-        forward, backward and collectives whatever its batches hold."""
+        """One optimiser step over ``train.grad_accum`` micro-batches, equal to one step over their
+        union (:class:`~maskkit.objectives.MicroBatches`: a forward without gradient of every
+        micro-batch first, then each micro-batch's forward and backward). Every rank runs the same
+        forward, backward and collectives whatever its batches hold.
+
+        The step is skipped (no weight changes; counted by the caller) when a term's loss or the
+        gradient norm is not finite on any rank: one all-reduce per step carries the term values,
+        the skip counts and the gradient's finiteness, so every rank decides alike. Under fp16 a
+        non-finite gradient at a loss scale above 1 is the GradScaler's (it backs off; not counted)."""
         cfg, dev = self.cfg, self.device
         t0 = time.perf_counter()
         self.ddp.train()
@@ -205,45 +217,64 @@ class PretrainRecipe:
         warm = self.in_warmup(self.step)
         sums = {n: torch.zeros((), device=dev) for n in self.objectives.names}
         samples, n_skipped, wait = 0, 0, 0.0
-        for micro in range(accum):
+        batches = []
+        for _ in range(accum):
             tw = time.perf_counter()
             batch = self.next_batch()
             wait += time.perf_counter() - tw
             self.skips.record(batch["skipped"])
             n_skipped += len(batch["skipped"])
             samples += len(batch["ids"])
-            batch = to_device(batch, dev)
+            batches.append(to_device(batch, dev))
+        autocast = partial(torch.autocast, dev.type, dtype=self.autocast_dtype or torch.float32,
+                           enabled=self.autocast_dtype is not None)
+        cached: dict[str, list[torch.Tensor]] = {n: [] for n in self.objectives.names}
+        if accum > 1:  # what each objective needs of every micro-batch, without gradient (BatchNorm statistics untouched)
+            with torch.no_grad(), buffers_restored(self.model), autocast():
+                for micro, batch in enumerate(batches):
+                    out = self.model(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
+                    for n, v in self.objectives.summaries(out).items():
+                        cached[n].append(v)
+        for micro, batch in enumerate(batches):
             sync = micro == accum - 1 or not self.info.enabled
-            with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), \
-                    torch.autocast(dev.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), autocast():
                 out = self.ddp(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
-                total, values = self.objectives(out, in_warmup=warm)
-            self.scaler.scale(total / accum).backward()
+                total, values = self.objectives(out, in_warmup=warm, micro=MicroBatches(cached, micro) if accum > 1 else None)
+            self.scaler.scale(total).backward()
             for n, v in values.items():
-                sums[n] = sums[n] + v.detach().float() / accum
-        # one all-reduce per step, on every rank: each term's value and the skip counts, so that
-        # every rank takes the same decisions (a non-finite step, the skip limit)
+                sums[n] = sums[n] + v.detach().float()
+        self.scaler.unscale_(self.opt)  # fp16: the true gradients (a no-op otherwise)
+        norm = grad_norm(self.model)
+        # one all-reduce per step, on every rank: each term's value, the skip counts and whether the
+        # gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
         names = list(sums)
         local = torch.stack([*sums.values(), torch.tensor(float(samples + n_skipped), device=dev),
-                             torch.tensor(float(n_skipped), device=dev)])
-        reduced = self.gather.sum(local)
+                             torch.tensor(float(n_skipped), device=dev), (~torch.isfinite(norm)).float().to(dev)])
+        reduced = self.gather.sum(local).tolist()  # the step's one host sync
         values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
-        self.skips.count(int(reduced[-2]), int(reduced[-1]))
+        self.skips.count(int(reduced[-3]), int(reduced[-2]))
         self.skips.check()
-        finite = bool(torch.isfinite(reduced[:len(names)]).all())
-        if finite:
-            if cfg.train.clip_grad:
-                self.scaler.unscale_(self.opt)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.clip_grad)
+        grads_finite = reduced[-1] == 0
+        nonfinite = None
+        if not all(math.isfinite(v) for v in values.values()):
+            nonfinite = "loss"
+        elif not grads_finite and not (self.scaler.is_enabled() and self.scaler.get_scale() > 1.0):
+            nonfinite = "gradient"
+        if nonfinite is None:
+            if not grads_finite:  # fp16 overflow: GradScaler skips the step and lowers its scale
+                self.opt.zero_grad(set_to_none=True)
+            elif cfg.train.clip_grad:
+                torch.nn.utils.clip_grads_with_norm_(self.model.parameters(), cfg.train.clip_grad, norm)
             self.scaler.step(self.opt)
             self.scaler.update()
             self.model.constrain_()
         else:
             self.opt.zero_grad(set_to_none=True)
+            self.scaler.update()  # fp16: ends the step unscale_ began (backs off on inf); a no-op otherwise
         self.sched.step()
         self.step += 1
-        return StepResult({n: float(v) for n, v in values.items()}, finite, samples * self.info.world, wait,
-                          time.perf_counter() - t0)
+        return StepResult(values, nonfinite is None, samples * self.info.world, wait,
+                          time.perf_counter() - t0, nonfinite)
 
     # --- logging, checkpoints ----------------------------------------------------------------------
     def log(self, r: StepResult, rate: float, warm: bool) -> str:
@@ -266,6 +297,11 @@ class PretrainRecipe:
         return txt
 
     def save(self) -> None:
+        bad = nonfinite_entries(self.model.state_dict())  # on every rank: their weights are the same
+        if bad:
+            raise TrainingError(f"step {self.step}: the model's weights are not finite ({', '.join(bad[:3])}"
+                                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); no checkpoint written, "
+                                f"the earlier ones in {self.out / 'checkpoints'} are kept")
         if not self.info.main:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
@@ -325,11 +361,12 @@ class PretrainRecipe:
                     r = self.train_step()
                     if not r.finite:
                         self.bad_in_row += 1
-                        bad = ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items())
+                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items()) + ")"
                         if info.main:
-                            self.console.print(f"[yellow]step {self.step - 1}: non-finite loss ({bad}); step skipped ({self.bad_in_row} in a row)[/]")
+                            self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]")
                         if self.bad_in_row >= cfg.train.max_bad_steps:
-                            raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} non-finite losses in a row, last at step {self.step - 1} ({bad})")
+                            raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} steps in a row with a non-finite loss or gradient, "
+                                                f"last at step {self.step}: {bad}")
                         continue
                     self.bad_in_row = 0
                     n_last += r.samples

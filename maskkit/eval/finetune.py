@@ -215,6 +215,9 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
             with torch.no_grad():
                 xte, yte = features(m, test_idx)
                 scores = head(xte.to(device)).cpu()
+        if not bool(torch.isfinite(scores).all()):  # a step went non-finite: the head (and encoder) are NaN
+            raise MaskkitError(f"eval finetune: the {mode} on split {name.removeprefix('train_')} diverged (non-finite "
+                               f"scores after {epochs} epochs at --lr {lr:g}); lower --lr")
         from .labels import label_coverage, one_class_warnings
 
         cov = label_coverage(yte.numpy(), label_names)

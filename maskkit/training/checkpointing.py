@@ -39,6 +39,18 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def nonfinite_entries(state: dict[str, torch.Tensor]) -> list[str]:
+    """The names of the floating-point tensors of a state dict that hold a NaN or ±inf (one fused
+    max-abs pass and one host sync; names are looked up only when one is found)."""
+    items = [(k, v) for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point() and v.numel()]
+    if not items:
+        return []
+    peaks = torch.stack([n.float() for n in torch._foreach_norm([v for _, v in items], float("inf"))])
+    if bool(torch.isfinite(peaks).all()):
+        return []
+    return [k for (k, _), ok in zip(items, torch.isfinite(peaks).tolist()) if not ok]
+
+
 def save_checkpoint(path: Path, payload: dict) -> None:
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -49,9 +61,16 @@ def load_checkpoint(path: Path) -> dict:
     if not path.is_file():
         raise TrainingError(f"runtime.resume: checkpoint {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TrainingError(f"runtime.resume: {path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+    bad = nonfinite_entries(ck["model"]) if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else []
+    if bad:  # written before maskkit refused to save such weights
+        earlier = [p.name for p in sorted(path.parent.glob("step_*.pt")) if p.name < path.name]
+        raise TrainingError(f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
+                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); use an earlier checkpoint"
+                            + (f" (runtime.resume=<file>; before it in that folder: {', '.join(earlier[-3:])})" if earlier else ""))
+    return ck
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -1,8 +1,10 @@
-"""The optimiser, its parameter groups and the learning-rate schedule."""
+"""The optimiser, its parameter groups, the learning-rate schedule, and the checks of a step."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -40,3 +42,24 @@ def build_optimizer(model: torch.nn.Module, cfg, device_type: str):
     scaler = torch.amp.GradScaler(device_type, enabled=t.precision == "fp16")
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(t.precision)
     return opt, sched, scaler, autocast_dtype
+
+
+def grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The L2 norm of all gradients of ``model`` (a 0-d float32 tensor, on their device; 0 without
+    any), in one fused pass (``torch.nn.utils.get_total_norm``, what ``clip_grad_norm_`` computes).
+    It is finite exactly when every gradient element is finite and the norm does not overflow
+    float32 (about 3e38); no host sync."""
+    return torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+
+
+@contextlib.contextmanager
+def buffers_restored(model: torch.nn.Module) -> Iterator[None]:
+    """Run a block (a forward without gradient) and put ``model``'s buffers back as they were, so
+    that, e.g., BatchNorm running statistics are updated by the training forward only."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)

@@ -1,0 +1,289 @@
+"""The optimiser step: a step with a non-finite gradient is skipped and counted, non-finite weights
+are never saved, and gradient accumulation equals one batch of the same samples (issue 18, 3a-3b)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from rich.console import Console
+
+from maskkit.config import resolve
+from maskkit.train import PretrainRecipe, TrainingError, train
+from maskkit.training.checkpointing import load_checkpoint, nonfinite_entries
+
+SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.warmup_steps=1",
+         "runtime.progress=false", "runtime.eval_zeroshot=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
+         "model.mlm.layers=1", "model.mim.decoder_heads=2"]
+# row-wise deterministic masks (the same sample gets the same mask in any micro-batch or on any rank)
+# and the linear patch embedding (BatchNorm's batch statistics are those of one micro-batch)
+EXACT = ['image_mask={"image_self": {"ratio": 0.75}}', 'image_only_mask={"prompt_driven": {"ratio": 0.5}}',
+         'text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}}',
+         "model.patch_embed=linear", "data.p_unpaired=0.5", "train.optimizer=sgd", "train.lr=0.05"]
+PARAM = "clip.visual.proj"  # the parameter whose gradient the faults below corrupt
+
+
+class Faulty(PretrainRecipe):
+    """The recipe with a real fault injected at 1-based steps ``at``: ``grad`` writes inf into one
+    element of PARAM's gradient during the backward (on ``ranks``); ``weight`` writes NaN into
+    PARAM after the optimiser step (the step itself is applied normally)."""
+
+    def __init__(self, cfg, sources, at, kind="grad", ranks=None, console=None):
+        super().__init__(cfg, sources, console)
+        self.at, self.kind, self.ranks = set(at), kind, ranks
+
+    def _due(self) -> bool:
+        return self.step + 1 in self.at and (self.ranks is None or self.info.rank in self.ranks)
+
+    def setup_optimizer(self) -> None:
+        super().setup_optimizer()
+        p = dict(self.model.named_parameters())[PARAM]
+        if self.kind == "grad":
+            def corrupt(g):
+                if not self._due():
+                    return g
+                g = g.clone()
+                g.view(-1)[0] = float("inf")
+                return g
+            p.register_hook(corrupt)
+        else:
+            def poison(opt, args, kwargs):
+                if self._due():
+                    with torch.no_grad():
+                        p.view(-1)[0] = float("nan")
+            self.opt.register_step_post_hook(poison)
+
+
+def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
+    """Run the faulty recipe; (RunResult, what it printed)."""
+    cfg, src = resolve(SMALL + [f"runtime.out_dir={tmp_path}"] + list(args))
+    console = Console(record=True, width=400, file=open(os.devnull, "w"))
+    recipe = Faulty(cfg, src, at, kind, ranks, console=console)
+    try:
+        return recipe.run(), console.export_text()
+    finally:
+        from maskkit.distributed import shutdown
+        shutdown()
+
+
+def params_of(ck: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's model tensors but BatchNorm's running statistics (a skipped step's forward
+    updates those, as a forward in training mode does)."""
+    return {k: v for k, v in load_checkpoint(ck)["model"].items() if "running_" not in k and "num_batches" not in k}
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# --- 3a: a non-finite gradient with a finite loss ------------------------------------------------
+
+@pytest.mark.parametrize("clip", ["1.0", "null"])
+def test_a_non_finite_gradient_skips_the_step_and_resume_continues(tmp_path, clip):
+    """The reported input: PARAM's gradient becomes inf at step 3 (the losses stay finite). The step
+    is skipped and said so; step_00000003.pt holds the weights of step 2 (all finite); keep_last=2
+    keeps finite checkpoints only; resume=latest continues with finite losses."""
+    res, log = run_faulty(tmp_path, "train.steps=3", "train.ckpt_every=1", "train.keep_last=2", f"train.clip_grad={clip}",
+                          "runtime.name=g")
+    assert "step 3: non-finite gradient (align_loss=" in log and "step skipped (1 in a row)" in log, log
+    assert [m["step"] for m in metrics(res.run_dir)] == [1, 2]
+    ck = res.run_dir / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
+    a, b = params_of(ck / "step_00000002.pt"), params_of(ck / "step_00000003.pt")
+    assert not nonfinite_entries(b)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # the skipped step changed no weight
+    r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=2",
+                                f"train.clip_grad={clip}", "runtime.name=g", "runtime.resume=latest"]))
+    assert [x["step"] for x in r.losses] == [4, 5] and all(torch.isfinite(torch.tensor(list(x.values()))).all() for x in r.losses)
+
+
+def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path):
+    """The same max_bad_steps counter as non-finite losses; its line names the gradient."""
+    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss or gradient, "
+                                            r"last at step 5: non-finite gradient \(align_loss=[0-9.]+, mim_loss=[0-9.]+"):
+        run_faulty(tmp_path, "train.steps=8", "train.max_bad_steps=3", "train.ckpt_every=1", "runtime.name=s", at=(3, 4, 5))
+    for ck in (tmp_path / "s" / "checkpoints").iterdir():
+        assert not nonfinite_entries(load_checkpoint(ck)["model"]), ck
+
+
+def test_a_good_step_between_bad_ones_resets_the_count(tmp_path):
+    res, log = run_faulty(tmp_path, "train.steps=6", "train.max_bad_steps=3", "runtime.name=r", at=(2, 4, 5))
+    assert res.step == 6 and "(2 in a row)" in log and [m["step"] for m in metrics(res.run_dir)] == [1, 3, 6]
+
+
+def test_non_finite_weights_are_never_saved_and_the_last_finite_checkpoint_stays(tmp_path):
+    """A step applied normally leaves a NaN weight (a fault after the optimiser): the checkpoint of
+    that step is refused in one line and keep_last=1 has not deleted step 2's."""
+    with pytest.raises(TrainingError, match=r"^step 3: the model's weights are not finite \(clip.visual.proj\); no checkpoint "
+                                            r"written, the earlier ones in .*checkpoints are kept$"):
+        run_faulty(tmp_path, "train.steps=5", "train.ckpt_every=1", "train.keep_last=1", "runtime.name=w", kind="weight")
+    ck = tmp_path / "w" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt"]
+    r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "train.ckpt_every=1", "train.keep_last=1",
+                                "runtime.name=w", "runtime.resume=latest"]))
+    assert [x["step"] for x in r.losses] == [3, 4]
+
+
+def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path):
+    """A checkpoint written with NaN weights (by an earlier maskkit): resume and evaluation refuse
+    it, naming the tensor and the checkpoints before it."""
+    from maskkit.training.checkpointing import load_model, save_checkpoint
+
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=2", "train.ckpt_every=1", "runtime.name=o"]))
+    ck = tmp_path / "o" / "checkpoints"
+    payload = torch.load(ck / "step_00000002.pt", weights_only=True)
+    payload["model"][PARAM][0, 0] = float("nan")
+    payload["step"] = 3
+    save_checkpoint(ck / "step_00000003.pt", payload)
+    with pytest.raises(TrainingError, match=r"step_00000003.pt: the model's weights are not finite \(clip.visual.proj\); use an "
+                                            r"earlier checkpoint \(runtime.resume=<file>; before it in that folder: "
+                                            r"step_00000001.pt, step_00000002.pt\)$"):
+        train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "runtime.name=o", "runtime.resume=latest"]))
+    with pytest.raises(TrainingError, match="not finite"):
+        load_model(tmp_path / "o")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a CUDA device")
+def test_fp16_overflow_is_the_grad_scalers_and_not_counted(tmp_path):
+    """fp16: an inf gradient at a loss scale above 1 is GradScaler's overflow: the step is skipped
+    once (by the scaler), the scale halves, the step is logged as usual and not counted."""
+    res, log = run_faulty(tmp_path, "train.steps=4", "train.precision=fp16", "runtime.device=cuda", "train.max_bad_steps=1",
+                          "runtime.name=h", at=(2, 3))
+    assert res.step == 4 and "non-finite" not in log
+    scaler = load_checkpoint(res.run_dir / "checkpoints" / "step_00000004.pt")["scaler"]
+    assert scaler["scale"] <= 2.0 ** 14  # 2^16 halved at least twice (at the two injected steps)
+
+
+@pytest.mark.slow
+def test_every_rank_skips_a_step_whose_gradient_is_non_finite_on_one_rank(tmp_path):
+    """Two gloo ranks; the inf gradient is injected on rank 1 only: both ranks skip step 3 and the
+    run finishes (no rank waits on another), with finite checkpoints."""
+    script = tmp_path / "faulty_ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_optimizer_step import run_faulty
+        res, log = run_faulty(sys.argv[1], "train.steps=4", "train.batch_size=2", "runtime.name=d", "train.ckpt_every=1",
+                              ranks={{1}})
+        print(log)
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "step 3: non-finite gradient" in out.stdout
+    run = tmp_path / "d"
+    assert [m["step"] for m in metrics(run)] == [1, 2, 4]
+    for ck in (run / "checkpoints").iterdir():
+        assert not nonfinite_entries(load_checkpoint(ck)["model"]), ck
+
+
+# --- 3b: accumulation equals one batch -----------------------------------------------------------
+
+def _step_grads(tmp_path, name, *args, steps=2):
+    """(logged values, gradients) of the first ``steps`` optimiser steps of a recipe on 8 samples."""
+    cfg, src = resolve(SMALL + EXACT + ["data.n=8", f"train.steps={steps}", f"runtime.out_dir={tmp_path}",
+                                        f"runtime.name={name}"] + list(args))
+    r = PretrainRecipe(cfg, src)
+    r.setup()
+    try:
+        out = []
+        for _ in range(steps):
+            s = r.train_step()
+            out.append((s.values, {n: p.grad.clone() for n, p in r.model.named_parameters() if p.grad is not None}))
+        return out
+    finally:
+        r.metrics.close()
+
+
+def _image_only_micro_batch(n, batch, accum, steps):
+    """The steps (of the first ``steps``) with a micro-batch of image-only samples only."""
+    from maskkit.data.dataset import PhantomDataset
+    from maskkit.data.loader import ResumableBatchSampler
+    from maskkit.distributed import DistInfo
+
+    ds = PhantomDataset(n, 0, 96, p_unpaired=0.5)
+    s = ResumableBatchSampler(n, batch, 0, DistInfo())
+    return [t for t in range(steps) if any(all(ds.reports[i] is None for i in s.batch_indices(t * accum + m)) for m in range(accum))]
+
+
+@pytest.fixture(scope="module")
+def batch8(tmp_path_factory):
+    """Two steps of one batch of the 8 samples: a warm-up step (alignment weight 0), a joint step."""
+    return _step_grads(tmp_path_factory.mktemp("b8"), "b8", "train.batch_size=8")
+
+
+def _same_steps(one, acc, name):
+    for step, ((v1, g1), (v2, g2)) in enumerate(zip(one, acc)):
+        assert v1.keys() == v2.keys() == {"align", "mim", "mlm"}
+        for k in v1:
+            assert v2[k] == pytest.approx(v1[k], rel=1e-5), (name, step, k)
+        assert g1.keys() == g2.keys()
+        for k in g1:
+            torch.testing.assert_close(g2[k], g1[k], rtol=1e-4, atol=1e-6, msg=lambda m: f"{name} step {step} {k}: {m}")
+    # the alignment term's gradient is 0 in the warm-up and not at the joint step (so equality means something)
+    assert one[0][1]["clip.logit_scale"].abs() == 0 and one[1][1]["clip.logit_scale"].abs() > 0
+
+
+def test_accumulation_equals_one_batch_in_losses_and_gradients(tmp_path, batch8):
+    """The reported input: the same 8 samples (half image-only), batch 4 x grad_accum 2 against
+    batch 8, a warm-up step then a joint step: every term's logged value and every gradient."""
+    _same_steps(batch8, _step_grads(tmp_path, "b4a2", "train.batch_size=4", "train.grad_accum=2"), "b4a2")
+
+
+@pytest.mark.slow
+def test_accumulation_with_a_micro_batch_of_image_only_samples(tmp_path, batch8):
+    """batch 2 x grad_accum 4 on the same samples: at each step one micro-batch holds no paired
+    sample (no alignment row, no MLM target), and the step still equals batch 8."""
+    assert _image_only_micro_batch(8, 2, 4, 2) == [0, 1]
+    _same_steps(batch8, _step_grads(tmp_path, "b2a4", "train.batch_size=2", "train.grad_accum=4"), "b2a4")
+
+
+@pytest.mark.slow
+def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
+    """2 gloo ranks x batch 4, and 2 ranks x batch 2 x grad_accum 2, on the same 8 samples: every
+    logged term and the weights after two steps equal those of one process x batch 8."""
+    common = [*SMALL, *EXACT, "data.n=8", "train.steps=2", "train.ckpt_every=1", f"runtime.out_dir={tmp_path}"]
+    train(*resolve(common + ["train.batch_size=8", "runtime.name=one"]))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name, args in (("r2", ["train.batch_size=4"]), ("r2a2", ["train.batch_size=2", "train.grad_accum=2"])):
+        out = subprocess.run([sys.executable, "-m", "maskkit.cli", "run", *common, *args, "runtime.devices=2", f"runtime.name={name}"],
+                             capture_output=True, text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        a, b = metrics(tmp_path / "one"), metrics(tmp_path / name)
+        assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
+        for x, y in zip(a, b):
+            for k in ("align_loss", "mim_loss", "mlm_loss"):
+                assert y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
+        w1 = params_of(tmp_path / "one" / "checkpoints" / "step_00000002.pt")
+        w2 = params_of(tmp_path / name / "checkpoints" / "step_00000002.pt")
+        for k in w1:
+            torch.testing.assert_close(w2[k], w1[k], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name} {k}: {m}")
+
+
+# --- the same kind elsewhere: evaluation's fine-tuning loop ----------------------------------------
+
+@pytest.mark.parametrize("mode", ["probe", "finetune"])
+def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
+    """A fine-tuning step that diverges (--lr 1e37) leaves NaN scores: one line naming the split,
+    the mode and --lr, not a traceback from the AUC."""
+    from maskkit.errors import MaskkitError
+    from maskkit.eval.finetune import run_finetune
+    from model_helpers import tiny_model
+    from test_skips import _table
+
+    table = _table(tmp_path, n=8, bad=())
+    ids = [r.id for r in table.records]
+    splits = {"test": {"ids": ids[4:]}, "train_100": {"ids": ids[:4], "sha256": "x"}}
+    from maskkit.data.dataset import XrayDataset
+
+    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
+                                           r"epochs at --lr 1e\+37\); lower --lr$"):
+        run_finetune(tiny_model("clip"), XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=1e37, batch_size=2)
