@@ -75,3 +75,27 @@ def make_loader(dataset, collate, sampler: ResumableBatchSampler, num_workers: i
     kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, generator=g, **kw)
+
+
+class LoaderWorkerDied(MaskkitError):
+    """A DataLoader worker process died (killed by the out-of-memory killer, a signal, a crash).
+    Only the rank whose worker died sees it, so every rank prints it (``rank_local``)."""
+
+    rank_local = True
+
+
+# how torch's DataLoader reports a worker that died (its SIGCHLD handler and its queue check)
+_WORKER_DIED = "DataLoader worker (pid"
+
+
+def worker_death(exc: BaseException, num_workers: int, prefetch_factor: int, batch: int) -> LoaderWorkerDied | None:
+    """The one-line error for ``exc`` when it is torch's report of a dead DataLoader worker
+    (``batch``: the global micro-batch being read); ``None`` for any other exception."""
+    if not isinstance(exc, RuntimeError) or not str(exc).startswith(_WORKER_DIED):
+        return None
+    why = str(exc).splitlines()[0].rstrip(". ")
+    return LoaderWorkerDied(
+        f"data.num_workers: {why} while reading batch {batch}; a worker killed by signal 9 (Killed) is usually the "
+        f"out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now {prefetch_factor}), "
+        "or give the job more memory (a Bus error: more shared memory, e.g. docker --shm-size); "
+        "the checkpoints written so far are intact: runtime.resume=latest continues from the last one")
