@@ -174,7 +174,7 @@ class PretrainRecipe:
             from .data.loader import worker_death
 
             d = self.cfg.data
-            died = worker_death(exc, d.num_workers, d.prefetch_factor, self.batches)
+            died = worker_death(exc, self.batch_iter, d.num_workers, d.prefetch_factor, self.batches)
             if died is None:
                 raise
             raise died from None

@@ -88,14 +88,18 @@ class LoaderWorkerDied(MaskkitError):
 _WORKER_DIED = "DataLoader worker (pid"
 
 
-def worker_death(exc: BaseException, num_workers: int, prefetch_factor: int, batch: int) -> LoaderWorkerDied | None:
-    """The one-line error for ``exc`` when it is torch's report of a dead DataLoader worker
-    (``batch``: the global micro-batch being read); ``None`` for any other exception."""
+def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_factor: int, batch: int) -> LoaderWorkerDied | None:
+    """The one-line error for ``exc`` when it is torch's report of a dead DataLoader worker of
+    ``loader_iter`` (``batch``: the global micro-batch being read); ``None`` for any other exception."""
     if not isinstance(exc, RuntimeError) or not str(exc).startswith(_WORKER_DIED):
         return None
-    why = str(exc).splitlines()[0].rstrip(". ")
+    import signal
+
+    codes = sorted({w.exitcode for w in getattr(loader_iter, "_workers", ()) if w.exitcode not in (None, 0)})
+    causes = [f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.Signals._value2member_map_ else f"exit status {c}"
+              for c in codes] or [str(exc).splitlines()[0].rstrip(". ")]
     return LoaderWorkerDied(
-        f"data.num_workers: {why} while reading batch {batch}; a worker killed by signal 9 (Killed) is usually the "
-        f"out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now {prefetch_factor}), "
-        "or give the job more memory (a Bus error: more shared memory, e.g. docker --shm-size); "
-        "the checkpoints written so far are intact: runtime.resume=latest continues from the last one")
+        f"data.num_workers: a DataLoader worker process died ({', '.join(causes)}) while reading batch {batch}; SIGKILL is "
+        f"usually the out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now "
+        f"{prefetch_factor}), or give the job more memory (SIGBUS: more shared memory, e.g. docker --shm-size); the "
+        "checkpoints written so far are intact: runtime.resume=latest continues from the last one")
