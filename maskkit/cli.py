@@ -195,7 +195,11 @@ def prepare_cmd(
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ...")) -> None:
-    """Pretrain: resolve preset -> config file -> key=value, then run the training recipe."""
+    """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
+
+    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM
+    or SIGUSR1 after writing the checkpoint of its current step (run the same command with
+    runtime.resume=latest; docs/distributed.md has a SLURM requeue script)."""
     import os
     import subprocess
 

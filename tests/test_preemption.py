@@ -25,7 +25,7 @@ def reference(tmp_path, n):
     return {x["step"]: tuple(x.get(k, 0.0) for k in ("align_loss", "mim_loss", "mlm_loss")) for x in r.losses}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1], ids=["SIGTERM", "SIGUSR1"])
 def test_a_signal_checkpoints_the_current_step_and_the_resume_logs_each_step_once(tmp_path, sig):
     run = tmp_path / "p"
     args = [*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=p", "train.ckpt_every=3"]
