@@ -80,8 +80,9 @@ class RunLock:
         """Free the lock and remove the file (it only matters while held)."""
         if self.fd is None:
             return
-        try:
-            self.path.unlink(missing_ok=True)
+        try:  # only our own file: the directory may have been removed and another run's lock made since
+            if os.path.samestat(os.fstat(self.fd), os.stat(self.path)):
+                self.path.unlink()
         except OSError:
             pass
         os.close(self.fd)  # closing the descriptor drops the flock
