@@ -25,8 +25,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from .training.preemption import EXIT_PREEMPTED, STOP_SIGNALS
 
-    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    # torchrun's --signals-to-handle (whose default it reads from PET_SIGNALS_TO_HANDLE) sets the
+    # agent's TORCHELASTIC_SIGNALS_TO_HANDLE; an explicit --signals-to-handle still wins
+    os.environ.setdefault("PET_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)
+    os.environ.setdefault("TORCHELASTIC_SIGNALS_TO_HANDLE", FORWARDED_SIGNALS)  # torch before that option
+    for name in ["torch.distributed.elastic", *logging.root.manager.loggerDict]:  # its modules' loggers set their own level
+        if name.startswith("torch.distributed.elastic"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as exc:
