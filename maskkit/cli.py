@@ -234,7 +234,11 @@ def prepare_cmd(
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ...")) -> None:
-    """Pretrain: resolve preset -> config file -> key=value, then run the training recipe."""
+    """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
+
+    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM
+    or SIGUSR1 after writing the checkpoint of its current step (run the same command with
+    runtime.resume=latest; docs/distributed.md has a SLURM requeue script)."""
     import os
     import subprocess
 
@@ -249,7 +253,14 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
-        raise typer.Exit(subprocess.call(cmd, env=os.environ.copy()))
+        import signal
+
+        from .training.preemption import STOP_SIGNALS
+
+        proc = subprocess.Popen(cmd, env=os.environ.copy())
+        for sig in STOP_SIGNALS:  # a preemption signal sent to this process reaches the run (which checkpoints)
+            signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
+        raise typer.Exit(proc.wait())
     from .train import train
 
     result = train(cfg, sources, console=err_console)
@@ -686,6 +697,25 @@ def viz_run_cmd(
     console.print(f"wrote {target}")
 
 
+def _one_line_warnings() -> None:
+    """Print each :class:`~maskkit.errors.MaskkitWarning` as one line ``warning: ...`` (on rank 0
+    under torchrun); other warnings as Python prints them."""
+    import os
+    import warnings
+
+    from .errors import MaskkitWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, MaskkitWarning):
+            return shown(message, category, filename, lineno, file, line)
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
 def main() -> None:
     import os
     import warnings
@@ -693,6 +723,7 @@ def main() -> None:
     from .eval.labels import LabelCoverageWarning
 
     warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
+    _one_line_warnings()
     try:
         rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
@@ -700,15 +731,19 @@ def main() -> None:
     except MaskkitError as exc:
         if _state["debug"]:
             raise
-        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank fails alike: one line, from rank 0
+        rank = os.environ.get("RANK", "0")
+        if rank == "0":  # under torchrun every rank fails alike: one line, from rank 0
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        elif getattr(exc, "rank_local", False):  # ... except what only one rank sees (its loader worker died)
+            err_console.print(f"[red]error:[/] rank {rank}: {exc}", highlight=False, soft_wrap=True)
+        code = getattr(exc, "exit_code", 2)  # 75 for a run stopped by SIGTERM / SIGUSR1 (maskkit.training.preemption)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
             # can abort it ("terminate called ..."), which would hide this exit status
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(2)
-        sys.exit(2)
+            os._exit(code)
+        sys.exit(code)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         sys.exit(code)

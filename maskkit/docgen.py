@@ -73,7 +73,9 @@ def cli_markdown() -> str:
         "",
         "Generated from the typer app by `python -m maskkit.docgen`; a test fails when this file drifts.",
         "Every command prints a one-line error and exits 2 on bad input; `maskkit --debug COMMAND ...`",
-        "shows the traceback instead.",
+        "shows the traceback instead. `maskkit run` exits 75 when SIGTERM or SIGUSR1 stopped it after",
+        "writing the checkpoint of its current step (the same command with `runtime.resume=latest`",
+        "continues it; a SLURM requeue script is in `docs/distributed.md`).",
         "",
     ]
 

@@ -52,3 +52,8 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
 
 class TrainingError(MaskkitError):
     """The run cannot go on (NaN losses in a row, a refused checkpoint, a bad run directory)."""
+
+
+class MaskkitWarning(UserWarning):
+    """Something optional did not work and the run goes on without it (a cache that cannot be
+    written, ...); the CLI prints it as one line ``warning: <message>``."""

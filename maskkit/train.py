@@ -39,7 +39,8 @@ from .terms import TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import MetricLogger
 from .training.optim import buffers_restored, build_optimizer, grad_norm
-from .training.run_dir import prepare_run_dir
+from .training.preemption import RunPreempted, StopRequest
+from .training.run_dir import claim_run_dir, prepare_run_dir
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_zeroshot", "train", "training_batch"]
 
@@ -91,6 +92,10 @@ class PretrainRecipe:
         self.losses: list[dict] = []
         self.metrics: MetricLogger | None = None
         self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
+        self.lock = None                      # the run directory's lock (rank 0)
+        self.stop = StopRequest()             # SIGTERM / SIGUSR1 seen by this process
+        self.stop_agreed = False              # ... by any rank, as of the last step's all-reduce
+        self.saved_step = -1
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -104,7 +109,8 @@ class PretrainRecipe:
             cfg = self.cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "latest"})})
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.out = prepare_run_dir(cfg, self.sources, self.info)
+        self.out, self.lock = claim_run_dir(cfg, self.info)
+        prepare_run_dir(cfg, self.sources, self.info, self.out)
         if self.info.main and cfg.runtime.resume is None:  # new, empty or overwritten: nothing in it predates this run
             self.created_dir = self.out
         self.setup_model()
@@ -126,7 +132,7 @@ class PretrainRecipe:
         from .data.dataset import SkipReport
 
         self.skips = SkipReport(cfg.data.max_skip_fraction)
-        self.metrics = MetricLogger(self.out) if self.info.main else None
+        self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
 
     def setup_model(self) -> None:
         from .model import XLIP
@@ -190,7 +196,16 @@ class PretrainRecipe:
         return step < self.cfg.train.warmup_steps and any(o.term.warmup for o in self.objectives.terms)
 
     def next_batch(self) -> dict:
-        batch = next(self.batch_iter)
+        try:
+            batch = next(self.batch_iter)
+        except RuntimeError as exc:
+            from .data.loader import worker_death
+
+            d = self.cfg.data
+            died = worker_death(exc, self.batch_iter, d.num_workers, d.prefetch_factor, self.batches)
+            if died is None:
+                raise
+            raise died from None
         self.seen = self.seen + self.sampler.batch_sources(self.batches)  # every rank's samples, per source
         self.batches += 1
         return batch
@@ -248,9 +263,11 @@ class PretrainRecipe:
         # one all-reduce per step, on every rank: each term's value, the skip counts and whether the
         # gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
         names = list(sums)
-        local = torch.stack([*sums.values(), torch.tensor(float(samples + n_skipped), device=dev),
-                             torch.tensor(float(n_skipped), device=dev), (~torch.isfinite(norm)).float().to(dev)])
+        local = torch.stack([*sums.values(), torch.tensor(float(self.stop.requested), device=dev),
+                             torch.tensor(float(samples + n_skipped), device=dev), torch.tensor(float(n_skipped), device=dev),
+                             (~torch.isfinite(norm)).float().to(dev)])
         reduced = self.gather.sum(local).tolist()  # the step's one host sync
+        self.stop_agreed = reduced[len(names)] > 0  # a signal seen by any rank stops every rank after this step
         values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
         self.skips.count(int(reduced[-3]), int(reduced[-2]))
         self.skips.check()
@@ -305,11 +322,12 @@ class PretrainRecipe:
         if not self.info.main:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                   "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches,
+                   "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
                    "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
+        self.saved_step = self.step
         for old in run_checkpoints(self.out)[: -self.cfg.train.keep_last]:
             old.unlink(missing_ok=True)
 
@@ -321,6 +339,12 @@ class PretrainRecipe:
                                 + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""))
         if "batches" not in ck:
             raise TrainingError(f"runtime.resume: {path} was written by an older maskkit (no loader position); start a new run")
+        saved_world = int(ck.get("world", self.info.world))  # checkpoints before the world size was saved: not checked
+        if saved_world != self.info.world:
+            n = saved_world
+            raise TrainingError(f"runtime.resume: {path} was written by {n} processes, this run has {self.info.world}; the sample "
+                                f"order and the global batch depend on the number of processes, so resume it with {n} "
+                                f"(runtime.devices={n} or torchrun --nproc_per_node={n}), or start a new run")
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])
@@ -329,6 +353,12 @@ class PretrainRecipe:
         set_rng_state(ck["rng"])
         if self.info.main:
             self.console.print(f"resumed from {path} at step {self.step}", highlight=False)
+            later = [c for c in run_checkpoints(self.out) if int(c.stem.split("_")[1]) > self.step]
+            for c in later:  # an earlier attempt's future: resume=latest must not pick it up again
+                c.rename(c.with_name(c.name + ".superseded"))
+            if later:
+                self.console.print(f"{len(later)} later checkpoint(s) of {self.out} renamed *.pt.superseded "
+                                   f"(this run continues from step {self.step})", highlight=False)
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
@@ -344,9 +374,21 @@ class PretrainRecipe:
         if self.created_dir is not None and self.step == 0:
             shutil.rmtree(self.created_dir, ignore_errors=True)
 
+    def preempted(self) -> RunPreempted:
+        """After a step at which some rank had a stop signal: save the checkpoint of this step
+        (unless it was just saved), wait for rank 0 to have written it, and return the error to raise."""
+        if self.saved_step != self.step:
+            self.save()
+        if self.info.enabled:
+            torch.distributed.barrier()
+        ck = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
+        return RunPreempted(f"stopped by {self.stop.name or 'a signal on another rank'} after step {self.step} of "
+                            f"{self.cfg.train.steps}; saved {ck}; continue with the same command and runtime.resume=latest")
+
     def run(self) -> RunResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+        self.stop.install()
         self.setup()
         cfg, info = self.cfg, self.info
         progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -357,6 +399,8 @@ class PretrainRecipe:
             with progress:
                 task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="")
                 while self.step < cfg.train.steps:
+                    if self.stop_agreed:
+                        raise self.preempted()
                     warm = self.in_warmup(self.step)
                     r = self.train_step()
                     if not r.finite:
@@ -379,6 +423,7 @@ class PretrainRecipe:
                         self.save()
             self.save()
         finally:
+            self.stop.restore()  # from here on (evaluation) a signal acts as it would without the run
             if self.metrics is not None:
                 self.metrics.close()
         if info.main:
@@ -403,6 +448,9 @@ def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=
         recipe.discard_unstarted_run_dir()
         raise
     finally:
+        recipe.stop.restore()
+        if recipe.lock is not None:
+            recipe.lock.release()
         shutdown()
 
 

@@ -180,3 +180,31 @@ def make_loader(dataset, collate, sampler: ResumableBatchSampler, num_workers: i
     kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, generator=g, **kw)
+
+
+class LoaderWorkerDied(MaskkitError):
+    """A DataLoader worker process died (killed by the out-of-memory killer, a signal, a crash).
+    Only the rank whose worker died sees it, so every rank prints it (``rank_local``)."""
+
+    rank_local = True
+
+
+# how torch's DataLoader reports a worker that died (its SIGCHLD handler and its queue check)
+_WORKER_DIED = "DataLoader worker (pid"
+
+
+def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_factor: int, batch: int) -> LoaderWorkerDied | None:
+    """The one-line error for ``exc`` when it is torch's report of a dead DataLoader worker of
+    ``loader_iter`` (``batch``: the global micro-batch being read); ``None`` for any other exception."""
+    if not isinstance(exc, RuntimeError) or not str(exc).startswith(_WORKER_DIED):
+        return None
+    import signal
+
+    codes = sorted({w.exitcode for w in getattr(loader_iter, "_workers", ()) if w.exitcode not in (None, 0)})
+    causes = [f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.Signals._value2member_map_ else f"exit status {c}"
+              for c in codes] or [str(exc).splitlines()[0].rstrip(". ")]
+    return LoaderWorkerDied(
+        f"data.num_workers: a DataLoader worker process died ({', '.join(causes)}) while reading batch {batch}; SIGKILL is "
+        f"usually the out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now "
+        f"{prefetch_factor}), or give the job more memory (SIGBUS: more shared memory, e.g. docker --shm-size); the "
+        "checkpoints written so far are intact: runtime.resume=latest continues from the last one")

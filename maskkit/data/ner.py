@@ -17,12 +17,13 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Iterable
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
-from ..errors import MaskkitError
+from ..errors import MaskkitError, MaskkitWarning, OutputWriteError
 from ..io import atomic_write_text
 
 Entity = tuple[int, int, str]
@@ -174,12 +175,15 @@ class CachedNER:
     def _load(self) -> dict[str, list[Entity]]:
         if self._mem is None:
             self._mem = {}
-            if self.path.is_file():
-                try:
+            try:
+                if self.path.is_file():
                     raw = json.loads(self.path.read_text(encoding="utf-8"))
                     self._mem = {k: [tuple(e) for e in v] for k, v in raw.items()}
-                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                    self._mem = {}  # a damaged cache is rebuilt, never trusted
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                self._mem = {}  # a damaged cache is rebuilt, never trusted
+            except OSError as exc:  # an unreadable cache folder: computed again, as without a cache
+                self._mem = {}
+                self._unusable(f"cannot read {self.path} ({exc.strerror or exc})")
         return self._mem
 
     def __call__(self, texts: Iterable[str]) -> list[list[Entity]]:
@@ -194,6 +198,16 @@ class CachedNER:
         return [mem[k] for k in keys]
 
     def save(self) -> None:
+        """Write the entities computed so far. The cache is optional: when it cannot be written
+        (a read-only ``HOME``, a full disk) a :class:`~maskkit.errors.MaskkitWarning` names
+        ``MASKKIT_CACHE`` and the run goes on (entities are computed again by the next run)."""
         if self.dirty and self._mem is not None:
-            atomic_write_text(self.path, json.dumps(self._mem, separators=(",", ":")))
+            try:
+                atomic_write_text(self.path, json.dumps(self._mem, separators=(",", ":")))
+            except OutputWriteError as exc:
+                self._unusable(f"cannot write {self.path} ({os.strerror(exc.errno)})" if exc.errno else str(exc))
             self.dirty = False
+
+    def _unusable(self, why: str) -> None:
+        warnings.warn(f"entity cache: {why}; going on without it (entities are recomputed each run); set MASKKIT_CACHE "
+                      "to a writable folder to keep them", MaskkitWarning, stacklevel=3)

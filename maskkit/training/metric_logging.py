@@ -1,27 +1,60 @@
 """Metric logging of a run (rank 0): ``metrics.jsonl`` (one JSON object per logged step) and,
-when tensorboard is installed, ``tensorboard/`` scalars. Every logger gets the same flat dict."""
+when tensorboard is installed, ``tensorboard/`` scalars. Every logger gets the same flat dict.
+
+A run that resumes at step ``s`` (``runtime.resume``, an elastic restart, a requeue after a
+preemption) first drops what was logged after ``s`` by the attempt it continues, in both logs, so
+that each step is logged once: ``metrics.jsonl`` is rewritten atomically without those lines, and
+tensorboard's ``purge_step`` hides the events past ``s``.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from ..io import atomic_write_text
 
-def _tensorboard(out: Path):
+
+def _tensorboard(out: Path, purge_step: int | None):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # tensorboard is optional
         return None
-    return SummaryWriter(str(out / "tensorboard"))
+    return SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+
+
+def drop_lines_after(path: Path, step: int) -> int:
+    """Rewrite ``path`` (metrics.jsonl) without the lines of steps after ``step`` (and without a
+    torn last line); returns how many lines were dropped. Nothing is written when none is."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            s = json.loads(line).get("step")
+        except (ValueError, AttributeError):
+            dropped += 1  # a line cut by a kill mid-write
+            continue
+        if isinstance(s, int) and s > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(l + "\n" for l in kept))
+    return dropped
 
 
 class MetricLogger:
-    """Appends step lines to ``out/metrics.jsonl`` and tensorboard scalars (``loss/<key>``)."""
+    """Appends step lines to ``out/metrics.jsonl`` and tensorboard scalars (``loss/<key>``).
 
-    def __init__(self, out: Path) -> None:
+    ``resume_step``: the step this run continues from (0 for a new run); lines logged after it by
+    an earlier attempt are dropped first (see the module's note)."""
+
+    def __init__(self, out: Path, resume_step: int = 0) -> None:
         self.out = Path(out)
+        self.dropped = drop_lines_after(self.out / "metrics.jsonl", resume_step)
         self.f = open(self.out / "metrics.jsonl", "a", encoding="utf-8")
-        self.tb = _tensorboard(self.out)
+        self.tb = _tensorboard(self.out, resume_step + 1 if resume_step else None)
 
     def write(self, line: dict, losses: dict[str, float]) -> None:
         """One logged step: ``line`` (with ``step``) to metrics.jsonl; ``losses`` and

@@ -17,8 +17,9 @@ import torch
 
 from ..config import ExperimentConfig
 from ..distributed import DistInfo
-from ..errors import TrainingError
+from ..errors import MaskkitError, TrainingError
 from ..io import atomic_write_text
+from .run_lock import LOCK_NAME, RunLock
 
 
 def git_revision() -> str:
@@ -76,6 +77,11 @@ def default_run_name(cfg: ExperimentConfig) -> str:
     return f"{cfg.preset}-{cfg.scale}-seed{cfg.train.seed}"
 
 
+def has_content(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides a run's lock file."""
+    return folder.is_dir() and any(p.name != LOCK_NAME for p in folder.iterdir())
+
+
 def _numbered(base: Path) -> list[Path]:
     """``base`` and its numbered siblings ``base-2``, ``base-3``, ... that exist, in number order."""
     pat = re.compile(re.escape(base.name) + r"-(\d+)$")
@@ -93,7 +99,7 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     base = Path(cfg.runtime.out_dir) / (cfg.runtime.name or default_run_name(cfg))
     if cfg.runtime.name or cfg.runtime.overwrite:
         return base
-    existing = [p for p in _numbered(base) if p.is_dir() and any(p.iterdir())]
+    existing = [p for p in _numbered(base) if has_content(p)]
     if cfg.runtime.resume is not None:
         return existing[-1] if existing else base
     if not existing:
@@ -104,21 +110,50 @@ def run_dir_for(cfg: ExperimentConfig) -> Path:
     return base.parent / f"{base.name}-{n}"
 
 
-def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo) -> Path:
-    """Choose (rank 0, then shared with every rank) and prepare the run directory."""
-    out = run_dir_for(cfg) if info.main else None
+def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock | None]:
+    """Choose the run directory (rank 0, then shared with every rank) and lock it; returns it and,
+    on rank 0, the :class:`~maskkit.training.run_lock.RunLock` held on it (the caller releases it).
+
+    The lock is taken before anything in the directory is read or deleted (``runtime.overwrite``);
+    a refusal (a live holder, an existing directory) is raised on every rank alike."""
+    out, lock, err = None, None, None
+    if info.main:
+        out = run_dir_for(cfg)
+        try:
+            lock = RunLock(out).acquire()
+            exists = has_content(out)
+            if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
+                raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
+                                    f"runtime.overwrite=true to replace it (or choose another runtime.name)")
+            if exists and cfg.runtime.overwrite and not cfg.runtime.resume:
+                for p in out.iterdir():  # everything but the lock this run holds
+                    if p.name == LOCK_NAME:
+                        continue
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+        except BaseException as exc:
+            if lock is not None:
+                lock.release()
+            if not isinstance(exc, MaskkitError):
+                raise
+            err = exc
     if info.enabled:
-        box = [str(out) if out is not None else None]
+        box = [str(out) if out is not None else None, str(err) if err is not None else None]
         torch.distributed.broadcast_object_list(box, src=0)
         out = Path(box[0])
+        if box[1] is not None and err is None:
+            err = TrainingError(box[1])
+    if err is not None:
+        raise err
+    return out, lock
+
+
+def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo, out: Path) -> Path:
+    """Prepare the run directory ``out`` (claimed by :func:`claim_run_dir`): its record files (rank 0)."""
     if not info.main:
         return out
-    exists = out.exists() and any(out.iterdir())
-    if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
-        raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
-                            f"runtime.overwrite=true to replace it (or choose another runtime.name)")
-    if exists and cfg.runtime.overwrite and not cfg.runtime.resume:
-        shutil.rmtree(out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(resolved_record(cfg, sources), indent=2))
     env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,

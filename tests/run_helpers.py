@@ -1,0 +1,85 @@
+"""Helpers for tests that drive real ``maskkit run`` processes: start one, wait for its logged
+steps, find its worker processes, read its metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# the tiny settings of tests/test_run.py, with a schedule that does not depend on train.steps (so
+# that a run resumed with more steps can be compared with one run of those steps)
+SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1000",
+         "train.warmup_steps=2", "runtime.progress=false", "runtime.eval_zeroshot=false", "train.schedule=constant",
+         "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
+
+
+def env_for(**extra) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
+
+
+def start(*args, env=None, cli=("-m", "maskkit.cli")) -> subprocess.Popen:
+    """``maskkit run <args>`` in a new process (its own session, so a signal reaches it alone)."""
+    return subprocess.Popen([sys.executable, *cli, "run", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env or env_for(), start_new_session=True)
+
+
+def steps(run: Path) -> list[int]:
+    f = Path(run) / "metrics.jsonl"
+    if not f.is_file():
+        return []
+    return [json.loads(l)["step"] for l in f.read_text().splitlines() if l.strip()]
+
+
+def losses(run: Path) -> dict[int, tuple[float, ...]]:
+    f = Path(run) / "metrics.jsonl"
+    return {m["step"]: tuple(m.get(k, 0.0) for k in ("align_loss", "mim_loss", "mlm_loss"))
+            for m in map(json.loads, f.read_text().splitlines())}
+
+
+def wait_for_steps(proc: subprocess.Popen, run: Path, n: int, timeout: float = 300) -> None:
+    """Until ``run`` has logged ``n`` steps (the process must still be running)."""
+    end = time.monotonic() + timeout
+    while len(steps(run)) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended (rc {proc.returncode}) before step {n}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"no step {n} within {timeout} s")
+        time.sleep(0.02)
+
+
+def children(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc)."""
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return {}
+    return dict(kv.split("=", 1) for kv in raw.decode(errors="replace").split("\0") if "=" in kv)
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
