@@ -98,7 +98,7 @@ class RuntimeConfig(Strict):
     out_dir: str = Field("runs", description="folder holding run directories")
     name: str | None = Field(None, description="run directory name; default <preset>-<scale>-seed<k>, numbered -2, -3, ... when it exists")
     overwrite: bool = Field(False, description="allow replacing an existing run directory")
-    resume: str | None = Field(None, description="'latest' or a checkpoint path to resume from")
+    resume: str | None = Field(None, description="'latest' (the run directory's newest checkpoint), 'auto' (the newest when there is one, else a new run in that directory: the one command a requeued job repeats) or a checkpoint path")
     eval_zeroshot: bool = Field(True, description="print a zero-shot table on held-out data at the end")
     progress: bool = Field(True, description="show the progress bar")
 

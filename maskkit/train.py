@@ -106,7 +106,7 @@ class PretrainRecipe:
             self.device = torch.device("cuda", self.info.local_rank)
             torch.cuda.set_device(self.device)
         if os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in ("", "0") and cfg.runtime.resume is None:
-            cfg = self.cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "latest"})})
+            cfg = self.cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "auto"})})
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.out, self.lock = claim_run_dir(cfg, self.info)

@@ -139,3 +139,24 @@ def test_under_ddp_every_rank_stops_after_the_same_step(tmp_path, target):
     lines = [l for l in err.splitlines() if l.strip() and not l.startswith("launching")]
     assert len(lines) == 1 and said in lines[0], err[-2000:]
     assert not [p for p in procs if os.path.exists(f"/proc/{p}") and environ(p)], "a process of the run is left"
+
+
+def test_resume_auto_is_one_command_for_the_first_start_and_every_requeue(tmp_path):
+    """``runtime.resume=auto``: no run directory -> a new run; a directory whose run died before its
+    first checkpoint -> step 0 again in it, its logged lines dropped; a checkpoint -> resumed. The
+    same arguments every time (what a requeued SLURM job repeats); ``latest`` refuses the second case."""
+    from maskkit.errors import TrainingError
+
+    run = tmp_path / "a"
+    args = [*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=a", "runtime.resume=auto", "train.ckpt_every=3"]
+    first = train(*resolve([*args, "train.steps=2"]))  # a first start, cut short before any ckpt_every
+    for ck in run_checkpoints(run):  # ... as if killed before its first checkpoint
+        ck.unlink()
+    assert steps(run) == [1, 2]
+    with pytest.raises(TrainingError, match=r"runtime.resume=latest: no checkpoint in"):
+        train(*resolve([*args[:-2], "runtime.resume=latest", "train.steps=4"]))
+    again = train(*resolve([*args, "train.steps=4"]))
+    assert [x["step"] for x in again.losses] == [1, 2, 3, 4] and steps(run) == [1, 2, 3, 4]
+    assert [x["align_loss"] for x in again.losses[:2]] == [x["align_loss"] for x in first.losses]  # the same start
+    resumed = train(*resolve([*args, "train.steps=5"]))
+    assert [x["step"] for x in resumed.losses] == [5] and steps(run) == [1, 2, 3, 4, 5]

@@ -97,11 +97,15 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
+    """The checkpoint ``runtime.resume`` names in the run directory ``out``: ``latest`` its newest
+    (none is an error), ``auto`` its newest or None (start at step 0 in ``out``), else the path."""
     r = cfg.runtime.resume
     if r is None:
         return None
-    if r == "latest":
+    if r in ("latest", "auto"):
         cks = run_checkpoints(out)
+        if not cks and r == "auto":
+            return None
         if not cks:
             raise TrainingError(f"runtime.resume=latest: no checkpoint in {out / 'checkpoints'}")
         return cks[-1]
