@@ -214,7 +214,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
             kept = json.loads(done.read_text(encoding="utf-8"))
             rows.append(rescore_run(done.parent, kept) if rescore else kept)
             if console:
-                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False)
+                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False, soft_wrap=True)
             continue
         row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
         args = run_args(spec, preset, combo, seed, out, extra_args)
@@ -224,7 +224,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
     if jobs <= 1:
         for i, (args, row) in enumerate(todo, 1):
             if console:
-                console.print(f"[{i}/{len(todo)}] {row['run']}", highlight=False)
+                console.print(f"[{i}/{len(todo)}] {row['run']}", highlight=False, soft_wrap=True)
             rows.append(_one_run(args, row, spec.probe))
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -233,7 +233,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
             for i, f in enumerate(futures, 1):
                 rows.append(f.result())
                 if console:
-                    console.print(f"[{i}/{len(todo)}] {rows[-1]['run']} done", highlight=False)
+                    console.print(f"[{i}/{len(todo)}] {rows[-1]['run']} done", highlight=False, soft_wrap=True)
     write_results(rows, spec, out)
     return rows
 

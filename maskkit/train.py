@@ -142,7 +142,7 @@ class PretrainRecipe:
         np.random.seed(self.cfg.train.seed)
         self.model = XLIP.from_experiment(self.cfg).to(self.device)
         if self.model.load_report and self.info.main:
-            self.console.print(f"model.pretrained: {self.model.load_report}", highlight=False)
+            self.console.print(f"model.pretrained: {self.model.load_report}", highlight=False, soft_wrap=True)
 
     def setup_data(self) -> None:
         from .data.dataset import Collator
@@ -157,7 +157,7 @@ class PretrainRecipe:
         if self.info.main:
             record_split(self.out, self.corpus, resumed=cfg.runtime.resume is not None)
             for line in self.corpus.summary_lines():
-                self.console.print(line, highlight=False)
+                self.console.print(line, highlight=False, soft_wrap=True)
 
     def check_pairs(self) -> None:
         """No paired sample while a term that needs pairs trains: one line before step 1 (an error
@@ -174,7 +174,7 @@ class PretrainRecipe:
         if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
             raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
         if self.info.main:
-            self.console.print(f"[yellow]warning: {msg}; those terms stay 0 (set them to 0 or add a paired source)[/]", highlight=False)
+            self.console.print(f"[yellow]warning: {msg}; those terms stay 0 (set them to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
 
     def setup_loader(self) -> None:
         from .data.loader import make_loader
@@ -196,16 +196,7 @@ class PretrainRecipe:
         return step < self.cfg.train.warmup_steps and any(o.term.warmup for o in self.objectives.terms)
 
     def next_batch(self) -> dict:
-        try:
-            batch = next(self.batch_iter)
-        except RuntimeError as exc:
-            from .data.loader import worker_death
-
-            d = self.cfg.data
-            died = worker_death(exc, self.batch_iter, d.num_workers, d.prefetch_factor, self.batches)
-            if died is None:
-                raise
-            raise died from None
+        batch = next(self.batch_iter)
         self.seen = self.seen + self.sampler.batch_sources(self.batches)  # every rank's samples, per source
         self.batches += 1
         return batch
@@ -305,7 +296,7 @@ class PretrainRecipe:
             return txt
         if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
             if self.cfg.runtime.progress and not self.console.is_terminal:  # logs piped to a file (SLURM): plain lines
-                self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False)
+                self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False, soft_wrap=True)
             epoch, _ = self.sampler.position(self.batches)
             line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
                     "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time(),
@@ -352,13 +343,13 @@ class PretrainRecipe:
         self.step, self.batches = int(ck["step"]), int(ck["batches"])
         set_rng_state(ck["rng"])
         if self.info.main:
-            self.console.print(f"resumed from {path} at step {self.step}", highlight=False)
+            self.console.print(f"resumed from {path} at step {self.step}", highlight=False, soft_wrap=True)
             later = [c for c in run_checkpoints(self.out) if int(c.stem.split("_")[1]) > self.step]
             for c in later:  # an earlier attempt's future: resume=latest must not pick it up again
                 c.rename(c.with_name(c.name + ".superseded"))
             if later:
                 self.console.print(f"{len(later)} later checkpoint(s) of {self.out} renamed *.pt.superseded "
-                                   f"(this run continues from step {self.step})", highlight=False)
+                                   f"(this run continues from step {self.step})", highlight=False, soft_wrap=True)
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
@@ -386,6 +377,33 @@ class PretrainRecipe:
                             f"{self.cfg.train.steps}; saved {ck}; continue with the same command and runtime.resume=latest")
 
     def run(self) -> RunResult:
+        """Set up, train to ``train.steps``, evaluate. Whatever happens, the run directory's lock and
+        the signal handlers are released, and a directory this run made is removed when it fails
+        before its first step: the recipe owns what it takes, whoever calls it (:func:`train`, a
+        test, a notebook)."""
+        try:
+            return self._run()
+        except RuntimeError as exc:
+            # torch reports a dead DataLoader worker from its SIGCHLD handler, so at whatever line
+            # the main process is running then (reading a batch, the forward, a checkpoint write)
+            from .data.loader import worker_death
+
+            d = self.cfg.data
+            died = worker_death(exc, getattr(self, "batch_iter", None), d.num_workers, d.prefetch_factor, self.batches)
+            self.discard_unstarted_run_dir()
+            if died is None:
+                raise
+            raise died from None
+        except BaseException:
+            self.discard_unstarted_run_dir()
+            raise
+        finally:
+            self.stop.restore()
+            if self.lock is not None:
+                self.lock.release()
+                self.lock = None
+
+    def _run(self) -> RunResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.stop.install()
@@ -407,7 +425,7 @@ class PretrainRecipe:
                         self.bad_in_row += 1
                         bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items()) + ")"
                         if info.main:
-                            self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]")
+                            self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)
                         if self.bad_in_row >= cfg.train.max_bad_steps:
                             raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} steps in a row with a non-finite loss or gradient, "
                                                 f"last at step {self.step}: {bad}")
@@ -427,9 +445,9 @@ class PretrainRecipe:
             if self.metrics is not None:
                 self.metrics.close()
         if info.main:
-            self.console.print(self.skips.summary(), highlight=False)
+            self.console.print(self.skips.summary(), highlight=False, soft_wrap=True)
             self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),
-                               highlight=False)
+                               highlight=False, soft_wrap=True)
         self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)
         result = RunResult(self.out, self.step, self.losses)
         if cfg.runtime.eval_zeroshot and self.val_ds is not None and info.main:
@@ -441,16 +459,9 @@ class PretrainRecipe:
 
 def train(cfg: ExperimentConfig, sources: dict[str, str] | None = None, console=None) -> RunResult:
     """Run the pretraining recipe described by ``cfg``; returns the run directory and losses."""
-    recipe = PretrainRecipe(cfg, sources, console)
     try:
-        return recipe.run()
-    except BaseException:
-        recipe.discard_unstarted_run_dir()
-        raise
+        return PretrainRecipe(cfg, sources, console).run()
     finally:
-        recipe.stop.restore()
-        if recipe.lock is not None:
-            recipe.lock.release()
         shutdown()
 
 

@@ -22,7 +22,10 @@ def test_a_killed_loader_worker_stops_the_run_in_one_line(tmp_path):
     _, err = proc.communicate(timeout=300)
     lines = [l for l in err.splitlines() if l.strip()]
     assert proc.returncode == 2 and "Traceback" not in err, err[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: data.num_workers: a DataLoader worker process died (killed by SIGKILL)"), err[-3000:]
-    assert "lower data.num_workers (now 2)" in lines[0] and "more memory" in lines[0]
+    errors = [l for l in lines if l.startswith("error:")]  # the run's log lines (one per source) come before it
+    assert len(errors) == 1 and lines[-1] == errors[0], err[-3000:]
+    assert errors[0].startswith("error: data.num_workers: a DataLoader worker process died (killed by SIGKILL)"), err[-3000:]
+    assert "lower data.num_workers (now 2)" in errors[0] and "more memory" in errors[0]
+    assert all(l.startswith(("source ", "error:")) for l in lines), err[-3000:]  # log lines are not wrapped
     ck = run_checkpoints(run)[-1]
     load_model(ck)  # intact

@@ -204,7 +204,7 @@ def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_fac
     causes = [f"killed by {signal.Signals(-c).name}" if c < 0 and -c in signal.Signals._value2member_map_ else f"exit status {c}"
               for c in codes] or [str(exc).splitlines()[0].rstrip(". ")]
     return LoaderWorkerDied(
-        f"data.num_workers: a DataLoader worker process died ({', '.join(causes)}) while reading batch {batch}; SIGKILL is "
+        f"data.num_workers: a DataLoader worker process died ({', '.join(causes)}) at batch {batch}; SIGKILL is "
         f"usually the out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now "
         f"{prefetch_factor}), or give the job more memory (SIGBUS: more shared memory, e.g. docker --shm-size); the "
         "checkpoints written so far are intact: runtime.resume=latest continues from the last one")
