@@ -40,7 +40,7 @@ from .training.checkpointing import config_differences, find_resume, load_checkp
 from .training.metric_logging import MetricLogger
 from .training.optim import buffers_restored, build_optimizer, grad_norm
 from .training.preemption import RunPreempted, StopRequest
-from .training.run_dir import claim_run_dir, prepare_run_dir
+from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_zeroshot", "train", "training_batch"]
 
@@ -110,8 +110,9 @@ class PretrainRecipe:
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
         self.out, self.lock = claim_run_dir(cfg, self.info)
+        empty = self.info.main and not has_content(self.out)
         prepare_run_dir(cfg, self.sources, self.info, self.out)
-        if self.info.main and cfg.runtime.resume is None:  # new, empty or overwritten: nothing in it predates this run
+        if self.info.main and (cfg.runtime.resume is None or empty):  # new, empty or overwritten: nothing in it predates this run
             self.created_dir = self.out
         self.setup_model()
         self.setup_data()

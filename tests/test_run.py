@@ -354,3 +354,11 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp
     ck = tmp_path / "d" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt"]
     load_model(ck / "step_00000002.pt")
+
+
+def test_resume_latest_of_a_new_name_fails_and_leaves_no_directory(tmp_path):
+    """A mistaken runtime.resume=latest must not leave a directory that then blocks a plain run."""
+    with pytest.raises(TrainingError, match=r"runtime.resume=latest: no checkpoint in"):
+        train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nock", "runtime.resume=latest"))
+    assert not (tmp_path / "nock").exists()
+    assert train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=nock")).step == 1
