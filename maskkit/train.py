@@ -334,7 +334,7 @@ class PretrainRecipe:
         saved_world = int(ck.get("world", self.info.world))  # checkpoints before the world size was saved: not checked
         if saved_world != self.info.world:
             n = saved_world
-            raise TrainingError(f"runtime.resume: {path} was written by {n} processes, this run has {self.info.world}; the sample "
+            raise TrainingError(f"runtime.resume: {path} was written by {n} process{'es' if n != 1 else ''}, this run has {self.info.world}; the sample "
                                 f"order and the global batch depend on the number of processes, so resume it with {n} "
                                 f"(runtime.devices={n} or torchrun --nproc_per_node={n}), or start a new run")
         self.model.load_state_dict(ck["model"])
