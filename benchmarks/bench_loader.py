@@ -47,8 +47,8 @@ def reports(n: int) -> list[str | None]:
     return [rs[i % len(rs)] for i in range(n)]
 
 
-def epochs_rate(ds, collate, batch: int, workers: int, epochs: int) -> list[float]:
-    sampler = ResumableBatchSampler(len(ds), batch, 0, DistInfo())
+def loader_rates(ds, collate, sampler, workers: int, epochs: int) -> list[float]:
+    """Samples/s of each of ``epochs`` epochs read through the training loader in ``sampler``'s order."""
     it = iter(make_loader(ds, collate, sampler, workers))
     out = []
     for _ in range(epochs):
@@ -58,6 +58,11 @@ def epochs_rate(ds, collate, batch: int, workers: int, epochs: int) -> list[floa
             n += len(next(it)["ids"])
         out.append(n / (time.perf_counter() - t0))
     return out
+
+
+def epochs_rate(ds, collate, batch: int, workers: int, epochs: int) -> list[float]:
+    sampler = ResumableBatchSampler(len(ds), batch, 0, DistInfo())
+    return loader_rates(ds, collate, sampler, workers, epochs)
 
 
 def mixture_rates(ds, collate, batch: int, workers: int, epochs: int) -> list[float]:
@@ -70,15 +75,7 @@ def mixture_rates(ds, collate, batch: int, workers: int, epochs: int) -> list[fl
     b.reports = [None] * len(b)  # the image-only source
     mixed = ConcatSources([a, b], ["a", "b"])
     sampler = MixtureBatchSampler([len(a), len(b)], [1.0, 0.5], batch, 0, DistInfo())
-    it = iter(make_loader(mixed, collate, sampler, workers))
-    out = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        n = 0
-        for _ in range(sampler.per_epoch):
-            n += len(next(it)["ids"])
-        out.append(n / (time.perf_counter() - t0))
-    return out
+    return loader_rates(mixed, collate, sampler, workers, epochs)
 
 
 def sampler_rate(sizes=(243_000, 110_000), weights=(1.0, 0.5), batch: int = 64, world: int = 8, epochs: int = 3) -> float:

@@ -160,33 +160,25 @@ class Registry:
             raise UnknownNameError(f"{kind} '{name}' is registered by plugins {_quoted(srcs)} and refused to all of "
                                    f"them; keep one with MASKKIT_DISABLE_PLUGINS")
 
-    def strategy(self, name: str) -> type:
+    def _lookup(self, kind: str, table: dict[str, Any], name: str) -> Any:
+        """``table[name]``; else one line: refused to colliding plugins, or unknown (close matches, or every name)."""
         try:
-            return self.strategies[name]
+            return table[name]
         except KeyError:
-            self._refused("strategy", name)
+            self._refused(kind, name)
             raise UnknownNameError(
-                f"unknown strategy '{name}'{close_matches(name, self.strategies) or '; registered: ' + ', '.join(sorted(self.strategies))}"
+                f"unknown {kind} '{name}'{close_matches(name, table) or '; registered: ' + ', '.join(sorted(table))}"
             ) from None
+
+    def strategy(self, name: str) -> type:
+        return self._lookup("strategy", self.strategies, name)
 
     def dataset(self, name: str):
         """The :class:`~maskkit.data.adapters.DatasetAdapter` registered as ``name``."""
-        try:
-            return self.datasets[name]
-        except KeyError:
-            self._refused("dataset", name)
-            raise UnknownNameError(
-                f"unknown dataset '{name}'{close_matches(name, self.datasets) or '; registered: ' + ', '.join(sorted(self.datasets))}"
-            ) from None
+        return self._lookup("dataset", self.datasets, name)
 
     def preset(self, name: str) -> Preset:
-        try:
-            return self.presets[name]
-        except KeyError:
-            self._refused("preset", name)
-            raise UnknownNameError(
-                f"unknown preset '{name}'{close_matches(name, self.presets) or '; registered: ' + ', '.join(sorted(self.presets))}"
-            ) from None
+        return self._lookup("preset", self.presets, name)
 
 
 _lock = threading.Lock()
