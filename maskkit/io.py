@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 
@@ -16,29 +17,41 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     Raises :class:`~maskkit.errors.OutputWriteError` (one line: the file and the OS's reason, e.g.
     "No space left on device") when it cannot be written; a previous ``path`` is then unchanged.
     """
+    with atomic_open(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
+    """A binary file to write ``path`` through: a temporary file in the same folder, flushed,
+    fsynced and renamed onto ``path`` when the block ends without an error, removed otherwise.
+
+    Lets a large object (a checkpoint: ``torch.save(payload, f)``) stream to disk without a second
+    copy in memory. Errors as :func:`atomic_write_bytes`: an ``OSError`` in the block or while
+    finishing becomes one-line :class:`~maskkit.errors.OutputWriteError`; a previous ``path`` is
+    unchanged whatever happens.
+    """
     path = Path(path)
+    tmp: Path | None = None
     try:
-        _atomic_write(path, data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = Path(name)
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        os.replace(tmp, path)
+        tmp = None
     except OSError as exc:
         from .errors import OutputWriteError
 
         raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc} (any previous version of it is unchanged)",
                                exc.errno) from None
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:

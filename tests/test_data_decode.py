@@ -162,3 +162,32 @@ def test_atomic_write_keeps_usual_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert mode == 0o666 & ~mask
+
+
+def test_atomic_open_keeps_the_previous_file_when_the_writer_fails(tmp_path):
+    """A checkpoint streamed by torch.save that fails half-way (the writer raises) leaves the previous
+    file byte for byte and no temporary file; an OSError becomes the one-line OutputWriteError."""
+    import errno
+
+    import torch
+
+    from maskkit.errors import OutputWriteError
+    from maskkit.io import atomic_open
+
+    target = tmp_path / "step.pt"
+    with atomic_open(target) as f:
+        torch.save({"w": torch.arange(4)}, f)
+    before = target.read_bytes()
+    assert torch.load(target)["w"].tolist() == [0, 1, 2, 3]
+
+    with pytest.raises(RuntimeError, match="half-way"):
+        with atomic_open(target) as f:
+            f.write(b"partial")
+            raise RuntimeError("half-way")
+    with pytest.raises(OutputWriteError, match=r"cannot write .*step\.pt: No space left on device") as e:
+        with atomic_open(target) as f:
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert e.value.errno == errno.ENOSPC and "\n" not in str(e.value)
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step.pt"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -340,14 +341,15 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp
 
     cfg, src = resolve(["preset=xlip", *TINY, "data.n=8", "train.batch_size=4", "train.steps=4", "train.warmup_steps=1",
                         "train.ckpt_every=2", f"runtime.out_dir={tmp_path}", "runtime.name=d"])
-    real = mio._atomic_write
+    real = os.fsync
 
-    def full_after_first_checkpoint(path, data):
-        if path.name.startswith("step_") and path.name != "step_00000002.pt":
+    def full_after_first_checkpoint(fd):  # the disk fills while a checkpoint is flushed to it
+        name = Path(os.readlink(f"/proc/self/fd/{fd}")).name
+        if name.startswith(".step_") and not name.startswith(".step_00000002.pt."):
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(fd)
 
-    monkeypatch.setattr(mio, "_atomic_write", full_after_first_checkpoint)
+    monkeypatch.setattr(mio.os, "fsync", full_after_first_checkpoint)
     with pytest.raises(OutputWriteError, match=r"cannot write .*step_00000004\.pt: No space left on device \(any previous") as e:
         train(cfg, src)
     assert "\n" not in str(e.value) and e.value.errno == errno.ENOSPC
