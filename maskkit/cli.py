@@ -232,7 +232,7 @@ def prepare_cmd(
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ...")) -> None:
+def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ... (config= also takes a config shipped with maskkit by name: xlip_paper_corpus)")) -> None:
     """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
 
     Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM

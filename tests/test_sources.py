@@ -339,7 +339,10 @@ def test_split_record_names_each_sources_rule_and_notes_an_empty_part(tmp_path):
     assert p["rule"].startswith("the phantoms adapter's own split: (train, held-out) phantoms: the held-out phantoms are generated apart")
     assert "note" not in p
     (p0,) = build_corpus(resolve(["data.n=8", "data.val_n=0"])[0], 96).split_record()["sources"]
-    assert p0["note"] == "source phantoms: 8 patients, 0 held out (by the phantoms adapter's own split)"
+    assert p0["held_out"] == 0 and "note" not in p0  # data.val_n=0 asks for it: no note
+    # the single-source form names the source by its adapter
+    one = build_corpus(resolve(["data=csv", f"data.path={small}", "preset=clip", f"train.seed={seed}"])[0], 96)
+    assert one.sources[0].note == "source csv: 3 patients, 0 held out " + note.split(" 0 held out ", 1)[1]
 
 
 # --- ids that repeat across sources: keyed by (source, id) ----------------------------------

@@ -156,17 +156,16 @@ def split_rule(adapter) -> str:
 
 
 def split_note(s: "SourceData") -> str | None:
-    """The one-line note of a source whose split left nothing held out or nothing to train on."""
+    """The one-line note of a source that :func:`split_by_patient` left with nothing held out or
+    nothing to train on (a source with few patients); None otherwise, and for an adapter's own
+    split (the phantoms' ``val_n=0`` is asked for)."""
     held, train = len(s.held_records), len(s.train_records)
-    if held and train:
+    if (held and train) or s.adapter.split is not None:
         return None
     pats = s.patients
     name = s.spec.label if s.spec.where != "data" else f"source {s.spec.name}"
-    if s.adapter.split is None:
-        why = (f"each patient is held out with probability {VAL_FRACTION}: {VAL_FRACTION * pats:.2g} expected "
-               f"of {pats}; another train.seed draws again")
-    else:
-        why = f"by the {s.adapter.name} adapter's own split"
+    why = (f"each patient is held out with probability {VAL_FRACTION}: {VAL_FRACTION * pats:.2g} expected "
+           f"of {pats}; another train.seed draws again")
     part = "held out" if not held else "left to train on"
     return f"{name}: {pats} patient{'s' if pats != 1 else ''}, 0 {part} ({why})"
 
