@@ -103,7 +103,7 @@ def test_csv_sources_roles_and_image_only_drops_reports(tmp_path):
 def test_role_paired_without_reports_is_one_line(tmp_path):
     a = csv_file(tmp_path / "a.csv", reports=False)
     cfg, _ = resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(a), 'role': 'paired'}])}"])
-    with pytest.raises(MaskkitError, match=r"^data.sources\[0\] \(csv\): role paired, but none of its \d+ training records has a report"):
+    with pytest.raises(MaskkitError, match=r"^data.sources\[0\] \(csv\).role: paired, but none of its \d+ training records has a report"):
         build_corpus(cfg, 96)
 
 
@@ -375,3 +375,15 @@ def test_ids_and_patients_repeating_across_sources_stay_apart(tmp_path):
     assert {k[0] for k in sp["train_1"]["ids"]} == {"csv#0", "csv#1"}
     # 60 patients (30 per source, not 30 shared): 1% of the 54 not held out is one patient, one image
     assert len({p for _, p in recs}) == 60 and len(sp["train_0.01"]["ids"]) == 1
+
+
+def test_a_paired_source_without_reports_names_its_role_key(tmp_path):
+    m = mimic_root(tmp_path / "m", n=12)
+    for t in m.rglob("*.txt"):
+        t.unlink()
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(_sources({"name": "mimic", "root": str(m)}), 96)
+    assert str(e.value).startswith("data.sources[0] (mimic).role: paired (the role dataset 'mimic' declares), but none of its ")
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=mimic", f"data.root={m}", "preset=clip"])[0], 96)
+    assert str(e.value).startswith("data (mimic): dataset 'mimic' is paired, but none of its ")

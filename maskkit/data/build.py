@@ -283,7 +283,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
         if role == "auto":
             role = "paired" if n_paired else "image_only"
         elif role == "paired" and not n_paired:
-            raise MaskkitError(f"{spec.label}: role paired, but none of its {len(tr)} training records has a report "
+            if spec.where == "data":
+                raise MaskkitError(f"{spec.label}: dataset '{spec.name}' is paired, but none of its {len(tr)} training records "
+                                   f"has a report (check the report files, or give it as a data.sources entry with role: image_only)")
+            own = "" if spec.role == "paired" else f" (the role dataset '{spec.name}' declares)"
+            raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
         built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val))
     corpus_names = [s.spec.name for s in built]
