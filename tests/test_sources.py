@@ -296,6 +296,23 @@ def test_load_time_errors_name_the_source_entrys_key(tmp_path):
         assert message in str(e.value) and (str(e.value).startswith("data.") or message.startswith("set")), str(e.value)
 
 
+def test_option_errors_survive_pickling():
+    """A sweep's worker process sends its error back pickled: the key stays as it was spelt."""
+    import pickle
+
+    from maskkit.data.records import OptionError
+    from maskkit.data.sources import SourceSpec
+
+    e = OptionError("root", "{key}: folder /x does not exist; see {key:views}")
+    assert str(e) == "data.root: folder /x does not exist; see data.options.views"
+    spec = SourceSpec(2, "nih", "auto", 1.0, where="data.sources[2]", nested=frozenset({"views"}))
+    named = OptionError(e.option, e.named(spec.key))
+    for x in (e, named):
+        y = pickle.loads(pickle.dumps(x))
+        assert type(y) is OptionError and str(y) == str(x)
+    assert str(named) == "data.sources[2] (nih).root: folder /x does not exist; see data.sources[2] (nih).options.views"
+
+
 def test_the_cli_names_the_entry_key_in_one_line(tmp_path):
     import subprocess
     import sys

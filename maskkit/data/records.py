@@ -41,13 +41,14 @@ class DataError(MaskkitError):
     """A dataset root, metadata file or column that is missing or malformed."""
 
 
-#: the config keys of the single-source form that are not ``data.options.*`` (``data.root``, ...)
-DATA_KEYS = ("root", "path", "n", "val_n", "p_unpaired", "seed", "cache")
+#: adapter options the single-source form sets as ``data.<key>`` (not ``data.options.<key>``)
+DATA_OPTION_KEYS = ("root", "path", "n", "val_n", "p_unpaired", "seed")
 
 
 def single_source_key(option: str) -> str:
-    """How the single-source form spells an adapter option: ``data.root``, ``data.options.views``."""
-    return f"data.{option}" if option in DATA_KEYS else f"data.options.{option}"
+    """How the single-source form spells a source's setting: ``data.root``, ``data.cache`` (the
+    source's prepared cache), ``data.options.views``."""
+    return f"data.{option}" if option in (*DATA_OPTION_KEYS, "cache") else f"data.options.{option}"
 
 
 class OptionError(DataError):
@@ -64,6 +65,9 @@ class OptionError(DataError):
     def __init__(self, option: str, template: str) -> None:
         self.option, self.template = option, template
         super().__init__(self.named(single_source_key))
+
+    def __reduce__(self):  # picklable (a sweep's worker process sends its error back)
+        return type(self), (self.option, self.template)
 
     def named(self, key_of) -> str:
         """The message with each ``{key}`` / ``{key:NAME}`` spelt by ``key_of(option)``."""

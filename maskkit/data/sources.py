@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MaskkitError, close_matches
-from .records import OptionError, single_source_key
+from .records import DATA_OPTION_KEYS, OptionError, single_source_key
 
 #: keys of a ``data.sources`` entry that are not adapter options
 ENTRY_KEYS = ("name", "role", "weight", "cache", "options")
 #: keys of the single-source form passed to the adapter when its options model declares them
-SINGLE_SOURCE_KEYS = ("root", "path", "n", "val_n", "p_unpaired", "seed")
+SINGLE_SOURCE_KEYS = DATA_OPTION_KEYS
 
 
 class SourceError(MaskkitError):
@@ -112,9 +112,11 @@ def _entry_spec(i: int, entry: Any) -> SourceSpec:
     if not isinstance(entry, dict):
         raise SourceError(f"{where}: expected a mapping such as {{name: mimic, root: /data/mimic, weight: 1.0}}, got {entry!r}")
     if "name" not in entry:
-        near = close_matches("name", [str(k) for k in entry])
+        import difflib
+
+        near = difflib.get_close_matches("name", [str(k) for k in entry], n=1, cutoff=0.5)
         raise SourceError(f"{where}: no 'name' (the dataset adapter; `maskkit datasets` lists them)"
-                          + (f"; is {near.removeprefix('; did you mean ').rstrip('?')} a misspelling of it?" if near else ""))
+                          + (f"; is '{near[0]}' a misspelling of it?" if near else ""))
     name = entry["name"]
     label = f"{where} ({name})"
     adapter = _adapter(name, f"{label}.name", f"{label}.name")
