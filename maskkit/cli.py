@@ -222,10 +222,9 @@ def prepare_cmd(
             opts[k.strip()] = json.loads(v)
         except json.JSONDecodeError:
             opts[k.strip()] = v
-    from .data.adapters import get_adapter
+    from .data.sources import option_spec
 
-    adapter = get_adapter(dataset)
-    table = adapter.load(**adapter.validate(opts, key_name=lambda k: f"--option {k}"))  # one line naming the key
+    table = option_spec(dataset, opts).load()  # one line naming the key (--option root: folder ... does not exist)
     index = prepare_cache(table, out, size=size, overwrite=overwrite)
     console.print(f"cached {len(table)} images of {dataset} at {size}px in {out}; {len(index['skipped'])} skipped")
     for i, why in list(index["skipped"].items())[:20]:
@@ -233,7 +232,7 @@ def prepare_cmd(
 
 
 @app.command("run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ...")) -> None:
+def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ... (config= also takes a config shipped with maskkit by name: xlip_paper_corpus)")) -> None:
     """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
 
     Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM
@@ -281,7 +280,7 @@ def config_show_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the resolved config as JSON."),
 ) -> None:
     """Print the resolved config and where each value came from (default, scale, preset, file, cli)."""
-    from .config import flat_items, resolve
+    from .config import resolve, show_rows
 
     cfg, sources = resolve(list(args or []))
     if as_json:
@@ -290,8 +289,7 @@ def config_show_cmd(
     table = Table(title=f"resolved config (preset={cfg.preset}, scale={cfg.scale})")
     for col in ("key", "value", "source"):
         table.add_column(col, overflow="fold")
-    for key, value in flat_items(cfg).items():
-        src = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
+    for key, value, src in show_rows(cfg, sources):
         table.add_row(key, json.dumps(value), src)
     console.print(table)
 
@@ -332,6 +330,14 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
 #: how a result's title names its split (maskkit.data.build.Corpus.what)
 _SPLIT_WORDS = {"run": "the run's held-out split", "run-config": "the run's held-out split, unverified",
                 "explicit": "held-out part of the data.* given"}
+
+
+def _say_data(what: dict | str) -> None:
+    """Print which data and split a command read (:func:`maskkit.data.build.data_line`): every
+    command that evaluates a run or draws samples from it says it the same way."""
+    from .data.build import data_line
+
+    console.print(data_line(what), highlight=False, soft_wrap=True)
 
 
 def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = False):
@@ -378,7 +384,7 @@ def eval_zeroshot_cmd(
                         style=prompts)
     console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images "
                                   f"({_SPLIT_WORDS[what['split']]})"))
-    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
+    _say_data(what)
     if out:
         atomic_write_text(out, json.dumps({**res.to_json(), "data": what}, indent=2))
 
@@ -415,7 +421,7 @@ def eval_finetune_cmd(
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
     folder = Path(splits) if splits else Path(out) / "splits"
     if (folder / "test.json").is_file():
-        sp = read_splits(folder)
+        sp = read_splits(folder, source=corpus.names[0] if len(corpus.sources) == 1 else None)
         if set(sp["test"]["ids"]) != test_ids:
             raise MaskkitError(f"{folder / 'test.json'}: its {sp['test']['n']} test ids are not the {len(test_ids)} held-out ids "
                                f"of {what['text']}; use another --splits folder")
@@ -435,7 +441,7 @@ def eval_finetune_cmd(
     if results:  # the test split is the same for every row: how many test samples each label left out
         t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
     console.print(t)
-    console.print(f"data: {what['text']}", highlight=False, soft_wrap=True)
+    _say_data(what)
     for line in dict.fromkeys(w for r in results for w in r.warnings):
         err_console.print(f"warning: {line}", highlight=False)
     atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc, "data": what} for r in results],
@@ -486,7 +492,7 @@ def eval_masks_cmd(
     for r in rows:
         t.add_row(escape(r["strategy"]), *[f"{r[c]:.3f}" if c in r else "" for c in cols])  # "[l2]" is not markup
     console.print(t)
-    console.print(f"data: {what}", highlight=False, soft_wrap=True)
+    _say_data(what)
     if out:
         o = Path(out)
         atomic_write_text(o / "masks.json", json.dumps(rows, indent=1))
@@ -549,8 +555,8 @@ def _adapter_load(name: str):
 
 
 def _viz_batch(path: str, model, run_cfg, images: list[str], reports: list[str], args: list[str], n: int, index: int):
-    """A collated batch from image files (+ report files) or from a dataset: the run's held-out
-    split by default, or the data.* settings' held-out part (:func:`_eval_data`)."""
+    """(a collated batch, what data it is) from image files (+ report files) or from a dataset: the
+    run's held-out split by default, or the data.* settings' held-out part (:func:`_eval_data`)."""
     from pathlib import Path
 
     from .data.dataset import Collator, XrayDataset
@@ -569,12 +575,13 @@ def _viz_batch(path: str, model, run_cfg, images: list[str], reports: list[str],
                 for i, p in enumerate(images)]
         ds = XrayDataset(Table("files", recs, ()), model.image_size, policy="raise", ner=CachedNER(LexiconNER()))
         items = [ds[i] for i in range(len(ds))]
+        what = f"the {len(images)} --images file{'s' if len(images) != 1 else ''} given (not the run's data)"
     else:
-        ds, _, _, _ = _eval_data(path, model, run_cfg, args, held_out_ner=True)
+        ds, _, _, what = _eval_data(path, model, run_cfg, args, held_out_ner=True)
         if index + n > len(ds):
             raise MaskkitError(f"--index {index} --n {n}: the held-out set has {len(ds)} samples")
         items = [ds[i] for i in range(index, index + n)]
-    return Collator(model.tokenizer)([s for s in items if "image" in s])
+    return Collator(model.tokenizer)([s for s in items if "image" in s]), what
 
 
 def _checkpoint_step(path: str) -> int | None:
@@ -614,13 +621,21 @@ def viz_masks_cmd(
     paths, settings = _split_targets(checkpoint, "visualize masks")
     model, run_cfg = load_model(paths[0])
     if step is not None:
+        if settings or images:
+            raise MaskkitError(f"visualize masks --step {step}: draws the batch training read at that step; "
+                               f"{'--images' if images else repr(settings[0])} chooses other data, give one or the other")
+        from .data.build import run_dir_of
+        from .data.sources import source_specs
+
         batch, seed = training_batch(run_cfg, model, step, micro)
+        what = (f"the training batch of step {step} (micro-batch {micro}) of run {run_dir_of(paths[0])} "
+                f"({' + '.join(s.describe() for s in source_specs(run_cfg.data))}; the run's training split)")
         ck_step = _checkpoint_step(paths[0])
         if ck_step is not None and ck_step != step - 1 and model.image_mask is not None:
             err_console.print(f"note: weights from step {ck_step}; attention-guided masks equal training's with the checkpoint "
                               f"of step {step - 1} (random draws are identical either way)", highlight=False, soft_wrap=True)
     else:
-        batch = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
+        batch, what = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
     views = sample_views(model, batch, seed=seed, rows=n if step is not None else None)
     arr = composite(views, model.patch)
     o = Path(out)
@@ -633,6 +648,7 @@ def viz_masks_cmd(
         sections.append((v.id, body))
     atomic_write_text(o / "masks.html", html_page("maskkit: AttMIM masks", sections))
     console.print(f"wrote {o / 'masks.png'} and {o / 'masks.html'} ({len(views)} images)")
+    _say_data(what)
 
 
 @viz_app.command("text", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -656,7 +672,7 @@ def viz_text_cmd(
 
     paths, settings = _split_targets(checkpoint, "visualize text")
     model, run_cfg = load_model(paths[0])
-    batch = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
+    batch, what = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
     ner = LexiconNER()
     recon = {r["index"]: r for r in reconstruct_text(model, batch, seed)} if model.text_decoder is not None else {}
     sections = []
@@ -671,6 +687,7 @@ def viz_text_cmd(
         raise MaskkitError("no sample with a report to show")
     atomic_write_text(Path(out) / "text.html", html_page("maskkit: EntMLM", sections))
     console.print(f"wrote {Path(out) / 'text.html'}")
+    _say_data(what)
 
 
 @viz_app.command("run")

@@ -6,7 +6,9 @@ Resolution order (later wins), each value remembering where it came from:
 2. ``scale:NAME`` — ``scale=tiny`` (default: a CPU-sized model on phantoms that trains in
    minutes) or ``scale=paper`` (no changes: ViT-B/16, SGD 5e-5, 15,000 warm-up steps);
 3. ``preset:NAME`` — a registered preset (``xlip``, ``clip``, the Table III/IV rows);
-4. ``file:PATH`` — ``config=path.yaml`` (YAML, TOML or JSON);
+4. ``file:PATH`` — ``config=path.yaml`` (YAML, TOML or JSON), or ``config:NAME`` — a config shipped
+   with maskkit by name (``config=xlip_paper_corpus``: ``maskkit/configs/NAME.yaml``, see
+   :func:`builtin_configs`);
 5. ``cli`` — ``key=value`` arguments (value parsed as JSON, else kept as a string).
 
 Keys inside a strategy tree may skip the strategy name: ``image_mask.child_ratio=0.6`` sets
@@ -205,6 +207,8 @@ def _tree_value(value: Any, path: str, source: str) -> Any:
     p = Path(value).expanduser()
     if source.startswith("file:") and not p.is_absolute():
         p = Path(source[len("file:"):]).parent / p
+    elif source.startswith("config:") and not p.is_absolute():
+        p = _builtin_config_path(source[len("config:"):]).parent / p
     if not p.is_file():
         raise ConfigError(f"{path}={value}: composition file {p} does not exist (from {source})")
     try:
@@ -227,6 +231,15 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         return
     if path == "data" and isinstance(value, str):
         path, parts = "data.name", ["data", "name"]
+    if path in ("data.options", "data.sources"):  # each option / entry key remembers where it was set (config show)
+        for k in [k for k in sources if k.startswith(path + ".")]:
+            del sources[k]
+        if path == "data.options" and isinstance(value, dict):
+            sources.update({f"data.options.{k}": source for k in value})
+    if parts[:2] == ["data", "sources"] and len(parts) > 2:
+        _set_source_entry(cfg, parts[2:], value, path, source)
+        sources[path] = source
+        return
     if path not in valid_paths and not any(path.startswith(p + ".") for p in valid_paths if p.endswith("options")):
         prefix_ok = any(v.startswith(path + ".") for v in valid_paths)
         if prefix_ok and isinstance(value, dict):
@@ -241,6 +254,29 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         node = node.setdefault(k, {})
     node[parts[-1]] = value
     sources[path] = source
+
+
+def _set_source_entry(cfg: dict, keys: list[str], value: Any, path: str, source: str) -> None:
+    """``data.sources.1.root=/data/padchest``: one key of one entry of ``data.sources`` (e.g. a root
+    of a shipped config); the index must name an existing entry."""
+    data = cfg.setdefault("data", {})
+    entries = copy.deepcopy(data.get("sources") or [])  # never the preset's or file's own list
+    i = keys[0]
+    if not i.isdigit() or int(i) >= len(entries):
+        raise ConfigError(f"{path}: '{i}' is not an index of data.sources, which has {len(entries)} "
+                          f"entr{'y' if len(entries) == 1 else 'ies'} here (from {source})")
+    if len(keys) == 1:
+        entries[int(i)] = value
+    else:
+        node = entries[int(i)]
+        for k in keys[1:-1]:
+            if not isinstance(node, dict):
+                break
+            node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{path}: cannot set '{keys[-1]}' inside {node!r} (from {source})")
+        node[keys[-1]] = value
+    data["sources"] = entries
 
 
 def _deep_merge(base: Any, new: Any) -> Any:
@@ -268,7 +304,41 @@ def parse_value(raw: str) -> Any:
         return raw
 
 
-def load_file(path: str) -> dict:
+#: the folder of the configs shipped with maskkit (package data): ``config=NAME`` reads NAME.yaml there
+BUILTIN_CONFIGS = "configs"
+
+
+def builtin_configs() -> list[str]:
+    """The names of the configs shipped with maskkit (``config=NAME``), sorted."""
+    from importlib import resources
+
+    folder = resources.files("maskkit") / BUILTIN_CONFIGS
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".yaml")) if folder.is_dir() else []
+
+
+def _builtin_config_path(name: str) -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("maskkit") / BUILTIN_CONFIGS / f"{name}.yaml"))
+
+
+def config_file(value: str) -> tuple[Path, str]:
+    """(the file, its source label) of ``config=VALUE``: a file path (``file:VALUE``), else a config
+    shipped with maskkit by name, with or without ``.yaml`` (``config:NAME``, read from the installed
+    package); anything else is one line listing the shipped ones."""
+    p = Path(value).expanduser()
+    if p.is_file():
+        return p, f"file:{value}"
+    name = p.name[:-5] if p.name.endswith(".yaml") and p.parent == Path(".") else str(value)
+    if name in builtin_configs():
+        return _builtin_config_path(name), f"config:{name}"
+    shipped = builtin_configs()
+    raise ConfigError(f"config={value}: no such file, nor a config shipped with maskkit"
+                      f"{close_matches(Path(name).stem, shipped) or ''}; shipped: {', '.join(shipped) or 'none'}")
+
+
+def load_file(path: str | Path) -> dict:
+    """The mapping of config keys in ``path`` (YAML, TOML or JSON); one line when it is not one."""
     from .compose import load_spec
 
     p = Path(path)
@@ -311,7 +381,8 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
     _merge_layer(cfg, sources, preset.config, f"preset:{preset.name}", valid)
     cfg["preset"], sources["preset"] = preset.name, "cli" if "preset" in special else "default"
     if "config" in special:
-        _merge_layer(cfg, sources, load_file(str(special["config"])), f"file:{special['config']}", valid)
+        path, label = config_file(str(special["config"]))
+        _merge_layer(cfg, sources, load_file(path), label, valid)
     for k, v in rest:
         _set(cfg, sources, k, v, "cli", valid)
     try:
@@ -343,3 +414,25 @@ def _defaults() -> dict:
 def flat_items(config: ExperimentConfig) -> dict[str, Any]:
     """Every resolved key with its value (trees as one value)."""
     return _flatten(config.model_dump(mode="json"))
+
+
+def show_rows(config: ExperimentConfig, sources: dict[str, str]) -> list[tuple[str, Any, str]]:
+    """(key, value, where it came from) of every resolved key, as ``maskkit config show`` prints
+    them: each ``data.options`` option and each key of each ``data.sources`` entry on its own row
+    with its own source (a key set alone, ``data.options.uncertain=zeros``, or with its mapping)."""
+    rows = []
+    for key, value in flat_items(config).items():
+        whole = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
+        if key == "data.options" and value:
+            rows += [(f"{key}.{k}", v, sources.get(f"{key}.{k}", whole)) for k, v in value.items()]
+        elif key == "data.sources" and value:
+            for i, entry in enumerate(value):
+                for k, v in (entry.items() if isinstance(entry, dict) else [("", entry)]):
+                    sub = f"{key}.{i}.{k}".rstrip(".")
+                    nested = [(f"{sub}.{o}", ov) for o, ov in v.items()] if k == "options" and isinstance(v, dict) and v else [(sub, v)]
+                    rows += [(n, nv, sources.get(n) or sources.get(sub) or sources.get(f"{key}.{i}") or sources.get(key, "default"))
+                             for n, nv in nested]
+        else:
+            rows.append((key, value, whole))
+    return rows
+

@@ -163,16 +163,19 @@ def protocol_line(rows: list[dict]) -> str:
     return "Zero-shot protocol: " + "; ".join(parts) + " (docs/eval.md)."
 
 
-def rescore_run(run_dir: Path, row: dict) -> dict:
+def rescore_run(run_dir: Path, row: dict, console=None) -> dict:
     """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
     own held-out data, as at the end of training: :func:`maskkit.train.run_zeroshot`); rewrites
-    ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts."""
-    from .data.build import eval_corpus
+    ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts.
+    ``console``: where to print the ``data:`` line (:func:`maskkit.data.build.data_line`)."""
+    from .data.build import data_line, eval_corpus
     from .train import run_zeroshot
     from .training.checkpointing import load_model
 
     model, cfg = load_model(run_dir)
     _, corpus, what = eval_corpus(run_dir, cfg, model.image_size, tokenizer=model.tokenizer)  # verified against split.json
+    if console is not None:
+        console.print(data_line(what), highlight=False, soft_wrap=True)
     row = {**row, **zeroshot_fields(run_zeroshot(model, cfg, corpus.val, corpus.label_names, run_dir, data=what))}
     atomic_write_text(run_dir / "done.json", json.dumps(row))
     return row
@@ -212,9 +215,9 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
         done = out / "runs" / name / "done.json"
         if done.is_file():
             kept = json.loads(done.read_text(encoding="utf-8"))
-            rows.append(rescore_run(done.parent, kept) if rescore else kept)
             if console:
-                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scored' if rescore else 'kept'}", highlight=False, soft_wrap=True)
+                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scoring' if rescore else 'kept'}", highlight=False, soft_wrap=True)
+            rows.append(rescore_run(done.parent, kept, console) if rescore else kept)
             continue
         row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
         args = run_args(spec, preset, combo, seed, out, extra_args)

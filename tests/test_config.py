@@ -79,3 +79,81 @@ def test_frozen_and_strict():
 def test_generated_docs_are_current():
     out = subprocess.run([sys.executable, "-m", "maskkit.docgen", "--check"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
+
+
+def test_each_data_option_remembers_where_it_was_set(tmp_path):
+    """data.options given whole or key by key, in a file or on the command line: each option's
+    source is where it was set (it was 'default' for a dict given on the command line)."""
+    from maskkit.config import show_rows
+
+    cfg, src = resolve(["data=csv", "data.path=x.csv", 'data.options={"uncertain": "zeros"}'])
+    rows = {k: (v, s) for k, v, s in show_rows(cfg, src)}
+    assert src["data.options.uncertain"] == "cli" and rows["data.options.uncertain"] == ("zeros", "cli")
+    (tmp_path / "f.yaml").write_text("data:\n  name: csv\n  path: x.csv\n  options:\n    uncertain: zeros\n    report_col: null\n")
+    cfg, src = resolve([f"config={tmp_path / 'f.yaml'}", "data.options.label_cols=[\"A\"]"])
+    rows = {k: (v, s) for k, v, s in show_rows(cfg, src)}
+    f = f"file:{tmp_path / 'f.yaml'}"
+    assert rows["data.options.uncertain"] == ("zeros", f) and rows["data.options.report_col"] == (None, f)
+    assert rows["data.options.label_cols"] == (["A"], "cli") and "data.options" not in rows
+    # a whole mapping on the command line replaces the file's, and so do the sources
+    cfg, src = resolve([f"config={tmp_path / 'f.yaml'}", 'data.options={"uncertain": "ones"}'])
+    assert cfg.data.options == {"uncertain": "ones"} and {k: s for k, s in src.items() if k.startswith("data.options.")} == \
+        {"data.options.uncertain": "cli"}
+    # an entry key of data.sources set alone, in a shipped config
+    cfg, src = resolve(["config=xlip_paper_corpus", "data.sources.0.root=/m"])
+    rows = {k: (v, s) for k, v, s in show_rows(cfg, src)}
+    assert rows["data.sources.0.root"] == ("/m", "cli") and rows["data.sources.1.root"] == ("/data/padchest", "config:xlip_paper_corpus")
+    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "config", "show", "data=csv", "data.path=X",
+                          'data.options={"uncertain":"zeros"}'], capture_output=True, text=True, env={**__import__("os").environ, "COLUMNS": "200"})
+    (line,) = [l for l in out.stdout.splitlines() if "data.options" in l]
+    assert [c.strip() for c in line.strip("│ ").split("│")] == ["data.options.uncertain", '"zeros"', "cli"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["config=xlip_paper_corpuss"], "config=xlip_paper_corpuss: no such file, nor a config shipped with maskkit; did you mean "
+                                    "'xlip_paper_corpus'?; shipped: xlip_paper_corpus"),
+    (["config=xlip_paper_corpus", "data.sources.2.root=/x"], "data.sources.2.root: '2' is not an index of data.sources, which has 2 "
+                                                             "entries here (from cli)"),
+])
+def test_config_name_errors(args, message):
+    with pytest.raises(ConfigError) as e:
+        resolve(args)
+    assert str(e.value) == message
+
+
+def test_an_installed_package_holds_its_shipped_files(tmp_path):
+    """A non-editable install (a wheel) holds every file the package reads by name: the shipped
+    configs (config=xlip_paper_corpus), the sweeps, the tower configs, the lexicon; and
+    config=xlip_paper_corpus resolves from it, run outside the repository."""
+    import shutil
+    import zipfile
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    shutil.copytree(repo / "maskkit", src / "maskkit", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(src), "-w",
+                          str(tmp_path / "whl")], capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    if out.returncode != 0 and "No module named" in out.stderr:
+        pytest.skip(f"cannot build a wheel here: {out.stderr.strip().splitlines()[-1]}")
+    assert out.returncode == 0, out.stderr
+    (wheel,) = (tmp_path / "whl").glob("*.whl")
+    held = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {p.relative_to(src).as_posix() for p in (src / "maskkit").rglob("*") if p.is_file() and p.suffix != ".py"}
+    assert "maskkit/configs/xlip_paper_corpus.yaml" in shipped and not shipped - held, sorted(shipped - held)
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    code = ("import maskkit, json; from maskkit.config import resolve; from maskkit.sweep import builtin_sweeps; "
+            "c, s = resolve(['config=xlip_paper_corpus']); "
+            "print(json.dumps([maskkit.__file__, s['data.sources'], [e['name'] for e in c.data.sources], builtin_sweeps()]))")
+    env = {**__import__("os").environ, "PYTHONPATH": str(target)}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr
+    import json
+
+    file, source, names, sweeps = json.loads(res.stdout)
+    assert file.startswith(str(target)) and source == "config:xlip_paper_corpus" and names == ["mimic", "padchest"]
+    assert sweeps == ["fig6", "fig7", "seeds", "table3", "table4"]

@@ -173,7 +173,7 @@ def test_uncertain_policy_is_the_chexpert_one(tmp_path, policy, edema_b, cardio_
 
 
 def test_bad_policy_name_is_refused(tmp_path):
-    with pytest.raises(DataError, match=r"data.uncertain: 'maybe' is not a policy; expected ones, zeros or ignore"):
+    with pytest.raises(DataError, match=r"^data.options.uncertain: 'maybe' is not a policy; expected ones, zeros or ignore"):
         generic_csv(write_csv(tmp_path / "u.csv", UNCERTAIN), uncertain="maybe")
 
 
@@ -196,7 +196,7 @@ def test_label_columns_rule_reads_every_row_and_names_what_it_left_out(tmp_path,
     err = capsys.readouterr().err
     assert err == ("note: data=csv r.csv: label columns are those whose cells are all 1, 0, -1 or blank (Edema, Nodule); "
                    "numeric columns left out: age (e.g. '20'), study (e.g. '50000000'), follow_up (e.g. '2'); choose "
-                   "them with data.options.label_cols\n")
+                   "them with the label_cols option\n")
     assert csv_label_columns(read_csv(tmp_path / "r.csv"), ["view", "empty", "Edema"]) == (["Edema"], [])
     # explicit label_cols: one name or a list; a chosen column is checked like any other
     assert generic_csv(tmp_path / "r.csv", label_cols="Edema").label_names == ("Edema",)

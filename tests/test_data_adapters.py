@@ -121,7 +121,7 @@ def test_bad_label_cell_names_file_row_and_column(tmp_path):
     _mimic_files(tmp_path, ",".join(["1", "yes"] + [""] * 12))
     with pytest.raises(DataError, match=r"chexpert.csv: row 2, column 'Enlarged Cardiomediastinum': expected 1, 0, -1 or blank, got 'yes'"):
         mimic(tmp_path)
-    with pytest.raises(DataError, match=r"data.blank: 'zeros' is not a policy; expected negative \(blank = not mentioned\) or unknown"):
+    with pytest.raises(DataError, match=r"^data.options.blank: 'zeros' is not a policy; expected negative \(blank = not mentioned\) or unknown"):
         chexpert(tmp_path, csv_name="valid.csv", blank="zeros")
 
 
@@ -172,7 +172,7 @@ def test_rsna_target_and_views(tmp_path):
     assert len(t) == 50 and sum(r.labels["Pneumonia"] for r in t.records) == 17
     pa = rsna(tmp_path, headers_csv=str(headers), views=["PA"])
     assert 0 < len(pa) < 50 and all(r.view == "PA" for r in pa.records)
-    with pytest.raises(DataError, match="needs data.headers_csv"):
+    with pytest.raises(DataError, match=r"^data.options.views: filtering RSNA by view needs data.options.headers_csv"):
         rsna(tmp_path, views=["PA"])
 
 
@@ -212,7 +212,7 @@ def test_generic_csv_and_folder(tmp_path):
     (lambda p: nih(p), "no NIH Data_Entry CSV found"),
     (lambda p: chexpert(p, csv_name=str(p / "c.csv")), r"c.csv: missing column 'Frontal/Lateral'"),
     (lambda p: load_table("mimc", root=p), "unknown dataset 'mimc'; did you mean 'mimic'"),
-    (lambda p: chexpert(p, uncertain="maybe"), "data.uncertain: 'maybe' is not a policy"),
+    (lambda p: chexpert(p, uncertain="maybe"), "data.options.uncertain: 'maybe' is not a policy"),
 ])
 def test_adapter_errors(tmp_path, call, message):
     (tmp_path / "c.csv").write_text("Path,Sex\nx.jpg,F\n")

@@ -90,8 +90,15 @@ def test_datasets_command_lists_roles_and_typed_options():
     rows = {r["name"]: r for r in json.loads(res.output)}
     assert BUILTINS <= set(rows)
     opts = {o["option"]: o for o in rows["padchest"]["options"]}
-    assert opts["views"] == {"option": "views", "type": "list[str] | None", "default": "None"}
+    assert opts["views"] == {"option": "views", "type": "list['PA' | 'AP' | 'LATERAL'] | None", "default": "None"}
     assert opts["root"]["default"] == "required" and rows["padchest"]["role"] == "image_only"
+    # options that take a fixed set of values list their choices (Literal in the adapter's signature)
+    types = {(n, o["option"]): o["type"] for n, r in rows.items() for o in r["options"]}
+    assert types[("chexpert", "uncertain")] == types[("mimic", "uncertain")] == "'ones' | 'zeros' | 'ignore'"
+    assert types[("chexpert", "blank")] == types[("mimic", "blank")] == "'negative' | 'unknown'"
+    assert types[("csv", "uncertain")] == "'ones' | 'zeros' | 'ignore' | None"
+    assert types[("mimic", "split")] == "'train' | 'validate' | 'test' | None"
+    assert {types[(n, "views")] for n in ("mimic", "padchest", "chexpert", "nih", "rsna", "openi")} == {"list['PA' | 'AP' | 'LATERAL'] | None"}
     table = CliRunner().invoke(app, ["datasets", "phantoms"], env={"COLUMNS": "200"}).output
     assert "phantoms" in table and "p_unpaired: float = 0.2" in table
 
@@ -143,7 +150,7 @@ def test_jsonl_plugin_reads_records_and_trains_as_a_source(tmp_path):
 
 
 @pytest.mark.parametrize("opts,line,message", [
-    ({"on_missing_image": "ignore"}, None, "dataset 'jsonl' option 'on_missing_image': Input should be 'error' or 'skip'"),
+    ({"on_missing_image": "ignore"}, None, "dataset 'jsonl' option 'on_missing_image': 'ignore' is not one of 'error', 'skip'"),
     ({"min_report_chars": -1}, None, "dataset 'jsonl' option 'min_report_chars': Input should be greater than or equal to 0"),
     ({"image_kye": "file"}, None, "dataset 'jsonl' has no option 'image_kye'; did you mean 'image_key'"),
     ({}, {"image": "i0.png", "labels": {"Edema": -1}}, "c.jsonl:1: label 'Edema': expected 0, 1 or null, got -1"),

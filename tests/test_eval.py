@@ -94,6 +94,23 @@ def test_splits_are_deterministic_patient_level_and_nested(tmp_path):
         read_splits(tmp_path)
 
 
+def test_split_files_keyed_by_source_and_id(tmp_path):
+    """Keys (source, id) are written as [source, id] pairs and read back as tuples, checksum
+    included; a file of plain ids (written before) is read for a corpus of one source as that
+    source's keys."""
+    keys = [("csv#0", f"x{i}.png") for i in range(20)] + [("csv#1", f"x{i}.png") for i in range(20)]
+    pats = [(k[0], f"p{i % 20}") for i, k in enumerate(keys)]
+    a = make_splits(keys, pats, seed=1)
+    write_splits(a, tmp_path / "k")
+    assert json.loads((tmp_path / "k" / "test.json").read_text())["ids"][0][0] in ("csv#0", "csv#1")
+    assert read_splits(tmp_path / "k") == a and a["test"]["sha256"] == checksum(a["test"]["ids"])
+    assert len(a["train_0.01"]["ids"]) == 1  # 1% of 32 patients is one patient, one image: the sources' p0..p19 are not merged
+    plain = make_splits([f"x{i}.png" for i in range(20)], [f"p{i}" for i in range(20)], seed=1)
+    write_splits(plain, tmp_path / "p")
+    got = read_splits(tmp_path / "p", source="csv")
+    assert got["test"]["ids"] == [("csv", i) for i in plain["test"]["ids"]]
+
+
 def _features(M=40, N=16, D=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     lesion = torch.zeros(M, N, dtype=torch.bool)

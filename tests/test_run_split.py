@@ -96,20 +96,51 @@ def test_eval_finetune_tests_on_the_runs_held_out_patients(nih_run, tmp_path):
     run, table, trained, expected, _ = nih_run
     invoke("eval", "finetune", run, "--epochs", "1", "--out", tmp_path / "ft")
     test = json.loads((tmp_path / "ft" / "splits" / "test.json").read_text())
-    assert test["ids"] == expected
+    assert test["ids"] == [["csv", i] for i in expected]  # keyed by (source, id)
     pat = {r.id: r.patient_id for r in table.records}
     train100 = json.loads((tmp_path / "ft" / "splits" / "train_1.json").read_text())["ids"]
-    assert {pat[i] for i in train100} <= trained  # probing trains on pretraining's training patients only
+    assert {s for s, _ in train100} == {"csv"} and {pat[i] for _, i in train100} <= trained  # pretraining's training patients only
     assert json.loads((tmp_path / "ft" / "results.json").read_text())[0]["data"]["split"] == "run"
 
 
 @pytest.mark.parametrize("what", ["masks", "text"])
 def test_visualize_draws_held_out_samples(nih_run, tmp_path, what):
     run, _, _, expected, _ = nih_run
-    invoke("visualize", what, run, "--n", "3", "--out", tmp_path)
+    res = invoke("visualize", what, run, "--n", "3", "--out", tmp_path)
     page = html.unescape((tmp_path / f"{what}.html").read_text())
     shown = set(re.findall(r"nih1000/dev/\d+_\d+\.png", page))
     assert shown and shown <= set(expected)
+    # the data line, as the eval commands print it (one helper: maskkit.data.build.data_line)
+    text = " ".join(res.output.split())
+    assert f"data: the held-out split of run {run} (csv path=" in text and "split.json verified)" in text
+
+
+def test_every_command_reading_a_run_says_which_data_in_the_same_line(nih_run, tmp_path):
+    """eval zeroshot, eval finetune, visualize masks (also --step), visualize text, sweep --rescore:
+    one `data:` line each, written by one helper."""
+    from rich.console import Console
+
+    from maskkit.data.build import data_line
+    from maskkit.sweep import rescore_run
+
+    run = nih_run[0]
+    verified = f"data: the held-out split of run {run} (csv path="
+    outs = {"zeroshot": invoke("eval", "zeroshot", run, "--bootstrap", "0").output,
+            "finetune": invoke("eval", "finetune", run, "--epochs", "1", "--out", tmp_path / "ft").output,
+            "masks": invoke("visualize", "masks", run, "--n", "2", "--out", tmp_path / "m").output,
+            "text": invoke("visualize", "text", run, "--n", "2", "--out", tmp_path / "t").output,
+            "step": invoke("visualize", "masks", run, "--step", "1", "--n", "2", "--out", tmp_path / "s").output}
+    lines = {k: [l for l in " ".join(v.split()).replace(" data: ", "\ndata: ").splitlines() if l.startswith("data: ")]
+             for k, v in outs.items()}
+    assert all(len(v) == 1 for v in lines.values()), lines
+    for k in ("zeroshot", "finetune", "masks", "text"):
+        assert lines[k][0].startswith(verified) and lines[k][0].endswith("split.json verified)"), lines[k]
+    assert lines["step"][0].startswith(f"data: the training batch of step 1 (micro-batch 0) of run {run} (csv path=")
+    log = tmp_path / "rescore.txt"
+    with open(log, "w") as f:
+        rescore_run(run, {}, console=Console(file=f, width=1000))
+    assert [l for l in log.read_text().splitlines() if l.startswith("data: ")] == [lines["zeroshot"][0]]
+    assert data_line({"text": "x"}) == data_line("x") == "data: x"
 
 
 def test_sweep_rescore_and_probe_use_the_runs_split(nih_run):

@@ -118,7 +118,9 @@ class DatasetAdapter:
 
     def validate(self, options: dict[str, Any], key_name: Callable[[str], str] | None = None) -> dict[str, Any]:
         """The options given, validated and coerced; raises :class:`DatasetOptionError` in one line
-        naming the adapter and the key (``key_name(key)``: how the caller's config spells it)."""
+        naming the adapter and the key (``key_name(option)``: the key as the caller's config spells
+        it, e.g. ``data.options.uncertain``); a value outside a ``Literal`` option's set names the
+        value and the allowed ones."""
         def where(k: str) -> str:
             return f"{key_name(k)}: " if key_name else ""
 
@@ -134,6 +136,10 @@ class DatasetAdapter:
             if e["type"] == "missing":
                 raise DatasetOptionError(f"{where(key)}dataset '{self.name}' needs option '{key}'") from None
             got = e.get("input")
+            if e["type"] == "literal_error":
+                item = "".join(f"[{p}]" for p in e["loc"][1:] if isinstance(p, int))
+                raise DatasetOptionError(f"{where(key)}dataset '{self.name}' option '{key}{item}': {got!r} is not one of "
+                                         f"{e['ctx']['expected'].replace(' or ', ', ')}") from None
             raise DatasetOptionError(f"{where(key)}dataset '{self.name}' option '{key}': "
                                      f"{e['msg'].removeprefix('Value error, ')} (got {got!r})") from None
         return {k: getattr(model, k) for k in model.model_fields_set}

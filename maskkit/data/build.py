@@ -57,15 +57,35 @@ class SourceData:
     def held_out_ids(self) -> list[str]:
         return sorted(r.id for r in self.held_records)
 
+    @property
+    def rule(self) -> str:
+        """How this source's held-out part was chosen (split.json's ``rule``)."""
+        return split_rule(self.adapter)
+
+    @property
+    def note(self) -> str | None:
+        """One line when the split left this source with nothing held out (or nothing to train
+        on): how many patients it has and why; None otherwise."""
+        return split_note(self)
+
     def record(self, with_ids: bool = True) -> dict:
-        """This source's entry of split.json: counts, held-out ids and their SHA-256."""
+        """This source's entry of split.json: counts, the rule, a note when the split left a part
+        empty, the held-out ids and their SHA-256."""
         ids = self.held_out_ids
         out = {"index": self.spec.index, "name": self.spec.name, "role": self.role, "weight": self.spec.weight,
-               "data": self.spec.describe(), "records": self.records, "train": len(self.train_records),
-               "held_out": len(ids), "paired_train": self.n_paired, "held_out_sha256": ids_sha256(ids)}
+               "data": self.spec.describe(), "records": self.records, "patients": self.patients,
+               "train": len(self.train_records), "held_out": len(ids), "paired_train": self.n_paired,
+               "rule": self.rule, "held_out_sha256": ids_sha256(ids)}
+        if self.note:
+            out["note"] = self.note
         if with_ids:
             out["held_out_ids"] = ids
         return out
+
+    @property
+    def patients(self) -> int:
+        """Patients of the source (a record without a patient id counts as its own patient)."""
+        return len({r.patient_id or f"\0{r.id}" for r in (*self.train_records, *self.held_records)})
 
 
 @dataclass
@@ -103,9 +123,9 @@ class Corpus:
         return " + ".join(s.spec.describe() for s in self.sources)
 
     def split_record(self) -> dict:
-        """split.json: per source, the held-out ids, their count and SHA-256, and the counts."""
-        return {"val_fraction": VAL_FRACTION, "seed": self.seed, "rule": "split_by_patient (held-out phantoms: generated apart)",
-                "sources": [s.record() for s in self.sources]}
+        """split.json: the seed and, per source, the rule that chose its held-out part, the held-out
+        ids, their count and SHA-256, and the counts (``note`` when a part came out empty)."""
+        return {"val_fraction": VAL_FRACTION, "seed": self.seed, "sources": [s.record() for s in self.sources]}
 
     def what(self, split: str, text: str) -> dict:
         """What data and split a result was computed on (recorded in every evaluation result):
@@ -116,9 +136,38 @@ class Corpus:
                             for n, s in zip(self.names, self.sources)]}
 
     def summary_lines(self) -> list[str]:
-        """One line per source: records, held out, role, weight, paired training samples."""
-        return [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out "
-                f"(role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
+        """One line per source: records, held out, role, weight, paired training samples; then a
+        ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
+        lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out "
+                 f"(role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
+        return lines + [f"note: {s.note}" for s in self.sources if s.note]
+
+
+def split_rule(adapter) -> str:
+    """The rule that chooses a source's held-out part: :func:`split_by_patient`'s, or the first
+    line of the adapter's own ``split`` function's docstring (the phantoms': generated apart)."""
+    if adapter.split is None:
+        return (f"split_by_patient: a patient (a record without one: the record) is held out when the SHA-1 "
+                f"bucket of '<train.seed>:<patient>' is below {VAL_FRACTION} (each patient with probability {VAL_FRACTION})")
+    import inspect
+
+    doc = " ".join((inspect.getdoc(adapter.split) or "").split("\n\n")[0].split())
+    return f"the {adapter.name} adapter's own split" + (f": {doc}" if doc else f" ({adapter.split.__name__})")
+
+
+def split_note(s: "SourceData") -> str | None:
+    """The one-line note of a source that :func:`split_by_patient` left with nothing held out or
+    nothing to train on (a source with few patients); None otherwise, and for an adapter's own
+    split (the phantoms' ``val_n=0`` is asked for)."""
+    held, train = len(s.held_records), len(s.train_records)
+    if (held and train) or s.adapter.split is not None:
+        return None
+    pats = s.patients
+    name = s.spec.label if s.spec.where != "data" else f"source {s.spec.name}"
+    why = (f"each patient is held out with probability {VAL_FRACTION}: {VAL_FRACTION * pats:.2g} expected "
+           f"of {pats}; another train.seed draws again")
+    part = "held out" if not held else "left to train on"
+    return f"{name}: {pats} patient{'s' if pats != 1 else ''}, 0 {part} ({why})"
 
 
 class ConcatSources:
@@ -150,10 +199,18 @@ class ConcatSources:
 
     @property
     def ids(self) -> list[str]:
+        """Every sample's id, in order (ids of different sources may repeat: :attr:`keys` do not)."""
+        return [i for _, i in self.keys]
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """Every sample's ``(source name, id)``, in order: the key that tells apart two sources'
+        samples with one id (``names[k]`` is dataset ``k``'s source)."""
         out = []
-        for d in self.datasets:
+        for name, d in zip(self.names, self.datasets):
             if d is not None:
-                out += [r.id for r in d.table.records] if hasattr(d, "table") else [d[j]["id"] for j in range(len(d))]
+                ids = [r.id for r in d.table.records] if hasattr(d, "table") else [d[j]["id"] for j in range(len(d))]
+                out += [(name, i) for i in ids]
         return out
 
 
@@ -196,15 +253,9 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
     d = cfg.data
     specs = source_specs(d)
     ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None or held_out_ner else None
-    tables = []
-    for spec in specs:
-        from .adapters import get_adapter
+    from .adapters import get_adapter
 
-        adapter = get_adapter(spec.name)
-        table = adapter.load(**spec.options)
-        if not len(table):
-            raise MaskkitError(f"{spec.label}: {spec.describe()} has no records (after filters)")
-        tables.append((spec, adapter, table))
+    tables = [(spec, get_adapter(spec.name), spec.load()) for spec in specs]
     names: list[str] = []
     for _, _, t in tables:
         names += [n for n in t.label_names if n not in names]
@@ -219,10 +270,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             va = [dataclasses.replace(r, report=None) for r in va]
         make = adapter.dataset or _default_dataset
         kw = {"data": d} if adapter.dataset else {"data": d, "cache": spec.cache}
-        train = make(Table(table.name, tr, label_names), image_size, train=True, ner=ner if role != "image_only" else None,
-                     tokenizer=tokenizer, **kw)
-        val = make(Table(table.name, va, label_names), image_size, train=False,
-                   ner=ner if held_out_ner and role != "image_only" else None, tokenizer=None, **kw)
+        with spec.errors():  # a cache that does not fit names this source's cache key
+            train = make(Table(table.name, tr, label_names), image_size, train=True,
+                         ner=ner if role != "image_only" else None, tokenizer=tokenizer, **kw)
+            val = make(Table(table.name, va, label_names), image_size, train=False,
+                       ner=ner if held_out_ner and role != "image_only" else None, tokenizer=None, **kw)
         if role == "image_only":
             _drop_reports(train)
             _drop_reports(val)
@@ -231,7 +283,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
         if role == "auto":
             role = "paired" if n_paired else "image_only"
         elif role == "paired" and not n_paired:
-            raise MaskkitError(f"{spec.label}: role paired, but none of its {len(tr)} training records has a report "
+            if spec.where == "data":
+                raise MaskkitError(f"{spec.label}: dataset '{spec.name}' is paired, but none of its {len(tr)} training records "
+                                   f"has a report (check the report files, or give it as a data.sources entry with role: image_only)")
+            own = "" if spec.role == "paired" else f" (the role dataset '{spec.name}' declares)"
+            raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
         built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val))
     corpus_names = [s.spec.name for s in built]
@@ -256,14 +312,11 @@ def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
 def load_records(cfg: ExperimentConfig):
     """The adapter tables of ``cfg.data`` (every source), loaded and checked: one-line errors.
     Returns the first source's table (the single-source form's table)."""
-    from .adapters import get_adapter
     from .sources import source_specs
 
     first = None
     for spec in source_specs(cfg.data):
-        table = get_adapter(spec.name).load(**spec.options)
-        if not len(table):
-            raise MaskkitError(f"{spec.label}: {spec.describe()} has no records (after filters)")
+        table = spec.load()
         first = first or table
     return first
 
@@ -307,6 +360,12 @@ def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
                 f"{path}: source {r['name']}: the held-out ids rebuilt now ({len(ids)}) differ from the run's "
                 f"({r['held_out']}, sha256 {r['held_out_sha256'][:12]}); the data changed since the run (rebuild gives "
                 f"{ids_sha256(ids)[:12]})")
+
+
+def data_line(what: dict | str) -> str:
+    """The one line every command that reads a run's data prints to say which data and split it
+    used: ``data: <what>`` (``what``: :meth:`Corpus.what`'s dict, or a text)."""
+    return f"data: {what['text'] if isinstance(what, dict) else what}"
 
 
 def run_dir_of(path: str | Path) -> Path:

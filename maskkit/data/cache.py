@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import MaskkitError
 from ..io import atomic_directory
 from .images import DecodeError, read_image, resize
-from .records import Table
+from .records import OptionError, Table
 
 CACHE_VERSION = 1
 
@@ -54,25 +54,27 @@ def prepare_cache(table: Table, out: str | Path, size: int, progress: bool = Tru
 
 
 class PreparedCache:
-    """Read access to a prepared cache; checks it matches the dataset and size it serves."""
+    """Read access to a prepared cache; checks it matches the dataset and size it serves (an
+    :class:`~maskkit.data.records.OptionError` of the ``cache`` key: ``data.cache``, or the
+    source's ``data.sources[i] (name).cache``)."""
 
     def __init__(self, folder: str | Path, expect_size: int | None = None, expect_ids: list[str] | None = None) -> None:
         self.folder = Path(folder)
         idx = self.folder / "index.json"
         if not idx.is_file():
-            raise MaskkitError(f"data.cache: {self.folder} is not a prepared cache (no index.json); run maskkit prepare")
+            raise OptionError("cache", f"{{key}}: {self.folder} is not a prepared cache (no index.json); run maskkit prepare")
         try:
             self.index = json.loads(idx.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise MaskkitError(f"{idx}: damaged cache index ({exc}); run maskkit prepare --overwrite") from None
         if expect_size is not None and self.index["size"] != expect_size:
-            raise MaskkitError(f"data.cache: {self.folder} holds {self.index['size']} px images, the run needs {expect_size}")
+            raise OptionError("cache", f"{{key}}: {self.folder} holds {self.index['size']} px images, the run needs {expect_size}")
         self.row = {rid: i for i, rid in enumerate(self.index["ids"])}
         if expect_ids is not None:
             missing = [r for r in expect_ids if r not in self.row]
             if missing:
-                raise MaskkitError(f"data.cache: {self.folder} does not hold record '{missing[0]}' ({len(missing)} of "
-                                   f"{len(expect_ids)} missing); run maskkit prepare for this dataset")
+                raise OptionError("cache", f"{{key}}: {self.folder} does not hold record '{missing[0]}' ({len(missing)} of "
+                                  f"{len(expect_ids)} missing); run maskkit prepare for this dataset")
         self.images = np.load(self.folder / "images.npy", mmap_mode="r")
         self.skipped = {int(k): v for k, v in self.index["skipped"].items()}
 

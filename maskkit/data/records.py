@@ -17,8 +17,10 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 from xml.etree import ElementTree as ET
+
+from pydantic import BeforeValidator
 
 from ..errors import MaskkitError
 
@@ -37,6 +39,48 @@ NIH_LABELS = (
 
 class DataError(MaskkitError):
     """A dataset root, metadata file or column that is missing or malformed."""
+
+
+#: adapter options the single-source form sets as ``data.<key>`` (not ``data.options.<key>``)
+DATA_OPTION_KEYS = ("root", "path", "n", "val_n", "p_unpaired", "seed")
+
+
+def single_source_key(option: str) -> str:
+    """How the single-source form spells a source's setting: ``data.root``, ``data.cache`` (the
+    source's prepared cache), ``data.options.views``."""
+    return f"data.{option}" if option in (*DATA_OPTION_KEYS, "cache") else f"data.options.{option}"
+
+
+class OptionError(DataError):
+    """A bad value of one adapter option, found while the adapter reads its data (a folder that
+    does not exist, a policy a file needs): the message names the option by the key the user set.
+
+    ``template`` holds ``{key}`` where that key goes (``{key:other}`` for another option of the
+    same adapter); ``str()`` spells it as the single-source form does (``data.root``), and
+    :func:`maskkit.data.sources.load_source` as the source's own key (``data.sources[1]
+    (padchest).root``, ``--option root``). Adapters (built-in or a plugin's) raise it for an error
+    that a setting of theirs must fix.
+    """
+
+    def __init__(self, option: str, template: str) -> None:
+        self.option, self.template = option, template
+        super().__init__(self.named(single_source_key))
+
+    def __reduce__(self):  # picklable (a sweep's worker process sends its error back)
+        return type(self), (self.option, self.template)
+
+    def named(self, key_of) -> str:
+        """The message with each ``{key}`` / ``{key:NAME}`` spelt by ``key_of(option)``."""
+        return re.sub(r"\{key(?::(\w+))?\}", lambda m: key_of(m.group(1) or self.option), self.template)
+
+
+#: canonical view names (``views=`` options): ``norm_view`` spellings such as ``pa`` or ``lateral`` are read as them
+View = Annotated[Literal["PA", "AP", "LATERAL"], BeforeValidator(lambda v: norm_view(v) if isinstance(v, str) else v)]
+UncertainPolicy = Literal["ones", "zeros", "ignore"]
+#: the ``AbstractText`` sections of an Open-i report XML (any case is read as upper case)
+OpeniSection = Annotated[Literal["COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION"],
+                         BeforeValidator(lambda v: v.upper() if isinstance(v, str) else v)]
+BlankPolicy = Literal["negative", "unknown"]
 
 
 @dataclass
@@ -67,10 +111,10 @@ class Table:
 
 # --- shared helpers --------------------------------------------------------------------------
 
-def _need_dir(root: str | Path, key: str = "data.root") -> Path:
+def _need_dir(root: str | Path, option: str = "root") -> Path:
     p = Path(root).expanduser()
     if not p.is_dir():
-        raise DataError(f"{key}: folder {p} does not exist")
+        raise OptionError(option, f"{{key}}: folder {p} does not exist")
     return p
 
 
@@ -168,7 +212,8 @@ def chexpert_value(raw: str | None, uncertain: str | None, blank: str = "negativ
     error that names the policy. A blank cell - also ``nan`` / ``NaN``, how pandas and NumPy write
     a missing value - follows ``blank``, a separate policy: ``negative`` -> 0.0 (the labeler's
     meaning: the observation is not mentioned in the report; Irvin et al., AAAI 2019),
-    ``unknown`` -> NaN. Raises ``ValueError`` for any other value (adapters name file, row, column).
+    ``unknown`` -> NaN. Raises ``ValueError`` for any other value, :class:`OptionError` (a
+    ``ValueError``) for a ``-1`` without a policy (adapters name file, row, column: :func:`cell_error`).
     """
     raw = (raw or "").strip()
     if raw == "" or raw.lower() == "nan":
@@ -179,8 +224,8 @@ def chexpert_value(raw: str | None, uncertain: str | None, blank: str = "negativ
         v = NAN
     if v == -1:
         if uncertain is None:
-            raise ValueError(f"got {raw!r} (uncertain) and no uncertain policy; set data.options.uncertain "
-                             f"to ones, zeros or ignore")
+            raise OptionError("uncertain", f"got {raw!r} (uncertain) and no uncertain policy; set {{key}} "
+                                           f"to ones, zeros or ignore")
         return {"ones": 1.0, "zeros": 0.0, "ignore": NAN}[uncertain]
     if v not in (0.0, 1.0):
         raise ValueError(f"expected 1, 0, -1 or blank, got {raw!r}")
@@ -188,10 +233,11 @@ def chexpert_value(raw: str | None, uncertain: str | None, blank: str = "negativ
 
 
 def _check_policy(uncertain: str | None, blank: str = "negative", allow_none: bool = False) -> None:
+    """The policies of an adapter called directly (the options model checks them when a config resolves)."""
     if not (uncertain is None and allow_none) and uncertain not in UNCERTAIN_POLICIES:
-        raise DataError(f"data.uncertain: '{uncertain}' is not a policy; expected ones, zeros or ignore")
+        raise OptionError("uncertain", f"{{key}}: '{uncertain}' is not a policy; expected ones, zeros or ignore")
     if blank not in BLANK_POLICIES:
-        raise DataError(f"data.blank: '{blank}' is not a policy; expected negative (blank = not mentioned) or unknown")
+        raise OptionError("blank", f"{{key}}: '{blank}' is not a policy; expected negative (blank = not mentioned) or unknown")
 
 
 def check_label_values(table: "Table", where: str = "") -> None:
@@ -208,6 +254,14 @@ def check_label_values(table: "Table", where: str = "") -> None:
                                 f"unknown (NaN)")
 
 
+def cell_error(exc: ValueError, where: str) -> DataError:
+    """The one-line error of a bad label cell: ``where`` (file, row, column) and the cell's
+    reason; an :class:`OptionError` (a policy the cell needs) stays one, so its key is spelt as set."""
+    if isinstance(exc, OptionError):
+        return OptionError(exc.option, f"{where}: {exc.template}")
+    return DataError(f"{where}: {exc}")
+
+
 def chexpert_labels(row: dict[str, str], path: Path, line: int, uncertain: str, blank: str) -> dict[str, float]:
     """The 14 CheXpert labels of one CSV row; a bad cell is a one-line error naming file, row and column."""
     out = {}
@@ -215,7 +269,7 @@ def chexpert_labels(row: dict[str, str], path: Path, line: int, uncertain: str, 
         try:
             out[k] = chexpert_value(row.get(k), uncertain, blank)
         except ValueError as exc:
-            raise DataError(f"{path}: row {line}, column '{k}': {exc}") from None
+            raise cell_error(exc, f"{path}: row {line}, column '{k}'") from None
     return out
 
 
@@ -242,8 +296,9 @@ def join_sections(sections: Iterable[tuple[str, str | None]]) -> str | None:
 
 # --- adapters --------------------------------------------------------------------------------
 
-def mimic(root: str, split: str | None = None, views: list[str] | None = None, one_per_study: bool = False, uncertain: str = "ones",
-          sections: tuple[str, ...] = ("findings", "impression"), blank: str = "negative") -> Table:
+def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, views: list[View] | None = None,
+          one_per_study: bool = False, uncertain: UncertainPolicy = "ones", sections: tuple[str, ...] = ("findings", "impression"),
+          blank: BlankPolicy = "negative") -> Table:
     """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports.
 
     Labels: ``mimic-cxr-2.0.0-chexpert.csv`` cells under ``uncertain`` (-1) and ``blank`` (not
@@ -303,7 +358,7 @@ def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impressio
     return join_sections((s.upper(), parts.get(s.lower())) for s in sections)
 
 
-def padchest(root: str, csv_name: str | None = None, views: list[str] | None = None, one_per_study: bool = False,
+def padchest(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False,
              labels: Iterable[str] | None = None) -> Table:
     """PadChest: image-only in XLIP; ``Labels`` (a Python list string) becomes multi-hot labels."""
     root = _need_dir(root)
@@ -327,8 +382,8 @@ def padchest(root: str, csv_name: str | None = None, views: list[str] | None = N
     return Table("padchest", apply_filters(recs, views, one_per_study), names)
 
 
-def chexpert(root: str, csv_name: str = "train.csv", views: list[str] | None = None, one_per_study: bool = False, uncertain: str = "ones",
-             blank: str = "negative") -> Table:
+def chexpert(root: str, csv_name: str = "train.csv", views: list[View] | None = None, one_per_study: bool = False,
+             uncertain: UncertainPolicy = "ones", blank: BlankPolicy = "negative") -> Table:
     """CheXpert: ``Path`` plus the 14 labels: ``-1`` under the ``uncertain`` policy, blank cells under
     the separate ``blank`` policy (default ``negative``: not mentioned), see :func:`chexpert_value`."""
     _check_policy(uncertain, blank)
@@ -349,7 +404,7 @@ def chexpert(root: str, csv_name: str = "train.csv", views: list[str] | None = N
     return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
 
 
-def nih(root: str, csv_name: str | None = None, views: list[str] | None = None, one_per_study: bool = False) -> Table:
+def nih(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False) -> Table:
     """NIH ChestX-ray14: ``Data_Entry_2017*.csv`` with ``|``-separated ``Finding Labels``.
 
     Images are looked up in ``images/`` and the release's ``images_*/images/`` folders.
@@ -375,11 +430,13 @@ def nih(root: str, csv_name: str | None = None, views: list[str] | None = None, 
 
 
 def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
-         image_dir: str = "stage_2_train_images", views: list[str] | None = None) -> Table:
+         image_dir: str = "stage_2_train_images", views: list[View] | None = None) -> Table:
     """RSNA Pneumonia: DICOMs named ``{patientId}.dcm`` and ``Target`` (several box rows per patient).
 
     Views come from a DICOM-header CSV (``Filename``/``PatientID``, ``ViewPosition``) when given.
     """
+    if views and not headers_csv:
+        raise OptionError("views", "{key}: filtering RSNA by view needs {key:headers_csv} (the DICOM-header CSV)")
     root = _need_dir(root)
     path = Path(labels_csv) if Path(labels_csv).is_file() else _find(root, [labels_csv], "RSNA labels CSV")
     target: dict[str, float] = {}
@@ -392,8 +449,6 @@ def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: s
         hp = Path(headers_csv) if Path(headers_csv).is_file() else _find(root, [headers_csv], "RSNA DICOM-header CSV")
         for row in read_csv(hp, ["PatientID", "ViewPosition"]):
             view[row["PatientID"]] = norm_view(row["ViewPosition"])
-    elif views:
-        raise DataError("data.views: filtering RSNA by view needs data.headers_csv (the DICOM-header CSV)")
     recs = [Record(id=p, image_path=str(root / image_dir / f"{p}.dcm"), labels={"Pneumonia": t}, patient_id=p,
                    study_id=p, view=view.get(p)) for p, t in target.items()]
     return Table("rsna", apply_filters(recs, views, False), ("Pneumonia",))
@@ -441,16 +496,19 @@ def _openi_files(root: Path) -> Iterator[tuple[str, bytes]]:
         yield str(p), p.read_bytes()
 
 
-def openi(root: str, image_dir: str | None = None, sections: tuple[str, ...] = ("FINDINGS", "IMPRESSION"), views: list[str] | None = None) -> Table:
+def openi(root: str, image_dir: str | None = None, sections: tuple[OpeniSection, ...] = ("FINDINGS", "IMPRESSION"),
+          views: list[View] | None = None) -> Table:
     """Open-i / IU X-ray report XMLs (a folder or the ``.tgz``): FINDINGS + IMPRESSION and MeSH.
 
     One record per ``parentImage`` when ``image_dir`` is given (``{id}.png``), else one per report.
     Labels are derived from the manual MeSH major headings (``OPENI_MESH``). The report holds the
     sections whose bodies have content (:func:`join_sections`): only ``XXXX`` marks is no report.
     """
+    if views:
+        raise OptionError("views", "{key}: Open-i XMLs carry no view; filter with the Open-i image metadata instead")
     root = Path(root).expanduser()
     if not root.exists():
-        raise DataError(f"data.root: {root} does not exist")
+        raise OptionError("root", f"{{key}}: {root} does not exist")
     names = tuple(sorted(set(OPENI_MESH.values())))
     recs = []
     for name, data in _openi_files(root):
@@ -477,14 +535,12 @@ def openi(root: str, image_dir: str | None = None, sections: tuple[str, ...] = (
         else:
             recs.append(Record(id=rid, image_path=None, report=report, labels=labels, patient_id=rid, study_id=rid,
                                extra=extra | {"images": images}))
-    if views:
-        raise DataError("data.views: Open-i XMLs carry no view; filter with the Open-i image metadata instead")
     return Table("openi", recs, names)
 
 
 def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | str | None = None,
                 patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False,
-                uncertain: str | None = None) -> Table:
+                uncertain: UncertainPolicy | None = None) -> Table:
     """A CSV with an image path column, an optional report column and label columns.
 
     Label columns: ``label_cols`` (a list of names, or one name) when given; otherwise every
@@ -507,7 +563,7 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     _check_policy(uncertain, "unknown", allow_none=True)
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"data.path: CSV file {path} does not exist")
+        raise OptionError("path", f"{{key}}: CSV file {path} does not exist")
     if isinstance(label_cols, str):
         label_cols = [label_cols]
     rows = read_csv(path, [image_col] + list(label_cols or []))
@@ -521,7 +577,7 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
         if left_out:
             _note_once(f"data=csv {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
                        f"({', '.join(label_cols) or 'none'}); numeric columns left out: "
-                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with data.options.label_cols")
+                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with the label_cols option")
     label_cols = tuple(label_cols)
     base = Path(image_root).expanduser() if image_root else path.parent
     recs = []
@@ -533,7 +589,7 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
             try:
                 labels[c] = chexpert_value(row.get(c), uncertain, blank="unknown")
             except ValueError as exc:
-                raise DataError(f"{path}: row {i + 2}, column '{c}': {exc}") from None
+                raise cell_error(exc, f"{path}: row {i + 2}, column '{c}'") from None
         rep = (row.get(report_col) or "").strip() if report_col else ""
         rep = rep if has_content(rep) else None
         if captions_from_labels:

@@ -2,7 +2,8 @@
 
 Splits are patient-level, seeded, nested (the 1% set is inside the 10% set, inside 100%) and
 stored as JSON files with a SHA-256 checksum of their ids, so every method is compared on the
-same images. Multi-label BCE (unknown labels masked out); AUC per label and mean on the test split,
+same images. Samples of a run's corpus are keyed by ``(source, id)`` (:func:`pretraining_data`):
+ids and patients of different sources never meet, even when two sources use the same id. Multi-label BCE (unknown labels masked out); AUC per label and mean on the test split,
 with the test samples each label leaves out as unknown (``FinetuneResult.unknown``) and a
 ``LabelCoverageWarning`` for a label the test split holds with one class.
 """
@@ -25,16 +26,25 @@ from ..errors import MaskkitError
 from ..io import atomic_write_text
 
 
-def checksum(ids: list[str]) -> str:
-    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+Key = str | tuple[str, str]  # a sample: its id, or (source, id) in a corpus of several sources
 
 
-def make_splits(ids: list[str], patients: list[str | None], seed: int = 0, test_fraction: float = 0.2,
-                fractions: tuple[float, ...] = (0.01, 0.1, 1.0), test_ids: list[str] | None = None) -> dict[str, dict]:
+def _text(key: Key) -> str:
+    return key if isinstance(key, str) else "\t".join(key)
+
+
+def checksum(ids: list[Key]) -> str:
+    """SHA-256 of the sorted ids joined by newlines (a ``(source, id)`` key as ``source<TAB>id``)."""
+    return hashlib.sha256("\n".join(sorted(map(_text, ids))).encode()).hexdigest()
+
+
+def make_splits(ids: list[Key], patients: list, seed: int = 0, test_fraction: float = 0.2,
+                fractions: tuple[float, ...] = (0.01, 0.1, 1.0), test_ids: list[Key] | None = None) -> dict[str, dict]:
     """Patient-level splits: ``test`` and nested ``train_{pct}`` sets. Deterministic in ``seed``.
 
-    ``test_ids`` fixes the test set (e.g. the patients held out from pretraining); their patients
-    never appear in a training split.
+    ``ids`` are sample keys (ids, or ``(source, id)`` pairs) and ``patients`` their patients (a
+    sample with None is its own patient), of one kind per call. ``test_ids`` fixes the test set
+    (e.g. the patients held out from pretraining); their patients never appear in a training split.
     """
     pats = sorted({p or i for p, i in zip(patients, ids)})
     rng = np.random.default_rng(seed)
@@ -62,14 +72,21 @@ def write_splits(splits: dict, folder: Path) -> None:
         atomic_write_text(folder / f"{name}.json", json.dumps(s, indent=1))
 
 
-def read_splits(folder: Path) -> dict:
+def read_splits(folder: Path, source: str | None = None) -> dict:
+    """The split files of ``folder`` (``test.json`` required), each checked against its SHA-256.
+    A ``[source, id]`` entry is read as the key ``(source, id)``; with ``source``, a plain id (a file
+    written before keys named their source, for a corpus of one source) is read as ``(source, id)``."""
     out = {}
     for f in sorted(folder.glob("*.json")):
         from ..io import read_text
 
         s = json.loads(read_text(f))
-        if checksum(s["ids"]) != s["sha256"]:
+        ids = [tuple(i) if isinstance(i, list) else i for i in s["ids"]]
+        if checksum(ids) != s["sha256"]:
             raise MaskkitError(f"{f}: ids do not match their sha256; the split file was edited")
+        if source is not None:
+            ids = [(source, i) if isinstance(i, str) else i for i in ids]
+        s["ids"] = ids
         out[f.stem] = s
     if "test" not in out:
         raise MaskkitError(f"{folder}: no test.json split")
@@ -112,30 +129,46 @@ def _auc(y: np.ndarray, s: np.ndarray, names) -> dict[str, float | None]:
 
 def pretraining_data(cfg, image_size: int, corpus=None):
     """(one dataset over the pretraining train and held-out parts of ``cfg.data``, every source,
-    its label names, the (id, patient) of every sample, the held-out ids): fine-tuning and probing
+    its label names, the (key, patient) of every sample, the held-out keys): fine-tuning and probing
     train on the first and test on the patients pretraining held out. No NER (no text is read).
-    ``corpus``: the :class:`~maskkit.data.build.Corpus` already built (e.g. verified against a run's
-    split.json), else it is built from ``cfg``."""
+
+    A sample's key is ``(source, id)`` and its patient ``(source, patient id)`` (None without one),
+    with ``source`` the corpus's unique source name (:attr:`~maskkit.data.build.Corpus.names`): two
+    sources that use the same id or patient id stay apart. The dataset's ``keys`` are these keys, in
+    its order. ``corpus``: the :class:`~maskkit.data.build.Corpus` already built (e.g. verified
+    against a run's split.json), else it is built from ``cfg``."""
     from ..data.build import ConcatSources, build_corpus
 
     if corpus is None:
         corpus = build_corpus(cfg.model_copy(update={"text_mask": None}), image_size)
     if corpus.val is None:
         raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
-    parts, recs, test_ids = [], [], set()
-    for s in corpus.sources:
+    parts, names, recs, test_ids = [], [], [], set()
+    for name, s in zip(corpus.names, corpus.sources):
         for d, rs in ((s.train, s.train_records), (s.val, s.held_records)):
             if d is not None and len(d):
                 parts.append(d)
-                recs += [(r.id, r.patient_id) for r in rs]
-        test_ids |= {r.id for r in s.held_records}
-    ds = ConcatSources(parts, [f"part{k}" for k in range(len(parts))])
+                names.append(name)
+                recs += [((name, r.id), (name, r.patient_id) if r.patient_id else None) for r in rs]
+        test_ids |= {(name, r.id) for r in s.held_records}
+    ds = ConcatSources(parts, names)
     return ds, corpus.label_names, recs, test_ids
 
 
-def held_out_splits(recs: list[tuple[str, str | None]], test_ids: set[str], seed: int = 0) -> dict[str, dict]:
-    """:func:`make_splits` of ``recs`` ((id, patient) pairs) with the held-out ids as the test set."""
+def held_out_splits(recs: list[tuple], test_ids: set, seed: int = 0) -> dict[str, dict]:
+    """:func:`make_splits` of ``recs`` ((key, patient) pairs) with the held-out keys as the test set."""
     return make_splits([r[0] for r in recs], [r[1] for r in recs], seed=seed, test_ids=sorted(test_ids))
+
+
+def dataset_index(dataset) -> dict:
+    """Each sample's key -> its row in ``dataset``: ``(source, id)`` for a dataset of several parts
+    (:class:`~maskkit.data.build.ConcatSources`, as :func:`pretraining_data` builds), else the id."""
+    if hasattr(dataset, "keys"):  # ConcatSources: every sample's (source, id), in order
+        return {key: i for i, key in enumerate(dataset.keys)}
+    recs = getattr(getattr(dataset, "table", None), "records", None)
+    if recs is not None:
+        return {r.id: i for i, r in enumerate(recs)}
+    return {dataset[i]["id"]: i for i in range(len(dataset))}
 
 
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
@@ -145,16 +178,12 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
 
     if mode not in ("probe", "finetune"):
         raise MaskkitError(f"finetune.mode: '{mode}' is not a mode; expected probe or finetune")
-    index = {r.id if hasattr(r, "id") else None: i for i, r in enumerate(getattr(getattr(dataset, "table", None), "records", []))}
-    if not index and hasattr(dataset, "ids"):  # ConcatSources: every source's ids, in order
-        index = {rid: i for i, rid in enumerate(dataset.ids)}
-    if not index:
-        index = {dataset[i]["id"]: i for i in range(len(dataset))}
+    index = dataset_index(dataset)
 
     def rows(ids):
         missing = [i for i in ids if i not in index]
         if missing:
-            raise MaskkitError(f"split id '{missing[0]}' is not in the dataset ({len(missing)} missing)")
+            raise MaskkitError(f"split id {_text(missing[0])!r} is not in the dataset ({len(missing)} missing)")
         return [index[i] for i in ids]
 
     skips = SkipReport(max_fraction=1.0)

@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from maskkit import hookimpl
-from maskkit.data.records import DataError, Record, Table, has_content
+from maskkit.data.records import DataError, OptionError, Record, Table, has_content
 
 __version__ = "0.1.0"
 
@@ -31,11 +31,12 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = "report"
     first-seen order, a name absent from a line is unknown (NaN). A report shorter than
     ``min_report_chars`` or without content is no report (the sample is image-only). A line
     without ``image_key`` is an error, or skipped with ``on_missing_image=skip``.
-    Raises :class:`maskkit.data.records.DataError` naming the file and line.
+    Raises :class:`maskkit.data.records.DataError` naming the file and line, and
+    :class:`maskkit.data.records.OptionError` for a bad option value (named as the user set it).
     """
     p = Path(path).expanduser()
     if not p.is_file():
-        raise DataError(f"data.path: JSON-lines file {p} does not exist")
+        raise OptionError("path", f"{{key}}: JSON-lines file {p} does not exist")  # {key}: data.path, data.sources[i] (jsonl).path
     base = Path(image_root).expanduser() if image_root else p.parent
     rows, names = [], []
     with p.open(encoding="utf-8-sig") as f:
