@@ -9,7 +9,10 @@ For each image strategy and ratio, over held-out images:
   and, for a masked fraction r of all tokens, by 1/r when lesions cover less than r);
 - ``union_coverage`` (union only): the fraction of tokens in the union before the λ2 subset.
 
-A token is a lesion token when at least ``lesion_threshold`` of its pixels are lesion.
+A token is a lesion token when at least ``lesion_threshold`` of its pixels are lesion
+(:func:`maskkit.data.regions.lesion_patches` of :func:`~maskkit.data.regions.mask_coverage`, the
+functions every region annotation goes through); the counts are
+:func:`maskkit.eval.overlap.overlap_counts`, the general mask-lesion overlap.
 
 Strategies see the held-out images in batches of ``batch_size`` (16: the tiny training batch),
 as in training: ``atypical`` and the guided unions compare a token with the same position in the
@@ -26,6 +29,8 @@ import torch
 from ..compose import build_strategy
 from ..masking import mask_generator
 from ..core import MaskContext
+from ..data.regions import lesion_patches, mask_coverage
+from .overlap import overlap_counts
 
 
 @dataclass
@@ -53,19 +58,17 @@ def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64,
             continue
         _, ei = model.encode_image(b["images"][keep].to(device))
         _, er = model.encode_text(b["text"][keep].to(device))
-        les = b["lesion"][keep].float()
-        M, H, W = les.shape
-        frac = les.reshape(M, H // p, p, W // p, p).mean((2, 4)).reshape(M, -1)
+        les = b["lesion"][keep]
         e_img.append(ei.float().cpu())
         e_rep.append(er.float().cpu())
         valid.append(b["text_valid"][keep])
-        lesion.append(frac >= lesion_threshold)
+        lesion.append(lesion_patches(mask_coverage(les, les.shape[1] // p), lesion_threshold))
     prompts, pv = model.prompt_features(device)
     return Features(torch.cat(e_img), torch.cat(e_rep), torch.cat(valid), prompts.float().cpu(),
                     None if pv is None else pv.cpu(), torch.cat(lesion))
 
 
-def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator) -> dict[str, float]:
+def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     ctx = MaskContext(image_tokens=f.e_img[lo:hi], report_tokens=f.e_rep[lo:hi], report_valid=f.rep_valid[lo:hi],
                       prompt_tokens=f.prompts, prompt_valid=f.prompt_valid, generator=generator)
     strategy.check_inputs(ctx)
@@ -74,11 +77,11 @@ def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator)
         mask, union = ex["mask"], ex.get("union")
     else:
         mask, union = strategy(ctx), None
-    les = f.lesion[lo:hi]
-    out = {"lesion": float(les.sum()), "lesion_visible": float((les & ~mask).sum()), "masked": float(mask.sum()),
-           "masked_on_lesion": float((mask & les).sum()), "tokens": float(les.numel())}
+    c = overlap_counts(mask, f.lesion[lo:hi])  # the general mask-lesion counts (eval/overlap.py)
+    out = {"lesion": c["lesion"].sum(), "lesion_visible": c["visible_lesion"].sum(), "masked": c["masked"].sum(),
+           "masked_on_lesion": c["masked_lesion"].sum(), "tokens": c["tokens"].sum()}
     if union is not None:
-        out["union"] = float(union.sum())
+        out["union"] = union.sum()
     return out
 
 
@@ -88,14 +91,15 @@ def measure(strategy, f: Features, seed: int = 0, batch_size: int | None = None)
 
     Returns fractions: ``lesion_visible``, ``masked_on_lesion``, ``lift``, ``masked_fraction``,
     ``lesion_base_rate`` and, for a union, ``union_coverage`` (all in [0, 1] except lift).
+    ``1 - lesion_visible`` is :func:`maskkit.eval.overlap.summarise`'s ``share_micro``, and ``lift``
+    its ``lift_micro`` (every image is masked at one ratio). Counts stay on the device until the end.
     """
     M = f.e_img.shape[0]
     step = batch_size or M
     g = mask_generator(seed, "image_mask")  # the seed rule training uses (A30)
-    tot: dict[str, float] = {}
-    for lo in range(0, M, step):
-        for k, v in _counts(strategy, f, lo, min(lo + step, M), g).items():
-            tot[k] = tot.get(k, 0.0) + v
+    parts = [_counts(strategy, f, lo, min(lo + step, M), g) for lo in range(0, M, step)]
+    sums = torch.stack([torch.stack(list(p.values())) for p in parts]).sum(0).tolist()  # one transfer
+    tot = dict(zip(parts[0], map(float, sums)))
     base = tot["lesion"] / tot["tokens"]
     masked_on = tot["masked_on_lesion"] / max(tot["masked"], 1.0)
     out = {"lesion_visible": tot["lesion_visible"] / max(tot["lesion"], 1.0), "masked_on_lesion": masked_on,
