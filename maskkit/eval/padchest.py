@@ -22,7 +22,7 @@ or the 12; maskkit's reading (docs/assumptions.md, A37e) is:
 
 Images: the physician-labelled ones (``MethodLabel == "Physician"``, the adapter's
 ``extra["method_label"]``), every projection unless the adapter's ``views`` option filtered them
-(39,053 is the count over all projections). Labels come from the PadChest adapter
+(neither CheXzero nor KAD says it filtered views). Labels come from the PadChest adapter
 (:func:`maskkit.data.records.padchest`, which parses ``Labels`` with
 :func:`maskkit.data.records.padchest_labels`); load it without a ``labels`` restriction.
 """
