@@ -360,26 +360,36 @@ def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impressio
 
 def padchest(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False,
              labels: Iterable[str] | None = None) -> Table:
-    """PadChest: image-only in XLIP; ``Labels`` (a Python list string) becomes multi-hot labels."""
+    """PadChest: image-only in XLIP; ``Labels`` (a Python list string, :func:`padchest_labels`)
+    becomes multi-hot labels. ``extra["method_label"]``: the CSV's ``MethodLabel`` (``Physician``
+    for the radiologist-labelled images, ``RNN_model`` for the rest; None when the CSV has no such
+    column), which the PadChest zero-shot protocol filters on (:mod:`maskkit.eval.padchest`)."""
     root = _need_dir(root)
     path = Path(csv_name) if csv_name and Path(csv_name).is_file() else _find(
         root, [csv_name] if csv_name else ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"], "PadChest labels CSV")
     rows = read_csv(path, ["ImageID", "ImageDir", "Projection", "Labels", "StudyID", "PatientID"])
-    parsed = []
-    for row in rows:
-        try:
-            labs = [s.strip() for s in ast.literal_eval(row["Labels"] or "[]") if isinstance(s, str) and s.strip()]
-        except (ValueError, SyntaxError):
-            labs = None  # unparseable: every label unknown
-        parsed.append(labs)
+    parsed = [padchest_labels(row["Labels"]) for row in rows]
     names = tuple(labels) if labels is not None else tuple(sorted({l for labs in parsed if labs for l in labs}))
     recs = []
     for row, labs in zip(rows, parsed):
         lab = {n: NAN for n in names} if labs is None else {n: float(n in labs) for n in names}
         recs.append(Record(id=row["ImageID"], image_path=str(root / row["ImageDir"] / row["ImageID"]), report=None,
                            labels=lab, patient_id=row["PatientID"], study_id=row["StudyID"],
-                           view=norm_view(row["Projection"])))
+                           view=norm_view(row["Projection"]), extra={"method_label": row.get("MethodLabel")}))
     return Table("padchest", apply_filters(recs, views, one_per_study), names)
+
+
+def padchest_labels(cell: str | None) -> list[str] | None:
+    """The labels of one PadChest ``Labels`` cell, a Python list literal (``"['normal']"``):
+    each string stripped, empty strings and non-strings left out; ``None`` when the cell cannot be
+    parsed (the record's labels are then all unknown). A blank cell is no label (``[]``)."""
+    try:
+        value = ast.literal_eval(cell or "[]")
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):  # what literal_eval raises on non-literals
+        return None
+    if not isinstance(value, (list, tuple)):
+        return None
+    return [s.strip() for s in value if isinstance(s, str) and s.strip()]
 
 
 def chexpert(root: str, csv_name: str = "train.csv", views: list[View] | None = None, one_per_study: bool = False,

@@ -177,22 +177,21 @@ def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = THRESHOLD, pr
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, threshold: float = THRESHOLD,
                  pred: np.ndarray | None = None) -> dict[str, tuple[float, float]]:
-    """Percentile 95% intervals from ``n_boot`` resamples of the images (with replacement);
+    """Percentile 95% intervals from ``n_boot`` resamples of the images (with replacement,
+    :func:`maskkit.eval.bootstrap.bootstrap_indices`);
     resamples with a single class are redrawn-free skipped (their AUC is undefined). ``pred``:
     the decisions, as in :func:`point_metrics`."""
-    rng = np.random.default_rng(seed)
+    from .bootstrap import bootstrap_indices, percentile_interval
+
     pred = p >= threshold if pred is None else pred
     vals = {m: [] for m in METRICS}
-    n = len(y)
-    for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
+    for idx in bootstrap_indices(len(y), n_boot, seed):  # the project's one bootstrap (maskkit.eval.bootstrap)
         yb = y[idx]
         if yb.min() == yb.max():
             continue
         for m, v in point_metrics(yb, p[idx], pred=pred[idx]).items():
             vals[m].append(v)
-    return {m: (float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))) if v else (float("nan"), float("nan"))
-            for m, v in vals.items()}
+    return {m: percentile_interval(v) for m, v in vals.items()}
 
 
 @dataclass
