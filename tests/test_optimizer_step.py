@@ -206,11 +206,11 @@ def _step_grads(tmp_path, name, *args, steps=2):
 def _image_only_micro_batch(n, batch, accum, steps):
     """The steps (of the first ``steps``) with a micro-batch of image-only samples only."""
     from maskkit.data.dataset import PhantomDataset
-    from maskkit.data.loader import ResumableBatchSampler
+    from maskkit.data.loader import MixtureBatchSampler
     from maskkit.distributed import DistInfo
 
     ds = PhantomDataset(n, 0, 96, p_unpaired=0.5)
-    s = ResumableBatchSampler(n, batch, 0, DistInfo())
+    s = MixtureBatchSampler([n], [1.0], batch, 0, DistInfo())
     return [t for t in range(steps) if any(all(ds.reports[i] is None for i in s.batch_indices(t * accum + m)) for m in range(accum))]
 
 

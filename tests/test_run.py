@@ -194,11 +194,11 @@ def _metrics(run):
 def _uneven_steps(n, p_unpaired, batch, steps, accum):
     """Steps at which one of two ranks holds only image-only samples (so the test covers them)."""
     from maskkit.data.dataset import PhantomDataset
-    from maskkit.data.loader import ResumableBatchSampler
+    from maskkit.data.loader import MixtureBatchSampler
     from maskkit.distributed import DistInfo
 
     ds = PhantomDataset(n, 0, 96, p_unpaired=p_unpaired)
-    ranks = [ResumableBatchSampler(n, batch, 0, DistInfo(r, 2)) for r in range(2)]
+    ranks = [MixtureBatchSampler([n], [1.0], batch, 0, DistInfo(r, 2)) for r in range(2)]
     out = []
     for step in range(steps):
         held = [[ds.reports[i] is not None for m in range(accum) for i in s.batch_indices(step * accum + m)] for s in ranks]
