@@ -38,7 +38,7 @@ from .objectives import MicroBatches
 from .terms import TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import MetricLogger
-from .training.optim import buffers_restored, build_optimizer, grad_norm
+from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import RunPreempted, StopRequest
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
@@ -212,7 +212,8 @@ class PretrainRecipe:
         micro-batch first, then each micro-batch's forward and backward). Every rank runs the same
         forward, backward and collectives whatever its batches hold.
 
-        The step is skipped (no weight changes; counted by the caller) when a term's loss or the
+        The step is skipped (no change to the weights, the optimiser state or the model's buffers,
+        e.g. BatchNorm running statistics; counted by the caller) when a term's loss or the
         gradient norm is not finite on any rank: one all-reduce per step carries the term values,
         the skip counts and the gradient's finiteness, so every rank decides alike. Under fp16 a
         non-finite gradient at a loss scale above 1 is the GradScaler's (it backs off; not counted)."""
@@ -235,13 +236,17 @@ class PretrainRecipe:
             batches.append(to_device(batch, dev))
         autocast = partial(torch.autocast, dev.type, dtype=self.autocast_dtype or torch.float32,
                            enabled=self.autocast_dtype is not None)
+        # the buffers a forward updates (BatchNorm running statistics of a conv stem, a plugin tower's
+        # state) as they were before the step: a skipped step puts them back, as it leaves the weights
+        buffers = snapshot_buffers(self.model)
         cached: dict[str, list[torch.Tensor]] = {n: [] for n in self.objectives.names}
         if accum > 1:  # what each objective needs of every micro-batch, without gradient (BatchNorm statistics untouched)
-            with torch.no_grad(), buffers_restored(self.model), autocast():
+            with torch.no_grad(), autocast():
                 for micro, batch in enumerate(batches):
                     out = self.model(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
                     for n, v in self.objectives.summaries(out).items():
                         cached[n].append(v)
+            restore_buffers(buffers)
         for micro, batch in enumerate(batches):
             sync = micro == accum - 1 or not self.info.enabled
             with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), autocast():
@@ -279,6 +284,7 @@ class PretrainRecipe:
             self.model.constrain_()
         else:
             self.opt.zero_grad(set_to_none=True)
+            restore_buffers(buffers)  # a NaN forward would otherwise leave NaN running statistics behind
             self.scaler.update()  # fp16: ends the step unscale_ began (backs off on inf); a no-op otherwise
         self.sched.step()
         self.step += 1

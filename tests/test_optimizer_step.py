@@ -32,7 +32,17 @@ PARAM = "clip.visual.proj"  # the parameter whose gradient the faults below corr
 class Faulty(PretrainRecipe):
     """The recipe with a real fault injected at 1-based steps ``at``: ``grad`` writes inf into one
     element of PARAM's gradient during the backward (on ``ranks``); ``weight`` writes NaN into
-    PARAM after the optimiser step (the step itself is applied normally)."""
+    PARAM after the optimiser step (the step itself is applied normally); ``input`` makes the
+    first image of each of the step's micro-batches NaN (the forward, BatchNorm's running
+    statistics included, and the losses turn NaN)."""
+
+    def next_batch(self) -> dict:
+        batch = super().next_batch()
+        if self.kind == "input" and self._due():
+            images = batch["images"].clone()
+            images[0] = float("nan")
+            batch = {**batch, "images": images}
+        return batch
 
     def __init__(self, cfg, sources, at, kind="grad", ranks=None, console=None):
         super().__init__(cfg, sources, console)
@@ -73,9 +83,9 @@ def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
 
 
 def params_of(ck: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's model tensors but BatchNorm's running statistics (a skipped step's forward
-    updates those, as a forward in training mode does)."""
-    return {k: v for k, v in load_checkpoint(ck)["model"].items() if "running_" not in k and "num_batches" not in k}
+    """A checkpoint's model state: weights and buffers (BatchNorm's running statistics and counts:
+    a skipped step puts back what its forward updated)."""
+    return load_checkpoint(ck)["model"]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -102,6 +112,27 @@ def test_a_non_finite_gradient_skips_the_step_and_resume_continues(tmp_path, cli
     r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=2",
                                 f"train.clip_grad={clip}", "runtime.name=g", "runtime.resume=latest"]))
     assert [x["step"] for x in r.losses] == [4, 5] and all(torch.isfinite(torch.tensor(list(x.values()))).all() for x in r.losses)
+
+
+@pytest.mark.parametrize("accum", ["1", "2"])
+def test_a_skipped_step_leaves_the_batchnorm_statistics_as_they_were(tmp_path, accum):
+    """The conv stem (the tiny default) has BatchNorm: a NaN image at step 3 makes the loss NaN and
+    the forward's running statistics NaN. The step is skipped and its forward's buffer updates are
+    undone: step 3's checkpoint equals step 2's in every tensor, running statistics and
+    num_batches_tracked included (before, the checkpoint of step 3 was refused for NaN
+    running_mean / running_var and the run stopped); the next step trains on."""
+    args = ["train.ckpt_every=1", "train.keep_last=4", f"train.grad_accum={accum}", "runtime.name=bn"]
+    res, log = run_faulty(tmp_path, "train.steps=3", *args, kind="input")
+    assert "step 3: non-finite loss (align_loss=nan" in log and res.step == 3, log
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "runtime.resume=latest", *args]))
+    ck = res.run_dir / "checkpoints"
+    a, b, c = (params_of(ck / f"step_0000000{k}.pt") for k in (2, 3, 4))
+    bn = [k for k in a if "running_mean" in k]
+    assert bn, "the model must have BatchNorm buffers (model.patch_embed=conv_stem)"
+    assert int(a[bn[0].replace("running_mean", "num_batches_tracked")]) == 2 * int(accum)  # steps 1-2 counted, 3 not
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not nonfinite_entries(c) and not torch.equal(a[bn[0]], c[bn[0]])  # step 4 updated them again
 
 
 def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path):
