@@ -89,6 +89,7 @@ class PretrainRecipe:
         self.step = 0            # optimiser steps done
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
+        self.skipped_steps = {"loss": 0, "gradient": 0}  # non-finite steps skipped over the whole run, by cause
         self.losses: list[dict] = []
         self.metrics: MetricLogger | None = None
         self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
@@ -117,6 +118,9 @@ class PretrainRecipe:
         self.setup_model()
         self.setup_data()
         self.setup_optimizer()
+        from .data.dataset import SkipReport
+
+        self.skips = SkipReport(cfg.data.max_skip_fraction)  # a resume continues its counts (load)
         ck = find_resume(cfg, self.out)
         if ck is not None:
             self.load(ck)
@@ -130,9 +134,6 @@ class PretrainRecipe:
         if self.info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        from .data.dataset import SkipReport
-
-        self.skips = SkipReport(cfg.data.max_skip_fraction)
         self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
 
     def setup_model(self) -> None:
@@ -321,7 +322,7 @@ class PretrainRecipe:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
-                   "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
+                   "rng": rng_state(), "skips": self.skip_state(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
@@ -349,6 +350,7 @@ class PretrainRecipe:
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.batches = int(ck["step"]), int(ck["batches"])
         set_rng_state(ck["rng"])
+        self.load_skip_state(ck.get("skips") or {})
         if self.info.main:
             self.console.print(f"resumed from {path} at step {self.step}", highlight=False, soft_wrap=True)
             later = [c for c in run_checkpoints(self.out) if int(c.stem.split("_")[1]) > self.step]
@@ -357,6 +359,31 @@ class PretrainRecipe:
             if later:
                 self.console.print(f"{len(later)} later checkpoint(s) of {self.out} renamed *.pt.superseded "
                                    f"(this run continues from step {self.step})", highlight=False, soft_wrap=True)
+
+    def skip_state(self) -> dict:
+        """What was skipped so far over the whole run, for the checkpoint: the images (counts of
+        every rank, this process's files), the non-finite steps by cause, and the current run of
+        skipped steps in a row (``train.max_bad_steps`` counts across a resume)."""
+        return {"images": self.skips.state_dict(), "steps": dict(self.skipped_steps), "bad_in_row": self.bad_in_row}
+
+    def load_skip_state(self, state: dict) -> None:
+        """Continue the counts of :meth:`skip_state` (a checkpoint without them: zeros). The file
+        list is rank 0's, so only rank 0 takes it."""
+        self.skips.load_state_dict(state.get("images") or {}, files=self.info.main)
+        steps = state.get("steps") or {}
+        self.skipped_steps = {k: int(steps.get(k, 0)) for k in self.skipped_steps}
+        self.bad_in_row = int(state.get("bad_in_row", 0))
+
+    def skip_summary(self) -> str:
+        """The end-of-run lines on what was skipped over the whole run (every attempt of a
+        resumed run): images that failed to decode, and non-finite steps by cause."""
+        n = sum(self.skipped_steps.values())
+        if not n:
+            steps = f"non-finite steps: none of {self.step} skipped"
+        else:
+            causes = [f"{v} with a non-finite {k}" for k, v in self.skipped_steps.items() if v]
+            steps = f"non-finite steps: {n} of {self.step} skipped ({', '.join(causes)})"
+        return self.skips.summary() + "\n" + steps
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
@@ -430,6 +457,7 @@ class PretrainRecipe:
                     r = self.train_step()
                     if not r.finite:
                         self.bad_in_row += 1
+                        self.skipped_steps[r.nonfinite] += 1
                         bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items()) + ")"
                         if info.main:
                             self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)
@@ -452,7 +480,7 @@ class PretrainRecipe:
             if self.metrics is not None:
                 self.metrics.close()
         if info.main:
-            self.console.print(self.skips.summary(), highlight=False, soft_wrap=True)
+            self.console.print(self.skip_summary(), highlight=False, soft_wrap=True)
             self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),
                                highlight=False, soft_wrap=True)
         self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -38,7 +40,7 @@ class Faulty(PretrainRecipe):
 
     def next_batch(self) -> dict:
         batch = super().next_batch()
-        if self.kind == "input" and self._due():
+        if self._due("input"):
             images = batch["images"].clone()
             images[0] = float("nan")
             batch = {**batch, "images": images}
@@ -46,28 +48,29 @@ class Faulty(PretrainRecipe):
 
     def __init__(self, cfg, sources, at, kind="grad", ranks=None, console=None):
         super().__init__(cfg, sources, console)
-        self.at, self.kind, self.ranks = set(at), kind, ranks
+        self.faults = dict(at) if isinstance(at, dict) else {s: kind for s in at}  # {1-based step: kind}
+        self.kind, self.ranks = kind, ranks
 
-    def _due(self) -> bool:
-        return self.step + 1 in self.at and (self.ranks is None or self.info.rank in self.ranks)
+    def _due(self, kind=None) -> bool:
+        return self.faults.get(self.step + 1) == (kind or self.kind) and (self.ranks is None or self.info.rank in self.ranks)
 
     def setup_optimizer(self) -> None:
         super().setup_optimizer()
         p = dict(self.model.named_parameters())[PARAM]
-        if self.kind == "grad":
-            def corrupt(g):
-                if not self._due():
-                    return g
-                g = g.clone()
-                g.view(-1)[0] = float("inf")
+
+        def corrupt(g):
+            if not self._due("grad"):
                 return g
-            p.register_hook(corrupt)
-        else:
-            def poison(opt, args, kwargs):
-                if self._due():
-                    with torch.no_grad():
-                        p.view(-1)[0] = float("nan")
-            self.opt.register_step_post_hook(poison)
+            g = g.clone()
+            g.view(-1)[0] = float("inf")
+            return g
+
+        def poison(opt, args, kwargs):
+            if self._due("weight"):
+                with torch.no_grad():
+                    p.view(-1)[0] = float("nan")
+        p.register_hook(corrupt)
+        self.opt.register_step_post_hook(poison)
 
 
 def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
@@ -133,6 +136,54 @@ def test_a_skipped_step_leaves_the_batchnorm_statistics_as_they_were(tmp_path, a
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert not nonfinite_entries(c) and not torch.equal(a[bn[0]], c[bn[0]])  # step 4 updated them again
+
+
+def _csv_with_a_truncated_png(folder: Path, n: int = 12, bad: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["image_path,report,patient_id"]
+    for i in range(n):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(p)
+        rows.append(f"{p},Heart size is normal. Case {i}.,p{i}")
+    (folder / f"img{bad}.png").write_bytes((folder / f"img{bad}.png").read_bytes()[:200])  # truncated
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder / "data.csv"
+
+
+def _skip_lines(log: str) -> list[str]:
+    return [l for l in log.splitlines() if "images skipped" in l or "images read" in l or l.startswith("non-finite steps:")]
+
+
+def test_the_skip_summary_counts_the_whole_run_across_a_resume(tmp_path):
+    """A CSV with a truncated PNG (read, skipped and replaced once an epoch), an inf gradient at step
+    2 and a NaN image at step 5, the run stopped after step 3 and resumed to step 6: the end-of-run
+    summary counts every attempt, exactly as the same run without the stop (the counts live in the
+    checkpoint). Before, the resumed run's summary counted steps 4-6 only."""
+    csv = _csv_with_a_truncated_png(tmp_path)
+    args = ["data=csv", f"data.path={csv}", "data.max_skip_fraction=0.5", "train.ckpt_every=1"]
+    _, whole = run_faulty(tmp_path, *args, "train.steps=6", "runtime.name=whole", at={2: "grad", 5: "input"})
+    run_faulty(tmp_path, *args, "train.steps=3", "runtime.name=part", at={2: "grad"})
+    _, resumed = run_faulty(tmp_path, *args, "train.steps=6", "runtime.name=part", "runtime.resume=latest", at={5: "input"})
+    lines = _skip_lines(whole)
+    assert lines[-1] == "non-finite steps: 2 of 6 skipped (1 with a non-finite loss, 1 with a non-finite gradient)", whole
+    n, of = (int(x) for x in re.match(r"(\d+) of (\d+) images skipped \(1 files on this process\):", lines[0]).groups())
+    assert n >= 2 and of == 6 * 4 + n  # img3 once an epoch (10 training images, 2 batches of 4 an epoch); each replaced
+    assert _skip_lines(resumed) == lines
+
+
+def test_a_checkpoint_without_skip_counts_resumes_from_zero_without_a_word(tmp_path):
+    """A checkpoint written before maskkit saved the skip counts: it resumes, says nothing about
+    them, and the summary counts what this attempt saw (steps 4-5: one non-finite loss)."""
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=3", "runtime.name=old"]))
+    ck = tmp_path / "old" / "checkpoints" / "step_00000003.pt"
+    payload = torch.load(ck, weights_only=True)
+    del payload["skips"]
+    torch.save(payload, ck)
+    res, log = run_faulty(tmp_path, "train.steps=5", "runtime.name=old", "runtime.resume=latest", at={5: "input"})
+    assert res.step == 5 and "resumed from" in log and "warning" not in log.lower() and "error" not in log.lower(), log
+    assert _skip_lines(log) == ["8 images read, none skipped", "non-finite steps: 1 of 5 skipped (1 with a non-finite loss)"]
 
 
 def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path):

@@ -107,6 +107,22 @@ class SkipReport:
         self.count(n_ok + len(skipped), len(skipped))
         self.check()
 
+    def state_dict(self) -> dict:
+        """The counts and this process's skipped files (each once, with how often it was read), for
+        a checkpoint: ``{"seen", "n_skipped", "files": [[path, reason, reads], ...]}``."""
+        files: dict[str, list] = {}
+        for path, why in self.skipped:
+            files.setdefault(path, [path, why, 0])[2] += 1
+        return {"seen": self.seen, "n_skipped": self.n_skipped, "files": list(files.values())}
+
+    def load_state_dict(self, state: dict, files: bool = True) -> None:
+        """Continue from a :meth:`state_dict` (a resumed run counts the whole run); ``files``: also
+        take its file list (the process that wrote it). A missing entry counts 0 (checkpoints
+        written before maskkit saved these counts)."""
+        self.seen = int(state.get("seen", 0))
+        self.n_skipped = int(state.get("n_skipped", 0))
+        self.skipped = [(str(p), str(why)) for p, why, k in state.get("files", []) for _ in range(int(k))] if files else []
+
     def summary(self) -> str:
         if not self.n_skipped:
             return f"{self.seen} images read, none skipped"
