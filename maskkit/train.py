@@ -37,7 +37,7 @@ from .masking import mask_seed
 from .objectives import MicroBatches
 from .terms import TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
-from .training.metric_logging import MetricLogger
+from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import RunPreempted, StopRequest
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
@@ -66,10 +66,12 @@ class RunResult:
 
 @dataclass
 class StepResult:
-    """What one optimiser step produced: each term's value (mean over ranks), and timings (s).
-    ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or ``"gradient"``) was not."""
+    """What one optimiser step produced: each term's value (mean over ranks; None when the step
+    had no target for the term: no pair to contrast, no masked patch, no MLM target), and
+    timings (s). ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or
+    ``"gradient"``) was not."""
 
-    values: dict[str, float]
+    values: dict[str, float | None]
     finite: bool
     samples: int
     data_wait: float = 0.0
@@ -90,6 +92,7 @@ class PretrainRecipe:
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
         self.skipped_steps = {"loss": 0, "gradient": 0}  # non-finite steps skipped over the whole run, by cause
+        self.window = LossWindow()  # the losses of the steps since the last metrics.jsonl line
         self.losses: list[dict] = []
         self.metrics: MetricLogger | None = None
         self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
@@ -176,7 +179,7 @@ class PretrainRecipe:
         if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
             raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
         if self.info.main:
-            self.console.print(f"[yellow]warning: {msg}; those terms stay 0 (set them to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
+            self.console.print(f"[yellow]warning: {msg}; those terms have no targets and are logged null (set their weights to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
 
     def setup_loader(self) -> None:
         from .data.loader import make_loader
@@ -258,23 +261,29 @@ class PretrainRecipe:
                 sums[n] = sums[n] + v.detach().float()
         self.scaler.unscale_(self.opt)  # fp16: the true gradients (a no-op otherwise)
         norm = grad_norm(self.model)
-        # one all-reduce per step, on every rank: each term's value, the skip counts and whether the
-        # gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
+        # the step's targets per term (global: every rank, every micro-batch; the last pass counted them all)
+        targets = self.objectives.targets
+        # one all-reduce per step, on every rank: each term's value and target count, the skip counts and
+        # whether the gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
         names = list(sums)
-        local = torch.stack([*sums.values(), torch.tensor(float(self.stop.requested), device=dev),
+        local = torch.stack([*sums.values(), *(targets[n].float().to(dev) for n in names),
+                             torch.tensor(float(self.stop.requested), device=dev),
                              torch.tensor(float(samples + n_skipped), device=dev), torch.tensor(float(n_skipped), device=dev),
                              (~torch.isfinite(norm)).float().to(dev)])
         reduced = self.gather.sum(local).tolist()  # the step's one host sync
-        self.stop_agreed = reduced[len(names)] > 0  # a signal seen by any rank stops every rank after this step
-        values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
+        T = len(names)
+        self.stop_agreed = reduced[2 * T] > 0  # a signal seen by any rank stops every rank after this step
         self.skips.count(int(reduced[-3]), int(reduced[-2]))
         self.skips.check()
         grads_finite = reduced[-1] == 0
         nonfinite = None
-        if not all(math.isfinite(v) for v in values.values()):
+        if not all(math.isfinite(reduced[k]) for k in range(T)):  # also a term without targets (NaN · 0 is NaN)
             nonfinite = "loss"
         elif not grads_finite and not (self.scaler.is_enabled() and self.scaler.get_scale() > 1.0):
             nonfinite = "gradient"
+        # a term with no target in the step (no pair to contrast, no masked patch, no MLM target) has no
+        # loss: None (logged as null), not its value 0; a skipped step keeps every value for its message
+        values = {n: reduced[k] / self.info.world if reduced[T + k] > 0 or nonfinite else None for k, n in enumerate(names)}
         if nonfinite is None:
             if not grads_finite:  # fp16 overflow: GradScaler skips the step and lowers its scale
                 self.opt.zero_grad(set_to_none=True)
@@ -295,21 +304,26 @@ class PretrainRecipe:
     # --- logging, checkpoints ----------------------------------------------------------------------
     def log(self, r: StepResult, rate: float, warm: bool) -> str:
         """Record a step (every step in memory; metrics.jsonl every ``train.log_every``); returns the bar text."""
-        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}
+        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}  # None: no target at this step
         self.losses.append({"step": self.step, **logged})
-        txt = " ".join(f"{n} {v:.3f}" for n, v in r.values.items()) + f"  {rate:.1f} samples/s"
-        if warm:
-            txt += "  [warm-up]"
-        if not self.info.main:
-            return txt
+        self.window.add(logged)
+
+        def text(losses: dict[str, float | None]) -> str:
+            t = " ".join(f"{k.removesuffix('_loss')} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
+            return t + ("  [warm-up]" if warm else "")
+
+        txt = text(logged)
         if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+            means = self.window.take()  # over the steps since the last line that had targets
+            if not self.info.main:
+                return txt
             if self.cfg.runtime.progress and not self.console.is_terminal:  # logs piped to a file (SLURM): plain lines
-                self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False, soft_wrap=True)
+                self.console.print(f"step {self.step}/{self.cfg.train.steps} {text(means)}", highlight=False, soft_wrap=True)
             epoch, _ = self.sampler.position(self.batches)
-            line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
+            line = {"step": self.step, **means, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
                     "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time(),
                     "samples_seen": self.samples_seen()}
-            self.metrics.write(line, logged)
+            self.metrics.write(line, means)
         return txt
 
     def save(self) -> None:
@@ -322,7 +336,7 @@ class PretrainRecipe:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
-                   "rng": rng_state(), "skips": self.skip_state(), "config_flat": json.dumps(flat_items(self.cfg)),
+                   "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
@@ -351,6 +365,7 @@ class PretrainRecipe:
         self.step, self.batches = int(ck["step"]), int(ck["batches"])
         set_rng_state(ck["rng"])
         self.load_skip_state(ck.get("skips") or {})
+        self.window.load_state_dict(ck.get("log_window") or {})  # older checkpoints: an empty window
         if self.info.main:
             self.console.print(f"resumed from {path} at step {self.step}", highlight=False, soft_wrap=True)
             later = [c for c in run_checkpoints(self.out) if int(c.stem.split("_")[1]) > self.step]
@@ -458,7 +473,8 @@ class PretrainRecipe:
                     if not r.finite:
                         self.bad_in_row += 1
                         self.skipped_steps[r.nonfinite] += 1
-                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items()) + ")"
+                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={'–' if v is None else v}"
+                                                                        for k, v in r.values.items()) + ")"
                         if info.main:
                             self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)
                         if self.bad_in_row >= cfg.train.max_bad_steps:

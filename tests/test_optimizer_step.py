@@ -4,6 +4,7 @@ are never saved, and gradient accumulation equals one batch of the same samples 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -114,7 +115,7 @@ def test_a_non_finite_gradient_skips_the_step_and_resume_continues(tmp_path, cli
         assert torch.equal(a[k], b[k]), k  # the skipped step changed no weight
     r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=2",
                                 f"train.clip_grad={clip}", "runtime.name=g", "runtime.resume=latest"]))
-    assert [x["step"] for x in r.losses] == [4, 5] and all(torch.isfinite(torch.tensor(list(x.values()))).all() for x in r.losses)
+    assert [x["step"] for x in r.losses] == [4, 5] and all(v is None or math.isfinite(v) for x in r.losses for v in x.values())
 
 
 @pytest.mark.parametrize("accum", ["1", "2"])
@@ -343,7 +344,7 @@ def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
         assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
         for x, y in zip(a, b):
             for k in ("align_loss", "mim_loss", "mlm_loss"):
-                assert y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
+                assert (x[k] is None and y[k] is None) or y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
         w1 = params_of(tmp_path / "one" / "checkpoints" / "step_00000002.pt")
         w2 = params_of(tmp_path / name / "checkpoints" / "step_00000002.pt")
         for k in w1:
