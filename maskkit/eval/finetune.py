@@ -140,11 +140,16 @@ def held_out_splits(recs: list[tuple[str, str | None]], test_ids: set[str], seed
 
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
-    """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split."""
+    """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split.
+
+    ``mode``, ``epochs``, ``lr``, ``batch_size`` and ``seed`` are checked first against
+    :class:`maskkit.options.FinetuneOptions` (an absurd, negative or non-finite value is one
+    :class:`~maskkit.options.OptionError` line naming the argument and its range)."""
     import copy
 
-    if mode not in ("probe", "finetune"):
-        raise MaskkitError(f"finetune.mode: '{mode}' is not a mode; expected probe or finetune")
+    from ..options import FinetuneOptions
+
+    FinetuneOptions.check("=", mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     index = {r.id if hasattr(r, "id") else None: i for i, r in enumerate(getattr(getattr(dataset, "table", None), "records", []))}
     if not index and hasattr(dataset, "ids"):  # ConcatSources: every source's ids, in order
         index = {rid: i for i, rid in enumerate(dataset.ids)}
