@@ -355,8 +355,10 @@ def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
 
 @pytest.mark.parametrize("mode", ["probe", "finetune"])
 def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
-    """A fine-tuning step that diverges (--lr 1e37) leaves NaN scores: one line naming the split,
-    the mode and --lr, not a traceback from the AUC."""
+    """A fine-tuning that goes non-finite leaves NaN scores: one line naming the split, the mode and
+    --lr, not a traceback from the AUC. The reported input (--lr 1e37) is now refused before any
+    work (an lr above 1 is out of range); the guard stays for what still diverges (here an encoder
+    with an inf weight)."""
     from maskkit.errors import MaskkitError
     from maskkit.eval.finetune import run_finetune
     from model_helpers import tiny_model
@@ -367,6 +369,11 @@ def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
     splits = {"test": {"ids": ids[4:]}, "train_100": {"ids": ids[:4], "sha256": "x"}}
     from maskkit.data.dataset import XrayDataset
 
-    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
-                                           r"epochs at --lr 1e\+37\); lower --lr$"):
+    with pytest.raises(MaskkitError, match=r"^lr=1e\+37: expected a finite number in \(0, 1\]"):
         run_finetune(tiny_model("clip"), XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=1e37, batch_size=2)
+    model = tiny_model("clip")
+    with torch.no_grad():
+        model.clip.visual.proj[0, 0] = float("inf")
+    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
+                                           r"epochs at --lr 0.5\); lower --lr$"):
+        run_finetune(model, XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=0.5, batch_size=2)
