@@ -524,9 +524,9 @@ def sweep_cmd(
         try:
             seed_list = [int(x) for x in seeds.split(",")]
         except ValueError:
-            from .options import OptionError
+            from .options import OptionValueError
 
-            raise OptionError(f"--seeds {seeds}: expected comma-separated {allowed(SweepOptions, 'seeds')}") from None
+            raise OptionValueError(f"--seeds {seeds}: expected comma-separated {allowed(SweepOptions, 'seeds')}") from None
     SweepOptions.check(jobs=jobs, align_steps=align_steps, seeds=seed_list)  # before any work
     names, extra = _split_targets(spec, "sweep", required=False)
     if names:

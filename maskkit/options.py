@@ -19,13 +19,13 @@ from .errors import MaskkitError
 
 #: a seed: NumPy's generators and ``np.random.seed`` take [0, 2**32), torch.manual_seed more
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
-#: a learning rate: positive and finite; above 1 no optimiser maskkit builds converges (A35c)
+#: a learning rate: positive and finite; above 1 no optimiser maskkit builds converges (A37c)
 LearningRate = Annotated[float, Field(gt=0, le=1.0)]
 #: the smallest phantom image side the generator draws (its anatomy needs 32 px)
 PHANTOM_MIN_SIZE = 32
 
 
-class OptionError(MaskkitError):
+class OptionValueError(MaskkitError):
     """A command option or function argument outside its allowed range."""
 
 
@@ -95,7 +95,7 @@ class Options(BaseModel):
 
     @classmethod
     def check(cls, style: str = "--", where: str = "", labels: dict[str, str] | None = None, **values: Any):
-        """The model of ``values``, or :class:`OptionError` in one line naming the first value out
+        """The model of ``values``, or :class:`OptionValueError` in one line naming the first value out
         of range: ``--lr 1e+38: ...`` (``style="--"``: command options) or ``lr=1e+38: ...``
         (``style="="``: function arguments, file keys), after ``where`` (e.g. the file);
         ``labels`` renames a field in the message (a function argument named otherwise)."""
@@ -110,7 +110,7 @@ class Options(BaseModel):
             label = where + label
             desc = cls.model_fields[name].description if name in cls.model_fields else None
             what = allowed(cls, name) if name in cls.model_fields else e["msg"]
-            raise OptionError(f"{label}: expected {what}" + (f" ({desc})" if desc else "")) from None
+            raise OptionValueError(f"{label}: expected {what}" + (f" ({desc})" if desc else "")) from None
 
 
 class FinetuneOptions(Options):

@@ -282,8 +282,9 @@ class PretrainRecipe:
         elif not grads_finite and not (self.scaler.is_enabled() and self.scaler.get_scale() > 1.0):
             nonfinite = "gradient"
         # a term with no target in the step (no pair to contrast, no masked patch, no MLM target) has no
-        # loss: None (logged as null), not its value 0; a skipped step keeps every value for its message
-        values = {n: reduced[k] / self.info.world if reduced[T + k] > 0 or nonfinite else None for k, n in enumerate(names)}
+        # loss: None (logged as null), not its value 0 (a non-finite value is kept, for the skip's message)
+        values = {n: reduced[k] / self.info.world if reduced[T + k] > 0 or not math.isfinite(reduced[k]) else None
+                  for k, n in enumerate(names)}
         if nonfinite is None:
             if not grads_finite:  # fp16 overflow: GradScaler skips the step and lowers its scale
                 self.opt.zero_grad(set_to_none=True)

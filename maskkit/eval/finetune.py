@@ -144,7 +144,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
 
     ``mode``, ``epochs``, ``lr``, ``batch_size`` and ``seed`` are checked first against
     :class:`maskkit.options.FinetuneOptions` (an absurd, negative or non-finite value is one
-    :class:`~maskkit.options.OptionError` line naming the argument and its range)."""
+    :class:`~maskkit.options.OptionValueError` line naming the argument and its range)."""
     import copy
 
     from ..options import FinetuneOptions
