@@ -140,11 +140,15 @@ def test_elastic_restart_resumes_from_latest(tmp_path, monkeypatch):
 
 
 def test_nan_losses_skip_then_stop(tmp_path):
-    cfg, src = cfg_for(tmp_path, "train.steps=5", "runtime.name=n", "train.max_bad_steps=3", "train.lr=1e30",
-                       "train.optimizer=sgd", "train.clip_grad=null", "train.warmup_steps=0")
-    with pytest.raises(TrainingError, match=r"train.max_bad_steps: 3 steps in a row with a non-finite loss or gradient, "
-                                            r"last at step \d+: non-finite loss \(.*_loss="):
-        train(cfg, src)
+    """NaN losses (a NaN image in the batches of steps 2-4) are skipped; 3 in a row stop the run in
+    one line. (train.lr=1e30, which used to provoke them, is now refused before the run: lr in (0, 1].)"""
+    from test_optimizer_step import run_faulty
+
+    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss or gradient, "
+                                            r"last at step 4: non-finite loss \(align_loss=nan"):
+        run_faulty(tmp_path, "train.steps=5", "train.max_bad_steps=3", "runtime.name=n", kind="input", at=(2, 3, 4))
+    with pytest.raises(MaskkitError, match=r"^train.lr: Input should be less than or equal to 1 \(got 1e\+30\)"):
+        cfg_for(tmp_path, "train.lr=1e30")
 
 
 def cli(*args, env=None):
