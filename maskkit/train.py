@@ -35,7 +35,7 @@ from .errors import MaskkitError, TrainingError
 from .io import atomic_write_text
 from .masking import mask_seed
 from .objectives import MicroBatches
-from .terms import TERM_BY_NAME
+from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
@@ -310,7 +310,7 @@ class PretrainRecipe:
         self.window.add(logged)
 
         def text(losses: dict[str, float | None]) -> str:
-            t = " ".join(f"{k.removesuffix('_loss')} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
+            t = " ".join(f"{TERM_BY_LOG_KEY[k].name} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
             return t + ("  [warm-up]" if warm else "")
 
         txt = text(logged)
