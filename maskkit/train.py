@@ -56,6 +56,9 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
+    """A finished run: its directory, last step, each logged step's losses (``{"step", "<name>_loss":
+    value or None when the step had no target for the term}``) and the zero-shot result."""
+
     run_dir: Path
     step: int
     losses: list[dict]
