@@ -30,7 +30,7 @@ from PIL import Image
 from maskkit.data.cache import prepare_cache
 from maskkit.data.dataset import Collator, XrayDataset
 from maskkit.data.build import ConcatSources
-from maskkit.data.loader import MixtureBatchSampler, ResumableBatchSampler, make_loader
+from maskkit.data.loader import MixtureBatchSampler, make_loader
 from maskkit.data.ner import LexiconNER
 from maskkit.data.phantoms import PhantomGenerator
 from maskkit.data.records import Record, Table, openi
@@ -61,7 +61,7 @@ def loader_rates(ds, collate, sampler, workers: int, epochs: int) -> list[float]
 
 
 def epochs_rate(ds, collate, batch: int, workers: int, epochs: int) -> list[float]:
-    sampler = ResumableBatchSampler(len(ds), batch, 0, DistInfo())
+    sampler = MixtureBatchSampler([len(ds)], [1.0], batch, 0, DistInfo())  # one source: the single-dataset order
     return loader_rates(ds, collate, sampler, workers, epochs)
 
 

@@ -49,7 +49,7 @@ def batch_for(model: XLIP, B: int, device: str) -> dict:
     ids[torch.arange(B), lengths - 1] = model.tokenizer.eot
     return {"images": torch.rand(B, 1, model.image_size, model.image_size, generator=g).to(device),
             "text": ids.to(device), "text_valid": valid.to(device), "paired": torch.ones(B, dtype=torch.bool, device=device),
-            "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device), "text_key": torch.arange(B, device=device)}
+            "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device)}
 
 
 class Runner:

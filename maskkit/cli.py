@@ -12,6 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MaskkitError
+from .options import (CheckOptions, FinetuneOptions, MaskEvalOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions,
+                      ZeroShotOptions, allowed, option_help)
 from .sweep import builtin_sweeps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -157,9 +159,7 @@ def check_cmd(
     from .compose import load_spec
     from .testing import check_strategy
 
-    for opt, value in (("--n", n), ("--t", t), ("--b", b)):
-        if value < 1:
-            raise MaskkitError(f"check {opt} {value}: expected a positive number of tokens/samples")
+    CheckOptions.check(n=n, t=t, b=b, seed=seed)
     if spec.lstrip().startswith("{"):
         tree = json.loads(spec)
     elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
@@ -188,16 +188,17 @@ def check_cmd(
 
 @app.command("phantoms")
 def phantoms_cmd(
-    n: int = typer.Option(2000, "--n", min=1, help="Number of phantoms."),
+    n: int = typer.Option(2000, "--n", help="Number of phantoms; " + allowed(PhantomsOptions, "n") + "."),
     out: str = typer.Option(..., "--out", help="Output folder (created; must not exist unless --overwrite)."),
-    seed: int = typer.Option(0, help="Generator seed; the same seed gives identical files."),
-    size: int = typer.Option(224, help="Image side in pixels."),
-    unpaired: float = typer.Option(0.2, min=0.0, max=1.0, help="Fraction of phantoms without a report."),
+    seed: int = typer.Option(0, help="Generator seed; the same seed gives identical files; " + allowed(PhantomsOptions, "seed") + "."),
+    size: int = typer.Option(224, help="Image side in pixels; " + allowed(PhantomsOptions, "size") + "."),
+    unpaired: float = typer.Option(0.2, help="Fraction of phantoms without a report; " + allowed(PhantomsOptions, "unpaired") + "."),
     overwrite: bool = typer.Option(False, help="Replace an existing output folder."),
 ) -> None:
     """Write the synthetic chest X-ray phantom dataset (images, lesion masks, reports, labels) to disk."""
     from .data.export import write_phantoms
 
+    PhantomsOptions.check(n=n, seed=seed, size=size, unpaired=unpaired)
     path = write_phantoms(out, n=n, seed=seed, size=size, p_unpaired=unpaired, overwrite=overwrite)
     console.print(f"wrote {n} phantoms to {path} (read it back with data=csv data.path={path / 'phantoms.csv'})")
 
@@ -206,13 +207,14 @@ def phantoms_cmd(
 def prepare_cmd(
     dataset: str = typer.Argument(..., help="A registered dataset adapter (`maskkit datasets` lists them)."),
     out: str = typer.Option(..., "--out", help="Cache folder to create."),
-    size: int = typer.Option(224, help="Training resolution (square side in pixels)."),
+    size: int = typer.Option(224, help="Training resolution (square side in pixels); " + allowed(PrepareOptions, "size") + "."),
     option: list[str] = typer.Option([], "--option", "-o", help="Adapter option KEY=VALUE (e.g. root=/data/nih, views=[\"PA\"])."),
     overwrite: bool = typer.Option(False, help="Replace an existing cache folder."),
 ) -> None:
     """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
     from .data.cache import prepare_cache
 
+    PrepareOptions.check(size=size)
     opts = {}
     for item in option:
         if "=" not in item:
@@ -355,7 +357,7 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
 @eval_app.command("zeroshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_zeroshot_cmd(
     checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings (default: the run's data and split)"),
-    bootstrap: int = typer.Option(1000, help="bootstrap resamples for the 95% intervals (0: none)"),
+    bootstrap: int = typer.Option(1000, help=option_help(ZeroShotOptions, "bootstrap")),
     no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
     absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
     prompts: str = typer.Option("sentence", help="how each prompt ends: sentence ('no pleural effusion.', like a report sentence; A32) or chexzero (the bare phrase)"),
@@ -367,6 +369,7 @@ def eval_zeroshot_cmd(
     from .io import atomic_write_text
     from .training.checkpointing import load_model
 
+    ZeroShotOptions.check(bootstrap=bootstrap)
     if no_finding not in NO_FINDING_MODES:
         raise MaskkitError(f"--no-finding {no_finding!r}: expected one of {', '.join(NO_FINDING_MODES)}")
     if prompts not in PROMPT_STYLES:
@@ -392,12 +395,13 @@ def eval_zeroshot_cmd(
 @eval_app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def eval_finetune_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings (default: the run's data and split)"),
-    mode: str = typer.Option("probe", help="probe (encoder frozen) or finetune (encoder trained too)"),
+    mode: str = typer.Option("probe", help=option_help(FinetuneOptions, "mode")),
     splits: Optional[str] = typer.Option(None, help="folder of split files to use or create (default: OUT/splits)"),
     out: str = typer.Option("finetune", help="output folder"),
-    epochs: int = typer.Option(20, min=1),
-    lr: float = typer.Option(1e-3),
-    seed: int = typer.Option(0, help="split and training seed"),
+    epochs: int = typer.Option(20, help=option_help(FinetuneOptions, "epochs")),
+    lr: float = typer.Option(1e-3, help=option_help(FinetuneOptions, "lr")),
+    batch_size: int = typer.Option(32, help=option_help(FinetuneOptions, "batch_size")),
+    seed: int = typer.Option(0, help=option_help(FinetuneOptions, "seed")),
 ) -> None:
     """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files; tested
     on the run's held-out patients (checked against its split.json), or on the data.* given."""
@@ -410,6 +414,7 @@ def eval_finetune_cmd(
     from .io import atomic_write_text
     from .training.checkpointing import load_model
 
+    opts = FinetuneOptions.check(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)  # before any work
     paths, settings = _split_targets(checkpoint, "eval finetune")
     if len(paths) != 1:
         raise MaskkitError(f"eval finetune takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
@@ -428,7 +433,8 @@ def eval_finetune_cmd(
     else:
         sp = held_out_splits(recs, test_ids, seed)
         write_splits(sp, folder)
-    results = run_finetune(model, ds, names, sp, mode=mode, epochs=epochs, lr=lr, seed=seed)
+    results = run_finetune(model, ds, names, sp, mode=opts.mode, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
+                           seed=opts.seed)
     t = RTable(title=f"{mode} on {sp['test']['n']} test images ({_SPLIT_WORDS[what['split']]}; splits {folder})")
     t.add_column("labels")
     t.add_column("train images", justify="right")
@@ -451,10 +457,10 @@ def eval_finetune_cmd(
 @eval_app.command("masks")
 def eval_masks_cmd(
     checkpoint: str = typer.Argument(..., help="a run directory or checkpoint file"),
-    n: int = typer.Option(256, help="held-out phantoms"),
-    ratio: float = typer.Option(0.75, min=0.0, max=1.0, help="final mask ratio"),
-    seeds: int = typer.Option(3, help="seeds averaged for random strategies"),
-    lesion_threshold: float = typer.Option(0.1, help="fraction of a patch's pixels that makes it a lesion token"),
+    n: int = typer.Option(256, help=option_help(MaskEvalOptions, "n")),
+    ratio: float = typer.Option(0.75, help=option_help(MaskEvalOptions, "ratio")),
+    seeds: int = typer.Option(3, help=option_help(MaskEvalOptions, "seeds")),
+    lesion_threshold: float = typer.Option(0.1, help=option_help(MaskEvalOptions, "lesion_threshold")),
     out: Optional[str] = typer.Option(None, help="folder for masks.csv / masks.md / masks.json"),
 ) -> None:
     """Mask-lesion overlap on held-out phantoms for every strategy, reduction, subset mode and λ1."""
@@ -472,6 +478,7 @@ def eval_masks_cmd(
     from .data.sources import source_specs
     from .datasets import phantoms
 
+    MaskEvalOptions.check(n=n, ratio=ratio, seeds=seeds, lesion_threshold=lesion_threshold)
     _split_targets([checkpoint], "eval masks")
     model, cfg = load_model(checkpoint)
     # the run's phantoms (their seed) when it trained on phantoms; generator indices from MASK_EVAL_OFFSET,
@@ -506,10 +513,10 @@ def sweep_cmd(
     spec: list[str] = typer.Argument(None, help=f"a built-in sweep ({', '.join(builtin_sweeps())}) or a YAML file, then key=value settings for every run"),
     presets: Optional[str] = typer.Option(None, help="comma-separated presets (instead of a sweep file)"),
     grid: list[str] = typer.Option([], "--grid", help="KEY=v1,v2,... (repeatable): a grid of overrides"),
-    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's)"),
+    seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's); " + allowed(SweepOptions, "seeds")),
     out: str = typer.Option("sweeps", help="sweep folder (resumable: finished runs are kept)"),
-    jobs: int = typer.Option(1, help="runs at once (subprocesses; CPU threads are shared out)"),
-    align_steps: Optional[int] = typer.Option(None, help="budget-matched: every run gets this many alignment steps, warm-up on top"),
+    jobs: int = typer.Option(1, help="runs at once (subprocesses; CPU threads are shared out); " + allowed(SweepOptions, "jobs")),
+    align_steps: Optional[int] = typer.Option(None, help="budget-matched: every run gets this many alignment steps, warm-up on top; " + allowed(SweepOptions, "align_steps")),
     probe: bool = typer.Option(False, help="also a linear probe at 1/10/100% of the labels per run"),
     rescore: bool = typer.Option(False, help="score the zero-shot of runs done before again with the current protocol (no retraining)"),
 ) -> None:
@@ -518,6 +525,15 @@ def sweep_cmd(
 
     from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep
 
+    seed_list = None
+    if seeds:
+        try:
+            seed_list = [int(x) for x in seeds.split(",")]
+        except ValueError:
+            from .options import OptionValueError
+
+            raise OptionValueError(f"--seeds {seeds}: expected comma-separated {allowed(SweepOptions, 'seeds')}") from None
+    SweepOptions.check(jobs=jobs, align_steps=align_steps, seeds=seed_list)  # before any work
     names, extra = _split_targets(spec, "sweep", required=False)
     if names:
         sp = load_sweep(names[0])
@@ -530,15 +546,11 @@ def sweep_cmd(
         out_dir = Path(out)
     if grid:
         sp.grid.update(parse_grid(grid))
-    if seeds:
-        sp.seeds = [int(x) for x in seeds.split(",")]
+    if seed_list:
+        sp.seeds = seed_list
     if align_steps is not None:
-        if align_steps < 1:
-            raise MaskkitError(f"--align-steps {align_steps}: expected a positive number of steps")
         sp.align_steps = align_steps
     sp.probe = sp.probe or probe
-    if jobs < 1:
-        raise MaskkitError(f"--jobs {jobs}: expected at least 1")
     run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
     console.print((out_dir / "results.md").read_text(), highlight=False)
 
@@ -599,11 +611,11 @@ def viz_masks_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files to draw (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
-    n: int = typer.Option(4, help="samples from the held-out split (when no --images)"),
-    index: int = typer.Option(0, help="first sample index in the held-out split"),
-    seed: int = typer.Option(0, help="mask seed (ignored with --step)"),
-    step: Optional[int] = typer.Option(None, help="draw the batch and masks of this training step (1-based, as in metrics.jsonl)"),
-    micro: int = typer.Option(0, help="with --step: the micro-batch (train.grad_accum > 1)"),
+    n: int = typer.Option(4, help="samples from the held-out split (when no --images); " + allowed(VisualizeOptions, "n")),
+    index: int = typer.Option(0, help=option_help(VisualizeOptions, "index")),
+    seed: int = typer.Option(0, help="mask seed (ignored with --step); " + allowed(VisualizeOptions, "seed")),
+    step: Optional[int] = typer.Option(None, help=option_help(VisualizeOptions, "step")),
+    micro: int = typer.Option(0, help=option_help(VisualizeOptions, "micro")),
     out: str = typer.Option("viz", help="output folder: masks.png and masks.html"),
 ) -> None:
     """Per image: the X-ray, then each strategy's attention heat map and mask (lesion outlines on phantoms).
@@ -618,6 +630,7 @@ def viz_masks_cmd(
     from .training.checkpointing import load_model
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
 
+    VisualizeOptions.check(n=n, index=index, seed=seed, step=step, micro=micro)
     paths, settings = _split_targets(checkpoint, "visualize masks")
     model, run_cfg = load_model(paths[0])
     if step is not None:
@@ -656,9 +669,9 @@ def viz_text_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
     images: list[str] = typer.Option([], "--images", help="image files (repeatable)"),
     reports: list[str] = typer.Option([], "--reports", help="report text files, one per image"),
-    n: int = typer.Option(3, help="samples from the dataset (when no --images)"),
-    index: int = typer.Option(0, help="first sample index"),
-    seed: int = typer.Option(0, help="mask seed"),
+    n: int = typer.Option(3, help="samples from the dataset (when no --images); " + allowed(VisualizeOptions, "n")),
+    index: int = typer.Option(0, help=option_help(VisualizeOptions, "index")),
+    seed: int = typer.Option(0, help=option_help(VisualizeOptions, "seed")),
     out: str = typer.Option("viz", help="output folder for text.html"),
 ) -> None:
     """Reports with NER entities, the EntMLM-masked words, and the decoder's reconstruction of them."""
@@ -670,6 +683,7 @@ def viz_text_cmd(
     from .training.checkpointing import load_model
     from .viz import html_page, text_html, text_spans, text_terminal
 
+    VisualizeOptions.check(n=n, index=index, seed=seed)
     paths, settings = _split_targets(checkpoint, "visualize text")
     model, run_cfg = load_model(paths[0])
     batch, what = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)

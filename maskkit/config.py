@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from .errors import MaskkitError, close_matches
 from .masking import STREAMS as TREES
 from .model.config import ModelConfig
+from .options import LearningRate, Seed
 from .terms import TERMS
 
 
@@ -51,7 +52,7 @@ class DataConfig(Strict):
     n: int = Field(2000, ge=1, description="phantoms: number of training phantoms")
     val_n: int = Field(256, ge=0, description="phantoms: held-out phantoms for the end-of-run evaluation")
     p_unpaired: float = Field(0.2, ge=0, le=1, description="phantoms: fraction without a report (image-only)")
-    seed: int = Field(0, description="phantoms: generator seed")
+    seed: Seed = Field(0, description="phantoms: generator seed")
     decode_policy: Literal["skip", "raise"] = Field("skip", description="what a corrupt image does: skipped and reported, or stops the run")
     max_skip_fraction: float = Field(0.05, ge=0, le=1, description="stop when more than this fraction of images failed to decode")
     ner: Literal["lexicon", "scispacy"] = Field("lexicon", description="entity backend for EntMLM")
@@ -73,9 +74,9 @@ class TrainConfig(Strict):
     batch_size: int = Field(64, ge=1, description="samples per step per process (paper: 64)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimiser step; the step equals one batch of them all (an extra no-grad forward; docs/distributed.md)")
     optimizer: Literal["sgd", "adamw"] = Field("sgd", description="sgd (paper, momentum 0.9) or adamw")
-    lr: float = Field(5e-5, gt=0, description="peak learning rate (paper: 5e-5)")
+    lr: LearningRate = Field(5e-5, description="peak learning rate (paper: 5e-5)")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (paper: 0.9)")
-    weight_decay: float = Field(0.0, ge=0, description="weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="weight decay")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="learning-rate schedule after lr_warmup_steps")
     lr_warmup_steps: int = Field(0, ge=0, description="linear learning-rate warm-up steps")
     warmup_steps: int = Field(15000, ge=0, description="masked-modelling-only phase before all terms train jointly (paper: 15,000)")
@@ -85,7 +86,7 @@ class TrainConfig(Strict):
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
     keep_last: int = Field(3, ge=1, description="checkpoints kept (each is checked finite before it is written)")
-    seed: int = Field(0, description="seed of model init, data order and masks")
+    seed: Seed = Field(0, description="seed of model init, data order and masks")
 
 
 ObjectivesConfig = create_model(
@@ -394,6 +395,26 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
     return config, sources
 
 
+_RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
+
+
+def _field_range(loc: tuple) -> str:
+    """``; expected <what> in <range>`` for the numeric key at ``loc`` of :class:`ExperimentConfig`
+    (:func:`maskkit.options.allowed`), or "" when ``loc`` is not a plain key of its models."""
+    from .options import allowed
+
+    model: Any = ExperimentConfig
+    for i, part in enumerate(loc):
+        fields = getattr(model, "model_fields", None)
+        if not isinstance(part, str) or not fields or part not in fields:
+            return ""
+        if i == len(loc) - 1:
+            what = allowed(model, part)
+            return f"; expected {what}" if " in " in what else ""
+        model = fields[part].annotation
+    return ""
+
+
 def _one_line(exc: ValidationError, valid: set[str]) -> str:
     e = exc.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
@@ -404,7 +425,8 @@ def _one_line(exc: ValidationError, valid: set[str]) -> str:
         return f"unknown key '{loc}'{close_matches(loc, valid) or ''}"
     if loc and (msg.startswith(loc + ":") or msg.startswith(loc + ".") or msg.startswith(loc + " (")):
         return msg  # the message already names its key (data.sources[1] (padchest): ...)
-    return f"{loc}: {msg}{got_s}" if loc else f"{msg}"
+    rng = _field_range(tuple(e["loc"])) if e["type"] in _RANGE_ERRORS else ""
+    return f"{loc}: {msg}{got_s}{rng}" if loc else f"{msg}"
 
 
 def _defaults() -> dict:

@@ -8,10 +8,11 @@ from typing import Annotated
 from pydantic import Field
 
 from .hookspecs import hookimpl
+from .options import Seed
 
 
 def phantoms(n: Annotated[int, Field(ge=1)] = 2000, val_n: Annotated[int, Field(ge=0)] = 256,
-             p_unpaired: Annotated[float, Field(ge=0, le=1)] = 0.2, seed: int = 0):
+             p_unpaired: Annotated[float, Field(ge=0, le=1)] = 0.2, seed: Seed = 0):
     """Synthetic chest X-ray phantoms with reports, labels and lesion masks (no download).
 
     ``n`` training phantoms (generator indices ``0..n-1``) and ``val_n`` held-out ones (indices

@@ -75,7 +75,12 @@ def _value_times(x: torch.Tensor, f: float) -> torch.Tensor:
 
 class Objective(nn.Module):
     """One term: ``forward(out, micro=None) -> scalar`` (unweighted); :meth:`weight_at` gives its
-    weight at a step; :meth:`summary` what the step's other micro-batches need of a micro-batch."""
+    weight at a step; :meth:`summary` what the step's other micro-batches need of a micro-batch.
+
+    After each forward, :attr:`targets` (a detached float scalar tensor; no host sync) holds how
+    many targets the value is a loss over, counted like the value: over every rank and, under
+    ``micro``, every micro-batch of the step. At 0 the value (0) is not a loss of anything: the
+    training loop logs it as null, never as a perfect 0.0."""
 
     term: ClassVar[Term]
 
@@ -83,6 +88,7 @@ class Objective(nn.Module):
         super().__init__()
         self.weight = float(weight)
         self.gather = gather or Gatherer.local()
+        self.targets: torch.Tensor | None = None
 
     @property
     def name(self) -> str:
@@ -152,6 +158,9 @@ class AlignLoss(Objective):
         labels = torch.arange(logits.shape[0], device=logits.device)
         w = paired.float()
         n = w.sum().clamp_min(1.0)
+        # a target: a paired row with at least one negative (one pair alone, or pairs that all hold
+        # one report, leave nothing to contrast: the loss is 0 by construction, not a perfect score)
+        self.targets = (paired & (allowed.sum(1) > 1)).sum().float().detach()
         i2t = F.cross_entropy(torch.where(paired[:, None], logits.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
         t2i = F.cross_entropy(torch.where(paired[:, None], logits.T.masked_fill(~allowed, neg), 0.0), labels, reduction="none")
         loss = ((i2t * w).sum() + (t2i * w).sum()) / (2 * n)
@@ -186,6 +195,7 @@ class MIMLoss(Objective):
         per_patch = ((out.mim_pred.float() - target) ** 2).mean(-1)  # [B, N]
         m = out.mim_mask.float()
         denom = self.gather.mean_denominator(m.sum() if micro is None else micro.total(self.name))
+        self.targets = (denom * self.gather.info.world).detach()  # masked patches of every rank (and micro-batch)
         return (per_patch * m).sum() / denom.clamp_min(1.0)
 
 
@@ -206,7 +216,9 @@ class MLMLoss(Objective):
     def forward(self, out: XLIPOutput, micro: MicroBatches | None = None) -> torch.Tensor:
         nll = F.cross_entropy(out.mlm_logits.float(), out.mlm_labels, reduction="sum")
         k = torch.tensor(float(out.mlm_labels.shape[0]), device=nll.device) if micro is None else micro.total(self.name)
-        return nll / self.gather.mean_denominator(k).clamp_min(1.0)
+        denom = self.gather.mean_denominator(k)
+        self.targets = (denom * self.gather.info.world).detach()  # target tokens of every rank (and micro-batch)
+        return nll / denom.clamp_min(1.0)
 
 
 class Objectives(nn.Module):
@@ -235,6 +247,13 @@ class Objectives(nn.Module):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.terms)
+
+    @property
+    def targets(self) -> dict[str, torch.Tensor]:
+        """Each term's :attr:`Objective.targets` of the last forward, keyed by term name: how many
+        targets (alignment: paired rows with a negative; MIM: masked patches; MLM: target tokens)
+        its value is over; 0 means the term had nothing to score (logged as null)."""
+        return {o.name: o.targets for o in self.terms}
 
     def summaries(self, out: XLIPOutput) -> dict[str, torch.Tensor]:
         """Each objective's :meth:`Objective.summary` of a micro-batch, keyed by term name."""

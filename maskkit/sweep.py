@@ -67,9 +67,10 @@ def load_sweep(name_or_path: str) -> SweepSpec:
     unknown = set(data) - set(keys)
     if unknown:
         raise MaskkitError(f"{p}: unknown sweep key '{sorted(unknown)[0]}'; expected {', '.join(keys)}")
+    from .options import SweepOptions
+
     align = data.get("align_steps")
-    if align is not None and (not isinstance(align, int) or align < 1):
-        raise MaskkitError(f"{p}: align_steps: expected a positive integer, got {align!r}")
+    SweepOptions.check("=", where=f"{p}: ", align_steps=align, seeds=data.get("seeds"))  # one line naming the file and key
     return SweepSpec(list(data.get("presets") or ["xlip"]), dict(data.get("grid") or {}), list(data.get("seeds") or [0]),
                      list(data.get("args") or []), data.get("description", ""), align, bool(data.get("probe", False)))
 

@@ -37,3 +37,4 @@ TERMS: tuple[Term, ...] = (
 )
 TERM_BY_NAME: dict[str, Term] = {t.name: t for t in TERMS}
 LOG_KEYS: tuple[str, ...] = tuple(t.log_key for t in TERMS)
+TERM_BY_LOG_KEY: dict[str, Term] = {t.log_key: t for t in TERMS}

@@ -35,10 +35,10 @@ from .errors import MaskkitError, TrainingError
 from .io import atomic_write_text
 from .masking import mask_seed
 from .objectives import MicroBatches
-from .terms import TERM_BY_NAME
+from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
-from .training.metric_logging import MetricLogger
-from .training.optim import buffers_restored, build_optimizer, grad_norm
+from .training.metric_logging import LossWindow, MetricLogger, format_loss
+from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import RunPreempted, StopRequest
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
@@ -56,6 +56,9 @@ def pick_device(name: str) -> torch.device:
 
 @dataclass
 class RunResult:
+    """A finished run: its directory, last step, each logged step's losses (``{"step", "<name>_loss":
+    value or None when the step had no target for the term}``) and the zero-shot result."""
+
     run_dir: Path
     step: int
     losses: list[dict]
@@ -66,10 +69,12 @@ class RunResult:
 
 @dataclass
 class StepResult:
-    """What one optimiser step produced: each term's value (mean over ranks), and timings (s).
-    ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or ``"gradient"``) was not."""
+    """What one optimiser step produced: each term's value (mean over ranks; None when the step
+    had no target for the term: no pair to contrast, no masked patch, no MLM target), and
+    timings (s). ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or
+    ``"gradient"``) was not."""
 
-    values: dict[str, float]
+    values: dict[str, float | None]
     finite: bool
     samples: int
     data_wait: float = 0.0
@@ -89,6 +94,8 @@ class PretrainRecipe:
         self.step = 0            # optimiser steps done
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
+        self.skipped_steps = {"loss": 0, "gradient": 0}  # non-finite steps skipped over the whole run, by cause
+        self.window = LossWindow()  # the losses of the steps since the last metrics.jsonl line
         self.losses: list[dict] = []
         self.metrics: MetricLogger | None = None
         self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
@@ -117,6 +124,9 @@ class PretrainRecipe:
         self.setup_model()
         self.setup_data()
         self.setup_optimizer()
+        from .data.dataset import SkipReport
+
+        self.skips = SkipReport(cfg.data.max_skip_fraction)  # a resume continues its counts (load)
         ck = find_resume(cfg, self.out)
         if ck is not None:
             self.load(ck)
@@ -130,9 +140,6 @@ class PretrainRecipe:
         if self.info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        from .data.dataset import SkipReport
-
-        self.skips = SkipReport(cfg.data.max_skip_fraction)
         self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
 
     def setup_model(self) -> None:
@@ -175,7 +182,7 @@ class PretrainRecipe:
         if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
             raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
         if self.info.main:
-            self.console.print(f"[yellow]warning: {msg}; those terms stay 0 (set them to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
+            self.console.print(f"[yellow]warning: {msg}; those terms have no targets and are logged null (set their weights to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
 
     def setup_loader(self) -> None:
         from .data.loader import make_loader
@@ -212,7 +219,8 @@ class PretrainRecipe:
         micro-batch first, then each micro-batch's forward and backward). Every rank runs the same
         forward, backward and collectives whatever its batches hold.
 
-        The step is skipped (no weight changes; counted by the caller) when a term's loss or the
+        The step is skipped (no change to the weights, the optimiser state or the model's buffers,
+        e.g. BatchNorm running statistics; counted by the caller) when a term's loss or the
         gradient norm is not finite on any rank: one all-reduce per step carries the term values,
         the skip counts and the gradient's finiteness, so every rank decides alike. Under fp16 a
         non-finite gradient at a loss scale above 1 is the GradScaler's (it backs off; not counted)."""
@@ -235,13 +243,17 @@ class PretrainRecipe:
             batches.append(to_device(batch, dev))
         autocast = partial(torch.autocast, dev.type, dtype=self.autocast_dtype or torch.float32,
                            enabled=self.autocast_dtype is not None)
+        # the buffers a forward updates (BatchNorm running statistics of a conv stem, a plugin tower's
+        # state) as they were before the step: a skipped step puts them back, as it leaves the weights
+        buffers = snapshot_buffers(self.model)
         cached: dict[str, list[torch.Tensor]] = {n: [] for n in self.objectives.names}
         if accum > 1:  # what each objective needs of every micro-batch, without gradient (BatchNorm statistics untouched)
-            with torch.no_grad(), buffers_restored(self.model), autocast():
+            with torch.no_grad(), autocast():
                 for micro, batch in enumerate(batches):
                     out = self.model(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
                     for n, v in self.objectives.summaries(out).items():
                         cached[n].append(v)
+            restore_buffers(buffers)
         for micro, batch in enumerate(batches):
             sync = micro == accum - 1 or not self.info.enabled
             with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), autocast():
@@ -252,23 +264,30 @@ class PretrainRecipe:
                 sums[n] = sums[n] + v.detach().float()
         self.scaler.unscale_(self.opt)  # fp16: the true gradients (a no-op otherwise)
         norm = grad_norm(self.model)
-        # one all-reduce per step, on every rank: each term's value, the skip counts and whether the
-        # gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
+        # the step's targets per term (global: every rank, every micro-batch; the last pass counted them all)
+        targets = self.objectives.targets
+        # one all-reduce per step, on every rank: each term's value and target count, the skip counts and
+        # whether the gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
         names = list(sums)
-        local = torch.stack([*sums.values(), torch.tensor(float(self.stop.requested), device=dev),
+        local = torch.stack([*sums.values(), *(targets[n].float().to(dev) for n in names),
+                             torch.tensor(float(self.stop.requested), device=dev),
                              torch.tensor(float(samples + n_skipped), device=dev), torch.tensor(float(n_skipped), device=dev),
                              (~torch.isfinite(norm)).float().to(dev)])
         reduced = self.gather.sum(local).tolist()  # the step's one host sync
-        self.stop_agreed = reduced[len(names)] > 0  # a signal seen by any rank stops every rank after this step
-        values = {n: reduced[k] / self.info.world for k, n in enumerate(names)}
+        T = len(names)
+        self.stop_agreed = reduced[2 * T] > 0  # a signal seen by any rank stops every rank after this step
         self.skips.count(int(reduced[-3]), int(reduced[-2]))
         self.skips.check()
         grads_finite = reduced[-1] == 0
         nonfinite = None
-        if not all(math.isfinite(v) for v in values.values()):
+        if not all(math.isfinite(reduced[k]) for k in range(T)):  # also a term without targets (NaN · 0 is NaN)
             nonfinite = "loss"
         elif not grads_finite and not (self.scaler.is_enabled() and self.scaler.get_scale() > 1.0):
             nonfinite = "gradient"
+        # a term with no target in the step (no pair to contrast, no masked patch, no MLM target) has no
+        # loss: None (logged as null), not its value 0 (a non-finite value is kept, for the skip's message)
+        values = {n: reduced[k] / self.info.world if reduced[T + k] > 0 or not math.isfinite(reduced[k]) else None
+                  for k, n in enumerate(names)}
         if nonfinite is None:
             if not grads_finite:  # fp16 overflow: GradScaler skips the step and lowers its scale
                 self.opt.zero_grad(set_to_none=True)
@@ -279,6 +298,7 @@ class PretrainRecipe:
             self.model.constrain_()
         else:
             self.opt.zero_grad(set_to_none=True)
+            restore_buffers(buffers)  # a NaN forward would otherwise leave NaN running statistics behind
             self.scaler.update()  # fp16: ends the step unscale_ began (backs off on inf); a no-op otherwise
         self.sched.step()
         self.step += 1
@@ -288,21 +308,26 @@ class PretrainRecipe:
     # --- logging, checkpoints ----------------------------------------------------------------------
     def log(self, r: StepResult, rate: float, warm: bool) -> str:
         """Record a step (every step in memory; metrics.jsonl every ``train.log_every``); returns the bar text."""
-        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}
+        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}  # None: no target at this step
         self.losses.append({"step": self.step, **logged})
-        txt = " ".join(f"{n} {v:.3f}" for n, v in r.values.items()) + f"  {rate:.1f} samples/s"
-        if warm:
-            txt += "  [warm-up]"
-        if not self.info.main:
-            return txt
+        self.window.add(logged)
+
+        def text(losses: dict[str, float | None]) -> str:
+            t = " ".join(f"{TERM_BY_LOG_KEY[k].name} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
+            return t + ("  [warm-up]" if warm else "")
+
+        txt = text(logged)
         if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+            means = self.window.take()  # over the steps since the last line that had targets
+            if not self.info.main:
+                return txt
             if self.cfg.runtime.progress and not self.console.is_terminal:  # logs piped to a file (SLURM): plain lines
-                self.console.print(f"step {self.step}/{self.cfg.train.steps} {txt}", highlight=False, soft_wrap=True)
+                self.console.print(f"step {self.step}/{self.cfg.train.steps} {text(means)}", highlight=False, soft_wrap=True)
             epoch, _ = self.sampler.position(self.batches)
-            line = {"step": self.step, **logged, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
+            line = {"step": self.step, **means, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
                     "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time(),
                     "samples_seen": self.samples_seen()}
-            self.metrics.write(line, logged)
+            self.metrics.write(line, means)
         return txt
 
     def save(self) -> None:
@@ -315,7 +340,7 @@ class PretrainRecipe:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
-                   "rng": rng_state(), "config_flat": json.dumps(flat_items(self.cfg)),
+                   "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
         ckdir = self.out / "checkpoints"
         save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
@@ -343,6 +368,8 @@ class PretrainRecipe:
         self.scaler.load_state_dict(ck["scaler"])
         self.step, self.batches = int(ck["step"]), int(ck["batches"])
         set_rng_state(ck["rng"])
+        self.load_skip_state(ck.get("skips") or {})
+        self.window.load_state_dict(ck.get("log_window") or {})  # older checkpoints: an empty window
         if self.info.main:
             self.console.print(f"resumed from {path} at step {self.step}", highlight=False, soft_wrap=True)
             later = [c for c in run_checkpoints(self.out) if int(c.stem.split("_")[1]) > self.step]
@@ -351,6 +378,31 @@ class PretrainRecipe:
             if later:
                 self.console.print(f"{len(later)} later checkpoint(s) of {self.out} renamed *.pt.superseded "
                                    f"(this run continues from step {self.step})", highlight=False, soft_wrap=True)
+
+    def skip_state(self) -> dict:
+        """What was skipped so far over the whole run, for the checkpoint: the images (counts of
+        every rank, this process's files), the non-finite steps by cause, and the current run of
+        skipped steps in a row (``train.max_bad_steps`` counts across a resume)."""
+        return {"images": self.skips.state_dict(), "steps": dict(self.skipped_steps), "bad_in_row": self.bad_in_row}
+
+    def load_skip_state(self, state: dict) -> None:
+        """Continue the counts of :meth:`skip_state` (a checkpoint without them: zeros). The file
+        list is rank 0's, so only rank 0 takes it."""
+        self.skips.load_state_dict(state.get("images") or {}, files=self.info.main)
+        steps = state.get("steps") or {}
+        self.skipped_steps = {k: int(steps.get(k, 0)) for k in self.skipped_steps}
+        self.bad_in_row = int(state.get("bad_in_row", 0))
+
+    def skip_summary(self) -> str:
+        """The end-of-run lines on what was skipped over the whole run (every attempt of a
+        resumed run): images that failed to decode, and non-finite steps by cause."""
+        n = sum(self.skipped_steps.values())
+        if not n:
+            steps = f"non-finite steps: none of {self.step} skipped"
+        else:
+            causes = [f"{v} with a non-finite {k}" for k, v in self.skipped_steps.items() if v]
+            steps = f"non-finite steps: {n} of {self.step} skipped ({', '.join(causes)})"
+        return self.skips.summary() + "\n" + steps
 
     def evaluate(self):
         """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
@@ -424,7 +476,9 @@ class PretrainRecipe:
                     r = self.train_step()
                     if not r.finite:
                         self.bad_in_row += 1
-                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={v}" for k, v in r.values.items()) + ")"
+                        self.skipped_steps[r.nonfinite] += 1
+                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={'–' if v is None else v}"
+                                                                        for k, v in r.values.items()) + ")"
                         if info.main:
                             self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)
                         if self.bad_in_row >= cfg.train.max_bad_steps:
@@ -446,7 +500,7 @@ class PretrainRecipe:
             if self.metrics is not None:
                 self.metrics.close()
         if info.main:
-            self.console.print(self.skips.summary(), highlight=False, soft_wrap=True)
+            self.console.print(self.skip_summary(), highlight=False, soft_wrap=True)
             self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),
                                highlight=False, soft_wrap=True)
         self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)

@@ -316,7 +316,8 @@ def png_data_uri(array: np.ndarray) -> str:
 # --- runs and sweeps ----------------------------------------------------------------------------
 
 def training_curves(run_dir: str | Path):
-    """Loss curves per term (warm-up boundary marked) and samples/s of a run directory."""
+    """Loss curves per term (warm-up boundary marked) and samples/s of a run directory. A line
+    whose loss is null (no target for the term in its window) leaves a gap, not a point at 0."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -336,8 +337,8 @@ def training_curves(run_dir: str | Path):
     from .terms import LOG_KEYS
 
     for k in LOG_KEYS:
-        pts = [(r["step"], r[k]) for r in rows if k in r]
-        if pts:
+        pts = [(r["step"], float("nan") if r[k] is None else r[k]) for r in rows if k in r]  # null: a gap
+        if any(v == v for _, v in pts):
             axes[0].plot(*zip(*pts), label=k)
     ends = [r["step"] for r in rows if r.get("warmup")]
     if ends:

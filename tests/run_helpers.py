@@ -35,8 +35,9 @@ def steps(run: Path) -> list[int]:
 
 
 def losses(run: Path) -> dict[int, tuple[float, ...]]:
+    """Each logged step's (align, mim, mlm) loss; null (no target at that step) is NaN."""
     f = Path(run) / "metrics.jsonl"
-    return {m["step"]: tuple(m.get(k, 0.0) for k in ("align_loss", "mim_loss", "mlm_loss"))
+    return {m["step"]: tuple(float("nan") if m.get(k) is None else m[k] for k in ("align_loss", "mim_loss", "mlm_loss"))
             for m in map(json.loads, f.read_text().splitlines())}
 
 

@@ -144,9 +144,10 @@ def test_same_report_pairs_are_not_negatives(batch):
     m = tiny_model("clip").eval()
     p = torch.nonzero(batch["paired"]).flatten()
     dup = subset(batch, torch.cat([p, p[:1]]))  # the first study's report again, with its image
-    assert torch.equal(dup["text_key"][0], dup["text_key"][-1])
     with torch.no_grad():
         out = m(dup)
+    assert out.text_key[0] == out.text_key[-1] and len(set(out.text_key.tolist())) == len(p)
+    with torch.no_grad():
         got = AlignLoss(1.0)(out)
         distinct = AlignLoss(1.0)(dataclasses.replace(out, text_key=torch.arange(len(p) + 1)))
     img, txt = F.normalize(out.image_features, dim=-1), F.normalize(out.text_features, dim=-1)
@@ -162,6 +163,40 @@ def test_same_report_pairs_are_not_negatives(batch):
     t2i = torch.stack([ce(txt, key, i) for i in range(len(key))]).mean()
     torch.testing.assert_close(got, (i2t + t2i) / 2)
     assert float(distinct) != pytest.approx(float(got))
+
+
+def test_report_keys_depend_on_the_report_alone_so_batches_never_collide(batch):
+    """The report identity is derived from the token ids (one rule, no batch field): a row's key is
+    the same in a batch and in either half of it (micro-batches, ranks), equal reports share a
+    key, different reports do not, and a row without a report is -1. With the old default
+    (``arange(B)`` per batch) row 0 of each half had key 0: two different reports treated as one
+    caption once the halves' rows were gathered (accumulation, DDP)."""
+    m = tiny_model("clip").eval()
+    with torch.no_grad():
+        full = m(batch).text_key
+        halves = torch.cat([m(subset(batch, range(4))).text_key, m(subset(batch, range(4, 8))).text_key])
+    assert torch.equal(full, halves)
+    paired = batch["paired"]
+    assert (full[~paired] == -1).all() and (full[paired] >= 0).all() and (full < 2 ** 52).all()
+    texts = [r for r, q in zip(batch["reports"], paired.tolist()) if q]
+    assert len(set(full[paired].tolist())) == len(set(texts))  # distinct reports, distinct keys
+    # the keys are what the alignment loss gathers across micro-batches: the two halves' rows together
+    # give the loss of the whole batch (as one batch would), also with a duplicated report in each half
+    from maskkit.objectives import AlignLoss, MicroBatches
+
+    p = torch.nonzero(paired).flatten()
+    dup = subset(batch, torch.cat([p[:2], p[:2]]))  # rows 0,1 and 2,3 hold the same two reports
+    with torch.no_grad():
+        one = AlignLoss(1.0)(m(dup))
+        a, b = m(subset(dup, [0, 1])), m(subset(dup, [2, 3]))
+        cached = {"align": [AlignLoss.rows(a), AlignLoss.rows(b)]}
+        acc = AlignLoss(1.0)(a, MicroBatches(cached, 0)) + AlignLoss(1.0)(b, MicroBatches(cached, 1))
+    torch.testing.assert_close(acc, one)
+
+
+def test_a_batch_with_its_own_text_key_is_refused(batch):
+    with pytest.raises(MaskkitError, match=r"^batch\['text_key'\]: XLIP derives each row's report identity from its token ids"):
+        tiny_model("clip")({**batch, "text_key": torch.arange(8)})
 
 
 def test_logit_scale_is_capped():

@@ -4,12 +4,15 @@ are never saved, and gradient accumulation equals one batch of the same samples 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from rich.console import Console
@@ -32,32 +35,43 @@ PARAM = "clip.visual.proj"  # the parameter whose gradient the faults below corr
 class Faulty(PretrainRecipe):
     """The recipe with a real fault injected at 1-based steps ``at``: ``grad`` writes inf into one
     element of PARAM's gradient during the backward (on ``ranks``); ``weight`` writes NaN into
-    PARAM after the optimiser step (the step itself is applied normally)."""
+    PARAM after the optimiser step (the step itself is applied normally); ``input`` makes the
+    first image of each of the step's micro-batches NaN (the forward, BatchNorm's running
+    statistics included, and the losses turn NaN)."""
+
+    def next_batch(self) -> dict:
+        batch = super().next_batch()
+        if self._due("input"):
+            images = batch["images"].clone()
+            images[0] = float("nan")
+            batch = {**batch, "images": images}
+        return batch
 
     def __init__(self, cfg, sources, at, kind="grad", ranks=None, console=None):
         super().__init__(cfg, sources, console)
-        self.at, self.kind, self.ranks = set(at), kind, ranks
+        self.faults = dict(at) if isinstance(at, dict) else {s: kind for s in at}  # {1-based step: kind}
+        self.kind, self.ranks = kind, ranks
 
-    def _due(self) -> bool:
-        return self.step + 1 in self.at and (self.ranks is None or self.info.rank in self.ranks)
+    def _due(self, kind=None) -> bool:
+        return self.faults.get(self.step + 1) == (kind or self.kind) and (self.ranks is None or self.info.rank in self.ranks)
 
     def setup_optimizer(self) -> None:
         super().setup_optimizer()
         p = dict(self.model.named_parameters())[PARAM]
-        if self.kind == "grad":
-            def corrupt(g):
-                if not self._due():
-                    return g
-                g = g.clone()
-                g.view(-1)[0] = float("inf")
+
+        def corrupt(g):
+            if not self._due("grad"):
                 return g
-            p.register_hook(corrupt)
-        else:
-            def poison(opt, args, kwargs):
-                if self._due():
-                    with torch.no_grad():
-                        p.view(-1)[0] = float("nan")
-            self.opt.register_step_post_hook(poison)
+            g = g.clone()
+            g.view(-1)[0] = float("inf")
+            return g
+
+        def poison(opt, args, kwargs):
+            if self._due("weight"):
+                with torch.no_grad():
+                    p.view(-1)[0] = float("nan")
+        p.register_hook(corrupt)
+        self.opt.register_step_post_hook(poison)
 
 
 def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
@@ -73,9 +87,9 @@ def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
 
 
 def params_of(ck: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint's model tensors but BatchNorm's running statistics (a skipped step's forward
-    updates those, as a forward in training mode does)."""
-    return {k: v for k, v in load_checkpoint(ck)["model"].items() if "running_" not in k and "num_batches" not in k}
+    """A checkpoint's model state: weights and buffers (BatchNorm's running statistics and counts:
+    a skipped step puts back what its forward updated)."""
+    return load_checkpoint(ck)["model"]
 
 
 def metrics(run: Path) -> list[dict]:
@@ -101,7 +115,78 @@ def test_a_non_finite_gradient_skips_the_step_and_resume_continues(tmp_path, cli
         assert torch.equal(a[k], b[k]), k  # the skipped step changed no weight
     r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=5", "train.ckpt_every=1", "train.keep_last=2",
                                 f"train.clip_grad={clip}", "runtime.name=g", "runtime.resume=latest"]))
-    assert [x["step"] for x in r.losses] == [4, 5] and all(torch.isfinite(torch.tensor(list(x.values()))).all() for x in r.losses)
+    assert [x["step"] for x in r.losses] == [4, 5] and all(v is None or math.isfinite(v) for x in r.losses for v in x.values())
+
+
+@pytest.mark.parametrize("accum", ["1", "2"])
+def test_a_skipped_step_leaves_the_batchnorm_statistics_as_they_were(tmp_path, accum):
+    """The conv stem (the tiny default) has BatchNorm: a NaN image at step 3 makes the loss NaN and
+    the forward's running statistics NaN. The step is skipped and its forward's buffer updates are
+    undone: step 3's checkpoint equals step 2's in every tensor, running statistics and
+    num_batches_tracked included (before, the checkpoint of step 3 was refused for NaN
+    running_mean / running_var and the run stopped); the next step trains on."""
+    args = ["train.ckpt_every=1", "train.keep_last=4", f"train.grad_accum={accum}", "runtime.name=bn"]
+    res, log = run_faulty(tmp_path, "train.steps=3", *args, kind="input")
+    assert "step 3: non-finite loss (align_loss=nan" in log and res.step == 3, log
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "runtime.resume=latest", *args]))
+    ck = res.run_dir / "checkpoints"
+    a, b, c = (params_of(ck / f"step_0000000{k}.pt") for k in (2, 3, 4))
+    bn = [k for k in a if "running_mean" in k]
+    assert bn, "the model must have BatchNorm buffers (model.patch_embed=conv_stem)"
+    assert int(a[bn[0].replace("running_mean", "num_batches_tracked")]) == 2 * int(accum)  # steps 1-2 counted, 3 not
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert not nonfinite_entries(c) and not torch.equal(a[bn[0]], c[bn[0]])  # step 4 updated them again
+
+
+def _csv_with_a_truncated_png(folder: Path, n: int = 12, bad: int = 3) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["image_path,report,patient_id"]
+    for i in range(n):
+        p = folder / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (96, 96), dtype=np.uint8)).save(p)
+        rows.append(f"{p},Heart size is normal. Case {i}.,p{i}")
+    (folder / f"img{bad}.png").write_bytes((folder / f"img{bad}.png").read_bytes()[:200])  # truncated
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder / "data.csv"
+
+
+def _skip_lines(log: str) -> list[str]:
+    return [l for l in log.splitlines() if "images skipped" in l or "images read" in l or l.startswith("non-finite steps:")]
+
+
+def test_the_skip_summary_counts_the_whole_run_across_a_resume(tmp_path):
+    """A CSV with a truncated PNG (read, skipped and replaced once an epoch), an inf gradient at step
+    2 and a NaN image at step 5, the run stopped after step 3 and resumed to step 6: the end-of-run
+    summary counts every attempt, exactly as the same run without the stop (the counts live in the
+    checkpoint). Before, the resumed run's summary counted steps 4-6 only."""
+    csv = _csv_with_a_truncated_png(tmp_path)
+    args = ["data=csv", f"data.path={csv}", "data.max_skip_fraction=0.5", "train.ckpt_every=1"]
+    _, whole = run_faulty(tmp_path, *args, "train.steps=6", "runtime.name=whole", at={2: "grad", 5: "input"})
+    run_faulty(tmp_path, *args, "train.steps=3", "runtime.name=part", at={2: "grad"})
+    _, resumed = run_faulty(tmp_path, *args, "train.steps=6", "runtime.name=part", "runtime.resume=latest", at={5: "input"})
+    lines = _skip_lines(whole)
+    assert lines[-1] == "non-finite steps: 2 of 6 skipped (1 with a non-finite loss, 1 with a non-finite gradient)", whole
+    n, of = (int(x) for x in re.match(r"(\d+) of (\d+) images skipped \(1 files on this process\):", lines[0]).groups())
+    assert n >= 2 and of == 6 * 4 + n  # img3 once an epoch (10 training images, 2 batches of 4 an epoch); each replaced
+    assert _skip_lines(resumed) == lines
+    # these reports hold no medical entity: EntMLM has no target, so its value is '–', also in a skip's line
+    assert "step 2: non-finite gradient (align_loss=" in whole and "mlm_loss=–); step skipped" in whole, whole
+
+
+def test_a_checkpoint_without_skip_counts_resumes_from_zero_without_a_word(tmp_path):
+    """A checkpoint written before maskkit saved the skip counts: it resumes, says nothing about
+    them, and the summary counts what this attempt saw (steps 4-5: one non-finite loss)."""
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=3", "runtime.name=old"]))
+    ck = tmp_path / "old" / "checkpoints" / "step_00000003.pt"
+    payload = torch.load(ck, weights_only=True)
+    del payload["skips"]
+    torch.save(payload, ck)
+    res, log = run_faulty(tmp_path, "train.steps=5", "runtime.name=old", "runtime.resume=latest", at={5: "input"})
+    assert res.step == 5 and "resumed from" in log and "warning" not in log.lower() and "error" not in log.lower(), log
+    assert _skip_lines(log) == ["8 images read, none skipped", "non-finite steps: 1 of 5 skipped (1 with a non-finite loss)"]
 
 
 def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path):
@@ -206,11 +291,11 @@ def _step_grads(tmp_path, name, *args, steps=2):
 def _image_only_micro_batch(n, batch, accum, steps):
     """The steps (of the first ``steps``) with a micro-batch of image-only samples only."""
     from maskkit.data.dataset import PhantomDataset
-    from maskkit.data.loader import ResumableBatchSampler
+    from maskkit.data.loader import MixtureBatchSampler
     from maskkit.distributed import DistInfo
 
     ds = PhantomDataset(n, 0, 96, p_unpaired=0.5)
-    s = ResumableBatchSampler(n, batch, 0, DistInfo())
+    s = MixtureBatchSampler([n], [1.0], batch, 0, DistInfo())
     return [t for t in range(steps) if any(all(ds.reports[i] is None for i in s.batch_indices(t * accum + m)) for m in range(accum))]
 
 
@@ -261,7 +346,7 @@ def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
         assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2]
         for x, y in zip(a, b):
             for k in ("align_loss", "mim_loss", "mlm_loss"):
-                assert y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
+                assert (x[k] is None and y[k] is None) or y[k] == pytest.approx(x[k], rel=1e-5), (name, x["step"], k)
         w1 = params_of(tmp_path / "one" / "checkpoints" / "step_00000002.pt")
         w2 = params_of(tmp_path / name / "checkpoints" / "step_00000002.pt")
         for k in w1:
@@ -272,8 +357,10 @@ def test_two_ranks_with_and_without_accumulation_equal_one_batch(tmp_path):
 
 @pytest.mark.parametrize("mode", ["probe", "finetune"])
 def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
-    """A fine-tuning step that diverges (--lr 1e37) leaves NaN scores: one line naming the split,
-    the mode and --lr, not a traceback from the AUC."""
+    """A fine-tuning that goes non-finite leaves NaN scores: one line naming the split, the mode and
+    --lr, not a traceback from the AUC. The reported input (--lr 1e37) is now refused before any
+    work (an lr above 1 is out of range); the guard stays for what still diverges (here an encoder
+    with an inf weight)."""
     from maskkit.errors import MaskkitError
     from maskkit.eval.finetune import run_finetune
     from model_helpers import tiny_model
@@ -284,6 +371,11 @@ def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
     splits = {"test": {"ids": ids[4:]}, "train_100": {"ids": ids[:4], "sha256": "x"}}
     from maskkit.data.dataset import XrayDataset
 
-    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
-                                           r"epochs at --lr 1e\+37\); lower --lr$"):
+    with pytest.raises(MaskkitError, match=r"^lr=1e\+37: expected a finite number in \(0, 1\]"):
         run_finetune(tiny_model("clip"), XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=1e37, batch_size=2)
+    model = tiny_model("clip")
+    with torch.no_grad():
+        model.clip.visual.proj[0, 0] = float("inf")
+    with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
+                                           r"epochs at --lr 0.5\); lower --lr$"):
+        run_finetune(model, XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=0.5, batch_size=2)

@@ -12,7 +12,7 @@ from PIL import Image
 
 from maskkit.config import resolve
 from maskkit.data.build import build_corpus
-from maskkit.data.loader import MixtureBatchSampler, ResumableBatchSampler
+from maskkit.data.loader import MixtureBatchSampler
 from maskkit.data.records import CHEXPERT_LABELS
 from maskkit.distributed import DistInfo
 from maskkit.errors import MaskkitError
@@ -185,9 +185,23 @@ def test_phantoms_are_an_adapter_with_the_single_source_keys():
 
 @pytest.mark.parametrize("world", [1, 2, 3])
 def test_one_source_of_weight_1_is_the_single_dataset_order(world):
+    """One source of weight 1: each rank's batches are torch's DistributedSampler(shuffle, seed,
+    drop_last) order of each epoch cut into batches (40 batches: several epochs)."""
+    from torch.utils.data import DistributedSampler
+
     for r in range(world):
-        a, b = ResumableBatchSampler(103, 4, 7, DistInfo(r, world)), MixtureBatchSampler([103], [1.0], 4, 7, DistInfo(r, world))
-        assert [a.batch_indices(g) for g in range(40)] == [b.batch_indices(g) for g in range(40)]
+        b = MixtureBatchSampler([103], [1.0], 4, 7, DistInfo(r, world))
+        ref = DistributedSampler(range(103), num_replicas=world, rank=r, shuffle=True, seed=7, drop_last=True)
+        per_epoch = len(ref) // 4
+        assert b.per_epoch == per_epoch
+        want = []
+        for g in range(40):
+            ref.set_epoch(g // per_epoch)
+            k = g % per_epoch
+            want.append(list(ref)[k * 4:(k + 1) * 4])
+        assert [b.batch_indices(g) for g in range(40)] == want
+        it = iter(b)
+        assert [next(it) for _ in range(40)] == want  # what the DataLoader reads
 
 
 def test_weights_are_upsampling_factors_of_size():

@@ -3,7 +3,7 @@
 A sample is a dict: ``image`` float ``[1, H, W]`` in [0, 1], ``report`` str or None, ``labels``
 float ``[K]`` (NaN = unknown), ``id`` str, ``entity_spans`` list of (start, end) characters, and
 for phantoms ``lesion`` bool ``[H, W]``. A dataset given a ``tokenizer`` adds the report's token
-fields (``text_ids``, ``text_valid``, ``entities`` ``[L]``, ``text_key``), computed once per record
+fields (``text_ids``, ``text_valid``, ``entities`` ``[L]``), computed once per record
 and kept, so that batches only stack them.
 
 The skip policy: a file that fails to decode raises under ``policy="raise"``; under ``"skip"``
@@ -15,7 +15,6 @@ holds ``batch_size`` samples and every rank runs the same steps.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -47,20 +46,14 @@ def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
     return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
 
 
-def report_key(report: str | None) -> int:
-    """A 52-bit identity of a report's text (equal texts, equal keys; exact in float64); -1 for None."""
-    if not report:
-        return -1
-    return int.from_bytes(hashlib.blake2b(report.encode("utf-8"), digest_size=8).digest(), "little") >> 12
-
-
 def encode_report(tokenizer: ReportTokenizer, report: str | None, spans: Sequence[tuple[int, int]]) -> dict:
     """The token fields of one report: ``text_ids`` long ``[L]``, ``text_valid`` bool ``[L]``,
-    ``entities`` bool ``[L]`` (positions overlapping an entity span) and ``text_key`` (:func:`report_key`)."""
+    ``entities`` bool ``[L]`` (positions overlapping an entity span). A report's identity (which
+    rows hold the same report) is not a field: the model derives it from the token ids
+    (:func:`maskkit.model.xlip.report_keys`)."""
     enc = tokenizer([report])
     L = enc.ids.shape[1]
-    return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L),
-            "text_key": report_key(report)}
+    return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L)}
 
 
 class _TextFields:
@@ -113,6 +106,22 @@ class SkipReport:
         self.record(skipped)
         self.count(n_ok + len(skipped), len(skipped))
         self.check()
+
+    def state_dict(self) -> dict:
+        """The counts and this process's skipped files (each once, with how often it was read), for
+        a checkpoint: ``{"seen", "n_skipped", "files": [[path, reason, reads], ...]}``."""
+        files: dict[str, list] = {}
+        for path, why in self.skipped:
+            files.setdefault(path, [path, why, 0])[2] += 1
+        return {"seen": self.seen, "n_skipped": self.n_skipped, "files": list(files.values())}
+
+    def load_state_dict(self, state: dict, files: bool = True) -> None:
+        """Continue from a :meth:`state_dict` (a resumed run counts the whole run); ``files``: also
+        take its file list (the process that wrote it). A missing entry counts 0 (checkpoints
+        written before maskkit saved these counts)."""
+        self.seen = int(state.get("seen", 0))
+        self.n_skipped = int(state.get("n_skipped", 0))
+        self.skipped = [(str(p), str(why)) for p, why, k in state.get("files", []) for _ in range(int(k))] if files else []
 
     def summary(self) -> str:
         if not self.n_skipped:
@@ -236,7 +245,7 @@ class Collator:
     """Stack samples into a batch; reports are tokenized here only when the dataset did not.
 
     Batch: ``images [B, 1, H, W]``, ``text [B, L]`` ids, ``text_valid [B, L]``, ``paired [B]``
-    (has a report), ``entities [B, L]``, ``text_key [B]`` long, ``labels [B, K]``, ``ids``,
+    (has a report), ``entities [B, L]``, ``labels [B, K]``, ``ids``,
     ``index [B]``, ``skipped`` (list of (file, reason)), and ``lesion [B, H, W]`` when every
     sample has one. Samples that are only a skip record are dropped (``B`` may then be 0).
     """
@@ -258,7 +267,6 @@ class Collator:
             "text": stack("text_ids", torch.zeros(0, L, dtype=torch.long)),
             "text_valid": stack("text_valid", torch.zeros(0, L, dtype=torch.bool)),
             "entities": stack("entities", torch.zeros(0, L, dtype=torch.bool)),
-            "text_key": torch.tensor([s["text_key"] for s in text], dtype=torch.long),
             "paired": torch.tensor([s["report"] is not None for s in ok], dtype=torch.bool),
             "labels": stack("labels", torch.zeros(0)),
             "ids": [s["id"] for s in ok], "index": torch.tensor([s["index"] for s in ok], dtype=torch.long),

@@ -2,9 +2,10 @@
 
 Decoding, resizing, tokenization and entity alignment run in the dataset's ``__getitem__``
 (in worker processes when ``data.num_workers > 0``), and their text results are kept per record;
-the collator only stacks. The order is fixed by the seed: epoch ``e`` is the permutation of
-``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` at epoch ``e``, cut into batches,
-so a run resumed at (epoch, batch) sees exactly the batches it would have seen.
+the collator only stacks. The order is fixed by the seed (:class:`MixtureBatchSampler`, the one
+training sampler: with one source of weight 1, epoch ``e`` is the permutation of
+``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` at epoch ``e``, cut into
+batches), so a run resumed at (epoch, batch) sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
@@ -14,51 +15,10 @@ from collections.abc import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Sampler
 
 from ..distributed import DistInfo
 from ..errors import MaskkitError
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Endless batches of dataset indices for one rank, starting at global batch ``start``.
-
-    ``per_epoch`` batches per epoch (``len(DistributedSampler) // batch``); global batch ``g`` is
-    batch ``g % per_epoch`` of epoch ``g // per_epoch``. :meth:`position` converts.
-    """
-
-    def __init__(self, n: int, batch: int, seed: int, info: DistInfo, start: int = 0) -> None:
-        self.sampler = DistributedSampler(range(n), num_replicas=info.world, rank=info.rank, shuffle=True, seed=seed, drop_last=True)
-        if len(self.sampler) < batch:
-            raise MaskkitError(f"train.batch_size: {batch} per process is more than the {len(self.sampler)} samples each process gets")
-        self.batch = batch
-        self.per_epoch = len(self.sampler) // batch
-        self.start = start
-
-    def position(self, global_batch: int) -> tuple[int, int]:
-        """(epoch, batch within the epoch) of a global batch number."""
-        return divmod(global_batch, self.per_epoch)
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        """This rank's dataset indices of ``epoch``, in order (batches are consecutive slices)."""
-        self.sampler.set_epoch(epoch)
-        return list(self.sampler)
-
-    def batch_indices(self, global_batch: int) -> list[int]:
-        """The dataset indices of one global batch (what training reads at that batch)."""
-        epoch, b = self.position(global_batch)
-        return self._epoch_order(epoch)[b * self.batch:(b + 1) * self.batch]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        epoch, b = self.position(self.start)
-        while True:
-            idx = self._epoch_order(epoch)  # once per epoch, not per batch
-            for k in range(b, self.per_epoch):
-                yield idx[k * self.batch:(k + 1) * self.batch]
-            epoch, b = epoch + 1, 0
-
-    def __len__(self) -> int:  # endless; DataLoader only needs it for len(loader), which we never take
-        return 2**62
 
 
 class MixtureBatchSampler(Sampler[list[int]]):
@@ -73,7 +33,12 @@ class MixtureBatchSampler(Sampler[list[int]]):
     ``w > 1``: each sample ``w`` times on average). The epoch's ``M = sum m_k`` indices are shuffled
     by ``torch.randperm(M)`` seeded ``seed + epoch`` and dealt to ranks as
     ``DistributedSampler(drop_last=True)`` deals them, then cut into batches. With one source of
-    weight 1 this is exactly :class:`ResumableBatchSampler`'s order.
+    weight 1 this is exactly ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)``'s
+    order at each epoch.
+
+    ``per_epoch`` batches per epoch; global batch ``g`` is batch ``g % per_epoch`` of epoch
+    ``g // per_epoch`` (:meth:`position`). Raises :class:`~maskkit.errors.MaskkitError` when a
+    rank's share of an epoch is smaller than ``batch``.
     """
 
     def __init__(self, sizes: list[int], weights: list[float], batch: int, seed: int, info: DistInfo, start: int = 0) -> None:
@@ -173,9 +138,12 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
-def make_loader(dataset, collate, sampler: ResumableBatchSampler, num_workers: int = 0, pin_memory: bool = False,
+def make_loader(dataset, collate, sampler: MixtureBatchSampler, num_workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``dataset`` in ``sampler``'s order; workers are persistent and seeded."""
+    """A DataLoader over ``dataset`` (the corpus's concatenated sources) reading the batches of
+    ``sampler`` (the :class:`MixtureBatchSampler` of :func:`maskkit.train.make_sampler`; any
+    batch sampler of dataset indices works), collated by ``collate``; ``num_workers`` worker
+    processes, persistent and seeded from ``seed`` (:func:`seed_worker`)."""
     g = torch.Generator().manual_seed(seed)
     kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,

@@ -65,8 +65,10 @@ class PhantomGenerator:
     """``PhantomGenerator(seed, size)[i]`` -> :class:`Phantom`; ``p_unpaired`` have no report."""
 
     def __init__(self, seed: int = 0, size: int = 96, p_unpaired: float = 0.2, p_normal: float = 0.3) -> None:
-        if size < 32:
-            raise ValueError(f"phantom size {size} is too small; expected at least 32 pixels")
+        from ..options import PHANTOM_MIN_SIZE
+
+        if size < PHANTOM_MIN_SIZE:
+            raise ValueError(f"phantom size {size} is too small; expected at least {PHANTOM_MIN_SIZE} pixels")
         self.seed, self.size, self.p_unpaired, self.p_normal = seed, size, p_unpaired, p_normal
         lin = (np.arange(size, dtype=np.float64) + 0.5) / size
         self.yy, self.xx = np.meshgrid(lin, lin, indexing="ij")

@@ -173,11 +173,16 @@ def dataset_index(dataset) -> dict:
 
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
-    """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split."""
+    """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split.
+
+    ``mode``, ``epochs``, ``lr``, ``batch_size`` and ``seed`` are checked first against
+    :class:`maskkit.options.FinetuneOptions` (an absurd, negative or non-finite value is one
+    :class:`~maskkit.options.OptionValueError` line naming the argument and its range)."""
     import copy
 
-    if mode not in ("probe", "finetune"):
-        raise MaskkitError(f"finetune.mode: '{mode}' is not a mode; expected probe or finetune")
+    from ..options import FinetuneOptions
+
+    FinetuneOptions.check("=", mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     index = dataset_index(dataset)
 
     def rows(ids):

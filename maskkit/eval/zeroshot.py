@@ -291,7 +291,11 @@ def zeroshot_eval(models, dataset, label_names, device="cpu", batch_size: int = 
     """Evaluate one model or a list (ensemble: probabilities averaged) on a labelled dataset.
 
     ``no_finding`` / ``absence_ignore``: how No Finding is scored, see :func:`probabilities` and
-    :func:`predictions` (an ensemble decides from its averaged probabilities)."""
+    :func:`predictions` (an ensemble decides from its averaged probabilities). ``n_boot`` and
+    ``batch_size`` are checked first (:class:`maskkit.options.ZeroShotOptions`; one line)."""
+    from ..options import ZeroShotOptions
+
+    ZeroShotOptions.check("=", labels={"bootstrap": "n_boot"}, bootstrap=n_boot, batch_size=batch_size)
     models = models if isinstance(models, (list, tuple)) else [models]
     probs, y = [], None
     for m in models:

@@ -18,7 +18,9 @@ class XLIPOutput:
     - ``text_features`` ``[B, C]``: pooled report features (rows with ``paired`` False encode an
       empty report; the alignment loss ignores them)
     - ``paired`` ``[B]`` bool: the row has a report
-    - ``text_key`` ``[B]`` long: report identity; rows with equal keys hold the same report
+    - ``text_key`` ``[B]`` long: report identity, a hash of the token ids below 2**52
+      (:func:`maskkit.model.xlip.report_keys`; the same in every batch and rank); rows with equal
+      keys hold the same report; -1 for a row without one
     - ``logit_scale`` scalar: the learnable log inverse temperature
     - ``mim_pred``, ``mim_target`` ``[B, N, P]``, ``mim_mask`` ``[B, N]`` bool (True = masked):
       AttMIM's reconstruction (None without an image mask)

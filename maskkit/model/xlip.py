@@ -59,6 +59,7 @@ class XLIP(nn.Module):
         self.context_length = self.clip.context_length
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
+        self.register_buffer("_key_coef", report_key_coefficients(self.context_length), persistent=False)
         self.clip.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
         trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
         built = {k: build_strategy(t, k) if t is not None else None for k, t in trees.items()}
@@ -200,16 +201,22 @@ class XLIP(nn.Module):
 
     # --- forward -------------------------------------------------------------------------
     def forward(self, batch: dict, seed: int = 0) -> XLIPOutput:
-        """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]``,
-        ``entities [B,T]`` and optionally ``text_key [B]`` (report identity; default all distinct).
-        ``seed`` is the step's mask seed (:func:`maskkit.masking.mask_seed`)."""
+        """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]`` and
+        ``entities [B,T]``. ``seed`` is the step's mask seed (:func:`maskkit.masking.mask_seed`).
+
+        The output's ``text_key`` (which rows hold the same report) is derived from the token ids
+        (:func:`report_keys`), the one rule for every batch, micro-batch and rank, so keys of
+        different batches never collide; a batch that brings its own ``text_key`` is refused
+        (:class:`~maskkit.errors.MaskkitError`)."""
+        if "text_key" in batch:
+            raise MaskkitError("batch['text_key']: XLIP derives each row's report identity from its token ids "
+                               "(maskkit.model.xlip.report_keys); remove text_key from the batch")
         images = batch["images"]
         dev = images.device
         paired = batch["paired"].to(dev)
         ids = batch["text"].to(dev)
         valid = batch["text_valid"].to(dev)
-        key = batch.get("text_key")
-        key = key.to(dev) if key is not None else torch.arange(images.shape[0], device=dev)
+        key = report_keys(ids, valid, paired, self._key_coef)
         x = self.normalise(images)
         pooled_img, e_img = image_tokens(self.clip, x)
         pooled_txt, e_rep = text_tokens(self.clip, ids)
@@ -258,6 +265,39 @@ def reconstruct_text(model: XLIP, batch: dict, seed: int = 0) -> list[dict]:
         out.append({"index": row, "positions": pos.tolist(), "truth": ids[row, pos].tolist(),
                     "predicted": pred[row, pos - 1].tolist()})
     return out
+
+
+# two primes below 2**26: a key h1 * P2 + h2 is below 2**52, exact in float64 (the alignment loss
+# gathers keys with the features as float64 rows)
+_KEY_PRIMES = (67108859, 67108837)
+
+
+def report_key_coefficients(length: int) -> torch.Tensor:
+    """The fixed coefficients of :func:`report_keys`: int64 ``[2, length]``, each row in
+    ``[1, P)`` for its prime ``P`` (from a fixed NumPy generator; no global RNG)."""
+    import numpy as np
+
+    rng = np.random.default_rng(20240917)
+    return torch.from_numpy(np.stack([rng.integers(1, p, size=length) for p in _KEY_PRIMES]).astype(np.int64))
+
+
+def report_keys(ids: torch.Tensor, valid: torch.Tensor, paired: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """The identity of each row's report, ``[B]`` long: equal token ids (as the text tower sees
+    them: ``ids`` ``[B, T]`` where ``valid`` ``[B, T]``) give equal keys; a row without a report
+    (``paired`` False) gets -1. ``coef`` is :func:`report_key_coefficients` (``[2, >= T]``).
+
+    Two hashes ``sum_t (id_t + 1) c_t mod P`` with fixed random coefficients ``c_t`` and primes
+    ``P`` below 2**26 (ids reduced mod ``P`` first, so products stay below 2**52 and a sum over up
+    to 2**11 positions fits int64), combined into one key below 2**52, exact in float64. It depends on the report alone, never on the row's position, batch, micro-batch or
+    rank, so the alignment loss can compare keys of rows gathered from all of them (A26); two
+    different reports share a key with probability about 2**-52. No host sync."""
+    if ids.shape[1] > coef.shape[1]:
+        raise MaskkitError(f"text: {ids.shape[1]} token positions, more than the model's context length {coef.shape[1]}")
+    x = (ids.long() + 1) * valid.long()                                  # 0 at padding, >= 1 at a token
+    c = coef[:, : ids.shape[1]].to(ids.device)
+    h1 = (x % _KEY_PRIMES[0] * c[0]).sum(1) % _KEY_PRIMES[0]
+    h2 = (x % _KEY_PRIMES[1] * c[1]).sum(1) % _KEY_PRIMES[1]
+    return torch.where(paired.bool(), h1 * _KEY_PRIMES[1] + h2, torch.full_like(h1, -1))
 
 
 def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
