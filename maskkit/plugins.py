@@ -1,6 +1,7 @@
 """The plugin manager and the registries it fills (lazily, on first use, never on import).
 
-Built-ins are plugins like any other: ``maskkit.strategies``, ``maskkit.presets`` and ``maskkit.datasets`` implement
+Built-ins are plugins like any other: ``maskkit.strategies``, ``maskkit.presets``, ``maskkit.datasets`` and
+``maskkit.evaluations`` implement
 the hooks of :mod:`maskkit.hookspecs`; third-party packages add modules to the entry-point group
 ``maskkit``. ``MASKKIT_DISABLE_PLUGINS=1`` (or ``all`` / ``*``) loads no third-party plugin; a
 comma-separated list skips the named entry points or distributions. ``MASKKIT_LOAD_PLUGINS``,
@@ -38,7 +39,7 @@ from .core import check_declarations, declared_modalities
 from .errors import PluginError, UnknownNameError, close_matches
 
 ENTRY_POINT_GROUP = "maskkit"
-BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets", "maskkit.datasets")
+BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets", "maskkit.datasets", "maskkit.evaluations")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class Registry:
     strategy_sources: dict[str, str] = field(default_factory=dict)
     presets: dict[str, Preset] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.data.adapters.DatasetAdapter
+    evaluations: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.eval.contract.Evaluation
     failed_plugins: dict[str, str] = field(default_factory=dict)
     #: the sources whose names no third-party plugin can take (``claim``)
     builtin: frozenset[str] = field(default_factory=lambda: frozenset(BUILTIN_PLUGINS))
@@ -117,6 +119,8 @@ class Registry:
             self.presets.pop(name, None)
         elif kind == "dataset":
             self.datasets.pop(name, None)
+        elif kind == "evaluation":
+            self.evaluations.pop(name, None)
 
     def add_strategy(self, cls: type, source: str) -> None:
         from .core import MaskStrategy
@@ -147,6 +151,15 @@ class Registry:
         if not self.claim("dataset", name, source):
             return
         self.datasets[name] = adapter
+
+    def add_evaluation(self, name: str, evaluate, source: str, **kw: Any) -> None:
+        """An evaluation (:func:`maskkit.eval.contract.make_evaluation`: checked before it claims the name)."""
+        from .eval.contract import make_evaluation
+
+        ev = make_evaluation(name, evaluate, source, **kw)
+        if not self.claim("evaluation", name, source):
+            return
+        self.evaluations[name] = ev
 
     def remove_source(self, source: str) -> None:
         """Undo everything plugin ``source`` registered (after one of its hooks failed)."""
@@ -179,6 +192,10 @@ class Registry:
 
     def preset(self, name: str) -> Preset:
         return self._lookup("preset", self.presets, name)
+
+    def evaluation(self, name: str):
+        """The :class:`~maskkit.eval.contract.Evaluation` registered as ``name``."""
+        return self._lookup("evaluation", self.evaluations, name)
 
 
 _lock = threading.Lock()
@@ -263,7 +280,7 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _pm
 
 
-HOOKS = ("register_strategies", "register_presets", "register_datasets")
+HOOKS = ("register_strategies", "register_presets", "register_datasets", "register_evaluations")
 
 
 def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
@@ -289,6 +306,7 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
             "register_presets": lambda name, config, description="", _src=source: reg.add_preset(
                 name, config, description, _src),
             "register_datasets": lambda name, load, _src=source, **kw: reg.add_dataset(name, load, _src, **kw),
+            "register_evaluations": lambda name, evaluate, _src=source, **kw: reg.add_evaluation(name, evaluate, _src, **kw),
         }
         for hook in HOOKS:
             if hook not in hooks:
@@ -327,6 +345,11 @@ def reset() -> None:
 def get_strategy(name: str) -> type:
     """The strategy class registered as ``name``."""
     return get_registry().strategy(name)
+
+
+def get_evaluation(name: str):
+    """The :class:`~maskkit.eval.contract.Evaluation` registered as ``name``."""
+    return get_registry().evaluation(name)
 
 
 def list_strategies(pattern: str = "*", modality: str | None = None) -> list[str]:

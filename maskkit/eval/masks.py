@@ -35,12 +35,23 @@ from .overlap import overlap_counts
 
 @dataclass
 class Features:
+    """Token features of ``M`` images and their lesion tokens. ``e_rep`` / ``rep_valid`` are None
+    when the images have no reports (image-only data: strategies that read a report cannot run)."""
+
     e_img: torch.Tensor          # [M, N, C]
-    e_rep: torch.Tensor          # [M, T, C]
-    rep_valid: torch.Tensor      # [M, T]
+    e_rep: torch.Tensor | None   # [M, T, C]
+    rep_valid: torch.Tensor | None  # [M, T]
     prompts: torch.Tensor        # [P, L, C] or [P, C]
     prompt_valid: torch.Tensor | None
     lesion: torch.Tensor         # [M, N] bool lesion tokens
+    ids: list[str] | None = None  # the images' ids, in order (annotated data)
+
+    def available(self) -> frozenset[str]:
+        """The MaskContext inputs these features provide."""
+        have = {"image_tokens", "prompt_tokens"}
+        if self.e_rep is not None:
+            have |= {"report_tokens", "report_valid"}
+        return frozenset(have)
 
 
 @torch.no_grad()
@@ -68,8 +79,42 @@ def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64,
                     None if pv is None else pv.cpu(), torch.cat(lesion))
 
 
+@torch.no_grad()
+def extract_annotated(model, dataset, rows: list[int], lesion_of, batch_size: int = 64, device="cpu") -> Features:
+    """Token features of the samples ``rows`` of ``dataset`` (images with region annotations) and
+    their lesion tokens ``lesion_of(ids) -> [B, N] bool`` (e.g. from a region file through
+    :func:`maskkit.data.regions.coverage_batch` and :func:`~maskkit.data.regions.lesion_patches`).
+    Reports are encoded when every decodable sample has one; otherwise ``e_rep`` is None (a
+    strategy that reads the report cannot run on image-only data)."""
+    from ..data.dataset import Collator, decoded_batches
+
+    col = Collator(model.tokenizer)
+    items_all = [s for items in decoded_batches(dataset, rows, batch_size) for s in items]
+    if not items_all:
+        from ..errors import MaskkitError
+
+        raise MaskkitError(f"none of the {len(rows)} annotated images decodes")
+    paired = all(s.get("report") for s in items_all)
+    e_img, e_rep, valid, lesion, ids = [], [], [], [], []
+    for lo in range(0, len(items_all), batch_size):
+        b = col(items_all[lo:lo + batch_size])
+        _, ei = model.encode_image(b["images"].to(device))
+        e_img.append(ei.float().cpu())
+        if paired:
+            _, er = model.encode_text(b["text"].to(device))
+            e_rep.append(er.float().cpu())
+            valid.append(b["text_valid"])
+        ids += list(b["ids"])
+        lesion.append(lesion_of(list(b["ids"])))
+    prompts, pv = model.prompt_features(device)
+    return Features(torch.cat(e_img), torch.cat(e_rep) if paired else None, torch.cat(valid) if paired else None,
+                    prompts.float().cpu(), None if pv is None else pv.cpu(), torch.cat(lesion).to(torch.bool), ids)
+
+
 def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    ctx = MaskContext(image_tokens=f.e_img[lo:hi], report_tokens=f.e_rep[lo:hi], report_valid=f.rep_valid[lo:hi],
+    rep = None if f.e_rep is None else f.e_rep[lo:hi]
+    rv = None if f.rep_valid is None else f.rep_valid[lo:hi]
+    ctx = MaskContext(image_tokens=f.e_img[lo:hi], report_tokens=rep, report_valid=rv,
                       prompt_tokens=f.prompts, prompt_valid=f.prompt_valid, generator=generator)
     strategy.check_inputs(ctx)
     if strategy.output == "tokens":
@@ -77,12 +122,10 @@ def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator)
         mask, union = ex["mask"], ex.get("union")
     else:
         mask, union = strategy(ctx), None
-    c = overlap_counts(mask, f.lesion[lo:hi])  # the general mask-lesion counts (eval/overlap.py)
-    out = {"lesion": c["lesion"].sum(), "lesion_visible": c["visible_lesion"].sum(), "masked": c["masked"].sum(),
-           "masked_on_lesion": c["masked_lesion"].sum(), "tokens": c["tokens"].sum()}
+    c = overlap_counts(mask, f.lesion[lo:hi])  # the general mask-lesion counts (eval/overlap.py), [b] each
     if union is not None:
-        out["union"] = union.sum()
-    return out
+        c["union"] = union.sum(1)
+    return c
 
 
 def measure(strategy, f: Features, seed: int = 0, batch_size: int | None = None) -> dict:
@@ -90,23 +133,30 @@ def measure(strategy, f: Features, seed: int = 0, batch_size: int | None = None)
     of ``batch_size`` (None: all at once), one generator seeded with ``seed`` for all batches.
 
     Returns fractions: ``lesion_visible``, ``masked_on_lesion``, ``lift``, ``masked_fraction``,
-    ``lesion_base_rate`` and, for a union, ``union_coverage`` (all in [0, 1] except lift).
-    ``1 - lesion_visible`` is :func:`maskkit.eval.overlap.summarise`'s ``share_micro``, and ``lift``
-    its ``lift_micro`` (every image is masked at one ratio). Counts stay on the device until the end.
+    ``lesion_base_rate`` and, for a union, ``union_coverage`` (all in [0, 1] except lift); and the
+    general overlap of :func:`maskkit.eval.overlap.summarise` over the images with lesion tokens:
+    ``share_micro`` (= ``1 - lesion_visible``), ``random_micro``, ``lift_micro`` (= ``lift`` when
+    every image is masked at one ratio), ``share_macro``, ``random_macro``, ``lift_macro``.
+    Counts stay on the device until the end.
     """
+    from .overlap import summarise
+
     M = f.e_img.shape[0]
     step = batch_size or M
     g = mask_generator(seed, "image_mask")  # the seed rule training uses (A30)
     parts = [_counts(strategy, f, lo, min(lo + step, M), g) for lo in range(0, M, step)]
-    sums = torch.stack([torch.stack(list(p.values())) for p in parts]).sum(0).tolist()  # one transfer
-    tot = dict(zip(parts[0], map(float, sums)))
+    counts = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    sums = torch.stack([v.sum() for v in counts.values()]).tolist()  # one transfer
+    tot = dict(zip(counts, map(float, sums)))
     base = tot["lesion"] / tot["tokens"]
-    masked_on = tot["masked_on_lesion"] / max(tot["masked"], 1.0)
-    out = {"lesion_visible": tot["lesion_visible"] / max(tot["lesion"], 1.0), "masked_on_lesion": masked_on,
+    masked_on = tot["masked_lesion"] / max(tot["masked"], 1.0)
+    out = {"lesion_visible": tot["visible_lesion"] / max(tot["lesion"], 1.0), "masked_on_lesion": masked_on,
            "lift": masked_on / base if base else float("nan"), "masked_fraction": tot["masked"] / tot["tokens"],
            "lesion_base_rate": base}
     if "union" in tot:
         out["union_coverage"] = tot["union"] / tot["tokens"]
+    general = summarise(counts)
+    out.update({k: general[k] for k in ("share_micro", "random_micro", "lift_micro", "share_macro", "random_macro", "lift_macro")})
     return out
 
 
@@ -150,13 +200,92 @@ def guided_grid(ratio: float = 0.75) -> list[tuple[str, dict]]:
     return rows
 
 
-def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3, batch_size: int | None = 16) -> list[dict]:
+def with_ratio(tree, ratio: float):
+    """A strategy tree (a registered name, or ``{name: {config}}``) with its final ``ratio`` set."""
+    if isinstance(tree, str):
+        return {tree: {"ratio": ratio}}
+    if isinstance(tree, dict) and len(tree) == 1:
+        (name, conf), = tree.items()
+        return {name: {**(conf or {}), "ratio": ratio}}
+    raise ValueError(f"strategy tree {tree!r}: expected a name or a one-key mapping")
+
+
+def registry_grid(ratios, names=None, registry=None) -> tuple[list[tuple[str, dict]], list[str]]:
+    """((label, spec) rows, skipped lines): every registered image strategy that masks tokens -
+    built-in or a plugin's - at its default configuration, and every distinct ``image_mask`` tree
+    of the registered presets (labelled ``preset <name>``, the shortest name of the presets that
+    share the tree), each at every ratio of ``ratios``. ``names`` (strategy or preset names)
+    restricts the list; an unknown one is a one-line :class:`~maskkit.errors.UnknownNameError`.
+
+    A strategy that cannot be built from its defaults alone (a composite, which needs children;
+    a plugin's with required settings) is skipped when it was not asked for by name, with one line
+    in the second list saying why; asked for by name, it is an error."""
+    import json
+
+    from ..compose import build_strategy as build
+    from ..errors import MaskkitError, UnknownNameError
+    from ..plugins import get_registry
+
+    reg = registry or get_registry()
+    trees: dict[str, list[str]] = {}
+    for pname, p in sorted(reg.presets.items()):
+        t = p.config.get("image_mask")
+        if t is not None:
+            trees.setdefault(json.dumps(t, sort_keys=True), []).append(pname)
+    presets = {min(ps, key=lambda n: (len(n), n)): json.loads(t) for t, ps in trees.items()}
+    cand: list[tuple[str, object, bool]] = []  # (label, tree, asked for by name)
+    if names:
+        for n in names:
+            if n in reg.strategies:
+                cand.append((n, n, True))
+            elif n in reg.presets:
+                t = reg.presets[n].config.get("image_mask")
+                if t is None:
+                    raise MaskkitError(f"strategy list: preset '{n}' masks no image (no image_mask)")
+                cand.append((f"preset {n}", t, True))
+            else:
+                from ..errors import close_matches
+
+                raise UnknownNameError(f"strategy list: '{n}' is neither a registered strategy nor a preset"
+                                       f"{close_matches(n, [*reg.strategies, *reg.presets]) or ''}")
+    else:
+        cand = [(n, n, False) for n in sorted(reg.strategies)] + [(f"preset {n}", t, False) for n, t in presets.items()]
+    rows, skipped = [], []
+    for label, tree, asked in cand:
+        try:
+            s = build(with_ratio(tree, ratios[0]))
+            if s.modality != "image" or s.output != "tokens":
+                if asked:
+                    raise MaskkitError(f"strategy '{label}' masks {s.modality} {s.output}, not image tokens")
+                continue
+        except MaskkitError as exc:
+            if asked:
+                raise
+            skipped.append(f"{label}: skipped, it cannot be built from its defaults ({' '.join(str(exc).split())})")
+            continue
+        for r in ratios:
+            rows.append((label if len(ratios) == 1 else f"{label} @ {r:g}", with_ratio(tree, r)))
+    return rows, skipped
+
+
+def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3, batch_size: int | None = 16,
+                   skipped: list[str] | None = None) -> list[dict]:
     """Every strategy of ``grid`` measured on the features in batches of ``batch_size`` (random
-    ones averaged over ``seeds``)."""
+    ones averaged over ``seeds``). A strategy that needs an input ``f`` lacks (a report, on
+    image-only data) is left out with one line appended to ``skipped`` (when given; else it raises)."""
     rows = []
+    have = f.available()
     for label, spec in grid:
         s = build_strategy(spec)
+        missing = sorted(s.all_requires - have)
+        if missing:
+            if skipped is None:
+                from ..errors import MissingInputError
+
+                raise MissingInputError(f"strategy '{label}' needs {', '.join(missing)}, which these images do not have")
+            skipped.append(f"{label}: skipped, it needs {', '.join(missing)} (the annotated images have no report)")
+            continue
         runs = [measure(s, f, seed, batch_size) for seed in range(seeds if s.stochastic else 1)]
         avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
-        rows.append({"strategy": label, **avg})
+        rows.append({"strategy": label, "spec": spec, **avg})
     return rows
