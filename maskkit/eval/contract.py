@@ -177,12 +177,15 @@ def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = 
     (the range in words); any other pydantic model a plugin registers gets pydantic's message."""
     from ..options import Options
 
-    if isinstance(model, type) and issubclass(model, Options):
-        return model.check(style=style, where=where, **values)
     try:
         return model(**values)
     except ValidationError as exc:
         e = exc.errors()[0]
+        if not e["loc"]:  # a check of the whole model (two settings that go together): its own words
+            msg = str(e.get("ctx", {}).get("error", e["msg"]))
+            raise MaskkitError(f"{where}{msg}") from None
+        if isinstance(model, type) and issubclass(model, Options):
+            model.check(style=style, where=where, **values)  # raises its one line (the range in words)
         name = _field_name(model, e["loc"])
         got = values.get(name, e.get("input"))
         label = f"--{name.replace('_', '-')} {got}" if style == "--" else f"{name}={got!r}"

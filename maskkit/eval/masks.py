@@ -210,7 +210,7 @@ def with_ratio(tree, ratio: float):
     raise ValueError(f"strategy tree {tree!r}: expected a name or a one-key mapping")
 
 
-def registry_grid(ratios, names=None, registry=None) -> tuple[list[tuple[str, dict]], list[str]]:
+def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]]:
     """((label, spec) rows, skipped lines): every registered image strategy that masks tokens -
     built-in or a plugin's - at its default configuration, and every distinct ``image_mask`` tree
     of the registered presets (labelled ``preset <name>``, the shortest name of the presets that
@@ -226,7 +226,7 @@ def registry_grid(ratios, names=None, registry=None) -> tuple[list[tuple[str, di
     from ..errors import MaskkitError, UnknownNameError
     from ..plugins import get_registry
 
-    reg = registry or get_registry()
+    reg = get_registry()
     trees: dict[str, list[str]] = {}
     for pname, p in sorted(reg.presets.items()):
         t = p.config.get("image_mask")
@@ -250,10 +250,21 @@ def registry_grid(ratios, names=None, registry=None) -> tuple[list[tuple[str, di
                                        f"{close_matches(n, [*reg.strategies, *reg.presets]) or ''}")
     else:
         cand = [(n, n, False) for n in sorted(reg.strategies)] + [(f"preset {n}", t, False) for n, t in presets.items()]
+    from ..core import StrategyConfig, declared_modalities
+
     rows, skipped = [], []
     for label, tree, asked in cand:
+        cls = reg.strategies.get(tree) if isinstance(tree, str) else None
+        if cls is not None and not asked and "image" not in declared_modalities(cls):
+            continue  # a text strategy: nothing to measure on image tokens
+        if cls is not None and not asked and cls.composite:
+            users = [p for p, t in presets.items() if isinstance(t, dict) and tree in t]
+            skipped.append(f"{label}: a composite, measured through the presets that compose it"
+                           + (f" ({', '.join('preset ' + u for u in users)})" if users else " (no preset composes it)"))
+            continue
+        own = cls is not None and "ratio" not in getattr(cls, "Config", StrategyConfig).model_fields
         try:
-            s = build(with_ratio(tree, ratios[0]))
+            s = build(tree if own else with_ratio(tree, ratios[0]))
             if s.modality != "image" or s.output != "tokens":
                 if asked:
                     raise MaskkitError(f"strategy '{label}' masks {s.modality} {s.output}, not image tokens")
@@ -262,6 +273,9 @@ def registry_grid(ratios, names=None, registry=None) -> tuple[list[tuple[str, di
             if asked:
                 raise
             skipped.append(f"{label}: skipped, it cannot be built from its defaults ({' '.join(str(exc).split())})")
+            continue
+        if own:  # a strategy without a ratio setting masks as many tokens as it decides: one row
+            rows.append((f"{label} (its own ratio)", {tree: {}}))
             continue
         for r in ratios:
             rows.append((label if len(ratios) == 1 else f"{label} @ {r:g}", with_ratio(tree, r)))
