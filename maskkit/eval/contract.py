@@ -265,6 +265,12 @@ def make_evaluation(name: str, evaluate: Callable, source: str, settings: type[B
     if not (isinstance(settings, type) and issubclass(settings, BaseModel)):
         raise PluginError(f"plugin '{source}' registered evaluation '{name}' with settings {settings!r}; "
                           f"expected a pydantic BaseModel subclass")
+    for field_name, f in settings.model_fields.items():
+        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
+        flag = str(extra.get("flag", field_name)).replace("_", "-")
+        if flag in ("out", "help"):
+            raise PluginError(f"plugin '{source}' registered evaluation '{name}' with a setting named --{flag}, "
+                              f"which is the command's own option; rename it")
     if description is None:
         import inspect
 

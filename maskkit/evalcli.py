@@ -1,0 +1,218 @@
+"""``maskkit eval NAME RUN [settings]``: one command per registered evaluation, made from the registry.
+
+The ``eval`` group lists the evaluations the registry holds when it is asked (``maskkit eval
+--help``; a plugin's evaluation appears beside the built-ins, with its description) and builds each
+command from its settings model: every field is an option ``--field-name`` (a list field is
+repeatable, a bool one is ``--x/--no-x``, a field may name its flag with ``json_schema_extra={"flag":
+...}``), with the field's description, range and default as its help. Values are checked by the
+settings model before any work (one line naming the option). Then the command loads the run(s),
+evaluates, prints the result's tables, the ``data:`` line and warnings, and writes the result
+(``--out``, :meth:`maskkit.eval.contract.EvalResult.write`).
+
+Also here: ``maskkit idset``, which writes a 5x200 id set from an adapter (:mod:`maskkit.eval.subsets`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from typing import Any, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from .errors import MaskkitError
+
+#: command-line names an evaluation's settings cannot take (the command's own)
+RESERVED = ("out", "help")
+
+
+def _click():
+    """The click that typer's commands are made of (typer >= 0.20 vendors one as ``typer._click``)."""
+    import typer.core as core
+
+    return getattr(core, "_click", None) or __import__("click")
+
+
+def flag_of(name: str, field) -> str:
+    """The option name of settings field ``name`` (``json_schema_extra={"flag": ...}``, else the
+    field name), dashes for underscores."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag", name)).replace("_", "-")
+
+
+def option_text(model, name: str) -> str:
+    """An option's help: the field's description, what it accepts (numbers, choices) and its default."""
+    from .options import allowed
+
+    f = model.model_fields[name]
+    parts = [f.description or ""]
+    try:
+        what = allowed(model, name)
+    except Exception:  # a plugin's type allowed() does not know
+        what = "a value"
+    if what not in ("a value", "values"):
+        parts.append(what)
+    if not f.is_required():
+        d = f.default
+        shown = ", ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        parts.append(f"default: {'none' if shown in (None, '') else shown}")
+    return "; ".join(p for p in parts if p)
+
+
+def metavar_of(annotation) -> str:
+    """``INTEGER`` / ``NUMBER`` / ``[a|b]`` / ``TEXT`` for a settings field (a list: its items')."""
+    ann = annotation
+    for _ in range(3):  # Optional[...], list[...], Annotated[...]
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        origin = typing.get_origin(ann)
+        if origin is typing.Literal:
+            return "[" + "|".join(map(str, typing.get_args(ann))) + "]"
+        if origin is typing.Annotated or origin in (list, tuple, set) or (args and len(args) == 1):
+            ann = args[0] if args else ann
+            continue
+        break
+    return {int: "INTEGER", float: "NUMBER", bool: ""}.get(ann, "TEXT")
+
+
+def evaluation_command(ev):
+    """The click command of evaluation ``ev`` (:class:`maskkit.eval.contract.Evaluation`), made
+    with typer from a function whose signature is built from ``ev.settings``."""
+    from .eval.contract import is_bool, is_list
+
+    P = inspect.Parameter
+    params = [P("eval_targets", P.KEYWORD_ONLY, annotation=list[str], default=typer.Argument(
+        ..., metavar="RUN" + (" [RUN ...]" if ev.ensemble else "") + " [data.KEY=VALUE ...]",
+        help=("run directories or checkpoint files (several: an ensemble)" if ev.ensemble else "a run directory or checkpoint file")
+        + ", then data.* settings (default: the run's own data and held-out split, checked against its split.json)"))]
+    names: dict[str, str] = {}
+    for name, f in ev.settings.model_fields.items():
+        flag = flag_of(name, f)
+        py = f"s_{name}"
+        names[py] = name
+        h = option_text(ev.settings, name)
+        if is_bool(f.annotation):
+            opt, ann = typer.Option(None, f"--{flag}/--no-{flag}", help=h, show_default=False), Optional[bool]
+        elif is_list(f.annotation):
+            h = h if "repeatable" in h else h + " (repeatable)"
+            opt = typer.Option(None, f"--{flag}", help=h, show_default=False, metavar=metavar_of(f.annotation))
+            ann = Optional[list[str]]
+        else:
+            opt = typer.Option(None, f"--{flag}", help=h, show_default=False, metavar=metavar_of(f.annotation))
+            ann = Optional[str]
+        params.append(P(py, P.KEYWORD_ONLY, annotation=ann, default=opt))
+    out_help = ("write the result here: a folder (" + ev.name + ".json, " + ev.name + ".csv and the evaluation's own files) "
+                "or a .json file (its details beside it as .csv)" + (f"; default: {ev.out}" if ev.out else "; default: nothing written"))
+    params.append(P("eval_out", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(ev.out, "--out", help=out_help,
+                                                                                               show_default=False, metavar="PATH")))
+
+    def command(**kw: Any) -> None:
+        values = {}
+        for py, name in names.items():
+            v = kw.get(py)
+            if v is None or (isinstance(v, (list, tuple)) and not v):
+                continue
+            values[name] = list(v) if isinstance(v, (list, tuple)) else v
+        run_evaluation(ev, kw["eval_targets"], values, kw["eval_out"])
+
+    command.__signature__ = inspect.Signature(params)
+    command.__annotations__ = {p.name: p.annotation for p in params}
+    command.__name__ = f"eval_{ev.name}"
+    sub = typer.Typer(add_completion=False)
+    sub.command(ev.name, help=f"{ev.description}\n\n(evaluation from {ev.source}; docs/eval.md)", short_help=ev.description)(command)
+    return typer.main.get_command(sub)
+
+
+def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | None) -> Any:
+    """What ``maskkit eval NAME`` does: settings checked first (one line, nothing loaded), then the
+    run(s) loaded, evaluated, printed and written; returns the :class:`~maskkit.eval.contract.EvalResult`."""
+    from .cli import _data_settings, _say_data, _split_targets, console, err_console
+    from .eval.contract import EvalRun
+
+    settings = ev.parse(values, style="--")  # before any work
+    paths, data = _split_targets(list(targets), f"eval {ev.name}")
+    _data_settings(data, f"eval {ev.name}")
+    if len(paths) > 1 and not ev.ensemble:
+        raise MaskkitError(f"eval {ev.name} takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
+    run = EvalRun.load(paths, data, out=out)
+    res = ev(run, settings)
+    for t in res.tables:
+        console.print(t)
+    if res.data is not None:
+        _say_data(res.data)
+    for line in res.warnings:
+        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+    if out:
+        written = res.write(out)
+        err_console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+    return res
+
+
+class EvalGroup(TyperGroup):
+    """The ``eval`` group: its commands are the registered evaluations, looked up when asked."""
+
+    def list_commands(self, ctx) -> list[str]:
+        from .plugins import get_registry
+
+        return sorted(get_registry().evaluations)
+
+    def get_command(self, ctx, cmd_name: str):
+        from .plugins import get_registry
+
+        ev = get_registry().evaluations.get(cmd_name)
+        return None if ev is None else evaluation_command(ev)
+
+    def resolve_command(self, ctx, args):
+        from .errors import close_matches
+        from .plugins import get_registry
+
+        if args and not args[0].startswith("-"):
+            reg = get_registry()
+            if args[0] not in reg.evaluations:
+                srcs = reg.conflicts.get(("evaluation", args[0]))
+                why = (f"registered by plugins {' and '.join(repr(s) for s in srcs)} and refused to all of them; keep one "
+                       f"with MASKKIT_DISABLE_PLUGINS") if srcs else \
+                    f"not a registered evaluation{close_matches(args[0], reg.evaluations) or ''} (maskkit eval --help lists them)"
+                raise _click().exceptions.UsageError(f"eval {args[0]!r}: {why}", ctx)
+        return super().resolve_command(ctx, args)
+
+
+def idset_cmd(
+    dataset: str = typer.Argument(..., help="chexpert or mimic: the adapter whose table the 5x200 set is drawn from"),
+    out: str = typer.Option(..., "--out", help="the id-set file to write (JSON, atomically)"),
+    option: list[str] = typer.Option([], "--option", "-o", help="adapter option KEY=VALUE (e.g. root=/data/CheXpert-v1.0-small, csv_name=train.csv)"),
+    seed: int = typer.Option(0, help="the draw's seed (each class draws from its own generator [seed, class index])"),
+    k: int = typer.Option(200, help="images per class"),
+) -> None:
+    """Write a CheXpert or MIMIC-CXR 5x200 id set (200 frontal images per class, the GLoRIA / MGCA / BenchX
+    rule; docs/eval.md) with its SHA-256, for `maskkit eval retrieval RUN --set FILE`."""
+    from pathlib import Path
+
+    from .eval.subsets import K, chexpert_5x200, mimic_5x200, save_id_set, table_for_5x200
+    from .options import Options, Seed
+
+    class IdsetOptions(Options):
+        seed: Seed = 0
+        k: typing.Annotated[int, __import__("pydantic").Field(ge=1, le=100_000)] = K
+
+    IdsetOptions.check(seed=seed, k=k)
+    builders = {"chexpert": chexpert_5x200, "mimic": mimic_5x200}
+    if dataset not in builders:
+        raise MaskkitError(f"idset {dataset!r}: expected chexpert or mimic (the datasets a 5x200 set is defined on)")
+    opts: dict[str, Any] = {}
+    for item in option:
+        if "=" not in item:
+            raise MaskkitError(f"--option {item!r}: expected KEY=VALUE")
+        key, v = item.split("=", 1)
+        try:
+            opts[key.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[key.strip()] = v
+    idset = builders[dataset](table_for_5x200(dataset, **opts), seed=seed, k=k)
+    path = save_id_set(idset, Path(out))
+    from .cli import console
+
+    counts = ", ".join(f"{c} {len(v)}" for c, v in idset.classes.items())
+    console.print(f"wrote {path}: id set {idset.name}, {len(idset.ids)} images ({counts}), sha256 {idset.sha256[:12]}",
+                  highlight=False, soft_wrap=True)
