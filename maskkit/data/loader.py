@@ -173,11 +173,22 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+def init_worker(worker_id: int) -> None:
+    """A DataLoader worker's start: :func:`seed_worker`, and the stop signals left to the main
+    process (:func:`~maskkit.training.preemption.shield_loader_worker`: a scheduler's SIGTERM to
+    every process of the job must not kill the workers before the main process checkpoints)."""
+    from ..training.preemption import shield_loader_worker
+
+    seed_worker(worker_id)
+    shield_loader_worker()
+
+
 def make_loader(dataset, collate, sampler: ResumableBatchSampler, num_workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
-    """A DataLoader over ``dataset`` in ``sampler``'s order; workers are persistent and seeded."""
+    """A DataLoader over ``dataset`` in ``sampler``'s order; workers are persistent, seeded and leave
+    the stop signals to the main process (:func:`init_worker`)."""
     g = torch.Generator().manual_seed(seed)
-    kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
+    kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=init_worker) if num_workers else {}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, generator=g, **kw)
 
