@@ -262,7 +262,7 @@ def _run_in_process(todo: list, probe: bool, rows: list, console) -> tuple[str |
         try:
             rows.append(_one_run(args, row, probe))
         except RunPreempted as exc:
-            return exc.signal_name, [f"{row['run']}: {exc}"]
+            return exc.signal_name, [f"{row['run']}: {exc.detail}"]
     return None
 
 
@@ -305,7 +305,7 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
                             console.print(f"[{len(rows)}] {row['run']} done", highlight=False, soft_wrap=True)
                     elif isinstance(exc, RunPreempted):
                         stop.note(exc.signal_name or "SIGTERM")
-                        said.append(f"{row['run']}: {exc}")
+                        said.append(f"{row['run']}: {exc.detail}")
                     elif isinstance(exc, Stopped):  # before it started, or in its probe
                         stop.note(exc.name)
                     elif isinstance(exc, BrokenProcessPool) and stop.requested:
@@ -318,6 +318,8 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
                         f.cancel()  # not started yet: never will be
                     if stop.requested:
                         _signal_children(pool, stop.name)
+            if stop.requested:
+                stop.acknowledge()  # acted on: the children were told (leaving deferring() must not raise)
     if failures:
         raise failures[0]
     return (stop.name, said) if stop.requested else None

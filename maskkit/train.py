@@ -399,8 +399,9 @@ class PretrainRecipe:
         done = self.step >= self.cfg.train.steps
         then = ("the end-of-run evaluation did not run: the same command with runtime.resume=latest runs it" if done and
                 self.cfg.runtime.eval_zeroshot else "continue with the same command and runtime.resume=latest")
-        return RunPreempted(f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}; {then}",
-                            INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name)
+        what = f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}"
+        return RunPreempted(f"{what}; {then}", INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name,
+                            detail=what)
 
     def stopped(self, exc: Stopped) -> RunPreempted:
         """The error for a :class:`~maskkit.training.preemption.Stopped` raised outside a training
@@ -410,20 +411,22 @@ class PretrainRecipe:
         steps, ck = self.cfg.train.steps, self._latest_checkpoint()
         kept = f"the latest checkpoint, {ck}, is intact" if ck is not None else "no checkpoint was written"
         if exc.again:
-            what = ("during the end-of-run evaluation" if self.phase == "evaluate" else
-                    f"at step {self.step} of {steps}, before the checkpoint of that step was complete")
-            return RunPreempted(f"stopped at once by a second SIGINT {what}: {kept}; run the same command with "
-                                "runtime.resume=latest to continue", exc.name)
-        if self.phase == "evaluate":
-            return RunPreempted(f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
-                                "zeroshot.json was not written; the same command with runtime.resume=latest evaluates it", exc.name)
-        if self.step == 0:
+            where = ("during the end-of-run evaluation" if self.phase == "evaluate" else
+                     f"at step {self.step} of {steps}, before the checkpoint of that step was complete")
+            what, then = f"stopped at once by a second SIGINT {where}: {kept}", "run the same command with runtime.resume=latest to continue"
+        elif self.phase == "evaluate":
+            what = (f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
+                    "zeroshot.json was not written")
+            then = "the same command with runtime.resume=latest evaluates it"
+        elif self.step == 0:
             left = f"{removed} removed" if removed is not None else (
                 f"{self.out} kept (it held an earlier attempt)" if getattr(self, "out", None) is not None else "nothing written")
-            return RunPreempted(f"stopped by {exc.name} before step 1 of {steps}: nothing to save, {left}; run the same "
-                                "command again (with runtime.resume=auto it continues whatever a run left)", exc.name)
-        return RunPreempted(f"stopped by {exc.name} before step {self.step + 1} of {steps} (resuming from step {self.step}): "
-                            f"nothing new to save, {kept}; run the same command again", exc.name)
+            what = f"stopped by {exc.name} before step 1 of {steps}: nothing to save, {left}"
+            then = "run the same command again (with runtime.resume=auto it continues whatever a run left)"
+        else:
+            what = f"stopped by {exc.name} before step {self.step + 1} of {steps} (resuming from step {self.step}): nothing new to save, {kept}"
+            then = "run the same command again"
+        return RunPreempted(f"{what}; {then}", exc.name, detail=what)
 
     def run(self) -> RunResult:
         """Set up, train to ``train.steps``, evaluate. The stop signals are handled from the start

@@ -85,13 +85,14 @@ class RunPreempted(TrainingError):
     """A run (or a sweep) stopped on a signal; the message says what was saved. The CLI exits with
     ``exit_code``: :data:`EXIT_PREEMPTED`, or :data:`EXIT_INTERRUPTED` for SIGINT."""
 
-    def __init__(self, message: str, signal_name: str | None = None) -> None:
+    def __init__(self, message: str, signal_name: str | None = None, detail: str | None = None) -> None:
         super().__init__(message)
         self.signal_name = signal_name
         self.exit_code = exit_status(signal_name)
+        self.detail = detail or message  # what happened, without the advice (a sweep gives its own)
 
     def __reduce__(self):  # across a sweep's process pool
-        return type(self), (str(self), self.signal_name)
+        return type(self), (str(self), self.signal_name, self.detail)
 
 
 class StopRequest:
@@ -171,6 +172,11 @@ class StopRequest:
         if self.names and not self._raised:
             self._raised = True
             raise Stopped(self.name)
+
+    def acknowledge(self) -> None:
+        """The caller acts on the signals recorded so far itself: :meth:`act_now` (and leaving
+        :meth:`deferring`) will not raise for them."""
+        self._raised = True
 
     def restore(self) -> None:
         outer = set()
