@@ -2,8 +2,9 @@
 
 It is ``torch.distributed.run`` itself (same arguments, same elastic agent), except that:
 
-- when a worker fails it exits with the worker's exit status and leaves the error to the worker
-  (which prints one line, on rank 0), instead of printing the agent's ``ChildFailedError`` report;
+- when a worker fails it exits with the exit status of the first worker that failed (:func:`failure_status`)
+  and leaves the error to the worker (which prints one line, on rank 0), instead of printing the
+  agent's ``ChildFailedError`` report;
 - the agent forwards every stop signal (:data:`~maskkit.training.preemption.STOP_SIGNALS`: SIGUSR1
   of SLURM's ``--signal=USR1@<s>``, submitit's SIGUSR2, as well as torchrun's own SIGTERM and SIGINT)
   to its workers, so that they checkpoint and stop; a signal that stopped the agent gives exit
@@ -75,6 +76,18 @@ def _once_then_to_workers(original):
     return handle
 
 
+def failure_status(exc) -> int:
+    """The exit status of a run whose workers failed: the first failure's (the cause; the agent
+    then ends the other workers with SIGTERM, and what they exit with says nothing about the run:
+    75 from one of them must not make a scheduler requeue a run that failed). A worker killed by a
+    signal gives 128 + its number, as a shell reports it."""
+    failures = [f for f in exc.failures.values() if isinstance(f.exitcode, int) and f.exitcode != 0]
+    if not failures:
+        return 1
+    first = min(failures, key=lambda f: f.timestamp)
+    return first.exitcode if first.exitcode > 0 else 128 - first.exitcode
+
+
 def main(argv: list[str] | None = None) -> int:
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing import api as mp_api
@@ -95,8 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(parse_args(sys.argv[1:] if argv is None else argv))
     except ChildFailedError as exc:
-        codes = [f.exitcode for f in exc.failures.values() if isinstance(f.exitcode, int) and f.exitcode > 0]
-        return max(codes) if codes else 1
+        return failure_status(exc)
     except SignalException as exc:  # the workers got the signal and had the shutdown timeout to checkpoint
         return exit_status(signal.Signals(exc.sigval).name) if exc.sigval in STOP_SIGNALS else 128 + int(exc.sigval)
     return 0

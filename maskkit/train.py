@@ -30,7 +30,7 @@ import torch
 from .config import ExperimentConfig, flat_items
 from .data.build import build_corpus
 from .data.dataset import to_device
-from .distributed import DistInfo, Gatherer, init_from_env, shutdown
+from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torchrun
 from .errors import MaskkitError, TrainingError
 from .io import atomic_write_text
 from .masking import mask_seed
@@ -137,6 +137,24 @@ class PretrainRecipe:
 
         self.skips = SkipReport(cfg.data.max_skip_fraction)
         self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
+        if self.info.enabled:
+            self.agree_stop_before_start()
+
+    def agree_stop_before_start(self) -> None:
+        """Under DDP the ranks set up with the stop signals recorded only, and agree here, once,
+        before step 1 (one all-reduce): a rank that stopped alone in the middle of setup would leave
+        the others waiting in a collective, and torchrun's agent ends the other ranks with SIGTERM
+        when one fails, which must not turn that failure (``maskkit.launch`` exits with the first
+        failure's status) into a "stopped by SIGTERM" on rank 0. Raises ``Stopped`` on every rank
+        when any rank saw a signal."""
+        s = self.stop
+        flags = torch.tensor([float(s.requested and not s.interrupt_only), float(s.interrupt_only)], device=self.device)
+        requeue, interrupt = (self.gather.sum(flags) > 0).tolist()
+        if not (requeue or interrupt):
+            return
+        self.stop_agreed, self.stop_interrupt_only = True, interrupt and not requeue
+        s.acknowledge()
+        raise Stopped(self._stop_name())
 
     def setup_model(self) -> None:
         from .model import XLIP
@@ -435,7 +453,8 @@ class PretrainRecipe:
         directory's lock and the signal handlers are released, and a directory this run made is
         removed when it fails or stops before its first step: the recipe owns what it takes,
         whoever calls it (:func:`train`, a test, a notebook)."""
-        self.stop.install()
+        # under torchrun with several ranks, setup records the signals and the ranks agree before step 1
+        self.stop.install(deferred=under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         try:
             return self._run()
         except Stopped as exc:
