@@ -744,7 +744,8 @@ def _stopped_line(exc) -> str:
     how = f"{exc.name}{' (again: at once)' if exc.again else ''}"
     if words[:1] == ["run"]:
         return f"stopped by {how} before step 1 (reading the config): nothing to save, nothing written; run the same command again"
-    cmd = " ".join(w for w in words[:2] if "=" not in w and "/" not in w) or "the command"
+    groups = {g.name for g in app.registered_groups}  # eval, config, visualize: their subcommand too
+    cmd = " ".join(words[:2] if words[:1] and words[0] in groups else words[:1]) or "the command"
     return (f"stopped by {how} before `maskkit {cmd}` finished: each file it writes is written whole or not at all "
             "(atomically), so none is half-written; run the same command again")
 

@@ -312,12 +312,11 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
                         continue  # a child the signal reached before it could handle it: nothing of its run to save
                     else:
                         failures.append(exc)
-                if (stop.requested or failures) and not told:
+                if stop.requested and not told:  # (a run that failed does not stop the others: they are independent)
                     told = True
                     for f in pending:
                         f.cancel()  # not started yet: never will be
-                    if stop.requested:
-                        _signal_children(pool, stop.name)
+                    _signal_children(pool, stop.name)
             if stop.requested:
                 stop.acknowledge()  # acted on: the children were told (leaving deferring() must not raise)
     if failures:

@@ -436,13 +436,13 @@ class PretrainRecipe:
             what = (f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
                     "zeroshot.json was not written")
             then = "the same command with runtime.resume=latest evaluates it"
-        elif self.step == 0:
+        elif ck is None:
             left = f"{removed} removed" if removed is not None else (
                 f"{self.out} kept (it held an earlier attempt)" if getattr(self, "out", None) is not None else "nothing written")
             what = f"stopped by {exc.name} before step 1 of {steps}: nothing to save, {left}"
             then = "run the same command again (with runtime.resume=auto it continues whatever a run left)"
-        else:
-            what = f"stopped by {exc.name} before step {self.step + 1} of {steps} (resuming from step {self.step}): nothing new to save, {kept}"
+        else:  # a resume, stopped before its first step (its checkpoint loaded or not yet)
+            what = f"stopped by {exc.name} before its first step (resuming {self.out}): nothing new to save, {kept}"
             then = "run the same command again"
         return RunPreempted(f"{what}; {then}", exc.name, detail=what)
 
