@@ -414,9 +414,9 @@ class PretrainRecipe:
             torch.distributed.barrier()
         ck = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
         name = self._stop_name()
-        done = self.step >= self.cfg.train.steps
-        then = ("the end-of-run evaluation did not run: the same command with runtime.resume=latest runs it" if done and
-                self.cfg.runtime.eval_zeroshot else "continue with the same command and runtime.resume=latest")
+        done = self.step >= self.cfg.train.steps  # (then only when an evaluation is left: _run)
+        then = ("the end-of-run evaluation did not run: the same command with runtime.resume=latest runs it" if done
+                else "continue with the same command and runtime.resume=latest")
         what = f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}"
         return RunPreempted(f"{what}; {then}", INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name,
                             detail=what)
@@ -518,14 +518,15 @@ class PretrainRecipe:
                         self.save()
             if self.saved_step != self.step:
                 self.save()
-            if self.stop_agreed:  # at the last step: saved, but not evaluated
+            evaluating = bool(cfg.runtime.eval_zeroshot and self.val_ds is not None)
+            if self.stop_agreed and evaluating:  # at the last step: saved, not evaluated
                 raise self.preempted()
         finally:
             if self.metrics is not None:
                 self.metrics.close()
         self.phase = "evaluate"
-        if info.main:  # the evaluation stops at once on a signal (one that came during the final save included);
-            self.stop.act_now()  # other ranks only wait for it, and keep recording
+        if info.main and evaluating:  # the evaluation stops at once on a signal (one that came during the final save too);
+            self.stop.act_now()      # other ranks only wait for it and keep recording; without it the run is complete
         if info.main:
             self.console.print(self.skips.summary(), highlight=False, soft_wrap=True)
             self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),

@@ -291,19 +291,21 @@ def test_a_signal_to_every_process_of_the_job_checkpoints_with_loader_workers(tm
     assert not [p for p in workers if os.path.exists(f"/proc/{p}") and environ(p)], "a loader worker is left"
 
 
-@pytest.mark.parametrize("when", ["last step", "evaluation"])
+@pytest.mark.parametrize("when", ["last step", "evaluation", "last step, no evaluation"])
 def test_a_stop_at_the_last_step_or_in_the_evaluation_is_evaluated_on_requeue(tmp_path, monkeypatch, when):
     """A signal during the last step: its checkpoint is written and the run exits 75 without the
     end-of-run evaluation; during the evaluation: it stops at once (exit 75), zeroshot.json not
-    written. The requeued command (resume=latest) trains nothing more and evaluates."""
+    written. The requeued command (resume=latest) trains nothing more and evaluates. Without an
+    evaluation to do, a signal in the last step changes nothing: the run is complete (exit 0)."""
     from maskkit.train import PretrainRecipe
     from maskkit.training.preemption import RunPreempted
 
-    args = [*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=e", "data.val_n=16", "runtime.eval_zeroshot=true", "train.steps=3"]
+    args = [*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=e", "data.val_n=16", "train.steps=3",
+            f"runtime.eval_zeroshot={'false' if 'no evaluation' in when else 'true'}"]
     real_step, real_eval = PretrainRecipe.train_step, PretrainRecipe.evaluate
 
     def step(self):
-        if when == "last step" and self.step == 2:
+        if when.startswith("last step") and self.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return real_step(self)
 
@@ -312,12 +314,16 @@ def test_a_stop_at_the_last_step_or_in_the_evaluation_is_evaluated_on_requeue(tm
             os.kill(os.getpid(), signal.SIGTERM)
         return real_eval(self)
 
+    run = tmp_path / "e"
     with monkeypatch.context() as m:
         m.setattr(PretrainRecipe, "train_step", step)
         m.setattr(PretrainRecipe, "evaluate", evaluate)
+        if "no evaluation" in when:
+            r = train(*resolve(args))
+            assert r.step == 3 and steps(run) == [1, 2, 3] and run_checkpoints(run)[-1].name == "step_00000003.pt"
+            return
         with pytest.raises(RunPreempted) as ei:
             train(*resolve(args))
-    run = tmp_path / "e"
     said = "after step 3 of 3" if when == "last step" else "during the end-of-run evaluation"
     assert ei.value.exit_code == EXIT_PREEMPTED and said in str(ei.value) and "runtime.resume=latest" in str(ei.value)
     assert not (run / "zeroshot.json").exists() and run_checkpoints(run)[-1].name == "step_00000003.pt"
