@@ -757,7 +757,7 @@ def main() -> None:
     from .eval.labels import LabelCoverageWarning
     from .training.preemption import StopRequest, Stopped
 
-    stop = StopRequest().install()  # first: a stop signal from here on stops the command cleanly (exit 75 / 130)
+    StopRequest().install()  # first: a stop signal from here on stops the command cleanly (exit 75 / 130)
     warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
     _one_line_warnings()
     try:

@@ -208,7 +208,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
     Raises :class:`~maskkit.training.preemption.RunPreempted` (exit 75, 130 for SIGINT) when a stop
     signal stopped it: the runs in progress checkpointed at their step and none started after."""
     from .config import resolve
-    from .training.preemption import RunPreempted, StopRequest, Stopped
+    from .training.preemption import StopRequest, Stopped
 
     stop = StopRequest().install()  # a signal between runs (or in a probe, a rescore) stops the sweep at once
     rows, todo, plan = [], [], spec.runs()
@@ -286,7 +286,8 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
     with stop.deferring():  # signals are recorded here, and acted on by telling the children
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_pool_worker_init) as pool:
             with stop_signals_blocked():  # the children start with them blocked, until their handlers are in place
-                futures = {pool.submit(_pool_task, args, row, probe, threads): row for args, row in todo}
+                futures = {pool.submit(_pool_task, args, row, probe, threads): (i, row) for i, (args, row) in enumerate(todo)}
+            finished: dict[int, dict] = {}  # rows in the sweep's order (results.md, paired.md), not as they finish
             pending = set(futures)
             while pending:
                 try:
@@ -295,14 +296,14 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
                     _signal_children(pool, "SIGINT")
                     continue
                 for f in done:
-                    row = futures[f]
+                    i, row = futures[f]
                     if f.cancelled():
                         continue
                     exc = f.exception()
                     if exc is None:
-                        rows.append(f.result())
+                        finished[i] = f.result()
                         if console:
-                            console.print(f"[{len(rows)}] {row['run']} done", highlight=False, soft_wrap=True)
+                            console.print(f"[{len(finished)}/{len(todo)}] {row['run']} done", highlight=False, soft_wrap=True)
                     elif isinstance(exc, RunPreempted):
                         stop.note(exc.signal_name or "SIGTERM")
                         said.append(f"{row['run']}: {exc.detail}")
@@ -319,6 +320,7 @@ def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) 
                     _signal_children(pool, stop.name)
             if stop.requested:
                 stop.acknowledge()  # acted on: the children were told (leaving deferring() must not raise)
+    rows.extend(finished[i] for i in sorted(finished))
     if failures:
         raise failures[0]
     return (stop.name, said) if stop.requested else None
