@@ -415,8 +415,9 @@ class PretrainRecipe:
         ck = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
         name = self._stop_name()
         done = self.step >= self.cfg.train.steps  # (then only when an evaluation is left: _run)
-        then = ("the end-of-run evaluation did not run: the same command with runtime.resume=latest runs it" if done
-                else "continue with the same command and runtime.resume=latest")
+        again = ("run the same command again" if self.cfg.runtime.resume in ("auto", "latest")
+                 else "continue with the same command and runtime.resume=latest")
+        then = f"the end-of-run evaluation did not run: {again} to run it" if done else again
         what = f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}"
         return RunPreempted(f"{what}; {then}", INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name,
                             detail=what)
