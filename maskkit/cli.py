@@ -237,15 +237,16 @@ def prepare_cmd(
 def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ... (config= also takes a config shipped with maskkit by name: xlip_paper_corpus)")) -> None:
     """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
 
-    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM
-    or SIGUSR1 after writing the checkpoint of its current step (run the same command with
-    runtime.resume=latest; docs/distributed.md has a SLURM requeue script)."""
+    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM,
+    SIGUSR1 or SIGUSR2 after writing the checkpoint of its current step (or before step 1, with
+    nothing to save): run the same command with runtime.resume=auto or latest (docs/distributed.md
+    has a SLURM requeue script); 130 stopped by SIGINT (Ctrl-C) the same way."""
     import os
-    import subprocess
 
     from .config import resolve
     from .distributed import under_torchrun
 
+    # a stop signal before the recipe installs its own handler: main()'s, one line (_stopped_line)
     cfg, sources = resolve(list(args or []))
     if cfg.runtime.devices > 1 and not under_torchrun():
         from .data.build import load_records
@@ -254,14 +255,7 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
-        import signal
-
-        from .training.preemption import STOP_SIGNALS
-
-        proc = subprocess.Popen(cmd, env=os.environ.copy())
-        for sig in STOP_SIGNALS:  # a preemption signal sent to this process reaches the run (which checkpoints)
-            signal.signal(sig, lambda signum, frame: proc.send_signal(signum))
-        raise typer.Exit(proc.wait())
+        raise typer.Exit(_run_forwarding(cmd))
     from .train import train
 
     result = train(cfg, sources, console=err_console)
@@ -270,6 +264,34 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     console.print(f"run directory: {result.run_dir}  (step {result.step})", highlight=False)
     if result.zeroshot is not None:
         console.print(result.zeroshot.table())
+
+
+def _run_forwarding(cmd: list[str]) -> int:
+    """Run ``cmd`` (``python -m maskkit.launch ...``) and pass every stop signal this process gets on
+    to it (whose agent passes it to the workers, which checkpoint); returns its exit status. A
+    signal that comes while it is being started is passed on once it exists."""
+    import os
+    import signal
+    import subprocess
+
+    from .training.preemption import STOP_SIGNALS
+
+    box: dict = {"proc": None, "pending": []}
+
+    def forward(signum, frame):
+        if box["proc"] is None:
+            box["pending"].append(signum)
+        else:
+            box["proc"].send_signal(signum)
+
+    for sig in STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, forward)
+    proc = subprocess.Popen(cmd, env=os.environ.copy())
+    box["proc"] = proc
+    for signum in box["pending"]:
+        proc.send_signal(signum)
+    return proc.wait()
 
 
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
@@ -747,18 +769,38 @@ def _one_line_warnings() -> None:
     warnings.showwarning = show
 
 
+def _stopped_line(exc) -> str:
+    """The line of a command stopped by a signal outside a run's recipe (which says its own)."""
+    words = [a for a in sys.argv[1:] if not a.startswith("-")]
+    how = f"{exc.name}{' (again: at once)' if exc.again else ''}"
+    if words[:1] == ["run"]:
+        return f"stopped by {how} before step 1 (reading the config): nothing to save, nothing written; run the same command again"
+    groups = {g.name for g in app.registered_groups}  # eval, config, visualize: their subcommand too
+    cmd = " ".join(words[:2] if words[:1] and words[0] in groups else words[:1]) or "the command"
+    return (f"stopped by {how} before `maskkit {cmd}` finished: each file it writes is written whole or not at all "
+            "(atomically), so none is half-written; run the same command again")
+
+
 def main() -> None:
     import os
     import warnings
 
     from .eval.labels import LabelCoverageWarning
+    from .training.preemption import StopRequest, Stopped
 
+    StopRequest().install()  # first: a stop signal from here on stops the command cleanly (exit 75 / 130)
     warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
     _one_line_warnings()
     try:
         rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)
+    except Stopped as exc:  # outside a run's training (maskkit.train handles its own): eval, prepare, sweep, ...
+        if _state["debug"]:
+            raise
+        if os.environ.get("RANK", "0") == "0":
+            err_console.print(f"[red]error:[/] {_stopped_line(exc)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
     except MaskkitError as exc:
         if _state["debug"]:
             raise
@@ -767,7 +809,7 @@ def main() -> None:
             err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         elif getattr(exc, "rank_local", False):  # ... except what only one rank sees (its loader worker died)
             err_console.print(f"[red]error:[/] rank {rank}: {exc}", highlight=False, soft_wrap=True)
-        code = getattr(exc, "exit_code", 2)  # 75 for a run stopped by SIGTERM / SIGUSR1 (maskkit.training.preemption)
+        code = getattr(exc, "exit_code", 2)  # 75 / 130 for a run stopped by a signal (maskkit.training.preemption)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
             # can abort it ("terminate called ..."), which would hide this exit status

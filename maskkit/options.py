@@ -19,7 +19,7 @@ from .errors import MaskkitError
 
 #: a seed: NumPy's generators and ``np.random.seed`` take [0, 2**32), torch.manual_seed more
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
-#: a learning rate: positive and finite; above 1 no optimiser maskkit builds converges (A37c)
+#: a learning rate: positive and finite; above 1 no optimiser maskkit builds converges (A41)
 LearningRate = Annotated[float, Field(gt=0, le=1.0)]
 #: the smallest phantom image side the generator draws (its anatomy needs 32 px)
 PHANTOM_MIN_SIZE = 32

@@ -10,6 +10,11 @@ AUC at 1/10/100% of the labels), ``paired.md`` (each row against the first, seed
 Each run keeps only its latest checkpoint (``SWEEP_RUN_DEFAULTS``; ``train.keep_last=3`` on the
 command line keeps more). ``align_steps: N`` matches the budget: every run gets N alignment steps, its warm-up on top
 (``train.steps = train.warmup_steps + N``). ``--jobs K`` runs K runs at once in subprocesses.
+
+A stop signal (:data:`~maskkit.training.preemption.STOP_SIGNALS`) stops the sweep as it stops a
+run: the run in progress (every one, with ``--jobs K``: the signal is passed on to each child
+process) checkpoints at its step, no new run starts, and the sweep exits 75 (130 for SIGINT). The
+same sweep command then continues: finished runs are kept, stopped ones resume from their checkpoint.
 """
 
 from __future__ import annotations
@@ -202,44 +207,172 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
               rescore: bool = False) -> list[dict]:
     """Run every (preset, grid point, seed) of ``spec`` not done before; ``jobs`` at once.
     ``rescore``: runs done before get their zero-shot scored again (:func:`rescore_run`), e.g.
-    after a protocol change, without retraining."""
-    import os
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
+    after a protocol change, without retraining.
 
+    Raises :class:`~maskkit.training.preemption.RunPreempted` (exit 75, 130 for SIGINT) when a stop
+    signal stopped it: the runs in progress checkpointed at their step and none started after."""
     from .config import resolve
+    from .training.preemption import StopRequest, Stopped
 
-    rows, todo = [], []
-    plan = spec.runs()
-    for n, (preset, combo, seed) in enumerate(plan, 1):
-        name = slug(preset, combo, seed)
-        done = out / "runs" / name / "done.json"
-        if done.is_file():
-            kept = json.loads(done.read_text(encoding="utf-8"))
-            if console:
-                console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scoring' if rescore else 'kept'}", highlight=False, soft_wrap=True)
-            rows.append(rescore_run(done.parent, kept, console) if rescore else kept)
-            continue
-        row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
-        args = run_args(spec, preset, combo, seed, out, extra_args)
-        resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
-        todo.append((args, row))
-    out.mkdir(parents=True, exist_ok=True)
-    if jobs <= 1:
-        for i, (args, row) in enumerate(todo, 1):
-            if console:
-                console.print(f"[{i}/{len(todo)}] {row['run']}", highlight=False, soft_wrap=True)
-            rows.append(_one_run(args, row, spec.probe))
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(_one_run, args, row, spec.probe, threads) for args, row in todo]
-            for i, f in enumerate(futures, 1):
-                rows.append(f.result())
+    stop = StopRequest().install()  # a signal between runs (or in a probe, a rescore) stops the sweep at once
+    rows, todo, plan = [], [], spec.runs()
+    try:
+        for n, (preset, combo, seed) in enumerate(plan, 1):
+            name = slug(preset, combo, seed)
+            done = out / "runs" / name / "done.json"
+            if done.is_file():
+                kept = json.loads(done.read_text(encoding="utf-8"))
                 if console:
-                    console.print(f"[{i}/{len(todo)}] {rows[-1]['run']} done", highlight=False, soft_wrap=True)
+                    console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scoring' if rescore else 'kept'}", highlight=False, soft_wrap=True)
+                rows.append(rescore_run(done.parent, kept, console) if rescore else kept)
+                continue
+            row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
+            args = run_args(spec, preset, combo, seed, out, extra_args)
+            resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
+            todo.append((args, row))
+        out.mkdir(parents=True, exist_ok=True)
+        if jobs <= 1:
+            stopped = _run_in_process(todo, spec.probe, rows, console)
+        else:
+            stopped = _run_in_pool(todo, spec.probe, jobs, rows, stop, console)
+    except Stopped as exc:
+        raise _sweep_stopped(out, exc.name, len(rows), len(plan), [], exc.again) from None
+    finally:
+        stop.restore()
+    if stopped is not None:
+        name, said = stopped
+        raise _sweep_stopped(out, name, len(rows), len(plan), said)
     write_results(rows, spec, out)
     return rows
+
+
+def _sweep_stopped(out: Path, name: str | None, done: int, total: int, said: list[str], again: bool = False):
+    """The one-line error of a sweep stopped by the signal ``name``; ``said``: each stopped run's line."""
+    from .training.preemption import RunPreempted
+
+    return RunPreempted(f"sweep {out}: stopped by {name}{' (a second SIGINT: at once)' if again else ''}, {done} of {total} "
+                        f"runs done" + "".join(f"; {x}" for x in said) + "; run the same sweep command again to continue "
+                        "(finished runs are kept, stopped ones resume from their checkpoint)", name)
+
+
+def _run_in_process(todo: list, probe: bool, rows: list, console) -> tuple[str | None, list[str]] | None:
+    """The runs one after the other in this process. Returns ``None`` when all finished, or (the
+    signal, [the stopped run's line]) when a signal stopped a run (no run starts after it)."""
+    from .training.preemption import RunPreempted
+
+    for i, (args, row) in enumerate(todo, 1):
+        if console:
+            console.print(f"[{i}/{len(todo)}] {row['run']}", highlight=False, soft_wrap=True)
+        try:
+            rows.append(_one_run(args, row, probe))
+        except RunPreempted as exc:
+            return exc.signal_name, [f"{row['run']}: {exc.detail}"]
+    return None
+
+
+def _run_in_pool(todo: list, probe: bool, jobs: int, rows: list, stop, console) -> tuple[str | None, list[str]] | None:
+    """The runs ``jobs`` at once in child processes (spawned); returns as :func:`_run_in_process`.
+    A stop signal to this process is passed on to every child (each run checkpoints at its step,
+    :func:`_pool_task` starts none after it); a child that a signal reached directly (a scheduler
+    signals every process of a job) stops the others alike. The other failures are raised after
+    every child ended (the first of them)."""
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
+
+    from .training.preemption import RunPreempted, Stopped, stop_signals_blocked
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    said: list[str] = []
+    failures: list[BaseException] = []
+    told = False
+    with stop.deferring():  # signals are recorded here, and acted on by telling the children
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_pool_worker_init) as pool:
+            with stop_signals_blocked():  # the children start with them blocked, until their handlers are in place
+                futures = {pool.submit(_pool_task, args, row, probe, threads): (i, row) for i, (args, row) in enumerate(todo)}
+            finished: dict[int, dict] = {}  # rows in the sweep's order (results.md, paired.md), not as they finish
+            pending = set(futures)
+            while pending:
+                try:
+                    done, pending = wait(pending, timeout=0.05, return_when=FIRST_COMPLETED)  # (a signal is passed on within 0.05 s)
+                except Stopped:  # a second SIGINT: pass it on, the children stop at once
+                    _signal_children(pool, "SIGINT")
+                    continue
+                for f in done:
+                    i, row = futures[f]
+                    if f.cancelled():
+                        continue
+                    exc = f.exception()
+                    if exc is None:
+                        finished[i] = f.result()
+                        if console:
+                            console.print(f"[{len(finished)}/{len(todo)}] {row['run']} done", highlight=False, soft_wrap=True)
+                    elif isinstance(exc, RunPreempted):
+                        stop.note(exc.signal_name or "SIGTERM")
+                        said.append(f"{row['run']}: {exc.detail}")
+                    elif isinstance(exc, Stopped):  # before it started, or in its probe
+                        stop.note(exc.name)
+                    elif isinstance(exc, BrokenProcessPool) and stop.requested:
+                        continue  # a child the signal reached before it could handle it: nothing of its run to save
+                    else:
+                        failures.append(exc)
+                if stop.requested and not told:  # (a run that failed does not stop the others: they are independent)
+                    told = True
+                    for f in pending:
+                        f.cancel()  # not started yet: never will be
+                    _signal_children(pool, stop.name)
+            if stop.requested:
+                stop.acknowledge()  # acted on: the children were told (leaving deferring() must not raise)
+    rows.extend(finished[i] for i in sorted(finished))
+    if failures:
+        raise failures[0]
+    return (stop.name, said) if stop.requested else None
+
+
+def _signal_children(pool, name: str | None) -> None:
+    """Send the stop signal ``name`` to every live child process of ``pool``."""
+    import os
+
+    from .training.preemption import forwarded_signal
+
+    sig = forwarded_signal(name)
+    for p in list((getattr(pool, "_processes", None) or {}).values()):
+        if p.is_alive():
+            try:
+                os.kill(p.pid, sig)
+            except OSError:
+                pass
+
+
+_POOL_STOP = None  # the stop request of a sweep's child process (_pool_worker_init)
+
+
+def _pool_worker_init() -> None:
+    """A sweep's child process: record the stop signals from the start (it was started with them
+    blocked); a run's recipe installs its own on top and reports what it saw back to this one."""
+    global _POOL_STOP
+    from .training.preemption import StopRequest, unblock_stop_signals
+
+    _POOL_STOP = StopRequest().install(deferred=True)
+    unblock_stop_signals()
+
+
+def _pool_task(args: list[str], row: dict, probe: bool, threads: int) -> dict:
+    """One run of a sweep in a child process; none starts once the process was asked to stop. A
+    signal in the run's probe stops it at once (``Stopped``); idle, the process only records it."""
+    from .training.preemption import Stopped
+
+    stop = _POOL_STOP
+    if stop is not None and stop.requested:
+        raise Stopped(stop.name)
+    if stop is not None:
+        stop.deferred = False
+    try:
+        return _one_run(args, row, probe, threads)
+    finally:
+        if stop is not None:
+            stop.deferred = True
 
 
 METRICS = ("auc", "f1", "acc")

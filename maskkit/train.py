@@ -30,7 +30,7 @@ import torch
 from .config import ExperimentConfig, flat_items
 from .data.build import build_corpus
 from .data.dataset import to_device
-from .distributed import DistInfo, Gatherer, init_from_env, shutdown
+from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torchrun
 from .errors import MaskkitError, TrainingError
 from .io import atomic_write_text
 from .masking import mask_seed
@@ -39,7 +39,7 @@ from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
 from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
-from .training.preemption import RunPreempted, StopRequest
+from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_zeroshot", "train", "training_batch"]
@@ -100,8 +100,10 @@ class PretrainRecipe:
         self.metrics: MetricLogger | None = None
         self.created_dir: Path | None = None  # the run directory this run made (rank 0; not a resume)
         self.lock = None                      # the run directory's lock (rank 0)
-        self.stop = StopRequest()             # SIGTERM / SIGUSR1 seen by this process
+        self.stop = StopRequest()             # the stop signals (preemption.STOP_SIGNALS) seen by this process
         self.stop_agreed = False              # ... by any rank, as of the last step's all-reduce
+        self.stop_interrupt_only = False      # ... and every one of them was SIGINT (exit 130, not 75)
+        self.phase = "setup"                  # setup, train, evaluate: what a stop message says was cut short
         self.saved_step = -1
 
     # --- setup ---------------------------------------------------------------------------
@@ -116,11 +118,12 @@ class PretrainRecipe:
             cfg = self.cfg = cfg.model_copy(update={"runtime": cfg.runtime.model_copy(update={"resume": "auto"})})
         if cfg.train.precision == "fp16" and self.device.type != "cuda":
             raise MaskkitError("train.precision=fp16 needs a CUDA device; use bf16 or fp32 on the CPU")
-        self.out, self.lock = claim_run_dir(cfg, self.info)
-        empty = self.info.main and not has_content(self.out)
+        with self.stop.deferring():  # a signal here waits until the directory and its lock are recorded
+            self.out, self.lock = claim_run_dir(cfg, self.info)
+            empty = self.info.main and not has_content(self.out)
+            if self.info.main and (cfg.runtime.resume is None or empty):  # new, empty or overwritten: nothing in it predates this run
+                self.created_dir = self.out
         prepare_run_dir(cfg, self.sources, self.info, self.out)
-        if self.info.main and (cfg.runtime.resume is None or empty):  # new, empty or overwritten: nothing in it predates this run
-            self.created_dir = self.out
         self.setup_model()
         self.setup_data()
         self.setup_optimizer()
@@ -141,6 +144,24 @@ class PretrainRecipe:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
+        if self.info.enabled:
+            self.agree_stop_before_start()
+
+    def agree_stop_before_start(self) -> None:
+        """Under DDP the ranks set up with the stop signals recorded only, and agree here, once,
+        before step 1 (one all-reduce): a rank that stopped alone in the middle of setup would leave
+        the others waiting in a collective, and torchrun's agent ends the other ranks with SIGTERM
+        when one fails, which must not turn that failure (``maskkit.launch`` exits with the first
+        failure's status) into a "stopped by SIGTERM" on rank 0. Raises ``Stopped`` on every rank
+        when any rank saw a signal."""
+        s = self.stop
+        flags = torch.tensor([float(s.requested and not s.interrupt_only), float(s.interrupt_only)], device=self.device)
+        requeue, interrupt = (self.gather.sum(flags) > 0).tolist()
+        if not (requeue or interrupt):
+            return
+        self.stop_agreed, self.stop_interrupt_only = True, interrupt and not requeue
+        s.acknowledge()
+        raise Stopped(self._stop_name())
 
     def setup_model(self) -> None:
         from .model import XLIP
@@ -193,7 +214,8 @@ class PretrainRecipe:
         self.loader = make_loader(self.train_ds, self.collate, self.sampler, d.num_workers,
                                   pin_memory=d.pin_memory and self.device.type == "cuda", prefetch_factor=d.prefetch_factor,
                                   seed=self.cfg.train.seed)
-        self.batch_iter = iter(self.loader)
+        with stop_signals_blocked():  # its workers start with them blocked (data.loader.init_worker)
+            self.batch_iter = iter(self.loader)
 
     def setup_optimizer(self) -> None:
         self.opt, self.sched, self.scaler, self.autocast_dtype = build_optimizer(self.model, self.cfg, self.device.type)
@@ -269,13 +291,17 @@ class PretrainRecipe:
         # one all-reduce per step, on every rank: each term's value and target count, the skip counts and
         # whether the gradient is finite, so that every rank takes the same decisions (a skipped step, the skip limit)
         names = list(sums)
+        stop = self.stop
         local = torch.stack([*sums.values(), *(targets[n].float().to(dev) for n in names),
-                             torch.tensor(float(self.stop.requested), device=dev),
+                             torch.tensor(float(stop.requested and not stop.interrupt_only), device=dev),
+                             torch.tensor(float(stop.interrupt_only), device=dev),
                              torch.tensor(float(samples + n_skipped), device=dev), torch.tensor(float(n_skipped), device=dev),
                              (~torch.isfinite(norm)).float().to(dev)])
         reduced = self.gather.sum(local).tolist()  # the step's one host sync
         T = len(names)
-        self.stop_agreed = reduced[2 * T] > 0  # a signal seen by any rank stops every rank after this step
+        # a signal seen by any rank stops every rank after this step; a scheduler's (exit 75) wins over SIGINT (130)
+        requeue, interrupt = reduced[2 * T] > 0, reduced[2 * T + 1] > 0
+        self.stop_agreed, self.stop_interrupt_only = requeue or interrupt, interrupt and not requeue
         self.skips.count(int(reduced[-3]), int(reduced[-2]))
         self.skips.check()
         grads_finite = reduced[-1] == 0
@@ -410,13 +436,26 @@ class PretrainRecipe:
         return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device, data=what)
 
     # --- the loop ----------------------------------------------------------------------------
-    def discard_unstarted_run_dir(self) -> None:
+    def discard_unstarted_run_dir(self) -> bool:
         """After a failure before any step finished: remove the run directory this run created, so
         it leaves nothing behind and the next run takes its name (not ``<name>-2``). A directory
         that a resume reused is kept, and so is one of a run that finished a step (and may have
-        logged it or written a checkpoint)."""
+        logged it or written a checkpoint). Returns whether it removed one."""
         if self.created_dir is not None and self.step == 0:
             shutil.rmtree(self.created_dir, ignore_errors=True)
+            return True
+        return False
+
+    def _stop_name(self) -> str:
+        """The signal a stop agreed by the ranks is reported as (this rank's, or another rank's)."""
+        if self.stop.requested and self.stop.interrupt_only == self.stop_interrupt_only:
+            return self.stop.name
+        return INTERRUPT.name if self.stop_interrupt_only else "a signal on another rank"
+
+    def _latest_checkpoint(self) -> Path | None:
+        out = getattr(self, "out", None)
+        cks = run_checkpoints(out) if out is not None else []
+        return cks[-1] if cks else None
 
     def preempted(self) -> RunPreempted:
         """After a step at which some rank had a stop signal: save the checkpoint of this step
@@ -426,16 +465,53 @@ class PretrainRecipe:
         if self.info.enabled:
             torch.distributed.barrier()
         ck = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
-        return RunPreempted(f"stopped by {self.stop.name or 'a signal on another rank'} after step {self.step} of "
-                            f"{self.cfg.train.steps}; saved {ck}; continue with the same command and runtime.resume=latest")
+        name = self._stop_name()
+        done = self.step >= self.cfg.train.steps  # (then only when an evaluation is left: _run)
+        again = ("run the same command again" if self.cfg.runtime.resume in ("auto", "latest")
+                 else "continue with the same command and runtime.resume=latest")
+        then = f"the end-of-run evaluation did not run: {again} to run it" if done else again
+        what = f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}"
+        return RunPreempted(f"{what}; {then}", INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name,
+                            detail=what)
+
+    def stopped(self, exc: Stopped) -> RunPreempted:
+        """The error for a :class:`~maskkit.training.preemption.Stopped` raised outside a training
+        step (setup, evaluation) or by a second SIGINT; a directory this run made before its first
+        step is removed first (:meth:`discard_unstarted_run_dir`)."""
+        removed = self.created_dir if self.discard_unstarted_run_dir() else None
+        steps, ck = self.cfg.train.steps, self._latest_checkpoint()
+        kept = f"the latest checkpoint, {ck}, is intact" if ck is not None else "no checkpoint was written"
+        if exc.again:
+            where = ("during the end-of-run evaluation" if self.phase == "evaluate" else
+                     f"at step {self.step} of {steps}, before the checkpoint of that step was complete")
+            what, then = f"stopped at once by a second SIGINT {where}: {kept}", "run the same command with runtime.resume=latest to continue"
+        elif self.phase == "evaluate":
+            what = (f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
+                    "zeroshot.json was not written")
+            then = "the same command with runtime.resume=latest evaluates it"
+        elif ck is None:
+            left = f"{removed} removed" if removed is not None else (
+                f"{self.out} kept (it held an earlier attempt)" if getattr(self, "out", None) is not None else "nothing written")
+            what = f"stopped by {exc.name} before step 1 of {steps}: nothing to save, {left}"
+            then = "run the same command again (with runtime.resume=auto it continues whatever a run left)"
+        else:  # a resume, stopped before its first step (its checkpoint loaded or not yet)
+            what = f"stopped by {exc.name} before its first step (resuming {self.out}): nothing new to save, {kept}"
+            then = "run the same command again"
+        return RunPreempted(f"{what}; {then}", exc.name, detail=what)
 
     def run(self) -> RunResult:
-        """Set up, train to ``train.steps``, evaluate. Whatever happens, the run directory's lock and
-        the signal handlers are released, and a directory this run made is removed when it fails
-        before its first step: the recipe owns what it takes, whoever calls it (:func:`train`, a
-        test, a notebook)."""
+        """Set up, train to ``train.steps``, evaluate. The stop signals are handled from the start
+        (:mod:`maskkit.training.preemption`: a signal during setup or evaluation stops the run at
+        once, one during a step after that step and its checkpoint). Whatever happens, the run
+        directory's lock and the signal handlers are released, and a directory this run made is
+        removed when it fails or stops before its first step: the recipe owns what it takes,
+        whoever calls it (:func:`train`, a test, a notebook)."""
+        # under torchrun with several ranks, setup records the signals and the ranks agree before step 1
+        self.stop.install(deferred=under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         try:
             return self._run()
+        except Stopped as exc:
+            raise self.stopped(exc) from None
         except RuntimeError as exc:
             # torch reports a dead DataLoader worker from its SIGCHLD handler, so at whatever line
             # the main process is running then (reading a batch, the forward, a checkpoint write)
@@ -459,13 +535,14 @@ class PretrainRecipe:
     def _run(self) -> RunResult:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-        self.stop.install()
         self.setup()
         cfg, info = self.cfg, self.info
         progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
                             disable=not (cfg.runtime.progress and info.main))
         t_last, n_last = time.perf_counter(), 0
+        self.phase = "train"
+        self.stop.deferred = True  # from here a signal is read after the step it arrives in
         try:
             with progress:
                 task = progress.add_task("train", total=cfg.train.steps, completed=self.step, info="")
@@ -494,11 +571,17 @@ class PretrainRecipe:
                     progress.update(task, completed=self.step, info=txt)
                     if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
                         self.save()
-            self.save()
+            if self.saved_step != self.step:
+                self.save()
+            evaluating = bool(cfg.runtime.eval_zeroshot and self.val_ds is not None)
+            if self.stop_agreed and evaluating:  # at the last step: saved, not evaluated
+                raise self.preempted()
         finally:
-            self.stop.restore()  # from here on (evaluation) a signal acts as it would without the run
             if self.metrics is not None:
                 self.metrics.close()
+        self.phase = "evaluate"
+        if info.main and evaluating:  # the evaluation stops at once on a signal (one that came during the final save too);
+            self.stop.act_now()      # other ranks only wait for it and keep recording; without it the run is complete
         if info.main:
             self.console.print(self.skip_summary(), highlight=False, soft_wrap=True)
             self.console.print("samples seen per source: " + ", ".join(f"{k} {v}" for k, v in self.samples_seen().items()),

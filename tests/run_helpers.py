@@ -84,3 +84,31 @@ def cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether process ``pid`` has a handler installed for ``sig`` (its /proc SigCgt mask)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+def wait_until(pred, proc: subprocess.Popen, what: str, timeout: float = 300, every: float = 0.005) -> None:
+    """Until ``pred()`` holds (``proc`` must still be running)."""
+    end = time.monotonic() + timeout
+    while not pred():
+        if proc.poll() is not None:
+            raise AssertionError(f"the process ended (rc {proc.returncode}) before {what}: {proc.stderr.read()[-3000:]}")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError(f"not {what} within {timeout} s")
+        time.sleep(every)
+
+
+def error_lines(err: str) -> list[str]:
+    """The ``error:`` lines of a command's stderr."""
+    return [line for line in err.splitlines() if line.startswith("error:")]

@@ -140,7 +140,7 @@ def test_library_functions_check_the_same_ranges(tmp_path):
     with pytest.raises(MaskkitError, match=r"^train.lr: Input should be less than or equal to 1 \(got 1e\+38\); expected a "
                                            r"finite number in \(0, 1\]$"):
         resolve(["train.lr=1e38"])
-    with pytest.raises(MaskkitError, match=r"^data.sources\[0\] \(phantoms\): dataset 'phantoms' option 'seed': Input should "
+    with pytest.raises(MaskkitError, match=r"^data.sources\[0\] \(phantoms\)\.seed: dataset 'phantoms' option 'seed': Input should "
                                            r"be greater than or equal to 0"):
         resolve(['data.sources=[{"name": "phantoms", "seed": -3}]'])
 

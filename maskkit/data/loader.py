@@ -138,14 +138,25 @@ def seed_worker(worker_id: int) -> None:
     random.seed(s)
 
 
+def init_worker(worker_id: int) -> None:
+    """A DataLoader worker's start: :func:`seed_worker`, and the stop signals left to the main
+    process (:func:`~maskkit.training.preemption.shield_loader_worker`: a scheduler's SIGTERM to
+    every process of the job must not kill the workers before the main process checkpoints)."""
+    from ..training.preemption import shield_loader_worker
+
+    seed_worker(worker_id)
+    shield_loader_worker()
+
+
 def make_loader(dataset, collate, sampler: MixtureBatchSampler, num_workers: int = 0, pin_memory: bool = False,
                 prefetch_factor: int = 4, seed: int = 0) -> DataLoader:
     """A DataLoader over ``dataset`` (the corpus's concatenated sources) reading the batches of
     ``sampler`` (the :class:`MixtureBatchSampler` of :func:`maskkit.train.make_sampler`; any
     batch sampler of dataset indices works), collated by ``collate``; ``num_workers`` worker
-    processes, persistent and seeded from ``seed`` (:func:`seed_worker`)."""
+    processes, persistent, seeded from ``seed`` and leaving the stop signals to the main process
+    (:func:`init_worker`)."""
     g = torch.Generator().manual_seed(seed)
-    kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=seed_worker) if num_workers else {}
+    kw = dict(persistent_workers=True, prefetch_factor=prefetch_factor, worker_init_fn=init_worker) if num_workers else {}
     return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
                       pin_memory=pin_memory, generator=g, **kw)
 

@@ -7,7 +7,7 @@ set"; "at most 173 unseen classes"; Unseen 10 / 20 are "the 10 [20] categories w
 number" of images. 8 + 12 + 173 = 193, the size of PadChest's label vocabulary as KAD scores it
 (xiaoman-zhang/KAD, ``A3_CLIP/test_padchest.py``: 193 names, ``normal`` to ``lipomatosis``), whose
 PadChest test set is the physician-labelled images (n = 39,053). The paper names none of the 8
-or the 12; maskkit's reading (docs/assumptions.md, A37e) is:
+or the 12; maskkit's reading (docs/assumptions.md, A38) is:
 
 - **Seen 8** (:data:`SEEN`): the PadChest labels whose name *is* a MIMIC-CXR/CheXpert finding -
   atelectasis, cardiomegaly, consolidation, fracture, pleural effusion, pneumonia, pneumothorax -
