@@ -29,7 +29,7 @@ from maskkit.training.optim import grad_norm
 
 def recipe(out: str, name: str, *settings: str) -> PretrainRecipe:
     cfg, src = resolve(["data.n=64", "data.val_n=0", "train.warmup_steps=0", "runtime.progress=false",
-                        "runtime.eval_zeroshot=false", "train.steps=1000", f"runtime.out_dir={out}", f"runtime.name={name}", *settings])
+                        "runtime.evaluations=[]", "train.steps=1000", f"runtime.out_dir={out}", f"runtime.name={name}", *settings])
     r = PretrainRecipe(cfg, src)
     r.setup()
     return r

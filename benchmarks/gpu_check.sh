@@ -22,7 +22,7 @@ python3 -m maskkit.cli phantoms --out "$work/ph" --n 1024 --size 224 >/dev/null
 python3 -m maskkit.cli prepare csv --option path="$work/ph/phantoms.csv" --out "$work/cache" --size 224 >/dev/null
 python3 -m maskkit.cli run preset=xlip scale=paper data=csv data.path="$work/ph/phantoms.csv" data.cache="$work/cache" \
     train.steps=60 train.batch_size=64 train.precision=bf16 train.warmup_steps=20 train.log_every=10 data.num_workers=8 \
-    runtime.out_dir="$work/runs" runtime.name=gpu runtime.eval_zeroshot=false runtime.progress=false 2>&1 | tail -5 | tee "$OUT/run.txt"
+    runtime.out_dir="$work/runs" runtime.name=gpu "runtime.evaluations=[]" runtime.progress=false 2>&1 | tail -5 | tee "$OUT/run.txt"
 cp "$work/runs/gpu/metrics.jsonl" "$OUT/metrics.jsonl"
 python3 - "$OUT/metrics.jsonl" <<'EOF' | tee -a "$OUT/run.txt"
 import json, sys

@@ -12,8 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import MaskkitError
-from .options import (CheckOptions, FinetuneOptions, MaskEvalOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions,
-                      ZeroShotOptions, allowed, option_help)
+from .options import CheckOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions, allowed, option_help
 from .sweep import builtin_sweeps
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -262,8 +261,11 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     if os.environ.get("RANK", "0") != "0":
         return
     console.print(f"run directory: {result.run_dir}  (step {result.step})", highlight=False)
-    if result.zeroshot is not None:
-        console.print(result.zeroshot.table())
+    for res in result.evaluations.values():  # runtime.evaluations, each written to <run>/<name>.json
+        for t in res.tables:
+            console.print(t)
+        for line in res.warnings:
+            err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
 
 
 def _run_forwarding(cmd: list[str]) -> int:
@@ -318,8 +320,13 @@ def config_show_cmd(
     console.print(table)
 
 
-eval_app = typer.Typer(help="Evaluate checkpoints: zero-shot, fine-tuning, mask-lesion overlap.", no_args_is_help=True)
+from .evalcli import EvalGroup, idset_cmd  # noqa: E402  (imports no torch)
+
+eval_app = typer.Typer(cls=EvalGroup, no_args_is_help=True,
+                       help="Evaluate a run: `maskkit eval NAME RUN [data.* settings] [--options]` for every registered "
+                            "evaluation (built-ins and plugins'; docs/eval.md).")
 app.add_typer(eval_app, name="eval")
+app.command("idset")(idset_cmd)
 
 
 _SETTING = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*=")
@@ -351,11 +358,6 @@ def _data_settings(settings: list[str], what: str) -> list[str]:
     return settings
 
 
-#: how a result's title names its split (maskkit.data.build.Corpus.what)
-_SPLIT_WORDS = {"run": "the run's held-out split", "run-config": "the run's held-out split, unverified",
-                "explicit": "held-out part of the data.* given"}
-
-
 def _say_data(what: dict | str) -> None:
     """Print which data and split a command read (:func:`maskkit.data.build.data_line`): every
     command that evaluates a run or draws samples from it says it the same way."""
@@ -376,160 +378,6 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
     return corpus.val, corpus.label_names, cfg, what
 
 
-@eval_app.command("zeroshot", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_zeroshot_cmd(
-    checkpoints: list[str] = typer.Argument(..., help="run directories or checkpoint files (several: an ensemble), then data.* settings (default: the run's data and split)"),
-    bootstrap: int = typer.Option(1000, help=option_help(ZeroShotOptions, "bootstrap")),
-    no_finding: str = typer.Option("absence", help="how No Finding is scored: absence (of every other finding; A24) or pair (CheXzero's prompt pair)"),
-    absence_ignore: list[str] = typer.Option([], "--absence-ignore", help="a label the absence protocol leaves out (repeatable), e.g. 'Support Devices'"),
-    prompts: str = typer.Option("sentence", help="how each prompt ends: sentence ('no pleural effusion.', like a report sentence; A32) or chexzero (the bare phrase)"),
-    out: Optional[str] = typer.Option(None, help="write the result as JSON here"),
-) -> None:
-    """Zero-shot AUC/F1/ACC (CheXzero protocol) on the run's held-out split (checked against its split.json),
-    or on the data.* given; several checkpoints are ensembled."""
-    from .eval.zeroshot import NO_FINDING_MODES, PROMPT_STYLES, zeroshot_eval
-    from .io import atomic_write_text
-    from .training.checkpointing import load_model
-
-    ZeroShotOptions.check(bootstrap=bootstrap)
-    if no_finding not in NO_FINDING_MODES:
-        raise MaskkitError(f"--no-finding {no_finding!r}: expected one of {', '.join(NO_FINDING_MODES)}")
-    if prompts not in PROMPT_STYLES:
-        raise MaskkitError(f"--prompts {prompts!r}: expected one of {', '.join(PROMPT_STYLES)}")
-    paths, args = _split_targets(checkpoints, "eval zeroshot")
-    _data_settings(args, "eval zeroshot")
-    loaded = [load_model(p) for p in paths]
-    models = [m for m, _ in loaded]
-    for p, (_, c) in zip(paths[1:], loaded[1:]):  # an ensemble's members must hold out the same data
-        if not args and (c.data != loaded[0][1].data or c.train.seed != loaded[0][1].train.seed):
-            raise MaskkitError(f"eval zeroshot: {p} was trained on other data or another train.seed than {paths[0]}; "
-                               "its held-out split differs, so one member's test data may be another's training data")
-    ds, names, _, what = _eval_data(paths[0], models[0], loaded[0][1], args)
-    res = zeroshot_eval(models, ds, names, n_boot=bootstrap, no_finding=no_finding, absence_ignore=tuple(absence_ignore),
-                        style=prompts)
-    console.print(res.table(title=f"zero-shot of {len(models)} checkpoint{'s' if len(models) > 1 else ''} on {res.n} images "
-                                  f"({_SPLIT_WORDS[what['split']]})"))
-    _say_data(what)
-    if out:
-        atomic_write_text(out, json.dumps({**res.to_json(), "data": what}, indent=2))
-
-
-@eval_app.command("finetune", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def eval_finetune_cmd(
-    checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then data.* settings (default: the run's data and split)"),
-    mode: str = typer.Option("probe", help=option_help(FinetuneOptions, "mode")),
-    splits: Optional[str] = typer.Option(None, help="folder of split files to use or create (default: OUT/splits)"),
-    out: str = typer.Option("finetune", help="output folder"),
-    epochs: int = typer.Option(20, help=option_help(FinetuneOptions, "epochs")),
-    lr: float = typer.Option(1e-3, help=option_help(FinetuneOptions, "lr")),
-    batch_size: int = typer.Option(32, help=option_help(FinetuneOptions, "batch_size")),
-    seed: int = typer.Option(0, help=option_help(FinetuneOptions, "seed")),
-) -> None:
-    """Linear head on the image encoder at 1/10/100% of the labels, fixed patient-level split files; tested
-    on the run's held-out patients (checked against its split.json), or on the data.* given."""
-    from pathlib import Path
-
-    from rich.table import Table as RTable
-
-    from .config import resolve
-    from .eval.finetune import held_out_splits, pretraining_data, read_splits, run_finetune, write_splits
-    from .io import atomic_write_text
-    from .training.checkpointing import load_model
-
-    opts = FinetuneOptions.check(mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)  # before any work
-    paths, settings = _split_targets(checkpoint, "eval finetune")
-    if len(paths) != 1:
-        raise MaskkitError(f"eval finetune takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
-    from .data.build import eval_corpus
-
-    model, run_cfg = load_model(paths[0])
-    cfg, corpus, what = eval_corpus(paths[0], run_cfg.model_copy(update={"text_mask": None}), model.image_size,
-                                    _data_settings(settings, "eval finetune"))
-    ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
-    folder = Path(splits) if splits else Path(out) / "splits"
-    if (folder / "test.json").is_file():
-        sp = read_splits(folder, source=corpus.names[0] if len(corpus.sources) == 1 else None)
-        if set(sp["test"]["ids"]) != test_ids:
-            raise MaskkitError(f"{folder / 'test.json'}: its {sp['test']['n']} test ids are not the {len(test_ids)} held-out ids "
-                               f"of {what['text']}; use another --splits folder")
-    else:
-        sp = held_out_splits(recs, test_ids, seed)
-        write_splits(sp, folder)
-    results = run_finetune(model, ds, names, sp, mode=opts.mode, epochs=opts.epochs, lr=opts.lr, batch_size=opts.batch_size,
-                           seed=opts.seed)
-    t = RTable(title=f"{mode} on {sp['test']['n']} test images ({_SPLIT_WORDS[what['split']]}; splits {folder})")
-    t.add_column("labels")
-    t.add_column("train images", justify="right")
-    for n in names:
-        t.add_column(n, justify="right")
-    t.add_column("mean AUC", justify="right")
-    for r in results:
-        t.add_row(r.fraction, str(r.n_train), *["-" if r.auc[n] is None else f"{r.auc[n]:.3f}" for n in names],
-                  "-" if r.mean_auc is None else f"{r.mean_auc:.3f}")
-    if results:  # the test split is the same for every row: how many test samples each label left out
-        t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
-    console.print(t)
-    _say_data(what)
-    for line in dict.fromkeys(w for r in results for w in r.warnings):
-        err_console.print(f"warning: {line}", highlight=False)
-    atomic_write_text(Path(out) / "results.json", json.dumps([{**r.__dict__, "mean_auc": r.mean_auc, "data": what} for r in results],
-                                                             indent=2))
-
-
-@eval_app.command("masks")
-def eval_masks_cmd(
-    checkpoint: str = typer.Argument(..., help="a run directory or checkpoint file"),
-    n: int = typer.Option(256, help=option_help(MaskEvalOptions, "n")),
-    ratio: float = typer.Option(0.75, help=option_help(MaskEvalOptions, "ratio")),
-    seeds: int = typer.Option(3, help=option_help(MaskEvalOptions, "seeds")),
-    lesion_threshold: float = typer.Option(0.1, help=option_help(MaskEvalOptions, "lesion_threshold")),
-    out: Optional[str] = typer.Option(None, help="folder for masks.csv / masks.md / masks.json"),
-) -> None:
-    """Mask-lesion overlap on held-out phantoms for every strategy, reduction, subset mode and λ1."""
-    from pathlib import Path
-
-    from rich.markup import escape
-    from rich.table import Table as RTable
-
-    from .data.dataset import PhantomDataset
-    from .data.phantoms import MASK_EVAL_OFFSET
-    from .eval.masks import default_grid, evaluate_masks, extract
-    from .io import atomic_write_text
-    from .training.checkpointing import load_model
-
-    from .data.sources import source_specs
-    from .datasets import phantoms
-
-    MaskEvalOptions.check(n=n, ratio=ratio, seeds=seeds, lesion_threshold=lesion_threshold)
-    _split_targets([checkpoint], "eval masks")
-    model, cfg = load_model(checkpoint)
-    # the run's phantoms (their seed) when it trained on phantoms; generator indices from MASK_EVAL_OFFSET,
-    # apart from every training (0..n-1) and held-out phantom, so none of them was trained on
-    seeds_run = [s.options.get("seed", 0) for s in source_specs(cfg.data) if _adapter_load(s.name) is phantoms]
-    pseed = seeds_run[0] if seeds_run else 0
-    ds = PhantomDataset(n, pseed, model.image_size, offset=MASK_EVAL_OFFSET, p_unpaired=0.0)
-    rows = evaluate_masks(extract(model, ds, lesion_threshold), default_grid(ratio), seeds)
-    what = (f"{n} phantoms of seed {pseed} from generator index {MASK_EVAL_OFFSET} "
-            f"({'the run trained on phantoms 0..n-1 of that seed' if seeds_run else 'the run trained on no phantoms'}: none trained on)")
-    for r in rows:
-        r["data"] = what
-    t = RTable(title=f"mask-lesion overlap, ratio {ratio}, {n} held-out phantoms (lesion base rate {rows[0]['lesion_base_rate']:.3f})")
-    cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage"]
-    t.add_column("strategy")
-    for c in cols:
-        t.add_column(c.replace("_", " "), justify="right")
-    for r in rows:
-        t.add_row(escape(r["strategy"]), *[f"{r[c]:.3f}" if c in r else "" for c in cols])  # "[l2]" is not markup
-    console.print(t)
-    _say_data(what)
-    if out:
-        o = Path(out)
-        atomic_write_text(o / "masks.json", json.dumps(rows, indent=1))
-        md = ["| strategy | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        md += ["| " + r["strategy"] + " | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in cols) + " |" for r in rows]
-        atomic_write_text(o / "masks.md", "\n".join(md) + "\n")
-
-
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep_cmd(
     spec: list[str] = typer.Argument(None, help=f"a built-in sweep ({', '.join(builtin_sweeps())}) or a YAML file, then key=value settings for every run"),
@@ -541,6 +389,8 @@ def sweep_cmd(
     align_steps: Optional[int] = typer.Option(None, help="budget-matched: every run gets this many alignment steps, warm-up on top; " + allowed(SweepOptions, "align_steps")),
     probe: bool = typer.Option(False, help="also a linear probe at 1/10/100% of the labels per run"),
     rescore: bool = typer.Option(False, help="score the zero-shot of runs done before again with the current protocol (no retraining)"),
+    metrics: Optional[str] = typer.Option(None, help="comma-separated metric keys or wildcards for results.md and paired.md, e.g. "
+                                                     "'auc,retrieval/*_R@1' (default: the sweep's metrics:, else the zero-shot means and probe AUCs)"),
 ) -> None:
     """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md."""
     from pathlib import Path
@@ -573,6 +423,8 @@ def sweep_cmd(
     if align_steps is not None:
         sp.align_steps = align_steps
     sp.probe = sp.probe or probe
+    if metrics:
+        sp.metrics = [m.strip() for m in metrics.split(",") if m.strip()]
     run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
     console.print((out_dir / "results.md").read_text(), highlight=False)
 

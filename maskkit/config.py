@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator, ValidationInfo
 
 from .errors import MaskkitError, close_matches
 from .masking import STREAMS as TREES
@@ -102,8 +102,53 @@ class RuntimeConfig(Strict):
     name: str | None = Field(None, description="run directory name; default <preset>-<scale>-seed<k>, numbered -2, -3, ... when it exists")
     overwrite: bool = Field(False, description="allow replacing an existing run directory")
     resume: str | None = Field(None, description="'latest' (the run directory's newest checkpoint), 'auto' (the newest when there is one, else a new run in that directory: the one command a requeued job repeats) or a checkpoint path")
-    eval_zeroshot: bool = Field(True, description="print a zero-shot table on held-out data at the end")
+    evaluations: list[str] = Field(["zeroshot"], description="evaluations run on the held-out data at the end of the run, each "
+                                   "written to <run>/<name>.json (`maskkit eval --help` lists them; [] for none)")
     progress: bool = Field(True, description="show the progress bar")
+
+
+    @field_validator("evaluations", mode="before")
+    @classmethod
+    def _evaluation_list(cls, v: Any) -> Any:
+        """``[zeroshot,retrieval]`` as written on a command line (not JSON) or one name: a list of names."""
+        if isinstance(v, str):
+            inner = v.strip()
+            inner = inner[1:-1] if inner.startswith("[") and inner.endswith("]") else inner
+            return [p.strip().strip("'\"") for p in inner.split(",") if p.strip()]
+        return v
+
+    @field_validator("evaluations")
+    @classmethod
+    def _registered(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Every name a registered evaluation (built-in or a plugin's), each once. A config read back
+        from a checkpoint (``context={"saved": True}``) is not checked against the registry: its run
+        is evaluated whatever plugins are installed now."""
+        from .plugins import get_registry
+
+        if not (info.context or {}).get("saved"):
+            reg = get_registry()
+            for name in v:
+                reg.evaluation(name)  # one line: unknown (close matches / every name) or refused to two plugins
+        dup = next((n for n in v if v.count(n) > 1), None)
+        if dup is not None:
+            raise ValueError(f"'{dup}' is listed twice")
+        return v
+
+
+#: keys that maskkit no longer reads -> the one line saying what replaced them
+RENAMED = {"runtime.eval_zeroshot": "runtime.eval_zeroshot was replaced by runtime.evaluations, a list of evaluations run at "
+                                    "the end: runtime.evaluations=[] for none, runtime.evaluations=[zeroshot] for the zero-shot table"}
+
+
+def migrate_saved(saved: dict) -> dict:
+    """A config saved by an older maskkit (a checkpoint's) in today's keys: ``runtime.eval_zeroshot``
+    true/false becomes ``runtime.evaluations`` [zeroshot] / []."""
+    rt = saved.get("runtime")
+    if isinstance(rt, dict) and "eval_zeroshot" in rt:
+        rt = dict(rt)
+        rt.setdefault("evaluations", ["zeroshot"] if rt.pop("eval_zeroshot") else [])
+        saved = {**saved, "runtime": rt}
+    return saved
 
 
 class ExperimentConfig(Strict):
@@ -241,6 +286,8 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         _set_source_entry(cfg, parts[2:], value, path, source)
         sources[path] = source
         return
+    if path in RENAMED:
+        raise ConfigError(f"{RENAMED[path]} (from {source})")
     if path not in valid_paths and not any(path.startswith(p + ".") for p in valid_paths if p.endswith("options")):
         prefix_ok = any(v.startswith(path + ".") for v in valid_paths)
         if prefix_ok and isinstance(value, dict):

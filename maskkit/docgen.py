@@ -91,16 +91,28 @@ def cli_markdown() -> str:
         "`visualize` ...) stops at once with one line and exit 75 / 130: its files are written atomically,",
         "so none is left half-written. A signal ignored when maskkit starts (`nohup`) stays ignored.",
         "",
+        "**Evaluations.** `maskkit eval NAME RUN [data.* settings] [--options]` exists for every registered",
+        "evaluation: the built-ins below and any a plugin registers (`maskkit eval --help` lists them all, with",
+        "their descriptions; docs/eval.md, docs/plugins.md). Each command's options are its settings model's",
+        "fields, checked before the run is loaded; `--out` writes `NAME.json` and `NAME.csv` (docs/eval.md).",
+        "",
     ]
 
+    from .evalcli import _click
+
     def walk(cmd, path: list[str]):
-        if hasattr(cmd, "commands"):
-            for name in sorted(cmd.commands):
-                yield from walk(cmd.commands[name], path + [name])
+        if hasattr(cmd, "list_commands"):  # a group; eval's commands are the registered evaluations
+            ctx = _click().Context(cmd)
+            for name in sorted(cmd.list_commands(ctx)):
+                yield from walk(cmd.get_command(ctx, name), path + [name])
         else:
             yield path, cmd
 
-    for path, cmd in walk(root, []):
+    from .testing import only_plugins
+
+    with only_plugins():  # the built-in evaluations only, whatever plugins are installed here
+        commands = list(walk(root, []))
+    for path, cmd in commands:
         lines.append(f"## `maskkit {' '.join(path)}`")
         lines.append("")
         lines.append((cmd.help or "").strip().split("\n\n")[0])
@@ -112,8 +124,8 @@ def cli_markdown() -> str:
             for p in params:
                 is_arg = getattr(p, "param_type_name", "") == "argument"
                 if is_arg:
-                    name = p.name.upper()
-                    name += " ..." if p.nargs == -1 else ""
+                    meta = getattr(p, "metavar", None)
+                    name = meta or p.name.upper() + (" ..." if p.nargs == -1 else "")
                 else:
                     name = ", ".join(p.opts)
                 default = "" if is_arg or p.default in (None, (), []) or callable(p.default) else json.dumps(p.default)
@@ -138,6 +150,14 @@ def _cli_examples() -> list[str]:
         "maskkit compose xlip --role text_mask",
         "maskkit phantoms --n 2000 --out /data/phantoms",
         "maskkit prepare nih --option root=/data/nih --out /data/cache/nih224 --size 224",
+        "maskkit eval --help                                       # every registered evaluation (plugins' too)",
+        "maskkit eval zeroshot runs/xlip-tiny-seed0 --out eval/    # eval/zeroshot.json, eval/zeroshot.csv",
+        "maskkit eval retrieval runs/xlip-tiny-seed0               # the run's held-out paired images",
+        "maskkit idset mimic -o root=/data/mimic-cxr-jpg --out mimic_5x200.json",
+        "maskkit eval retrieval RUN data=mimic data.root=/data/mimic-cxr-jpg --set mimic_5x200.json",
+        "maskkit eval grounding RUN data=rsna data.root=/data/rsna --regions /data/rsna/stage_2_train_labels.csv --format rsna",
+        "maskkit eval masks RUN --ratio 0.5 --ratio 0.75 --strategy random --strategy xlip",
+        "maskkit run preset=xlip 'runtime.evaluations=[zeroshot,retrieval,grounding]'",
         "```",
         "",
     ]

@@ -2,10 +2,12 @@
 
 Each run has its own directory ``OUT/runs/<preset>[-key=value...]-seed<k>``. A run that finished
 has ``done.json`` and is never redone; a run that was interrupted is resumed from its latest
-checkpoint. Results: ``results.csv`` / ``results.md`` (mean ± std over seeds of the held-out
-zero-shot mean AUC, F1 and ACC, per-label zero-shot AUC, and with ``probe`` the linear-probe mean
-AUC at 1/10/100% of the labels), ``paired.md`` (each row against the first, seed by seed) and
-``results.png``.
+checkpoint. Results: ``results.csv`` (mean ± std over seeds of every metric a run holds: the
+held-out zero-shot mean AUC, F1 and ACC, per-label zero-shot AUC, with ``probe`` the linear-probe
+mean AUC at 1/10/100% of the labels, and every flat metric of the end-of-run evaluations,
+``runtime.evaluations``), ``results.md`` (the columns ``metrics:`` chooses, by key or wildcard;
+default the zero-shot means and probe AUCs), ``paired.md`` (every row against every earlier one,
+seed by seed, on the same metrics) and ``results.png``.
 
 Each run keeps only its latest checkpoint (``SWEEP_RUN_DEFAULTS``; ``train.keep_last=3`` on the
 command line keeps more). ``align_steps: N`` matches the budget: every run gets N alignment steps, its warm-up on top
@@ -44,6 +46,9 @@ class SweepSpec:
     description: str = ""
     align_steps: int | None = None
     probe: bool = False
+    #: the columns of results.md and the metrics of paired.md: metric keys or shell wildcards
+    #: (``retrieval/*_R@1``); None: the zero-shot means and the probe AUCs (results.csv has every metric)
+    metrics: list[str] | None = None
 
     def runs(self) -> list[tuple[str, dict[str, Any], int]]:
         keys = list(self.grid)
@@ -68,7 +73,7 @@ def load_sweep(name_or_path: str) -> SweepSpec:
                                f"{close_matches(name_or_path, builtin_sweeps()) or ''}; built-ins: {', '.join(builtin_sweeps())}")
         p = Path(str(f))
     data = load_spec(p)
-    keys = ("presets", "grid", "seeds", "args", "description", "align_steps", "probe")
+    keys = ("presets", "grid", "seeds", "args", "description", "align_steps", "probe", "metrics")
     unknown = set(data) - set(keys)
     if unknown:
         raise MaskkitError(f"{p}: unknown sweep key '{sorted(unknown)[0]}'; expected {', '.join(keys)}")
@@ -76,8 +81,11 @@ def load_sweep(name_or_path: str) -> SweepSpec:
 
     align = data.get("align_steps")
     SweepOptions.check("=", where=f"{p}: ", align_steps=align, seeds=data.get("seeds"))  # one line naming the file and key
+    metrics = data.get("metrics")
+    if metrics is not None and (not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) and m for m in metrics)):
+        raise MaskkitError(f"{p}: metrics: expected a list of metric keys or wildcards (e.g. [auc, 'retrieval/*_R@1']), got {metrics!r}")
     return SweepSpec(list(data.get("presets") or ["xlip"]), dict(data.get("grid") or {}), list(data.get("seeds") or [0]),
-                     list(data.get("args") or []), data.get("description", ""), align, bool(data.get("probe", False)))
+                     list(data.get("args") or []), data.get("description", ""), align, bool(data.get("probe", False)), metrics)
 
 
 def parse_grid(items: list[str]) -> dict[str, list[Any]]:
@@ -114,7 +122,7 @@ def run_args(spec: SweepSpec, preset: str, combo: dict[str, Any], seed: int, out
     name = slug(preset, combo, seed)
     run_dir = out / "runs" / name
     args = [f"preset={preset}", *SWEEP_RUN_DEFAULTS, *spec.args, *extra_args, *[f"{k}={json.dumps(v)}" for k, v in combo.items()],
-            f"train.seed={seed}", f"runtime.out_dir={out / 'runs'}", f"runtime.name={name}", "runtime.eval_zeroshot=true",
+            f"train.seed={seed}", f"runtime.out_dir={out / 'runs'}", f"runtime.name={name}",
             "runtime.progress=false"]
     if spec.align_steps is not None:
         cfg, _ = resolve(args)
@@ -139,6 +147,8 @@ def _one_run(args: list[str], row: dict, probe: bool, threads: int | None = None
     cfg, sources = resolve(args)
     result = train(cfg, sources)
     row = {**row, "steps": result.step, **zeroshot_fields(result.zeroshot)}
+    for res in result.evaluations.values():  # every end-of-run evaluation's flat metrics (runtime.evaluations)
+        row.update(res.metrics)
     if probe:
         row.update(probe_aucs(result.run_dir, cfg))
     atomic_write_text(result.run_dir / "done.json", json.dumps(row))
@@ -171,18 +181,20 @@ def protocol_line(rows: list[dict]) -> str:
 
 def rescore_run(run_dir: Path, row: dict, console=None) -> dict:
     """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
-    own held-out data, as at the end of training: :func:`maskkit.train.run_zeroshot`); rewrites
-    ``zeroshot.json`` and ``done.json``. Probe columns are kept: they do not depend on prompts.
-    ``console``: where to print the ``data:`` line (:func:`maskkit.data.build.data_line`)."""
+    own held-out data, as at the end of training: :func:`maskkit.train.run_evaluations`); rewrites
+    ``zeroshot.json`` / ``zeroshot.csv`` and ``done.json``. Other columns are kept (probe AUCs do
+    not depend on prompts). ``console``: where to print the ``data:`` line
+    (:func:`maskkit.data.build.data_line`)."""
     from .data.build import data_line, eval_corpus
-    from .train import run_zeroshot
+    from .train import run_evaluations
     from .training.checkpointing import load_model
 
     model, cfg = load_model(run_dir)
     _, corpus, what = eval_corpus(run_dir, cfg, model.image_size, tokenizer=model.tokenizer)  # verified against split.json
     if console is not None:
         console.print(data_line(what), highlight=False, soft_wrap=True)
-    row = {**row, **zeroshot_fields(run_zeroshot(model, cfg, corpus.val, corpus.label_names, run_dir, data=what))}
+    res = run_evaluations(model, cfg, corpus, what, run_dir, ["zeroshot"])["zeroshot"]
+    row = {**{k: v for k, v in row.items() if not k.startswith("zeroshot/")}, **zeroshot_fields(res.native), **res.metrics}
     atomic_write_text(run_dir / "done.json", json.dumps(row))
     return row
 
@@ -228,7 +240,8 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
                 continue
             row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
             args = run_args(spec, preset, combo, seed, out, extra_args)
-            resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
+            cfg, _ = resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
+            check_metrics(spec, list(cfg.runtime.evaluations))
             todo.append((args, row))
         out.mkdir(parents=True, exist_ok=True)
         if jobs <= 1:
@@ -379,10 +392,74 @@ METRICS = ("auc", "f1", "acc")
 
 
 def _metric_keys(rows: list[dict]) -> list[str]:
-    """The metrics the rows hold: zero-shot mean AUC/F1/ACC, then probe and per-label AUCs."""
+    """The legacy metrics the rows hold: zero-shot mean AUC/F1/ACC, then probe and per-label AUCs."""
     extra = sorted({k for r in rows for k in r if k.startswith(("probe_", "auc:"))},
                    key=lambda k: (not k.startswith("probe_"), int(k[6:]) if k[6:].isdigit() else 0, k))
     return [*METRICS, *extra]
+
+
+#: the fields of a result row that are not metrics
+ROW_FIELDS = ("preset", "seed", "run", "steps")
+
+
+def numeric_keys(rows: list[dict], spec: SweepSpec) -> list[str]:
+    """Every metric the rows hold (results.csv): the legacy ones (:func:`_metric_keys`), then every
+    other key whose values are numbers - the evaluations' flat metrics (``zeroshot/auc_macro``,
+    ``retrieval/image_to_report_R@1``, ...) - in order of first appearance."""
+    legacy = _metric_keys(rows)
+    skip = set(ROW_FIELDS) | set(spec.grid) | set(legacy)
+    out: list[str] = []
+    for r in rows:
+        for k, v in r.items():
+            if k in skip or k in out or k.startswith("protocol:"):
+                continue
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out.append(k)
+    return [*legacy, *out]
+
+
+def chosen_metrics(rows: list[dict], spec: SweepSpec) -> tuple[list[str], list[str]]:
+    """(the metrics results.md shows and paired.md compares, the patterns that matched none):
+    ``spec.metrics`` (keys or shell wildcards matched against every metric the rows hold, in the
+    spec's order), else the zero-shot means and the probe AUCs."""
+    import fnmatch
+
+    if spec.metrics is None:
+        return [m for m in _metric_keys(rows) if not m.startswith("auc:")], []
+    have = numeric_keys(rows, spec)
+    out: list[str] = []
+    missing: list[str] = []
+    for pat in spec.metrics:
+        hits = [k for k in have if fnmatch.fnmatchcase(k, pat)]
+        if not hits:
+            missing.append(pat)
+        out += [k for k in hits if k not in out]
+    return out, missing
+
+
+def check_metrics(spec: SweepSpec, evaluations: list[str]) -> None:
+    """Before any run: each pattern of ``spec.metrics`` names a legacy column (``auc``, ``f1``,
+    ``acc``, ``probe_*``, ``auc:*``) or a metric of an evaluation the runs run (``name/...``: its
+    name in ``runtime.evaluations``); else one line."""
+    import fnmatch
+
+    legacy = ["auc", "f1", "acc", "probe_1", "probe_10", "probe_100", "auc:x"]
+    for pat in spec.metrics or []:
+        head = pat.split("/", 1)[0]
+        if "/" in pat:
+            if not any(fnmatch.fnmatchcase(e, head) for e in evaluations):
+                raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{head}', which the runs do not run "
+                                   f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
+                                   f"'runtime.evaluations=[{','.join([*evaluations, head])}]' in the sweep's args")
+        elif not any(fnmatch.fnmatchcase(k, pat) for k in legacy):
+            raise MaskkitError(f"sweep metrics: '{pat}' is neither a zero-shot / probe column (auc, f1, acc, probe_1, "
+                               f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>')")
+
+
+def _percent(metric: str) -> bool:
+    """Whether a column is shown in % (the legacy AUC/F1/ACC and probe columns); an evaluation's
+    metric is shown as it is (a rank is not a fraction)."""
+    return metric in METRICS or metric.startswith(("probe_", "auc:"))
 
 
 def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
@@ -395,7 +472,7 @@ def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
     out = []
     for g, rs in groups.items():
         row = {"preset": g[0], **dict(zip(keys, g[1:])), "seeds": len(rs)}
-        for m in _metric_keys(rows):
+        for m in numeric_keys(rows, spec):
             v = np.array([r[m] for r in rs if r.get(m) is not None], dtype=float)
             row[f"{m}_mean"] = float(v.mean()) if len(v) else None
             row[f"{m}_std"] = float(v.std(ddof=1)) if len(v) > 1 else None  # one seed has no spread
@@ -436,12 +513,19 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     atomic_write_text(out / "results.csv", buf.getvalue())
     keys = list(spec.grid)
     metrics = _metric_keys(rows)
-    shown = [m for m in metrics if not m.startswith("auc:")]
+    shown, missing = chosen_metrics(rows, spec)
     head = ["preset", *keys, "seeds", *[("zero-shot " + m.upper()) if m in METRICS else m for m in shown]]
     md = [f"# {spec.description or 'sweep'}", "", protocol_line(rows), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    if any(not _percent(m) for m in shown):
+        md[3:3] = ["Columns of the zero-shot means and probe AUCs are in %; an evaluation's metric (`name/...`) as it is.", ""]
+    if missing:
+        md[3:3] = [f"No run holds a metric matching {', '.join(repr(m) for m in missing)} (results.csv lists every metric).", ""]
     def fmt(r, m):
-        mean, std = r[f"{m}_mean"], r[f"{m}_std"]
-        return "n/a" if mean is None else f"{100 * mean:.2f}" + ("" if std is None else f" ± {100 * std:.2f}")
+        mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
+        if mean is None:
+            return "n/a"
+        k, f = (100, "{:.2f}") if _percent(m) else (1, "{:.3f}")
+        return f.format(k * mean) + ("" if std is None else " ± " + f.format(k * std))
     for r in summary:
         md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), *[fmt(r, m) for m in shown]]) + " |")
     labels = [m for m in metrics if m.startswith("auc:")]
@@ -451,11 +535,16 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
         for r in summary:
             md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], *[fmt(r, m) for m in labels]]) + " |")
     atomic_write_text(out / "results.md", "\n".join(md) + "\n")
-    pl = [p for m in [*METRICS[:1], *[m for m in metrics if m.startswith("probe_")]] for p in paired(rows, spec, m)]
+    compared = [*METRICS[:1], *[m for m in metrics if m.startswith("probe_")]] if spec.metrics is None else shown
+    pl = [p for m in compared for p in paired(rows, spec, m)]
     if pl:
+        def num(p, v, sign=""):
+            k, f = (100, "{:" + sign + ".2f}") if _percent(p["metric"]) else (1, "{:" + sign + ".3f}")
+            return f.format(k * v)
+
         lines = ["| row | against | metric | seeds | mean difference | SE | beyond 2 SE |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {100 * p['mean_diff']:+.2f} | "
-                  + (f"{100 * p['se']:.2f} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
+        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], '+')} | "
+                  + (f"{num(p, p['se'])} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
                      else "n/a | n/a (one seed: no spread) |") for p in pl]
         atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
     atomic_write_bytes(out / "results.png", plot_results(summary, keys))

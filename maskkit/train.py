@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from .training.optim import build_optimizer, grad_norm, restore_buffers, snapsho
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
-__all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_zeroshot", "train", "training_batch"]
+__all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_evaluations", "run_zeroshot", "train", "training_batch"]
 
 
 def pick_device(name: str) -> torch.device:
@@ -57,12 +57,15 @@ def pick_device(name: str) -> torch.device:
 @dataclass
 class RunResult:
     """A finished run: its directory, last step, each logged step's losses (``{"step", "<name>_loss":
-    value or None when the step had no target for the term}``) and the zero-shot result."""
+    value or None when the step had no target for the term}``), the end-of-run evaluations
+    (``runtime.evaluations``: name -> :class:`~maskkit.eval.contract.EvalResult`) and, when
+    ``zeroshot`` is one of them, its :class:`~maskkit.eval.zeroshot.ZeroShotResult`."""
 
     run_dir: Path
     step: int
     losses: list[dict]
     zeroshot: Any = None
+    evaluations: dict[str, Any] = field(default_factory=dict)
 
 
 # --- the recipe ------------------------------------------------------------------------------
@@ -430,10 +433,11 @@ class PretrainRecipe:
             steps = f"non-finite steps: {n} of {self.step} skipped ({', '.join(causes)})"
         return self.skips.summary() + "\n" + steps
 
-    def evaluate(self):
-        """The zero-shot table on the held-out set (rank 0), written to zeroshot.json."""
+    def evaluate(self) -> dict[str, Any]:
+        """The end-of-run evaluations (``runtime.evaluations``, rank 0) on the run's held-out split,
+        each written to ``<run>/<name>.json`` / ``.csv`` (:func:`run_evaluations`)."""
         what = self.corpus.what("run", f"the held-out split of run {self.out} ({self.corpus.describe()})")
-        return run_zeroshot(self.model, self.cfg, self.val_ds, self.label_names, self.out, self.device, data=what)
+        return run_evaluations(self.model, self.cfg, self.corpus, what, self.out, self.cfg.runtime.evaluations, self.device)
 
     # --- the loop ----------------------------------------------------------------------------
     def discard_unstarted_run_dir(self) -> bool:
@@ -486,8 +490,9 @@ class PretrainRecipe:
                      f"at step {self.step} of {steps}, before the checkpoint of that step was complete")
             what, then = f"stopped at once by a second SIGINT {where}: {kept}", "run the same command with runtime.resume=latest to continue"
         elif self.phase == "evaluate":
+            names = ", ".join(f"{n}.json" for n in self.cfg.runtime.evaluations)
             what = (f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
-                    "zeroshot.json was not written")
+                    f"{names} {'was' if len(self.cfg.runtime.evaluations) == 1 else 'were'} not all written")
             then = "the same command with runtime.resume=latest evaluates it"
         elif ck is None:
             left = f"{removed} removed" if removed is not None else (
@@ -573,7 +578,7 @@ class PretrainRecipe:
                         self.save()
             if self.saved_step != self.step:
                 self.save()
-            evaluating = bool(cfg.runtime.eval_zeroshot and self.val_ds is not None)
+            evaluating = bool(cfg.runtime.evaluations and self.val_ds is not None)
             if self.stop_agreed and evaluating:  # at the last step: saved, not evaluated
                 raise self.preempted()
         finally:
@@ -588,8 +593,13 @@ class PretrainRecipe:
                                highlight=False, soft_wrap=True)
         self.skips.check(final=True)  # a short run on broken data stops too (its checkpoints are kept)
         result = RunResult(self.out, self.step, self.losses)
-        if cfg.runtime.eval_zeroshot and self.val_ds is not None and info.main:
-            result.zeroshot = self.evaluate()
+        if evaluating and info.main:
+            result.evaluations = self.evaluate()
+            z = result.evaluations.get("zeroshot")
+            result.zeroshot = z.native if z is not None else None
+        elif cfg.runtime.evaluations and info.main:
+            self.console.print(f"runtime.evaluations ({', '.join(cfg.runtime.evaluations)}) not run: the run holds out no data "
+                               f"(data.val_n=0?)", highlight=False, soft_wrap=True)
         if info.enabled:
             torch.distributed.barrier()
         return result
@@ -638,14 +648,28 @@ def record_split(out: Path, corpus, resumed: bool) -> None:
         write_split(out, corpus)
 
 
-def run_zeroshot(model, cfg: ExperimentConfig, val_ds, label_names, out: Path, device="cpu", data: dict | None = None):
-    """A run's end-of-run zero-shot evaluation (200 bootstrap resamples, the library's protocol
-    defaults) on its held-out set, written atomically to ``out/zeroshot.json``; returns the
-    :class:`~maskkit.eval.zeroshot.ZeroShotResult`. Used by the recipe and by ``maskkit sweep
-    --rescore``, so a re-scored run is scored exactly as a new one. ``data`` (what data and split)
-    is recorded beside the result."""
-    from .eval.zeroshot import zeroshot_eval
+def run_evaluations(model, cfg: ExperimentConfig, corpus, what: dict, out: Path, names, device="cpu") -> dict[str, Any]:
+    """A run's end-of-run evaluations: each registered evaluation of ``names`` (``runtime.evaluations``)
+    with its ``end_of_run`` settings (zero-shot: 200 bootstrap resamples, the library's protocol
+    defaults) on the run's ``corpus`` (its held-out split; ``what`` names it), each written
+    atomically to ``out/<name>.json`` and ``out/<name>.csv`` (``zeroshot.json`` keeps every field
+    it had). Returns name -> :class:`~maskkit.eval.contract.EvalResult`. Used by the recipe and by
+    ``maskkit sweep --rescore``, so a re-scored run is scored exactly as a new one."""
+    from .eval.contract import EvalRun
+    from .plugins import get_registry
 
-    res = zeroshot_eval(model, val_ds, label_names, device=device, batch_size=max(cfg.train.batch_size, 32), n_boot=200)
-    atomic_write_text(Path(out) / "zeroshot.json", json.dumps({**res.to_json(), **({"data": data} if data else {})}, indent=2))
-    return res
+    reg = get_registry()
+    run = EvalRun([(Path(out), model, cfg)], out=out, device=device, corpus=(cfg, corpus, what))
+    results = {}
+    for name in names:
+        ev = reg.evaluation(name)
+        res = ev(run, ev.parse(ev.end_of_run))
+        res.write(out)
+        results[name] = res
+    return results
+
+
+def run_zeroshot(model, cfg: ExperimentConfig, corpus, what: dict, out: Path, device="cpu"):
+    """The end-of-run zero-shot evaluation alone (:func:`run_evaluations`): ``out/zeroshot.json``;
+    returns the :class:`~maskkit.eval.zeroshot.ZeroShotResult`."""
+    return run_evaluations(model, cfg, corpus, what, out, ["zeroshot"], device)["zeroshot"].native

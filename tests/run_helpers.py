@@ -13,7 +13,7 @@ from pathlib import Path
 # the tiny settings of tests/test_run.py, with a schedule that does not depend on train.steps (so
 # that a run resumed with more steps can be compared with one run of those steps)
 SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=1000",
-         "train.warmup_steps=2", "runtime.progress=false", "runtime.eval_zeroshot=false", "train.schedule=constant",
+         "train.warmup_steps=2", "runtime.progress=false", "runtime.evaluations=[]", "train.schedule=constant",
          "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
 
 

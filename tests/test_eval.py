@@ -62,16 +62,18 @@ def test_no_finding_has_its_own_prompts():
 
 
 def test_the_cli_defaults_are_the_library_defaults():
-    """`maskkit eval zeroshot`'s defaults are spelt in cli.py (it imports torch lazily): they must
-    be the library's."""
+    """`maskkit eval zeroshot`'s defaults are spelt in its settings model (maskkit.evaluations imports
+    no torch): they must be the library's."""
     import inspect
 
-    from maskkit import cli
     from maskkit.eval.zeroshot import DEFAULT_PROMPT_STYLE, zeroshot_eval
+    from maskkit.evaluations import ZeroshotSettings
 
-    params = inspect.signature(cli.eval_zeroshot_cmd).parameters
-    assert params["prompts"].default.default == DEFAULT_PROMPT_STYLE
-    assert params["no_finding"].default.default == inspect.signature(zeroshot_eval).parameters["no_finding"].default
+    s = ZeroshotSettings()
+    lib = inspect.signature(zeroshot_eval).parameters
+    assert s.prompts == DEFAULT_PROMPT_STYLE == lib["style"].default
+    assert s.no_finding == lib["no_finding"].default and s.bootstrap == lib["n_boot"].default
+    assert s.batch_size == lib["batch_size"].default
 
 
 def test_splits_are_deterministic_patient_level_and_nested(tmp_path):

@@ -179,8 +179,11 @@ def test_settings_errors_are_one_line_for_options_and_plain_models():
 
     from maskkit.evaluations import GroundingSettings, RetrievalSettings
 
-    with pytest.raises(MaskkitError, match=r"^eval retrieval: --bootstrap -1: expected an integer in \[0, 100000\]"):
-        get_registry().evaluation("retrieval").parse({"bootstrap": -1}, style="--")
+    ev = get_registry().evaluation("retrieval")
+    with pytest.raises(MaskkitError, match=r"^--bootstrap -1: expected an integer in \[0, 100000\] \(bootstrap resamples"):
+        ev.parse({"bootstrap": -1}, style="--")  # a command option names itself
+    with pytest.raises(MaskkitError, match=r"^eval retrieval: bootstrap=-1: expected an integer in \[0, 100000\]"):
+        ev.parse({"bootstrap": -1})  # a library call or end_of_run names the evaluation
     with pytest.raises(MaskkitError, match=r"^--regions needs --format \(a region file and its layout"):
         parse_settings(GroundingSettings, {"regions": "x.csv"}, "--")
     with pytest.raises(MaskkitError, match=r"^--ks 0: expected integers in \[1, 100000\]"):

@@ -21,7 +21,7 @@ from maskkit.training.metric_logging import LossWindow, MetricLogger, format_los
 # any term; masks are row-wise deterministic (every paired row masks 75% of its patches, the MLM
 # target is every report token after the first), so a target count depends on the rows alone
 SMALL = ["data.n=16", "data.val_n=0", "data.p_unpaired=0.5", "train.batch_size=2", "train.warmup_steps=1",
-         "runtime.progress=false", "runtime.eval_zeroshot=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
+         "runtime.progress=false", "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
          "model.mlm.layers=1", "model.mim.decoder_heads=2", 'image_mask={"image_self": {"ratio": 0.75}}', "image_only_mask=null",
          'text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}}']
 STEPS = 8

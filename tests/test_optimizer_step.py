@@ -22,7 +22,7 @@ from maskkit.train import PretrainRecipe, TrainingError, train
 from maskkit.training.checkpointing import load_checkpoint, nonfinite_entries
 
 SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.warmup_steps=1",
-         "runtime.progress=false", "runtime.eval_zeroshot=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
+         "runtime.progress=false", "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
          "model.mlm.layers=1", "model.mim.decoder_heads=2"]
 # row-wise deterministic masks (the same sample gets the same mask in any micro-batch or on any rank)
 # and the linear patch embedding (BatchNorm's batch statistics are those of one micro-batch)

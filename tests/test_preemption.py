@@ -303,7 +303,7 @@ def test_a_stop_at_the_last_step_or_in_the_evaluation_is_evaluated_on_requeue(tm
     from maskkit.training.preemption import RunPreempted
 
     args = [*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=e", "data.val_n=16", "train.steps=3",
-            f"runtime.eval_zeroshot={'false' if 'no evaluation' in when else 'true'}"]
+            f"runtime.evaluations={'[]' if 'no evaluation' in when else '[zeroshot]'}"]
     real_step, real_eval = PretrainRecipe.train_step, PretrainRecipe.evaluate
 
     def step(self):

@@ -18,7 +18,7 @@ from maskkit.errors import MaskkitError
 from maskkit.train import TrainingError, train
 
 SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1", "train.ckpt_every=10",
-         "train.warmup_steps=5", "runtime.progress=false", "runtime.eval_zeroshot=false",
+         "train.warmup_steps=5", "runtime.progress=false", "runtime.evaluations=[]",
          "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
 
 
@@ -191,7 +191,7 @@ def test_config_show_names_sources():
 # deterministic, row-wise masks, so that one process and two mask the same tokens
 DETERMINISTIC = ['image_mask={"image_self": {"ratio": 0.75}}', 'image_only_mask={"prompt_driven": {"ratio": 0.5}}',
                  'text_mask={"intersect": {"of": [{"random": {"modality": "text", "ratio": 1.0}}, "causal"]}}']
-TINY = ["data.val_n=0", "train.log_every=1", "runtime.progress=false", "runtime.eval_zeroshot=false",
+TINY = ["data.val_n=0", "train.log_every=1", "runtime.progress=false", "runtime.evaluations=[]",
         "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
 
 

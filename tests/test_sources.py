@@ -19,7 +19,7 @@ from maskkit.errors import MaskkitError
 from maskkit.train import train
 
 TINY = ["train.batch_size=4", "train.log_every=1", "train.warmup_steps=1", "runtime.progress=false",
-        "runtime.eval_zeroshot=false", "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1",
+        "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1",
         "model.mim.decoder_heads=2"]
 
 

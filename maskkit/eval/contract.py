@@ -214,7 +214,8 @@ class Evaluation:
 
     def parse(self, values: dict[str, Any] | None = None, style: str = "=") -> BaseModel:
         """This evaluation's settings from ``values`` (one line per refused value, :func:`parse_settings`)."""
-        return parse_settings(self.settings, dict(values or {}), style, where=f"eval {self.name}: ")
+        where = "" if style == "--" else f"eval {self.name}: "  # a command option names itself
+        return parse_settings(self.settings, dict(values or {}), style, where=where)
 
     def __call__(self, run: EvalRun, settings: BaseModel | dict[str, Any] | None = None) -> EvalResult:
         """Run the evaluation on ``run`` (settings: a model instance, or values to parse) and check

@@ -126,7 +126,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     for t in ("image_mask", "image_only_mask", "text_mask"):  # checkpoints before the trees moved out of model.
         if saved.get("model", {}).get(t) is None:
             saved.get("model", {}).pop(t, None)
-    cfg = ExperimentConfig.model_validate(saved)
+    from ..config import migrate_saved
+
+    cfg = ExperimentConfig.model_validate(migrate_saved(saved), context={"saved": True})
     model = XLIP.from_experiment(cfg)
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg
