@@ -144,8 +144,7 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
     for line in res.warnings:
         err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
     if out:
-        written = res.write(out)
-        err_console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+        res.write(out)
     return res
 
 

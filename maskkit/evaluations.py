@@ -69,7 +69,7 @@ class RegionSettings(Options):
 class MasksSettings(RegionSettings, MaskEvalOptions):
     """``maskkit eval masks`` (docs/eval.md, "Mask-lesion overlap")."""
 
-    ratio: list[Ratio] = Field([0.75], min_length=1, description="final mask ratio (repeatable: each ratio is a row per strategy)")
+    ratio: list[Ratio] = Field([0.75], min_length=1, description="final mask ratio, repeatable: one row per strategy and ratio")
     strategies: list[str] = Field([], description="a registered strategy or preset (repeatable; default: every registered "
                                                   "image strategy and every preset's image_mask)", json_schema_extra={"flag": "strategy"})
     grid: Literal["registry", "ablation"] = Field("registry", description="registry: the strategies above; ablation: every "

@@ -66,8 +66,8 @@ def test_option_range_errors_are_usage_errors_not_tracebacks(tmp_path):
 # every numeric option of the eval / finetune / sweep / visualize / data commands: checked before any work
 # (no checkpoint is read: the path need not exist), one line naming the option and its range
 OPTION_CASES = [
-    (["eval", "finetune", "RUN", "--lr", "1e38"],
-     "--lr 1e+38: expected a finite number in (0, 1] (learning rate of the head's AdamW, and of the encoder's with mode finetune)"),
+    (["eval", "finetune", "RUN", "--lr", "1e38"],  # the value as typed (an evaluation's settings read the text)
+     "--lr 1e38: expected a finite number in (0, 1] (learning rate of the head's AdamW, and of the encoder's with mode finetune)"),
     (["eval", "finetune", "RUN", "--lr", "-1"], "--lr -1: expected a finite number in (0, 1]"),
     (["eval", "finetune", "RUN", "--lr", "nan"], "--lr nan: expected a finite number in (0, 1]"),
     (["eval", "finetune", "RUN", "--lr", "inf"], "--lr inf: expected a finite number in (0, 1]"),
@@ -79,7 +79,7 @@ OPTION_CASES = [
     (["eval", "zeroshot", "RUN", "--bootstrap", "-5"], "--bootstrap -5: expected an integer in [0, 100000]"),
     (["eval", "masks", "RUN", "--n", "0"], "--n 0: expected an integer in [1, 100000] (held-out phantoms)"),
     (["eval", "masks", "RUN", "--seeds", "0"], "--seeds 0: expected an integer in [1, 1000]"),
-    (["eval", "masks", "RUN", "--ratio", "1.5"], "--ratio 1.5: expected a finite number in [0, 1] (final mask ratio)"),
+    (["eval", "masks", "RUN", "--ratio", "1.5"], "--ratio 1.5: expected finite numbers in [0, 1] (final mask ratio, repeatable"),
     (["eval", "masks", "RUN", "--lesion-threshold", "nan"], "--lesion-threshold nan: expected a finite number in [0, 1]"),
     (["sweep", "--presets", "clip", "--jobs", "0"], "--jobs 0: expected an integer in [1, 256] (runs at once)"),
     (["sweep", "--presets", "clip", "--align-steps", "0"], "--align-steps 0: expected an integer in [1, 1000000000]"),

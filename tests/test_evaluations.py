@@ -271,7 +271,8 @@ def register_strategies(register):
     labels = [label for label, _ in rows]
     assert "stripes (its own ratio)" in labels and "random @ 0.75" in labels and "preset xlip @ 0.75" in labels
     assert not any(label.startswith(("entity", "causal")) for label in labels)  # text strategies are not measured
-    assert any(line.startswith("union: a composite, measured through the presets") for line in skipped)
+    assert skipped == ["composite strategies (intersect, union) are measured through the presets that compose them "
+                       "(preset rows), or --strategy PRESET"]
     assert dict(rows)["preset xlip @ 0.5"]["union"]["ratio"] == 0.5
     rows, _ = registry_grid([0.6], ["stripes", "xlip-guided"])
     assert [label for label, _ in rows] == ["stripes (its own ratio)", "preset xlip-guided"]

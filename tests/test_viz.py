@@ -96,7 +96,8 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     assert fig.axes[0].get_lines()
     # the terminal tables: a strategy's "[max_sim]" is text, not rich markup; intervals name their resamples
     env = {**os.environ, "COLUMNS": "200"}
-    masks = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "masks", str(run), "--n", "16", "--seeds", "1"],
+    masks = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "masks", str(run), "--n", "16", "--seeds", "1",
+                            "--grid", "ablation"],
                            capture_output=True, text=True, env=env)
     assert masks.returncode == 0, masks.stderr
     assert "report_cross [max_sim]" in masks.stdout and "report_cross [l2]" in masks.stdout
@@ -111,7 +112,7 @@ def test_cli_writes_png_html_and_curves(tmp_path):
     assert "No Finding's absence leaves out: Support Devices" in zs.stdout
     bad = subprocess.run([sys.executable, "-m", "maskkit.cli", "eval", "zeroshot", str(run), "--prompts", "sentences"],
                          capture_output=True, text=True, env=env)
-    assert bad.returncode == 2 and "--prompts 'sentences': expected one of sentence, chexzero" in bad.stderr + bad.stdout
+    assert bad.returncode == 2 and "--prompts sentences: expected one of sentence, chexzero" in bad.stderr + bad.stdout
 
 
 def test_figure_shows_the_mask_training_draws(views):

@@ -252,15 +252,13 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
         cand = [(n, n, False) for n in sorted(reg.strategies)] + [(f"preset {n}", t, False) for n, t in presets.items()]
     from ..core import StrategyConfig, declared_modalities
 
-    rows, skipped = [], []
+    rows, skipped, composites = [], [], []
     for label, tree, asked in cand:
         cls = reg.strategies.get(tree) if isinstance(tree, str) else None
         if cls is not None and not asked and "image" not in declared_modalities(cls):
             continue  # a text strategy: nothing to measure on image tokens
         if cls is not None and not asked and cls.composite:
-            users = [p for p, t in presets.items() if isinstance(t, dict) and tree in t]
-            skipped.append(f"{label}: a composite, measured through the presets that compose it"
-                           + (f" ({', '.join('preset ' + u for u in users)})" if users else " (no preset composes it)"))
+            composites.append(label)  # it needs children: measured through the presets that compose it
             continue
         own = cls is not None and "ratio" not in getattr(cls, "Config", StrategyConfig).model_fields
         try:
@@ -279,6 +277,9 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
             continue
         for r in ratios:
             rows.append((label if len(ratios) == 1 else f"{label} @ {r:g}", with_ratio(tree, r)))
+    if composites:
+        skipped.append(f"composite strategies ({', '.join(composites)}) are measured through the presets that compose "
+                       f"them (preset rows), or --strategy PRESET")
     return rows, skipped
 
 
