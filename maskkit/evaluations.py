@@ -303,7 +303,6 @@ MASK_COLUMNS = ["share_micro", "lift_micro", "share_macro", "lift_macro", "lesio
 
 def masks(run, s: MasksSettings):
     """Mask-lesion overlap of every registered image strategy: the share of lesion patches it masks and its lift over random."""
-    import json
 
     import torch
     from rich.markup import escape
@@ -374,7 +373,7 @@ def masks(run, s: MasksSettings):
     details = [{k: v for k, v in r.items()} for r in rows_out]
     return EvalResult("masks", metrics, details, data=what, tables=[t], warnings=notes + skipped,
                       extra={"rows": rows_out, "regions": s.regions, "format": s.format},
-                      files={"masks.json": json.dumps(rows_out, indent=1), "masks.md": "\n".join(md) + "\n"}, native=rows_out)
+                      files={"masks.md": "\n".join(md) + "\n"}, native=rows_out)
 
 
 # --- retrieval -----------------------------------------------------------------------------------
@@ -383,6 +382,7 @@ def _idset_dataset(run, path: str):
     """(dataset of the id set's images, the set, what, ids of the set in the run's training split)."""
     from .data.build import ConcatSources, _default_dataset
     from .data.records import Table
+    from .errors import MaskkitError
     from .eval.subsets import load_id_set
 
     cfg, corpus, what = run.corpus()
@@ -402,8 +402,16 @@ def _idset_dataset(run, path: str):
             continue
         make = src.adapter.dataset or _default_dataset
         kw = {"data": cfg.data} if src.adapter.dataset else {"data": cfg.data, "cache": src.spec.cache}
-        parts.append(make(Table(src.spec.name, recs, corpus.label_names), run.model.image_size, train=False, **kw))
-        names.append(corpus.names[k])
+        try:
+            chunks = [make(Table(src.spec.name, recs, corpus.label_names), run.model.image_size, train=False, **kw)]
+        except MaskkitError:
+            if src.adapter.dataset is None:
+                raise
+            # an adapter's own dataset may take only some subsets (the phantoms: consecutive generator
+            # indices): one dataset per record then
+            chunks = [make(Table(src.spec.name, [r], corpus.label_names), run.model.image_size, train=False, **kw) for r in recs]
+        parts += chunks
+        names += [corpus.names[k]] * len(chunks)
     ds = parts[0] if len(parts) == 1 else ConcatSources(parts, names)
     return ds, idset, what, sorted(set(idset.ids) & in_train)
 

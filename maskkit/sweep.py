@@ -451,7 +451,7 @@ def check_metrics(spec: SweepSpec, evaluations: list[str]) -> None:
                 raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{head}', which the runs do not run "
                                    f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
                                    f"'runtime.evaluations=[{','.join([*evaluations, head])}]' in the sweep's args")
-        elif not any(fnmatch.fnmatchcase(k, pat) for k in legacy):
+        elif not (pat.startswith(("probe_", "auc:")) or any(fnmatch.fnmatchcase(k, pat) for k in legacy)):
             raise MaskkitError(f"sweep metrics: '{pat}' is neither a zero-shot / probe column (auc, f1, acc, probe_1, "
                                f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>')")
 

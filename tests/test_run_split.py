@@ -185,5 +185,5 @@ def test_eval_masks_names_phantoms_none_trained_on(nih_run, tmp_path):
     every training and held-out phantom; the result names them."""
     run = nih_run[0]
     invoke("eval", "masks", run, "--n", "4", "--seeds", "1", "--out", tmp_path)
-    rows = json.loads((tmp_path / "masks.json").read_text())
+    rows = json.loads((tmp_path / "masks.json").read_text())["rows"]  # the contract's document; its rows as before
     assert rows and all("from generator index 20000000" in r["data"] and "trained on no phantoms" in r["data"] for r in rows)

@@ -1,0 +1,428 @@
+"""`maskkit eval NAME RUN` for every registered evaluation (issue 19 sections 1-3 and 5), in process
+(CliRunner) on tiny runs: phantoms, and a CSV run whose image ids tiny region files in the real
+layouts annotate. Bad annotation files are one line each, with nothing written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_helpers import SMALL  # noqa: E402
+
+from maskkit.cli import app  # noqa: E402
+from maskkit.config import resolve  # noqa: E402
+from maskkit.errors import MaskkitError  # noqa: E402
+from maskkit.train import train  # noqa: E402
+
+TINY = [a for a in SMALL if not a.startswith("data.")]
+BUILTIN = ("finetune", "grounding", "masks", "padchest", "retrieval", "zeroshot")
+
+
+def invoke(*args, ok: bool = True):
+    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+    if ok and res.exit_code != 0:
+        raise AssertionError(f"{args}: exit {res.exit_code}: {res.output[-3000:]} {res.exception!r}")
+    return res
+
+
+def fails(*args, match: str, out: Path | None = None) -> str:
+    """The command fails with one line containing ``match``; ``out`` (if given) is not created."""
+    res = invoke(*args, ok=False)
+    msg = str(res.exception) if isinstance(res.exception, MaskkitError) else res.output
+    assert res.exit_code != 0 and match in msg, (res.exit_code, msg[-2000:], repr(res.exception))
+    if isinstance(res.exception, MaskkitError):
+        assert "\n" not in msg, msg
+    if out is not None:
+        assert not out.exists(), sorted(out.rglob("*"))
+    return msg
+
+
+@pytest.fixture(scope="module")
+def phantom_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ph")
+    cfg, src = resolve([*SMALL, "data.val_n=24", "train.steps=2", f"runtime.out_dir={tmp}", "runtime.name=r"])
+    train(cfg, src)
+    return tmp / "r"
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A 1-step run on 60 32x32 PNGs (one patient each) with reports and a Pneumonia label; its
+    held-out image ids are what region files annotate."""
+    from PIL import Image
+
+    tmp = tmp_path_factory.mktemp("csvrun")
+    rng = np.random.default_rng(0)
+    rows = ["image_path,report,patient_id,Pneumonia"]
+    for i in range(60):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(tmp / f"i{i}.png")
+        rows.append(f"i{i}.png,{'Patchy opacity in the right lower lobe' if i % 2 else 'Clear lungs'} case {i}.,p{i},{i % 2}")
+    (tmp / "d.csv").write_text("\n".join(rows) + "\n")
+    cfg, src = resolve([*TINY, "data=csv", f"data.path={tmp / 'd.csv'}", "train.steps=1", f"runtime.out_dir={tmp}",
+                        "runtime.name=r"])
+    train(cfg, src)
+    held = json.loads((tmp / "r" / "split.json").read_text())["sources"][0]["held_out_ids"]
+    assert len(held) >= 3, held
+    train_ids = [f"i{i}.png" for i in range(60) if f"i{i}.png" not in held]
+    return tmp / "r", held, train_ids
+
+
+def write(path: Path, header: list[str], rows: list[list]) -> Path:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+# --- the command group -----------------------------------------------------------------------------
+
+def test_eval_help_lists_every_registered_evaluation_with_its_description():
+    from maskkit.plugins import get_registry
+
+    out = invoke("eval", "--help").output
+    for name in BUILTIN:
+        assert name in out
+    assert " ".join(get_registry().evaluation("retrieval").description.split()[:4]) in " ".join(out.split())
+    res = invoke("eval", "zeroshoot", "x", ok=False)
+    assert res.exit_code == 2 and "eval 'zeroshoot': not a registered evaluation; did you mean 'zeroshot'?" in res.output
+
+
+def test_a_plugin_evaluation_appears_in_help_and_runs(phantom_run, tmp_path, monkeypatch):
+    from test_evaluations import use_reportlen
+
+    use_reportlen(tmp_path, monkeypatch)
+    assert "report_length" in invoke("eval", "--help").output
+    assert "--min-tokens" in invoke("eval", "report_length", "--help").output
+    fails("eval", "report_length", phantom_run, "--min-tokens", "0", match="--min-tokens 0: Input should be greater than or equal to 1")
+    out = tmp_path / "o"
+    invoke("eval", "report_length", phantom_run, "--out", out)
+    doc = json.loads((out / "report_length.json").read_text())
+    assert doc["evaluation"] == "report_length" and doc["metrics"]["report_length/n"] == 24.0
+    assert -1 <= doc["metrics"]["report_length/spearman"] <= 1 and doc["data"]["split"] == "run"
+    rows = list(csv.DictReader((out / "report_length.csv").open()))
+    assert len(rows) == 24 and set(rows[0]) == {"id", "tokens", "similarity"}
+
+
+def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
+    fails("eval", "retrieval", phantom_run, phantom_run, match="eval retrieval takes one checkpoint, got 2")
+
+
+# --- zero-shot, fine-tuning: today's command lines, the contract's files ---------------------------
+
+def test_zeroshot_writes_the_legacy_json_with_flat_metrics_and_details(phantom_run, tmp_path):
+    res = invoke("eval", "zeroshot", phantom_run, phantom_run, "--bootstrap", "0", "--no-finding", "pair",
+                 "--out", tmp_path / "z.json")
+    assert "zero-shot of 2 checkpoints on 24 images (the run's held-out split)" in " ".join(res.output.split())
+    doc = json.loads((tmp_path / "z.json").read_text())
+    assert doc["n"] == 24 and doc["no_finding"] == "pair" and "per_label" in doc  # the fields it always had
+    assert doc["metrics"]["zeroshot/auc_macro"] == pytest.approx(doc["mean"]["auc"])
+    for lab, r in doc["per_label"].items():
+        assert doc["metrics"][f"zeroshot/auc/{lab}"] == (None if r is None else pytest.approx(r["auc"]))
+    rows = list(csv.DictReader((tmp_path / "z.csv").open()))
+    assert [r["label"] for r in rows] == list(doc["per_label"]) and doc["settings"]["no_finding"] == "pair"
+
+
+def test_finetune_keeps_results_json_and_adds_the_contract_files(phantom_run, tmp_path):
+    out = tmp_path / "ft"
+    invoke("eval", "finetune", phantom_run, "--epochs", "1", "--out", out)
+    legacy = json.loads((out / "results.json").read_text())
+    doc = json.loads((out / "finetune.json").read_text())
+    assert [r["fraction"] for r in legacy] == ["0.01", "0.1", "1"]
+    for r in legacy:
+        got = doc["metrics"][f"finetune/probe_{float(r['fraction']) * 100:g}/auc_macro"]
+        assert got == (None if r["mean_auc"] is None else pytest.approx(r["mean_auc"]))
+    assert (out / "splits" / "test.json").is_file() and len(list(csv.DictReader((out / "finetune.csv").open()))) == 3 * 6
+
+
+# --- mask-lesion overlap ----------------------------------------------------------------------------
+
+def test_masks_strategies_from_the_registry_at_several_ratios(phantom_run, tmp_path):
+    out = tmp_path / "m"
+    invoke("eval", "masks", phantom_run, "--n", "16", "--seeds", "1", "--ratio", "0", "--ratio", "1", "--out", out)
+    rows = {r["strategy"]: r for r in json.loads((out / "masks.json").read_text())["rows"]}
+    # random at ratio 0 masks no lesion patch, at ratio 1 every one: shares 0 and 1, lift 1
+    assert rows["random @ 0"]["share_micro"] == 0.0 and rows["random @ 1"]["share_micro"] == 1.0
+    assert rows["random @ 1"]["lift_micro"] == pytest.approx(1.0)
+    assert {"preset xlip @ 1", "image_self @ 0", "atypical @ 1"} <= set(rows)
+    from maskkit.plugins import get_registry
+
+    if "blockwise" in get_registry().strategies:  # a plugin's strategy is measured too (installed: CI)
+        assert "blockwise @ 1" in rows
+    doc = json.loads((out / "masks.json").read_text())
+    assert doc["evaluation"] == "masks" and doc["metrics"]["masks/random @ 1/share_micro"] == 1.0
+    assert len(list(csv.DictReader((out / "masks.csv").open()))) == len(rows) and (out / "masks.md").is_file()
+
+
+def test_masks_contract_metrics_name_strategy_and_ratio(phantom_run, tmp_path):
+    from maskkit.eval.contract import EvalRun
+    from maskkit.plugins import get_registry
+
+    res = get_registry().evaluation("masks")(EvalRun.load([phantom_run]), {"n": 8, "seeds": 1, "strategies": ["random"],
+                                                                        "ratio": [0.5]})
+    assert res.metrics["masks/random/share_micro"] == res.details[0]["share_micro"]
+    assert set(res.files) == {"masks.md"} and res.details[0]["strategy"] == "random"
+
+
+def test_masks_ablation_grid_is_the_grid_before(phantom_run, tmp_path):
+    res = invoke("eval", "masks", phantom_run, "--n", "8", "--seeds", "1", "--grid", "ablation", "--out", tmp_path)
+    labels = [r["strategy"] for r in json.loads((tmp_path / "masks.json").read_text())["rows"]]
+    assert "union uniform λ1=0.7 [l2]" in labels and "report_cross [max_sim]" in labels
+    fails("eval", "masks", phantom_run, "--grid", "ablation", "--strategy", "random", match="--grid ablation is a fixed grid")
+    fails("eval", "masks", phantom_run, "--strategy", "randm", match="'randm' is neither a registered strategy nor a preset")
+    assert res.exit_code == 0
+
+
+# --- retrieval and id sets --------------------------------------------------------------------------
+
+def test_retrieval_on_held_out_phantoms(phantom_run, tmp_path):
+    invoke("eval", "retrieval", phantom_run, "--bootstrap", "20", "--k", "1", "--k", "3", "--out", tmp_path / "r.json")
+    doc = json.loads((tmp_path / "r.json").read_text())
+    m = doc["metrics"]
+    assert m["retrieval/n_images"] == 24 and doc["ks"] == [1, 3]
+    rows = list(csv.DictReader((tmp_path / "r.csv").open()))
+    i2r = [int(r["rank"]) for r in rows if r["direction"] == "image_to_report"]
+    r2i = [int(r["rank"]) for r in rows if r["direction"] == "report_to_image"]
+    assert len(i2r) == 24 and len(r2i) == m["retrieval/n_reports"]  # every held-out phantom report is distinct or shared
+    assert m["retrieval/image_to_report_R@1"] == pytest.approx(np.mean(np.array(i2r) <= 1))
+    assert m["retrieval/report_to_image_R@3"] == pytest.approx(np.mean(np.array(r2i) <= 3))
+    assert m["retrieval/image_to_report_median_rank"] == np.median(i2r)
+    lo, hi = m["retrieval/image_to_report_R@1_ci_lo"], m["retrieval/image_to_report_R@1_ci_hi"]
+    assert lo <= m["retrieval/image_to_report_R@1"] <= hi
+
+
+def test_retrieval_on_a_stored_id_set(phantom_run, tmp_path):
+    from maskkit.eval.subsets import IdSet, save_id_set
+
+    held = json.loads((phantom_run / "split.json").read_text())["sources"][0]["held_out_ids"]
+    f = save_id_set(IdSet("ph", {"A": held[:5], "B": held[5:10]}), tmp_path / "set.json")
+    invoke("eval", "retrieval", phantom_run, "--set", f, "--bootstrap", "0", "--out", tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "retrieval.json").read_text())
+    assert doc["n_images"] == 10 and doc["id_set"]["sha256"] == IdSet("ph", {"A": held[:5], "B": held[5:10]}).sha256
+    assert doc["id_set"]["in_training_split"] == 0
+    # an edited file is one line, nothing written
+    d = json.loads(f.read_text())
+    d["classes"]["A"]["ids"][0] = held[11]
+    f.write_text(json.dumps(d))
+    fails("eval", "retrieval", phantom_run, "--set", f, "--out", tmp_path / "bad", match="the file was edited or damaged",
+          out=tmp_path / "bad")
+    # training images in the set: evaluated, and said
+    tr = save_id_set(IdSet("tr", {"A": ["phantom-0-0", "phantom-0-1"], "B": held[:2]}), tmp_path / "tr.json")
+    res = invoke("eval", "retrieval", phantom_run, "--set", tr, "--bootstrap", "0")
+    assert "2 of the 4 images of id set tr are in the run's training split" in " ".join(res.output.split())
+
+
+def _chexpert_root(tmp_path: Path, per_class: int = 3) -> Path:
+    from maskkit.data.records import CHEXPERT_LABELS
+    from maskkit.eval.subsets import FIVE_CLASSES
+
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    rows = []
+    for j, c in enumerate([*FIVE_CLASSES, None]):
+        for i in range(per_class):
+            labels = ["1.0" if lab == c else "0.0" for lab in CHEXPERT_LABELS]
+            rows.append([f"CheXpert-v1.0-small/train/patient{j}{i:04d}/study1/view1_frontal.jpg", "Frontal", "PA", *labels])
+    write(root / "train.csv", ["Path", "Frontal/Lateral", "AP/PA", *CHEXPERT_LABELS], rows)
+    return root
+
+
+def test_idset_builder_writes_a_hashed_5x200_file(tmp_path):
+    from maskkit.eval.subsets import load_id_set
+
+    root = _chexpert_root(tmp_path)
+    res = invoke("idset", "chexpert", "-o", f"root={root}", "--k", "2", "--seed", "3", "--out", tmp_path / "s.json")
+    s = load_id_set(tmp_path / "s.json")
+    assert len(s.ids) == 10 and all(len(v) == 2 for v in s.classes.values()) and s.definition["seed"] == 3
+    assert f"sha256 {s.sha256[:12]}" in res.output
+    invoke("idset", "chexpert", "-o", f"root={root}", "--k", "2", "--seed", "3", "--out", tmp_path / "again.json")
+    assert (tmp_path / "again.json").read_text() == (tmp_path / "s.json").read_text()  # deterministic
+    fails("idset", "chexpert", "-o", f"root={root}", "--k", "4", "--out", tmp_path / "x.json",
+          match="fewer than k=4 eligible images", out=tmp_path / "x.json")
+    fails("idset", "chexpert", "-o", f"root={root}", "-o", "uncertain=ones", "--out", tmp_path / "x.json",
+          match="the 5x200 definition needs uncertain=ignore", out=tmp_path / "x.json")
+    fails("idset", "nih", "--out", tmp_path / "x.json", match="expected chexpert or mimic", out=tmp_path / "x.json")
+
+
+# --- grounding ---------------------------------------------------------------------------------------
+
+def test_grounding_on_phantoms_by_default(phantom_run, tmp_path):
+    invoke("eval", "grounding", phantom_run, "--n", "8", "--out", tmp_path)
+    doc = json.loads((tmp_path / "grounding.json").read_text())
+    m = doc["metrics"]
+    for k in ("pointing", "iou", "dice", "cnr"):
+        assert 0 <= m[f"grounding/{k}"] or k == "cnr"
+        assert f"grounding/random/{k}" in m and f"grounding/centre/{k}" in m
+    rows = list(csv.DictReader((tmp_path / "grounding.csv").open()))
+    assert len(rows) == m["grounding/n"] and {r["finding"] for r in rows} <= {"Pleural Effusion", "Cardiomegaly", "Lung Lesion",
+                                                                              "Pneumothorax", "Support Devices"}
+    assert rows[0]["prompt"].endswith(".")  # the finding's positive prompt, sentence style
+
+
+def test_grounding_rsna_boxes_hand_computed_region(csv_run, tmp_path):
+    run, held, train_ids = csv_run
+    f = write(tmp_path / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"],
+              [[held[0], 0, 0, 512, 512, 1], [held[1], "", "", "", "", 0], [held[2], 512, 0, 512, 1024, 1],
+               [train_ids[0], 0, 0, 100, 100, 1]])
+    res = invoke("eval", "grounding", run, "--regions", f, "--format", "rsna", "--out", tmp_path / "g")
+    rows = {r["image_id"]: r for r in csv.DictReader((tmp_path / "g" / "grounding.csv").open())}
+    from maskkit.training.checkpointing import load_model
+
+    n = (load_model(run)[0].image_size // load_model(run)[0].patch) ** 2
+    assert set(rows) == {held[0], held[2]}  # the normal image has no region; the training image is not evaluated
+    assert float(rows[held[0]]["region_patches"]) == n / 4 and float(rows[held[2]]["region_patches"]) == n / 2
+    assert rows[held[0]]["prompt"] == "pneumonia."
+    text = " ".join(res.output.split())
+    assert f"3 of the 4 images annotated in {f} are held out" in text and "data: the held-out split of run" in text
+
+
+def test_grounding_ms_cxr_phrases_and_vindr_sizes_from_the_images(csv_run, tmp_path):
+    run, held, _ = csv_run
+    f = write(tmp_path / "MS_CXR_Local_Alignment_v1.0.0.csv",
+              ["dicom_id", "category", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height"],
+              [[held[0], "Pneumonia", "patchy right lower opacity", "p", 10, 10, 8, 8, 32, 32]])
+    invoke("eval", "grounding", run, "--regions", f, "--format", "ms_cxr", "--out", tmp_path / "m.json")
+    (row,) = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert row["prompt"] == "patchy right lower opacity" and row["finding"] == "Pneumonia"
+    v = write(tmp_path / "annotations_test.csv", ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
+              [[held[1], "R1", "Consolidation", 0, 0, 16, 32], [held[1], "R2", "Consolidation", 0, 0, 16, 16]])
+    invoke("eval", "grounding", run, "--regions", v, "--format", "vindr", "--min-raters", "2", "--out", tmp_path / "v.json")
+    (row,) = list(csv.DictReader((tmp_path / "v.csv").open()))
+    from maskkit.training.checkpointing import load_model
+
+    model = load_model(run)[0]
+    n = (model.image_size // model.patch) ** 2
+    assert float(row["region_patches"]) == n / 4  # the top-left quarter both radiologists boxed, on the 32x32 PNG
+
+
+@pytest.mark.parametrize("fmt, name, header, row, match", [
+    ("rsna", "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], ["HELD", 900, 900, 200, 200, 1],
+     "reaches outside the 1024x1024 image"),
+    ("rsna", "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"], ["nope.png", 0, 0, 10, 10, 1],
+     "image id 'nope.png' is not in the data"),
+    ("siim", "train-rle.csv", ["ImageId", " EncodedPixels"], ["HELD", " "], "EncodedPixels"),
+    ("nih", "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"], ["HELD", "Effusion", 10, 10, 0, 5],
+     "has a zero size"),
+    ("ms_cxr", "MS_CXR_Local_Alignment_v1.0.0.csv",
+     ["dicom_id", "category", "label_text", "path", "x", "y", "w", "h", "image_width", "image_height"],
+     ["HELD", "Pneumonia", "opacity", "p", 30, 0, 8, 8, 32, 32], "reaches outside the 32x32 image"),
+    ("vindr", "annotations_test.csv", ["image_id", "rad_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
+     ["HELD", "R1", "Nodule", 0, 0, 40, 40], "reaches outside the 32x32 image"),
+])
+@pytest.mark.parametrize("command", ["grounding", "masks"])
+def test_bad_annotation_files_are_one_line_and_nothing_is_written(csv_run, tmp_path, fmt, name, header, row, match, command):
+    run, held, _ = csv_run
+    f = write(tmp_path / name, header, [[held[0] if c == "HELD" else c for c in row]])
+    out = tmp_path / "out"
+    msg = fails("eval", command, run, "--regions", f, "--format", fmt, "--out", out, match=match, out=out)
+    assert str(f) in msg
+
+
+def test_regions_need_their_format(csv_run, tmp_path):
+    fails("eval", "grounding", csv_run[0], "--regions", tmp_path / "x.csv", match="--regions needs --format")
+
+
+def test_masks_on_a_region_file(csv_run, tmp_path):
+    run, held, _ = csv_run
+    f = write(tmp_path / "train-rle.csv", ["ImageId", " EncodedPixels"],
+              [[h, " 0 524288"] for h in held[:2]] + [[held[2], " -1"]])  # the left half of each 1024 x 1024 image
+    invoke("eval", "masks", run, "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross",
+           "--ratio", "1", "--seeds", "1", "--out", tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "masks.json").read_text())
+    rows = {r["strategy"]: r for r in doc["rows"]}
+    assert rows["random"]["share_micro"] == 1.0 and rows["report_cross"]["share_micro"] == 1.0  # ratio 1 masks all
+    assert rows["random"]["lesion_base_rate"] == pytest.approx(0.5 * 2 / 3)  # 3 annotated images, 2 with a lesion: half each
+    assert doc["metrics"]["masks/images"] == 3.0 and doc["metrics"]["masks/images_with_lesion"] == 2.0
+    assert doc["format"] == "siim"
+
+
+# --- PadChest ----------------------------------------------------------------------------------------
+
+def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "padchest"
+    (root / "0").mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    labels = ["['pleural effusion']", "['cardiomegaly', 'nodule']", "['normal']", "['nodule']", "['pneumonia', 'kyphosis']"]
+    rows = []
+    for i in range(80):
+        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "0" / f"im{i}.png")
+        rows.append([f"im{i}.png", "0", f"s{i}", f"p{i}", "PA", "Physician", labels[i % len(labels)]])
+    write(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
+          ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "MethodLabel", "Labels"], rows)
+    fails("eval", "padchest", phantom_run, match="has no padchest source")
+    invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
+           "--subset", "unseen10", "--out", tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "padchest.json").read_text())
+    assert list(doc["protocol"]["seen"]) == ["atelectasis", "cardiomegaly", "consolidation", "fracture", "pleural effusion",
+                                             "pneumonia", "pneumothorax", "pulmonary edema"]
+    assert "padchest/seen/auc_macro" in doc["metrics"] and set(doc["subsets"]) == {"seen", "unseen10"}
+    assert doc["data"]["split"] == "explicit" and doc["metrics"]["padchest/n"] == doc["protocol"]["n_images"]
+
+
+# --- end of run, config, sweeps ----------------------------------------------------------------------
+
+def test_end_of_run_evaluations_are_a_list(tmp_path):
+    cfg, src = resolve([*SMALL, "data.val_n=12", "train.steps=1", f"runtime.out_dir={tmp_path}", "runtime.name=e",
+                        "runtime.evaluations=[zeroshot,retrieval]"])
+    r = train(cfg, src)
+    assert set(r.evaluations) == {"zeroshot", "retrieval"} and r.zeroshot is r.evaluations["zeroshot"].native
+    z = json.loads((tmp_path / "e" / "zeroshot.json").read_text())
+    assert z["n_boot"] == 200 and z["n"] == 12 and "zeroshot/auc_macro" in z["metrics"]  # the end-of-run settings
+    assert json.loads((tmp_path / "e" / "retrieval.json").read_text())["n_boot"] == 200
+    assert (tmp_path / "e" / "retrieval.csv").is_file()
+
+
+@pytest.mark.parametrize("arg, match", [
+    ("runtime.evaluations=[zeroshot,zeroshoot]", "runtime.evaluations: unknown evaluation 'zeroshoot'; did you mean 'zeroshot'?"),
+    ("runtime.evaluations=[zeroshot,zeroshot]", "runtime.evaluations: 'zeroshot' is listed twice"),
+    ("runtime.eval_zeroshot=false", "runtime.eval_zeroshot was replaced by runtime.evaluations"),
+])
+def test_evaluations_key_is_checked_at_resolve(arg, match):
+    with pytest.raises(MaskkitError) as e:
+        resolve([arg])
+    assert match in str(e.value) and "\n" not in str(e.value)
+
+
+def test_config_values_and_old_checkpoints():
+    from maskkit.config import migrate_saved
+
+    assert resolve(["runtime.evaluations=[]"])[0].runtime.evaluations == []
+    assert resolve(['runtime.evaluations=["zeroshot", "masks"]'])[0].runtime.evaluations == ["zeroshot", "masks"]
+    assert resolve(["runtime.evaluations=retrieval"])[0].runtime.evaluations == ["retrieval"]
+    assert migrate_saved({"runtime": {"eval_zeroshot": False}})["runtime"] == {"evaluations": []}
+    assert migrate_saved({"runtime": {"eval_zeroshot": True}})["runtime"] == {"evaluations": ["zeroshot"]}
+
+
+def test_sweep_tables_take_any_metric_key(tmp_path):
+    from maskkit.sweep import SweepSpec, check_metrics, write_results
+
+    rows = [{"preset": p, "seed": s, "run": f"{p}{s}", "steps": 1, "auc": a, "retrieval/image_to_report_R@1": r,
+             "retrieval/image_to_report_median_rank": mr}
+            for p, s, a, r, mr in [("clip", 0, 0.6, 0.25, 3.0), ("clip", 1, 0.7, 0.35, 2.0),
+                                   ("xlip", 0, 0.65, 0.5, 1.0), ("xlip", 1, 0.75, 0.5, 2.0)]]
+    spec = SweepSpec(["clip", "xlip"], seeds=[0, 1], metrics=["auc", "retrieval/*_R@1", "retrieval/*median*"])
+    write_results(rows, spec, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| preset | seeds | zero-shot AUC | retrieval/image_to_report_R@1 | retrieval/image_to_report_median_rank |" in md
+    assert "| clip | 2 | 65.00 ± 7.07 | 0.300 ± 0.071 | 2.500 ± 0.707 |" in md  # AUC in %, an evaluation's metric as it is
+    paired = (tmp_path / "paired.md").read_text()
+    # xlip - clip on R@1, seed by seed: 0.25 and 0.15 -> mean 0.200, SE 0.05 (sd 0.0707 / sqrt 2): beyond 2 SE
+    assert "| xlip | clip | retrieval/image_to_report_R@1 | 2 | +0.200 | 0.050 | yes |" in paired
+    head = (tmp_path / "results.csv").read_text().splitlines()[0]
+    assert "retrieval/image_to_report_median_rank_mean" in head and "auc_mean" in head
+    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'grounding/\*' is a metric of evaluation 'grounding', which the "
+                                           r"runs do not run \(runtime.evaluations: zeroshot\)"):
+        check_metrics(SweepSpec(["xlip"], metrics=["grounding/*"]), ["zeroshot"])
+    check_metrics(SweepSpec(["xlip"], metrics=["probe_*", "auc:Edema", "grounding/pointing"]), ["zeroshot", "grounding"])
+    write_results(rows, SweepSpec(["clip", "xlip"], metrics=["masks/*"]), tmp_path)
+    assert "No run holds a metric matching 'masks/*'" in (tmp_path / "results.md").read_text()
