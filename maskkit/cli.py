@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape  # messages are text: "runtime.evaluations=[zeroshot]" is not a style tag
 from rich.table import Table
 
 from .errors import MaskkitError
@@ -63,7 +64,7 @@ def strategies_cmd(
         table.add_row(*(str(r[c]) for c in ("name", "source", "modality", "output", "inputs", "description")))
     console.print(table)
     for dist, why in reg.failed_plugins.items():
-        err_console.print(f"[yellow]plugin '{dist}' failed to load: {why}[/]")
+        err_console.print(f"[yellow]plugin '{escape(dist)}' failed to load: {escape(why)}[/]")
 
 
 @app.command("presets")
@@ -180,7 +181,7 @@ def check_cmd(
         if not issubclass(w.category, ConformanceWarning):
             warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     for line in notes:
-        err_console.print(f"[yellow]warning[/]: {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"[yellow]warning[/]: {escape(line)}", highlight=False, soft_wrap=True)
     also = f"; {len(notes)} warning{'s' if len(notes) > 1 else ''} above" if notes else ""
     console.print(f"[green]ok[/]: {spec} passes the maskkit conformance checks (B={b}, N={n}, T={t}, seed={seed}, {device}){also}")
 
@@ -265,7 +266,7 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         for t in res.tables:
             console.print(t)
         for line in res.warnings:
-            err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+            err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)
 
 
 def _run_forwarding(cmd: list[str]) -> int:
@@ -616,7 +617,7 @@ def _one_line_warnings() -> None:
         if not issubclass(category, MaskkitWarning):
             return shown(message, category, filename, lineno, file, line)
         if os.environ.get("RANK", "0") == "0":
-            err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+            err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
     warnings.showwarning = show
 
@@ -651,16 +652,16 @@ def main() -> None:
         if _state["debug"]:
             raise
         if os.environ.get("RANK", "0") == "0":
-            err_console.print(f"[red]error:[/] {_stopped_line(exc)}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(_stopped_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except MaskkitError as exc:
         if _state["debug"]:
             raise
         rank = os.environ.get("RANK", "0")
         if rank == "0":  # under torchrun every rank fails alike: one line, from rank 0
-            err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         elif getattr(exc, "rank_local", False):  # ... except what only one rank sees (its loader worker died)
-            err_console.print(f"[red]error:[/] rank {rank}: {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/] rank {rank}: {escape(str(exc))}", highlight=False, soft_wrap=True)
         code = getattr(exc, "exit_code", 2)  # 75 / 130 for a run stopped by a signal (maskkit.training.preemption)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads

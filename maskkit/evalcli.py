@@ -141,8 +141,10 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
         console.print(t)
     if res.data is not None:
         _say_data(res.data)
+    from rich.markup import escape
+
     for line in res.warnings:
-        err_console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+        err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)
     if out:
         res.write(out)
     return res

@@ -178,6 +178,8 @@ def test_masks_ablation_grid_is_the_grid_before(phantom_run, tmp_path):
     assert "union uniform λ1=0.7 [l2]" in labels and "report_cross [max_sim]" in labels
     fails("eval", "masks", phantom_run, "--grid", "ablation", "--strategy", "random", match="--grid ablation is a fixed grid")
     fails("eval", "masks", phantom_run, "--strategy", "randm", match="'randm' is neither a registered strategy nor a preset")
+    fails("eval", "masks", phantom_run, "--strategy", "union", match="strategy 'union' is a composite: it needs children; "
+                                                                     "give a preset that composes it (--strategy xlip)")
     assert res.exit_code == 0
 
 
@@ -391,6 +393,16 @@ def test_evaluations_key_is_checked_at_resolve(arg, match):
     with pytest.raises(MaskkitError) as e:
         resolve([arg])
     assert match in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_message_with_brackets_is_printed_whole():
+    """The CLI prints errors with rich: '[zeroshot]' in a message is text, not a style tag (it was eaten)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "run", "runtime.eval_zeroshot=false"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: runtime.eval_zeroshot was replaced by runtime.evaluations, a list of evaluations run at the end: "
+        "runtime.evaluations=[] for none, runtime.evaluations=[zeroshot] for the zero-shot table (from cli)"), out.stderr
 
 
 def test_config_values_and_old_checkpoints():

@@ -260,6 +260,10 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
         if cls is not None and not asked and cls.composite:
             composites.append(label)  # it needs children: measured through the presets that compose it
             continue
+        if cls is not None and asked and cls.composite:
+            users = sorted((p for p, t in presets.items() if isinstance(t, dict) and tree in t), key=lambda n: (len(n), n))
+            raise MaskkitError(f"strategy '{label}' is a composite: it needs children; give a preset that composes it"
+                               + (f" (--strategy {users[0]})" if users else ""))
         own = cls is not None and "ratio" not in getattr(cls, "Config", StrategyConfig).model_fields
         try:
             s = build(tree if own else with_ratio(tree, ratios[0]))
