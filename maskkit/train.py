@@ -32,7 +32,6 @@ from .data.build import build_corpus
 from .data.dataset import to_device
 from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torchrun
 from .errors import MaskkitError, TrainingError
-from .io import atomic_write_text
 from .masking import mask_seed
 from .objectives import MicroBatches
 from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME

@@ -271,6 +271,7 @@ def register_strategies(register):
     labels = [label for label, _ in rows]
     assert "stripes (its own ratio)" in labels and "random @ 0.75" in labels and "preset xlip @ 0.75" in labels
     assert not any(label.startswith(("entity", "causal")) for label in labels)  # text strategies are not measured
+    assert not any(label.startswith("preset t3_image_self") for label in labels)  # the image_self row already
     assert skipped == ["composite strategies (intersect, union) are measured through the presets that compose them "
                        "(preset rows), or --strategy PRESET"]
     assert dict(rows)["preset xlip @ 0.5"]["union"]["ratio"] == 0.5

@@ -253,6 +253,7 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
     from ..core import StrategyConfig, declared_modalities
 
     rows, skipped, composites = [], [], []
+    seen: set[str] = set()
     for label, tree, asked in cand:
         cls = reg.strategies.get(tree) if isinstance(tree, str) else None
         if cls is not None and not asked and "image" not in declared_modalities(cls):
@@ -279,6 +280,10 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
         if own:  # a strategy without a ratio setting masks as many tokens as it decides: one row
             rows.append((f"{label} (its own ratio)", {tree: {}}))
             continue
+        key = json.dumps(with_ratio(tree, 0.5), sort_keys=True)
+        if key in seen:  # a preset whose image_mask is one strategy's defaults: that strategy's row already
+            continue
+        seen.add(key)
         for r in ratios:
             rows.append((label if len(ratios) == 1 else f"{label} @ {r:g}", with_ratio(tree, r)))
     if composites:
