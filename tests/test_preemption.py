@@ -353,7 +353,7 @@ def test_an_evaluation_stopped_by_sigterm_exits_75_and_writes_no_half_file(tmp_p
     if command == "zeroshot":
         cmd = ["eval", "zeroshot", str(small_run), "--bootstrap", "1000000", "--out", str(out / "zs.json")]
     else:
-        cmd = ["eval", "finetune", str(small_run), "--epochs", "1000000", "--out", str(out)]
+        cmd = ["eval", "finetune", str(small_run), "--epochs", "10000", "--out", str(out)]
     import subprocess
 
     from run_helpers import env_for
