@@ -11,7 +11,6 @@ before any evaluation runs).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -303,8 +302,6 @@ MASK_COLUMNS = ["share_micro", "lift_micro", "share_macro", "lift_macro", "lesio
 
 def masks(run, s: MasksSettings):
     """Mask-lesion overlap of every registered image strategy: the share of lesion patches it masks and its lift over random."""
-
-    import torch
     from rich.markup import escape
     from rich.table import Table
 
@@ -418,7 +415,6 @@ def _idset_dataset(run, path: str):
 
 def retrieval(run, s: RetrievalSettings):
     """Image-report and report-image retrieval: R@K, median and mean rank with bootstrap intervals."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
@@ -484,7 +480,6 @@ def retrieval(run, s: RetrievalSettings):
 
 def grounding(run, s: GroundingSettings):
     """Zero-shot grounding: pointing game, IoU, Dice and CNR of the patch-prompt similarity map, against a random map and a centre prior."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
     from rich.table import Table
@@ -572,7 +567,6 @@ def grounding(run, s: GroundingSettings):
 
 def padchest(run, s: PadChestSettings):
     """PadChest zero-shot as in the XLIP paper's Tables I-II: the seen 8 and the unseen 10 / 20 / all by frequency."""
-    import numpy as np
     import torch
     import torch.nn.functional as F
 
