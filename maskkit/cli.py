@@ -215,15 +215,7 @@ def prepare_cmd(
     from .data.cache import prepare_cache
 
     PrepareOptions.check(size=size)
-    opts = {}
-    for item in option:
-        if "=" not in item:
-            raise MaskkitError(f"--option {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        try:
-            opts[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[k.strip()] = v
+    opts = option_values(option)
     from .data.sources import option_spec
 
     table = option_spec(dataset, opts).load()  # one line naming the key (--option root: folder ... does not exist)
@@ -601,6 +593,22 @@ def viz_run_cmd(
 
     atomic_write_bytes(target, buf.getvalue())
     console.print(f"wrote {target}")
+
+
+def option_values(items: list[str]) -> dict:
+    """``--option KEY=VALUE`` items as a dict: each value parsed as JSON when it is JSON
+    (numbers, lists, true/false), else kept as text. Raises MaskkitError (one line) for an item
+    without ``=``."""
+    opts: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise MaskkitError(f"--option {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        try:
+            opts[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            opts[k.strip()] = v
+    return opts
 
 
 def _one_line_warnings() -> None:

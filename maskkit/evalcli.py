@@ -15,7 +15,6 @@ Also here: ``maskkit idset``, which writes a 5x200 id set from an adapter (:mod:
 from __future__ import annotations
 
 import inspect
-import json
 import typing
 from typing import Any, Optional
 
@@ -201,15 +200,9 @@ def idset_cmd(
     builders = {"chexpert": chexpert_5x200, "mimic": mimic_5x200}
     if dataset not in builders:
         raise MaskkitError(f"idset {dataset!r}: expected chexpert or mimic (the datasets a 5x200 set is defined on)")
-    opts: dict[str, Any] = {}
-    for item in option:
-        if "=" not in item:
-            raise MaskkitError(f"--option {item!r}: expected KEY=VALUE")
-        key, v = item.split("=", 1)
-        try:
-            opts[key.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            opts[key.strip()] = v
+    from .cli import option_values
+
+    opts = option_values(option)
     idset = builders[dataset](table_for_5x200(dataset, **opts), seed=seed, k=k)
     path = save_id_set(idset, Path(out))
     from .cli import console
