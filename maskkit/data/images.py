@@ -262,7 +262,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """
     p = Path(path)
     if not p.is_file():
-        raise DecodeError(f"{p}: image file does not exist")
+        raise DecodeError(f"{p}: a folder, not an image file; expected an image file (PNG, JPEG, DICOM, ...)"
+                          if p.is_dir() else f"{p}: image file does not exist")
     try:
         with open(p, "rb") as f:
             head = f.read(132)

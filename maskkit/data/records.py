@@ -74,6 +74,39 @@ class OptionError(DataError):
         return re.sub(r"\{key(?::(\w+))?\}", lambda m: key_of(m.group(1) or self.option), self.template)
 
 
+class ColumnDefault(str):
+    """The default of an adapter option that names an optional column (or key) of the files it
+    reads: a file without that column simply has none (the ``csv`` adapter's ``report_col``
+    default ``report``: no reports), while a name the user gives must be there
+    (:func:`named_column`). A plain ``str`` everywhere else (``maskkit datasets`` shows the name).
+    An adapter can tell the two apart because it receives only the options that were given."""
+
+    __slots__ = ()
+
+
+def named_column(option: str, value: str | None, columns: Iterable[str], where: str, required: bool = False,
+                 what: str = "column") -> str | None:
+    """The column that adapter option ``option`` names, as the file has it (``columns``: its
+    header, or the keys its records hold), or None when ``value`` is None (no such column wanted)
+    or is the option's :class:`ColumnDefault` and the file lacks it (an optional column).
+
+    A name the user gave that the file lacks is an :class:`OptionError`, one line naming the file
+    (``where``), the key as the user set it and the columns there are; so is a ``required`` default
+    (``missing column 'image_path'``): nothing is silently read as absent. ``what`` names a
+    column in the messages (``key`` for a JSON-lines file's keys).
+    """
+    columns = list(columns)
+    if value is None or value in columns:
+        return value
+    have = f"it has {', '.join(columns)}" if columns else f"it has no {what}"
+    have = have if len(have) < 300 else have[:300] + "..."
+    if isinstance(value, ColumnDefault):
+        if not required:
+            return None
+        raise DataError(f"{where}: missing {what} '{value}'; {have}")
+    raise OptionError(option, f"{where}: {{key}}: no {what} {str(value)!r}; {have}")
+
+
 #: canonical view names (``views=`` options): ``norm_view`` spellings such as ``pa`` or ``lateral`` are read as them
 View = Annotated[Literal["PA", "AP", "LATERAL"], BeforeValidator(lambda v: norm_view(v) if isinstance(v, str) else v)]
 UncertainPolicy = Literal["ones", "zeros", "ignore"]
@@ -128,24 +161,44 @@ def _find(root: Path, names: Iterable[str], what: str) -> Path:
 
 
 def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV (plain or .gz) as dicts; a missing required column is a one-line error.
+    """Rows of a CSV (plain or .gz) as dicts; a missing required column is a one-line error
+    (:func:`read_csv_columns`, which also returns the header's column names)."""
+    return read_csv_columns(path, required)[1]
+
+
+def read_csv_columns(path: Path, required: Iterable[str] = (), expected: Iterable[str] = ()) -> tuple[list[str], list[dict[str, str]]]:
+    """(the header's column names, the rows as dicts) of a CSV (plain or .gz); a missing required
+    column is a one-line error (``expected``: columns an empty file's message names besides them).
 
     UTF-8 with or without a byte-order mark (Excel's "CSV UTF-8"; ``maskkit.io.read_text``), LF
     or CRLF line ends, cells quoted as the ``csv`` module reads them. Header names are stripped
     of surrounding whitespace (``" report "`` is the column ``report``); a header cell left empty
     names no column (its cells are ignored: Excel's trailing commas); two header cells with one
     name are an error. A row shorter than the header has None in the missing cells; a row with
-    non-empty cells beyond the header is an error naming the row.
+    non-empty cells beyond the header is an error naming the row. A file with no header row (empty,
+    or only blank lines) and a header that is one column holding a ``;``, tab or ``|`` (a CSV
+    saved with another separator, as Excel does in locales whose decimal mark is a comma) are
+    one-line errors naming the file and what was expected.
     """
     import io
 
     from ..io import read_text
 
+    required = list(required)
     text = read_text(path)
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, None) or []
+        header = next((cells for cells in reader if any(c.strip() for c in cells)), None)
+        if header is None:
+            want = [*required, *(c for c in expected if c not in required)]
+            want = f" ({', '.join(want)}, ...)" if want else ""
+            raise DataError(f"{path}: the file is empty; expected a CSV header row naming its columns{want}, then one row per record")
         names = [h.strip() for h in header]
+        other = next((sep for sep in (";", "\t", "|") if len(names) == 1 and sep in names[0]), None)
+        if other is not None:
+            shown = {"\t": "tab"}.get(other, repr(other))
+            raise DataError(f"{path}: the header is one column, {names[0][:80]!r}; expected comma-separated columns "
+                            f"(the file looks {shown}-separated: save it as CSV with commas)")
         seen: dict[str, int] = {}
         for i, h in enumerate(names):
             if h and h in seen:
@@ -165,9 +218,20 @@ def read_csv(path: Path, required: Iterable[str] = ()) -> list[dict[str, str]]:
                 raise DataError(f"{path}: row {len(rows) + 2} has {len(cells)} cells, the header {width}; "
                                 f"quote a cell that holds a comma")
             rows.append({h: cells[i] if i < len(cells) else None for i, h in keep})
-        return rows
+        return cols, rows
     except csv.Error as exc:
         raise DataError(f"{path}: cannot read CSV ({exc})") from None
+
+
+def image_cell(value: str | None, where: str) -> str:
+    """The image file name or path of one metadata cell; an empty cell, or one ending in a path
+    separator (a folder), is a one-line :class:`DataError` naming ``where`` (file, row, column):
+    resolved against the image folder it would be that folder, not an image."""
+    if value is None or not value.strip():
+        raise DataError(f"{where}: empty; expected an image file name or path")
+    if value.rstrip().endswith(("/", "\\")):
+        raise DataError(f"{where}: {value!r} names a folder; expected an image file name or path")
+    return value
 
 
 def norm_view(v: str | None) -> str | None:
@@ -308,8 +372,8 @@ def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, 
     """
     _check_policy(uncertain, blank)
     root = _need_dir(root)
-    meta = read_csv(_find(root, ["mimic-cxr-2.0.0-metadata.csv"], "metadata CSV"),
-                    ["dicom_id", "subject_id", "study_id", "ViewPosition"])
+    meta_path = _find(root, ["mimic-cxr-2.0.0-metadata.csv"], "metadata CSV")
+    meta = read_csv(meta_path, ["dicom_id", "subject_id", "study_id", "ViewPosition"])
     labels = {}
     if any((root / n).is_file() for n in ("mimic-cxr-2.0.0-chexpert.csv", "mimic-cxr-2.0.0-chexpert.csv.gz")):
         lab_path = _find(root, ["mimic-cxr-2.0.0-chexpert.csv"], "CheXpert label CSV")
@@ -320,9 +384,10 @@ def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, 
         for row in read_csv(_find(root, ["mimic-cxr-2.0.0-split.csv"], "split CSV"), ["dicom_id", "split"]):
             splits[row["dicom_id"]] = row["split"]
     recs = []
-    for row in meta:
+    for i, row in enumerate(meta):
         if split is not None and splits.get(row["dicom_id"]) != split:
             continue
+        image_cell(row["dicom_id"], f"{meta_path}: row {i + 2}, column 'dicom_id'")
         sid, st = row["subject_id"], row["study_id"]
         folder = root / "files" / f"p{sid[:2]}" / f"p{sid}"
         recs.append(Record(
@@ -371,7 +436,8 @@ def padchest(root: str, csv_name: str | None = None, views: list[View] | None = 
     parsed = [padchest_labels(row["Labels"]) for row in rows]
     names = tuple(labels) if labels is not None else tuple(sorted({l for labs in parsed if labs for l in labs}))
     recs = []
-    for row, labs in zip(rows, parsed):
+    for i, (row, labs) in enumerate(zip(rows, parsed)):
+        image_cell(row["ImageID"], f"{path}: row {i + 2}, column 'ImageID'")
         lab = {n: NAN for n in names} if labs is None else {n: float(n in labs) for n in names}
         recs.append(Record(id=row["ImageID"], image_path=str(root / row["ImageDir"] / row["ImageID"]), report=None,
                            labels=lab, patient_id=row["PatientID"], study_id=row["StudyID"],
@@ -402,7 +468,7 @@ def chexpert(root: str, csv_name: str = "train.csv", views: list[View] | None = 
     rows = read_csv(path, ["Path", "Frontal/Lateral", *CHEXPERT_LABELS])
     recs = []
     for i, row in enumerate(rows):
-        rel = Path(row["Path"])
+        rel = Path(image_cell(row["Path"], f"{path}: row {i + 2}, column 'Path'"))
         # paths start with the release folder name (CheXpert-v1.0-small/...): resolve beside it
         parts = rel.parts
         img = root.joinpath(*parts[1:]) if parts and parts[0] == root.name else root / rel
@@ -430,7 +496,8 @@ def nih(root: str, csv_name: str | None = None, views: list[View] | None = None,
                 return str(d / name)
         return str(dirs[0] / name)
     recs = []
-    for row in rows:
+    for i, row in enumerate(rows):
+        image_cell(row["Image Index"], f"{path}: row {i + 2}, column 'Image Index'")
         found = {s.strip() for s in row["Finding Labels"].split("|")}
         recs.append(Record(id=row["Image Index"], image_path=locate(row["Image Index"]) if len(dirs) > 1 else str(dirs[0] / row["Image Index"]),
                            labels={k: float(k in found) for k in NIH_LABELS} | {"No Finding": float("No Finding" in found)},
@@ -468,7 +535,7 @@ def covidx(root: str, split_file: str = "train.txt", image_dir: str | None = Non
     """COVIDx: split text files, one ``patient_id filename class source`` line per image."""
     root = _need_dir(root)
     path = Path(split_file) if Path(split_file).is_file() else _find(root, [split_file], "COVIDx split file")
-    folder = root / (image_dir or Path(split_file).stem)
+    folder = _need_dir(root / image_dir, "image_dir") if image_dir else root / Path(split_file).stem
     recs = []
     from ..io import read_text
 
@@ -519,6 +586,8 @@ def openi(root: str, image_dir: str | None = None, sections: tuple[OpeniSection,
     root = Path(root).expanduser()
     if not root.exists():
         raise OptionError("root", f"{{key}}: {root} does not exist")
+    if image_dir:
+        _need_dir(image_dir, "image_dir")
     names = tuple(sorted(set(OPENI_MESH.values())))
     recs = []
     for name, data in _openi_files(root):
@@ -548,8 +617,9 @@ def openi(root: str, image_dir: str | None = None, sections: tuple[OpeniSection,
     return Table("openi", recs, names)
 
 
-def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | str | None = None,
-                patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False,
+def generic_csv(path, image_col: str = ColumnDefault("image_path"), report_col: str | None = ColumnDefault("report"),
+                label_cols: Iterable[str] | str | None = None, patient_col: str | None = ColumnDefault("patient_id"),
+                image_root: str | None = None, captions_from_labels: bool = False,
                 uncertain: UncertainPolicy | None = None) -> Table:
     """A CSV with an image path column, an optional report column and label columns.
 
@@ -562,9 +632,13 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     ``ignore``; without one, a ``-1`` is an error naming the policy); any other value is a one-line
     error naming the file, row, column, value and what was expected.
 
-    Relative image paths are resolved against ``image_root`` (default: the CSV's folder).
+    Relative image paths are resolved against ``image_root`` (default: the CSV's folder; one you
+    give must be a folder); an empty image cell is an error naming the row.
     ``patient_col`` (default ``patient_id``, when the CSV has it) keeps a
-    patient's images on one side of every split. A report with no content (only de-identification marks and
+    patient's images on one side of every split. The default ``report`` and ``patient_id``
+    columns are optional; a column named by an option (``image_col``, ``report_col``,
+    ``patient_col``, ``label_cols``) that the CSV lacks is an error naming the file, the key and
+    the columns it has (:func:`named_column`), never read as absent. A report with no content (only de-identification marks and
     punctuation, :func:`has_content`) is None. ``captions_from_labels`` writes a report from the
     labels for data that has labels but no text: "Findings: cardiomegaly, effusion." from the
     positives; "No finding." when every finding label is known and negative or a ``No Finding`` /
@@ -576,14 +650,16 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
         raise OptionError("path", f"{{key}}: CSV file {path} does not exist")
     if isinstance(label_cols, str):
         label_cols = [label_cols]
-    rows = read_csv(path, [image_col] + list(label_cols or []))
-    cols = list(rows[0].keys()) if rows else []
-    if report_col and rows and report_col not in cols:
-        report_col = None
-    if patient_col and rows and patient_col not in cols:
-        patient_col = None  # the default column is optional; splits are then per image
+    if image_root is not None:
+        _need_dir(image_root, "image_root")
+    cols, rows = read_csv_columns(path, expected=[image_col])
+    image_col = named_column("image_col", image_col, cols, str(path), required=True)
+    for c in label_cols or ():
+        named_column("label_cols", c, cols, str(path))
+    report_col = named_column("report_col", report_col, cols, str(path))  # the default: optional
+    patient_col = named_column("patient_col", patient_col, cols, str(path))  # absent: splits per image
     if label_cols is None:
-        label_cols, left_out = csv_label_columns(rows, [c for c in cols if c not in {image_col, report_col, patient_col}])
+        label_cols, left_out = csv_label_columns(rows, [c for c in cols if c not in {image_col, report_col, patient_col}], path)
         if left_out:
             _note_once(f"data=csv {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
                        f"({', '.join(label_cols) or 'none'}); numeric columns left out: "
@@ -592,7 +668,7 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
     base = Path(image_root).expanduser() if image_root else path.parent
     recs = []
     for i, row in enumerate(rows):
-        img = Path(row[image_col] or "")
+        img = Path(image_cell(row[image_col], f"{path}: row {i + 2}, column '{image_col}'"))
         img = img if img.is_absolute() else base / img
         labels = {}
         for c in label_cols:
@@ -617,29 +693,39 @@ def generic_csv(path, image_col: str = "image_path", report_col: str | None = "r
 LABEL_CELL_VALUES = (1.0, 0.0, -1.0)
 
 
-def csv_label_columns(rows: list[dict[str, str]], candidates: Iterable[str]) -> tuple[list[str], list[tuple[str, str]]]:
+def csv_label_columns(rows: list[dict[str, str]], candidates: Iterable[str],
+                      path: str | Path = "CSV") -> tuple[list[str], list[tuple[str, str]]]:
     """(label columns, numeric columns left out with one of their other values) of CSV ``rows``.
 
     A label column has at least one non-blank cell and every non-blank cell (blank: empty or
     ``nan``) one of ``LABEL_CELL_VALUES`` (``1.0`` counts as 1), over all rows. A column whose
     cells are all numbers but not all of those (an age, a study number) is left out and
-    returned with its first other value; a column holding text is left out silently.
+    returned with its first other value; a column holding only text (a sex, a view) or text and
+    other numbers is left out silently. A column whose cells are label values except some text
+    (``yes``, ``?``: a label column with a typo) is neither: a one-line :class:`DataError`
+    naming the file (``path``), row, column and value, rather than the column leaving the labels.
     """
     labels, left_out = [], []
     for c in candidates:
         first = dict.fromkeys(map(operator.itemgetter(c), rows))  # distinct cells, in order of first appearance
         cells = [v for v in ((x or "").strip() for x in first) if v and v.lower() != "nan"]
-        other, text = None, False
+        other, text, label = None, None, False
         for cell in cells:
             try:
                 v = float(cell)
             except ValueError:
-                text = True
-                break
+                text = cell if text is None else text
+                continue
+            label = label or v in LABEL_CELL_VALUES
             if v not in LABEL_CELL_VALUES and other is None:
                 other = cell
-        if text or not cells:
+        if not cells or (text is not None and (other is not None or not label)):
             continue
+        if text is not None:  # label values and text: a label column with a bad cell
+            row = next(i for i, r in enumerate(rows) if (r[c] or "").strip() == text)
+            raise DataError(f"{path}: row {row + 2}, column '{c}': expected 1, 0, -1 or blank (its other cells are "
+                            f"label values), got {text!r}; correct the cell, or choose the label columns with the "
+                            f"label_cols option")
         if other is None:
             labels.append(c)
         else:

@@ -16,13 +16,14 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from maskkit import hookimpl
-from maskkit.data.records import DataError, OptionError, Record, Table, has_content
+from maskkit.data.records import ColumnDefault, DataError, OptionError, Record, Table, has_content, image_cell, named_column
 
 __version__ = "0.1.0"
 
 
-def jsonl(path: str, image_key: str = "image", report_key: str | None = "report", patient_key: str | None = "patient",
-          labels_key: str = "labels", image_root: str | None = None,
+def jsonl(path: str, image_key: str = "image", report_key: str | None = ColumnDefault("report"),
+          patient_key: str | None = ColumnDefault("patient"), labels_key: str | None = ColumnDefault("labels"),
+          image_root: str | None = None,
           min_report_chars: Annotated[int, Field(ge=0)] = 0,
           on_missing_image: Literal["error", "skip"] = "error") -> Table:
     """A JSON-lines file, one object per image: image path, optional report, patient and labels.
@@ -30,15 +31,20 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = "report"
     ``labels_key`` holds ``{name: 0 | 1 | null}``; label names are the union over the file in
     first-seen order, a name absent from a line is unknown (NaN). A report shorter than
     ``min_report_chars`` or without content is no report (the sample is image-only). A line
-    without ``image_key`` is an error, or skipped with ``on_missing_image=skip``.
-    Raises :class:`maskkit.data.records.DataError` naming the file and line, and
+    without ``image_key`` is an error, or skipped with ``on_missing_image=skip``. The default
+    ``report``, ``patient`` and ``labels`` keys are optional; a key named by an option that no line
+    has is an error naming the file, the key and the keys the lines have (the
+    :class:`~maskkit.data.records.ColumnDefault` contract), and so is an ``image_root`` that is
+    not a folder. Raises :class:`maskkit.data.records.DataError` naming the file and line, and
     :class:`maskkit.data.records.OptionError` for a bad option value (named as the user set it).
     """
     p = Path(path).expanduser()
     if not p.is_file():
         raise OptionError("path", f"{{key}}: JSON-lines file {p} does not exist")  # {key}: data.path, data.sources[i] (jsonl).path
     base = Path(image_root).expanduser() if image_root else p.parent
-    rows, names = [], []
+    if image_root and not base.is_dir():
+        raise OptionError("image_root", f"{{key}}: folder {base} does not exist")
+    rows, names, keys = [], [], {}
     with p.open(encoding="utf-8-sig") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -49,11 +55,13 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = "report"
                 raise DataError(f"{p}:{n}: not a JSON object ({exc.msg})") from None
             if not isinstance(obj, dict):
                 raise DataError(f"{p}:{n}: expected a JSON object, got {type(obj).__name__}")
+            keys.update(dict.fromkeys(obj))
             if image_key not in obj:
                 if on_missing_image == "skip":
                     continue
                 raise DataError(f"{p}:{n}: no '{image_key}' key (set image_key=, or on_missing_image=skip)")
-            labels = obj.get(labels_key) or {}
+            image_cell(obj[image_key] if isinstance(obj[image_key], str) else str(obj[image_key]), f"{p}:{n}: '{image_key}'")
+            labels = (obj.get(labels_key) if labels_key else None) or {}
             if not isinstance(labels, dict):
                 raise DataError(f"{p}:{n}: '{labels_key}' must be an object of label: 0 | 1 | null")
             for k, v in labels.items():
@@ -62,6 +70,9 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = "report"
                 if k not in names:
                     names.append(k)
             rows.append((n, obj, labels))
+    for option, key in (("report_key", report_key), ("patient_key", patient_key), ("labels_key", labels_key)):
+        if rows:  # a key you name that no line has: one line
+            named_column(option, key, keys, str(p), what="key")
     recs = []
     for n, obj, labels in rows:
         img = Path(str(obj[image_key]))

@@ -1,0 +1,146 @@
+"""Faults a fresh user found in the data layer (issue 18 follow-up): an image listed by two sources,
+options naming a column the file lacks, and CSV cells / files that were read silently wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskkit.config import resolve
+from maskkit.data.build import build_corpus
+from maskkit.data.records import DataError, OptionError, load_table
+from maskkit.errors import MaskkitError
+
+
+def _img(path, value=0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((32, 32), value, np.uint8)).save(path)
+
+
+def _csv(path, header, rows):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def one_line(exc) -> str:
+    s = str(exc.value)
+    assert "\n" not in s, s
+    return s
+
+
+# --- 2. an option naming a column (or key) the file lacks ------------------------------------
+
+@pytest.fixture
+def plain_csv(tmp_path):
+    for i in range(4):
+        _img(tmp_path / f"i{i}.png", i)
+    return _csv(tmp_path / "d.csv", "image_path,report,Cardiomegaly", [f"i{i}.png,Heart normal {i}.,{i % 2}" for i in range(4)])
+
+
+@pytest.mark.parametrize("option,value", [("patient_col", "patient"), ("report_col", "text"), ("image_col", "file"),
+                                          ("label_cols", ["Cardiomegaly", "Edema"])])
+def test_csv_option_naming_an_absent_column_is_one_line(plain_csv, option, value):
+    bad = value[-1] if isinstance(value, list) else value
+    with pytest.raises(OptionError) as e:
+        load_table("csv", path=str(plain_csv), **{option: value})
+    assert one_line(e) == f"{plain_csv}: data.options.{option}: no column '{bad}'; it has image_path, report, Cardiomegaly"
+    # in an entry of data.sources the key is spelt as the entry sets it
+    cfg = resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(plain_csv), option: value}])}", "preset=clip"])[0]
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert one_line(e) == f"{plain_csv}: data.sources[0] (csv).{option}: no column '{bad}'; it has image_path, report, Cardiomegaly"
+
+
+def test_csv_default_columns_stay_optional(plain_csv):
+    t = load_table("csv", path=str(plain_csv))  # no patient_id column: the default is optional
+    assert [r.patient_id for r in t.records] == [None] * 4 and t.records[0].report == "Heart normal 0."
+    # an explicit null still means "no such column"
+    assert load_table("csv", path=str(plain_csv), report_col=None).records[0].report is None
+    # the default image column missing keeps its message
+    bad = _csv(plain_csv.parent / "m.csv", "path,report", ["i0.png,x"])
+    with pytest.raises(DataError, match=r"m.csv: missing column 'image_path'; it has path, report$"):
+        load_table("csv", path=str(bad))
+    # maskkit datasets shows the defaults as the plain names
+    from maskkit.data.adapters import get_adapter
+
+    rows = {r["option"]: r["default"] for r in get_adapter("csv").option_rows()}
+    assert (rows["report_col"], rows["patient_col"], rows["image_col"]) == ("'report'", "'patient_id'", "'image_path'")
+
+
+def test_csv_image_root_given_must_be_a_folder(plain_csv, tmp_path):
+    with pytest.raises(OptionError) as e:
+        load_table("csv", path=str(plain_csv), image_root=str(tmp_path / "nope"))
+    assert one_line(e) == f"data.options.image_root: folder {tmp_path / 'nope'} does not exist"
+
+
+def jsonl_plugin():
+    try:
+        import maskkit_jsonl  # noqa: F401
+    except ImportError:
+        pytest.skip("plugins/maskkit-jsonl is not installed (pip install -e plugins/maskkit-jsonl)")
+
+
+@pytest.mark.parametrize("option,value", [("patient_key", "pid"), ("report_key", "text"), ("labels_key", "labs")])
+def test_jsonl_key_naming_an_absent_key_is_one_line(tmp_path, option, value):
+    jsonl_plugin()
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"image": "a.png", "report": "Heart normal.", "labels": {"a": 1}}\n{"image": "b.png", "patient": "p2"}\n')
+    with pytest.raises(OptionError) as e:
+        load_table("jsonl", path=str(p), **{option: value})
+    assert one_line(e) == f"{p}: data.options.{option}: no key '{value}'; it has image, report, labels, patient"
+    t = load_table("jsonl", path=str(p))  # the default keys are optional, line by line
+    assert [r.patient_id for r in t.records] == [None, "p2"] and t.label_names == ("a",)
+    with pytest.raises(DataError, match=r"c.jsonl:2: 'image': empty; expected an image file name or path$"):
+        p.write_text('{"image": "a.png"}\n{"image": " "}\n')
+        load_table("jsonl", path=str(p))
+
+
+# --- 8. CSV cells and files read silently wrong ---------------------------------------------
+
+def test_a_text_cell_in_a_label_column_is_one_line(tmp_path):
+    p = _csv(tmp_path / "t.csv", "image_path,patient_id,Edema,Cardiomegaly,sex",
+             ["i0.png,p0,1,0,M", "i1.png,p1,0,1,F", "i2.png,p2,yes,1,F"])
+    with pytest.raises(DataError) as e:
+        load_table("csv", path=str(p))
+    assert one_line(e) == (f"{p}: row 4, column 'Edema': expected 1, 0, -1 or blank (its other cells are label values), "
+                           "got 'yes'; correct the cell, or choose the label columns with the label_cols option")
+    # a text column (sex) is not a label column, silently; label_cols leaves Edema out
+    t = load_table("csv", path=str(p), label_cols=["Cardiomegaly"])
+    assert t.label_names == ("Cardiomegaly",)
+    p.write_text(p.read_text().replace("yes", "1"))
+    assert load_table("csv", path=str(p)).label_names == ("Edema", "Cardiomegaly")
+
+
+@pytest.mark.parametrize("text,message", [
+    ("image_path;report;Edema\na.png;x;1\n",
+     "the header is one column, 'image_path;report;Edema'; expected comma-separated columns (the file looks ';'-separated: "
+     "save it as CSV with commas)"),
+    ("image_path\treport\tEdema\na.png\tx\t1\n",
+     "the header is one column, 'image_path\\treport\\tEdema'; expected comma-separated columns (the file looks "
+     "tab-separated: save it as CSV with commas)"),
+    ("", "the file is empty; expected a CSV header row naming its columns (image_path, ...), then one row per record"),
+    ("\n\n", "the file is empty; expected a CSV header row naming its columns (image_path, ...), then one row per record"),
+    ("image_path,patient_id,Edema\na.png,p0,1\n,p1,0\n", "row 3, column 'image_path': empty; expected an image file name or path"),
+    ("image_path,patient_id,Edema\nsub/,p0,1\n", "row 2, column 'image_path': 'sub/' names a folder; expected an image file name or path"),
+])
+def test_csv_files_that_are_not_what_the_adapter_reads_are_one_line(tmp_path, text, message):
+    p = tmp_path / "f.csv"
+    p.write_text(text)
+    with pytest.raises(DataError) as e:
+        load_table("csv", path=str(p))
+    assert one_line(e) == f"{p}: {message}"
+
+
+def test_an_image_path_that_is_a_folder_is_named_as_one(tmp_path):
+    from maskkit.data.images import DecodeError, read_image
+
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(DecodeError) as e:
+        read_image(tmp_path / "sub")
+    assert one_line(e) == f"{tmp_path / 'sub'}: a folder, not an image file; expected an image file (PNG, JPEG, DICOM, ...)"
+    with pytest.raises(DecodeError, match="image file does not exist$"):
+        read_image(tmp_path / "none.png")
