@@ -144,3 +144,88 @@ def test_an_image_path_that_is_a_folder_is_named_as_one(tmp_path):
     assert one_line(e) == f"{tmp_path / 'sub'}: a folder, not an image file; expected an image file (PNG, JPEG, DICOM, ...)"
     with pytest.raises(DecodeError, match="image file does not exist$"):
         read_image(tmp_path / "none.png")
+
+
+# --- 1. one image file listed by two sources (or twice by one) -------------------------------
+
+def _shared_images(tmp_path, n=40):
+    """Two CSVs over the same image files: a.csv with patient ids, b.csv (another folder, paths
+    written ../) without, so their per-record splits differ."""
+    (tmp_path / "b").mkdir()
+    for i in range(n):
+        _img(tmp_path / f"i{i}.png", i)
+    a = _csv(tmp_path / "a.csv", "image_path,report,patient_id,Cardiomegaly", [f"i{i}.png,Heart normal {i}.,p{i},{i % 2}" for i in range(n)])
+    b = _csv(tmp_path / "b" / "b.csv", "image_path,report,Cardiomegaly", [f"../i{i}.png,Heart normal {i}.,{i % 2}" for i in range(n)])
+    return a, b
+
+
+def _paths(records):
+    return {os.path.abspath(r.image_path) for r in records}
+
+
+def test_an_image_held_out_by_one_source_trains_in_none(tmp_path):
+    from maskkit.data.build import read_split, write_split, eval_corpus
+
+    a, b = _shared_images(tmp_path)
+    cfg = resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(a)}, {'name': 'csv', 'path': str(b)}])}",
+                   "preset=clip", "train.seed=1"])[0]
+    c = build_corpus(cfg, 96)
+    held = set().union(*(_paths(s.held_records) for s in c.sources))
+    trained = set().union(*(_paths(s.train_records) for s in c.sources))
+    assert held and trained and not held & trained
+    # the same images as the two sources split them on their own: each leaks without the rule
+    from maskkit.data.build import VAL_FRACTION, split_by_patient
+
+    own = [split_by_patient(load_table("csv", path=str(p)).records, VAL_FRACTION, 1) for p in (a, b)]
+    leaked = [_paths(tr) & _paths(own[1 - k][1]) for k, (tr, _) in enumerate(own)]
+    assert [len(x) for x in leaked] == [s.left_out.count for s in c.sources] and all(leaked)
+    rec = c.split_record()["sources"]
+    for s, r in zip(c.sources, rec):
+        assert r["left_out_of_training"] == s.left_out.count and r["train"] + r["held_out"] + r["left_out_of_training"] == 40
+        assert "an image held out anywhere trains nowhere" in r["note"]
+    ex = next(iter(leaked[1]))
+    assert any(l.startswith(f"note: data.sources[1] (csv): {len(leaked[1])} training record") and "held out by data.sources[0] (csv)"
+               in l for l in c.summary_lines())
+    assert ex in _paths(c.sources[0].held_records)
+    # what every command that evaluates the run rebuilds: the same rule, the same split
+    run = tmp_path / "run"
+    run.mkdir()
+    write_split(run, c)
+    _, again, _ = eval_corpus(run, cfg, 96)
+    assert [s.held_out_ids for s in again.sources] == [s.held_out_ids for s in c.sources]
+    assert not set().union(*(_paths(s.held_records) for s in again.sources)) & set().union(*(_paths(s.train_records) for s in again.sources))
+    assert read_split(run)["sources"][1]["left_out_of_training"] == len(leaked[1])
+
+
+def test_an_image_listed_twice_by_one_source_and_by_mimic(tmp_path):
+    """One CSV listing each image twice without a patient id (rows are split one by one), and a CSV
+    of MIMIC-CXR's own files beside the mimic adapter."""
+    from tests.test_sources import mimic_root
+
+    for i in range(30):
+        _img(tmp_path / f"i{i}.png", i)
+    twice = _csv(tmp_path / "t.csv", "image_path,report", [f"{p}i{i}.png,Heart normal {i}." for i in range(30) for p in ("", "./")])
+    c = build_corpus(resolve(["data=csv", f"data.path={twice}", "preset=clip", "train.seed=2"])[0], 96)
+    (s,) = c.sources
+    assert s.left_out is not None and not _paths(s.held_records) & _paths(s.train_records)
+    assert s.left_out_note.startswith(f"source csv: {s.left_out.count} training record") and "this source (listed twice)" in s.left_out_note
+    m = mimic_root(tmp_path / "mimic", n=30)
+    jpgs = sorted(m.rglob("*.jpg"))
+    mine = _csv(tmp_path / "mine.csv", "image_path,report", [f"{p},Extra caption {k}." for k, p in enumerate(jpgs)])
+    srcs = [{"name": "mimic", "root": str(m)}, {"name": "csv", "path": str(mine)}]
+    c = build_corpus(resolve([f"data.sources={json.dumps(srcs)}", "preset=clip", "train.seed=0"])[0], 96)
+    held = set().union(*(_paths(s.held_records) for s in c.sources))
+    assert held and not held & set().union(*(_paths(s.train_records) for s in c.sources))
+
+
+def test_a_patient_id_in_two_sources_is_held_out_by_both_or_neither(tmp_path):
+    """split_by_patient decides by '<seed>:<patient>': a patient id two sources share lands on one
+    side in both, whatever else the sources hold (no rule needed, none applied)."""
+    for i in range(60):
+        _img(tmp_path / f"i{i}.png", i)
+    a = _csv(tmp_path / "a.csv", "image_path,patient_id,Cardiomegaly", [f"i{i}.png,p{i // 2},{i % 2}" for i in range(0, 60, 2)])
+    b = _csv(tmp_path / "b.csv", "image_path,patient_id,Cardiomegaly", [f"i{i}.png,p{i // 2},{i % 2}" for i in range(1, 60, 2)])
+    c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(a)}, {'name': 'csv', 'path': str(b)}])}",
+                              "preset=clip", "train.seed=4"])[0], 96)
+    held = [{r.patient_id for r in s.held_records} for s in c.sources]
+    assert held[0] and held[0] == held[1] and all(s.left_out is None for s in c.sources)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ class SourceData:
     n_paired: int
     train: Any = None
     val: Any = None
+    left_out: "LeftOut | None" = None  # training records whose image is held out (by this or another source)
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -76,16 +78,88 @@ class SourceData:
                "data": self.spec.describe(), "records": self.records, "patients": self.patients,
                "train": len(self.train_records), "held_out": len(ids), "paired_train": self.n_paired,
                "rule": self.rule, "held_out_sha256": ids_sha256(ids)}
-        if self.note:
-            out["note"] = self.note
+        if self.left_out is not None:
+            out["left_out_of_training"] = self.left_out.count
+        notes = [n for n in (self.note, self.left_out_note) if n]
+        if notes:
+            out["note"] = " ".join(notes)
         if with_ids:
             out["held_out_ids"] = ids
         return out
 
     @property
+    def left_out_note(self) -> str | None:
+        """One line when training records of this source were left out because their image is held
+        out (by this source or another: :func:`leave_out_held_out_images`); None otherwise."""
+        lo = self.left_out
+        if lo is None:
+            return None
+        name = self.spec.label if self.spec.where != "data" else f"source {self.spec.name}"
+        by = " and ".join(lo.by)
+        return (f"{name}: {lo.count} training record{'s' if lo.count != 1 else ''} left out, "
+                f"{'its' if lo.count == 1 else 'their'} image held out by {by} (e.g. {lo.example}): an image held "
+                f"out anywhere trains nowhere")
+
+    @property
     def patients(self) -> int:
         """Patients of the source (a record without a patient id counts as its own patient)."""
-        return len({r.patient_id or f"\0{r.id}" for r in (*self.train_records, *self.held_records)})
+        return len({r.patient_id or f"\0{r.id}" for r in (*self.train_records, *self.held_records, *self.left_records)})
+
+    @property
+    def left_records(self) -> list:
+        return self.left_out.records if self.left_out is not None else []
+
+
+@dataclass
+class LeftOut:
+    """The training records of a source left out because their image file is held out (by the
+    same source, listing it twice, or by another): how many, by which sources, one example path."""
+
+    records: list = field(repr=False)
+    by: list[str]
+    example: str
+
+    @property
+    def count(self) -> int:
+        return len(self.records)
+
+
+def image_key(path: str) -> str:
+    """An image file as the overlap rule compares it: the absolute, normalised path (``a/../b.png``
+    and ``./b.png`` are one file; a symbolic or hard link to it is not recognised)."""
+    return os.path.abspath(path)
+
+
+def leave_out_held_out_images(splits: list[tuple[list, list]], labels: list[str]) -> list[tuple[list, "LeftOut | None"]]:
+    """The overlap rule: an image file held out by any source trains in none.
+
+    ``splits``: each source's (train, held-out) records; ``labels``: how messages name each source.
+    Returns per source (its training records without those whose image file (:func:`image_key`) is
+    held out by any source, the :class:`LeftOut` records or None). Without it an image listed by two
+    sources (two CSVs, or ``mimic`` and a CSV of its files) or twice by one source (rows without a
+    patient id are split one by one) could be held out by one and trained on by the other.
+    Patient ids need no such rule: :func:`split_by_patient` decides by ``seed:patient``, so a patient
+    id listed by several sources is held out by all of them or by none."""
+    held: dict[str, int] = {}
+    for k, (_, va) in enumerate(splits):
+        for r in va:
+            if r.image_path is not None:
+                held.setdefault(image_key(r.image_path), k)
+    out = []
+    for j, (tr, _) in enumerate(splits):
+        if not held:
+            out.append((tr, None))
+            continue
+        keep, left, by = [], [], {}
+        for r in tr:
+            k = held.get(image_key(r.image_path)) if r.image_path is not None else None
+            if k is None:
+                keep.append(r)
+            else:
+                left.append(r)
+                by.setdefault("this source (listed twice)" if k == j else labels[k], r.image_path)
+        out.append((keep, LeftOut(left, list(by), next(iter(by.values()))) if left else None))
+    return out
 
 
 @dataclass
@@ -138,9 +212,10 @@ class Corpus:
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples; then a
         ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
-        lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out "
-                 f"(role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return lines + [f"note: {s.note}" for s in self.sources if s.note]
+        lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
+                 + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
+                 + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
+        return lines + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n]
 
 
 def split_rule(adapter) -> str:
@@ -239,7 +314,9 @@ def _drop_reports(ds) -> None:
 
 def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False) -> Corpus:
     """Every source of ``cfg.data`` built: adapter table, split by patient with ``train.seed``
-    (each source on its own), training and held-out datasets over the union of label names.
+    (each source on its own), training and held-out datasets over the union of label names. A
+    training record whose image file is held out by any source is left out of training
+    (:func:`leave_out_held_out_images`; counted in the log and split.json).
 
     The training set replaces a sample that fails to decode by the next one that decodes (the skip
     policy, reported); the held-out set drops it. ``tokenizer`` makes the training set compute each
@@ -260,10 +337,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
     for _, _, t in tables:
         names += [n for n in t.label_names if n not in names]
     label_names = tuple(names)
+    splits = [(adapter.split or (lambda recs, seed: split_by_patient(recs, VAL_FRACTION, seed)))(table.records, cfg.train.seed)
+              for _, adapter, table in tables]
+    kept = leave_out_held_out_images(splits, [spec.label if spec.where != "data" else f"source {spec.name}" for spec in specs])
     built = []
-    for spec, adapter, table in tables:
-        split = adapter.split or (lambda recs, seed: split_by_patient(recs, VAL_FRACTION, seed))
-        tr, va = split(table.records, cfg.train.seed)
+    for (spec, adapter, table), (_, va), (tr, left_out) in zip(tables, splits, kept):
         role = spec.role if spec.role != "auto" else adapter.role
         if role == "image_only":
             tr = [dataclasses.replace(r, report=None) for r in tr]
@@ -289,7 +367,7 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             own = "" if spec.role == "paired" else f" (the role dataset '{spec.name}' declares)"
             raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
-        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val))
+        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
     if len(built) == 1:
