@@ -200,7 +200,7 @@ def test_an_image_held_out_by_one_source_trains_in_none(tmp_path):
 def test_an_image_listed_twice_by_one_source_and_by_mimic(tmp_path):
     """One CSV listing each image twice without a patient id (rows are split one by one), and a CSV
     of MIMIC-CXR's own files beside the mimic adapter."""
-    from tests.test_sources import mimic_root
+    from test_sources import mimic_root
 
     for i in range(30):
         _img(tmp_path / f"i{i}.png", i)
