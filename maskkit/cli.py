@@ -151,7 +151,7 @@ def check_cmd(
     t: int = typer.Option(12, "--t", "-T", help="Report length T of the test contexts."),
     b: int = typer.Option(3, "--b", "-B", help="Batch size B of the test contexts."),
     seed: int = typer.Option(0, help="Seed of the test contexts' data."),
-    device: str = typer.Option("cpu", help="Device of the test contexts (cpu, cuda, mps)."),
+    device: str = typer.Option("cpu", help="Device of the test contexts (cpu, cuda, cuda:N, mps, auto)."),
 ) -> None:
     """Run maskkit's conformance checks on a strategy (what a plugin author runs)."""
     from pathlib import Path
@@ -160,6 +160,14 @@ def check_cmd(
     from .testing import check_strategy
 
     CheckOptions.check(n=n, t=t, b=b, seed=seed)
+    from .options import device_error
+
+    if device_error(device):
+        raise MaskkitError(f"--device: {device_error(device)}")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if spec.lstrip().startswith("{"):
         tree = json.loads(spec)
     elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):

@@ -107,6 +107,29 @@ class RuntimeConfig(Strict):
     progress: bool = Field(True, description="show the progress bar")
 
 
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str, info: ValidationInfo) -> str:
+        """A device this machine has (:func:`maskkit.options.device_error`); a config read back from a
+        checkpoint (``context={"saved": True}``) is not checked: it is evaluated wherever it is now."""
+        from .options import device_error
+
+        if not (info.context or {}).get("saved"):
+            why = device_error(v)
+            if why:
+                raise ValueError(f"runtime.device: {why}")  # names its value: no "(got ...)" added
+        return v
+
+    @model_validator(mode="after")
+    def _enough_gpus(self, info: ValidationInfo):
+        from .options import device_error
+
+        if self.devices > 1 and not (info.context or {}).get("saved"):
+            why = device_error(self.device, self.devices)
+            if why:
+                raise ValueError(f"runtime.devices={self.devices}: {why}")
+        return self
+
     @field_validator("evaluations", mode="before")
     @classmethod
     def _evaluation_list(cls, v: Any) -> Any:
@@ -439,7 +462,25 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
         raise ConfigError(_one_line(exc, valid)) from None
     except MaskkitError as exc:
         raise ConfigError(str(exc)) from None
+    for key, why in unread_keys(config).items():
+        src = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
+        if src.startswith(USER_LAYERS):
+            raise ConfigError(f"{key}: {why}; remove {key} (from {src})")
     return config, sources
+
+
+#: the layers a user writes (the command line, a config file, a shipped config chosen by name): a key
+#: nothing reads is refused when one of them set it (a scale's or preset's default is only not shown)
+USER_LAYERS = ("cli", "file:", "config:")
+
+
+def unread_keys(config: ExperimentConfig) -> dict[str, str]:
+    """The keys of ``config`` that nothing reads, each with why (today the ``data.*`` keys that the
+    chosen dataset, or ``data.sources``, leaves unread: :func:`maskkit.data.sources.unread_data_keys`).
+    :func:`resolve` refuses one a user set; :func:`show_rows` leaves them out."""
+    from .data.sources import unread_data_keys
+
+    return unread_data_keys(config.data)
 
 
 _RANGE_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number")
@@ -486,11 +527,15 @@ def flat_items(config: ExperimentConfig) -> dict[str, Any]:
 
 
 def show_rows(config: ExperimentConfig, sources: dict[str, str]) -> list[tuple[str, Any, str]]:
-    """(key, value, where it came from) of every resolved key, as ``maskkit config show`` prints
-    them: each ``data.options`` option and each key of each ``data.sources`` entry on its own row
-    with its own source (a key set alone, ``data.options.uncertain=zeros``, or with its mapping)."""
+    """(key, value, where it came from) of every resolved key that something reads, as ``maskkit
+    config show`` prints them: each ``data.options`` option and each key of each ``data.sources``
+    entry on its own row with its own source (a key set alone, ``data.options.uncertain=zeros``, or
+    with its mapping). Keys nothing reads with this config (:func:`unread_keys`) are left out."""
     rows = []
+    unread = unread_keys(config)
     for key, value in flat_items(config).items():
+        if key in unread:  # nothing reads it with this config (data.n without the phantoms, ...)
+            continue
         whole = sources.get(key) or next((v for k, v in sources.items() if k.startswith(key + ".")), "default")
         if key == "data.options" and value:
             rows += [(f"{key}.{k}", v, sources.get(f"{key}.{k}", whole)) for k, v in value.items()]

@@ -29,6 +29,38 @@ class OptionValueError(MaskkitError):
     """A command option or function argument outside its allowed range."""
 
 
+#: the devices maskkit runs on (``runtime.device``, ``maskkit check --device``); ``cuda:N`` picks a GPU
+DEVICES = "auto (cuda when available, else cpu), cpu, cuda, cuda:N or mps"
+
+
+def device_error(name: Any, processes: int = 1) -> str | None:
+    """Why ``name`` is not a device this machine can run on, in one line (None when it is): a
+    name that is not one of :data:`DEVICES` (``tpu``, ``gpu``, ``xla``), or one whose hardware is
+    absent (``cuda`` without a CUDA device, ``cuda:3`` on a machine with one GPU, ``mps`` off a
+    Mac); with ``processes`` > 1 (``runtime.devices``) a CUDA run needs that many GPUs. Checked
+    when the config resolves, before anything starts."""
+    import re
+
+    m = re.fullmatch(r"(auto|cpu|mps|cuda)(?::(\d+))?", name) if isinstance(name, str) else None
+    if m is None or (m.group(2) is not None and m.group(1) in ("auto", "cpu")):
+        return f"{name!r} is not a device maskkit runs on; expected {DEVICES}"
+    import torch
+
+    kind, index = m.groups()
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        return f"{name!r} asked for, but MPS (the Apple-silicon GPU) is not available on this machine"
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if kind == "cuda" and not n:
+        return (f"{name!r} asked for, but no CUDA device is available (torch {torch.__version__}, "
+                f"{'CUDA ' + torch.version.cuda if torch.version.cuda else 'built without CUDA'}); use cpu or auto")
+    if kind == "cuda" and index is not None and int(index) >= n:
+        return f"{name!r} asked for, but this machine has {n} CUDA device{'s' if n != 1 else ''} ({', '.join(f'cuda:{i}' for i in range(n))})"
+    if processes > 1 and (kind == "cuda" or (kind == "auto" and n)) and processes > n:
+        return (f"{processes} processes on CUDA need {processes} GPUs (one each), this machine has {n}; "
+                f"lower runtime.devices or use runtime.device=cpu")
+    return None
+
+
 def _interval(meta: list[Any]) -> str:
     lo = hi = None
     lo_open = hi_open = False

@@ -45,12 +45,16 @@ __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_ev
 
 
 def pick_device(name: str) -> torch.device:
+    """The device ``runtime.device`` names; one line when this machine has no such device (the
+    config checks it when it resolves: :func:`maskkit.options.device_error`)."""
+    from .options import device_error
+
+    why = device_error(name)
+    if why:
+        raise MaskkitError(f"runtime.device: {why}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise MaskkitError(f"runtime.device: '{name}' asked for, but no CUDA device is available")
-    return dev
+    return torch.device(name)
 
 
 @dataclass
@@ -107,6 +111,7 @@ class PretrainRecipe:
         self.stop_interrupt_only = False      # ... and every one of them was SIGINT (exit 130, not 75)
         self.phase = "setup"                  # setup, train, evaluate: what a stop message says was cut short
         self.saved_step = -1
+        self.resume_from: Path | None = None  # the checkpoint this run continues from (setup)
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -125,16 +130,19 @@ class PretrainRecipe:
             empty = self.info.main and not has_content(self.out)
             if self.info.main and (cfg.runtime.resume is None or empty):  # new, empty or overwritten: nothing in it predates this run
                 self.created_dir = self.out
-        prepare_run_dir(cfg, self.sources, self.info, self.out)
+        # a resume is checked before anything in the directory is written: its config (which names
+        # the keys that changed), its world size, then (setup_data) the held-out split it rebuilds
+        ck = self.resume_from = find_resume(cfg, self.out)
+        state = self.check_resume(ck) if ck is not None else None
         self.setup_model()
         self.setup_data()
+        prepare_run_dir(cfg, self.sources, self.info, self.out)
         self.setup_optimizer()
         from .data.dataset import SkipReport
 
         self.skips = SkipReport(cfg.data.max_skip_fraction)  # a resume continues its counts (load)
-        ck = find_resume(cfg, self.out)
         if ck is not None:
-            self.load(ck)
+            self.load(ck, state)
         self.setup_loader()
         self.gather = Gatherer(self.info)
         from .objectives import Objectives
@@ -186,7 +194,7 @@ class PretrainRecipe:
         self.train_ds, self.val_ds, self.label_names = self.corpus.train, self.corpus.val, self.corpus.label_names
         self.collate = Collator(model.tokenizer)
         if self.info.main:
-            record_split(self.out, self.corpus, resumed=cfg.runtime.resume is not None)
+            record_split(self.out, self.corpus, resumed=self.resume_from is not None)
             for line in self.corpus.summary_lines():
                 self.console.print(line, highlight=False, soft_wrap=True)
 
@@ -376,12 +384,22 @@ class PretrainRecipe:
         for old in run_checkpoints(self.out)[: -self.cfg.train.keep_last]:
             old.unlink(missing_ok=True)
 
-    def load(self, path: Path) -> None:
+    def check_resume(self, path: Path) -> dict:
+        """The checkpoint a resume continues from, read and checked before anything is written into
+        the run directory (config.json, environment.json, split.json): one line when it was written
+        by another config (naming each differing key, with both values when they are short), by an
+        older maskkit, or by another number of processes. Returns the checkpoint."""
         ck = load_checkpoint(path)
-        diff = config_differences(json.loads(ck["config_flat"]), flat_items(self.cfg))
+        saved, now = json.loads(ck["config_flat"]), flat_items(self.cfg)
+        diff = config_differences(saved, now)
         if diff:
-            raise TrainingError(f"runtime.resume: {path} was written by another config; differing keys: {', '.join(diff[:8])}"
-                                + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else ""))
+            def change(k: str) -> str:
+                a, b = json.dumps(saved.get(k)), json.dumps(now.get(k))
+                return f"{k} ({a} in the checkpoint, {b} now)" if len(a) + len(b) <= 60 else k
+            raise TrainingError(f"runtime.resume: {path} was written by another config; differing keys: "
+                                + ", ".join(change(k) for k in diff[:8])
+                                + (f" (+{len(diff) - 8} more)" if len(diff) > 8 else "")
+                                + "; resume with the run's settings, or start a new run")
         if "batches" not in ck:
             raise TrainingError(f"runtime.resume: {path} was written by an older maskkit (no loader position); start a new run")
         saved_world = int(ck.get("world", self.info.world))  # checkpoints before the world size was saved: not checked
@@ -390,6 +408,13 @@ class PretrainRecipe:
             raise TrainingError(f"runtime.resume: {path} was written by {n} process{'es' if n != 1 else ''}, this run has {self.info.world}; the sample "
                                 f"order and the global batch depend on the number of processes, so resume it with {n} "
                                 f"(runtime.devices={n} or torchrun --nproc_per_node={n}), or start a new run")
+        return ck
+
+    def load(self, path: Path, ck: dict | None = None) -> None:
+        """Continue from the checkpoint at ``path`` (``ck``: as :meth:`check_resume` read and checked
+        it; read and checked here when None): weights, optimiser, schedule, RNG, loader position."""
+        if ck is None:
+            ck = self.check_resume(path)
         self.model.load_state_dict(ck["model"])
         self.opt.load_state_dict(ck["optimizer"])
         self.sched.load_state_dict(ck["scheduler"])

@@ -116,6 +116,12 @@ class DatasetAdapter:
     def takes(self, key: str) -> bool:
         return key in self.options.model_fields
 
+    @property
+    def reads_cache(self) -> bool:
+        """Whether a prepared cache (``data.cache``, an entry's ``cache``) is read for this dataset:
+        the default dataset reads one; an adapter that builds its own (the phantoms) reads none."""
+        return self.dataset is None
+
     def validate(self, options: dict[str, Any], key_name: Callable[[str], str] | None = None) -> dict[str, Any]:
         """The options given, validated and coerced; raises :class:`DatasetOptionError` in one line
         naming the adapter and the key (``key_name(option)``: the key as the caller's config spells

@@ -152,6 +152,8 @@ def _entry_spec(i: int, entry: Any) -> SourceSpec:
     cache = entry.get("cache")
     if cache is not None and not isinstance(cache, str):
         raise SourceError(f"{label}.cache: expected a folder path, got {cache!r}")
+    if cache is not None and not adapter.reads_cache:
+        raise SourceError(f"{label}.cache: {_no_cache(name)}")
     spec = SourceSpec(i, name, role, float(weight), {}, cache, where, frozenset(options))
     opts = adapter.validate(opts, key_name=spec.key)
     return dataclasses.replace(spec, options=opts)
@@ -170,9 +172,9 @@ def source_specs(d) -> list[SourceSpec]:
     if d.sources:
         if d.name != type(d).model_fields["name"].default:
             raise SourceError(f"data.name={d.name} and data.sources: give one (a data.sources entry names its dataset)")
-        if d.root is not None or d.path is not None or d.options:
-            raise SourceError("data.sources: give each source its own root/path/options; "
-                              "data.root, data.path and data.options are for the single-source form")
+        if d.root is not None or d.path is not None or d.options or d.cache is not None:
+            raise SourceError("data.sources: give each source its own root/path/options/cache; "
+                              "data.root, data.path, data.options and data.cache are for the single-source form")
         specs = [_entry_spec(i, e) for i, e in enumerate(d.sources)]
         if not any(s.weight > 0 for s in specs):
             raise SourceError("data.sources: every weight is 0; at least one source must be sampled")
@@ -192,8 +194,36 @@ def source_specs(d) -> list[SourceSpec]:
         if k in opts:
             raise SourceError(f"data.options.{k}: set data.{k} instead")
         opts[k] = v
+    if d.cache is not None and not adapter.reads_cache:
+        raise SourceError(f"data.cache: {_no_cache(d.name)}")
     spec = SourceSpec(0, d.name, "auto", 1.0, {}, d.cache, "data")
     return [dataclasses.replace(spec, options=adapter.validate(opts, key_name=spec.key))]
+
+
+def _no_cache(name: str) -> str:
+    return f"dataset '{name}' builds its own images and reads no prepared cache; remove the key"
+
+
+def unread_data_keys(d) -> dict[str, str]:
+    """The ``data.*`` keys that nothing reads with this :class:`~maskkit.config.DataConfig`, each
+    with why: with ``data.sources``, the single-source keys (``data.name``, ``root``, ``path``,
+    ``options``, ``cache``, ``n``, ``val_n``, ``p_unpaired``, ``seed``); in the single-source form, the
+    ``data.n`` / ``val_n`` / ``p_unpaired`` / ``seed`` (and ``root`` / ``path``) that its adapter does
+    not take, and ``data.cache`` when it reads no cache. :func:`maskkit.config.resolve` refuses
+    such a key that a user set (command line, config file) and ``maskkit config show`` leaves
+    them out."""
+    from .adapters import get_adapter
+
+    if d.sources:
+        why = "not read when data.sources is given (each entry names its dataset and sets its own options)"
+        return {f"data.{k}": why for k in ("name", "root", "path", "options", "cache", *SINGLE_SOURCE_KEYS)}
+    adapter = get_adapter(d.name)
+    takes = list(adapter.options.model_fields)
+    out = {f"data.{k}": f"dataset '{d.name}' takes no option '{k}' (it takes {', '.join(takes) or 'none'})"
+           for k in SINGLE_SOURCE_KEYS if not adapter.takes(k)}
+    if not adapter.reads_cache:
+        out["data.cache"] = _no_cache(d.name)
+    return out
 
 
 def option_spec(name: str, options: dict[str, Any]) -> SourceSpec:

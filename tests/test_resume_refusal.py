@@ -1,0 +1,87 @@
+"""A resume that is refused writes nothing, and names what refused it: the config is compared
+first (naming the changed keys), then the number of processes, then the held-out split."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from maskkit.config import resolve
+from maskkit.data.build import SplitMismatchError
+from maskkit.train import TrainingError, train
+
+SMALL = ["train.batch_size=4", "train.log_every=1", "train.ckpt_every=10", "train.warmup_steps=1", "runtime.progress=false",
+         "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1",
+         "model.mim.decoder_heads=2", "runtime.name=r"]
+
+
+def snapshot(run: Path) -> dict[str, str]:
+    """Every file of a run directory (checkpoints too) and a digest of its bytes."""
+    return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A finished 2-step run on a CSV whose split depends on train.seed; returns (tmp, csv, args)."""
+    tmp = tmp_path_factory.mktemp("resume")
+    rows = ["image_path,report,patient_id,Cardiomegaly"]
+    for i in range(40):
+        Image.fromarray(np.full((32, 32), i * 5, np.uint8)).save(tmp / f"i{i}.png")
+        rows.append(f"i{i}.png,Heart size normal case {i}.,p{i},{i % 2}")
+    csv = tmp / "d.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    args = [*SMALL, "data=csv", f"data.path={csv}", f"runtime.out_dir={tmp}"]
+    train(*resolve([*args, "train.steps=2"]))
+    return tmp, csv, args
+
+
+def _refused(run: Path, exc_type, args):
+    before = snapshot(run)
+    with pytest.raises(exc_type) as e:
+        train(*resolve([*args, "train.steps=4", "runtime.resume=latest"]))
+    assert "\n" not in str(e.value)
+    assert snapshot(run) == before  # config.json, environment.json, split.json, checkpoints: untouched
+    return str(e.value)
+
+
+def test_a_changed_seed_is_named_as_the_config_not_as_changed_data(csv_run):
+    tmp, _, args = csv_run
+    ck = tmp / "r" / "checkpoints" / "step_00000002.pt"
+    msg = _refused(tmp / "r", TrainingError, [*args, "train.seed=1"])
+    assert msg == (f"runtime.resume: {ck} was written by another config; differing keys: train.seed (0 in the checkpoint, "
+                   "1 now); resume with the run's settings, or start a new run")
+    msg = _refused(tmp / "r", TrainingError, [*args, "train.lr=0.01", "image_mask.child_ratio=0.5"])
+    assert "differing keys: image_mask, train.lr (0.0005 in the checkpoint, 0.01 now);" in msg
+
+
+def test_another_world_size_is_refused_before_anything_is_written(csv_run, tmp_path):
+    tmp, _, args = csv_run
+    import shutil
+
+    run = tmp_path / "r"
+    shutil.copytree(tmp / "r", run)
+    ck = run / "checkpoints" / "step_00000002.pt"
+    state = torch.load(ck, weights_only=True)
+    state["world"] = 2
+    torch.save(state, ck)
+    args = [a for a in args if not a.startswith("runtime.out_dir=")] + [f"runtime.out_dir={tmp_path}"]
+    msg = _refused(run, TrainingError, args)
+    assert msg.startswith(f"runtime.resume: {ck} was written by 2 processes, this run has 1")
+
+
+def test_changed_data_is_refused_before_anything_is_written(csv_run):
+    tmp, csv, args = csv_run
+    text = csv.read_text()
+    held = json.loads((tmp / "r" / "split.json").read_text())["sources"][0]["held_out_ids"]
+    csv.write_text("".join(l for l in text.splitlines(True) if not l.startswith(held[0] + ",")))  # changed in place
+    try:
+        msg = _refused(tmp / "r", SplitMismatchError, args)
+    finally:
+        csv.write_text(text)
+    assert "the data changed since the run" in msg
