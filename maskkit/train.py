@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.markup import escape
 
 from .config import ExperimentConfig, flat_items
 from .data.build import build_corpus
@@ -148,6 +149,11 @@ class PretrainRecipe:
         from .objectives import Objectives
 
         self.objectives = Objectives.for_model(self.model, cfg.objectives, self.gather)
+        if self.info.main:  # a warm-up that train.steps cuts short: one line each, before step 1
+            from .training.optim import schedule_warnings
+
+            for line in schedule_warnings(cfg, self.objectives.terms):
+                self.console.print(f"[yellow]warning: {escape(line)}[/]", highlight=False, soft_wrap=True)
         self.check_pairs()
         self.ddp = self.model
         if self.info.enabled:

@@ -17,6 +17,26 @@ def lr_factor(step: int, cfg) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.lr_warmup_steps) / span)))
 
 
+def schedule_warnings(cfg, objectives) -> list[str]:
+    """One line per warm-up that ``train.steps`` cuts short (each a warning, not an error: a short
+    test run of a long config is legitimate; A48a): ``train.lr_warmup_steps`` above ``train.steps``
+    (:func:`lr_factor` rises to ``steps / lr_warmup_steps`` of ``train.lr`` and never reaches it),
+    and ``train.warmup_steps`` at or above ``train.steps`` while the model trains a warm-up term
+    (the run ends in the masked-modelling-only phase: the weighted terms that wait for it never
+    train). ``objectives``: the recipe's objectives (each with ``term`` and ``weight``)."""
+    t, out = cfg.train, []
+    if t.lr_warmup_steps > t.steps:
+        out.append(f"train.lr_warmup_steps={t.lr_warmup_steps} is more than train.steps={t.steps}: the learning rate rises "
+                   f"to {t.steps}/{t.lr_warmup_steps} of train.lr={t.lr:g} and never reaches it (set train.lr_warmup_steps "
+                   f"to at most train.steps)")
+    waiting = [o.name for o in objectives if not o.term.warmup and o.weight > 0]
+    if t.warmup_steps >= t.steps and waiting and any(o.term.warmup for o in objectives):
+        out.append(f"train.warmup_steps={t.warmup_steps} is not below train.steps={t.steps}: the run ends in the "
+                   f"masked-modelling-only warm-up, so {', '.join('objectives.' + n for n in waiting)} never "
+                   f"train{'s' if len(waiting) == 1 else ''} (set train.warmup_steps below train.steps)")
+    return out
+
+
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only; gains, biases, embeddings of one vector and the logit scale
     are not decayed (open_clip's rule), so a term that is off in a phase leaves them unchanged."""

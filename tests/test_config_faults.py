@@ -1,0 +1,134 @@
+"""Settings a fresh user found silently accepted (issue 18 follow-up): a device this machine does not
+have, a warm-up longer than the run, and data keys that nothing reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from maskkit.config import ConfigError, resolve, show_rows
+from maskkit.options import DEVICES
+
+# --- 5. runtime.device: checked when the config resolves ------------------------------------
+
+
+@pytest.mark.parametrize("name", ["tpu", "gpu", "xla", "meta", "cpu:0", "cuda:x", "CUDA", ""])
+def test_a_device_maskkit_does_not_run_on_is_refused_at_resolve(name):
+    with pytest.raises(ConfigError) as e:
+        resolve([f"runtime.device={name}"])
+    assert str(e.value) == f"runtime.device: {name!r} is not a device maskkit runs on; expected {DEVICES}"
+
+
+def test_a_device_this_machine_lacks_is_refused_at_resolve():
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ConfigError) as e:
+        resolve([f"runtime.device=cuda:{n}"])
+    msg = str(e.value)
+    assert msg.startswith(f"runtime.device: 'cuda:{n}' asked for, but ") and "\n" not in msg
+    assert ("no CUDA device is available" in msg) if not n else (f"this machine has {n} CUDA device" in msg)
+    if not torch.backends.mps.is_available():
+        with pytest.raises(ConfigError, match=r"^runtime.device: 'mps' asked for, but MPS \(the Apple-silicon GPU\) is not available"):
+            resolve(["runtime.device=mps"])
+    with pytest.raises(ConfigError) as e:
+        resolve(["runtime.device=cuda", f"runtime.devices={n + 1}"])
+    assert str(e.value).startswith("runtime.device" + (": 'cuda' asked for" if not n else
+                                                        f"s={n + 1}: {n + 1} processes on CUDA need {n + 1} GPUs"))
+    assert resolve(["runtime.device=cpu", "runtime.devices=2"])[0].runtime.device == "cpu"
+    # a checkpoint's config is not checked against this machine (a GPU run evaluated on a laptop)
+    from maskkit.config import ExperimentConfig
+
+    saved = resolve([])[0].model_dump(mode="json")
+    saved["runtime"]["device"] = "cuda:7"
+    assert ExperimentConfig.model_validate(saved, context={"saved": True}).runtime.device == "cuda:7"
+
+
+def test_the_cli_says_so_in_one_line():
+    for args, line in ((["run", "runtime.device=tpu", "runtime.out_dir=/nonexistent/x"],
+                        f"error: runtime.device: 'tpu' is not a device maskkit runs on; expected {DEVICES}"),
+                       (["check", "random", "--device", "tpu"],
+                        f"error: --device: 'tpu' is not a device maskkit runs on; expected {DEVICES}")):
+        out = subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, timeout=600)
+        assert out.returncode == 2 and out.stderr.strip().splitlines() == [line], out.stderr
+
+
+# --- 6. a warm-up longer than the run ---------------------------------------------------------
+
+def test_warmups_longer_than_the_run_are_one_line_each():
+    from maskkit.objectives import AlignLoss, MIMLoss, MLMLoss
+    from maskkit.training.optim import lr_factor, schedule_warnings
+
+    xlip = [AlignLoss(1.0), MIMLoss(1.0), MLMLoss(1.0)]
+    cfg = resolve(["scale=paper", "train.steps=100"])[0]  # the paper's 15,000 masked-modelling steps, lr warm-up 0
+    assert schedule_warnings(cfg, xlip) == [
+        "train.warmup_steps=15000 is not below train.steps=100: the run ends in the masked-modelling-only warm-up, so "
+        "objectives.align never trains (set train.warmup_steps below train.steps)"]
+    cfg = resolve(["train.steps=8", "train.lr_warmup_steps=10", "train.warmup_steps=2"])[0]
+    (line,) = schedule_warnings(cfg, xlip)
+    assert line == ("train.lr_warmup_steps=10 is more than train.steps=8: the learning rate rises to 8/10 of train.lr=0.0005 "
+                    "and never reaches it (set train.lr_warmup_steps to at most train.steps)")
+    assert max(lr_factor(s, cfg) for s in range(8)) == pytest.approx(8 / 10)  # what the line says
+    ok = resolve(["train.steps=10", "train.lr_warmup_steps=10", "train.warmup_steps=9"])[0]
+    assert max(lr_factor(s, ok) for s in range(10)) == 1.0 and schedule_warnings(ok, xlip) == []
+    # no term waits for the warm-up (clip), or the one that would is weighted 0: nothing to say
+    assert schedule_warnings(resolve(["train.steps=8", "train.warmup_steps=60", "train.lr_warmup_steps=0"])[0], [AlignLoss(1.0)]) == []
+    assert schedule_warnings(resolve(["train.steps=8", "train.warmup_steps=60", "train.lr_warmup_steps=0"])[0], [AlignLoss(0.0), MIMLoss(1.0)]) == []
+
+
+def test_the_run_prints_the_warning_before_step_1(tmp_path):
+    from rich.console import Console
+
+    from maskkit.train import train
+
+    log = tmp_path / "log.txt"
+    with open(log, "w") as f:
+        train(*resolve(["data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=2", "train.warmup_steps=60",
+                        "runtime.progress=false", "runtime.evaluations=[]", "model.mim.decoder_depth=1",
+                        "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2",
+                        f"runtime.out_dir={tmp_path}"]), console=Console(file=f, width=400))
+    lines = log.read_text().splitlines()
+    assert ("warning: train.warmup_steps=60 is not below train.steps=2: the run ends in the masked-modelling-only warm-up, "
+            "so objectives.align never trains (set train.warmup_steps below train.steps)") in lines
+    # scale=tiny's 10 learning-rate warm-up steps are more than 2 too
+    assert ("warning: train.lr_warmup_steps=10 is more than train.steps=2: the learning rate rises to 2/10 of "
+            "train.lr=0.0005 and never reaches it (set train.lr_warmup_steps to at most train.steps)") in lines
+    assert lines.index(next(l for l in lines if l.startswith("warning: train.lr_warmup"))) < len(lines) - 2
+
+
+# --- 7. keys nothing reads --------------------------------------------------------------------
+
+def test_a_key_nothing_reads_is_refused_when_set_and_not_shown(tmp_path):
+    src = json.dumps([{"name": "csv", "path": "a.csv"}])
+    for args, message in (
+        (["data=phantoms", "data.cache=/c"], "data.cache: dataset 'phantoms' builds its own images and reads no prepared cache; remove the key"),
+        ([f'data.sources=[{{"name": "phantoms", "cache": "/c"}}]'],
+         "data.sources[0] (phantoms).cache: dataset 'phantoms' builds its own images and reads no prepared cache; remove the key"),
+        (["data.name=phantoms", f"data.sources={src}"],
+         "data.name: not read when data.sources is given (each entry names its dataset and sets its own options); remove data.name (from cli)"),
+        ([f"data.sources={src}", "data.n=5"],
+         "data.n: not read when data.sources is given (each entry names its dataset and sets its own options); remove data.n (from cli)"),
+        ([f"data.sources={src}", "data.cache=/c"], "data.sources: give each source its own root/path/options/cache; data.root, "
+                                                   "data.path, data.options and data.cache are for the single-source form"),
+        (["data=csv", "data.path=a.csv", "data.val_n=3"],
+         "data.val_n: dataset 'csv' takes no option 'val_n' (it takes path, image_col, report_col, label_cols, patient_col, "
+         "image_root, captions_from_labels, uncertain); remove data.val_n (from cli)"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            resolve(args)
+        assert str(e.value) == message
+    (tmp_path / "f.yaml").write_text(f"data:\n  name: csv\n  path: a.csv\n  p_unpaired: 0.5\n")
+    with pytest.raises(ConfigError, match=rf"^data.p_unpaired: dataset 'csv' takes no option 'p_unpaired' .*; remove "
+                                          rf"data.p_unpaired \(from file:{tmp_path / 'f.yaml'}\)$"):
+        resolve([f"config={tmp_path / 'f.yaml'}"])
+    # what a scale or preset set and nothing reads is not shown (scale=tiny sets data.n for the phantoms)
+    cfg, s = resolve([f"data.sources={src}"])
+    keys = [k for k, _, _ in show_rows(cfg, s)]
+    single = {f"data.{k}" for k in ("name", "root", "path", "options", "cache", "n", "val_n", "p_unpaired", "seed")}
+    assert "data.sources.0.path" in keys and not single & set(keys) and "data.num_workers" in keys
+    keys = [k for k, _, _ in show_rows(*resolve(["data=csv", "data.path=a.csv"]))]
+    assert "data.path" in keys and "data.cache" in keys and not {"data.n", "data.val_n", "data.root", "data.seed"} & set(keys)
+    keys = [k for k, _, _ in show_rows(*resolve([]))]
+    assert {"data.n", "data.val_n", "data.seed"} <= set(keys) and "data.cache" not in keys
