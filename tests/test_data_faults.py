@@ -229,3 +229,22 @@ def test_a_patient_id_in_two_sources_is_held_out_by_both_or_neither(tmp_path):
                               "preset=clip", "train.seed=4"])[0], 96)
     held = [{r.patient_id for r in s.held_records} for s in c.sources]
     assert held[0] and held[0] == held[1] and all(s.left_out is None for s in c.sources)
+
+
+def test_padchest_labels_and_mimic_sections_that_no_row_has_are_one_line(tmp_path):
+    """The other options that name something in the files: PadChest's label set, MIMIC's sections."""
+    from test_sources import mimic_root, padchest_root
+
+    p = padchest_root(tmp_path / "padchest", n=4)
+    assert load_table("padchest", root=str(p), labels=["normal"]).label_names == ("normal",)
+    with pytest.raises(OptionError) as e:
+        load_table("padchest", root=str(p), labels=["normal", "Normal", "pneumonia"])
+    csv = p / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"
+    assert one_line(e) == (f"{csv}: data.options.labels: no row has the label 'Normal'; did you mean 'normal'? (2 of 3 named are "
+                           "absent; labels are the strings of the Labels lists, e.g. 'normal')")
+    m = mimic_root(tmp_path / "mimic", n=3)
+    assert load_table("mimic", root=str(m), sections=["impression"]).records[0].report == "IMPRESSION: No acute process."
+    with pytest.raises(OptionError) as e:
+        load_table("mimic", root=str(m), sections=["findings", "impresion"])
+    assert one_line(e) == (f"{m}: data.options.sections: no report has a section 'impresion'; did you mean 'impression'?; "
+                           "the reports have findings, impression")

@@ -360,15 +360,21 @@ def join_sections(sections: Iterable[tuple[str, str | None]]) -> str | None:
 
 # --- adapters --------------------------------------------------------------------------------
 
+#: the report sections the ``mimic`` adapter reads by default
+MIMIC_SECTIONS = ("findings", "impression")
+
+
 def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, views: list[View] | None = None,
-          one_per_study: bool = False, uncertain: UncertainPolicy = "ones", sections: tuple[str, ...] = ("findings", "impression"),
+          one_per_study: bool = False, uncertain: UncertainPolicy = "ones", sections: tuple[str, ...] = MIMIC_SECTIONS,
           blank: BlankPolicy = "negative") -> Table:
     """MIMIC-CXR-JPG: metadata, CheXpert labels, split CSVs and the ``files/p1x/pNNN/sNNN.txt`` reports.
 
     Labels: ``mimic-cxr-2.0.0-chexpert.csv`` cells under ``uncertain`` (-1) and ``blank`` (not
     mentioned) policies, see :func:`chexpert_value`; a study absent from that file (or no such
     file) has every label unknown (NaN). The report is the ``sections`` whose bodies have content
-    (:func:`join_sections`); a study whose sections hold only ``___`` marks is image-only.
+    (:func:`join_sections`); a study whose sections hold only ``___`` marks is image-only. A
+    section named in ``sections`` (other than the default) that no report has is one line naming
+    the key and the sections the reports have: a misspelt heading is not read as an absent one.
     """
     _check_policy(uncertain, blank)
     root = _need_dir(root)
@@ -398,20 +404,30 @@ def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, 
         ))
     recs = apply_filters(recs, views, one_per_study)
     cache: dict[str, str | None] = {}
+    heads: set[str] = set()  # every section heading of the reports read
     for r in recs:
         p = r.extra["report_path"]
         if p not in cache:
-            cache[p] = mimic_report(Path(p), sections) if Path(p).is_file() else None
+            cache[p] = mimic_report(Path(p), sections, heads) if Path(p).is_file() else None
         r.report = cache[p]
+    absent = [x for x in sections if x.lower() not in heads]
+    if heads and absent and tuple(s.lower() for s in sections) != MIMIC_SECTIONS:  # a section you name that no report has
+        from ..errors import close_matches
+
+        raise OptionError("sections", f"{root}: {{key}}: no report has a section {absent[0]!r}"
+                                      f"{close_matches(absent[0].lower(), heads) or ''}; the reports have "
+                                      f"{', '.join(sorted(heads)[:12])}")
     return Table("mimic", recs, CHEXPERT_LABELS)
+
 
 
 _SECTION = re.compile(r"^\s*([A-Z][A-Z /]+):", re.M)
 
 
-def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impression")) -> str | None:
+def mimic_report(path: Path, sections: tuple[str, ...] = MIMIC_SECTIONS, seen: set[str] | None = None) -> str | None:
     """The named sections of a MIMIC-CXR free-text report, ``"FINDINGS: ... IMPRESSION: ..."``;
-    sections with no content (only ``___`` marks, punctuation) are left out, None when none is left."""
+    sections with no content (only ``___`` marks, punctuation) are left out, None when none is left.
+    ``seen``: a set the report's section headings (lower case) are added to."""
     from ..io import read_text
 
     text = read_text(path, errors="replace")
@@ -420,13 +436,16 @@ def mimic_report(path: Path, sections: tuple[str, ...] = ("findings", "impressio
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         parts[m.group(1).strip().lower()] = text[m.end():end]
+    if seen is not None:
+        seen.update(parts)
     return join_sections((s.upper(), parts.get(s.lower())) for s in sections)
 
 
 def padchest(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False,
              labels: Iterable[str] | None = None) -> Table:
     """PadChest: image-only in XLIP; ``Labels`` (a Python list string, :func:`padchest_labels`)
-    becomes multi-hot labels. ``extra["method_label"]``: the CSV's ``MethodLabel`` (``Physician``
+    becomes multi-hot labels (``labels``: the set, in that order; a label you name that no row has
+    is one line, not an all-negative column). ``extra["method_label"]``: the CSV's ``MethodLabel`` (``Physician``
     for the radiologist-labelled images, ``RNN_model`` for the rest; None when the CSV has no such
     column), which the PadChest zero-shot protocol filters on (:mod:`maskkit.eval.padchest`)."""
     root = _need_dir(root)
@@ -434,7 +453,15 @@ def padchest(root: str, csv_name: str | None = None, views: list[View] | None = 
         root, [csv_name] if csv_name else ["PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv"], "PadChest labels CSV")
     rows = read_csv(path, ["ImageID", "ImageDir", "Projection", "Labels", "StudyID", "PatientID"])
     parsed = [padchest_labels(row["Labels"]) for row in rows]
-    names = tuple(labels) if labels is not None else tuple(sorted({l for labs in parsed if labs for l in labs}))
+    found = {l for labs in parsed if labs for l in labs}
+    names = tuple(labels) if labels is not None else tuple(sorted(found))
+    absent = [n for n in names if n not in found] if labels is not None and rows else []
+    if absent:  # a label you name that no row has would be an all-negative column
+        from ..errors import close_matches
+
+        raise OptionError("labels", f"{path}: {{key}}: no row has the label {absent[0]!r}"
+                                    f"{close_matches(absent[0], found) or ''} ({len(absent)} of {len(names)} named are absent; "
+                                    f"labels are the strings of the Labels lists, e.g. {', '.join(repr(l) for l in sorted(found)[:3])})")
     recs = []
     for i, (row, labs) in enumerate(zip(rows, parsed)):
         image_cell(row["ImageID"], f"{path}: row {i + 2}, column 'ImageID'")
