@@ -119,6 +119,16 @@ def test_a_key_nothing_reads_is_refused_when_set_and_not_shown(tmp_path):
         with pytest.raises(ConfigError) as e:
             resolve(args)
         assert str(e.value) == message
+    for args, message in ((["data.decode_policy=raise"], "data.decode_policy: no image file is decoded (dataset 'phantoms' "
+                                                          "builds its own images); remove data.decode_policy (from cli)"),
+                          (["data.ner_model=en_core_sci_sm"], "data.ner_model: only data.ner=scispacy reads a model (data.ner is "
+                                                              "lexicon); remove data.ner_model (from cli)")):
+        with pytest.raises(ConfigError) as e:
+            resolve(args)
+        assert str(e.value) == message
+    assert resolve(["data=csv", "data.path=a.csv", "data.decode_policy=raise"])[0].data.decode_policy == "raise"
+    mixed = json.dumps([{"name": "phantoms"}, {"name": "csv", "path": "a.csv"}])
+    assert resolve([f"data.sources={mixed}", "data.max_skip_fraction=0.5"])[0].data.max_skip_fraction == 0.5
     (tmp_path / "f.yaml").write_text(f"data:\n  name: csv\n  path: a.csv\n  p_unpaired: 0.5\n")
     with pytest.raises(ConfigError, match=rf"^data.p_unpaired: dataset 'csv' takes no option 'p_unpaired' .*; remove "
                                           rf"data.p_unpaired \(from file:{tmp_path / 'f.yaml'}\)$"):
@@ -131,4 +141,4 @@ def test_a_key_nothing_reads_is_refused_when_set_and_not_shown(tmp_path):
     keys = [k for k, _, _ in show_rows(*resolve(["data=csv", "data.path=a.csv"]))]
     assert "data.path" in keys and "data.cache" in keys and not {"data.n", "data.val_n", "data.root", "data.seed"} & set(keys)
     keys = [k for k, _, _ in show_rows(*resolve([]))]
-    assert {"data.n", "data.val_n", "data.seed"} <= set(keys) and "data.cache" not in keys
+    assert {"data.n", "data.val_n", "data.seed"} <= set(keys) and not {"data.cache", "data.decode_policy", "data.ner_model"} & set(keys)

@@ -209,20 +209,33 @@ def unread_data_keys(d) -> dict[str, str]:
     with why: with ``data.sources``, the single-source keys (``data.name``, ``root``, ``path``,
     ``options``, ``cache``, ``n``, ``val_n``, ``p_unpaired``, ``seed``); in the single-source form, the
     ``data.n`` / ``val_n`` / ``p_unpaired`` / ``seed`` (and ``root`` / ``path``) that its adapter does
-    not take, and ``data.cache`` when it reads no cache. :func:`maskkit.config.resolve` refuses
+    not take, and ``data.cache`` when it reads no cache; ``data.decode_policy`` and
+    ``data.max_skip_fraction`` when no source decodes image files (the phantoms draw theirs), and
+    ``data.ner_model`` unless ``data.ner=scispacy``. :func:`maskkit.config.resolve` refuses
     such a key that a user set (command line, config file) and ``maskkit config show`` leaves
     them out."""
     from .adapters import get_adapter
 
+    out = {}
+    if d.ner != "scispacy":
+        out["data.ner_model"] = f"only data.ner=scispacy reads a model (data.ner is {d.ner})"
     if d.sources:
         why = "not read when data.sources is given (each entry names its dataset and sets its own options)"
-        return {f"data.{k}": why for k in ("name", "root", "path", "options", "cache", *SINGLE_SOURCE_KEYS)}
-    adapter = get_adapter(d.name)
-    takes = list(adapter.options.model_fields)
-    out = {f"data.{k}": f"dataset '{d.name}' takes no option '{k}' (it takes {', '.join(takes) or 'none'})"
-           for k in SINGLE_SOURCE_KEYS if not adapter.takes(k)}
-    if not adapter.reads_cache:
-        out["data.cache"] = _no_cache(d.name)
+        names = [e.get("name") for e in d.sources if isinstance(e, dict)]
+        out |= {f"data.{k}": why for k in ("name", "root", "path", "options", "cache", *SINGLE_SOURCE_KEYS)}
+    else:
+        names = [d.name]
+        adapter = get_adapter(d.name)
+        takes = list(adapter.options.model_fields)
+        out |= {f"data.{k}": f"dataset '{d.name}' takes no option '{k}' (it takes {', '.join(takes) or 'none'})"
+                for k in SINGLE_SOURCE_KEYS if not adapter.takes(k)}
+        if not adapter.reads_cache:
+            out["data.cache"] = _no_cache(d.name)
+    if not any(get_adapter(n).reads_cache for n in names):  # no image file is decoded (the phantoms are drawn)
+        one = len(set(names)) == 1
+        why = (f"no image file is decoded (dataset{'' if one else 's'} {', '.join(repr(n) for n in sorted(set(names)))} "
+               f"build{'s its' if one else ' their'} own images)")
+        out |= {"data.decode_policy": why, "data.max_skip_fraction": why}
     return out
 
 
