@@ -76,7 +76,8 @@ class Faulty(PretrainRecipe):
 
 def run_faulty(tmp_path, *args, at=(3,), kind="grad", ranks=None):
     """Run the faulty recipe; (RunResult, what it printed)."""
-    cfg, src = resolve(SMALL + [f"runtime.out_dir={tmp_path}"] + list(args))
+    base = SMALL if not any(a.startswith("data=") for a in args) else [a for a in SMALL if not a.startswith(("data.n=", "data.val_n="))]
+    cfg, src = resolve(base + [f"runtime.out_dir={tmp_path}"] + list(args))  # (data.n / val_n: the phantoms' keys)
     console = Console(record=True, width=400, file=open(os.devnull, "w"))
     recipe = Faulty(cfg, src, at, kind, ranks, console=console)
     try:
