@@ -681,16 +681,13 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
     from .errors import exception_chain, os_error_line
     from .training.preemption import Stopped
 
-    chain = list(exception_chain(exc))
-    for kind in (Stopped, MaskkitError, OSError):
-        e = next((e for e in chain if isinstance(e, kind)), None)
-        if e is None:
-            continue
-        if kind is Stopped:
+    for e in exception_chain(exc):  # the outermost of these kinds
+        if isinstance(e, Stopped):
             return _stopped_line(e), e.exit_code, False
-        if kind is MaskkitError:
+        if isinstance(e, MaskkitError):
             return str(e), getattr(e, "exit_code", 2), bool(getattr(e, "rank_local", False))
-        return os_error_line(e), 2, False
+        if isinstance(e, OSError):
+            return os_error_line(e), 2, False
     return None
 
 
@@ -701,13 +698,14 @@ def main() -> None:
     from .eval.labels import LabelCoverageWarning
     from .training.preemption import cli_stop_request
 
-    cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
+    stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
     from .streams import survive_closed_streams
 
     survive_closed_streams()  # `maskkit run ... | head -1`: output to a closed pipe is dropped, the command goes on
     warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
     _one_line_warnings()
     try:
+        stop.act_now()  # a signal during the imports stops here; from here on at once
         rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)

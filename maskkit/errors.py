@@ -55,19 +55,18 @@ class TrainingError(MaskkitError):
 
 
 def exception_chain(exc: BaseException):
-    """``exc`` and every exception it was raised from or while handling (``__cause__``,
-    ``__context__``), outermost first, each once. The root cause of a failure is often inside:
-    torch's checkpoint writer reports ``unexpected pos`` over the ``OSError`` of a full disk, or over
-    the ``RuntimeError`` with which torch reports a dead DataLoader worker."""
+    """``exc`` and the exceptions it was raised from or while handling, outermost first, as
+    Python's traceback shows them: ``__cause__``, else ``__context__`` unless suppressed (``raise
+    ... from None``, which maskkit uses where its one-line error replaces the other). The root cause
+    of a failure is often inside: torch's checkpoint writer reports ``unexpected pos`` over the
+    ``OSError`` of a full disk, or over the ``RuntimeError`` with which torch reports a dead
+    DataLoader worker."""
     seen: set[int] = set()
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or id(e) in seen:
-            continue
+    e = exc
+    while e is not None and id(e) not in seen:
         seen.add(id(e))
         yield e
-        todo += [e.__cause__, e.__context__]
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
 
 
 def find_in_chain(exc: BaseException, kind: type | tuple[type, ...]):

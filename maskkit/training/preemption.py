@@ -202,10 +202,13 @@ def cli_stop_request() -> StopRequest:
     ``python -m maskkit.cli``), so that a stop signal from the first milliseconds of the process on
     (``import maskkit`` and this module import nothing slow: no torch, typer, rich, pydantic) stops
     the command cleanly instead of killing it (exit 143). A signal that arrives before it, during
-    the interpreter's own start, still kills the process: no Python code runs then."""
+    the interpreter's own start, still kills the process: no Python code runs then.
+
+    It starts deferred (a signal during the imports is recorded, not raised inside an import);
+    :func:`maskkit.cli.main` calls :meth:`StopRequest.act_now` once it can report a stop."""
     global _CLI_REQUEST
     if _CLI_REQUEST is None:
-        _CLI_REQUEST = StopRequest().install()
+        _CLI_REQUEST = StopRequest().install(deferred=True)
     return _CLI_REQUEST
 
 
