@@ -80,26 +80,7 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
     Raises :class:`~maskkit.errors.OutputWriteError` in one line naming ``what``, the path and the
     reason: a file where a folder is needed ("not a folder"), a permission, a read-only file system.
     A file system that fills up later is reported when it does (:func:`atomic_open`)."""
-    from .errors import OutputWriteError
-
-    p = Path(path)
-
-    def fail(reason: str, errno_: int | None = None):
-        return OutputWriteError(f"{what} {p}: {reason}", errno_, p, reason)
-
-    try:
-        anc = p
-        while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
-            anc = anc.parent
-    except OSError as exc:  # a folder on the way that this user may not enter
-        raise fail(f"cannot look into {Path(exc.filename).parent if exc.filename else p} ({exc.strerror or exc})", exc.errno) from None
-    if not anc.is_dir():
-        raise fail("is a file, not a folder" if anc == p else f"cannot make it: {anc} is a file, not a folder", errno.ENOTDIR)
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".maskkit-write-check-", dir=anc))
-    except OSError as exc:
-        raise fail(f"cannot write in {'it' if anc == p else anc} ({exc.strerror or exc})", exc.errno) from None
-    return p
+    return _check_writable(Path(path), Path(path), what)
 
 
 def check_writable_file(path: str | Path, what: str) -> Path:
@@ -113,7 +94,29 @@ def check_writable_file(path: str | Path, what: str) -> Path:
         is_dir = False
     if is_dir:
         raise OutputWriteError(f"{what} {p}: is a folder, not a file", errno.EISDIR, p, "is a folder")
-    check_writable_dir(p.parent, what=f"{what} {p}: its folder")
+    _check_writable(p, p.parent, what)
+    return p
+
+
+def _check_writable(p: Path, folder: Path, what: str) -> Path:
+    """:func:`check_writable_dir` of ``folder``, the messages naming ``p`` (the folder or a file in it)."""
+    from .errors import OutputWriteError
+
+    def fail(reason: str, errno_: int | None = None):
+        return OutputWriteError(f"{what} {p}: {reason}", errno_, p, reason)
+
+    try:
+        anc = folder
+        while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
+            anc = anc.parent
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise fail(f"cannot look into {Path(exc.filename).parent if exc.filename else folder} ({exc.strerror or exc})", exc.errno) from None
+    if not anc.is_dir():
+        raise fail("is a file, not a folder" if anc == p else f"cannot make it: {anc} is a file, not a folder", errno.ENOTDIR)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".maskkit-write-check-", dir=anc))
+    except OSError as exc:
+        raise fail(f"cannot write in {'it' if anc == p else anc} ({exc.strerror or exc})", exc.errno) from None
     return p
 
 
