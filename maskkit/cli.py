@@ -490,6 +490,29 @@ def _checkpoint_step(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _check_trained_step(path: str, step: int) -> None:
+    """``--step`` must be a step the run trained (1 to the last one logged in its metrics.jsonl or
+    checkpointed); one line naming them otherwise."""
+    from .data.build import run_dir_of
+    from .training.checkpointing import run_checkpoints
+
+    run = run_dir_of(path)
+    done = [int(c.stem.split("_")[1]) for c in run_checkpoints(run)]
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                s = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(s, int):
+                done.append(s)
+    last = max(done, default=None)
+    if last is not None and step > last:
+        raise MaskkitError(f"visualize masks --step {step}: run {run} trained steps 1 to {last} "
+                           f"(its metrics.jsonl and checkpoints); give --step between 1 and {last}")
+
+
 @viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_masks_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
@@ -519,6 +542,8 @@ def viz_masks_cmd(
     VisualizeOptions.check(n=n, index=index, seed=seed, step=step, micro=micro)
     check_writable_dir(out, "--out")  # before the model is loaded
     paths, settings = _split_targets(checkpoint, "visualize masks")
+    if step is not None:
+        _check_trained_step(paths[0], step)  # before the model is loaded
     model, run_cfg = load_model(paths[0])
     if step is not None:
         if settings or images:

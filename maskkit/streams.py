@@ -85,3 +85,14 @@ def survive_closed_streams() -> None:
             continue
         _SURVIVORS[name] = _Survivor(stream, name)
         setattr(sys, name, _SURVIVORS[name])
+
+
+def progress_console(console=None):
+    """(console, whether a live progress bar may be drawn on it): ``console`` or one on stderr; a
+    bar only on a terminal. Piped to a file (a SLURM log, ``2> log``) a live bar leaves its
+    carriage-return frames and its last frame behind, so commands print plain lines there instead."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    return console, console.is_terminal
+

@@ -565,7 +565,7 @@ class PretrainRecipe:
         cfg, info = self.cfg, self.info
         progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
-                            disable=not (cfg.runtime.progress and info.main))
+                            disable=not (cfg.runtime.progress and info.main and self.console.is_terminal))  # else plain lines (log)
         t_last, n_last = time.perf_counter(), 0
         self.phase = "train"
         self.stop.deferred = True  # from here a signal is read after the step it arrives in

@@ -548,7 +548,7 @@ def openi(root: str, image_dir: str | None = None, sections: tuple[OpeniSection,
     return Table("openi", recs, names)
 
 
-def generic_csv(path, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | str | None = None,
+def generic_csv(path: str, image_col: str = "image_path", report_col: str | None = "report", label_cols: Iterable[str] | str | None = None,
                 patient_col: str | None = "patient_id", image_root: str | None = None, captions_from_labels: bool = False,
                 uncertain: UncertainPolicy | None = None) -> Table:
     """A CSV with an image path column, an optional report column and label columns.
