@@ -202,7 +202,6 @@ def phantoms_cmd(
 ) -> None:
     """Write the synthetic chest X-ray phantom dataset (images, lesion masks, reports, labels) to disk."""
     from .data.export import write_phantoms
-
     from .io import check_writable_dir
 
     PhantomsOptions.check(n=n, seed=seed, size=size, unpaired=unpaired)
@@ -221,7 +220,6 @@ def prepare_cmd(
 ) -> None:
     """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
     from .data.cache import prepare_cache
-
     from .io import check_writable_dir
 
     PrepareOptions.check(size=size)
@@ -532,12 +530,10 @@ def viz_masks_cmd(
     training's when the checkpoint holds the weights before step K (``step_<K-1>``)."""
     from pathlib import Path
 
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_writable_dir
     from .train import training_batch
     from .training.checkpointing import load_model
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
-
-    from .io import check_writable_dir
 
     VisualizeOptions.check(n=n, index=index, seed=seed, step=step, micro=micro)
     check_writable_dir(out, "--out")  # before the model is loaded
@@ -590,12 +586,10 @@ def viz_text_cmd(
     from pathlib import Path
 
     from .data.ner import LexiconNER
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_writable_dir
     from .model.xlip import reconstruct_text
     from .training.checkpointing import load_model
     from .viz import html_page, text_html, text_spans, text_terminal
-
-    from .io import check_writable_dir
 
     VisualizeOptions.check(n=n, index=index, seed=seed)
     check_writable_dir(out, "--out")  # before the model is loaded
@@ -627,9 +621,8 @@ def viz_run_cmd(
     """Training curves of a run (warm-up boundary marked, samples/s) or the plots of a sweep."""
     from pathlib import Path
 
-    from .viz import sweep_figure, training_curves
-
     from .io import check_writable_file
+    from .viz import sweep_figure, training_curves
 
     p = Path(path)
     sweep = (p / "results.csv").is_file()
