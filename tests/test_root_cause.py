@@ -23,7 +23,7 @@ from maskkit.config import resolve
 from maskkit.errors import OutputWriteError, TrainingError, exception_chain
 from maskkit.io import atomic_open
 from maskkit.train import train
-from maskkit.training.checkpointing import load_model, run_checkpoints, save_checkpoint
+from maskkit.training.checkpointing import load_model, save_checkpoint
 from maskkit.training.preemption import Stopped
 
 from run_helpers import SMALL, children, env_for, error_lines, start
