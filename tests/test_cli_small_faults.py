@@ -84,7 +84,7 @@ def test_a_file_that_is_no_checkpoint_is_named_as_given(tmp_path):
     csv.write_text("image_path,report\na.png,clear\n")
     with pytest.raises(TrainingError) as ei:
         load_model(csv)
-    assert str(ei.value) == (f"{csv} is not a maskkit checkpoint: not a torch.save file (it starts as text: a CSV or a "
+    assert str(ei.value) == (f"{csv} is not a readable maskkit checkpoint: not a torch.save file (it starts as text: a CSV or a "
                              "report?); give a run directory or one of its checkpoints/step_*.pt")  # not "runtime.resume: ..."
 
 

@@ -72,7 +72,7 @@ def load_checkpoint(path: Path, key: str | None = "runtime.resume") -> dict:
         raise TrainingError(f"{at}{path}: cannot read ({exc.strerror or exc})") from None
     if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before torch 1.6)
         text = head and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
-        raise TrainingError(f"{at}{path} is not a maskkit checkpoint: not a torch.save file"
+        raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint: not a torch.save file"
                             f"{' (it starts as text: a CSV or a report?)' if text else ''}; give a run directory "
                             "or one of its checkpoints/step_*.pt")
     try:
