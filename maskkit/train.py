@@ -376,8 +376,8 @@ class PretrainRecipe:
             save_checkpoint(self.writing, payload)
         except OutputWriteError as exc:  # a full disk, a quota, ... (a signal's or a worker's failure: run())
             self.writing = None
-            raise TrainingError(f"cannot write checkpoint {exc.path} ({exc.reason}; abandoned whole); "
-                                f"{self.checkpoint_state()}") from None
+            raise OutputWriteError(f"cannot write checkpoint {exc.path} ({exc.reason}; abandoned whole); "
+                                   f"{self.checkpoint_state()}", exc.errno, exc.path, exc.reason) from None
         self.writing = None
         self.saved_step = self.step
         for old in run_checkpoints(self.out)[: -self.cfg.train.keep_last]:
