@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m maskkit.cli: the stop-signal handlers before the slow imports below
+    from maskkit.training.preemption import cli_stop_request  # (the maskkit script: maskkit.__main__)
+
+    cli_stop_request()
+
 import json
 import re
 import sys
@@ -205,8 +210,10 @@ def phantoms_cmd(
 ) -> None:
     """Write the synthetic chest X-ray phantom dataset (images, lesion masks, reports, labels) to disk."""
     from .data.export import write_phantoms
+    from .io import check_writable_dir
 
     PhantomsOptions.check(n=n, seed=seed, size=size, unpaired=unpaired)
+    check_writable_dir(out, "--out")  # before any work
     path = write_phantoms(out, n=n, seed=seed, size=size, p_unpaired=unpaired, overwrite=overwrite)
     console.print(f"wrote {n} phantoms to {path} (read it back with data=csv data.path={path / 'phantoms.csv'})")
 
@@ -221,8 +228,10 @@ def prepare_cmd(
 ) -> None:
     """Resize every image of a dataset once and store it as a uint8 memory-mapped cache."""
     from .data.cache import prepare_cache
+    from .io import check_writable_dir
 
     PrepareOptions.check(size=size)
+    check_writable_dir(out, "--out")  # before reading the dataset
     opts = option_values(option)
     from .data.sources import option_spec
 
@@ -248,6 +257,9 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
 
     # a stop signal before the recipe installs its own handler: main()'s, one line (_stopped_line)
     cfg, sources = resolve(list(args or []))
+    from .io import check_writable_dir
+
+    check_writable_dir(cfg.runtime.out_dir, "runtime.out_dir")  # before torch is imported or processes started
     if cfg.runtime.devices > 1 and not under_torchrun():
         from .data.build import load_records
 
@@ -426,6 +438,9 @@ def sweep_cmd(
     sp.probe = sp.probe or probe
     if metrics:
         sp.metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    from .io import check_writable_dir
+
+    check_writable_dir(out_dir, "--out")  # before any run starts
     run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
     console.print((out_dir / "results.md").read_text(), highlight=False)
 
@@ -481,6 +496,29 @@ def _checkpoint_step(path: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _check_trained_step(path: str, step: int) -> None:
+    """``--step`` must be a step the run trained (1 to the last one logged in its metrics.jsonl or
+    checkpointed); one line naming them otherwise."""
+    from .data.build import run_dir_of
+    from .training.checkpointing import run_checkpoints
+
+    run = run_dir_of(path)
+    done = [int(c.stem.split("_")[1]) for c in run_checkpoints(run)]
+    metrics = run / "metrics.jsonl"
+    if metrics.is_file():
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                s = json.loads(line).get("step")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(s, int):
+                done.append(s)
+    last = max(done, default=None)
+    if last is not None and step > last:
+        raise MaskkitError(f"visualize masks --step {step}: run {run} trained steps 1 to {last} "
+                           f"(its metrics.jsonl and checkpoints); give --step between 1 and {last}")
+
+
 @viz_app.command("masks", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def viz_masks_cmd(
     checkpoint: list[str] = typer.Argument(..., help="a run directory or checkpoint, then optional data.* settings (default: the run's held-out split)"),
@@ -500,13 +538,16 @@ def viz_masks_cmd(
     training's when the checkpoint holds the weights before step K (``step_<K-1>``)."""
     from pathlib import Path
 
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_writable_dir
     from .train import training_batch
     from .training.checkpointing import load_model
     from .viz import composite, html_page, png_data_uri, sample_views, save_png, text_html
 
     VisualizeOptions.check(n=n, index=index, seed=seed, step=step, micro=micro)
+    check_writable_dir(out, "--out")  # before the model is loaded
     paths, settings = _split_targets(checkpoint, "visualize masks")
+    if step is not None:
+        _check_trained_step(paths[0], step)  # before the model is loaded
     model, run_cfg = load_model(paths[0])
     if step is not None:
         if settings or images:
@@ -553,12 +594,13 @@ def viz_text_cmd(
     from pathlib import Path
 
     from .data.ner import LexiconNER
-    from .io import atomic_write_text
+    from .io import atomic_write_text, check_writable_dir
     from .model.xlip import reconstruct_text
     from .training.checkpointing import load_model
     from .viz import html_page, text_html, text_spans, text_terminal
 
     VisualizeOptions.check(n=n, index=index, seed=seed)
+    check_writable_dir(out, "--out")  # before the model is loaded
     paths, settings = _split_targets(checkpoint, "visualize text")
     model, run_cfg = load_model(paths[0])
     batch, what = _viz_batch(paths[0], model, run_cfg, images, reports, settings, n, index)
@@ -587,14 +629,15 @@ def viz_run_cmd(
     """Training curves of a run (warm-up boundary marked, samples/s) or the plots of a sweep."""
     from pathlib import Path
 
+    from .io import check_writable_file
     from .viz import sweep_figure, training_curves
 
     p = Path(path)
-    if (p / "results.csv").is_file():
-        fig, default = sweep_figure(p), p / "sweep.png"
-    else:
-        fig, default = training_curves(p), p / "curves.png"
-    target = Path(out) if out else default
+    sweep = (p / "results.csv").is_file()
+    target = Path(out) if out else p / ("sweep.png" if sweep else "curves.png")
+    if out or p.is_dir():  # (a PATH that is no run is said by training_curves)
+        check_writable_file(target, "--out" if out else "the figure")
+    fig = sweep_figure(p) if sweep else training_curves(p)
     buf = __import__("io").BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     from .io import atomic_write_bytes
@@ -650,35 +693,68 @@ def _stopped_line(exc) -> str:
             "(atomically), so none is half-written; run the same command again")
 
 
+def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
+    """(one line, exit status, whether only this rank sees it) for a failure the CLI reports without a
+    traceback, or None (a bug: the traceback is shown). The root cause is looked for through
+    ``__cause__`` / ``__context__`` (:func:`~maskkit.errors.exception_chain`), since a library may
+    raise its own error over it (torch's checkpoint writer: ``unexpected pos`` over a full disk's
+    ``OSError`` or over a signal's :class:`~maskkit.training.preemption.Stopped`):
+
+    - a stop signal (:class:`~maskkit.training.preemption.Stopped`): 75 / 130 (:func:`_stopped_line`);
+    - a :class:`~maskkit.errors.MaskkitError`: its message, its ``exit_code`` (2 unless it says otherwise);
+    - an ``OSError`` (a file that cannot be read or written: the file and the OS's reason): 2.
+    """
+    from .errors import exception_chain, os_error_line
+    from .training.preemption import Stopped
+
+    for e in exception_chain(exc):  # the outermost of these kinds
+        if isinstance(e, Stopped):
+            return _stopped_line(e), e.exit_code, False
+        if isinstance(e, MaskkitError):
+            return str(e), getattr(e, "exit_code", 2), bool(getattr(e, "rank_local", False))
+        if isinstance(e, OSError):
+            return os_error_line(e), 2, False
+    return None
+
+
 def main() -> None:
     import os
     import warnings
 
     from .eval.labels import LabelCoverageWarning
-    from .training.preemption import StopRequest, Stopped
+    from .training.preemption import cli_stop_request
 
-    StopRequest().install()  # first: a stop signal from here on stops the command cleanly (exit 75 / 130)
+    stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
+    from .streams import survive_closed_streams
+
+    survive_closed_streams()  # `maskkit run ... | head -1`: output to a closed pipe is dropped, the command goes on
     warnings.filterwarnings("ignore", category=LabelCoverageWarning)  # the CLI prints them under its tables, once
     _one_line_warnings()
     try:
+        stop.act_now()  # a signal during the imports stops here; from here on at once
         rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)
-    except Stopped as exc:  # outside a run's training (maskkit.train handles its own): eval, prepare, sweep, ...
+    except (typer.Exit, SystemExit) as exc:
+        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        sys.exit(code)
+    except BaseException as exc:
         if _state["debug"]:
             raise
-        if os.environ.get("RANK", "0") == "0":
-            err_console.print(f"[red]error:[/] {escape(_stopped_line(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except MaskkitError as exc:
-        if _state["debug"]:
-            raise
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
+            exc.show()  # click's ClickException protocol (of click or of the click typer vendors): a one-line usage error
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            sys.exit(1)
+        failed = failure_line(exc)
+        if failed is None:
+            raise  # a bug: the traceback
+        line, code, rank_local = failed
         rank = os.environ.get("RANK", "0")
         if rank == "0":  # under torchrun every rank fails alike: one line, from rank 0
-            err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        elif getattr(exc, "rank_local", False):  # ... except what only one rank sees (its loader worker died)
-            err_console.print(f"[red]error:[/] rank {rank}: {escape(str(exc))}", highlight=False, soft_wrap=True)
-        code = getattr(exc, "exit_code", 2)  # 75 / 130 for a run stopped by a signal (maskkit.training.preemption)
+            err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        elif rank_local:  # ... except what only one rank sees (its loader worker died)
+            err_console.print(f"[red]error:[/] rank {rank}: {escape(line)}", highlight=False, soft_wrap=True)
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
             # can abort it ("terminate called ..."), which would hide this exit status
@@ -686,18 +762,6 @@ def main() -> None:
             sys.stderr.flush()
             os._exit(code)
         sys.exit(code)
-    except (typer.Exit, SystemExit) as exc:
-        code = getattr(exc, "exit_code", getattr(exc, "code", 0))
-        sys.exit(code)
-    except Exception as exc:  # usage errors of click, or of the click that typer vendors (typer._click)
-        if _state["debug"]:
-            raise
-        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()  # click's ClickException protocol: a one-line usage error
-            sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

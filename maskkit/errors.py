@@ -13,11 +13,11 @@ class MaskkitError(ValueError):
 class OutputWriteError(MaskkitError):
     """A file maskkit writes could not be written (disk full, no permission, ...): one line naming
     the file and the cause; what was there before is intact (writes are atomic). ``errno`` is the
-    OS error number."""
+    OS error number, ``path`` the file, ``reason`` the OS's words ("No space left on device")."""
 
-    def __init__(self, message: str, errno: int | None = None) -> None:
+    def __init__(self, message: str, errno: int | None = None, path=None, reason: str | None = None) -> None:
         super().__init__(message)
-        self.errno = errno
+        self.errno, self.path, self.reason = errno, path, reason
 
 
 class TextFileError(MaskkitError):
@@ -52,6 +52,37 @@ def close_matches(name: str, choices: Iterable[str], n: int = 3) -> str:
 
 class TrainingError(MaskkitError):
     """The run cannot go on (NaN losses in a row, a refused checkpoint, a bad run directory)."""
+
+
+def exception_chain(exc: BaseException):
+    """``exc`` and the exceptions it was raised from or while handling, outermost first, as
+    Python's traceback shows them: ``__cause__``, else ``__context__`` unless suppressed (``raise
+    ... from None``, which maskkit uses where its one-line error replaces the other). The root cause
+    of a failure is often inside: torch's checkpoint writer reports ``unexpected pos`` over the
+    ``OSError`` of a full disk, or over the ``RuntimeError`` with which torch reports a dead
+    DataLoader worker."""
+    seen: set[int] = set()
+    e = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ if e.__cause__ is not None else (None if e.__suppress_context__ else e.__context__)
+
+
+def find_in_chain(exc: BaseException, kind: type | tuple[type, ...]):
+    """The first exception of ``kind`` in :func:`exception_chain` of ``exc``, or None."""
+    return next((e for e in exception_chain(exc) if isinstance(e, kind)), None)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for an ``OSError``: the file(s) it names and the OS's reason, e.g.
+    ``runs/x/metrics.jsonl: No space left on device (ENOSPC)``."""
+    import errno as _errno
+
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f is not None)
+    code = _errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    why = (exc.strerror or str(exc)) + (f" ({code})" if code else "")
+    return f"{where}: {why}" if where else why
 
 
 class MaskkitWarning(UserWarning):

@@ -134,6 +134,12 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
     _data_settings(data, f"eval {ev.name}")
     if len(paths) > 1 and not ev.ensemble:
         raise MaskkitError(f"eval {ev.name} takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
+    if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
+        from pathlib import Path
+
+        from .io import check_writable_dir, check_writable_file
+
+        (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
     run = EvalRun.load(paths, data, out=out)
     res = ev(run, settings)
     for t in res.tables:
@@ -197,6 +203,9 @@ def idset_cmd(
         k: typing.Annotated[int, __import__("pydantic").Field(ge=1, le=100_000)] = K
 
     IdsetOptions.check(seed=seed, k=k)
+    from .io import check_writable_file
+
+    check_writable_file(out, "--out")  # before the dataset is read
     builders = {"chexpert": chexpert_5x200, "mimic": mimic_5x200}
     if dataset not in builders:
         raise MaskkitError(f"idset {dataset!r}: expected chexpert or mimic (the datasets a 5x200 set is defined on)")

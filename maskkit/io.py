@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -28,8 +29,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
 
     Lets a large object (a checkpoint: ``torch.save(payload, f)``) stream to disk without a second
     copy in memory. Errors as :func:`atomic_write_bytes`: an ``OSError`` in the block or while
-    finishing becomes one-line :class:`~maskkit.errors.OutputWriteError`; a previous ``path`` is
-    unchanged whatever happens.
+    finishing becomes one-line :class:`~maskkit.errors.OutputWriteError`, also when a writer
+    raised another error over it (torch's ``unexpected pos`` over a full disk's ``ENOSPC``); an
+    error a writer's clean-up raised over the block's own (a signal's
+    :class:`~maskkit.training.preemption.Stopped`, torch's report of a dead DataLoader worker) is
+    raised as that one. A previous ``path`` is unchanged whatever happens.
     """
     path = Path(path)
     tmp: Path | None = None
@@ -44,14 +48,76 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp, path)
         tmp = None
-    except OSError as exc:
-        from .errors import OutputWriteError
+    except BaseException as exc:
+        from .errors import OutputWriteError, exception_chain
 
-        raise OutputWriteError(f"cannot write {path}: {exc.strerror or exc} (any previous version of it is unchanged)",
-                               exc.errno) from None
+        # the block's real failure may lie under another: torch's zip writer raises "unexpected pos"
+        # over the OSError of a full disk, or over whatever a signal handler raised inside its write
+        # (a stop signal's Stopped, torch's report of a dead DataLoader worker)
+        chain = list(exception_chain(exc))
+        stop = next((e for e in chain if not isinstance(e, Exception)), None)  # Stopped, KeyboardInterrupt
+        if stop is not None and stop is not exc:
+            raise stop from None
+        err = next((e for e in chain if isinstance(e, OSError)), None)
+        if stop is None and err is not None:
+            reason = str(err.strerror or err)
+            raise OutputWriteError(f"cannot write {path}: {reason} (any previous version of it is unchanged)",
+                                   err.errno, path, reason) from None
+        inner = chain[-1]  # the first raised: what the writer's clean-up was raised over
+        if stop is None and inner is not exc and isinstance(exc, RuntimeError) and isinstance(inner, Exception):
+            raise inner from None
+        raise
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """Check, before any long work, that the folder ``path`` is one or can be made, and that files can
+    be created in it (a temporary folder is made and removed in it, or in its nearest existing
+    parent: nothing stays). ``what`` names it for the user (``--out``, ``runtime.out_dir``).
+
+    Raises :class:`~maskkit.errors.OutputWriteError` in one line naming ``what``, the path and the
+    reason: a file where a folder is needed ("not a folder"), a permission, a read-only file system.
+    A file system that fills up later is reported when it does (:func:`atomic_open`)."""
+    return _check_writable(Path(path), Path(path), what)
+
+
+def check_writable_file(path: str | Path, what: str) -> Path:
+    """:func:`check_writable_dir` for a file to be written: its folder, and ``path`` must not be a folder."""
+    from .errors import OutputWriteError
+
+    p = Path(path)
+    try:
+        is_dir = p.is_dir()
+    except OSError:  # said by the folder's check
+        is_dir = False
+    if is_dir:
+        raise OutputWriteError(f"{what} {p}: is a folder, not a file", errno.EISDIR, p, "is a folder")
+    _check_writable(p, p.parent, what)
+    return p
+
+
+def _check_writable(p: Path, folder: Path, what: str) -> Path:
+    """:func:`check_writable_dir` of ``folder``, the messages naming ``p`` (the folder or a file in it)."""
+    from .errors import OutputWriteError
+
+    def fail(reason: str, errno_: int | None = None):
+        return OutputWriteError(f"{what} {p}: {reason}", errno_, p, reason)
+
+    try:
+        anc = folder
+        while not (anc.exists() or anc.is_symlink()) and anc != anc.parent:
+            anc = anc.parent
+    except OSError as exc:  # a folder on the way that this user may not enter
+        raise fail(f"cannot look into {Path(exc.filename).parent if exc.filename else folder} ({exc.strerror or exc})", exc.errno) from None
+    if not anc.is_dir():
+        raise fail("is a file, not a folder" if anc == p else f"cannot make it: {anc} is a file, not a folder", errno.ENOTDIR)
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".maskkit-write-check-", dir=anc))
+    except OSError as exc:
+        raise fail(f"cannot write in {'it' if anc == p else anc} ({exc.strerror or exc})", exc.errno) from None
+    return p
 
 
 def _umask() -> int:
@@ -71,8 +137,11 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     from .errors import MaskkitError
 
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MaskkitError(f"{out}: is a file, not a folder")
     if out.exists() and not overwrite:
         raise MaskkitError(f"{out}: folder exists; pass --overwrite to replace it")
+    check_writable_dir(out.parent, f"{out}: its folder")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

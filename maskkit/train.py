@@ -32,7 +32,7 @@ from .config import ExperimentConfig, flat_items
 from .data.build import build_corpus
 from .data.dataset import to_device
 from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torchrun
-from .errors import MaskkitError, TrainingError
+from .errors import MaskkitError, OutputWriteError, TrainingError, find_in_chain
 from .masking import mask_seed
 from .objectives import MicroBatches
 from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
@@ -113,6 +113,7 @@ class PretrainRecipe:
         self.phase = "setup"                  # setup, train, evaluate: what a stop message says was cut short
         self.saved_step = -1
         self.resume_from: Path | None = None  # the checkpoint this run continues from (setup)
+        self.writing: Path | None = None      # the checkpoint being written, while it is
 
     # --- setup ---------------------------------------------------------------------------
     def setup(self) -> None:
@@ -384,8 +385,14 @@ class PretrainRecipe:
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
                    "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json"))}
-        ckdir = self.out / "checkpoints"
-        save_checkpoint(ckdir / f"step_{self.step:08d}.pt", payload)
+        self.writing = self.out / "checkpoints" / f"step_{self.step:08d}.pt"  # (kept on a failure: its message names it)
+        try:
+            save_checkpoint(self.writing, payload)
+        except OutputWriteError as exc:  # a full disk, a quota, ... (a signal's or a worker's failure: run())
+            self.writing = None
+            raise OutputWriteError(f"cannot write checkpoint {exc.path} ({exc.reason}; abandoned whole); "
+                                   f"{self.checkpoint_state()}", exc.errno, exc.path, exc.reason) from None
+        self.writing = None
         self.saved_step = self.step
         for old in run_checkpoints(self.out)[: -self.cfg.train.keep_last]:
             old.unlink(missing_ok=True)
@@ -486,6 +493,22 @@ class PretrainRecipe:
             return self.stop.name
         return INTERRUPT.name if self.stop_interrupt_only else "a signal on another rank"
 
+    def continue_advice(self) -> str:
+        """How to continue this run: the same command when it resumes by itself already
+        (``runtime.resume=auto`` or ``latest``), else the same command with ``runtime.resume=latest``."""
+        if self.cfg.runtime.resume in ("auto", "latest"):
+            return "run the same command again"
+        return "run the same command with runtime.resume=latest"
+
+    def checkpoint_state(self) -> str:
+        """What a failure's message says of the run's checkpoints: the one that was being written
+        (abandoned whole: :func:`maskkit.io.atomic_open`), the latest one, intact, and how to continue."""
+        ck = self._latest_checkpoint()
+        cut = f"{self.writing.name} was being written and is abandoned; " if self.writing is not None else ""
+        if ck is None:
+            return cut + "no checkpoint had been written"
+        return cut + f"the latest checkpoint, {ck}, is intact: {self.continue_advice()} to continue from it"
+
     def _latest_checkpoint(self) -> Path | None:
         out = getattr(self, "out", None)
         cks = run_checkpoints(out) if out is not None else []
@@ -501,8 +524,7 @@ class PretrainRecipe:
         ck = self.out / "checkpoints" / f"step_{self.step:08d}.pt"
         name = self._stop_name()
         done = self.step >= self.cfg.train.steps  # (then only when an evaluation is left: _run)
-        again = ("run the same command again" if self.cfg.runtime.resume in ("auto", "latest")
-                 else "continue with the same command and runtime.resume=latest")
+        again = self.continue_advice()
         then = f"the end-of-run evaluation did not run: {again} to run it" if done else again
         what = f"stopped by {name} after step {self.step} of {self.cfg.train.steps}; saved {ck}"
         return RunPreempted(f"{what}; {then}", INTERRUPT.name if self.stop_interrupt_only else None if name.startswith("a signal") else name,
@@ -518,12 +540,12 @@ class PretrainRecipe:
         if exc.again:
             where = ("during the end-of-run evaluation" if self.phase == "evaluate" else
                      f"at step {self.step} of {steps}, before the checkpoint of that step was complete")
-            what, then = f"stopped at once by a second SIGINT {where}: {kept}", "run the same command with runtime.resume=latest to continue"
+            what, then = f"stopped at once by a second SIGINT {where}: {kept}", f"{self.continue_advice()} to continue"
         elif self.phase == "evaluate":
             names = ", ".join(f"{n}.json" for n in self.cfg.runtime.evaluations)
             what = (f"stopped by {exc.name} during the end-of-run evaluation: training is done and saved ({ck}), "
                     f"{names} {'was' if len(self.cfg.runtime.evaluations) == 1 else 'were'} not all written")
-            then = "the same command with runtime.resume=latest evaluates it"
+            then = f"{self.continue_advice()} to evaluate it"
         elif ck is None:
             left = f"{removed} removed" if removed is not None else (
                 f"{self.out} kept (it held an earlier attempt)" if getattr(self, "out", None) is not None else "nothing written")
@@ -545,22 +567,22 @@ class PretrainRecipe:
         self.stop.install(deferred=under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
         try:
             return self._run()
-        except Stopped as exc:
-            raise self.stopped(exc) from None
-        except RuntimeError as exc:
-            # torch reports a dead DataLoader worker from its SIGCHLD handler, so at whatever line
-            # the main process is running then (reading a batch, the forward, a checkpoint write)
+        except BaseException as exc:
+            # a signal's Stopped and torch's report of a dead DataLoader worker (from its SIGCHLD
+            # handler) are raised at whatever line the main process runs then; inside torch.save
+            # they come back under the writer's own error: the root cause is looked for in the chain
+            stop = find_in_chain(exc, Stopped)
+            if stop is not None:
+                raise self.stopped(stop) from None
             from .data.loader import worker_death
 
             d = self.cfg.data
-            died = worker_death(exc, getattr(self, "batch_iter", None), d.num_workers, d.prefetch_factor, self.batches)
+            died = worker_death(exc, getattr(self, "batch_iter", None), d.num_workers, d.prefetch_factor, self.batches,
+                                checkpoints=self.checkpoint_state() if getattr(self, "out", None) is not None else "")
             self.discard_unstarted_run_dir()
             if died is None:
                 raise
             raise died from None
-        except BaseException:
-            self.discard_unstarted_run_dir()
-            raise
         finally:
             self.stop.restore()
             if self.lock is not None:
@@ -574,7 +596,7 @@ class PretrainRecipe:
         cfg, info = self.cfg, self.info
         progress = Progress(TextColumn("[bold]step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[info]}"),
                             TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=self.console,
-                            disable=not (cfg.runtime.progress and info.main))
+                            disable=not (cfg.runtime.progress and info.main and self.console.is_terminal))  # else plain lines (log)
         t_last, n_last = time.perf_counter(), 0
         self.phase = "train"
         self.stop.deferred = True  # from here a signal is read after the step it arrives in

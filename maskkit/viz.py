@@ -23,7 +23,8 @@ MASK_RGB = np.array([255, 110, 0], dtype=np.float32)
 MASK_ALPHA = 0.6
 LESION_RGB = np.array([0, 255, 255], dtype=np.uint8)
 SCALE = 3          # panel pixels per image pixel
-TITLE_H = 22       # title strip height
+TITLE_LINES = 3    # column titles wrap to this many lines at most
+TITLE_H = 6 + 12 * TITLE_LINES  # title strip height (Pillow's default font: 11 px lines)
 GAP = 6            # gap between panels
 
 
@@ -195,8 +196,39 @@ def composite(views: list[SampleView], patch: int) -> np.ndarray:
     d = ImageDraw.Draw(img)
     titles = ["X-ray (top: scores, bottom: mask)"] + columns
     for c, title in enumerate(titles):
-        d.text((panel_box(0, c, size)[1] + 2, 4), title[: max(8, side // 7)], fill=(0, 0, 0))
+        for k, line in enumerate(wrap_title(title, side - 4, lambda t: d.textlength(t))):
+            d.text((panel_box(0, c, size)[1] + 2, 3 + 12 * k), line, fill=(0, 0, 0))
     return np.asarray(img)
+
+
+def wrap_title(title: str, width: float, measure) -> list[str]:
+    """``title`` in at most :data:`TITLE_LINES` lines of at most ``width`` pixels (``measure``: a
+    text's width), broken at spaces, underscores and other punctuation where it can be, else
+    anywhere; what does not fit ends in "…"."""
+    import re
+
+    pieces = [p for p in re.findall(r"\(?[^ _(),:]*[ _),:]*", title) if p]
+    lines: list[str] = []
+    cur = ""
+    for piece in pieces:
+        while piece:
+            if measure((cur + piece).rstrip()) <= width:
+                cur, piece = cur + piece, ""
+            elif cur:
+                lines.append(cur.rstrip())
+                cur = ""
+            else:  # one piece wider than the column: cut it
+                n = max(1, max(i for i in range(1, len(piece) + 1) if measure(piece[:i]) <= width or i == 1))
+                lines.append(piece[:n])
+                piece = piece[n:]
+    if cur.strip():
+        lines.append(cur.rstrip())
+    if len(lines) > TITLE_LINES:
+        last = lines[TITLE_LINES - 1]
+        while last and measure(last + "…") > width:
+            last = last[:-1]
+        lines = lines[:TITLE_LINES - 1] + [last + "…"]
+    return lines
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

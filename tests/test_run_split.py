@@ -187,3 +187,34 @@ def test_eval_masks_names_phantoms_none_trained_on(nih_run, tmp_path):
     invoke("eval", "masks", run, "--n", "4", "--seeds", "1", "--out", tmp_path)
     rows = json.loads((tmp_path / "masks.json").read_text())["rows"]  # the contract's document; its rows as before
     assert rows and all("from generator index 20000000" in r["data"] and "trained on no phantoms" in r["data"] for r in rows)
+
+
+def test_eval_addresses_the_runs_source_by_its_index(nih_run, tmp_path):
+    """The run's data moved: `data.sources.0.path=` names the run's (single) source by index, the
+    rest of its settings kept; the held-out set is the run's. An index the run has not is one line."""
+    import shutil
+
+    from maskkit.errors import MaskkitError
+
+    run, _, _, expected, _ = nih_run
+    moved = tmp_path / "moved.csv"
+    shutil.copy(shared_path("nih1000", "dev.csv"), moved)
+    out = tmp_path / "zs.json"
+    invoke("eval", "zeroshot", run, f"data.sources.0.path={moved}", "--bootstrap", "0", "--out", out)
+    got = json.loads(out.read_text())
+    assert got["data"]["split"] == "explicit" and f"path={moved}" in got["data"]["text"]
+    assert got["data"]["sources"][0]["held_out_sha256"] == sha(expected)
+    res = CliRunner().invoke(app, ["eval", "zeroshot", str(run), "data.sources.1.path=x.csv"])
+    assert isinstance(res.exception, MaskkitError)
+    assert str(res.exception) == "data.sources.1.path: '1' is not an index of data.sources, which has 1 entry here (from cli)"
+
+
+def test_visualize_a_step_the_run_did_not_train_is_one_line(nih_run, tmp_path):
+    from maskkit.errors import MaskkitError
+
+    run = nih_run[0]
+    res = CliRunner().invoke(app, ["visualize", "masks", str(run), "--step", "3", "--out", str(tmp_path)])
+    assert isinstance(res.exception, MaskkitError) and list(tmp_path.iterdir()) == []
+    assert str(res.exception) == (f"visualize masks --step 3: run {run} trained steps 1 to 2 (its metrics.jsonl and "
+                                  "checkpoints); give --step between 1 and 2")
+    invoke("visualize", "masks", run, "--step", "2", "--n", "1", "--out", tmp_path)  # the last one it trained

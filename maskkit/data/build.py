@@ -454,6 +454,26 @@ def run_dir_of(path: str | Path) -> Path:
     return p.parent.parent if p.parent.name == "checkpoints" else p.parent
 
 
+def run_sources_setting(run_cfg: ExperimentConfig, settings: list[str]) -> list[str]:
+    """``[data.sources=<the run's sources>]`` when ``settings`` change a key of one of the run's
+    sources by its index (``data.sources.0.path=/elsewhere/reports.csv``: the run's data moved), so
+    that the index names the run's entry; a run of the single-source form is its one entry
+    ``data.sources.0``. ``[]`` otherwise (the settings describe other data whole)."""
+    import re
+
+    from .sources import source_specs
+
+    if not any(re.match(r"data\.sources\.\d", s) for s in settings):
+        return []
+    d = run_cfg.data
+    if d.sources:
+        entries = list(d.sources)
+    else:
+        spec = source_specs(d)[0]
+        entries = [{"name": spec.name, **spec.options, **({"cache": spec.cache} if spec.cache else {})}]
+    return ["data.sources=" + json.dumps(entries)]
+
+
 def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, settings: list[str] | None = None,
                 tokenizer=None, held_out_ner: bool = False) -> tuple[ExperimentConfig, Corpus, dict]:
     """The data a command that evaluates (or draws samples from) a run reads: (config, corpus, what).
@@ -468,7 +488,7 @@ def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, se
     if settings:
         from ..config import resolve
 
-        cfg, _ = resolve(list(settings) + ["preset=clip", f"train.seed={run_cfg.train.seed}"])
+        cfg, _ = resolve(run_sources_setting(run_cfg, settings) + list(settings) + ["preset=clip", f"train.seed={run_cfg.train.seed}"])
         corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
         what = corpus.what("explicit", f"{corpus.describe()}, held out by patient with the run's seed {run_cfg.train.seed} (data.* given)")
     else:

@@ -33,7 +33,10 @@ def prepare_cache(table: Table, out: str | Path, size: int, progress: bool = Tru
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         cols = [TextColumn("prepare"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn()]
-        with Progress(*cols, disable=not progress, transient=False) as bar:
+        from ..streams import progress_console
+
+        console, live = progress_console()
+        with Progress(*cols, disable=not (progress and live), transient=False, console=console) as bar:
             task = bar.add_task("prepare", total=n, rate="")
             for i, rec in enumerate(table.records):
                 try:
@@ -45,6 +48,8 @@ def prepare_cache(table: Table, out: str | Path, size: int, progress: bool = Tru
                     skipped[i] = str(exc)
                     arr[i] = 0
                 bar.update(task, advance=1, rate=f"{len(skipped)} skipped")
+                if progress and not live and ((i + 1) % max(1, n // 10) == 0 or i + 1 == n):  # a log: plain lines
+                    console.print(f"prepare: {i + 1}/{n} images, {len(skipped)} skipped", highlight=False)
         arr.flush()
         del arr
         index = {"version": CACHE_VERSION, "size": size, "dataset": table.name, "ids": [r.id for r in table.records],

@@ -29,7 +29,10 @@ def write_phantoms(out: str | Path, n: int, seed: int = 0, size: int = 224, p_un
                 open(tmp / "findings.jsonl", "w", encoding="utf-8") as fj:
             w = csv.writer(fc)
             w.writerow(["image_path", "report", *LABELS, "mask_path"])
-            for i in track(range(n), description="phantoms", disable=not progress):
+            from ..streams import progress_console
+
+            console, live = progress_console()
+            for i in track(range(n), description="phantoms", disable=not (progress and live), console=console):
                 p = gen[i]
                 name = f"phantom_{seed}_{i:06d}.png"
                 Image.fromarray(np.rint(p.image * 255).astype(np.uint8)).save(tmp / "images" / name, optimize=False)

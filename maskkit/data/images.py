@@ -205,10 +205,12 @@ def _from_pil(path: Path) -> np.ndarray:
     """JPEG, TIFF, BMP, ...: 16-bit grey modes by their full range, everything else as 8-bit luma."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    buf = None
     try:
         # from bytes, not the path: Pillow memory-maps an uncompressed TIFF opened by path and then
         # skips the orientation its TIFF loader applies (Pillow 13); read from bytes it applies it
-        with Image.open(io.BytesIO(path.read_bytes())) as opened:
+        buf = io.BytesIO(path.read_bytes())
+        with Image.open(buf) as opened:
             opened.load()
             im = ImageOps.exif_transpose(opened)  # upright as meant to be viewed (a copy; none: unchanged)
             if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
@@ -226,8 +228,14 @@ def _from_pil(path: Path) -> np.ndarray:
                 return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
             rgb = np.asarray(im.convert("RGB"), dtype=np.float64)
             return (rgb @ LUMA / 255.0).clip(0, 1).astype(np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from None
+    except UnidentifiedImageError:
+        start = buf.getvalue()[:8] if buf is not None else b""
+        raise DecodeError(f"{path}: cannot decode image (not an image format Pillow reads; the file starts with "
+                          f"{start!r})") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Pillow names the stream it read (<_io.BytesIO object at 0x...>): the message names the file instead
+        why = str(exc).replace(repr(buf), "the file") if buf is not None else str(exc)
+        raise DecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {why})") from None
 
 
 def _from_dicom(path: Path) -> np.ndarray:

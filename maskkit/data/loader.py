@@ -172,10 +172,17 @@ class LoaderWorkerDied(MaskkitError):
 _WORKER_DIED = "DataLoader worker (pid"
 
 
-def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_factor: int, batch: int) -> LoaderWorkerDied | None:
-    """The one-line error for ``exc`` when it is torch's report of a dead DataLoader worker of
-    ``loader_iter`` (``batch``: the global micro-batch being read); ``None`` for any other exception."""
-    if not isinstance(exc, RuntimeError) or not str(exc).startswith(_WORKER_DIED):
+def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_factor: int, batch: int,
+                 checkpoints: str = "") -> LoaderWorkerDied | None:
+    """The one-line error for ``exc`` when torch's report of a dead DataLoader worker of
+    ``loader_iter`` is it or lies under it (torch raises it from its SIGCHLD handler wherever the
+    main process is: inside ``torch.save`` of a checkpoint it comes back under the writer's
+    ``unexpected pos`` error); ``batch``: the global micro-batch being read; ``checkpoints``: what
+    the message says of the run's checkpoints and how to continue. ``None`` for any other exception."""
+    from ..errors import exception_chain
+
+    exc = next((e for e in exception_chain(exc) if isinstance(e, RuntimeError) and str(e).startswith(_WORKER_DIED)), None)
+    if exc is None:
         return None
     import signal
 
@@ -185,5 +192,5 @@ def worker_death(exc: BaseException, loader_iter, num_workers: int, prefetch_fac
     return LoaderWorkerDied(
         f"data.num_workers: a DataLoader worker process died ({', '.join(causes)}) at batch {batch}; SIGKILL is "
         f"usually the out-of-memory killer: lower data.num_workers (now {num_workers}) or data.prefetch_factor (now "
-        f"{prefetch_factor}), or give the job more memory (SIGBUS: more shared memory, e.g. docker --shm-size); the "
-        "checkpoints written so far are intact: runtime.resume=latest continues from the last one")
+        f"{prefetch_factor}), or give the job more memory (SIGBUS: more shared memory, e.g. docker --shm-size)"
+        + (f"; {checkpoints}" if checkpoints else ""))

@@ -644,7 +644,7 @@ def openi(root: str, image_dir: str | None = None, sections: tuple[OpeniSection,
     return Table("openi", recs, names)
 
 
-def generic_csv(path, image_col: str = ColumnDefault("image_path"), report_col: str | None = ColumnDefault("report"),
+def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_col: str | None = ColumnDefault("report"),
                 label_cols: Iterable[str] | str | None = None, patient_col: str | None = ColumnDefault("patient_id"),
                 image_root: str | None = None, captions_from_labels: bool = False,
                 uncertain: UncertainPolicy | None = None) -> Table:

@@ -58,13 +58,27 @@ def save_checkpoint(path: Path, payload: dict) -> None:
         torch.save(payload, f)
 
 
-def load_checkpoint(path: Path) -> dict:
+def load_checkpoint(path: Path, key: str | None = "runtime.resume") -> dict:
+    """A checkpoint's contents (``weights_only``). Errors are one line, prefixed with ``key`` (the
+    setting that named the file; None for a command's argument): a missing file, a file that is no
+    ``torch.save`` archive (a CSV given where a run goes), an unreadable one, non-finite weights."""
+    at = f"{key}: " if key else ""
     if not path.is_file():
-        raise TrainingError(f"runtime.resume: checkpoint {path} does not exist")
+        raise TrainingError(f"{at}checkpoint {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise TrainingError(f"{at}{path}: cannot read ({exc.strerror or exc})") from None
+    if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (a pickle before torch 1.6)
+        text = head and all(32 <= b < 127 or b in (9, 10, 13) for b in head)
+        raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint: not a torch.save file"
+                            f"{' (it starts as text: a CSV or a report?)' if text else ''}; give a run directory "
+                            "or one of its checkpoints/step_*.pt")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise TrainingError(f"runtime.resume: {path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     bad = nonfinite_entries(ck["model"]) if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else []
     if bad:  # written before maskkit refused to save such weights
         earlier = [p.name for p in sorted(path.parent.glob("step_*.pt")) if p.name < path.name]
@@ -119,7 +133,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from ..model import XLIP
 
     p = checkpoint_file(path)
-    ck = load_checkpoint(p)
+    ck = load_checkpoint(p, key=None)
     if "config" not in ck or "model" not in ck:
         raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
     saved = json.loads(ck["config"])

@@ -191,6 +191,27 @@ class StopRequest:
                 o.note(n)
 
 
+_CLI_REQUEST: StopRequest | None = None
+
+
+def cli_stop_request() -> StopRequest:
+    """The ``maskkit`` command's :class:`StopRequest`, installed once per process.
+
+    The command's entry point installs it before anything else is imported (``maskkit.__main__``
+    for the ``maskkit`` script and ``python -m maskkit``, the first lines of :mod:`maskkit.cli` for
+    ``python -m maskkit.cli``), so that a stop signal from the first milliseconds of the process on
+    (``import maskkit`` and this module import nothing slow: no torch, typer, rich, pydantic) stops
+    the command cleanly instead of killing it (exit 143). A signal that arrives before it, during
+    the interpreter's own start, still kills the process: no Python code runs then.
+
+    It starts deferred (a signal during the imports is recorded, not raised inside an import);
+    :func:`maskkit.cli.main` calls :meth:`StopRequest.act_now` once it can report a stop."""
+    global _CLI_REQUEST
+    if _CLI_REQUEST is None:
+        _CLI_REQUEST = StopRequest().install(deferred=True)
+    return _CLI_REQUEST
+
+
 def shield_loader_worker() -> None:
     """In a DataLoader worker process: leave the stop signals to the main process.
 

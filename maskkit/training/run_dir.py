@@ -17,9 +17,9 @@ import torch
 
 from ..config import ExperimentConfig
 from ..distributed import DistInfo
-from ..errors import MaskkitError, TrainingError
-from ..io import atomic_write_text
-from .run_lock import LOCK_NAME, RunLock
+from ..errors import MaskkitError, TrainingError, os_error_line
+from ..io import atomic_write_text, check_writable_dir
+from .run_lock import LOCK_NAME, RunDirLocked, RunLock
 
 
 def git_revision() -> str:
@@ -92,35 +92,76 @@ def _numbered(base: Path) -> list[Path]:
 
 
 def run_dir_for(cfg: ExperimentConfig) -> Path:
-    """The run directory. ``runtime.name`` names it exactly. Without it, a new run gets the first
-    free of ``<preset>-<scale>-seed<k>``, ``...-2``, ``...-3`` (as common trainers number runs);
+    """The run directory as things stand (nothing claimed; :func:`claim_run_dir` claims one).
+    ``runtime.name`` names it exactly. Without it, a new run gets the first free of
+    ``<preset>-<scale>-seed<k>``, ``...-2``, ``...-3`` (as common trainers number runs);
     ``runtime.resume=latest`` continues the highest-numbered one; ``runtime.overwrite`` replaces
     the unnumbered one."""
+    return next(_candidates(cfg))
+
+
+def _candidates(cfg: ExperimentConfig):
+    """The directories a run may take, in order of preference: one, or for a new run without
+    ``runtime.name`` the numbered names from the first that is free now on (endless)."""
     base = Path(cfg.runtime.out_dir) / (cfg.runtime.name or default_run_name(cfg))
     if cfg.runtime.name or cfg.runtime.overwrite:
-        return base
+        yield base
+        return
     existing = [p for p in _numbered(base) if has_content(p)]
     if cfg.runtime.resume is not None:
-        return existing[-1] if existing else base
+        yield existing[-1] if existing else base
+        return
     if not existing:
-        return base
+        yield base
     n = 2
-    while (base.parent / f"{base.name}-{n}").exists():
+    while True:
+        p = base.parent / f"{base.name}-{n}"
+        if not p.exists() or not has_content(p):
+            yield p
         n += 1
-    return base.parent / f"{base.name}-{n}"
+
+
+def _claim_new(cfg: ExperimentConfig) -> tuple[Path, RunLock]:
+    """Claim a directory for a new run without ``runtime.name``: the first candidate
+    (:func:`_candidates`) that this process creates (``mkdir``, which one process wins) or finds
+    empty, and whose lock it takes; one that another run claimed in the meantime (two runs started
+    at once with the same settings) is passed over for the next number."""
+    for cand in _candidates(cfg):
+        try:
+            cand.mkdir(parents=True)
+        except FileExistsError:
+            if not cand.is_dir() or has_content(cand):
+                continue
+        try:
+            lock = RunLock(cand).acquire()
+        except RunDirLocked:
+            continue  # another run has just claimed it
+        if has_content(cand):  # ... and filled it before we locked
+            lock.release()
+            continue
+        return cand, lock
+    raise AssertionError("unreachable: the candidates are endless")
 
 
 def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock | None]:
     """Choose the run directory (rank 0, then shared with every rank) and lock it; returns it and,
     on rank 0, the :class:`~maskkit.training.run_lock.RunLock` held on it (the caller releases it).
 
-    The lock is taken before anything in the directory is read or deleted (``runtime.overwrite``);
-    a refusal (a live holder, an existing directory) is raised on every rank alike."""
+    ``runtime.out_dir`` is checked first (one line naming it when it cannot be written: permission,
+    a file in the way, a read-only file system). A new run without ``runtime.name`` claims its
+    numbered name atomically (:func:`_claim_new`: two runs started at once get ``<name>`` and
+    ``<name>-2``). The lock is taken before anything in the directory is read or deleted
+    (``runtime.overwrite``); a refusal (a live holder, an existing directory) is raised on every
+    rank alike."""
     out, lock, err = None, None, None
     if info.main:
-        out = run_dir_for(cfg)
         try:
-            lock = RunLock(out).acquire()
+            check_writable_dir(cfg.runtime.out_dir, "runtime.out_dir")
+            if cfg.runtime.name or cfg.runtime.overwrite or cfg.runtime.resume is not None:
+                out = run_dir_for(cfg)
+                lock = RunLock(out).acquire()
+            else:
+                out, lock = _claim_new(cfg)
             exists = has_content(out)
             if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
                 raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
@@ -136,13 +177,16 @@ def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock 
         except BaseException as exc:
             if lock is not None:
                 lock.release()
-            if not isinstance(exc, MaskkitError):
+            if isinstance(exc, OSError):  # what the check did not foresee (a race, a full disk): one line
+                exc = TrainingError(f"runtime.out_dir: cannot make the run directory {out or cfg.runtime.out_dir}: "
+                                    f"{os_error_line(exc)}")
+            elif not isinstance(exc, MaskkitError):
                 raise
             err = exc
     if info.enabled:
         box = [str(out) if out is not None else None, str(err) if err is not None else None]
         torch.distributed.broadcast_object_list(box, src=0)
-        out = Path(box[0])
+        out = Path(box[0]) if box[0] is not None else None
         if box[1] is not None and err is None:
             err = TrainingError(box[1])
     if err is not None:
