@@ -91,9 +91,10 @@ class HubFolder:
         return self.arch
 
 
-def hub_folder(path: str | Path) -> HubFolder:
+def hub_folder(path: str | Path, weights: bool = True) -> HubFolder:
     """The open_clip HF-hub folder at ``path``; one-line :class:`MaskkitError` naming the file and
-    what was expected when its config is missing or malformed or it holds no weights file."""
+    what was expected when its config is missing or malformed or (``weights``) it holds no weights
+    file. ``weights=False`` reads the config alone (``HubFolder.weights`` may then not exist)."""
     p = Path(path).expanduser()
     cfg_file = p / HUB_CONFIG
     if not cfg_file.is_file():
@@ -113,6 +114,8 @@ def hub_folder(path: str | Path) -> HubFolder:
     from open_clip.factory import _find_checkpoint_in_dir
 
     found = _find_checkpoint_in_dir(p)  # the file open_clip.create_model('local-dir:...') would load
+    if found is None and not weights:
+        found = p / HUB_SAFE_WEIGHTS
     if found is None:
         raise MaskkitError(f"{_pre(p)}: {HUB_CONFIG} but no weights file; expected {HUB_SAFE_WEIGHTS} or {HUB_WEIGHTS} "
                            f"beside it")
@@ -148,8 +151,8 @@ def is_hub_folder(path: str | Path | None) -> bool:
 def architecture(arch: str, pretrained: str | None) -> tuple[str, HubFolder | None]:
     """The open_clip architecture name to build: ``arch`` (``model.arch``), or, when ``pretrained``
     is a folder, the folder's: an open_clip folder's ``model_cfg`` registered under
-    :attr:`HubFolder.arch`. A folder of another kind is refused in one line (:func:`read_weights`'s
-    messages)."""
+    :attr:`HubFolder.arch` (its weights file is not needed). A folder of another kind is refused in
+    one line (:func:`read_weights`'s messages)."""
     if pretrained is None:
         return arch, None
     p = Path(pretrained).expanduser()
@@ -159,7 +162,7 @@ def architecture(arch: str, pretrained: str | None) -> tuple[str, HubFolder | No
         if _hf_folder(p) is None:  # raises for a transformers / non-ViT timm folder
             raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} (nor {HF_CONFIG}) in this folder; expected {_WHAT_HUB}")
         return arch, None
-    hub = hub_folder(p)
+    hub = hub_folder(p, weights=False)  # the architecture only: a run's checkpoint may replace the weights
     return hub.register(), hub
 
 
@@ -251,6 +254,44 @@ def _hf_text_model(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
+def check_safetensors(path: Path) -> None:
+    """Refuse, in one line naming the file, a ``.safetensors`` file shorter or longer than its
+    header says (a truncated download or copy): the format is an 8-byte little-endian header
+    length, a JSON header whose ``data_offsets`` place every tensor, then exactly those bytes."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            header = f.read(n) if n is not None and n <= min(size, 100_000_000) else b""
+    except OSError as exc:
+        raise MaskkitError(f"model.pretrained: cannot read {path} ({exc.strerror or exc})") from None
+    if n is None or len(header) != n:
+        raise MaskkitError(f"model.pretrained: {path} is truncated or not a safetensors file ({size} bytes, "
+                           f"{'no complete header' if n is None or n > size else f'a header of {n} bytes announced'}); "
+                           f"expected a complete .safetensors file (copy it again)")
+    try:
+        meta = json.loads(header)
+        end = max((int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise MaskkitError(f"model.pretrained: {path}: its safetensors header is not valid JSON with data_offsets; "
+                           f"expected a complete .safetensors file (copy it again)") from None
+    if 8 + n + end != size:
+        raise MaskkitError(f"model.pretrained: {path} is {'truncated' if 8 + n + end > size else 'longer than its header says'}: "
+                           f"{size} bytes, its header places tensors up to byte {8 + n + end}; expected a complete "
+                           f".safetensors file (copy it again)")
+
+
+def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
+    from .towers import read_state_dict
+
+    if p.suffix.lower() == ".safetensors" and p.is_file():
+        check_safetensors(p)
+    return read_state_dict(p)
+
+
 def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str]]:
     """(open_clip state dict, format, notes) of any layout of this module's docstring.
 
@@ -259,23 +300,21 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
     image tower (``model``, when given, supplies ``embed_dim`` for a CLIP-style head). Raises
     one-line :class:`MaskkitError` for every other folder and for a state dict of a text model.
     """
-    from .towers import read_state_dict
-
     p = Path(path).expanduser()
     notes: list[str] = []
     if p.is_dir():
         if (p / HUB_CONFIG).is_file():
             hub = hub_folder(p)
-            state, fmt = read_state_dict(hub.weights)
+            state, fmt = _read_file(hub.weights)
             fmt = f"open_clip folder ({hub.weights.name}, {fmt})"
         else:
             found = _hf_folder(p)
             if found is None:
                 raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} (nor {HF_CONFIG}) in this folder; expected {_WHAT_HUB}")
-            state, fmt = read_state_dict(found[0])
+            state, fmt = _read_file(found[0])
             fmt = f"{found[1]}, {fmt}"
     else:
-        state, fmt = read_state_dict(p)
+        state, fmt = _read_file(p)
     if is_timm_vit(state):
         proj = getattr(getattr(model, "visual", None), "proj", None)
         state, notes = timm_vit_to_open_clip(state, proj.shape[1] if isinstance(proj, torch.Tensor) else None)
