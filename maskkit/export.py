@@ -256,12 +256,14 @@ def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]
     except RuntimeError as exc:
         raise MaskkitError(f"--format timm: the image tower does not fit timm's {name} "
                            f"({' '.join(str(exc).split())[:300]}); use --format open_clip") from None
-    data = {"mean": tuple(cfg.model.image_mean), "std": tuple(cfg.model.image_std), "interpolation": "bilinear",
-            "crop_pct": 1.0, "crop_mode": "squash"}
-    save_for_hf(net, str(tmp), model_args=args, safe_serialization=True, data_config=data)
+    save_for_hf(net, str(tmp), model_args=args, safe_serialization=True)
     doc = json.loads((tmp / "config.json").read_text())
+    pc = doc.setdefault("pretrained_cfg", {})
     for key in ("tag", "license", "hf_hub_id"):  # the base architecture's pretrained tag, not these weights'
-        doc.get("pretrained_cfg", {}).pop(key, None)
+        pc.pop(key, None)
+    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(cfg.model.image_mean),
+               "std": list(cfg.model.image_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+               "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A50c)
     doc["maskkit"] = provenance(model, cfg, ck)
     atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
     loaded = _quiet(timm.create_model, name, pretrained=True,

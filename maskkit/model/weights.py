@@ -111,15 +111,28 @@ def hub_folder(path: str | Path, weights: bool = True) -> HubFolder:
     pp = doc.get("preprocess_cfg", {})
     if not isinstance(pp, dict):
         raise MaskkitError(f"model.pretrained: {cfg_file}: preprocess_cfg is a {type(pp).__name__}; expected an object")
-    from open_clip.factory import _find_checkpoint_in_dir
-
-    found = _find_checkpoint_in_dir(p)  # the file open_clip.create_model('local-dir:...') would load
+    found = _weights_file(p)
     if found is None and not weights:
         found = p / HUB_SAFE_WEIGHTS
     if found is None:
         raise MaskkitError(f"{_pre(p)}: {HUB_CONFIG} but no weights file; expected {HUB_SAFE_WEIGHTS} or {HUB_WEIGHTS} "
                            f"beside it")
-    return HubFolder(p.resolve(), mc, {k: pp[k] for k in PREPROCESS_KEYS if k in pp}, Path(found))
+    return HubFolder(p.resolve(), mc, {k: pp[k] for k in PREPROCESS_KEYS if k in pp}, found)
+
+
+#: the weights files of an open_clip folder, in the order open_clip's ``_find_checkpoint_in_dir`` prefers
+_HUB_ORDER = (HUB_SAFE_WEIGHTS, "open_clip_pytorch_model.safetensors", HUB_WEIGHTS, "open_clip_pytorch_model.pth",
+              "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+
+
+def _weights_file(p: Path) -> Path | None:
+    """The weights file open_clip's ``create_model('local-dir:...')`` loads from folder ``p``."""
+    try:
+        from open_clip.factory import _find_checkpoint_in_dir
+    except ImportError:  # an open_clip before local-dir: support: its documented order
+        return next((p / n for n in _HUB_ORDER if (p / n).is_file()), None)
+    found = _find_checkpoint_in_dir(p)
+    return Path(found) if found else None
 
 
 def _hf_folder(p: Path) -> tuple[Path, str] | None:
