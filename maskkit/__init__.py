@@ -19,12 +19,12 @@ _EXPORTS = {
     "build_strategy": "compose", "load_strategy": "compose", "to_spec": "compose",
     "CompositeStrategy": "core", "MaskContext": "core", "MaskStrategy": "core", "ScoredStrategy": "core",
     "StrategyConfig": "core", "MaskkitError": "errors", "hookimpl": "hookspecs",
-    "get_registry": "plugins", "get_strategy": "plugins", "list_strategies": "plugins",
+    "get_registry": "plugins", "get_strategy": "plugins", "list_strategies": "plugins", "load": "api",
 }
 
 __all__ = [
     "CompositeStrategy", "MaskContext", "MaskStrategy", "MaskkitError", "ScoredStrategy", "StrategyConfig",
-    "build_strategy", "get_registry", "get_strategy", "hookimpl", "list_strategies", "load_strategy", "to_spec",
+    "build_strategy", "get_registry", "get_strategy", "hookimpl", "list_strategies", "load", "load_strategy", "to_spec",
 ]
 
 
@@ -42,6 +42,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
+    from .api import load
     from .compose import build_strategy, load_strategy, to_spec
     from .core import CompositeStrategy, MaskContext, MaskStrategy, ScoredStrategy, StrategyConfig
     from .errors import MaskkitError

@@ -309,6 +309,25 @@ def _run_forwarding(cmd: list[str]) -> int:
     return proc.wait()
 
 
+@app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="a run directory (its latest checkpoint) or a checkpoint file"),
+    fmt: str = typer.Option(..., "--format", help="open_clip (open_clip's HF-hub folder: both towers) or timm (the image tower as a timm ViT)"),
+    out: str = typer.Option(..., "--out", help="folder to create (must not exist or be empty unless --overwrite)"),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out folder (after the new one is complete)."),
+) -> None:
+    """Write a run's towers in a layout open_clip or timm loads without maskkit, with a model card (README.md).
+
+    The folder is checked before it appears: open_clip / timm load it and compute maskkit's embeddings
+    (max abs difference at most 1e-5). Runs with a convolutional stem (model.patch_embed=conv_stem, the
+    tiny scale's default) are refused: neither library's plain ViT has one (docs/model.md, "Export")."""
+    from .export import export
+
+    done = export(run, fmt, out, overwrite=overwrite)
+    diffs = ", ".join(f"{k} {v:.1e}" for k, v in done.max_diff.items())
+    console.print(f"wrote {done.path} ({fmt}: {', '.join(done.files)}); load-back check: max abs diff {diffs}", highlight=False)
+
+
 config_app = typer.Typer(help="Inspect configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 

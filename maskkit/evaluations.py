@@ -481,13 +481,12 @@ def retrieval(run, s: RetrievalSettings):
 def grounding(run, s: GroundingSettings):
     """Zero-shot grounding: pointing game, IoU, Dice and CNR of the patch-prompt similarity map, against a random map and a centre prior."""
     import torch
-    import torch.nn.functional as F
     from rich.table import Table
 
     from .data.dataset import decoded_batches
     from .data.regions import coverage_batch, from_phantoms
     from .eval.contract import EvalResult, EvaluationError
-    from .eval.grounding import METRICS, THRESHOLD, baselines, grounding_metrics, summarise
+    from .eval.grounding import METRICS, THRESHOLD, baselines, grounding_metrics, patch_similarity, summarise
     from .eval.zeroshot import prompt_pair, text_embeddings
 
     model = run.model
@@ -508,7 +507,7 @@ def grounding(run, s: GroundingSettings):
     with torch.no_grad():
         for items in decoded_batches(ds, rows, s.batch_size):
             _, tok = model.encode_image(torch.stack([it["image"] for it in items]).to(run.device))
-            tokens.append(F.normalize(tok.float(), dim=-1).cpu())
+            tokens.append(tok.float().cpu())
             ids += [row_id[it["index"]] if row_id is not None else str(it["id"]) for it in items]
     if not ids:
         raise EvaluationError(f"grounding: none of the {len(rows)} annotated images decodes")
@@ -521,7 +520,7 @@ def grounding(run, s: GroundingSettings):
     prompts = {lab: [lab] if phrase else prompt_pair(lab, style=s.prompts)[0] for lab in labels}
     with torch.no_grad():
         temb = {lab: text_embeddings(model, p, run.device) for lab, p in prompts.items()}   # [C] each
-    sim = torch.stack([tok[pos[i]] @ temb[lab] for i, lab in pairs])                   # [P, N]
+    sim = patch_similarity(tok[[pos[i] for i, _ in pairs]], torch.stack([temb[lab] for _, lab in pairs]))  # [P, N]
     region = coverage_batch(rs, [i for i, _ in pairs], model.image_size, model.patch, [lab for _, lab in pairs],
                             s.min_raters).to(sim.dtype)
     per = grounding_metrics(sim, region)

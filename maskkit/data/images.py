@@ -203,7 +203,7 @@ def _png_pixels(path: Path, hdr: PngHeader, idat: bytes, plte: bytes | None) -> 
 
 def _from_pil(path: Path) -> np.ndarray:
     """JPEG, TIFF, BMP, ...: 16-bit grey modes by their full range, everything else as 8-bit luma."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     buf = None
     try:
@@ -212,22 +212,9 @@ def _from_pil(path: Path) -> np.ndarray:
         buf = io.BytesIO(path.read_bytes())
         with Image.open(buf) as opened:
             opened.load()
-            im = ImageOps.exif_transpose(opened)  # upright as meant to be viewed (a copy; none: unchanged)
-            if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-                return (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1).astype(np.float32)
-            if im.mode == "I":  # some 16-bit TIFFs; a wider range is not an X-ray we can scale
-                arr = np.asarray(im, dtype=np.float64)
-                if arr.min() < 0 or arr.max() > 65535:
-                    raise DecodeError(f"{path}: cannot decode image (32-bit integer pixels in "
-                                      f"[{arr.min():.0f}, {arr.max():.0f}]; expected 8 or 16-bit samples)")
-                return (arr / 65535.0).astype(np.float32)
-            if im.mode == "F":
-                raise DecodeError(f"{path}: cannot decode image (floating-point pixels have no known range; "
-                                  f"expected 8 or 16-bit samples)")
-            if im.mode in ("1", "L", "LA"):
-                return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-            rgb = np.asarray(im.convert("RGB"), dtype=np.float64)
-            return (rgb @ LUMA / 255.0).clip(0, 1).astype(np.float32)
+            return pil_pixels(opened, path)
+    except DecodeError:
+        raise
     except UnidentifiedImageError:
         start = buf.getvalue()[:8] if buf is not None else b""
         raise DecodeError(f"{path}: cannot decode image (not an image format Pillow reads; the file starts with "
@@ -236,6 +223,31 @@ def _from_pil(path: Path) -> np.ndarray:
         # Pillow names the stream it read (<_io.BytesIO object at 0x...>): the message names the file instead
         why = str(exc).replace(repr(buf), "the file") if buf is not None else str(exc)
         raise DecodeError(f"{path}: cannot decode image ({type(exc).__name__}: {why})") from None
+
+
+def pil_pixels(im, name: str | Path = "image") -> np.ndarray:
+    """A Pillow image as float32 ``[H, W]`` in ``[0, 1]``, upright (EXIF orientation applied):
+    16-bit grey modes by their full range, everything else as 8-bit BT.601 luma. Raises
+    :class:`DecodeError` naming ``name`` for pixels without a known range (32-bit beyond 16-bit
+    values, floating point)."""
+    from PIL import ImageOps
+
+    im = ImageOps.exif_transpose(im)  # upright as meant to be viewed (a copy; none: unchanged)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return (np.asarray(im, dtype=np.float64) / 65535.0).clip(0, 1).astype(np.float32)
+    if im.mode == "I":  # some 16-bit TIFFs; a wider range is not an X-ray we can scale
+        arr = np.asarray(im, dtype=np.float64)
+        if arr.min() < 0 or arr.max() > 65535:
+            raise DecodeError(f"{name}: cannot decode image (32-bit integer pixels in "
+                              f"[{arr.min():.0f}, {arr.max():.0f}]; expected 8 or 16-bit samples)")
+        return (arr / 65535.0).astype(np.float32)
+    if im.mode == "F":
+        raise DecodeError(f"{name}: cannot decode image (floating-point pixels have no known range; "
+                          f"expected 8 or 16-bit samples)")
+    if im.mode in ("1", "L", "LA"):
+        return np.asarray(im.convert("L"), dtype=np.float32) / 255.0
+    rgb = np.asarray(im.convert("RGB"), dtype=np.float64)
+    return (rgb @ LUMA / 255.0).clip(0, 1).astype(np.float32)
 
 
 def _from_dicom(path: Path) -> np.ndarray:
@@ -288,9 +300,17 @@ def read_image(path: str | Path) -> np.ndarray:
 def resize(img: np.ndarray, size: int) -> np.ndarray:
     """Resize ``[H, W]`` float to ``[size, size]`` (antialiased bilinear, aspect not kept)."""
     import torch
-    import torch.nn.functional as F
 
     if img.shape == (size, size):
         return img
-    t = torch.from_numpy(np.ascontiguousarray(img))[None, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0, 0].numpy()
+    return resize_batch(torch.from_numpy(np.ascontiguousarray(img))[None, None], size)[0, 0].numpy()
+
+
+def resize_batch(images, size: int):
+    """:func:`resize` of a float tensor ``[B, C, H, W]`` -> ``[B, C, size, size]`` (unchanged when it
+    is that size already)."""
+    import torch.nn.functional as F
+
+    if tuple(images.shape[-2:]) == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)

@@ -49,6 +49,18 @@ THRESHOLD = 0.5
 METRICS = ("pointing", "iou", "dice", "cnr")
 
 
+def patch_similarity(tokens: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The similarity map that grounding scores: ``[B, N]`` float32 cosine similarity of each image's
+    projected patch tokens (``tokens`` ``[B, N, C]``: E_img, eq. 1) to a text embedding (``text``
+    ``[C]``, or ``[B, C]`` one per image, L2-normalised: :func:`maskkit.eval.zeroshot.text_embeddings`)."""
+    if tokens.dim() != 3 or text.shape[-1] != tokens.shape[-1] or text.dim() not in (1, 2):
+        raise ContextError(f"patch_similarity: tokens {tuple(tokens.shape)} and text {tuple(text.shape)}; expected "
+                           f"[B, N, C] and [C] or [B, C]")
+    t = text.to(tokens.device, torch.float32)
+    t = t.expand(tokens.shape[0], -1) if t.dim() == 1 else t
+    return torch.einsum("bnc,bc->bn", torch.nn.functional.normalize(tokens.float(), dim=-1), t)
+
+
 def _check(sim: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     if sim.dim() != 2 or not sim.is_floating_point():
         raise ContextError(f"sim: expected a [B, N] float tensor, got {tuple(sim.shape)} {sim.dtype}")

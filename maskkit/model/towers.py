@@ -3,8 +3,9 @@
 ``ViT-B-16`` (the paper's) and every open_clip config work; maskkit registers small CPU configs
 (``maskkit-tiny``: a 4-layer width-192 ViT/16 on 96 px with a 64-token text context;
 ``maskkit-tiny-p8``: 64 px with 8 px patches). The patch embedding is CLIP's (one strided
-convolution) or a convolutional stem (:class:`ConvStem`, ``model.patch_embed``). Weights load only from a local file: OpenAI's
-TorchScript archives, open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or DDP-prefixed.
+convolution) or a convolutional stem (:class:`ConvStem`, ``model.patch_embed``). Weights load only from local files: OpenAI's
+TorchScript archives, open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or DDP-prefixed, open_clip's
+HF-hub folders and timm ViT image towers (:mod:`maskkit.model.weights`).
 """
 
 from __future__ import annotations
@@ -218,17 +219,19 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
 def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     """Load a local CLIP checkpoint into an open_clip ``model``; returns a one-line report.
 
-    Reads every format of :func:`read_state_dict`, then adapts the state dict as open_clip's
+    Reads every layout of :func:`maskkit.model.weights.read_weights` (open_clip and timm folders,
+    timm ViT image towers, and every format of :func:`read_state_dict`), then adapts the state dict as open_clip's
     ``load_checkpoint`` does: OpenAI layout to a custom-text model, a scalar/1-d ``logit_scale``,
     and position embeddings interpolated to the model's image grid / text length. Shapes that
     still differ are refused, naming the first key.
     """
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    state, fmt = read_state_dict(path)
+    from .weights import nothing_loaded, read_weights
+
+    state, fmt, notes = read_weights(path, model)  # every local layout (maskkit.model.weights)
     p = Path(path).expanduser()
     own = model.state_dict()
-    notes = []
     for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
         if key not in own:
             state.pop(key, None)
@@ -263,6 +266,8 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
         raise MaskkitError(f"model.pretrained: {p}: cannot load ({_one_line(exc)})") from None
     miss, unexp = list(res.missing_keys), list(res.unexpected_keys)
     loaded = len(state) - len(unexp)
+    if loaded == 0:
+        raise nothing_loaded(path, state)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")

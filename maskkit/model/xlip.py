@@ -25,6 +25,7 @@ from .mim import MIMDecoder
 from .mlm import TextDecoder
 from .output import XLIPOutput
 from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens, unpatchify
+from .weights import architecture, hub_notes
 
 
 class XLIP(nn.Module):
@@ -41,15 +42,20 @@ class XLIP(nn.Module):
 
     ``image_mask``, ``image_only_mask`` and ``text_mask`` are strategy trees (the experiment's
     top-level keys, the only place they are configured); ``XLIP.from_experiment(cfg)`` builds
-    the model of an :class:`~maskkit.config.ExperimentConfig`.
+    the model of an :class:`~maskkit.config.ExperimentConfig`. ``model.pretrained`` naming an
+    open_clip HF-hub folder builds the towers from its ``model_cfg`` (:mod:`maskkit.model.weights`);
+    ``weights=False`` builds them without reading the weights (a checkpoint is loaded next).
     """
 
     def __init__(self, config: ModelConfig | None = None, *, image_mask: Any = None, image_only_mask: Any = None,
-                 text_mask: Any = None) -> None:
+                 text_mask: Any = None, weights: bool = True) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        self.clip = create_clip(cfg.arch, cfg.patch_embed)
-        self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained else None
+        self.arch, self.hub = architecture(cfg.arch, cfg.pretrained)  # an open_clip folder is the architecture
+        self.clip = create_clip(self.arch, cfg.patch_embed)
+        self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained and weights else None
+        if self.load_report and self.hub is not None:
+            self.load_report += hub_notes(self.hub, cfg)
         v = self.clip.visual
         self.patch = v.patch_size[0]
         self.grid = tuple(v.grid_size)
@@ -89,9 +95,10 @@ class XLIP(nn.Module):
         self._needs_prompts = any(s is not None and "prompt_tokens" in s.all_requires for s in built.values())
 
     @classmethod
-    def from_experiment(cls, cfg) -> XLIP:
-        """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees)."""
-        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS})
+    def from_experiment(cls, cfg, weights: bool = True) -> XLIP:
+        """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees);
+        ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them)."""
+        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights)
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

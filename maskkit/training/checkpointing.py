@@ -129,7 +129,9 @@ def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(XLIP model in eval mode, its ExperimentConfig) from a run directory (latest checkpoint)
-    or a checkpoint file; loaded with ``weights_only``."""
+    or a checkpoint file; loaded with ``weights_only``. The run's ``model.pretrained`` file is not
+    read again (the checkpoint holds every weight); an open_clip folder there still supplies the
+    architecture (its ``open_clip_config.json``)."""
     from ..model import XLIP
 
     p = checkpoint_file(path)
@@ -143,6 +145,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from ..config import migrate_saved
 
     cfg = ExperimentConfig.model_validate(migrate_saved(saved), context={"saved": True})
-    model = XLIP.from_experiment(cfg)
+    model = XLIP.from_experiment(cfg, weights=False)  # the checkpoint holds every weight: model.pretrained is not read
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg

@@ -1,0 +1,346 @@
+"""``maskkit export``: a trained run's towers in the layouts open_clip and timm load without maskkit.
+
+- ``open_clip``: open_clip's HF-hub folder (what ``open_clip.push_to_hf_hub`` writes):
+  ``open_clip_model.safetensors`` (the CLIP's state dict), ``open_clip_config.json``
+  (``model_cfg``: the architecture; ``preprocess_cfg``: the size, mean and std maskkit trained
+  with, ``resize_mode: squash`` and ``interpolation: bilinear`` as maskkit's resize, mode ``RGB``:
+  a grayscale image converted to RGB is maskkit's channel replication; ``maskkit``: where it came
+  from). ``open_clip.create_model_and_transforms('local-dir:DIR')`` loads it.
+- ``timm``: the image tower as a timm ``VisionTransformer`` in timm's HF-hub folder
+  (``model.safetensors`` + ``config.json`` with ``architecture`` and ``model_args``), written by
+  timm's own ``save_for_hf`` after timm's own conversion of the open_clip tower
+  (``vision_transformer._convert_openai_clip``); the head is the CLIP projection. It loads with
+  ``timm.create_model('local-dir:DIR', pretrained=True)`` or
+  ``timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors,
+  num_classes=E), **model_args)``.
+
+Both folders carry a model card (``README.md``). Before the folder appears, the export loads it
+back with open_clip / timm and checks that it computes maskkit's embeddings (max absolute
+difference at most :data:`CHECK_ATOL`, relative to the embeddings' magnitude when above 1); the folder is written atomically (a temporary sibling
+renamed into place). A convolutional stem (``model.patch_embed=conv_stem``, the tiny scale's
+default) has no counterpart in open_clip's or timm's plain ViT: such a run is refused in one line.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MaskkitError
+
+FORMATS = ("open_clip", "timm")
+#: the load-back check's tolerance: the largest absolute difference of embeddings (fp32) it accepts,
+#: per unit of the embeddings' largest magnitude when that is above 1
+CHECK_ATOL = 1e-5
+#: open_clip ``vision_cfg`` keys with a value timm's plain ViT (pre-norm CLIP tower) cannot hold
+_TIMM_PLAIN = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "final_ln_after_pool": False,
+               "pool_type": "tok", "pos_embed_type": "learnable", "block_type": None, "qk_norm": False,
+               "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
+               "scale_fc": False, "act_kwargs": None, "timm_model_name": None}
+_TIMM_TIERS = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
+
+
+@dataclass
+class Exported:
+    """What :func:`export` wrote: the folder, its files, and the load-back check's largest differences."""
+
+    path: Path
+    fmt: str
+    files: list[str]
+    max_diff: dict[str, float] = field(default_factory=dict)
+
+
+def export(run: str | Path, fmt: str, out: str | Path, overwrite: bool = False) -> Exported:
+    """Write the run's towers (a run directory's latest checkpoint, or a checkpoint file) to the
+    folder ``out`` in format ``fmt`` (:data:`FORMATS`).
+
+    ``out`` must not exist or be an empty folder, unless ``overwrite`` (then it is replaced whole,
+    after the new folder is complete). Raises one-line :class:`MaskkitError` for an unknown format,
+    an existing ``out``, a convolutional stem, an architecture timm's ViT cannot hold, or a
+    load-back check that fails.
+    """
+    from .io import atomic_directory
+    from .training.checkpointing import checkpoint_file, load_model
+
+    if fmt not in FORMATS:
+        raise MaskkitError(f"--format {fmt}: expected one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise MaskkitError(f"--out {out}: a file is there; expected a folder to create")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise MaskkitError(f"--out {out}: folder exists and is not empty; pass --overwrite to replace it")
+    ck = checkpoint_file(run)
+    model, cfg = load_model(ck)
+    if cfg.model.patch_embed != "linear":
+        raise MaskkitError(f"{ck}: trained with model.patch_embed={cfg.model.patch_embed} (a convolutional stem, the tiny "
+                           f"scale's default), which open_clip's and timm's plain ViT do not have; export needs a run "
+                           f"trained with model.patch_embed=linear (docs/model.md, 'Export')")
+    writer = _write_open_clip if fmt == "open_clip" else _write_timm
+    with atomic_directory(out, overwrite=True) as tmp:
+        diffs, usage = writer(model, cfg, ck, tmp)
+        from .io import atomic_write_text
+
+        atomic_write_text(tmp / "README.md", model_card(fmt, model, cfg, ck, usage, diffs))
+        files = sorted(p.name for p in tmp.iterdir())
+    return Exported(out, fmt, files, diffs)
+
+
+# --- provenance --------------------------------------------------------------------------------------
+
+def _step(ck: Path) -> int | None:
+    import re
+
+    m = re.match(r"step_(\d+)\.pt$", ck.name)
+    return int(m.group(1)) if m else None
+
+
+def provenance(model, cfg, ck: Path) -> dict:
+    """Where an export came from: maskkit's version and commit (the exporting code's, and the one
+    that trained, from the run's environment.json), the run, checkpoint, step, preset and data."""
+    from . import __version__
+    from .data.build import run_dir_of
+    from .training.run_dir import git_revision
+
+    run = run_dir_of(ck)
+    env = {}
+    if (run / "environment.json").is_file():
+        try:
+            env = json.loads((run / "environment.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            env = {}
+    return {"maskkit_version": __version__, "export_commit": git_revision(),
+            "train_commit": env.get("maskkit_revision"), "run": str(run.resolve()), "checkpoint": ck.name,
+            "step": _step(ck), "preset": cfg.preset, "scale": cfg.scale, "arch": cfg.model.arch,
+            "pretrained": cfg.model.pretrained, "data": _data_line(cfg),
+            "input": "a grayscale X-ray in [0, 1], replicated to 3 channels, normalised by mean/std"}
+
+
+def _data_line(cfg) -> str:
+    from .data.sources import source_specs
+
+    try:
+        return " + ".join(s.describe() for s in source_specs(cfg.data))
+    except MaskkitError:  # a plugin adapter no longer installed: the config's name
+        return str(cfg.data.name)
+
+
+# --- open_clip ---------------------------------------------------------------------------------------
+
+def open_clip_config(model, cfg, ck: Path) -> dict:
+    """``open_clip_config.json`` of the run: ``model_cfg`` (open_clip's config of the architecture the
+    run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`)."""
+    import open_clip
+
+    mc = open_clip.get_model_config(model.arch)
+    if mc is None:
+        raise MaskkitError(f"{ck}: open_clip has no config for architecture '{model.arch}'")
+    pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(cfg.model.image_mean), "std": list(cfg.model.image_std),
+          "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
+    return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
+
+
+def _probe(model, n: int = 2):
+    """Fixed inputs for the load-back check: grayscale images ``[n, 1, S, S]`` in [0, 1] and
+    token ids of two reports (maskkit's tokenizer)."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(n, 1, model.image_size, model.image_size, generator=g)
+    ids = model.tokenizer(["Small left pleural effusion.", "No acute cardiopulmonary process."]).ids
+    return images, ids
+
+
+def _max_diff(a, b) -> float:
+    """The largest absolute difference of ``a`` from ``b``, divided by ``max(1, max |b|)``."""
+    return float((a.float() - b.float()).abs().max() / max(1.0, float(b.abs().max())))
+
+
+def _write_open_clip(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from .io import atomic_write_text
+    from .model.weights import HUB_CONFIG, HUB_SAFE_WEIGHTS
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
+    save_file(state, str(tmp / HUB_SAFE_WEIGHTS), metadata={"format": "pt"})
+    atomic_write_text(tmp / HUB_CONFIG, json.dumps(open_clip_config(model, cfg, ck), indent=2) + "\n")
+    loaded, _, _ = _quiet(open_clip.create_model_and_transforms, f"local-dir:{tmp}")
+    loaded.eval()
+    images, ids = _probe(model)
+    with torch.no_grad():
+        want_img, _ = model.encode_image(images)
+        want_txt, _ = model.encode_text(ids)
+        got_img = loaded.encode_image(model.normalise(images))
+        got_txt = loaded.encode_text(ids)
+    diffs = {"image": _max_diff(got_img, want_img), "text": _max_diff(got_txt, want_txt)}
+    _check(diffs, "open_clip.create_model_and_transforms('local-dir:...')")
+    usage = (f"```python\nimport open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
+             f"tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
+             f"image = preprocess(PIL.Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
+             f"image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```")
+    return diffs, usage
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call ``fn`` with open_clip's and timm's info/warning logging muted (they log every load)."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        root.setLevel(level)
+
+
+def _check(diffs: dict[str, float], how: str) -> None:
+    bad = {k: v for k, v in diffs.items() if not v <= CHECK_ATOL}
+    if bad:
+        k, v = next(iter(bad.items()))
+        raise MaskkitError(f"export check failed: {how} computes {k} embeddings {v:.2e} away from maskkit's "
+                           f"(at most {CHECK_ATOL:g} expected); nothing was written")
+
+
+# --- timm --------------------------------------------------------------------------------------------
+
+def timm_spec(model) -> tuple[str, dict]:
+    """(timm architecture name, ``model_args``) of a timm ``VisionTransformer`` equal to the run's
+    open_clip image tower (a pre-norm CLIP ViT: ``vit_*_clip_*``, LayerNorm eps 1e-5, GELU or
+    QuickGELU, class-token pooling, head = the CLIP projection). Raises one-line
+    :class:`MaskkitError` naming the ``vision_cfg`` key a plain timm ViT cannot hold."""
+    import open_clip
+    import timm
+
+    mc = open_clip.get_model_config(model.arch) or {}
+    vc = mc.get("vision_cfg", {})
+    for key, plain in _TIMM_PLAIN.items():
+        if vc.get(key, plain) != plain:
+            raise MaskkitError(f"--format timm: the image tower has vision_cfg.{key}={vc[key]!r}, which timm's plain "
+                               f"CLIP ViT cannot hold (expected {plain!r}); use --format open_clip")
+    eps = (vc.get("norm_kwargs") or {}).get("eps", 1e-5)
+    if set(vc.get("norm_kwargs") or {}) - {"eps"} or eps != 1e-5:
+        raise MaskkitError(f"--format timm: the image tower has vision_cfg.norm_kwargs={vc['norm_kwargs']!r}; timm's "
+                           f"CLIP ViT has LayerNorm eps 1e-5; use --format open_clip")
+    v = model.clip.visual
+    width, layers = int(v.conv1.out_channels), len(v.transformer.resblocks)
+    heads = int(v.transformer.resblocks[0].attn.num_heads)
+    quick = bool(mc.get("quick_gelu", False))
+    args = {"img_size": int(model.image_size), "patch_size": int(model.patch), "embed_dim": width, "depth": layers,
+            "num_heads": heads, "mlp_ratio": float(vc.get("mlp_ratio", 4.0)),
+            "num_classes": int(v.proj.shape[1]) if v.proj is not None else 0, "global_pool": "token"}
+    tier = _TIMM_TIERS.get((width, layers), "base")
+    name = f"vit_{tier}_patch{model.patch}_clip_{'quickgelu_' if quick else ''}224"
+    if name not in timm.list_models():
+        name = f"vit_base_patch16_clip_{'quickgelu_' if quick else ''}224"
+    return name, args
+
+
+def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+    import timm
+    import torch
+    from timm.models import save_for_hf
+    from timm.models.vision_transformer import _convert_openai_clip
+
+    from .io import atomic_write_text
+
+    name, args = timm_spec(model)
+    net = timm.create_model(name, pretrained=False, **args).eval()
+    visual = {f"visual.{k}": v.detach().cpu() for k, v in model.clip.visual.state_dict().items()}
+    state = _convert_openai_clip(visual, net)  # timm's own conversion of an open_clip image tower
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise MaskkitError(f"--format timm: the image tower does not fit timm's {name} "
+                           f"({' '.join(str(exc).split())[:300]}); use --format open_clip") from None
+    save_for_hf(net, str(tmp), model_args=args, safe_serialization=True)
+    doc = json.loads((tmp / "config.json").read_text())
+    pc = doc.setdefault("pretrained_cfg", {})
+    for key in ("tag", "license", "hf_hub_id"):  # the base architecture's pretrained tag, not these weights'
+        pc.pop(key, None)
+    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(cfg.model.image_mean),
+               "std": list(cfg.model.image_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+               "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A50c)
+    doc["maskkit"] = provenance(model, cfg, ck)
+    atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
+    loaded = _quiet(timm.create_model, name, pretrained=True,
+                    pretrained_cfg_overlay={"file": str(tmp / "model.safetensors"), "num_classes": args["num_classes"]},
+                    **args).eval()
+    images, _ = _probe(model)
+    with torch.no_grad():
+        want, tokens = model.encode_image(images)
+        x = model.normalise(images)
+        feats = loaded.forward_features(x)
+        got = loaded.forward_head(feats)
+        got_tok = loaded.head(feats[:, loaded.num_prefix_tokens:])
+    diffs = {"image": _max_diff(got, want), "image tokens": _max_diff(got_tok, tokens)}
+    _check(diffs, f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file=...))")
+    arg_text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    usage = (f"```python\nimport timm\nmodel = timm.create_model('local-dir:PATH', pretrained=True)\n# or, from the weights file:\n"
+             f"model = timm.create_model('{name}', pretrained=True,\n"
+             f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={args['num_classes']}), {arg_text})\n"
+             f"# a backbone without the CLIP projection head: num_classes=0 in both places; "
+             f"model.forward_features(x) gives the tokens\n```\n\n"
+             f"`model(x)` is the CLIP image embedding ({args['num_classes']} dims) of images normalised as "
+             f"`config.json`'s `pretrained_cfg` says (grayscale replicated to 3 channels).")
+    return diffs, usage
+
+
+# --- model card --------------------------------------------------------------------------------------
+
+def zeroshot_markdown(run: Path) -> str | None:
+    """The run's zero-shot table (``zeroshot.json``, written at the end of the run) as Markdown, or
+    None when the run has none."""
+    f = run / "zeroshot.json"
+    if not f.is_file():
+        return None
+    try:
+        doc = json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    per = doc.get("per_label") or {}
+    rows = ["| label | positives | AUC | F1 | ACC |", "|---|---|---|---|---|"]
+
+    def cell(r, m):
+        ci = (r.get("ci") or {}).get(m)
+        return f"{r[m]:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+
+    for lab, r in per.items():
+        if r is None:
+            rows.append(f"| {lab} | | undefined | undefined | undefined |")
+        else:
+            rows.append(f"| {lab} | {r['n_pos']}/{r['n']} | {cell(r, 'auc')} | {cell(r, 'f1')} | {cell(r, 'acc')} |")
+    mean = doc.get("mean") or {}
+    fmt = lambda v: "undefined" if v is None else f"**{v:.3f}**"  # noqa: E731
+    rows.append(f"| **mean** | | {fmt(mean.get('auc'))} | {fmt(mean.get('f1'))} | {fmt(mean.get('acc'))} |")
+    what = (doc.get("data") or {}).get("text", "the run's held-out split")
+    boot = doc.get("n_boot")
+    note = f"Zero-shot on {doc.get('n')} images of {what}" + (f" (95% bootstrap CI, {boot} resamples)" if boot else "")
+    return note + ", written at the end of the run (`zeroshot.json`).\n\n" + "\n".join(rows)
+
+
+def model_card(fmt: str, model, cfg, ck: Path, usage: str, diffs: dict[str, float]) -> str:
+    """``README.md`` of an export: what the weights are, where they came from, how to load them."""
+    p = provenance(model, cfg, ck)
+    from .data.build import run_dir_of
+
+    zs = zeroshot_markdown(run_dir_of(ck))
+    what = "open_clip CLIP (image and text towers)" if fmt == "open_clip" else "timm ViT (the image tower)"
+    lines = [f"# {Path(p['run']).name}: maskkit XLIP pretraining, {what}", "",
+             f"Exported by `maskkit export --format {fmt}` from maskkit {p['maskkit_version']}.", "",
+             "| | |", "|---|---|",
+             f"| data | {p['data']} |", f"| preset | {p['preset']} (scale {p['scale']}) |",
+             f"| steps | {p['step']} (checkpoint `{p['checkpoint']}`) |",
+             f"| architecture | {p['arch']}" + (f", initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
+             f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(cfg.model.image_mean)}, "
+             f"std {list(cfg.model.image_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
+             f"| maskkit version | {p['maskkit_version']} |",
+             f"| trained at commit | {p['train_commit'] or 'unknown'} |", f"| exported at commit | {p['export_commit']} |",
+             f"| load-back check | " + ", ".join(f"{k} max abs diff {v:.1e}" for k, v in diffs.items()) + " |", "",
+             "## Loading", "", usage, "", "## Zero-shot", "",
+             zs or "The run has no `zeroshot.json` (runtime.evaluations did not include zeroshot); "
+                   "`maskkit eval zeroshot RUN` writes one.", ""]
+    return "\n".join(lines)

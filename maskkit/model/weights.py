@@ -1,0 +1,345 @@
+"""Reading the local weight layouts users hold, for ``model.pretrained`` (never downloading).
+
+A ``model.pretrained`` path is one of:
+
+- **an open_clip HF-hub folder** (what ``open_clip.push_to_hf_hub`` uploads and BiomedCLIP ships;
+  ``open_clip.create_model('local-dir:DIR')`` reads it): ``open_clip_config.json`` holding
+  ``model_cfg`` (the architecture: ``embed_dim``, ``vision_cfg``, ``text_cfg``) and
+  ``preprocess_cfg`` (``mean``, ``std``, ``size``, ...), and the weights
+  ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (the file open_clip's own
+  ``_find_checkpoint_in_dir`` picks). The towers are built from ``model_cfg`` — the folder is the
+  architecture, as for open_clip's ``local-dir:`` — and ``model.arch`` is not used then
+  (:func:`architecture`; docs/assumptions.md A48c).
+- **a timm ViT** image tower: a state dict or ``.safetensors`` file with timm's
+  ``VisionTransformer`` keys (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
+  ``blocks.N.attn.qkv.weight``, ...), or timm's HF-hub folder (``config.json`` naming a ``vit_*``
+  ``architecture``, ``model.safetensors`` or ``pytorch_model.bin``). Its tensors become the
+  open_clip image tower's (:func:`timm_vit_to_open_clip`); the text tower keeps its initialisation.
+- the files :func:`maskkit.model.towers.read_state_dict` reads: OpenAI TorchScript archives,
+  open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or prefixed.
+
+Anything else is refused in one line naming the file and what was expected: a folder without a
+config, a Hugging Face transformers (text model) folder, a truncated file, a state dict of another
+model (a BERT, ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import MaskkitError
+
+#: open_clip's HF-hub layout (open_clip/constants.py HF_CONFIG_NAME, HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME)
+HUB_CONFIG = "open_clip_config.json"
+HUB_SAFE_WEIGHTS = "open_clip_model.safetensors"
+HUB_WEIGHTS = "open_clip_pytorch_model.bin"
+#: timm's and transformers' HF-hub layout
+HF_CONFIG = "config.json"
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+#: the ``preprocess_cfg`` keys open_clip reads (open_clip.transform.PreprocessCfg)
+PREPROCESS_KEYS = ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")
+
+_WHAT_HUB = (f"an open_clip folder ({HUB_CONFIG} with model_cfg, and {HUB_SAFE_WEIGHTS} or {HUB_WEIGHTS}), "
+             f"a timm ViT folder ({HF_CONFIG} naming a vit_* architecture, and {' or '.join(HF_WEIGHTS)}) or a weights file")
+
+
+def _pre(p: Path) -> str:
+    return f"model.pretrained: {p}"
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise MaskkitError(f"model.pretrained: cannot read {path} ({exc.strerror or exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MaskkitError(f"model.pretrained: {path} is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise MaskkitError(f"model.pretrained: {path} holds a JSON {type(doc).__name__}; expected an object")
+    return doc
+
+
+@dataclass(frozen=True)
+class HubFolder:
+    """An open_clip HF-hub folder: its ``model_cfg``, ``preprocess_cfg`` and weights file."""
+
+    path: Path
+    model_cfg: dict = field(hash=False)
+    preprocess_cfg: dict = field(hash=False)
+    weights: Path
+
+    @property
+    def arch(self) -> str:
+        """The name :func:`register` gives ``model_cfg`` in open_clip's registry: the folder's name
+        and a hash of its path and config (no ``/``, which open_clip's lookup rewrites)."""
+        tag = hashlib.sha1(f"{self.path}\0{json.dumps(self.model_cfg, sort_keys=True)}".encode()).hexdigest()[:8]
+        return f"folder-{re.sub(r'[^A-Za-z0-9_.-]+', '-', self.path.name)}-{tag}"
+
+    def register(self) -> str:
+        """Add ``model_cfg`` to open_clip's model registry under :attr:`arch` (idempotent); returns it."""
+        from copy import deepcopy
+
+        from open_clip import factory
+
+        factory._MODEL_CONFIGS[self.arch] = deepcopy(self.model_cfg)  # open_clip's own registry (add_model_config's)
+        return self.arch
+
+
+def hub_folder(path: str | Path, weights: bool = True) -> HubFolder:
+    """The open_clip HF-hub folder at ``path``; one-line :class:`MaskkitError` naming the file and
+    what was expected when its config is missing or malformed or (``weights``) it holds no weights
+    file. ``weights=False`` reads the config alone (``HubFolder.weights`` may then not exist)."""
+    p = Path(path).expanduser()
+    cfg_file = p / HUB_CONFIG
+    if not cfg_file.is_file():
+        raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} in this folder; expected {_WHAT_HUB}")
+    doc = _read_json(cfg_file)
+    mc = doc.get("model_cfg")
+    if not isinstance(mc, dict):
+        raise MaskkitError(f"model.pretrained: {cfg_file} has no 'model_cfg' object (keys: {', '.join(doc) or 'none'}); "
+                           f"expected open_clip's HF-hub config {{'model_cfg': {{embed_dim, vision_cfg, text_cfg}}, 'preprocess_cfg': ...}}")
+    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if k not in mc]
+    if missing:
+        raise MaskkitError(f"model.pretrained: {cfg_file}: model_cfg lacks {', '.join(missing)}; expected an open_clip "
+                           f"model config (embed_dim, vision_cfg, text_cfg)")
+    pp = doc.get("preprocess_cfg", {})
+    if not isinstance(pp, dict):
+        raise MaskkitError(f"model.pretrained: {cfg_file}: preprocess_cfg is a {type(pp).__name__}; expected an object")
+    found = _weights_file(p)
+    if found is None and not weights:
+        found = p / HUB_SAFE_WEIGHTS
+    if found is None:
+        raise MaskkitError(f"{_pre(p)}: {HUB_CONFIG} but no weights file; expected {HUB_SAFE_WEIGHTS} or {HUB_WEIGHTS} "
+                           f"beside it")
+    return HubFolder(p.resolve(), mc, {k: pp[k] for k in PREPROCESS_KEYS if k in pp}, found)
+
+
+#: the weights files of an open_clip folder, in the order open_clip's ``_find_checkpoint_in_dir`` prefers
+_HUB_ORDER = (HUB_SAFE_WEIGHTS, "open_clip_pytorch_model.safetensors", HUB_WEIGHTS, "open_clip_pytorch_model.pth",
+              "model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth")
+
+
+def _weights_file(p: Path) -> Path | None:
+    """The weights file open_clip's ``create_model('local-dir:...')`` loads from folder ``p``."""
+    try:
+        from open_clip.factory import _find_checkpoint_in_dir
+    except ImportError:  # an open_clip before local-dir: support: its documented order
+        return next((p / n for n in _HUB_ORDER if (p / n).is_file()), None)
+    found = _find_checkpoint_in_dir(p)
+    return Path(found) if found else None
+
+
+def _hf_folder(p: Path) -> tuple[Path, str] | None:
+    """(weights file, format) of a timm ViT HF-hub folder; None when ``p`` has no ``config.json``.
+    A transformers folder (``model_type``: a text model such as BERT) is refused in one line."""
+    cfg_file = p / HF_CONFIG
+    if not cfg_file.is_file():
+        return None
+    doc = _read_json(cfg_file)
+    arch = doc.get("architecture")
+    if isinstance(arch, str):
+        if not arch.startswith(("vit_", "vit-")):
+            raise MaskkitError(f"model.pretrained: {cfg_file} names timm architecture '{arch}', not a ViT; maskkit's image "
+                               f"tower is a ViT (a vit_* timm model)")
+        w = next((p / n for n in HF_WEIGHTS if (p / n).is_file()), None)
+        if w is None:
+            raise MaskkitError(f"{_pre(p)}: timm folder without weights; expected {' or '.join(HF_WEIGHTS)} beside {HF_CONFIG}")
+        return w, f"timm folder ({arch})"
+    kind = doc.get("model_type") or ", ".join(doc.get("architectures", []) or []) or "unknown"
+    raise MaskkitError(f"{_pre(p)}: a Hugging Face transformers folder ({HF_CONFIG}: model_type '{kind}'), not an image "
+                       f"tower nor a CLIP; expected {_WHAT_HUB}")
+
+
+def is_hub_folder(path: str | Path | None) -> bool:
+    """Whether ``path`` is a folder holding ``open_clip_config.json`` (nothing is validated)."""
+    return path is not None and (Path(path).expanduser() / HUB_CONFIG).is_file()
+
+
+def architecture(arch: str, pretrained: str | None) -> tuple[str, HubFolder | None]:
+    """The open_clip architecture name to build: ``arch`` (``model.arch``), or, when ``pretrained``
+    is a folder, the folder's: an open_clip folder's ``model_cfg`` registered under
+    :attr:`HubFolder.arch` (its weights file is not needed). A folder of another kind is refused in
+    one line (:func:`read_weights`'s messages)."""
+    if pretrained is None:
+        return arch, None
+    p = Path(pretrained).expanduser()
+    if not p.is_dir():
+        return arch, None
+    if not (p / HUB_CONFIG).is_file():
+        if _hf_folder(p) is None:  # raises for a transformers / non-ViT timm folder
+            raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} (nor {HF_CONFIG}) in this folder; expected {_WHAT_HUB}")
+        return arch, None
+    hub = hub_folder(p, weights=False)  # the architecture only: a run's checkpoint may replace the weights
+    return hub.register(), hub
+
+
+def hub_notes(hub: HubFolder, cfg) -> str:
+    """What the load report adds for an open_clip folder: where the architecture came from, and a
+    ``preprocess_cfg`` mean/std that differs from ``model.image_mean`` / ``model.image_std``
+    (``cfg``: the :class:`~maskkit.model.ModelConfig`), which maskkit keeps."""
+    out = f"; architecture: {hub.path / HUB_CONFIG} model_cfg (model.arch={cfg.arch} not used)"
+    for key, mine in (("mean", cfg.image_mean), ("std", cfg.image_std)):
+        theirs = hub.preprocess_cfg.get(key)
+        if theirs is not None and [round(float(x), 6) for x in theirs] != [round(float(x), 6) for x in mine]:
+            out += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
+    return out
+
+
+# --- timm ViT -> open_clip image tower ----------------------------------------------------------------
+
+#: timm VisionTransformer key (regex) -> open_clip VisionTransformer key (under ``visual.``), the
+#: inverse of timm's own ``vision_transformer._convert_openai_clip``
+_TIMM_KEYS = (
+    (r"patch_embed\.proj\.weight", "conv1.weight"),
+    (r"norm_pre\.(weight|bias)", r"ln_pre.\1"),
+    (r"norm\.(weight|bias)", r"ln_post.\1"),
+    (r"blocks\.(\d+)\.norm1\.(weight|bias)", r"transformer.resblocks.\1.ln_1.\2"),
+    (r"blocks\.(\d+)\.norm2\.(weight|bias)", r"transformer.resblocks.\1.ln_2.\2"),
+    (r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", r"transformer.resblocks.\1.attn.in_proj_\2"),
+    (r"blocks\.(\d+)\.attn\.proj\.(weight|bias)", r"transformer.resblocks.\1.attn.out_proj.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc1\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_fc.\2"),
+    (r"blocks\.(\d+)\.mlp\.fc2\.(weight|bias)", r"transformer.resblocks.\1.mlp.c_proj.\2"),
+    (r"blocks\.(\d+)\.ls([12])\.gamma", r"transformer.resblocks.\1.ls_\2.gamma"),
+)
+_TIMM_MARKERS = ("patch_embed.proj.weight", "cls_token", "pos_embed")
+
+
+def is_timm_vit(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has timm VisionTransformer keys (patch embedding, class token, positions)."""
+    return all(k in state for k in _TIMM_MARKERS)
+
+
+def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """A timm ``VisionTransformer`` state dict as open_clip image-tower tensors (keys ``visual.*``),
+    and notes on what was adapted.
+
+    ``cls_token [1, 1, W]`` -> ``class_embedding [W]``; ``pos_embed [1, 1+N, W]`` ->
+    ``positional_embedding [1+N, W]``; blocks, norms and the patch convolution by name
+    (:data:`_TIMM_KEYS`). A patch-embedding bias (plain ViTs have one, CLIP-style ones do not) is
+    added to the positional embedding of every patch token, which computes the same. A head of
+    shape ``[embed_dim, W]`` with no or an all-zero bias (timm's CLIP towers) becomes ``proj``; any other head
+    (an ImageNet classifier) and ``fc_norm`` are left out. Keys that match nothing are kept as they
+    are (``visual.`` + key), so the loader reports them as unexpected.
+    """
+    out: dict[str, torch.Tensor] = {}
+    notes: list[str] = []
+    for k, v in state.items():
+        if k == "cls_token":
+            out["visual.class_embedding"] = v.reshape(-1)
+        elif k == "pos_embed":
+            out["visual.positional_embedding"] = v.reshape(v.shape[-2], v.shape[-1])
+        elif k in ("patch_embed.proj.bias", "head.weight", "head.bias") or k.startswith("fc_norm."):
+            continue
+        else:
+            for pat, rep in _TIMM_KEYS:
+                if re.fullmatch(pat, k):
+                    out["visual." + re.sub(pat, rep, k)] = v
+                    break
+            else:
+                out["visual." + k] = v
+    bias = state.get("patch_embed.proj.bias")
+    if bias is not None and "visual.positional_embedding" in out:
+        pos = out["visual.positional_embedding"].clone()
+        pos[1:] += bias.to(pos.dtype)
+        out["visual.positional_embedding"] = pos
+        notes.append("patch-embedding bias folded into the positional embedding")
+    head, head_bias = state.get("head.weight"), state.get("head.bias")
+    no_bias = head_bias is None or not bool(head_bias.any())  # timm's CLIP towers: zeros (_convert_openai_clip)
+    if head is not None and no_bias and head.ndim == 2 and embed_dim is not None and head.shape[0] == embed_dim:
+        out["visual.proj"] = head.T.contiguous()
+        notes.append("head -> proj")
+    elif head is not None:
+        notes.append(f"classifier head {tuple(head.shape)} not used")
+    return out, notes
+
+
+def _hf_text_model(state: dict[str, torch.Tensor]) -> str | None:
+    """A short name of the Hugging Face text model a state dict holds (BERT-style keys), else None."""
+    for k in state:
+        if "embeddings.word_embeddings" in k or re.search(r"(^|\.)encoder\.layer\.\d+\.attention\.", k):
+            return "a BERT-style text model (Hugging Face transformers keys such as '" + k + "')"
+    return None
+
+
+def check_safetensors(path: Path) -> None:
+    """Refuse, in one line naming the file, a ``.safetensors`` file shorter or longer than its
+    header says (a truncated download or copy): the format is an 8-byte little-endian header
+    length, a JSON header whose ``data_offsets`` place every tensor, then exactly those bytes."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else None
+            header = f.read(n) if n is not None and n <= min(size, 100_000_000) else b""
+    except OSError as exc:
+        raise MaskkitError(f"model.pretrained: cannot read {path} ({exc.strerror or exc})") from None
+    if n is None or len(header) != n:
+        raise MaskkitError(f"model.pretrained: {path} is truncated or not a safetensors file ({size} bytes, "
+                           f"{'no complete header' if n is None or n > size else f'a header of {n} bytes announced'}); "
+                           f"expected a complete .safetensors file (copy it again)")
+    try:
+        meta = json.loads(header)
+        end = max((int(v["data_offsets"][1]) for k, v in meta.items() if k != "__metadata__"), default=0)
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError):
+        raise MaskkitError(f"model.pretrained: {path}: its safetensors header is not valid JSON with data_offsets; "
+                           f"expected a complete .safetensors file (copy it again)") from None
+    if 8 + n + end != size:
+        raise MaskkitError(f"model.pretrained: {path} is {'truncated' if 8 + n + end > size else 'longer than its header says'}: "
+                           f"{size} bytes, its header places tensors up to byte {8 + n + end}; expected a complete "
+                           f".safetensors file (copy it again)")
+
+
+def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
+    from .towers import read_state_dict
+
+    if p.suffix.lower() == ".safetensors" and p.is_file():
+        check_safetensors(p)
+    return read_state_dict(p)
+
+
+def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str]]:
+    """(open_clip state dict, format, notes) of any layout of this module's docstring.
+
+    A folder is read as an open_clip HF-hub folder or a timm ViT folder; a file through
+    :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors are converted to open_clip's
+    image tower (``model``, when given, supplies ``embed_dim`` for a CLIP-style head). Raises
+    one-line :class:`MaskkitError` for every other folder and for a state dict of a text model.
+    """
+    p = Path(path).expanduser()
+    notes: list[str] = []
+    if p.is_dir():
+        if (p / HUB_CONFIG).is_file():
+            hub = hub_folder(p)
+            state, fmt = _read_file(hub.weights)
+            fmt = f"open_clip folder ({hub.weights.name}, {fmt})"
+        else:
+            found = _hf_folder(p)
+            if found is None:
+                raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} (nor {HF_CONFIG}) in this folder; expected {_WHAT_HUB}")
+            state, fmt = _read_file(found[0])
+            fmt = f"{found[1]}, {fmt}"
+    else:
+        state, fmt = _read_file(p)
+    if is_timm_vit(state):
+        proj = getattr(getattr(model, "visual", None), "proj", None)
+        state, notes = timm_vit_to_open_clip(state, proj.shape[1] if isinstance(proj, torch.Tensor) else None)
+        fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
+    return state, fmt, notes
+
+
+def nothing_loaded(path: str | Path, state: dict[str, torch.Tensor]) -> MaskkitError:
+    """The one-line error for a checkpoint none of whose tensors is one of the model's: names the
+    file, a few keys, and a text model when the keys are a BERT's."""
+    text = _hf_text_model(state)
+    keys = ", ".join(list(state)[:3])
+    what = text or f"none of its {len(state)} tensors is a weight of this model (keys: {keys}, ...)"
+    return MaskkitError(f"{_pre(Path(path).expanduser())}: {what}; expected open_clip / OpenAI CLIP weights of model.arch "
+                        f"or a timm ViT image tower")

@@ -1,0 +1,323 @@
+"""`maskkit export` and `maskkit.load` (issue 20, sections 3 and 4): train tiny -> export -> load in plain
+open_clip / timm -> the same embeddings as maskkit on the same inputs; the model card; refusals in
+one line with nothing written; the Python API on paths, PIL images, arrays and tensors.
+
+One tiny run (2 steps, linear patch embedding, end-of-run zero-shot) serves the module."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from run_helpers import SMALL  # noqa: E402
+
+from maskkit.cli import app  # noqa: E402
+from maskkit.config import resolve  # noqa: E402
+from maskkit.errors import MaskkitError  # noqa: E402
+from maskkit.train import train  # noqa: E402
+
+TEXTS = ["Small left pleural effusion.", "No acute cardiopulmonary process.", "Heart size is enlarged."]
+
+
+def invoke(*args, ok: bool = True):
+    res = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=True)
+    if ok and res.exit_code != 0:
+        raise AssertionError(f"{args}: exit {res.exit_code}: {res.output[-3000:]} {res.exception!r}")
+    return res
+
+
+def refused(*args, match: str) -> str:
+    res = invoke(*args, ok=False)
+    msg = str(res.exception) if isinstance(res.exception, MaskkitError) else res.output
+    assert res.exit_code != 0 and isinstance(res.exception, MaskkitError), (res.exit_code, res.output[-2000:], repr(res.exception))
+    assert match in msg and "\n" not in msg, msg
+    return msg
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("exp")
+    cfg, src = resolve([*SMALL, "data.val_n=24", "train.steps=2", "model.patch_embed=linear", "runtime.evaluations=[zeroshot]",
+                        f"runtime.out_dir={tmp}", "runtime.name=r"])
+    train(cfg, src)
+    return tmp / "r"
+
+
+@pytest.fixture(scope="module")
+def model(run):
+    from maskkit.training.checkpointing import load_model
+
+    return load_model(run)[0]
+
+
+@pytest.fixture(scope="module")
+def open_clip_dir(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("oc") / "export"
+    res = invoke("export", run, "--format", "open_clip", "--out", out)
+    assert f"wrote {out} (open_clip: README.md, open_clip_config.json, open_clip_model.safetensors)" in " ".join(res.output.split())
+    return out
+
+
+@pytest.fixture(scope="module")
+def timm_dir(run, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tm") / "export"
+    invoke("export", run / "checkpoints" / "step_00000002.pt", "--format", "timm", "--out", out)
+    return out
+
+
+def _images(n: int = 3, size: int = 96) -> torch.Tensor:
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(5))
+
+
+# --- open_clip ---------------------------------------------------------------------------------------
+
+def test_open_clip_loads_the_export_and_computes_maskkit_s_embeddings(model, open_clip_dir):
+    import open_clip
+
+    oc, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{open_clip_dir}")
+    oc.eval()
+    tok = open_clip.get_tokenizer(f"local-dir:{open_clip_dir}")
+    ids = tok(TEXTS)
+    assert torch.equal(ids, model.tokenizer(TEXTS).ids)  # open_clip's tokenizer is maskkit's
+    x = _images()
+    with torch.no_grad():
+        want_img, want_txt = model.encode_image(x)[0], model.encode_text(ids)[0]
+        got_img, got_txt = oc.encode_image(model.normalise(x)), oc.encode_text(ids)
+    assert float((got_img - want_img).abs().max()) <= 1e-5
+    assert float((got_txt - want_txt).abs().max()) <= 1e-5
+    assert float(oc.logit_scale) == pytest.approx(float(model.clip.logit_scale))
+
+
+def test_open_clip_preprocessing_is_maskkit_s(model, open_clip_dir, tmp_path):
+    """The config carries maskkit's size, mean and std; open_clip's transform of a grayscale PNG
+    (converted to RGB: the channel replicated) equals maskkit's decode + normalise exactly at the
+    model's size, and is close after resizing (Pillow's antialiased bilinear vs torch's)."""
+    import open_clip
+    from PIL import Image
+
+    from maskkit.data.images import read_image, resize
+
+    doc = json.loads((open_clip_dir / "open_clip_config.json").read_text())
+    pp = doc["preprocess_cfg"]
+    assert pp["size"] == 96 and pp["mean"] == list(model.config.image_mean) and pp["std"] == list(model.config.image_std)
+    assert pp["resize_mode"] == "squash" and pp["interpolation"] == "bilinear" and pp["mode"] == "RGB"
+    assert doc["model_cfg"] == open_clip.get_model_config("maskkit-tiny")
+    _, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{open_clip_dir}")
+    rng = np.random.default_rng(0)
+    for shape, tol in (((96, 96), 1e-6), ((150, 120), 0.05)):
+        path = tmp_path / f"x{shape[0]}.png"
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(path)
+        theirs = preprocess(Image.open(path))
+        ours = model.normalise(torch.from_numpy(resize(read_image(path), 96))[None, None])[0]
+        assert float((theirs - ours).abs().max() * min(model.config.image_std)) <= tol, shape  # in [0, 1] pixel units
+
+
+def test_model_card_names_data_preset_steps_zeroshot_version_and_commit(run, open_clip_dir, timm_dir):
+    zs = json.loads((run / "zeroshot.json").read_text())
+    env = json.loads((run / "environment.json").read_text())
+    for d in (open_clip_dir, timm_dir):
+        card = (d / "README.md").read_text()
+        assert "| data | phantoms |" in card and "| preset | xlip (scale tiny) |" in card
+        assert "| steps | 2 (checkpoint `step_00000002.pt`) |" in card
+        assert f"| maskkit version | {__import__('maskkit').__version__} |" in card
+        assert f"| trained at commit | {env['maskkit_revision']} |" in card
+        assert f"| **mean** | | **{zs['mean']['auc']:.3f}** |" in card
+        lab, r = next((k, v) for k, v in zs["per_label"].items() if v is not None)
+        assert f"| {lab} | {r['n_pos']}/{r['n']} | {r['auc']:.3f} [" in card
+    meta = json.loads((open_clip_dir / "open_clip_config.json").read_text())["maskkit"]
+    assert meta["step"] == 2 and meta["preset"] == "xlip" and meta["train_commit"] == env["maskkit_revision"]
+
+
+# --- timm ----------------------------------------------------------------------------------------------
+
+def test_timm_loads_the_export_with_maskkit_s_features(model, timm_dir):
+    import timm
+
+    doc = json.loads((timm_dir / "config.json").read_text())
+    name, args = doc["architecture"], doc["model_args"]
+    assert name == "vit_tiny_patch16_clip_224" or name.startswith("vit_base_patch16_clip")
+    assert args["embed_dim"] == 192 and args["depth"] == 4 and args["num_classes"] == model.embed_dim
+    x = _images()
+    with torch.no_grad():
+        want, tokens = model.encode_image(x)
+        xn = model.normalise(x)
+        nets = {"overlay": timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(
+                    file=str(timm_dir / "model.safetensors"), num_classes=args["num_classes"]), **args),
+                "local-dir": timm.create_model(f"local-dir:{timm_dir}", pretrained=True)}
+        for how, net in nets.items():
+            net.eval()
+            feats = net.forward_features(xn)
+            assert float((net(xn) - want).abs().max()) <= 1e-5, how
+            assert float((net.head(feats[:, 1:]) - tokens).abs().max()) <= 1e-5, how
+        backbone = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(timm_dir / "model.safetensors")),
+                                     **{**args, "num_classes": 0}).eval()  # a segmentation code base's backbone
+        torch.testing.assert_close(backbone.forward_features(xn), nets["overlay"].forward_features(xn), rtol=0, atol=0)
+    pc = doc["pretrained_cfg"]
+    assert pc["mean"] == list(model.config.image_mean) and pc["crop_mode"] == "squash" and "tag" not in pc
+
+
+def test_timm_export_initialises_maskkit_again(model, timm_dir):
+    """The export is a timm folder that model.pretrained reads back: the same image tower."""
+    from maskkit.model import XLIP, ModelConfig
+
+    m = XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(timm_dir))).eval()
+    x = _images(2)
+    with torch.no_grad():
+        assert float((m.encode_image(x)[0] - model.encode_image(x)[0]).abs().max()) <= 1e-5
+
+
+# --- refusals --------------------------------------------------------------------------------------------
+
+def test_existing_folder_is_refused_unless_overwrite_and_replaced_whole(run, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    refused("export", run, "--format", "open_clip", "--out", out, match=f"--out {out}: folder exists and is not empty; pass --overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    invoke("export", run, "--format", "open_clip", "--out", out, "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "open_clip_config.json", "open_clip_model.safetensors"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    invoke("export", run, "--format", "timm", "--out", empty)  # an empty folder is filled
+    assert (empty / "model.safetensors").is_file()
+    refused("export", run, "--format", "onnx", "--out", tmp_path / "x", match="--format onnx: expected one of open_clip, timm")
+    assert not (tmp_path / "x").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_conv_stem_run_is_refused_in_one_line(tmp_path):
+    from maskkit.model import XLIP
+    from maskkit.training.checkpointing import save_checkpoint
+
+    cfg, _ = resolve([*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=c"])
+    assert cfg.model.patch_embed == "conv_stem"  # the tiny scale's default
+    # what load_model reads of a training checkpoint (maskkit.train's payload holds these two and more)
+    save_checkpoint(tmp_path / "c" / "checkpoints" / "step_00000001.pt",
+                    {"model": XLIP.from_experiment(cfg).state_dict(), "config": json.dumps(cfg.model_dump(mode="json"))})
+    for fmt in ("open_clip", "timm"):
+        refused("export", tmp_path / "c", "--format", fmt, "--out", tmp_path / "o",
+                match="trained with model.patch_embed=conv_stem (a convolutional stem, the tiny scale's default), which "
+                      "open_clip's and timm's plain ViT do not have; export needs a run trained with model.patch_embed=linear")
+    assert not (tmp_path / "o").exists()
+
+
+def test_not_a_run_is_refused(tmp_path):
+    refused("export", tmp_path, "--format", "open_clip", "--out", tmp_path / "o", match="no checkpoint in")
+
+
+# --- the round trip of a BiomedCLIP-layout folder ---------------------------------------------------------
+
+def test_open_clip_folder_to_training_to_export_to_open_clip(tmp_path):
+    """A BiomedCLIP-layout folder built by hand (open_clip_config.json + open_clip_pytorch_model.bin)
+    -> model.pretrained -> 2 training steps -> export -> plain open_clip: the folder's architecture
+    throughout, trained weights, maskkit's embeddings."""
+    import open_clip
+    from test_weights import FOLDER_CFG, open_clip_folder
+
+    mc = {**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "image_size": 96}}
+    src = open_clip_folder(tmp_path / "biomedclip", "open_clip_pytorch_model.bin", model_cfg=mc)
+    cfg, sources = resolve([*SMALL, "train.steps=2", "model.patch_embed=linear", f"model.pretrained={tmp_path / 'biomedclip'}",
+                            f"runtime.out_dir={tmp_path}", "runtime.name=r"])
+    train(cfg, sources)
+    invoke("export", tmp_path / "r", "--format", "open_clip", "--out", tmp_path / "out")
+    doc = json.loads((tmp_path / "out" / "open_clip_config.json").read_text())
+    assert doc["model_cfg"] == mc
+    oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
+    oc.eval()
+    import maskkit
+
+    mine = maskkit.load(tmp_path / "r")
+    x = _images(2)
+    ids = mine.xlip.tokenizer(TEXTS).ids
+    with torch.no_grad():
+        assert float((oc.encode_image(mine.xlip.normalise(x)) - mine.xlip.encode_image(x)[0]).abs().max()) <= 1e-5
+        assert float((oc.encode_text(ids) - mine.xlip.encode_text(ids)[0]).abs().max()) <= 1e-5
+        moved = oc.visual.conv1.weight - src.visual.conv1.weight
+    assert float(moved.abs().max()) > 0  # trained: not the folder's weights
+
+
+# --- maskkit.load --------------------------------------------------------------------------------------
+
+def test_import_maskkit_imports_no_torch_and_load_is_lazy():
+    code = "import sys, maskkit; assert 'torch' not in sys.modules; f = maskkit.load; assert 'torch' in sys.modules; print(f.__module__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "maskkit.api", out.stderr[-2000:]
+
+
+def test_load_accepts_a_run_a_checkpoint_and_an_export_alike(run, open_clip_dir, model):
+    import maskkit
+
+    x = _images(2)
+    want = F.normalize(model.encode_image(x)[0], dim=-1)
+    for path in (run, run / "checkpoints" / "step_00000002.pt", open_clip_dir):
+        m = maskkit.load(path)
+        assert m.image_size == 96 and m.grid == (6, 6)
+        assert float((m.encode_image(x) - want).abs().max()) <= 1e-5, path
+    assert maskkit.load(open_clip_dir).config is None and maskkit.load(run).config.preset == "xlip"
+
+
+def test_images_as_paths_pil_arrays_and_tensors_are_preprocessed_as_in_training(run, tmp_path):
+    import maskkit
+    from PIL import Image
+
+    from maskkit.data.dataset import XrayDataset
+    from maskkit.data.records import Record, Table
+
+    m = maskkit.load(run)
+    rng = np.random.default_rng(1)
+    pix = rng.integers(0, 256, (150, 120), dtype=np.uint8)
+    png = tmp_path / "a.png"
+    Image.fromarray(pix).save(png)
+    trained = XrayDataset(Table("t", [Record("a", str(png), None)], ()), 96, policy="raise")[0]["image"]  # training's pipeline
+    want = m.encode_image(trained[None])
+    for what in (str(png), png, Image.open(png), pix, torch.from_numpy(pix), torch.from_numpy(pix / 255.0).float(),
+                 Image.open(png).convert("RGB"), torch.from_numpy(pix).expand(3, -1, -1)):
+        got = m.encode_image(what)
+        assert got.shape == (1, m.xlip.embed_dim) and float((got - want).abs().max()) <= 1e-5, type(what)
+    assert m.encode_image([png, pix]).shape == (2, m.xlip.embed_dim)
+    with pytest.raises(MaskkitError, match=r"image: float tensor with values in \[0, 255\]; expected \[0, 1\]"):
+        m.encode_image(torch.from_numpy(pix).float())
+    with pytest.raises(MaskkitError, match="image: a dict; expected a file path, a PIL image"):
+        m.encode_image({"x": 1})
+    with pytest.raises(MaskkitError, match="does not exist"):
+        m.encode_image(tmp_path / "missing.png")
+
+
+def test_zero_shot_is_the_chexzero_softmax_of_the_prompts(run):
+    import maskkit
+    from maskkit.eval.zeroshot import prompt_pair
+
+    m = maskkit.load(run)
+    x = _images(3)
+    p = m.zero_shot(x, ["Pleural Effusion", "Cardiomegaly"], no_finding="pair")
+    assert p.shape == (3, 2)
+    img = m.encode_image(x)
+    for k, lab in enumerate(["Pleural Effusion", "Cardiomegaly"]):  # by hand: mean prompt embeddings, softmax
+        pos, neg = (F.normalize(m.encode_text(t).mean(0), dim=-1) for t in prompt_pair(lab))
+        hand = torch.stack([img @ pos, img @ neg], -1).softmax(-1)[:, 0]
+        torch.testing.assert_close(p[:, k].float(), hand, rtol=0, atol=1e-5)
+    nf = m.zero_shot(x, ["Pleural Effusion", "Cardiomegaly", "No Finding"])  # No Finding: absence of the others
+    torch.testing.assert_close(nf[:, 2], (1 - nf[:, 0]) * (1 - nf[:, 1]), rtol=0, atol=1e-6)
+
+
+def test_similarity_map_is_the_cosine_of_each_patch_token_to_the_text(run):
+    import maskkit
+
+    m = maskkit.load(run)
+    x = _images(2)
+    maps = m.similarity_map(x, "left pleural effusion")
+    one = m.similarity_map(x[0], "left pleural effusion")
+    assert maps.shape == (2, 6, 6) and one.shape == (6, 6)
+    torch.testing.assert_close(one, maps[0])
+    _, tokens = m.xlip.encode_image(m.images(x))
+    text = m.encode_text("left pleural effusion")[0]
+    hand = F.cosine_similarity(tokens, text[None, None], dim=-1).reshape(2, 6, 6)
+    torch.testing.assert_close(maps, hand, rtol=0, atol=1e-5)

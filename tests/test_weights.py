@@ -1,0 +1,252 @@
+"""model.pretrained: every local layout users hold (issue 20, section 2) - open_clip's HF-hub folder
+(as BiomedCLIP ships), timm ViT image towers (state dict, safetensors, timm's folder), and wrong
+folders and files, each one line naming the file and what was expected.
+
+Every layout is a tiny model built and saved in the test (never a mock, never a download); each
+loaded model is compared with what open_clip / timm themselves compute from the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from maskkit.errors import MaskkitError
+from maskkit.model import XLIP, ModelConfig
+from maskkit.model.towers import create_clip, image_tokens, register_configs, text_tokens
+
+#: a tiny open_clip architecture that no registry holds: only the folder's config can build it
+FOLDER_CFG = {"embed_dim": 48, "vision_cfg": {"image_size": 64, "layers": 2, "width": 96, "patch_size": 16, "head_width": 32},
+              "text_cfg": {"context_length": 64, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2}}
+PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic", "resize_mode": "shortest"}
+
+
+def _perturbed(model, seed: int):
+    torch.manual_seed(seed)
+    with torch.no_grad():  # every tensor distinct from a fresh model's, so a skipped one shows
+        for v in model.state_dict().values():
+            if v.is_floating_point():
+                v.add_(torch.randn_like(v) * 0.02)
+    return model
+
+
+def open_clip_folder(path, weights: str = "open_clip_model.safetensors", model_cfg=FOLDER_CFG, seed: int = 1):
+    """An open_clip HF-hub folder as ``open_clip.push_to_hf_hub`` lays it out (config + weights);
+    returns the open_clip model whose weights it holds."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    model = _perturbed(open_clip.CLIP(**model_cfg), seed).eval()
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": PREPROCESS}))
+    sd = model.state_dict()
+    if weights.endswith(".safetensors"):
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path / weights))
+    else:
+        torch.save(sd, path / weights)
+    return model
+
+
+@pytest.mark.parametrize("weights", ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"])
+def test_open_clip_folder_is_the_architecture_and_computes_what_open_clip_computes(weights, tmp_path):
+    import open_clip
+
+    folder = tmp_path / "biomedclip-like"
+    src = open_clip_folder(folder, weights)
+    m = XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(folder))).eval()
+    assert m.clip.visual.conv1.out_channels == 96 and m.image_size == 64 and m.embed_dim == 48  # the folder's, not maskkit-tiny's
+    n = len(src.state_dict())
+    assert m.load_report.startswith(f"loaded {n} tensors from {folder.name}; missing 0; unexpected 0; format: open_clip folder "
+                                    f"({weights}, "), m.load_report
+    assert "model.arch=maskkit-tiny not used" in m.load_report and "preprocess_cfg mean [0.5, 0.5, 0.5] differs" in m.load_report
+    for k, v in src.state_dict().items():
+        if k != "logit_scale":  # XLIP sets it from model.init_temperature after loading
+            torch.testing.assert_close(m.clip.state_dict()[k], v, rtol=0, atol=0, msg=k)
+    ref, _, _ = open_clip.create_model_and_transforms(f"local-dir:{folder}")  # open_clip reading the same folder
+    ref.eval()
+    x = torch.rand(2, 3, 64, 64)
+    ids = open_clip.get_tokenizer(f"local-dir:{folder}")(["left pleural effusion", "clear lungs"])
+    with torch.no_grad():
+        torch.testing.assert_close(image_tokens(m.clip, x)[0], ref.encode_image(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(text_tokens(m.clip, ids)[0], ref.encode_text(ids), rtol=0, atol=1e-6)
+    assert torch.equal(m.tokenizer(["left pleural effusion"]).ids[0], ids[0])  # maskkit's tokenizer is the folder's
+
+
+def test_model_image_mean_of_an_open_clip_folder_is_model_config_s(tmp_path):
+    folder = tmp_path / "f"
+    open_clip_folder(folder)
+    m = XLIP(ModelConfig(pretrained=str(folder), image_mean=(0.5, 0.5, 0.5), image_std=(0.25, 0.25, 0.25)))
+    assert "differs" not in m.load_report
+    assert m.image_mean.flatten().tolist() == [0.5, 0.5, 0.5]
+
+
+def _timm_clip_vit(**extra):
+    """A tiny timm CLIP-style ViT (pre-norm, no patch bias, LayerNorm eps 1e-5) whose head is a
+    projection to maskkit-tiny's 128-dim embedding, as timm's vit_*_clip_* models are."""
+    import timm
+
+    torch.manual_seed(3)
+    m = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=192, depth=4, num_heads=3,
+                          num_classes=128, **extra)
+    _perturbed(m, 3)
+    with torch.no_grad():
+        m.head.bias.zero_()
+    return m.eval()
+
+
+def _save_state(kind: str, net, tmp_path):
+    from safetensors.torch import save_file
+
+    sd = net.state_dict()
+    if kind == "pth":
+        torch.save(sd, tmp_path / "vit.pth")
+        return tmp_path / "vit.pth"
+    if kind == "safetensors":
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "vit.safetensors"))
+        return tmp_path / "vit.safetensors"
+    if kind == "wrapped":  # a training checkpoint around it
+        torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 3}, tmp_path / "ckpt.pth")
+        return tmp_path / "ckpt.pth"
+    from timm.models import save_for_hf
+
+    save_for_hf(net, str(tmp_path / "timm-folder"), safe_serialization=True)  # timm's HF-hub folder
+    return tmp_path / "timm-folder"
+
+
+@pytest.mark.parametrize("kind", ["pth", "safetensors", "wrapped", "timm_folder"])
+def test_timm_clip_vit_becomes_the_image_tower_with_equal_features(kind, tmp_path):
+    net = _timm_clip_vit()
+    path = _save_state(kind, net, tmp_path)
+    m = XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(path))).eval()
+    rep = m.load_report
+    assert "format: timm ViT image tower (" in rep and "the text tower keeps its initialisation" in rep and "head -> proj" in rep, rep
+    assert "unexpected 0" in rep and not any(k.startswith("visual.") for k in rep.split("missing")[1].split(";")[0].split()), rep
+    x = torch.rand(2, 1, 96, 96)
+    with torch.no_grad():
+        pooled, tokens = m.encode_image(x)
+        feats = net.forward_features(m.normalise(x))
+        torch.testing.assert_close(pooled, net.forward_head(feats), rtol=0, atol=1e-5)
+        torch.testing.assert_close(tokens, net.head(feats[:, 1:]), rtol=0, atol=1e-5)
+
+
+def test_plain_timm_vit_patch_bias_is_folded_into_the_positions(tmp_path):
+    """An ImageNet-style timm ViT (patch-embedding bias, no pre-norm, eps 1e-6, a classifier head)
+    into an open_clip ViT configured alike (no_ln_pre, eps 1e-6): every token equals timm's."""
+    import open_clip
+    import timm
+
+    cfg = {"embed_dim": 32, "vision_cfg": {"image_size": 64, "layers": 2, "width": 96, "patch_size": 16, "head_width": 32,
+                                           "no_ln_pre": True, "norm_kwargs": {"eps": 1e-6}},
+           "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "maskkit-test-plainvit.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(tmp_path / "maskkit-test-plainvit.json")
+    torch.manual_seed(4)
+    net = _perturbed(timm.create_model("vit_base_patch16_224", pretrained=False, img_size=64, embed_dim=96, depth=2,
+                                       num_heads=3, num_classes=10), 4).eval()
+    torch.save(net.state_dict(), tmp_path / "in1k.pth")
+    clip = create_clip("maskkit-test-plainvit")
+    from maskkit.model.towers import load_pretrained
+
+    rep = load_pretrained(clip, tmp_path / "in1k.pth")
+    assert "patch-embedding bias folded into the positional embedding" in rep and "classifier head (10, 96) not used" in rep, rep
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        _, tokens = image_tokens(clip.eval(), x)
+        torch.testing.assert_close(tokens, net.forward_features(x)[:, 1:] @ clip.visual.proj, rtol=0, atol=1e-5)
+
+
+# --- wrong folders and files: one line naming the file and what was expected ---------------------
+
+def _refused(path, match: str, arch: str = "maskkit-tiny") -> str:
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(arch=arch, pretrained=str(path)))
+    msg = str(e.value)
+    assert match in msg and "\n" not in msg and str(path) in msg, msg
+    return msg
+
+
+def test_folder_without_config_is_refused(tmp_path):
+    src = create_clip("maskkit-tiny")
+    from safetensors.torch import save_file
+
+    (tmp_path / "w").mkdir()
+    save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(tmp_path / "w" / "open_clip_model.safetensors"))
+    msg = _refused(tmp_path / "w", "no open_clip_config.json (nor config.json) in this folder; expected an open_clip folder")
+    assert "open_clip_model.safetensors or open_clip_pytorch_model.bin" in msg
+
+
+def test_config_without_model_cfg_or_weights_is_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "open_clip_config.json").write_text(json.dumps({"embed_dim": 48}))
+    _refused(tmp_path / "a", "open_clip_config.json has no 'model_cfg' object (keys: embed_dim)")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "open_clip_config.json").write_text(json.dumps({"model_cfg": FOLDER_CFG}))
+    _refused(tmp_path / "b", "open_clip_config.json but no weights file; expected open_clip_model.safetensors or "
+                             "open_clip_pytorch_model.bin beside it")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "open_clip_config.json").write_text("{not json")
+    _refused(tmp_path / "c", "open_clip_config.json is not valid JSON")
+
+
+def test_bert_folder_or_file_given_as_the_image_tower_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers", reason="a BERT folder is built with transformers (maskkit[hf])")
+    bert = transformers.BertModel(transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                                          num_attention_heads=2, intermediate_size=37))
+    bert.save_pretrained(tmp_path / "cxr-bert")
+    _refused(tmp_path / "cxr-bert", "a Hugging Face transformers folder (config.json: model_type 'bert'), not an image tower nor a CLIP")
+    _refused(tmp_path / "cxr-bert" / "model.safetensors", "a BERT-style text model (Hugging Face transformers keys such as "
+                                                          "'embeddings.word_embeddings.weight')")
+
+
+def test_truncated_safetensors_is_refused_in_a_folder_and_alone(tmp_path):
+    open_clip_folder(tmp_path / "f")
+    w = tmp_path / "f" / "open_clip_model.safetensors"
+    data = w.read_bytes()
+    w.write_bytes(data[: len(data) // 2])
+    _refused(tmp_path / "f", f"{w} is truncated: {len(data) // 2} bytes, its header places tensors up to byte {len(data)}")
+    (tmp_path / "x.safetensors").write_bytes(data[:5])
+    _refused(tmp_path / "x.safetensors", "is truncated or not a safetensors file (5 bytes, no complete header)")
+
+
+def test_wrong_shapes_and_other_models_are_refused(tmp_path):
+    import timm
+
+    wide = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=384, depth=4, num_heads=6)
+    torch.save(wide.state_dict(), tmp_path / "wide.pth")
+    _refused(tmp_path / "wide.pth", "'visual.class_embedding' has shape (384,), the model expects (192,)")
+    torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
+    _refused(tmp_path / "other.pt", "none of its 1 tensors is a weight of this model (keys: fc.weight, ...)")
+    resnet = tmp_path / "resnet"
+    from timm.models import save_for_hf
+
+    save_for_hf(timm.create_model("resnet10t", pretrained=False), str(resnet), safe_serialization=True)
+    _refused(resnet, "names timm architecture 'resnet10t', not a ViT")
+
+
+def test_a_run_built_from_a_folder_loads_without_its_weights_file(tmp_path):
+    """load_model rebuilds a run from its checkpoint: model.pretrained's weights are not read again
+    (before, a moved or deleted weights file made the run unloadable)."""
+    from maskkit.config import resolve
+    from maskkit.train import train
+    from maskkit.training.checkpointing import load_model
+    from run_helpers import SMALL  # noqa: PLC0415
+
+    folder = tmp_path / "init"
+    open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "image_size": 96}})
+    cfg, src = resolve([*SMALL, "train.steps=1", "model.patch_embed=linear", f"model.pretrained={folder}",
+                        f"runtime.out_dir={tmp_path}", "runtime.name=r"])
+    train(cfg, src)
+    (folder / "open_clip_model.safetensors").unlink()
+    model, _ = load_model(tmp_path / "r")
+    assert model.clip.visual.conv1.out_channels == 96 and model.load_report is None
+
+
+def setup_module():
+    register_configs()
