@@ -67,9 +67,9 @@ def subset(batch: dict, rows) -> dict:
 # (so that any lower-case word tokenizes, piece by piece).
 TINY_WORDS = ("the heart is normal size no pleural effusion pneumothorax lungs are clear mild cardiomegaly left "
               "right lower lobe opacity . , ; of and with there focal consolidation").split()
-TINY_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_WORDS))
-              + ["##s", "##ing", "##ed", "##al", "##y"] + list("abcdefghijklmnopqrstuvwxyz")
-              + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"])
+TINY_VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_WORDS))
+                                + ["##ing", "##ed", "##al"] + list("abcdefghijklmnopqrstuvwxyz")
+                                + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]))
 
 
 def tiny_bert_folder(folder, hidden: int = 32, layers: int = 2, positions: int = 64, masked_lm: bool = False, seed: int = 0):

@@ -183,7 +183,10 @@ def load_text_folder(clip, folder: str | Path) -> str:
                            f"built from {folder / 'config.json'} expects {tuple(own[k].shape)} ({len(bad)} mismatched keys)")
     res = model.load_state_dict({k: state[k] for k in matched}, strict=False)
     missing = [k for k in res.missing_keys if not k.endswith("position_ids")]
-    left = len(state) - len(matched)
+    left = sorted({k.split(".")[0] for k in state if k not in own})
+
+    def few(keys):
+        return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {len(matched)} tensors into the text tower from {folder.name}/{found}; missing {len(missing)}"
-            + (f" ({', '.join(missing[:3])})" if missing else "") + f"; left out {left} (heads the tower lacks)"
-            + "; format: transformers model folder")
+            + (f" ({few(missing)})" if missing else "") + f"; left out {len(state) - len(matched)}"
+            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder")
