@@ -198,15 +198,3 @@ def test_wrong_folders_and_choices_fail_in_one_line(bert, registered, tmp_path):
         create_clip({"embed_dim": 8})
     assert "the open_clip model config has no vision_cfg, text_cfg" in _one_line(e)
 
-
-def test_clip_text_tower_is_unchanged_through_the_interface():
-    """CLIP's path: the same tokenizer ids and pooled features as open_clip's own."""
-    import open_clip
-
-    clip = create_clip("maskkit-tiny").eval()
-    tok = tower_tokenizer(clip)
-    assert (tok.vocab_size, tok.start_id, tok.end_id, tok.pad_id, tok.mask_id, tok.pooling) == (49408, 49406, 49407, 0, None, "eot")
-    enc = tok([REPORT, None])
-    assert torch.equal(enc.ids, open_clip.tokenize([REPORT, ""], context_length=64))
-    assert enc.special[0].tolist() == [not (0 < i < int(enc.valid[0].sum()) - 1) for i in range(64)]
-    torch.testing.assert_close(text_tokens(clip, enc.ids)[0], clip.encode_text(enc.ids), rtol=0, atol=1e-6)

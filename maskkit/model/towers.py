@@ -179,6 +179,11 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
                            f"'{name}' has CLIP's text tower; use an architecture whose text_cfg has hf_model_name "
                            f"(e.g. roberta-ViT-B-32)")
     if hf:
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
+                               f"package: pip install 'maskkit[hf]'")
         folder = Path(text_tower).expanduser() if text_tower is not None else hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
         key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
@@ -205,7 +210,9 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         raise MaskkitError(f"model.arch: cannot build '{name}' ({_one_line(exc)})") from None
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
         raise MaskkitError(f"model.arch: '{name}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
-    context = int(text_cfg.get("context_length", model.context_length))
+    from open_clip.model import CLIPTextCfg
+
+    context = int(text_cfg.get("context_length", CLIPTextCfg.context_length))  # open_clip's default (77) when unset
     if hf:
         limit = hf_text.max_positions(model.text.config)
         if limit and context > limit:
