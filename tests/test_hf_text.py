@@ -198,3 +198,23 @@ def test_wrong_folders_and_choices_fail_in_one_line(bert, registered, tmp_path):
         create_clip({"embed_dim": 8})
     assert "the open_clip model config has no vision_cfg, text_cfg" in _one_line(e)
 
+
+
+def test_a_weights_only_folder_takes_the_architectures_tokenizer(bert, registered, tmp_path):
+    bare = tmp_path / "weights-only"
+    bare.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (bare / f).write_bytes((bert / f).read_bytes())
+    model = XLIP(tiny_config(arch=registered, pretrained=str(bare)))
+    assert model.tokenizer.name.startswith(f"BertTokenizer from {bert} ")
+    assert model.load_report.startswith("loaded 37 tensors into the text tower from weights-only/model.safetensors")
+
+
+def test_without_transformers_an_hf_architecture_is_one_line(bert, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
+    with pytest.raises(MaskkitError) as e:
+        create_clip(tiny_hf_arch(bert))
+    assert _one_line(e).endswith("which needs the transformers package: pip install 'maskkit[hf]'")

@@ -188,8 +188,10 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
         tok_name = text_cfg.get("hf_tokenizer_name") or hf
-        tok = folder if text_tower is not None and hf_text.has_tokenizer(folder) else (
-            folder if tok_name == hf else hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer"))
+        if hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
+            tok = folder  # the tower's own folder holds its tokenizer
+        else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
+            tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")
         if not hf_text.has_tokenizer(tok):
             raise MaskkitError(f"{key}: {tok} holds no tokenizer ({' or '.join(hf_text.TOKENIZER_FILES[:2])}); the text "
                                f"tower's tokenizer must be local")
