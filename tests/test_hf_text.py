@@ -86,6 +86,22 @@ def test_xlip_on_a_bert_tower_masks_with_mask_token(registered):
     out = model(batch, seed=3)
     assert out.mlm_labels.numel() > 0 and int(out.mlm_labels.max()) < model.tokenizer.vocab_size
     assert out.mlm_logits.shape[1] == model.tokenizer.vocab_size
+    # no feature the decoder reads carries a selected token: changing the selected tokens changes nothing
+    model.eval()
+    ids, valid = batch["text"], batch["text_valid"]
+    _, e_img = model.encode_image(batch["images"])
+    _, e_rep = model.encode_text(ids)
+    def ctx():  # a fresh context (generator) per pass: the same draw each time
+        return model.mask_contexts(e_img, e_rep, valid, batch["entities"], seed=3)["text_mask"]
+    hidden, selected = model.mlm_hidden(ids, valid, ctx(), e_img, e_rep)
+    assert (selected & valid).any()
+    other = torch.where(selected & valid, (ids + 7) % model.tokenizer.vocab_size, ids)
+    hidden2, selected2 = model.mlm_hidden(other, valid, ctx(), e_img, e_rep)
+    assert torch.equal(selected2, selected)
+    torch.testing.assert_close(hidden2, hidden, rtol=0, atol=1e-5)
+    seen = valid & ~selected & (ids != model.tokenizer.start_id) & (ids != model.tokenizer.end_id)
+    changed = torch.where(seen, (ids + 7) % model.tokenizer.vocab_size, ids)
+    assert not torch.allclose(model.mlm_hidden(changed, valid, ctx(), e_img, e_rep)[0], hidden, atol=1e-3)
     learned = XLIP(tiny_config(arch=registered, mlm=MLMConfig(layers=1, heads=4, mask_token="learned")),
                    text_mask=p["text_mask"])
     assert learned.mask_id is None and learned.mask_embedding.shape == (32,)   # the BERT's width
