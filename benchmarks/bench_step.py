@@ -44,9 +44,10 @@ def batch_for(model: XLIP, B: int, device: str) -> dict:
     T = model.context_length
     lengths = torch.randint(T // 3, T, (B,), generator=g)
     valid = torch.arange(T)[None] < lengths[:, None]
-    ids = torch.randint(1, 40000, (B, T), generator=g) * valid
-    ids[:, 0] = model.tokenizer.sot
-    ids[torch.arange(B), lengths - 1] = model.tokenizer.eot
+    tok = model.tokenizer
+    ids = torch.randint(1, tok.vocab_size - 1, (B, T), generator=g).masked_fill(~valid, tok.pad_id)
+    ids[:, 0] = tok.start_id
+    ids[torch.arange(B), lengths - 1] = tok.end_id
     return {"images": torch.rand(B, 1, model.image_size, model.image_size, generator=g).to(device),
             "text": ids.to(device), "text_valid": valid.to(device), "paired": torch.ones(B, dtype=torch.bool, device=device),
             "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device)}

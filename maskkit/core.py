@@ -5,7 +5,7 @@ Mask convention (the one rule every strategy, model and plot in maskkit holds to
 A mask is a ``torch.bool`` tensor and ``True`` means *masked* (hidden / to be reconstructed).
 
 - image token masks have shape ``[B, N]`` (N patch tokens, no CLS token);
-- text token masks have shape ``[B, T]`` (T BPE positions of the report);
+- text token masks have shape ``[B, T]`` (T token positions of the report, the text tower's tokenizer's);
 - attention masks have shape ``[B, T, T]``: ``mask[b, i, j] == True`` means query ``i`` may
   *not* attend to key ``j`` (PyTorch's ``attn_mask`` convention for booleans is the opposite,
   so pass ``~mask`` to ``scaled_dot_product_attention``).

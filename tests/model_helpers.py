@@ -61,3 +61,41 @@ def subset(batch: dict, rows) -> dict:
         else:
             out[k] = v
     return out
+
+
+# A tiny WordPiece vocabulary: special tokens, report words, a few word pieces and every letter
+# (so that any lower-case word tokenizes, piece by piece).
+TINY_WORDS = ("the heart is normal size no pleural effusion pneumothorax lungs are clear mild cardiomegaly left "
+              "right lower lobe opacity . , ; of and with there focal consolidation").split()
+TINY_VOCAB = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(TINY_WORDS))
+                                + ["##ing", "##ed", "##al"] + list("abcdefghijklmnopqrstuvwxyz")
+                                + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]))
+
+
+def tiny_bert_folder(folder, hidden: int = 32, layers: int = 2, positions: int = 64, masked_lm: bool = False, seed: int = 0):
+    """A transformers BERT model folder as Hugging Face writes one (``config.json``,
+    ``model.safetensors``, the tokenizer's files): a tiny WordPiece vocabulary and a
+    ``hidden``-wide, ``layers``-deep BERT; ``masked_lm`` saves a ``BertForMaskedLM`` (keys under
+    ``bert.`` plus the ``cls.`` head). Returns the folder (a ``Path``)."""
+    from pathlib import Path
+
+    from transformers import BertConfig, BertForMaskedLM, BertModel, BertTokenizerFast
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.txt").write_text("\n".join(TINY_VOCAB) + "\n", encoding="utf-8")
+    BertTokenizerFast(str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    cfg = BertConfig(vocab_size=len(TINY_VOCAB), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                     intermediate_size=2 * hidden, max_position_embeddings=positions, pad_token_id=0)
+    torch.manual_seed(seed)
+    (BertForMaskedLM if masked_lm else BertModel)(cfg).save_pretrained(folder)
+    return folder
+
+
+def tiny_hf_arch(text_folder, context: int = 32, pooler: str = "cls_last_hidden_state_pooler", proj: str = "mlp") -> dict:
+    """An open_clip model config: maskkit-tiny's ViT (96 px, patch 16, thinner) and an HF text
+    tower read from ``text_folder`` (as BiomedCLIP's config reads PubMedBERT)."""
+    return {"embed_dim": 32,
+            "vision_cfg": {"image_size": 96, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+            "text_cfg": {"hf_model_name": str(text_folder), "hf_tokenizer_name": str(text_folder), "hf_proj_type": proj,
+                         "hf_pooler_type": pooler, "context_length": context}}

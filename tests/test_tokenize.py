@@ -117,3 +117,16 @@ def test_fast_path_text_is_unchanged_by_ftfy_and_unescape(text):
 def test_context_length_error():
     with pytest.raises(ValueError, match="context_length 2 is too short; expected at least 3"):
         ReportTokenizer(2)
+
+
+def test_clip_text_tower_is_unchanged_through_the_interface():
+    """CLIP's path: the same tokenizer ids and pooled features as open_clip's own."""
+    from maskkit.model.towers import create_clip, text_tokens, tower_tokenizer
+
+    clip = create_clip("maskkit-tiny").eval()
+    tok = tower_tokenizer(clip)
+    assert (tok.vocab_size, tok.start_id, tok.end_id, tok.pad_id, tok.mask_id, tok.pooling) == (49408, 49406, 49407, 0, None, "eot")
+    enc = tok(["Mild CARDIOMEGALY; no pleural effusion.", None])
+    assert torch.equal(enc.ids, open_clip.tokenize(["Mild CARDIOMEGALY; no pleural effusion.", ""], context_length=64))
+    assert enc.special[0].tolist() == [not (0 < i < int(enc.valid[0].sum()) - 1) for i in range(64)]
+    torch.testing.assert_close(text_tokens(clip, enc.ids)[0], clip.encode_text(enc.ids), rtol=0, atol=1e-6)

@@ -200,7 +200,8 @@ def test_bert_folder_or_file_given_as_the_image_tower_is_refused(tmp_path):
     bert = transformers.BertModel(transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
                                                           num_attention_heads=2, intermediate_size=37))
     bert.save_pretrained(tmp_path / "cxr-bert")
-    _refused(tmp_path / "cxr-bert", "a Hugging Face transformers folder (config.json: model_type 'bert'), not an image tower nor a CLIP")
+    # a transformers folder is a text tower: refused with an architecture whose text tower is CLIP's
+    _refused(tmp_path / "cxr-bert", "is a transformers model folder (a text tower), but model.arch 'maskkit-tiny' has CLIP's text tower")
     _refused(tmp_path / "cxr-bert" / "model.safetensors", "a BERT-style text model (Hugging Face transformers keys such as "
                                                           "'embeddings.word_embeddings.weight')")
 

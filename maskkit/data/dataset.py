@@ -26,7 +26,7 @@ import torch
 from ..errors import MaskkitError
 from .images import DecodeError, read_image, resize
 from .records import Table, has_content
-from .tokenize import ReportTokenizer, entity_positions
+from .tokenize import TextTokenizer, entity_positions
 
 def clean_report(text: str | None) -> str | None:
     """The report with whitespace collapsed, or None when it has no content
@@ -46,14 +46,14 @@ def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
     return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
 
 
-def encode_report(tokenizer: ReportTokenizer, report: str | None, spans: Sequence[tuple[int, int]]) -> dict:
+def encode_report(tokenizer: TextTokenizer, report: str | None, spans: Sequence[tuple[int, int]]) -> dict:
     """The token fields of one report: ``text_ids`` long ``[L]``, ``text_valid`` bool ``[L]``,
-    ``entities`` bool ``[L]`` (positions overlapping an entity span). A report's identity (which
+    ``entities`` bool ``[L]`` (positions overlapping an entity span, special tokens never). A report's identity (which
     rows hold the same report) is not a field: the model derives it from the token ids
     (:func:`maskkit.model.xlip.report_keys`)."""
     enc = tokenizer([report])
     L = enc.ids.shape[1]
-    return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L)}
+    return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L) & ~enc.special[0]}
 
 
 class _TextFields:
@@ -146,7 +146,7 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
     """
 
     def __init__(self, table: Table, image_size: int = 224, policy: str = "skip", ner=None, cache: str | Path | None = None,
-                 tokenizer: ReportTokenizer | None = None, on_skip: str = "drop", max_replace: int = 32,
+                 tokenizer: TextTokenizer | None = None, on_skip: str = "drop", max_replace: int = 32,
                  raw_cache: bool = False) -> None:
         if policy not in ("skip", "raise"):
             raise MaskkitError(f"data.decode_policy: '{policy}' is not a policy; expected skip or raise")
@@ -211,7 +211,7 @@ class PhantomDataset(_TextFields, torch.utils.data.Dataset):
     ``labels`` vector; a name the phantoms do not have is unknown (NaN), as in a mixed corpus."""
 
     def __init__(self, n: int, seed: int = 0, image_size: int = 96, offset: int = 0, ner=None, p_unpaired: float = 0.2,
-                 tokenizer: ReportTokenizer | None = None, label_names: Sequence[str] | None = None) -> None:
+                 tokenizer: TextTokenizer | None = None, label_names: Sequence[str] | None = None) -> None:
         from .phantoms import LABELS, PhantomGenerator
 
         self.tokenizer = tokenizer
@@ -250,7 +250,7 @@ class Collator:
     sample has one. Samples that are only a skip record are dropped (``B`` may then be 0).
     """
 
-    def __init__(self, tokenizer: ReportTokenizer) -> None:
+    def __init__(self, tokenizer: TextTokenizer) -> None:
         self.tokenizer = tokenizer
 
     def __call__(self, samples: list[dict]) -> dict:

@@ -1,6 +1,13 @@
-"""CLIP BPE tokenization with character offsets, so NER spans map to token positions.
+"""Report tokenization with character offsets, so NER spans map to the text tower's own tokens.
 
-open_clip's ``SimpleTokenizer`` gives ids only. :class:`ReportTokenizer` applies open_clip's exact
+One interface, :class:`TextTokenizer`, derived from the text tower
+(:func:`maskkit.model.towers.tower_tokenizer`): ``__call__`` (ids, validity, special positions
+and each position's character span), ``vocab_size``, the pad/mask/start/end ids, ``pooling`` and
+``context_length``. Two implementations: :class:`ReportTokenizer` (CLIP's BPE, below) and
+:class:`HFReportTokenizer` (a Hugging Face fast tokenizer, e.g. BERT's WordPiece, whose
+``offset_mapping`` gives the spans).
+
+CLIP's BPE: open_clip's ``SimpleTokenizer`` gives ids only. :class:`ReportTokenizer` applies open_clip's exact
 cleaning (``clean="lower"``: ``ftfy.fix_text``, ``html.unescape`` twice, strip, whitespace
 collapse, ``str.lower``), then the same word regex and BPE, and carries a character map through
 every step: each position's span is a ``(start, end)`` range of characters of the ORIGINAL text
@@ -32,11 +39,52 @@ _WORD = re.compile(r"\S+")  # the same whitespace as str.split() (both use str.i
 
 @dataclass
 class Encoded:
-    """ids ``[B, L]`` long, valid ``[B, L]`` bool, and per row the (start, end) char span of each position."""
+    """ids ``[B, L]`` long, valid ``[B, L]`` bool (a token, special or not, rather than padding),
+    per row the (start, end) char span of each position (``(0, 0)`` for special tokens and
+    padding), and special ``[B, L]`` bool (the tokenizer's own tokens: start/CLS, end/SEP, padding)."""
 
     ids: torch.Tensor
     valid: torch.Tensor
     spans: list[list[tuple[int, int]]]
+    special: torch.Tensor
+
+    def __getitem__(self, cols: slice) -> Encoded:
+        """The positions ``cols`` of every row (e.g. ``enc[:, :w]`` is written ``enc[:w]``)."""
+        return Encoded(self.ids[:, cols], self.valid[:, cols], [s[cols] for s in self.spans], self.special[:, cols])
+
+
+class TextTokenizer:
+    """What maskkit needs of a text tower's tokenizer (CLIP's BPE, a Hugging Face fast tokenizer).
+
+    Attributes: ``context_length`` ``L`` (positions of every row, special tokens included),
+    ``vocab_size`` (ids are below it; the EntMLM decoder's output size), ``pad_id``, ``start_id``
+    (CLIP's ``<start_of_text>``, BERT's ``[CLS]``), ``end_id`` (``<end_of_text>``, ``[SEP]``),
+    ``mask_id`` (BERT's ``[MASK]``; None when the vocabulary has none, as CLIP's), ``pooling``
+    (how the tower pools a text: ``eot`` the end-of-text position, ``cls`` the first, ``mean``
+    the valid positions; informational, the tower pools), ``name`` (which tokenizer, one line).
+    """
+
+    context_length: int
+    vocab_size: int
+    pad_id: int
+    start_id: int
+    end_id: int
+    mask_id: int | None = None
+    pooling: str = "eot"
+    name: str = ""
+
+    def __call__(self, texts: list[str | None]) -> Encoded:
+        """Tokenize a batch into ``[B, L]`` rows; ``None`` or empty text gives only the special tokens."""
+        raise NotImplementedError
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """The ids of ``text`` without special tokens or truncation, and each one's ``(start, end)``
+        character span in ``text``."""
+        raise NotImplementedError
+
+    def decode(self, ids: list[int]) -> str:
+        """The text of ``ids``, special tokens left out."""
+        raise NotImplementedError
 
 
 @lru_cache(maxsize=1)
@@ -166,20 +214,24 @@ def clean_with_map(text: str) -> tuple[str, list[int], list[int]]:
     return low, m[0], m[1]
 
 
-class ReportTokenizer:
-    """Tokenize reports exactly as open_clip's CLIP tokenizer does, keeping character offsets.
+class ReportTokenizer(TextTokenizer):
+    """CLIP's BPE (:class:`TextTokenizer`): reports tokenized exactly as open_clip's CLIP
+    tokenizer does, keeping character offsets.
 
     ``context_length`` (≥ 3) is the model's text length ``L``: start token, up to ``L - 2`` BPE
-    ids, end token (longer texts are truncated as open_clip truncates them).
+    ids, end token, padding with id 0 (longer texts are truncated as open_clip truncates them).
+    ``pooling`` is the tower's (``eot`` for CLIP: the end-of-text position, the highest id).
     """
 
-    def __init__(self, context_length: int = 77) -> None:
+    def __init__(self, context_length: int = 77, pooling: str = "eot") -> None:
         if context_length < 3:
             raise ValueError(f"context_length {context_length} is too short; expected at least 3")
         self.tok = _simple_tokenizer()
         self.context_length = context_length
-        self.sot, self.eot = self.tok.sot_token_id, self.tok.eot_token_id
+        self.start_id, self.end_id = self.tok.sot_token_id, self.tok.eot_token_id
+        self.pad_id, self.mask_id, self.pooling = 0, None, pooling
         self.vocab_size = self.tok.vocab_size
+        self.name = f"CLIP BPE (vocabulary {self.vocab_size}, {context_length} positions)"
         self._cache: dict[str, list[int]] = {}
 
     def _word_ids(self, word: str) -> list[int]:
@@ -217,26 +269,96 @@ class ReportTokenizer:
     def __call__(self, texts: list[str | None]) -> Encoded:
         """Tokenize a batch; ``None`` or empty text gives a row of only start/end tokens."""
         L = self.context_length
-        ids = torch.zeros(len(texts), L, dtype=torch.long)
+        ids = torch.full((len(texts), L), self.pad_id, dtype=torch.long)
         valid = torch.zeros(len(texts), L, dtype=torch.bool)
+        special = torch.ones(len(texts), L, dtype=torch.bool)
         all_spans = []
         for b, text in enumerate(texts):
             body, spans = self.encode_with_offsets(text or "")
             body, spans = body[: L - 2], spans[: L - 2]
-            row = [self.sot] + body + [self.eot]
+            row = [self.start_id] + body + [self.end_id]
             ids[b, : len(row)] = torch.tensor(row)
             valid[b, : len(row)] = True
-            all_spans.append([(0, 0)] + spans + [(0, 0)])
-        return Encoded(ids, valid, all_spans)
+            special[b, 1: len(row) - 1] = False
+            all_spans.append([(0, 0)] + spans + [(0, 0)] * (L - 1 - len(spans)))
+        return Encoded(ids, valid, all_spans, special)
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode([i for i in ids if i not in (0, self.sot, self.eot)]).strip()
+        return self.tok.decode([i for i in ids if i not in (self.pad_id, self.start_id, self.end_id)]).strip()
+
+
+class HFReportTokenizer(TextTokenizer):
+    """A Hugging Face fast tokenizer (:class:`TextTokenizer`), e.g. BERT's WordPiece, read from a
+    local folder (``tokenizer.json``, or a ``vocab.txt`` a fast tokenizer is built from); never
+    downloads.
+
+    Rows are what the tokenizer's own template makes of a text (``[CLS] ... [SEP]`` for BERT),
+    truncated to ``context_length`` and padded with its pad token; spans come from its
+    ``offset_mapping`` (through its normaliser: lower-casing, accent stripping), so an entity's
+    span lands on its WordPiece tokens. ``vocab_size`` is ``len(tokenizer)`` (added tokens
+    included). Raises :class:`~maskkit.errors.MaskkitError` for a folder without a tokenizer, a
+    slow (Python) tokenizer without offsets, or one without pad or start/end tokens.
+    """
+
+    def __init__(self, folder: str, context_length: int, pooling: str = "cls") -> None:
+        from ..errors import MaskkitError
+
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise MaskkitError("an HF text tower needs the transformers package: pip install 'maskkit[hf]'") from None
+        try:
+            tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        except Exception as exc:
+            msg = " ".join(str(exc).split())[:300]
+            raise MaskkitError(f"text tower tokenizer: cannot read a tokenizer from {folder} ({type(exc).__name__}: {msg}); "
+                               f"expected a local folder with tokenizer.json or vocab.txt and tokenizer_config.json") from None
+        if not getattr(tok, "is_fast", False):
+            raise MaskkitError(f"text tower tokenizer: {folder} gives a slow {type(tok).__name__}, which has no character "
+                               f"offsets; expected a fast tokenizer (tokenizer.json)")
+        self.tok, self.folder = tok, str(folder)
+        probe = tok("", add_special_tokens=True, return_special_tokens_mask=True)
+        if tok.pad_token_id is None:
+            raise MaskkitError(f"text tower tokenizer: {folder} has no pad token; expected one (e.g. [PAD])")
+        if context_length < len(probe["input_ids"]) + 1:
+            raise MaskkitError(f"text tower tokenizer: context length {context_length} leaves no room for text after "
+                               f"{len(probe['input_ids'])} special tokens")
+        self.context_length = context_length
+        self.vocab_size = len(tok)
+        self.pad_id = int(tok.pad_token_id)
+        start = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        end = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        if start is None or end is None:
+            raise MaskkitError(f"text tower tokenizer: {folder} has no start/end tokens (cls/bos, sep/eos); expected both")
+        self.start_id, self.end_id = int(start), int(end)
+        self.mask_id = int(tok.mask_token_id) if tok.mask_token_id is not None else None
+        self.pooling = pooling
+        self.name = f"{type(tok).__name__} from {folder} (vocabulary {self.vocab_size}, {context_length} positions)"
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        e = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(e["input_ids"]), [tuple(o) for o in e["offset_mapping"]]
+
+    def __call__(self, texts: list[str | None]) -> Encoded:
+        e = self.tok([t or "" for t in texts], add_special_tokens=True, truncation=True, max_length=self.context_length,
+                     padding="max_length", return_offsets_mapping=True, return_special_tokens_mask=True,
+                     return_attention_mask=True, return_token_type_ids=False)
+        ids = torch.tensor(e["input_ids"], dtype=torch.long).reshape(len(texts), self.context_length)
+        valid = torch.tensor(e["attention_mask"], dtype=torch.bool).reshape(ids.shape)
+        special = torch.tensor(e["special_tokens_mask"], dtype=torch.bool).reshape(ids.shape)
+        spans = [[(0, 0) if s else (int(a), int(b)) for (a, b), s in zip(o, m)]
+                 for o, m in zip(e["offset_mapping"], e["special_tokens_mask"])]
+        return Encoded(ids, valid, spans, special)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True).strip()
 
 
 def entity_positions(token_spans: list[tuple[int, int]], entity_spans: list[tuple[int, int]], length: int) -> torch.Tensor:
-    """``[length]`` bool: positions whose character span overlaps any entity span.
+    """``[length]`` bool: positions whose character span overlaps any entity span (every
+    BPE/WordPiece piece of an entity word is one).
 
-    The start/end tokens (span ``(0, 0)``) are never entities.
+    Special tokens and padding (span ``(0, 0)``) are never entities.
     """
     out = torch.zeros(length, dtype=torch.bool)
     for pos, (s, e) in enumerate(token_spans[:length]):

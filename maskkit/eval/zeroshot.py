@@ -34,7 +34,8 @@ THRESHOLD = 0.5  # F1/ACC decision: the positive prompt is closer than the negat
 
 # How a prompt ends (appended to every prompt, No Finding's included). "sentence" (default): like a
 # report sentence, with the full stop that ends every training report just before the
-# <end_of_text> token the text tower pools (A32); "chexzero": the bare phrase, as CheXzero wrote it.
+# <end_of_text> token CLIP's text tower pools (A32; a [CLS]-pooled BERT tower sees the full stop too);
+# "chexzero": the bare phrase, as CheXzero wrote it.
 PROMPT_STYLES = {"sentence": ".", "chexzero": ""}
 DEFAULT_PROMPT_STYLE = "sentence"
 

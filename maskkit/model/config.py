@@ -27,7 +27,8 @@ class MIMConfig(Strict):
 
 
 class MLMConfig(Strict):
-    mode: Literal["input", "loss"] = Field("input", description="selected tokens hidden at the text-encoder input (input) or only selected as loss positions (loss)")
+    mode: Literal["input", "loss"] = Field("input", description="selected tokens hidden at the text-encoder input (input) or only selected as loss positions (loss; needs a causal text tower such as CLIP's)")
+    mask_token: Literal["auto", "learned", "tokenizer"] = Field("auto", description="what hides a selected token at the input (mode=input): a learned embedding, the tokenizer's mask token (BERT's [MASK]), or auto: the mask token when the vocabulary has one (docs/assumptions.md A48d)")
     layers: int = Field(3, ge=1, description="multimodal text decoder layers (paper: 3)")
     heads: int = Field(8, ge=1, description="text decoder heads")
 
@@ -35,7 +36,7 @@ class MLMConfig(Strict):
 class ModelConfig(Strict):
     arch: str = Field("ViT-B-16", description="open_clip architecture (maskkit-tiny for CPU)")
     patch_embed: Literal[PATCH_EMBEDS] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31)")
-    pretrained: str | None = Field(None, description="local weights, never downloaded: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts, an open_clip HF-hub folder (open_clip_config.json + weights; its model_cfg is then the architecture) or a timm ViT image tower (file or timm folder); docs/model.md")
+    pretrained: str | None = Field(None, description="local weights, never downloaded: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts, an open_clip HF-hub folder (open_clip_config.json + weights; its model_cfg is then the architecture), a timm ViT image tower (file or timm folder) or a transformers model folder for an HF text tower; docs/model.md")
     image_mean: tuple[float, float, float] = Field(OPENAI_MEAN, description="normalisation mean of the 3 replicated channels")
     image_std: tuple[float, float, float] = Field(OPENAI_STD, description="normalisation std")
     prompts: tuple[str, ...] = Field(CHEXPERT_PROMPTS, description="disease prompts for prompt-driven attention (eq. 5)")

@@ -2,14 +2,17 @@
 
 ``ViT-B-16`` (the paper's) and every open_clip config work; maskkit registers small CPU configs
 (``maskkit-tiny``: a 4-layer width-192 ViT/16 on 96 px with a 64-token text context;
-``maskkit-tiny-p8``: 64 px with 8 px patches). The patch embedding is CLIP's (one strided
+``maskkit-tiny-p8``: 64 px with 8 px patches); text towers are CLIP's or Hugging Face
+transformers models (:mod:`maskkit.model.hf_text`), each with its tokenizer
+(:func:`tower_tokenizer`). The patch embedding is CLIP's (one strided
 convolution) or a convolutional stem (:class:`ConvStem`, ``model.patch_embed``). Weights load only from local files: OpenAI's
 TorchScript archives, open_clip ``.pt``/``.pth``/``.bin``/``.safetensors``, wrapped or DDP-prefixed, open_clip's
-HF-hub folders and timm ViT image towers (:mod:`maskkit.model.weights`).
+HF-hub folders, timm ViT image towers (:mod:`maskkit.model.weights`) and transformers text-tower folders.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -99,40 +102,173 @@ class ConvStem(torch.nn.Sequential):
         super().__init__(*layers)
 
 
-def create_clip(arch: str, patch_embed: str = "linear"):
-    """An open_clip CLIP of architecture ``arch``, randomly initialised, never downloading.
+def model_config(arch) -> tuple[str, dict]:
+    """(a name for messages, a deep copy of the open_clip model config) of ``arch``: a registered
+    open_clip architecture name, or an open_clip model config dict (``embed_dim``,
+    ``vision_cfg``, ``text_cfg``; an ``open_clip_config.json``'s whole dict, with its
+    ``model_cfg``, is accepted too). One-line :class:`MaskkitError` otherwise."""
+    import copy
 
-    ``patch_embed="conv_stem"`` replaces the ViT's patch-embedding convolution
-    (``visual.conv1``) by a :class:`ConvStem`; ``"linear"`` keeps open_clip's (CLIP's) own.
-    """
     import open_clip
 
     register_configs()
-    if arch not in open_clip.list_models():
-        from ..errors import close_matches
+    if isinstance(arch, str):
+        cfg = open_clip.get_model_config(arch) if arch in open_clip.list_models() else None
+        if cfg is None:
+            from ..errors import close_matches
 
-        raise MaskkitError(f"model.arch: unknown open_clip architecture '{arch}'{close_matches(arch, open_clip.list_models())}")
-    import logging
+            raise MaskkitError(f"model.arch: unknown open_clip architecture '{arch}'{close_matches(arch, open_clip.list_models())}")
+        return arch, copy.deepcopy(cfg)
+    if isinstance(arch, dict):
+        cfg = copy.deepcopy(arch.get("model_cfg", arch))
+        missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(cfg, dict) or k not in cfg]
+        if missing:
+            raise MaskkitError(f"model.arch: the open_clip model config has no {', '.join(missing)}; expected "
+                               f"embed_dim, vision_cfg and text_cfg (an open_clip model config)")
+        return "the given open_clip config", cfg
+    raise MaskkitError(f"model.arch: expected an open_clip architecture name or model config dict, got a {type(arch).__name__}")
 
-    class _Quiet(logging.Filter):  # open_clip warns that no pretrained weights were loaded: expected
-        def filter(self, record):
-            return "No pretrained weights loaded" not in record.getMessage()
 
-    quiet = _Quiet()
-    logging.getLogger().addFilter(quiet)
-    try:
-        model = open_clip.create_model(arch, pretrained=None, pretrained_text=False, pretrained_image=False)
-    finally:
-        logging.getLogger().removeFilter(quiet)
-    if not hasattr(model, "token_embedding"):
-        raise MaskkitError(f"model.arch: '{arch}' has a custom text tower; maskkit supports CLIP-style towers (e.g. ViT-B-16)")
-    if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
-        raise MaskkitError(f"model.arch: '{arch}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
+@dataclass(frozen=True)
+class TextSpec:
+    """Where a model's tokenizer comes from (set by :func:`create_clip`, read by :func:`tower_tokenizer`):
+    ``tokenizer`` a local Hugging Face tokenizer folder (None: CLIP's BPE), ``context_length``
+    the text positions (open_clip's ``text_cfg.context_length``), ``pooling`` the tower's."""
+
+    tokenizer: str | None
+    context_length: int
+    pooling: str
+
+
+#: how each open_clip text pooling reads a text, in :class:`TextTokenizer`'s words
+POOLING = {"argmax": "eot", "eos": "eot", "last": "last", "first": "cls", "none": "none", "cls_pooler": "cls",
+           "cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean", "max_pooler": "max"}
+
+
+def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None = None):
+    """An open_clip CLIP of architecture ``arch`` (a registered name or a model config dict, see
+    :func:`model_config`), randomly initialised, never downloading.
+
+    Text towers: CLIP's own (``CLIP``, CLIP's BPE) or a Hugging Face transformers model
+    (``text_cfg.hf_model_name``: ``CustomTextCLIP`` with open_clip's ``HFTextEncoder``). The
+    HF model's configuration comes from ``text_tower`` (a local transformers model folder; its
+    tokenizer too when it holds one), else from ``hf_model_name`` / ``hf_tokenizer_name`` as a
+    local folder or the Hugging Face cache. The model carries a :class:`TextSpec`
+    (``model.maskkit_text``) for :func:`tower_tokenizer`. Image towers: open_clip's ViT only.
+    ``patch_embed="conv_stem"`` replaces the ViT's patch-embedding convolution
+    (``visual.conv1``) by a :class:`ConvStem`; ``"linear"`` keeps open_clip's (CLIP's) own.
+    Anything else is refused in one line (:class:`MaskkitError`).
+    """
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    from . import hf_text
+
+    name, cfg = model_config(arch)
     if patch_embed not in PATCH_EMBEDS:
         raise MaskkitError(f"model.patch_embed: unknown patch embedding '{patch_embed}'; expected one of {', '.join(PATCH_EMBEDS)}")
+    if "multimodal_cfg" in cfg:
+        raise MaskkitError(f"model.arch: '{name}' is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
+    vision_cfg, text_cfg = dict(cfg.pop("vision_cfg") or {}), dict(cfg.pop("text_cfg") or {})
+    if "timm_model_name" in vision_cfg:
+        raise MaskkitError(f"model.arch: '{name}' has a timm image tower ({vision_cfg['timm_model_name']}); maskkit needs "
+                           f"open_clip's own ViT (vision_cfg with layers, width, patch_size)")
+    custom = cfg.pop("custom_text", False)
+    hf = text_cfg.get("hf_model_name")
+    pretrained_key = "model.pretrained"
+    if text_tower is not None and not hf:
+        raise MaskkitError(f"{pretrained_key}: {text_tower} is a transformers model folder (a text tower), but model.arch "
+                           f"'{name}' has CLIP's text tower; use an architecture whose text_cfg has hf_model_name "
+                           f"(e.g. roberta-ViT-B-32)")
+    if hf:
+        import importlib.util
+
+        if importlib.util.find_spec("transformers") is None:
+            raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
+                               f"package: pip install 'maskkit[hf]'")
+        folder = Path(text_tower).expanduser() if text_tower is not None else hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+        key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
+        hf_cfg = hf_text.check_model_type(folder, key)
+        tok_name = text_cfg.get("hf_tokenizer_name") or hf
+        if hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
+            tok = folder  # the tower's own folder holds its tokenizer
+        else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
+            tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")
+        if not hf_text.has_tokenizer(tok):
+            raise MaskkitError(f"{key}: {tok} holds no tokenizer ({' or '.join(hf_text.TOKENIZER_FILES[:2])}); the text "
+                               f"tower's tokenizer must be local")
+        text_cfg.update(hf_model_name=str(folder), hf_tokenizer_name=str(tok), hf_model_pretrained=False)
+        model_class = CustomTextCLIP
+        from open_clip.hf_configs import arch_dict
+
+        pooler = text_cfg.get("hf_pooler_type") or arch_dict[hf_cfg["model_type"]]["pooler"]
+    elif text_cfg.get("hf_tokenizer_name") or custom:
+        raise MaskkitError(f"model.arch: '{name}' has a custom native text tower"
+                           + (f" with the tokenizer '{text_cfg['hf_tokenizer_name']}'" if text_cfg.get("hf_tokenizer_name") else "")
+                           + "; maskkit supports CLIP's text tower (CLIP's BPE) and Hugging Face text towers (text_cfg.hf_model_name)")
+    else:
+        model_class, tok, pooler = CLIP, None, text_cfg.get("pool_type", "argmax")
+    try:  # as open_clip.create_model builds it (fp32, on the CPU), without its hub look-ups
+        model = model_class(**cfg, vision_cfg=vision_cfg, text_cfg=text_cfg)
+    except Exception as exc:
+        raise MaskkitError(f"model.arch: cannot build '{name}' ({_one_line(exc)})") from None
+    if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
+        raise MaskkitError(f"model.arch: '{name}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
+    from open_clip.model import CLIPTextCfg
+
+    context = int(text_cfg.get("context_length", CLIPTextCfg.context_length))  # open_clip's default (77) when unset
+    if hf:
+        limit = hf_text.max_positions(model.text.config)
+        if limit and context > limit:
+            raise MaskkitError(f"model.arch: '{name}' text_cfg.context_length {context} exceeds the {limit} positions of "
+                               f"the text tower {folder / 'config.json'}")
+        if model.text.config.pad_token_id is None:
+            raise MaskkitError(f"{key}: {folder / 'config.json'} has no pad_token_id; the text tower needs one to skip padding")
+    model.maskkit_text = TextSpec(str(tok) if tok is not None else None, context, POOLING.get(pooler, pooler))
     if patch_embed == "conv_stem":
         model.visual.conv1 = ConvStem(model.visual.patch_size[0], model.visual.conv1.out_channels)
     return model
+
+
+def tower_tokenizer(clip):
+    """The :class:`~maskkit.data.tokenize.TextTokenizer` of a model made by :func:`create_clip`:
+    CLIP's BPE for CLIP's text tower, the tower's own Hugging Face fast tokenizer otherwise.
+    Refuses a tokenizer whose ids the tower cannot embed or whose pad id is not the tower's."""
+    from ..data.tokenize import HFReportTokenizer, ReportTokenizer
+    from . import hf_text
+
+    spec: TextSpec = clip.maskkit_text
+    if spec.tokenizer is None:
+        tok = ReportTokenizer(spec.context_length, pooling=spec.pooling)
+        if tok.vocab_size > clip.vocab_size:
+            raise MaskkitError(f"model.arch: the text tower embeds {clip.vocab_size} token ids, fewer than CLIP's BPE "
+                               f"vocabulary of {tok.vocab_size}")
+        return tok
+    tok = HFReportTokenizer(spec.tokenizer, spec.context_length, pooling=spec.pooling)
+    rows = clip.text.transformer.get_input_embeddings().num_embeddings
+    if tok.vocab_size > rows:
+        raise MaskkitError(f"text tower tokenizer: {spec.tokenizer} has {tok.vocab_size} tokens, more than the "
+                           f"{rows} rows of the text tower's token embedding")
+    if hf_text.is_hf_tower(clip) and tok.pad_id != clip.text.config.pad_token_id:
+        raise MaskkitError(f"text tower tokenizer: {spec.tokenizer} pads with id {tok.pad_id}, the text tower's config "
+                           f"with pad_token_id {clip.text.config.pad_token_id}; expected the same id")
+    return tok
+
+
+def text_is_causal(clip) -> bool:
+    """Whether position ``t`` of the text tower sees only positions ``<= t`` (CLIP's causal mask;
+    False for BERT-style bidirectional towers and CLIP towers built without the causal mask)."""
+    from . import hf_text
+
+    if hf_text.is_hf_tower(clip):
+        return bool(getattr(clip.text.config, "is_decoder", False))
+    return clip.attn_mask is not None
+
+
+def text_width(clip) -> int:
+    """The width of the text tower's token embeddings."""
+    from . import hf_text
+
+    return hf_text.text_width(clip.text) if hf_text.is_hf_tower(clip) else int(clip.token_embedding.weight.shape[1])
 
 
 #: keys OpenAI's TorchScript archives hold besides the weights (open_clip drops them too)
@@ -312,7 +448,13 @@ def text_tokens(clip, ids: torch.Tensor, replace: torch.Tensor | None = None, ma
     """Run the text tower on ids ``[B, L]``: (pooled ``[B, C]``, E_report ``[B, L, C]``, eq. 2).
 
     With ``replace`` (``[B, L]`` bool), those positions get ``mask_embedding`` instead of their token.
+    CLIP's tower or an HF one (:func:`maskkit.model.hf_text.hf_text_tokens`); pooled equals
+    open_clip's ``encode_text``.
     """
+    from .hf_text import hf_text_tokens, is_hf_tower
+
+    if is_hf_tower(clip):
+        return hf_text_tokens(clip.text, ids, replace, mask_embedding)
     cast = clip.transformer.get_cast_dtype()
     x = clip.token_embedding(ids).to(cast)
     if replace is not None:

@@ -17,14 +17,15 @@ from torch import nn
 
 from ..compose import build_strategy
 from ..core import MaskContext
-from ..data.tokenize import ReportTokenizer
 from ..errors import MaskkitError
 from ..masking import STREAMS, check_mask, mask_generator
 from .config import ModelConfig
 from .mim import MIMDecoder
 from .mlm import TextDecoder
 from .output import XLIPOutput
-from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens, unpatchify
+from .hf_text import load_text_folder, transformers_folder
+from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
+                     tower_tokenizer, unpatchify)
 from .weights import architecture, hub_notes
 
 
@@ -51,18 +52,23 @@ class XLIP(nn.Module):
                  text_mask: Any = None, weights: bool = True) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        self.arch, self.hub = architecture(cfg.arch, cfg.pretrained)  # an open_clip folder is the architecture
-        self.clip = create_clip(self.arch, cfg.patch_embed)
-        self.load_report = load_pretrained(self.clip, cfg.pretrained) if cfg.pretrained and weights else None
-        if self.load_report and self.hub is not None:
-            self.load_report += hub_notes(self.hub, cfg)
+        text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
+        # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
+        self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
+        self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder)
+        self.load_report = None
+        if cfg.pretrained and weights:
+            self.load_report = (load_text_folder(self.clip, text_folder) if text_folder is not None
+                                else load_pretrained(self.clip, cfg.pretrained))
+            if self.hub is not None:
+                self.load_report += hub_notes(self.hub, cfg)
         v = self.clip.visual
         self.patch = v.patch_size[0]
         self.grid = tuple(v.grid_size)
         self.image_size = v.image_size[0]
-        C = self.clip.text_projection.shape[1] if not isinstance(self.clip.text_projection, nn.Linear) else self.clip.text_projection.out_features
-        self.embed_dim = C
-        self.context_length = self.clip.context_length
+        self.embed_dim = C = v.output_dim
+        self.tokenizer = tower_tokenizer(self.clip)
+        self.context_length = self.tokenizer.context_length
         self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
         self.register_buffer("_key_coef", report_key_coefficients(self.context_length), persistent=False)
@@ -84,14 +90,16 @@ class XLIP(nn.Module):
                 raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
         self.decoder = MIMDecoder(C, self.grid, self.patch, cfg.mim.decoder_width, cfg.mim.decoder_depth, cfg.mim.decoder_heads) \
             if (self.image_mask is not None or self.image_only_mask is not None) else None
-        self.text_decoder = TextDecoder(C, self.clip.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
+        self.text_decoder = TextDecoder(C, self.tokenizer.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
             if self.text_mask is not None else None
-        self.mask_embedding = nn.Parameter(torch.zeros(self.clip.token_embedding.weight.shape[1])) \
-            if self.text_mask is not None and cfg.mlm.mode == "input" else None
-        self.tokenizer = ReportTokenizer(self.context_length)
+        if self.text_mask is not None and cfg.mlm.mode == "loss" and not text_is_causal(self.clip):
+            raise MaskkitError(f"model.mlm.mode=loss: the text tower of {cfg.arch} is bidirectional, so the clean E_report at "
+                               f"position t-1 has seen token t, the target; use model.mlm.mode=input")
+        self.mask_id = mask_token_id(cfg.mlm.mask_token, self.tokenizer) if self.text_mask is not None and cfg.mlm.mode == "input" else None
+        self.mask_embedding = nn.Parameter(torch.zeros(text_width(self.clip))) \
+            if self.text_mask is not None and cfg.mlm.mode == "input" and self.mask_id is None else None
         enc = self.tokenizer(list(cfg.prompts))
-        width = int(enc.valid.sum(1).max())  # prompts are short: encode only their real length
-        self._prompt_ids = type(enc)(enc.ids[:, :width], enc.valid[:, :width], enc.spans)
+        self._prompt_ids = enc[:int(enc.valid.sum(1).max())]  # prompts are short: encode only their real length
         self._needs_prompts = any(s is not None and "prompt_tokens" in s.all_requires for s in built.values())
 
     @classmethod
@@ -172,13 +180,16 @@ class XLIP(nn.Module):
                    e_rep: torch.Tensor):
         """EntMLM's decoder pass: (hidden ``[B, T, C]``, selected ``[B, T]`` bool).
 
-        ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the mask
-        embedding; ``loss`` feeds the clean E_report.
+        ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the
+        tokenizer's mask token (``self.mask_id``, BERT's ``[MASK]``) or the learned mask embedding
+        (``model.mlm.mask_token``); ``loss`` feeds the clean E_report (causal towers only).
         """
         B, T = ids.shape
         attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend
         selected = _selected_positions(attn)
-        if self.config.mlm.mode == "input":
+        if self.config.mlm.mode == "input" and self.mask_id is not None:
+            _, dec_in = text_tokens(self.clip, ids.masked_fill(selected & valid, self.mask_id))
+        elif self.config.mlm.mode == "input":
             _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
         else:
             dec_in = e_rep
@@ -305,6 +316,18 @@ def report_keys(ids: torch.Tensor, valid: torch.Tensor, paired: torch.Tensor, co
     h1 = (x % _KEY_PRIMES[0] * c[0]).sum(1) % _KEY_PRIMES[0]
     h2 = (x % _KEY_PRIMES[1] * c[1]).sum(1) % _KEY_PRIMES[1]
     return torch.where(paired.bool(), h1 * _KEY_PRIMES[1] + h2, torch.full_like(h1, -1))
+
+
+def mask_token_id(choice: str, tokenizer) -> int | None:
+    """The id that hides a selected token (``model.mlm.mask_token``), or None for the learned
+    embedding: ``tokenizer`` needs a mask token, ``auto`` takes it when there is one (BERT's
+    ``[MASK]``; CLIP's BPE has none)."""
+    if choice == "learned" or (choice == "auto" and tokenizer.mask_id is None):
+        return None
+    if tokenizer.mask_id is None:
+        raise MaskkitError(f"model.mlm.mask_token=tokenizer: the text tower's tokenizer ({tokenizer.name}) has no mask "
+                           f"token; use model.mlm.mask_token=learned or auto")
+    return tokenizer.mask_id
 
 
 def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
