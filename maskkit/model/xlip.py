@@ -20,8 +20,8 @@ from ..core import MaskContext
 from ..data.tokenize import ReportTokenizer
 from ..errors import MaskkitError
 from ..masking import STREAMS, check_mask, mask_generator
-from .config import ModelConfig
-from .mim import MIMDecoder
+from .config import ModelConfig, check_image_path
+from .mim import MIMDecoder, visible_positions
 from .mlm import TextDecoder
 from .output import XLIPOutput
 from .towers import create_clip, image_tokens, load_pretrained, patchify, text_tokens, unpatchify
@@ -76,6 +76,12 @@ class XLIP(nn.Module):
             s = built[name]
             if s is not None and s.output != "tokens":
                 raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
+        try:
+            check_image_path(cfg, self.image_mask is not None or self.image_only_mask is not None)
+        except ValueError as exc:
+            raise MaskkitError(str(exc)) from None
+        g = cfg.mim.guide_scale
+        self.guide_grid = (max(1, round(self.grid[0] * g)), max(1, round(self.grid[1] * g)))
         self.decoder = MIMDecoder(C, self.grid, self.patch, cfg.mim.decoder_width, cfg.mim.decoder_depth, cfg.mim.decoder_heads) \
             if (self.image_mask is not None or self.image_only_mask is not None) else None
         self.text_decoder = TextDecoder(C, self.clip.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
@@ -108,6 +114,48 @@ class XLIP(nn.Module):
     def encode_image(self, images: torch.Tensor):
         """(pooled ``[B, C]``, E_img ``[B, N, C]``) of grayscale images in [0, 1]."""
         return image_tokens(self.clip, self.normalise(images))
+
+    def mask_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tokens ``[B, N, C]`` the image mask trees see in training, for grayscale images
+        in [0, 1]: E_img of the full image, or in ``mim.placement=sparse`` the guide tokens
+        (:meth:`guide_tokens`). ``maskkit eval masks`` measures masks on these."""
+        x = self.normalise(images)
+        if self.config.mim.placement == "sparse":
+            return self.guide_tokens(x)
+        return image_tokens(self.clip, x)[1]
+
+    @torch.no_grad()
+    def guide_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The guidance of ``mim.placement=sparse``: ``[B, N, C]`` patch tokens of the normalised
+        images ``x`` ``[B, 3, H, W]`` seen at low resolution, on the full token grid.
+
+        The images are resized (bilinear, antialiased) to the guide grid ``self.guide_grid``
+        (``mim.guide_scale`` of each side, in whole patches), encoded by the image tower without
+        gradient, with its position embeddings resampled to that grid and any BatchNorm of the
+        patch embedding in eval mode (running statistics: each row's guidance is its own, on every
+        rank, and the guide never moves the statistics), and the tokens resized bilinearly back to
+        the full grid. No gradient: like the report and prompt features, guidance steers the mask
+        and learns nothing."""
+        import torch.nn.functional as F
+
+        gh, gw = self.guide_grid
+        B = x.shape[0]
+        if (gh, gw) != self.grid:
+            x = F.interpolate(x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False, antialias=True)
+        with _batchnorm_eval(self.clip.visual):
+            _, tok = image_tokens(self.clip, x)
+        if (gh, gw) != self.grid:
+            C = tok.shape[-1]
+            grid = tok.transpose(1, 2).reshape(B, C, gh, gw)
+            tok = F.interpolate(grid, size=self.grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+        return tok
+
+    def hide_pixels(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, 3, H, W]`` with the pixels of the masked patches (``mask`` ``[B, N]``) set to 0,
+        the normalised mean: a convolutional stem would otherwise carry them into the visible
+        tokens through its receptive field; for the linear embedding this changes nothing."""
+        hidden = unpatchify(mask[:, :, None].expand(-1, -1, self.patch ** 2), self.patch, *self.grid)  # [B, 1, H, W]
+        return x.masked_fill(hidden, 0.0)
 
     def encode_text(self, ids: torch.Tensor):
         """(pooled ``[B, C]``, E_report ``[B, T, C]``) of token ids."""
@@ -162,42 +210,59 @@ class XLIP(nn.Module):
         return torch.where(paired[:, None], masks["image_mask"], masks["image_only_mask"])
 
     def mlm_hidden(self, ids: torch.Tensor, valid: torch.Tensor, ctx: MaskContext, image_tokens: torch.Tensor,
-                   e_rep: torch.Tensor):
+                   e_rep: torch.Tensor, image_padding: torch.Tensor | None = None):
         """EntMLM's decoder pass: (hidden ``[B, T, C]``, selected ``[B, T]`` bool).
 
         ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the mask
-        embedding; ``loss`` feeds the clean E_report.
+        embedding; ``loss`` feeds the clean E_report; ``causal`` feeds the clean E_report to a
+        decoder whose self-attention is strictly causal (the text mask only picks the targets:
+        position ``t-1`` predicts a selected token ``t`` from the clean tokens before it, which a
+        causal text tower's features cannot hold; A48e). ``image_padding`` ``[B, N]`` bool marks
+        image slots that are padding (sparse placement).
         """
         B, T = ids.shape
         attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend
         selected = _selected_positions(attn)
-        if self.config.mlm.mode == "input":
+        mode = self.config.mlm.mode
+        if mode == "input":
             _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
         else:
             dec_in = e_rep
-        return self.text_decoder(dec_in, image_tokens, attn, ~valid), selected
+        if mode == "causal":
+            attn = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1).expand(B, T, T)
+        return self.text_decoder(dec_in, image_tokens, attn, ~valid, image_padding), selected
 
-    def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor,
+                    visible: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """AttMIM's decoder output ``[B, N, P]`` for the mask ``[B, N]`` (``mim.placement``).
 
         ``feature`` (eq. 9): the decoder sees the full-image features with masked ones replaced.
         ``input`` (MAE): the encoder runs again on the visible patches only; rows may keep
         different counts (padding plus a key-padding mask), so no masked patch reaches the encoder.
-        The masked patches' pixels are set to 0 (the normalised mean) first: a convolutional stem
-        (``model.patch_embed=conv_stem``) would otherwise carry them into the visible tokens
-        through its receptive field; for the linear embedding this changes nothing.
+        The masked patches' pixels are set to 0 (the normalised mean) first (:meth:`hide_pixels`).
+        ``sparse``: ``e_img`` already holds the visible tokens at ``visible`` = (``keep``,
+        ``keep_valid``) (the forward's one encoder pass). ``mim.decoder_queries=masked`` runs
+        :meth:`MIMDecoder.forward_masked` (MILAN), else :meth:`MIMDecoder.forward_visible`.
         """
         if self.config.mim.placement == "feature":
             return self.decoder(e_img, mask)
-        hidden = unpatchify(mask[:, :, None].expand(-1, -1, self.patch ** 2), self.patch, *self.grid)  # [B, 1, H, W]
-        x = x.masked_fill(hidden, 0.0)
-        n_vis = (~mask).sum(1)                                   # [B]
-        K = int(n_vis.max())                                     # one host sync per step, for the shape
-        order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
-        keep = order[:, :K]                                      # visible patches first, in position order
-        keep_valid = torch.arange(K, device=mask.device)[None, :] < n_vis[:, None]
-        _, vis = image_tokens(self.clip, x, keep=keep, keep_valid=keep_valid)
-        return self.decoder.forward_visible(vis, keep, mask.shape[1], keep_valid)
+        if visible is None:
+            keep, keep_valid = visible_positions(mask)           # visible patches first, in position order
+            _, e_img = image_tokens(self.clip, self.hide_pixels(x, mask), keep=keep, keep_valid=keep_valid)
+        else:
+            keep, keep_valid = visible
+        if self.config.mim.decoder_queries == "masked":
+            return self.decoder.forward_masked(e_img, keep, keep_valid, mask)
+        return self.decoder.forward_visible(e_img, keep, mask.shape[1], keep_valid)
+
+    def dropped_patches(self, B: int, seed: int, device) -> torch.Tensor:
+        """FLIP's patch dropout (``model.patch_dropout``): ``[B, K]`` long, the patch indices each row
+        keeps, ``K = max(1, round((1 - patch_dropout) · N))`` drawn uniformly per row (in position
+        order) from the step's ``patch_dropout`` stream of :func:`maskkit.masking.mask_generator`."""
+        N = self.grid[0] * self.grid[1]
+        K = max(1, round((1 - self.config.patch_dropout) * N))
+        u = torch.rand(B, N, generator=mask_generator(seed, "patch_dropout", device), device=device)
+        return u.argsort(1)[:, :K].sort(1).values
 
     # --- forward -------------------------------------------------------------------------
     def forward(self, batch: dict, seed: int = 0) -> XLIPOutput:
@@ -218,24 +283,44 @@ class XLIP(nn.Module):
         valid = batch["text_valid"].to(dev)
         key = report_keys(ids, valid, paired, self._key_coef)
         x = self.normalise(images)
-        pooled_img, e_img = image_tokens(self.clip, x)
-        pooled_txt, e_rep = text_tokens(self.clip, ids)
+        sparse = self.config.mim.placement == "sparse"
+        visible = img_padding = None
+        if sparse:  # the guide steers the mask; the one gradient pass encodes the visible patches only
+            pooled_txt, e_rep = text_tokens(self.clip, ids)
+            ctx = self.mask_contexts(self.guide_tokens(x), e_rep, valid, batch.get("entities"), seed)
+            mask = self.image_masks(ctx, paired)
+            visible = visible_positions(mask)
+            img_padding = ~visible[1]
+            pooled_img, e_img = image_tokens(self.clip, self.hide_pixels(x, mask), keep=visible[0], keep_valid=visible[1])
+        else:
+            keep = self.dropped_patches(x.shape[0], seed, x.device) if self.training and self.config.patch_dropout > 0 else None
+            pooled_img, e_img = image_tokens(self.clip, x, keep=keep)
+            pooled_txt, e_rep = text_tokens(self.clip, ids)
         out = XLIPOutput(pooled_img, pooled_txt, paired, key, self.clip.logit_scale)
         if self.decoder is None and self.text_decoder is None:
             return out
-        ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
+        if not sparse:
+            ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
         if self.decoder is not None:
-            out.mim_mask = self.image_masks(ctx, paired)
-            out.mim_pred = self.reconstruct(x, e_img, out.mim_mask)
+            out.mim_mask = mask if sparse else self.image_masks(ctx, paired)
+            out.mim_pred = self.reconstruct(x, e_img, out.mim_mask, visible)
             out.mim_target = patchify(images[:, :1], self.patch)
         if self.text_decoder is not None:
-            hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep)
+            hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep, img_padding)
             targets = selected & valid & paired[:, None]
             sel = targets[:, 1:]                                 # position t-1 predicts token t
             out.mlm_logits = self.text_decoder.head(hidden[:, :-1][sel])
             out.mlm_labels = ids[:, 1:][sel]
             out.mlm_selected = selected
         return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """``train.grad_checkpointing``: recompute the activations of both towers' blocks (open_clip's
+        ``set_grad_checkpointing``) and of the MIM decoder's blocks in the backward instead of
+        storing them. Changes memory and time, never a value."""
+        self.clip.set_grad_checkpointing(enable)
+        if self.decoder is not None:
+            self.decoder.grad_checkpointing = enable
 
     @torch.no_grad()
     def constrain_(self) -> None:
@@ -307,3 +392,22 @@ def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
     it is every position but the first (captioning).
     """
     return attn.any(dim=1)
+
+
+class _batchnorm_eval:
+    """Within the block, every BatchNorm of ``module`` in eval mode (running statistics, none
+    updated, no collective); their modes restored after."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def __enter__(self):
+        self.modes = [m.training for m in self.norms]
+        for m in self.norms:
+            m.training = False
+        return self
+
+    def __exit__(self, *exc):
+        for m, mode in zip(self.norms, self.modes):
+            m.training = mode
+        return False
