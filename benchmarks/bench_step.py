@@ -37,7 +37,7 @@ CONFIGS = {  # label: (strategy trees, model keys over the preset's and the comm
     # xlip-sparse with one of its choices undone (docs/assumptions.md A48e)
     "sparse-mae-decoder": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "decoder_queries": "all"}}),
     "sparse-mlm-input": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mlm": {"mode": "input"}}),
-    "sparse-full-guide": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "guide_scale": 1.0}}),
+    "sparse-lowres-0.6": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "lowres_scale": 0.6}}),
     # ablations for the breakdown
     "mim-only": ({"image_mask": attmim(), "image_only_mask": IMAGE_ONLY, "text_mask": None}, {}),
     "mim-no-prompt": ({"image_mask": attmim(["report_cross", "image_self"]), "image_only_mask": {"image_self": {"ratio": 0.75}},

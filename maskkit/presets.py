@@ -66,7 +66,7 @@ GUIDED_IMAGE_ONLY = guided(["prompt_driven", "image_self"])
 #: half); ``mim.placement=sparse`` with MILAN's decoder, EntMLM's causal mode (one text pass). A48e.
 SPARSE = guided(ratio=0.5)
 SPARSE_IMAGE_ONLY = guided(["prompt_driven", "image_self"], ratio=0.5)
-SPARSE_MODEL = {"mim": {"placement": "sparse", "guide_scale": 0.6, "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
+SPARSE_MODEL = {"mim": {"placement": "sparse", "lowres_scale": 0.5, "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
 
 
 def _single(name: str) -> dict[str, Any]:
@@ -107,9 +107,9 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "t3_attmim_input": (_row(attmim(), image_only=IMAGE_ONLY) | {"model": {"mim": {"placement": "input"}}},
                         "Table III AttMIM with MAE input placement (the encoder sees only visible patches; A9)."),
     "xlip-sparse": (_row(SPARSE, image_only=SPARSE_IMAGE_ONLY, text=entmlm(0.2)) | {"model": SPARSE_MODEL},
-                    "Guided sparse encoding (issue 21, not the paper's): a no-grad low-resolution guide pass (0.6 of each side) steers the guided AttMIM "
-                    "(λ2=0.5); the one gradient pass encodes only the visible half at full resolution and trains all three terms; "
-                    "MILAN decoder (masked queries), EntMLM with a causal decoder (one text pass). Below a CLIP step's cost (A48e)."),
+                    "Guided sparse encoding (issue 21, not the paper's): a half-resolution view of the whole image trains the alignment "
+                    "and steers the guided AttMIM (λ2=0.5); the full-resolution pass encodes only the visible half for MIM (MILAN decoder); "
+                    "EntMLM with a causal decoder (one text pass). About a CLIP step's cost (A48e)."),
     "clip-flip": (_row(None, None, warmup=False) | {"model": {"patch_dropout": 0.5}},
                   "CLIP baseline with FLIP patch dropout: half the image patches, drawn at random, dropped before the encoder in training."),
 }

@@ -23,8 +23,8 @@ PLACEMENTS = ("feature", "input", "sparse")
 
 
 class MIMConfig(Strict):
-    placement: Literal[PLACEMENTS] = Field("feature", description="mask encoded features (paper, eq. 9), input patches (MAE), or sparse: a no-grad low-resolution guide pass steers the masks and the one gradient pass encodes only the visible patches (issue 21, docs/model.md)")
-    guide_scale: float = Field(0.6, gt=0, le=1, description="placement=sparse: side of the guide view as a fraction of the image's (grid rounded, at least 1 token per side; 1: a full-resolution guide)")
+    placement: Literal[PLACEMENTS] = Field("feature", description="mask encoded features (paper, eq. 9), input patches (MAE), or sparse: a low-resolution view of the whole image trains the alignment and steers the mask, and the full-resolution pass encodes only the visible patches (issue 21, docs/model.md)")
+    lowres_scale: float = Field(0.5, gt=0, le=1, description="placement=sparse: side of the low-resolution view as a fraction of the image's (its grid rounded, at least 1 token per side)")
     decoder_queries: Literal["all", "masked"] = Field("all", description="all: the decoder runs on every token (MAE); masked: only the masked tokens are queries, the visible ones fixed keys and values (MILAN); needs placement input or sparse")
     decoder_depth: int = Field(8, ge=1, description="MAE decoder blocks (paper: 8)")
     decoder_width: int = Field(512, ge=8, description="MAE decoder width")

@@ -22,18 +22,14 @@ class TextDecoder(nn.Module):
         self.head = nn.Linear(dim, vocab, bias=False)
         nn.init.normal_(self.pos, std=0.01)
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor, attn_mask: torch.Tensor, key_padding: torch.Tensor,
-                image_padding: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, text: torch.Tensor, image: torch.Tensor, attn_mask: torch.Tensor, key_padding: torch.Tensor) -> torch.Tensor:
         """attn_mask: ``[B, T, T]`` bool, True = may not attend (maskkit's convention, also
-        nn.MultiheadAttention's); key_padding: ``[B, T]`` bool, True = padding; image_padding:
-        ``[B, N]`` bool, True = an image slot that is padding (rows of a sparse encoding that
-        keep fewer tokens than others), never attended; None: every image token is real."""
+        nn.MultiheadAttention's); key_padding: ``[B, T]`` bool, True = padding."""
         B, T, _ = text.shape
         # a query row that may attend to nothing would give NaN: let it see itself
         eye = torch.eye(T, dtype=torch.bool, device=text.device)
         blocked = attn_mask | key_padding.unsqueeze(1)
         blocked = blocked & ~eye
         m = blocked.repeat_interleave(self.heads, 0)  # [B * heads, T, T]
-        return self.layers(text + self.pos[:, :T].to(text.dtype), image, tgt_mask=m, tgt_is_causal=False,
-                           memory_key_padding_mask=image_padding)
+        return self.layers(text + self.pos[:, :T].to(text.dtype), image, tgt_mask=m, tgt_is_causal=False)
 

@@ -80,8 +80,8 @@ class XLIP(nn.Module):
             check_image_path(cfg, self.image_mask is not None or self.image_only_mask is not None)
         except ValueError as exc:
             raise MaskkitError(str(exc)) from None
-        g = cfg.mim.guide_scale
-        self.guide_grid = (max(1, round(self.grid[0] * g)), max(1, round(self.grid[1] * g)))
+        g = cfg.mim.lowres_scale
+        self.lowres_grid = (max(1, round(self.grid[0] * g)), max(1, round(self.grid[1] * g)))
         self.decoder = MIMDecoder(C, self.grid, self.patch, cfg.mim.decoder_width, cfg.mim.decoder_depth, cfg.mim.decoder_heads) \
             if (self.image_mask is not None or self.image_only_mask is not None) else None
         self.text_decoder = TextDecoder(C, self.clip.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
@@ -117,38 +117,45 @@ class XLIP(nn.Module):
 
     def mask_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """The image tokens ``[B, N, C]`` the image mask trees see in training, for grayscale images
-        in [0, 1]: E_img of the full image, or in ``mim.placement=sparse`` the guide tokens
-        (:meth:`guide_tokens`). ``maskkit eval masks`` measures masks on these."""
+        in [0, 1]: E_img of the full image, or in ``mim.placement=sparse`` the low-resolution view's
+        tokens on the full grid (:meth:`guide_tokens`). ``maskkit eval masks`` measures masks on these."""
         x = self.normalise(images)
         if self.config.mim.placement == "sparse":
             return self.guide_tokens(x)
         return image_tokens(self.clip, x)[1]
 
-    @torch.no_grad()
-    def guide_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """The guidance of ``mim.placement=sparse``: ``[B, N, C]`` patch tokens of the normalised
-        images ``x`` ``[B, 3, H, W]`` seen at low resolution, on the full token grid.
-
-        The images are resized (bilinear, antialiased) to the guide grid ``self.guide_grid``
-        (``mim.guide_scale`` of each side, in whole patches), encoded by the image tower without
-        gradient, with its position embeddings resampled to that grid and any BatchNorm of the
-        patch embedding in eval mode (running statistics: each row's guidance is its own, on every
-        rank, and the guide never moves the statistics), and the tokens resized bilinearly back to
-        the full grid. No gradient: like the report and prompt features, guidance steers the mask
-        and learns nothing."""
+    def lowres_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low-resolution view of ``mim.placement=sparse``: (pooled ``[B, C]``, tokens
+        ``[B, n, C]``) of the normalised images ``x`` ``[B, 3, H, W]`` resized (bilinear,
+        antialiased) to ``self.lowres_grid`` patches (``mim.lowres_scale`` of each side; ``n`` =
+        its token count) and encoded by the image tower with its position embeddings resampled to
+        that grid (CLIPA's low-resolution training). With gradient: it trains the alignment loss
+        and is EntMLM's image memory; its detached tokens are the guidance (:meth:`upsample_tokens`)."""
         import torch.nn.functional as F
 
-        gh, gw = self.guide_grid
-        B = x.shape[0]
+        gh, gw = self.lowres_grid
         if (gh, gw) != self.grid:
             x = F.interpolate(x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False, antialias=True)
-        with _batchnorm_eval(self.clip.visual):
-            _, tok = image_tokens(self.clip, x)
-        if (gh, gw) != self.grid:
-            C = tok.shape[-1]
-            grid = tok.transpose(1, 2).reshape(B, C, gh, gw)
-            tok = F.interpolate(grid, size=self.grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
-        return tok
+        return image_tokens(self.clip, x)
+
+    def upsample_tokens(self, tok: torch.Tensor) -> torch.Tensor:
+        """Low-resolution tokens ``[B, gh*gw, C]`` on the full token grid ``[B, N, C]`` (bilinear), where
+        the image mask trees read them."""
+        import torch.nn.functional as F
+
+        gh, gw = self.lowres_grid
+        if (gh, gw) == self.grid:
+            return tok
+        B, _, C = tok.shape
+        grid = tok.transpose(1, 2).reshape(B, C, gh, gw)
+        return F.interpolate(grid, size=self.grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def guide_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The guidance of ``mim.placement=sparse`` for normalised images ``x``: the low-resolution
+        view's tokens (:meth:`lowres_tokens`) on the full grid (:meth:`upsample_tokens`), ``[B, N, C]``,
+        without gradient. Training computes the same from its gradient pass, detached."""
+        return self.upsample_tokens(self.lowres_tokens(x)[1])
 
     def hide_pixels(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``x`` ``[B, 3, H, W]`` with the pixels of the masked patches (``mask`` ``[B, N]``) set to 0,
@@ -210,15 +217,14 @@ class XLIP(nn.Module):
         return torch.where(paired[:, None], masks["image_mask"], masks["image_only_mask"])
 
     def mlm_hidden(self, ids: torch.Tensor, valid: torch.Tensor, ctx: MaskContext, image_tokens: torch.Tensor,
-                   e_rep: torch.Tensor, image_padding: torch.Tensor | None = None):
+                   e_rep: torch.Tensor):
         """EntMLM's decoder pass: (hidden ``[B, T, C]``, selected ``[B, T]`` bool).
 
         ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the mask
         embedding; ``loss`` feeds the clean E_report; ``causal`` feeds the clean E_report to a
         decoder whose self-attention is strictly causal (the text mask only picks the targets:
         position ``t-1`` predicts a selected token ``t`` from the clean tokens before it, which a
-        causal text tower's features cannot hold; A48e). ``image_padding`` ``[B, N]`` bool marks
-        image slots that are padding (sparse placement).
+        causal text tower's features cannot hold; A48e).
         """
         B, T = ids.shape
         attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend
@@ -230,7 +236,7 @@ class XLIP(nn.Module):
             dec_in = e_rep
         if mode == "causal":
             attn = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1).expand(B, T, T)
-        return self.text_decoder(dec_in, image_tokens, attn, ~valid, image_padding), selected
+        return self.text_decoder(dec_in, image_tokens, attn, ~valid), selected
 
     def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor,
                     visible: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -284,14 +290,14 @@ class XLIP(nn.Module):
         key = report_keys(ids, valid, paired, self._key_coef)
         x = self.normalise(images)
         sparse = self.config.mim.placement == "sparse"
-        visible = img_padding = None
-        if sparse:  # the guide steers the mask; the one gradient pass encodes the visible patches only
+        visible = None
+        if sparse:  # the low-resolution view: alignment, EntMLM's memory and (detached) the guidance
+            pooled_img, e_img = self.lowres_tokens(x)
             pooled_txt, e_rep = text_tokens(self.clip, ids)
-            ctx = self.mask_contexts(self.guide_tokens(x), e_rep, valid, batch.get("entities"), seed)
+            ctx = self.mask_contexts(self.upsample_tokens(e_img), e_rep, valid, batch.get("entities"), seed)
             mask = self.image_masks(ctx, paired)
-            visible = visible_positions(mask)
-            img_padding = ~visible[1]
-            pooled_img, e_img = image_tokens(self.clip, self.hide_pixels(x, mask), keep=visible[0], keep_valid=visible[1])
+            visible = visible_positions(mask)   # the full-resolution pass encodes these patches only
+            _, e_vis = image_tokens(self.clip, self.hide_pixels(x, mask), keep=visible[0], keep_valid=visible[1])
         else:
             keep = self.dropped_patches(x.shape[0], seed, x.device) if self.training and self.config.patch_dropout > 0 else None
             pooled_img, e_img = image_tokens(self.clip, x, keep=keep)
@@ -303,10 +309,10 @@ class XLIP(nn.Module):
             ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
         if self.decoder is not None:
             out.mim_mask = mask if sparse else self.image_masks(ctx, paired)
-            out.mim_pred = self.reconstruct(x, e_img, out.mim_mask, visible)
+            out.mim_pred = self.reconstruct(x, e_vis if sparse else e_img, out.mim_mask, visible)
             out.mim_target = patchify(images[:, :1], self.patch)
         if self.text_decoder is not None:
-            hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep, img_padding)
+            hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep)
             targets = selected & valid & paired[:, None]
             sel = targets[:, 1:]                                 # position t-1 predicts token t
             out.mlm_logits = self.text_decoder.head(hidden[:, :-1][sel])
@@ -393,21 +399,3 @@ def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
     """
     return attn.any(dim=1)
 
-
-class _batchnorm_eval:
-    """Within the block, every BatchNorm of ``module`` in eval mode (running statistics, none
-    updated, no collective); their modes restored after."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self):
-        self.modes = [m.training for m in self.norms]
-        for m in self.norms:
-            m.training = False
-        return self
-
-    def __exit__(self, *exc):
-        for m, mode in zip(self.norms, self.modes):
-            m.training = mode
-        return False
