@@ -182,7 +182,8 @@ class ExperimentConfig(Strict):
 
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "model": {"arch": "maskkit-tiny", "patch_embed": "conv_stem", "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4},
+        "model": {"arch": "maskkit-tiny", "patch_embed": "conv_stem",
+                  "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4, "lowres_scale": 0.67},
                   "mlm": {"layers": 2, "heads": 4}},
         "data": {"name": "phantoms", "n": 1024, "val_n": 256, "num_workers": 0},
         "train": {"steps": 240, "batch_size": 16, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05,

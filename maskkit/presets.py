@@ -66,7 +66,9 @@ GUIDED_IMAGE_ONLY = guided(["prompt_driven", "image_self"])
 #: half); ``mim.placement=sparse`` with MILAN's decoder, EntMLM's causal mode (one text pass). A48e.
 SPARSE = guided(ratio=0.5)
 SPARSE_IMAGE_ONLY = guided(["prompt_driven", "image_self"], ratio=0.5)
-SPARSE_MODEL = {"mim": {"placement": "sparse", "lowres_scale": 0.5, "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
+SPARSE_MODEL = {"mim": {"placement": "sparse", "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
+# mim.lowres_scale is the scale's: 0.5 by default (7×7 tokens at ViT-B/16), 0.67 at scale=tiny (4×4 of
+# maskkit-tiny's 6×6: half, 3×3, does not guide; A48e)
 
 
 def _single(name: str) -> dict[str, Any]:
