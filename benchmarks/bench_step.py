@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from maskkit.config import ObjectivesConfig
 from maskkit.model import MIMConfig, MLMConfig, ModelConfig, XLIP
 from maskkit.objectives import Objectives
-from maskkit.presets import IMAGE_ONLY, PRESETS, SPARSE_MODEL, attmim
+from maskkit.presets import IMAGE_ONLY, PRESETS, SPARSE_MODEL, attmim, guided
 
 CONFIGS = {  # label: (strategy trees, model keys over the preset's and the command line's)
     "clip": (PRESETS["clip"][0], {}),
@@ -37,6 +37,8 @@ CONFIGS = {  # label: (strategy trees, model keys over the preset's and the comm
     # xlip-sparse with one of its choices undone (docs/assumptions.md A48e)
     "sparse-mae-decoder": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "decoder_queries": "all"}}),
     "sparse-mlm-input": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mlm": {"mode": "input"}}),
+    "sparse-ratio-0.7": ({**PRESETS["xlip-sparse"][0], "image_mask": guided(ratio=0.7),
+                          "image_only_mask": guided(["prompt_driven", "image_self"], ratio=0.7)}, SPARSE_MODEL),
     "sparse-lowres-0.6": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "lowres_scale": 0.6}}),
     # ablations for the breakdown
     "mim-only": ({"image_mask": attmim(), "image_only_mask": IMAGE_ONLY, "text_mask": None}, {}),

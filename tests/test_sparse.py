@@ -310,4 +310,4 @@ def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
             assert (x[k] is None) == (y[k] is None), (x["step"], k, x[k], y[k])
             assert x[k] is None or abs(x[k] - y[k]) < 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
-    assert cfg["model"]["mim"]["placement"] == "sparse"
+    assert cfg["config"]["model"]["mim"]["placement"] == "sparse"
