@@ -62,9 +62,12 @@ GUIDED = guided()
 GUIDED_IMAGE_ONLY = guided(["prompt_driven", "image_self"])
 
 
-#: xlip-sparse (issue 21): the guided union of xlip-guided at λ2 = 0.5 (the encoder sees the other
-#: half); ``mim.placement=sparse`` with MILAN's decoder, EntMLM's causal mode (one text pass). A48e.
-SPARSE = guided(ratio=0.5)
+#: xlip-sparse (issue 21): two voices weighed equally, as in xlip-guided - the cross-modal children
+#: (report_cross, prompt_driven; image-only rows: prompt_driven and image_self, eq. 15) and
+#: ``atypical`` - ranked subset τ = 0.05 at λ2 = 0.5 (the encoder sees the other half). Chosen on
+#: development phantoms (generator offset 30,000,000) with a seed-0 xlip-sparse model: A48e.
+SPARSE = {"union": {"of": ["report_cross", "prompt_driven", "atypical"], "child_ratio": 0.7, "ratio": 0.5, "subset": "ranked",
+                    "temperature": 0.05, "weights": [1.0, 1.0, 2.0]}}
 SPARSE_IMAGE_ONLY = guided(["prompt_driven", "image_self"], ratio=0.5)
 SPARSE_MODEL = {"mim": {"placement": "sparse", "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
 # mim.lowres_scale is the scale's: 0.5 by default (7×7 tokens at ViT-B/16), 0.67 at scale=tiny (4×4 of
