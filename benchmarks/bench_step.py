@@ -8,7 +8,8 @@
 The configurations are timed interleaved (CLIP, XLIP-feature, XLIP-input, CLIP, ...), so machine
 drift lands in every configuration alike; each XLIP/CLIP ratio is taken round by round and the
 median is reported, beside the FLOP ratio counted with ``torch.utils.flop_counter`` for one full
-step (forward + backward). ``--breakdown`` adds FLOPs of the ablations that isolate what each
+step (forward + backward). A label may end in ``+compile`` (``train.compile``) or ``+gc``
+(``train.grad_checkpointing``); ``--memory`` prints the activations each step keeps for its backward. ``--breakdown`` adds FLOPs of the ablations that isolate what each
 extra term costs: the MIM decoder (with its mask scoring), the prompt pass, the text decoder and
 the second text-tower pass of ``mlm.mode=input``. On a GPU it also prints MFU against ``--peak-tflops``.
 """
@@ -109,6 +110,26 @@ class Runner:
         self.i += 1
         return time.perf_counter() - t0
 
+    def saved_bytes(self) -> int:
+        """Bytes of the tensors one step's forward keeps for its backward (distinct storages): the
+        activation memory ``train.grad_checkpointing`` trades for recomputation."""
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            try:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+            except (RuntimeError, NotImplementedError):
+                pass
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
+                total, _ = self.objectives(self.model(self.batch, seed=0))
+        total.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return sum(seen.values())
+
     def flops(self) -> int:
         with FlopCounterMode(display=False) as fc:
             with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
@@ -135,12 +156,16 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="FLOPs of the ablations that isolate each extra term")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100/H200 dense bf16: 989)")
     ap.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
+    ap.add_argument("--memory", action="store_true", help="also the activation memory a step keeps for its backward")
     args = ap.parse_args()
     labels = args.configs.split(",")
     for lab in labels:
         parse_label(lab)
     runners = {lab: Runner(lab, args) for lab in labels}
     flops = {lab: r.flops() for lab, r in runners.items()}
+    if args.memory:
+        for lab, r in runners.items():
+            print(f"{lab:24s} {r.saved_bytes() / 2**20:10.1f} MiB kept for the backward")
     if args.flops_only:
         for lab in labels:
             print(f"{lab:24s} {flops[lab] / 1e9:10.1f} GFLOP/step" + (f"  {flops[lab] / flops['clip']:.3f}x clip" if "clip" in flops else ""))
