@@ -95,11 +95,13 @@ class Runner:
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-5, momentum=0.9)
         self.batch = batch_for(self.model, args.batch, args.device, args.p_unpaired)
         self.device, self.bf16, self.i = args.device, args.bf16, 0
+        self.clock = args.clock
 
     def step(self) -> float:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        clock = time.process_time if self.clock == "process" else time.perf_counter
+        t0 = clock()
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
             total, _ = self.objectives(self.forward(self.batch, seed=self.i))
         self.opt.zero_grad(set_to_none=True)
@@ -108,7 +110,7 @@ class Runner:
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.i += 1
-        return time.perf_counter() - t0
+        return clock() - t0
 
     def saved_bytes(self) -> int:
         """Bytes of the tensors one step's forward keeps for its backward (distinct storages): the
@@ -156,8 +158,14 @@ def main() -> None:
     ap.add_argument("--breakdown", action="store_true", help="FLOPs of the ablations that isolate each extra term")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100/H200 dense bf16: 989)")
     ap.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="wall: elapsed time; process: this process's CPU time (user + sys), steadier on a CPU shared "
+                         "with other jobs (use with --threads 1, so that no thread waits spinning)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--memory", action="store_true", help="also the activation memory a step keeps for its backward")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     labels = args.configs.split(",")
     for lab in labels:
         parse_label(lab)
@@ -176,8 +184,12 @@ def main() -> None:
     for _ in range(args.rounds):
         for lab in labels:
             times[lab].append(runners[lab].step())
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device={args.device} arch={args.arch} batch={args.batch} bf16={args.bf16} "
-          f"decoder={args.decoder_depth}x{args.decoder_width}/{args.decoder_heads} rounds={args.rounds} (interleaved)")
+          f"decoder={args.decoder_depth}x{args.decoder_width}/{args.decoder_heads} rounds={args.rounds} (interleaved) "
+          f"clock={args.clock} threads={torch.get_num_threads()} load average at the end={load:.1f}")
     for lab in labels:
         t = statistics.median(times[lab])
         line = f"{lab:24s} {t:8.3f} s/step  {args.batch / t:8.1f} samples/s  {flops[lab] / 1e9:10.1f} GFLOP/step"

@@ -88,13 +88,17 @@ class MIMDecoder(nn.Module):
         hid, hid_valid = hidden_positions(mask)                       # [B, M] hidden first, in position order
         M = hid.shape[1]
         q = self.mask_token.to(ctx.dtype).expand(B, M, W) + torch.gather(pos, 1, hid.unsqueeze(-1).expand(-1, -1, W))
-        if keep_valid is None:
-            keep_valid = torch.ones(B, K, dtype=torch.bool, device=mask.device)
-        keys = torch.cat([keep_valid, hid_valid], 1)                 # [B, K + M]
-        bias = torch.zeros(keys.shape, dtype=ctx.dtype, device=ctx.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
+        bias = None                                                  # no padding: no mask
+        if keep_valid is not None or hid_valid is not None:
+            ones = torch.ones(B, 1, dtype=torch.bool, device=mask.device)
+            keys = torch.cat([ones.expand(B, K) if keep_valid is None else keep_valid,
+                              ones.expand(B, M) if hid_valid is None else hid_valid], 1)  # [B, K + M]
+            bias = torch.zeros(keys.shape, dtype=ctx.dtype, device=ctx.device).masked_fill(~keys, float("-inf"))[:, None, None, :]
         for blk in self.blocks:
             q = self._run(_masked_block, blk, q, ctx, bias)
-        out = self.pred(self.norm(q)) * hid_valid.unsqueeze(-1).to(dtype)   # padding slots write 0
+        out = self.pred(self.norm(q))
+        if hid_valid is not None:
+            out = out * hid_valid.unsqueeze(-1).to(dtype)           # padding slots write 0
         full = out.new_zeros(B, N, out.shape[-1])
         return full.scatter(1, hid.unsqueeze(-1).expand(-1, -1, out.shape[-1]), out)
 
@@ -108,7 +112,7 @@ def _masked_block(blk, q: torch.Tensor, ctx: torch.Tensor, bias: torch.Tensor) -
 
 def _attend(attn, q_in: torch.Tensor, ctx_in: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     """timm ``Attention`` ``attn`` with queries from ``q_in`` ``[B, M, W]`` and keys/values from
-    ``[ctx_in, q_in]`` ``[B, K + M, W]``; ``bias`` ``[B, 1, 1, K + M]`` additive (-inf: no key)."""
+    ``[ctx_in, q_in]`` ``[B, K + M, W]``; ``bias`` ``[B, 1, 1, K + M]`` additive (-inf: no key) or None."""
     B, M, W = q_in.shape
     H = attn.num_heads
     wq, wk, wv = attn.qkv.weight.chunk(3)
@@ -119,23 +123,23 @@ def _attend(attn, q_in: torch.Tensor, ctx_in: torch.Tensor, bias: torch.Tensor) 
     k = F.linear(kv_in, wk, bk).view(B, L, H, -1).transpose(1, 2)
     v = F.linear(kv_in, wv, bv).view(B, L, H, -1).transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    o = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype))
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=None if bias is None else bias.to(q.dtype))
     return attn.proj(attn.norm(o.transpose(1, 2).reshape(B, M, -1)))
 
 
-def hidden_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(positions [B, M], valid [B, M])`` of the masked tokens of ``mask`` ``[B, N]`` (True =
-    masked), each row's in position order then padded with its visible positions; ``M`` the
-    largest masked count (one host sync, for the shape)."""
+def hidden_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(positions [B, M], valid [B, M] or None)`` of the masked tokens of ``mask`` ``[B, N]``
+    (True = masked), as :func:`visible_positions` gives the visible ones."""
     return visible_positions(~mask)
 
 
-def visible_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def visible_positions(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(keep [B, K], keep_valid [B, K])``: the visible (False) positions of ``mask`` ``[B, N]``,
     each row's in position order then padded with its masked positions (``keep_valid`` False);
-    ``K`` the largest visible count (one host sync, for the shape)."""
+    ``K`` the largest visible count. ``keep_valid`` is None when every row keeps ``K`` (a fixed
+    ratio: no padding, so attention runs without a mask, on its fast path). One host sync."""
     n_vis = (~mask).sum(1)
-    K = int(n_vis.max()) if mask.shape[0] else 0
+    lo, K = torch.stack([n_vis.min(), n_vis.max()]).tolist() if mask.shape[0] else (0, 0)
     order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
     keep = order[:, :K]
-    return keep, torch.arange(K, device=mask.device)[None, :] < n_vis[:, None]
+    return keep, (None if lo == K else torch.arange(K, device=mask.device)[None, :] < n_vis[:, None])
