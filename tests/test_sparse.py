@@ -311,3 +311,50 @@ def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
             assert x[k] is None or abs(x[k] - y[k]) < 1e-4 * max(1.0, abs(x[k])), (x["step"], k, x[k], y[k])
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["config"]["model"]["mim"]["placement"] == "sparse"
+
+
+def _recipe(tmp_path, *extra):
+    from maskkit.config import resolve
+    from maskkit.train import PretrainRecipe
+
+    cfg, src = resolve(["data.n=8", "data.val_n=0", "train.batch_size=4", "runtime.progress=false", "runtime.evaluations=[]",
+                        "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2",
+                        f"runtime.out_dir={tmp_path}", *extra])
+    return PretrainRecipe(cfg, src)
+
+
+def test_train_keys_reach_the_model(tmp_path):
+    """``train.compile`` compiles the module the steps call (the model's own keys stay those the
+    checkpoints hold); ``train.grad_checkpointing`` reaches both towers and the MIM decoder."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    r = _recipe(tmp_path, "preset=xlip-sparse", "train.compile=true", "train.grad_checkpointing=true", "runtime.name=a")
+    try:
+        r.setup()
+        assert isinstance(r.ddp, OptimizedModule) and r.ddp._orig_mod is r.model
+        assert not any(k.startswith("_orig_mod.") for k in r.model.state_dict())
+        assert r.model.clip.visual.transformer.grad_checkpointing and r.model.clip.transformer.grad_checkpointing
+        assert r.model.decoder.grad_checkpointing
+    finally:
+        r.discard_unstarted_run_dir()
+    plain = _recipe(tmp_path, "preset=xlip-sparse", "runtime.name=b")
+    try:
+        plain.setup()
+        assert plain.ddp is plain.model and not plain.model.decoder.grad_checkpointing
+        assert not plain.model.clip.visual.transformer.grad_checkpointing
+    finally:
+        plain.discard_unstarted_run_dir()
+
+
+@pytest.mark.slow
+def test_compiled_steps_equal_eager_steps(tmp_path):
+    """Two training steps with ``train.compile=true`` give the losses of the eager steps."""
+    from maskkit.config import resolve
+    from maskkit.train import train
+
+    base = ["preset=clip", "data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=2", "train.log_every=1",
+            "runtime.progress=false", "runtime.evaluations=[]", f"runtime.out_dir={tmp_path}"]
+    a = train(*resolve(base + ["runtime.name=eager"]))
+    b = train(*resolve(base + ["runtime.name=compiled", "train.compile=true"]))
+    for x, y in zip(a.losses, b.losses):
+        assert abs(x["align_loss"] - y["align_loss"]) < 1e-4 * max(1.0, abs(x["align_loss"])), (x, y)
