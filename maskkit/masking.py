@@ -32,9 +32,11 @@ def mask_seed(train_seed: int, step: int, micro: int = 0) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+@torch.compiler.disable
 def mask_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
     """The ``torch.Generator`` of one stream (:data:`STREAMS` or :data:`EXTRA_STREAMS`) for a step's
-    ``seed``, on ``device``."""
+    ``seed``, on ``device``. Never traced by ``torch.compile`` (``train.compile``): dynamo cannot
+    trace ``Generator.manual_seed``, and a generator is host-side state anyway."""
     streams = STREAMS + EXTRA_STREAMS
     if stream not in streams:
         raise ValueError(f"unknown mask stream '{stream}'; expected one of {', '.join(streams)}")
