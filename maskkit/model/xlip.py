@@ -4,7 +4,9 @@ Data flow (docs/model.md draws it): images -> ViT -> E_img; reports -> text towe
 disease prompts -> text tower -> E_prompt. The configured image strategy masks E_img (paired
 samples: e.g. report ∪ prompt ∪ self; image-only samples: prompt ∪ self); the MAE decoder
 reconstructs the masked patches. The text mask (entity ∩ causal) drives the multimodal text
-decoder, which cross-attends E_img. The losses (eq. 14-16) live in :mod:`maskkit.objectives`.
+decoder, which cross-attends E_img. In ``mim.placement=sparse`` (issue 21) E_img is a
+low-resolution view of the whole image, the masks read it, and a second, full-resolution pass
+encodes only the visible patches for the decoder (docs/model.md). The losses (eq. 14-16) live in :mod:`maskkit.objectives`.
 """
 
 from __future__ import annotations
@@ -247,7 +249,7 @@ class XLIP(nn.Module):
         different counts (padding plus a key-padding mask), so no masked patch reaches the encoder.
         The masked patches' pixels are set to 0 (the normalised mean) first (:meth:`hide_pixels`).
         ``sparse``: ``e_img`` already holds the visible tokens at ``visible`` = (``keep``,
-        ``keep_valid``) (the forward's one encoder pass). ``mim.decoder_queries=masked`` runs
+        ``keep_valid``) (the forward's full-resolution pass). ``mim.decoder_queries=masked`` runs
         :meth:`MIMDecoder.forward_masked` (MILAN), else :meth:`MIMDecoder.forward_visible`.
         """
         if self.config.mim.placement == "feature":
@@ -398,4 +400,3 @@ def _selected_positions(attn: torch.Tensor) -> torch.Tensor:
     it is every position but the first (captioning).
     """
     return attn.any(dim=1)
-
