@@ -8,7 +8,8 @@
 The configurations are timed interleaved (CLIP, XLIP-feature, XLIP-input, CLIP, ...), so machine
 drift lands in every configuration alike; each XLIP/CLIP ratio is taken round by round and the
 median is reported, beside the FLOP ratio counted with ``torch.utils.flop_counter`` for one full
-step (forward + backward). ``--breakdown`` adds FLOPs of the ablations that isolate what each
+step (forward + backward). A label may end in ``+compile`` (``train.compile``) or ``+gc``
+(``train.grad_checkpointing``); ``--memory`` prints the activations each step keeps for its backward. ``--breakdown`` adds FLOPs of the ablations that isolate what each
 extra term costs: the MIM decoder (with its mask scoring), the prompt pass, the text decoder and
 the second text-tower pass of ``mlm.mode=input``. On a GPU it also prints MFU against ``--peak-tflops``.
 """
@@ -25,21 +26,44 @@ from torch.utils.flop_counter import FlopCounterMode
 from maskkit.config import ObjectivesConfig
 from maskkit.model import MIMConfig, MLMConfig, ModelConfig, XLIP
 from maskkit.objectives import Objectives
-from maskkit.presets import IMAGE_ONLY, PRESETS, attmim
+from maskkit.presets import IMAGE_ONLY, PRESETS, SPARSE_MODEL, attmim, guided
 
-CONFIGS = {  # label: (trees, mim placement, mlm mode)
-    "clip": (PRESETS["clip"][0], "feature", "input"),
-    "xlip-feature": (PRESETS["xlip"][0], "feature", "input"),
-    "xlip-input": (PRESETS["xlip"][0], "input", "input"),
-    "xlip-mlm-loss": (PRESETS["xlip"][0], "feature", "loss"),
+CONFIGS = {  # label: (strategy trees, model keys over the preset's and the command line's)
+    "clip": (PRESETS["clip"][0], {}),
+    "clip-flip": (PRESETS["clip-flip"][0], PRESETS["clip-flip"][0]["model"]),
+    "xlip-feature": (PRESETS["xlip"][0], {}),
+    "xlip-input": (PRESETS["xlip"][0], {"mim": {"placement": "input"}}),
+    "xlip-mlm-loss": (PRESETS["xlip"][0], {"mlm": {"mode": "loss"}}),
+    "xlip-sparse": (PRESETS["xlip-sparse"][0], SPARSE_MODEL),
+    # xlip-sparse with one of its choices undone (docs/assumptions.md A48e)
+    "sparse-mae-decoder": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "decoder_queries": "all"}}),
+    "sparse-mlm-input": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mlm": {"mode": "input"}}),
+    "sparse-ratio-0.7": ({**PRESETS["xlip-sparse"][0], "image_mask": guided(ratio=0.7),
+                          "image_only_mask": guided(["prompt_driven", "image_self"], ratio=0.7)}, SPARSE_MODEL),
+    "sparse-lowres-0.6": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "lowres_scale": 0.6}}),
     # ablations for the breakdown
-    "mim-only": ({"image_mask": attmim(), "image_only_mask": IMAGE_ONLY, "text_mask": None}, "feature", "input"),
+    "mim-only": ({"image_mask": attmim(), "image_only_mask": IMAGE_ONLY, "text_mask": None}, {}),
     "mim-no-prompt": ({"image_mask": attmim(["report_cross", "image_self"]), "image_only_mask": {"image_self": {"ratio": 0.75}},
-                       "text_mask": None}, "feature", "input"),
+                       "text_mask": None}, {}),
 }
+#: a label may end in +compile (train.compile: torch.compile of the model's forward) and/or +gc
+#: (train.grad_checkpointing), e.g. clip+compile, xlip-sparse+gc+compile
+SUFFIXES = ("+compile", "+gc")
 
 
-def batch_for(model: XLIP, B: int, device: str) -> dict:
+def parse_label(label: str) -> tuple[str, set[str]]:
+    base, flags = label, set()
+    while base.endswith(SUFFIXES):
+        suf = next(x for x in SUFFIXES if base.endswith(x))
+        base, flags = base[: -len(suf)], flags | {suf[1:]}
+    if base not in CONFIGS:
+        raise SystemExit(f"--configs: unknown configuration '{base}'; expected one of {', '.join(CONFIGS)} (each optionally +compile, +gc)")
+    return base, flags
+
+
+def batch_for(model: XLIP, B: int, device: str, p_unpaired: float = 0.0) -> dict:
+    """A random batch of ``B`` rows (token ids, a quarter of them entities); the first
+    ``round(p_unpaired · B)`` rows image-only."""
     g = torch.Generator().manual_seed(0)
     T = model.context_length
     lengths = torch.randint(T // 3, T, (B,), generator=g)
@@ -49,7 +73,7 @@ def batch_for(model: XLIP, B: int, device: str) -> dict:
     ids[:, 0] = tok.start_id
     ids[torch.arange(B), lengths - 1] = tok.end_id
     return {"images": torch.rand(B, 1, model.image_size, model.image_size, generator=g).to(device),
-            "text": ids.to(device), "text_valid": valid.to(device), "paired": torch.ones(B, dtype=torch.bool, device=device),
+            "text": ids.to(device), "text_valid": valid.to(device), "paired": (torch.arange(B) >= round(p_unpaired * B)).to(device),
             "entities": ((torch.rand(B, T, generator=g) < 0.25) & valid).to(device)}
 
 
@@ -57,30 +81,57 @@ class Runner:
     """A model, its objectives, an optimiser and a batch: ``step()`` is one timed training step."""
 
     def __init__(self, label: str, args) -> None:
-        trees, placement, mode = CONFIGS[label]
-        cfg = ModelConfig(arch=args.arch, mim=MIMConfig(placement=placement, decoder_depth=args.decoder_depth,
-                                                         decoder_width=args.decoder_width, decoder_heads=args.decoder_heads),
-                          mlm=MLMConfig(layers=args.mlm_layers, mode=mode))
+        base, flags = parse_label(label)
+        trees, model_keys = CONFIGS[base]
+        mim = {"decoder_depth": args.decoder_depth, "decoder_width": args.decoder_width, "decoder_heads": args.decoder_heads,
+               **model_keys.get("mim", {})}
+        mlm = {"layers": args.mlm_layers, **model_keys.get("mlm", {})}
+        rest = {k: v for k, v in model_keys.items() if k not in ("mim", "mlm")}
+        cfg = ModelConfig(arch=args.arch, mim=MIMConfig(**mim), mlm=MLMConfig(**mlm), **rest)
         torch.manual_seed(0)
         self.model = XLIP(cfg, **{k: trees.get(k) for k in ("image_mask", "image_only_mask", "text_mask")}).to(args.device)
+        self.model.set_grad_checkpointing("gc" in flags)
+        self.forward = torch.compile(self.model) if "compile" in flags else self.model
         self.objectives = Objectives.for_model(self.model, ObjectivesConfig())
         self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-5, momentum=0.9)
-        self.batch = batch_for(self.model, args.batch, args.device)
+        self.batch = batch_for(self.model, args.batch, args.device, args.p_unpaired)
         self.device, self.bf16, self.i = args.device, args.bf16, 0
+        self.clock = args.clock
 
     def step(self) -> float:
         if self.device == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        clock = time.process_time if self.clock == "process" else time.perf_counter
+        t0 = clock()
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
-            total, _ = self.objectives(self.model(self.batch, seed=self.i))
+            total, _ = self.objectives(self.forward(self.batch, seed=self.i))
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
         if self.device == "cuda":
             torch.cuda.synchronize()
         self.i += 1
-        return time.perf_counter() - t0
+        return clock() - t0
+
+    def saved_bytes(self) -> int:
+        """Bytes of the tensors one step's forward keeps for its backward (distinct storages): the
+        activation memory ``train.grad_checkpointing`` trades for recomputation."""
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            try:
+                st = t.untyped_storage()
+                seen[st.data_ptr()] = st.nbytes()
+            except (RuntimeError, NotImplementedError):
+                pass
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
+                total, _ = self.objectives(self.model(self.batch, seed=0))
+        total.backward()
+        self.opt.zero_grad(set_to_none=True)
+        return sum(seen.values())
 
     def flops(self) -> int:
         with FlopCounterMode(display=False) as fc:
@@ -102,24 +153,47 @@ def main() -> None:
     ap.add_argument("--decoder-width", type=int, default=128)
     ap.add_argument("--decoder-heads", type=int, default=4)
     ap.add_argument("--mlm-layers", type=int, default=3)
-    ap.add_argument("--configs", default="clip,xlip-feature,xlip-input")
+    ap.add_argument("--configs", default="clip,xlip-feature,xlip-input,xlip-sparse,clip-flip",
+                    help=f"comma-separated: {', '.join(CONFIGS)}; each may end in +compile and/or +gc")
+    ap.add_argument("--p-unpaired", type=float, default=0.0, help="fraction of image-only rows in the batch")
     ap.add_argument("--breakdown", action="store_true", help="FLOPs of the ablations that isolate each extra term")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator peak for MFU (H100/H200 dense bf16: 989)")
+    ap.add_argument("--flops-only", action="store_true", help="count FLOPs, time nothing")
+    ap.add_argument("--clock", choices=("wall", "process"), default="wall",
+                    help="wall: elapsed time; process: this process's CPU time (user + sys), steadier on a CPU shared "
+                         "with other jobs (use with --threads 1, so that no thread waits spinning)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    ap.add_argument("--memory", action="store_true", help="also the activation memory a step keeps for its backward")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     labels = args.configs.split(",")
+    for lab in labels:
+        parse_label(lab)
     runners = {lab: Runner(lab, args) for lab in labels}
     flops = {lab: r.flops() for lab, r in runners.items()}
+    if args.memory:
+        for lab, r in runners.items():
+            print(f"{lab:24s} {r.saved_bytes() / 2**20:10.1f} MiB kept for the backward")
+    if args.flops_only:
+        for lab in labels:
+            print(f"{lab:24s} {flops[lab] / 1e9:10.1f} GFLOP/step" + (f"  {flops[lab] / flops['clip']:.3f}x clip" if "clip" in flops else ""))
+        return
     for r in runners.values():
         r.step(), r.step()  # warm-up (allocators, kernels)
     times: dict[str, list[float]] = {lab: [] for lab in labels}
     for _ in range(args.rounds):
         for lab in labels:
             times[lab].append(runners[lab].step())
+    import os
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"device={args.device} arch={args.arch} batch={args.batch} bf16={args.bf16} "
-          f"decoder={args.decoder_depth}x{args.decoder_width}/{args.decoder_heads} rounds={args.rounds} (interleaved)")
+          f"decoder={args.decoder_depth}x{args.decoder_width}/{args.decoder_heads} rounds={args.rounds} (interleaved) "
+          f"clock={args.clock} threads={torch.get_num_threads()} load average at the end={load:.1f}")
     for lab in labels:
         t = statistics.median(times[lab])
-        line = f"{lab:14s} {t:8.3f} s/step  {args.batch / t:8.1f} samples/s  {flops[lab] / 1e9:10.1f} GFLOP/step"
+        line = f"{lab:24s} {t:8.3f} s/step  {args.batch / t:8.1f} samples/s  {flops[lab] / 1e9:10.1f} GFLOP/step"
         if args.device == "cuda":
             line += f"  MFU {flops[lab] / t / (args.peak_tflops * 1e12):.1%}"
         print(line)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one prepared GPU check (docs/benchmarks.md): the XLIP/CLIP step at ViT-B/16 bf16 batch 64
-# (time, FLOPs, MFU, breakdown), mask generation with host syncs forbidden, and a short training
+# (time, FLOPs, MFU, breakdown; then xlip-sparse, clip-flip and train.compile, issue 21), mask generation with host syncs forbidden, and a short training
 # run from a prepared 224 px cache with DataLoader workers (data_wait = the share of a step spent
 # waiting for data). Run from the repository root with maskkit importable; OUT (optional) is
 # where the logs go.
@@ -14,6 +14,10 @@ python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0)
 
 python3 benchmarks/bench_step.py --device cuda --arch ViT-B-16 --batch 64 --bf16 --decoder-depth 8 --decoder-width 512 \
     --decoder-heads 16 --rounds 10 --breakdown 2>&1 | tee "$OUT/bench_step.txt"
+# issue 21: the guided sparse mode, FLIP's patch dropout and torch.compile of the forward (MFU per row)
+python3 benchmarks/bench_step.py --device cuda --arch ViT-B-16 --batch 64 --bf16 --decoder-depth 8 --decoder-width 512 \
+    --decoder-heads 16 --rounds 10 --configs clip,clip+compile,xlip-feature,xlip-sparse,xlip-sparse+compile,clip-flip \
+    2>&1 | tee "$OUT/bench_step_sparse.txt"
 
 python3 benchmarks/bench_masks.py --device cuda --repeat 5 2>&1 | tee "$OUT/bench_masks.txt"
 

@@ -87,6 +87,8 @@ class TrainConfig(Strict):
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
     keep_last: int = Field(3, ge=1, description="checkpoints kept (each is checked finite before it is written)")
     seed: Seed = Field(0, description="seed of model init, data order and masks")
+    grad_checkpointing: bool = Field(False, description="recompute the activations of the towers' and the MIM decoder's blocks in the backward instead of keeping them (less memory, about one more forward of those blocks; docs/benchmarks.md)")
+    compile: bool = Field(False, description="torch.compile the model's forward (its backward through AOTAutograd); the objectives and the optimiser stay eager; the first steps compile (docs/benchmarks.md)")
 
 
 ObjectivesConfig = create_model(
@@ -190,17 +192,21 @@ class ExperimentConfig(Strict):
     def _trees(self):
         from .compose import build_strategy
 
+        from .model.config import check_image_path
+
         for t in TREES:
             tree = getattr(self, t)
             if tree is not None:
                 build_strategy(tree, path=t)
+        check_image_path(self.model, self.image_mask is not None or self.image_only_mask is not None)
         return self
 
 
 
 SCALES: dict[str, dict[str, Any]] = {
     "tiny": {
-        "model": {"arch": "maskkit-tiny", "patch_embed": "conv_stem", "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4},
+        "model": {"arch": "maskkit-tiny", "patch_embed": "conv_stem",
+                  "mim": {"decoder_depth": 2, "decoder_width": 128, "decoder_heads": 4, "lowres_scale": 0.67},
                   "mlm": {"layers": 2, "heads": 4}},
         "data": {"name": "phantoms", "n": 1024, "val_n": 256, "num_workers": 0},
         "train": {"steps": 240, "batch_size": 16, "optimizer": "adamw", "lr": 5e-4, "weight_decay": 0.05,

@@ -14,6 +14,8 @@ from .errors import MaskkitError
 
 #: The three strategy trees of an experiment, by role; also the random streams of one step.
 STREAMS: tuple[str, ...] = ("image_mask", "image_only_mask", "text_mask")
+#: Random streams of a step that are not strategy trees: FLIP's patch dropout (``model.patch_dropout``).
+EXTRA_STREAMS: tuple[str, ...] = ("patch_dropout",)
 
 
 class MaskOutputError(MaskkitError):
@@ -30,11 +32,15 @@ def mask_seed(train_seed: int, step: int, micro: int = 0) -> int:
     return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
+@torch.compiler.disable
 def mask_generator(seed: int, stream: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """The ``torch.Generator`` of one stream (:data:`STREAMS`) for a step's ``seed``, on ``device``."""
-    if stream not in STREAMS:
-        raise ValueError(f"unknown mask stream '{stream}'; expected one of {', '.join(STREAMS)}")
-    ss = np.random.SeedSequence(seed % 2**63, spawn_key=(STREAMS.index(stream),))
+    """The ``torch.Generator`` of one stream (:data:`STREAMS` or :data:`EXTRA_STREAMS`) for a step's
+    ``seed``, on ``device``. Never traced by ``torch.compile`` (``train.compile``): dynamo cannot
+    trace ``Generator.manual_seed``, and a generator is host-side state anyway."""
+    streams = STREAMS + EXTRA_STREAMS
+    if stream not in streams:
+        raise ValueError(f"unknown mask stream '{stream}'; expected one of {', '.join(streams)}")
+    ss = np.random.SeedSequence(seed % 2**63, spawn_key=(streams.index(stream),))
     return torch.Generator(device=device).manual_seed(int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1)))
 
 

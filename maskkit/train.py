@@ -160,6 +160,8 @@ class PretrainRecipe:
         if self.info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if cfg.train.compile:  # the forward (and through AOTAutograd its backward); checkpoints keep self.model's keys
+            self.ddp = torch.compile(self.ddp)
         self.metrics = MetricLogger(self.out, resume_step=self.step) if self.info.main else None
         if self.info.enabled:
             self.agree_stop_before_start()
@@ -187,6 +189,7 @@ class PretrainRecipe:
         random.seed(self.cfg.train.seed)
         np.random.seed(self.cfg.train.seed)
         self.model = XLIP.from_experiment(self.cfg).to(self.device)
+        self.model.set_grad_checkpointing(self.cfg.train.grad_checkpointing)
         if self.model.load_report and self.info.main:
             self.console.print(f"model.pretrained: {self.model.load_report}", highlight=False, soft_wrap=True)
 

@@ -112,7 +112,7 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
     dev = next(model.parameters()).device
     images = batch["images"].to(dev)
     paired = batch["paired"].to(dev)
-    _, e_img = model.encode_image(images)
+    e_img = model.mask_image_tokens(images)  # what training's masks see (the guide tokens in sparse placement)
     _, e_rep = model.encode_text(batch["text"].to(dev))
     ctxs = model.mask_contexts(e_img.float(), e_rep.float(), batch["text_valid"].to(dev), batch.get("entities"), seed)
     final = model.image_masks(ctxs, paired) if ctxs.keys() & {"image_mask", "image_only_mask"} else None

@@ -206,6 +206,9 @@ def test_wrong_folders_and_choices_fail_in_one_line(bert, registered, tmp_path):
     with pytest.raises(MaskkitError) as e:
         XLIP(tiny_config(arch=registered, mlm=MLMConfig(layers=1, mode="loss")), text_mask=text)
     assert "model.mlm.mode=loss: the text tower of maskkit-test-bert is bidirectional" in _one_line(e)
+    with pytest.raises(MaskkitError) as e:  # causal reads the clean E_report too (A48e)
+        XLIP(tiny_config(arch=registered, mlm=MLMConfig(layers=1, mode="causal")), text_mask=text)
+    assert "model.mlm.mode=causal: the text tower of maskkit-test-bert is bidirectional" in _one_line(e)
     with pytest.raises(MaskkitError) as e:
         XLIP(tiny_config(mlm=MLMConfig(layers=1, heads=4, mask_token="tokenizer")), text_mask=text)
     assert "model.mlm.mask_token=tokenizer: the text tower's tokenizer (CLIP BPE" in _one_line(e)

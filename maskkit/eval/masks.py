@@ -56,7 +56,9 @@ class Features:
 
 @torch.no_grad()
 def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64, device="cpu") -> Features:
-    """Token features of every (paired) sample and its lesion tokens."""
+    """Token features of every (paired) sample and its lesion tokens. The image tokens are those
+    training's masks see (:meth:`~maskkit.model.XLIP.mask_image_tokens`: in ``mim.placement=sparse``
+    the guide tokens, so a row measures which tokens that model's encoder does not see)."""
     from ..data.dataset import Collator, decoded_batches
 
     col = Collator(model.tokenizer)
@@ -67,7 +69,7 @@ def extract(model, dataset, lesion_threshold: float = 0.1, batch_size: int = 64,
         keep = b["paired"]
         if not keep.any():
             continue
-        _, ei = model.encode_image(b["images"][keep].to(device))
+        ei = model.mask_image_tokens(b["images"][keep].to(device))  # what training's masks see
         _, er = model.encode_text(b["text"][keep].to(device))
         les = b["lesion"][keep]
         e_img.append(ei.float().cpu())
@@ -98,7 +100,7 @@ def extract_annotated(model, dataset, rows: list[int], lesion_of, batch_size: in
     e_img, e_rep, valid, lesion, ids = [], [], [], [], []
     for lo in range(0, len(items_all), batch_size):
         b = col(items_all[lo:lo + batch_size])
-        _, ei = model.encode_image(b["images"].to(device))
+        ei = model.mask_image_tokens(b["images"].to(device))
         e_img.append(ei.float().cpu())
         if paired:
             _, er = model.encode_text(b["text"].to(device))

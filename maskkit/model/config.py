@@ -18,16 +18,29 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+#: the values of ``mim.placement`` (docs/model.md)
+PLACEMENTS = ("feature", "input", "sparse")
+
+
 class MIMConfig(Strict):
-    placement: Literal["feature", "input"] = Field("feature", description="mask encoded features (paper, eq. 9) or input patches (MAE)")
+    placement: Literal[PLACEMENTS] = Field("feature", description="mask encoded features (paper, eq. 9), input patches (MAE), or sparse: a low-resolution view of the whole image trains the alignment and steers the mask, and the full-resolution pass encodes only the visible patches (issue 21, docs/model.md)")
+    lowres_scale: float = Field(0.5, gt=0, le=1, description="placement=sparse: side of the low-resolution view as a fraction of the image's (its grid rounded, at least 1 token per side)")
+    decoder_queries: Literal["all", "masked"] = Field("all", description="all: the decoder runs on every token (MAE); masked: only the masked tokens are queries, the visible ones fixed keys and values (MILAN); needs placement input or sparse")
     decoder_depth: int = Field(8, ge=1, description="MAE decoder blocks (paper: 8)")
     decoder_width: int = Field(512, ge=8, description="MAE decoder width")
     decoder_heads: int = Field(16, ge=1, description="MAE decoder attention heads")
     norm_pix: bool = Field(False, description="per-patch normalised pixel targets (MAE's norm_pix_loss)")
 
+    @model_validator(mode="after")
+    def _queries(self):
+        if self.decoder_queries == "masked" and self.placement == "feature":
+            raise ValueError("decoder_queries=masked needs placement input or sparse (in feature placement the decoder "
+                             "reads every encoded token); set placement=sparse or decoder_queries=all")
+        return self
+
 
 class MLMConfig(Strict):
-    mode: Literal["input", "loss"] = Field("input", description="selected tokens hidden at the text-encoder input (input) or only selected as loss positions (loss; needs a causal text tower such as CLIP's)")
+    mode: Literal["input", "loss", "causal"] = Field("input", description="selected tokens hidden at the text-encoder input (input), only selected as loss positions (loss; needs a causal text tower such as CLIP's), or loss positions with a strictly causal decoder over the clean report (causal: one text pass, no copy path; needs a causal text tower; A48e)")
     mask_token: Literal["auto", "learned", "tokenizer"] = Field("auto", description="what hides a selected token at the input (mode=input): a learned embedding, the tokenizer's mask token (BERT's [MASK]), or auto: the mask token when the vocabulary has one (docs/assumptions.md A48d)")
     layers: int = Field(3, ge=1, description="multimodal text decoder layers (paper: 3)")
     heads: int = Field(8, ge=1, description="text decoder heads")
@@ -43,6 +56,7 @@ class ModelConfig(Strict):
     prompt_features: Literal["tokens", "pooled"] = Field("tokens", description="per-token prompt features [P, L, C] (eq. 3) or pooled [P, C]")
     init_temperature: float = Field(0.07, gt=0, description="initial σ of the alignment loss (learnable); at least 1/max_logit_scale")
     max_logit_scale: float = Field(100.0, gt=1, description="cap of the learnable logit scale 1/σ (CLIP and open_clip: 100)")
+    patch_dropout: float = Field(0.0, ge=0, lt=1, description="FLIP: fraction of image patches dropped at random before the encoder in training (models without an image mask, e.g. the clip preset); 0: none")
     mim: MIMConfig = MIMConfig()
     mlm: MLMConfig = MLMConfig()
 
@@ -52,3 +66,16 @@ class ModelConfig(Strict):
             raise ValueError(f"init_temperature {self.init_temperature} gives a logit scale of {1 / self.init_temperature:.1f}, "
                              f"above max_logit_scale {self.max_logit_scale:g}; expected init_temperature >= {1 / self.max_logit_scale:g}")
         return self
+
+
+def check_image_path(cfg: ModelConfig, image_masked: bool) -> None:
+    """The model keys that depend on whether the experiment masks images (``image_masked``: an
+    ``image_mask`` or ``image_only_mask`` tree is set); a ``ValueError`` naming the key otherwise.
+    Read by :class:`maskkit.config.ExperimentConfig` and by :class:`~maskkit.model.XLIP` itself."""
+    if cfg.patch_dropout > 0 and image_masked:
+        raise ValueError(f"model.patch_dropout={cfg.patch_dropout:g} drops patches at random for a model without an image mask "
+                         f"(FLIP, the clip baseline); this experiment masks images: set model.patch_dropout=0 or "
+                         f"image_mask=null and image_only_mask=null")
+    if cfg.mim.placement == "sparse" and not image_masked:
+        raise ValueError("model.mim.placement=sparse encodes only the visible patches of an image mask, but image_mask and "
+                         "image_only_mask are null; set an image mask (e.g. preset=xlip-sparse) or model.patch_dropout for random dropping")

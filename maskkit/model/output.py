@@ -14,7 +14,9 @@ class XLIPOutput:
     Shapes: C embedding width, N image tokens, P = patch² pixels per patch, T text positions,
     K the number of EntMLM target positions in this batch, V the vocabulary size.
 
-    - ``image_features`` ``[B, C]``: pooled, projected image features (full image, unmasked)
+    - ``image_features`` ``[B, C]``: pooled, projected image features (full image, unmasked; in
+      ``mim.placement=sparse`` of its low-resolution view; with ``model.patch_dropout`` in
+      training, of the kept patches)
     - ``text_features`` ``[B, C]``: pooled report features (rows with ``paired`` False encode an
       empty report; the alignment loss ignores them)
     - ``paired`` ``[B]`` bool: the row has a report
@@ -23,7 +25,8 @@ class XLIPOutput:
       keys hold the same report; -1 for a row without one
     - ``logit_scale`` scalar: the learnable log inverse temperature
     - ``mim_pred``, ``mim_target`` ``[B, N, P]``, ``mim_mask`` ``[B, N]`` bool (True = masked):
-      AttMIM's reconstruction (None without an image mask)
+      AttMIM's reconstruction (None without an image mask; with ``mim.decoder_queries=masked``
+      ``mim_pred`` is 0 at the visible positions, which no loss reads)
     - ``mlm_logits`` ``[K, V]``, ``mlm_labels`` ``[K]`` long: EntMLM's predictions at the target
       positions (None without a text mask); ``mlm_selected`` ``[B, T]`` bool the positions drawn
     """

@@ -419,10 +419,19 @@ def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_v
     E_img is ``[B, K, C]`` and the pooled output is that of the visible patches. ``keep_valid``
     (``[B, K]`` bool) marks padding slots of rows that keep fewer than ``K`` patches: no token
     attends to them (a key-padding mask), so they change nothing of the real tokens.
+
+    Images of another size than the tower's (a multiple of the patch, e.g. the low-resolution
+    guide view of ``mim.placement=sparse``) get the patch position embeddings resampled to their
+    grid (bicubic, as timm's ``resample_abs_pos_embed``; FlexiViT, CLIPA); ``N`` is then their
+    grid's token count.
     """
     v = clip.visual
-    h = v.conv1(x).flatten(2).transpose(1, 2)  # [B, N, W]
+    h = v.conv1(x)                             # [B, W, h, w]
+    grid = tuple(h.shape[-2:])
+    h = h.flatten(2).transpose(1, 2)           # [B, N, W]
     pos = v.positional_embedding.to(h.dtype)
+    if grid != tuple(v.grid_size):
+        pos = torch.cat([pos[:1], resample_positions(pos[1:], tuple(v.grid_size), grid)])
     h = h + pos[1:]
     if keep is not None:
         h = torch.gather(h, 1, keep.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
@@ -442,6 +451,17 @@ def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_v
         pooled = pooled @ v.proj
         tokens = tokens @ v.proj
     return pooled, tokens
+
+
+def resample_positions(pos: torch.Tensor, grid: tuple[int, int], new: tuple[int, int]) -> torch.Tensor:
+    """Patch position embeddings ``[gh*gw, W]`` of ``grid`` resampled to ``new`` ``[nh*nw, W]``
+    (bicubic, antialiased when shrinking; differentiable)."""
+    import torch.nn.functional as F
+
+    W = pos.shape[-1]
+    g = pos.reshape(1, grid[0], grid[1], W).permute(0, 3, 1, 2).float()
+    g = F.interpolate(g, size=new, mode="bicubic", align_corners=False, antialias=new[0] < grid[0] or new[1] < grid[1])
+    return g.permute(0, 2, 3, 1).reshape(new[0] * new[1], W).to(pos.dtype)
 
 
 def text_tokens(clip, ids: torch.Tensor, replace: torch.Tensor | None = None, mask_embedding: torch.Tensor | None = None):

@@ -4,7 +4,9 @@ Data flow (docs/model.md draws it): images -> ViT -> E_img; reports -> text towe
 disease prompts -> text tower -> E_prompt. The configured image strategy masks E_img (paired
 samples: e.g. report ∪ prompt ∪ self; image-only samples: prompt ∪ self); the MAE decoder
 reconstructs the masked patches. The text mask (entity ∩ causal) drives the multimodal text
-decoder, which cross-attends E_img. The losses (eq. 14-16) live in :mod:`maskkit.objectives`.
+decoder, which cross-attends E_img. In ``mim.placement=sparse`` (issue 21) E_img is a
+low-resolution view of the whole image, the masks read it, and a second, full-resolution pass
+encodes only the visible patches for the decoder (docs/model.md). The losses (eq. 14-16) live in :mod:`maskkit.objectives`.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from ..compose import build_strategy
 from ..core import MaskContext
 from ..errors import MaskkitError
 from ..masking import STREAMS, check_mask, mask_generator
-from .config import ModelConfig
-from .mim import MIMDecoder
+from .config import ModelConfig, check_image_path
+from .mim import MIMDecoder, visible_positions
 from .mlm import TextDecoder
 from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
@@ -88,12 +90,18 @@ class XLIP(nn.Module):
             s = built[name]
             if s is not None and s.output != "tokens":
                 raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
+        try:
+            check_image_path(cfg, self.image_mask is not None or self.image_only_mask is not None)
+        except ValueError as exc:
+            raise MaskkitError(str(exc)) from None
+        g = cfg.mim.lowres_scale
+        self.lowres_grid = (max(1, round(self.grid[0] * g)), max(1, round(self.grid[1] * g)))
         self.decoder = MIMDecoder(C, self.grid, self.patch, cfg.mim.decoder_width, cfg.mim.decoder_depth, cfg.mim.decoder_heads) \
             if (self.image_mask is not None or self.image_only_mask is not None) else None
         self.text_decoder = TextDecoder(C, self.tokenizer.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
             if self.text_mask is not None else None
-        if self.text_mask is not None and cfg.mlm.mode == "loss" and not text_is_causal(self.clip):
-            raise MaskkitError(f"model.mlm.mode=loss: the text tower of {cfg.arch} is bidirectional, so the clean E_report at "
+        if self.text_mask is not None and cfg.mlm.mode in ("loss", "causal") and not text_is_causal(self.clip):
+            raise MaskkitError(f"model.mlm.mode={cfg.mlm.mode}: the text tower of {cfg.arch} is bidirectional, so the clean E_report at "
                                f"position t-1 has seen token t, the target; use model.mlm.mode=input")
         self.mask_id = mask_token_id(cfg.mlm.mask_token, self.tokenizer) if self.text_mask is not None and cfg.mlm.mode == "input" else None
         self.mask_embedding = nn.Parameter(torch.zeros(text_width(self.clip))) \
@@ -123,6 +131,55 @@ class XLIP(nn.Module):
     def encode_image(self, images: torch.Tensor):
         """(pooled ``[B, C]``, E_img ``[B, N, C]``) of grayscale images in [0, 1]."""
         return image_tokens(self.clip, self.normalise(images))
+
+    def mask_image_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The image tokens ``[B, N, C]`` the image mask trees see in training, for grayscale images
+        in [0, 1]: E_img of the full image, or in ``mim.placement=sparse`` the low-resolution view's
+        tokens on the full grid (:meth:`guide_tokens`). ``maskkit eval masks`` measures masks on these."""
+        x = self.normalise(images)
+        if self.config.mim.placement == "sparse":
+            return self.guide_tokens(x)
+        return image_tokens(self.clip, x)[1]
+
+    def lowres_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The low-resolution view of ``mim.placement=sparse``: (pooled ``[B, C]``, tokens
+        ``[B, n, C]``) of the normalised images ``x`` ``[B, 3, H, W]`` resized (bilinear,
+        antialiased) to ``self.lowres_grid`` patches (``mim.lowres_scale`` of each side; ``n`` =
+        its token count) and encoded by the image tower with its position embeddings resampled to
+        that grid (CLIPA's low-resolution training). With gradient: it trains the alignment loss
+        and is EntMLM's image memory; its detached tokens are the guidance (:meth:`upsample_tokens`)."""
+        import torch.nn.functional as F
+
+        gh, gw = self.lowres_grid
+        if (gh, gw) != self.grid:
+            x = F.interpolate(x, size=(gh * self.patch, gw * self.patch), mode="bilinear", align_corners=False, antialias=True)
+        return image_tokens(self.clip, x)
+
+    def upsample_tokens(self, tok: torch.Tensor) -> torch.Tensor:
+        """Low-resolution tokens ``[B, gh*gw, C]`` on the full token grid ``[B, N, C]`` (bilinear), where
+        the image mask trees read them."""
+        import torch.nn.functional as F
+
+        gh, gw = self.lowres_grid
+        if (gh, gw) == self.grid:
+            return tok
+        B, _, C = tok.shape
+        grid = tok.transpose(1, 2).reshape(B, C, gh, gw)
+        return F.interpolate(grid, size=self.grid, mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+
+    @torch.no_grad()
+    def guide_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The guidance of ``mim.placement=sparse`` for normalised images ``x``: the low-resolution
+        view's tokens (:meth:`lowres_tokens`) on the full grid (:meth:`upsample_tokens`), ``[B, N, C]``,
+        without gradient. Training computes the same from its gradient pass, detached."""
+        return self.upsample_tokens(self.lowres_tokens(x)[1])
+
+    def hide_pixels(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``x`` ``[B, 3, H, W]`` with the pixels of the masked patches (``mask`` ``[B, N]``) set to 0,
+        the normalised mean: a convolutional stem would otherwise carry them into the visible
+        tokens through its receptive field; for the linear embedding this changes nothing."""
+        hidden = unpatchify(mask[:, :, None].expand(-1, -1, self.patch ** 2), self.patch, *self.grid)  # [B, 1, H, W]
+        return x.masked_fill(hidden, 0.0)
 
     def encode_text(self, ids: torch.Tensor):
         """(pooled ``[B, C]``, E_report ``[B, T, C]``) of token ids."""
@@ -182,40 +239,56 @@ class XLIP(nn.Module):
 
         ``mlm.mode=input`` re-encodes the report with the selected tokens replaced by the
         tokenizer's mask token (``self.mask_id``, BERT's ``[MASK]``) or the learned mask embedding
-        (``model.mlm.mask_token``); ``loss`` feeds the clean E_report (causal towers only).
+        (``model.mlm.mask_token``); ``loss`` feeds the clean E_report (causal towers only);
+        ``causal`` feeds the clean E_report to a decoder whose self-attention is strictly causal
+        (the text mask only picks the targets: position ``t-1`` predicts a selected token ``t``
+        from the clean tokens before it, which a causal text tower's features cannot hold; A48e).
         """
         B, T = ids.shape
         attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend
         selected = _selected_positions(attn)
-        if self.config.mlm.mode == "input" and self.mask_id is not None:
+        mode = self.config.mlm.mode
+        if mode == "input" and self.mask_id is not None:
             _, dec_in = text_tokens(self.clip, ids.masked_fill(selected & valid, self.mask_id))
-        elif self.config.mlm.mode == "input":
+        elif mode == "input":
             _, dec_in = text_tokens(self.clip, ids, replace=selected, mask_embedding=self.mask_embedding)
         else:
             dec_in = e_rep
+        if mode == "causal":
+            attn = torch.ones(T, T, dtype=torch.bool, device=ids.device).triu(1).expand(B, T, T)
         return self.text_decoder(dec_in, image_tokens, attn, ~valid), selected
 
-    def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, x: torch.Tensor, e_img: torch.Tensor, mask: torch.Tensor,
+                    visible: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """AttMIM's decoder output ``[B, N, P]`` for the mask ``[B, N]`` (``mim.placement``).
 
         ``feature`` (eq. 9): the decoder sees the full-image features with masked ones replaced.
         ``input`` (MAE): the encoder runs again on the visible patches only; rows may keep
         different counts (padding plus a key-padding mask), so no masked patch reaches the encoder.
-        The masked patches' pixels are set to 0 (the normalised mean) first: a convolutional stem
-        (``model.patch_embed=conv_stem``) would otherwise carry them into the visible tokens
-        through its receptive field; for the linear embedding this changes nothing.
+        The masked patches' pixels are set to 0 (the normalised mean) first (:meth:`hide_pixels`).
+        ``sparse``: ``e_img`` already holds the visible tokens at ``visible`` = (``keep``,
+        ``keep_valid``) (the forward's full-resolution pass). ``mim.decoder_queries=masked`` runs
+        :meth:`MIMDecoder.forward_masked` (MILAN), else :meth:`MIMDecoder.forward_visible`.
         """
         if self.config.mim.placement == "feature":
             return self.decoder(e_img, mask)
-        hidden = unpatchify(mask[:, :, None].expand(-1, -1, self.patch ** 2), self.patch, *self.grid)  # [B, 1, H, W]
-        x = x.masked_fill(hidden, 0.0)
-        n_vis = (~mask).sum(1)                                   # [B]
-        K = int(n_vis.max())                                     # one host sync per step, for the shape
-        order = torch.sort(mask.to(torch.uint8), dim=1, stable=True).indices
-        keep = order[:, :K]                                      # visible patches first, in position order
-        keep_valid = torch.arange(K, device=mask.device)[None, :] < n_vis[:, None]
-        _, vis = image_tokens(self.clip, x, keep=keep, keep_valid=keep_valid)
-        return self.decoder.forward_visible(vis, keep, mask.shape[1], keep_valid)
+        if visible is None:
+            keep, keep_valid = visible_positions(mask)           # visible patches first, in position order
+            _, e_img = image_tokens(self.clip, self.hide_pixels(x, mask), keep=keep, keep_valid=keep_valid)
+        else:
+            keep, keep_valid = visible
+        if self.config.mim.decoder_queries == "masked":
+            return self.decoder.forward_masked(e_img, keep, keep_valid, mask)
+        return self.decoder.forward_visible(e_img, keep, mask.shape[1], keep_valid)
+
+    def dropped_patches(self, B: int, seed: int, device) -> torch.Tensor:
+        """FLIP's patch dropout (``model.patch_dropout``): ``[B, K]`` long, the patch indices each row
+        keeps, ``K = max(1, round((1 - patch_dropout) · N))`` drawn uniformly per row (in position
+        order) from the step's ``patch_dropout`` stream of :func:`maskkit.masking.mask_generator`."""
+        N = self.grid[0] * self.grid[1]
+        K = max(1, round((1 - self.config.patch_dropout) * N))
+        u = torch.rand(B, N, generator=mask_generator(seed, "patch_dropout", device), device=device)
+        return u.argsort(1)[:, :K].sort(1).values
 
     # --- forward -------------------------------------------------------------------------
     def forward(self, batch: dict, seed: int = 0) -> XLIPOutput:
@@ -236,15 +309,27 @@ class XLIP(nn.Module):
         valid = batch["text_valid"].to(dev)
         key = report_keys(ids, valid, paired, self._key_coef)
         x = self.normalise(images)
-        pooled_img, e_img = image_tokens(self.clip, x)
-        pooled_txt, e_rep = text_tokens(self.clip, ids)
+        sparse = self.config.mim.placement == "sparse"
+        visible = None
+        if sparse:  # the low-resolution view: alignment, EntMLM's memory and (detached) the guidance
+            pooled_img, e_img = self.lowres_tokens(x)
+            pooled_txt, e_rep = text_tokens(self.clip, ids)
+            ctx = self.mask_contexts(self.upsample_tokens(e_img), e_rep, valid, batch.get("entities"), seed)
+            mask = self.image_masks(ctx, paired)
+            visible = visible_positions(mask)   # the full-resolution pass encodes these patches only
+            _, e_vis = image_tokens(self.clip, self.hide_pixels(x, mask), keep=visible[0], keep_valid=visible[1])
+        else:
+            keep = self.dropped_patches(x.shape[0], seed, x.device) if self.training and self.config.patch_dropout > 0 else None
+            pooled_img, e_img = image_tokens(self.clip, x, keep=keep)
+            pooled_txt, e_rep = text_tokens(self.clip, ids)
         out = XLIPOutput(pooled_img, pooled_txt, paired, key, self.clip.logit_scale)
         if self.decoder is None and self.text_decoder is None:
             return out
-        ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
+        if not sparse:
+            ctx = self.mask_contexts(e_img, e_rep, valid, batch.get("entities"), seed)
         if self.decoder is not None:
-            out.mim_mask = self.image_masks(ctx, paired)
-            out.mim_pred = self.reconstruct(x, e_img, out.mim_mask)
+            out.mim_mask = mask if sparse else self.image_masks(ctx, paired)
+            out.mim_pred = self.reconstruct(x, e_vis if sparse else e_img, out.mim_mask, visible)
             out.mim_target = patchify(images[:, :1], self.patch)
         if self.text_decoder is not None:
             hidden, selected = self.mlm_hidden(ids, valid, ctx["text_mask"], e_img, e_rep)
@@ -254,6 +339,14 @@ class XLIP(nn.Module):
             out.mlm_labels = ids[:, 1:][sel]
             out.mlm_selected = selected
         return out
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """``train.grad_checkpointing``: recompute the activations of both towers' blocks (open_clip's
+        ``set_grad_checkpointing``) and of the MIM decoder's blocks in the backward instead of
+        storing them. Changes memory and time, never a value."""
+        self.clip.set_grad_checkpointing(enable)
+        if self.decoder is not None:
+            self.decoder.grad_checkpointing = enable
 
     @torch.no_grad()
     def constrain_(self) -> None:
