@@ -35,7 +35,7 @@ CONFIGS = {  # label: (strategy trees, model keys over the preset's and the comm
     "xlip-input": (PRESETS["xlip"][0], {"mim": {"placement": "input"}}),
     "xlip-mlm-loss": (PRESETS["xlip"][0], {"mlm": {"mode": "loss"}}),
     "xlip-sparse": (PRESETS["xlip-sparse"][0], SPARSE_MODEL),
-    # xlip-sparse with one of its choices undone (docs/assumptions.md A48e)
+    # xlip-sparse with one of its choices undone (docs/assumptions.md A58)
     "sparse-mae-decoder": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mim": {**SPARSE_MODEL["mim"], "decoder_queries": "all"}}),
     "sparse-mlm-input": (PRESETS["xlip-sparse"][0], {**SPARSE_MODEL, "mlm": {"mode": "input"}}),
     "sparse-ratio-0.7": ({**PRESETS["xlip-sparse"][0], "image_mask": guided(ratio=0.7),

@@ -24,6 +24,7 @@ PromptStyle = Literal["sentence", "chexzero"]              # maskkit.eval.zerosh
 NoFinding = Literal["absence", "pair"]                      # maskkit.eval.zeroshot.NO_FINDING_MODES
 RegionFormat = Literal["rsna", "nih", "siim", "ms_cxr", "vindr"]
 PadChestSubset = Literal["seen", "unseen10", "unseen20", "unseen"]  # maskkit.eval.padchest.SUBSETS
+FinetuneTask = Literal["classification", "segmentation"]   # maskkit.eval.segmentation.TASKS
 Ratio = Annotated[float, Field(ge=0, le=1)]
 Bootstrap = Annotated[int, Field(ge=0, le=100_000)]
 BatchSize = Annotated[int, Field(ge=1, le=65_536)]
@@ -42,12 +43,6 @@ class ZeroshotSettings(ZeroShotOptions):
                                                          "report sentence; A32) or chexzero (the bare phrase)")
 
 
-class FinetuneSettings(FinetuneOptions):
-    """``maskkit eval finetune`` (docs/eval.md, "Fine-tuning")."""
-
-    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits)")
-
-
 class RegionSettings(Options):
     """The region annotations an evaluation reads instead of the phantoms' lesion masks."""
 
@@ -62,6 +57,23 @@ class RegionSettings(Options):
         if (self.regions is None) != (self.format is None):
             given, missing = ("--regions", "--format") if self.format is None else ("--format", "--regions")
             raise ValueError(f"{given} needs {missing} (a region file and its layout: rsna, nih, siim, ms_cxr or vindr)")
+        return self
+
+
+class FinetuneSettings(RegionSettings, FinetuneOptions):
+    """``maskkit eval finetune`` (docs/eval.md, "Fine-tuning" and "Segmentation fine-tuning")."""
+
+    task: FinetuneTask = Field("classification", description="classification: a linear head on the pooled embedding, AUC "
+                                                             "per label; segmentation: a SETR-naive head on the patch tokens, "
+                                                             "Dice on lesion masks")
+    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits)")
+    regions: Optional[str] = Field(None, description="--task segmentation: a region annotation file in its dataset's "
+                                                     "layout, e.g. SIIM-ACR train-rle.csv (default: the phantoms' lesion masks)")
+
+    @model_validator(mode="after")
+    def _regions_are_segmentation_targets(self):
+        if self.regions is not None and self.task != "segmentation":
+            raise ValueError("--regions gives the masks of --task segmentation; classification trains on the data's labels")
         return self
 
 
@@ -168,20 +180,35 @@ def image_size_of(path: str) -> tuple[int, int]:
                           f"the region file gives none") from None
 
 
+def _region_file(s: RegionSettings, corpus):
+    """(the RegionSet of ``s.regions`` read in its ``s.format`` layout, the corpus's records by id):
+    every annotated id must be an image of the data (train or held out), else one line naming the
+    file's row."""
+    from .data import regions as R
+
+    rs = getattr(R, READERS[s.format])(s.regions)
+    records = {r.id: r for src in corpus.sources for r in (*src.train_records, *src.held_records)}
+    rs.require_ids(records, f"the data ({corpus.describe()})")
+    return rs, records
+
+
+def _with_image_sizes(rs, records, ids):
+    """``rs`` with the size of each of ``ids`` the file does not give (VinDr-CXR) read from its image's header."""
+    sizes = {i: image_size_of(records[i].image_path) for i in ids if rs.images[i].size is None and records[i].image_path}
+    return rs.with_sizes(sizes) if sizes else rs
+
+
 def _annotated(run, s: RegionSettings, text: bool):
     """The held-out images of the run's data (or the data.* given) that the region file annotates.
 
     Returns (dataset, rows of its annotated held-out samples, RegionSet with sizes, what, note).
     Every annotated id must be an image of the data (train or held out; else one line naming the
     file's row); the images evaluated are the held-out ones, never trained on."""
-    from .data import regions as R
     from .eval.contract import EvaluationError
     from .eval.finetune import dataset_index
 
-    rs = getattr(R, READERS[s.format])(s.regions)
     cfg, corpus, what = run.corpus(text=text)
-    records = {r.id: r for src in corpus.sources for r in (*src.train_records, *src.held_records)}
-    rs.require_ids(records, f"the data ({corpus.describe()})")
+    rs, records = _region_file(s, corpus)
     ds = corpus.val
     if ds is None or not len(ds):
         raise EvaluationError(f"the evaluation split of {what['data']} is empty")
@@ -190,9 +217,7 @@ def _annotated(run, s: RegionSettings, text: bool):
     if not held:
         raise EvaluationError(f"{s.regions}: none of its {len(rs)} annotated images is in {what['text']} "
                               f"({len(ds)} held-out images); the images evaluated are always held out")
-    sizes = {i: image_size_of(records[i].image_path) for i in held if rs.images[i].size is None and records[i].image_path}
-    if sizes:
-        rs = rs.with_sizes(sizes)
+    rs = _with_image_sizes(rs, records, held)
     note = (f"{len(held)} of the {len(rs)} images annotated in {s.regions} are held out ({what['text']}); "
             f"{len(rs) - len(held)} are training images, not evaluated")
     return ds, [index[i] for i in held], rs, what, note
@@ -242,7 +267,7 @@ def zeroshot(run, s: ZeroshotSettings):
 # --- fine-tuning ---------------------------------------------------------------------------------
 
 def finetune(run, s: FinetuneSettings):
-    """Linear probe / fine-tuning at 1/10/100% of the labels on stored patient-level splits, tested on the held-out patients."""
+    """Linear probe / fine-tuning at 1/10/100% of the labels on stored patient-level splits, tested on the held-out patients (--task segmentation: Dice of a SETR-naive head on lesion masks)."""
     import json
 
     from rich.table import Table
@@ -254,15 +279,24 @@ def finetune(run, s: FinetuneSettings):
     cfg, corpus, what = run.corpus(text=False)
     ds, names, recs, test_ids = pretraining_data(cfg, run.model.image_size, corpus=corpus)
     folder = Path(s.splits) if s.splits else (run.out_dir / "splits" if run.out_dir is not None else None)
-    if folder is not None and (folder / "test.json").is_file():
+    new_splits = folder is None or not (folder / "test.json").is_file()
+    if not new_splits:
         sp = read_splits(folder, source=corpus.names[0] if len(corpus.sources) == 1 else None)
         if set(sp["test"]["ids"]) != test_ids:
             raise MaskkitError(f"{folder / 'test.json'}: its {sp['test']['n']} test ids are not the {len(test_ids)} held-out ids "
                                f"of {what['text']}; use another --splits folder")
     else:
         sp = held_out_splits(recs, test_ids, s.seed)
-        if folder is not None:
+
+    def store_splits():
+        """New split files are written once the evaluation has succeeded: a failure writes nothing."""
+        if folder is not None and new_splits:
             write_splits(sp, folder)
+
+    if s.task == "segmentation":
+        res = _segmentation(run, s, corpus, what, ds, recs, sp, folder)
+        store_splits()
+        return res
     results = run_finetune(run.model, ds, names, sp, mode=s.mode, epochs=s.epochs, lr=s.lr, batch_size=s.batch_size,
                            seed=s.seed, device=run.device)
     t = Table(title=f"{s.mode} on {sp['test']['n']} test images ({split_words(what)}; "
@@ -286,12 +320,107 @@ def finetune(run, s: FinetuneSettings):
                             "unknown_test": r.unknown.get(n, 0), "split_sha256": r.sha256})
     if results:  # the test split is the same for every row: how many test samples each label left out
         t.add_row("unknown (test)", "", *[str(results[0].unknown.get(n, 0)) for n in names], "")
+    store_splits()
     legacy = json.dumps([{**r.__dict__, "mean_auc": r.mean_auc, "data": what} for r in results], indent=2)
     return EvalResult("finetune", metrics, details, data=what, tables=[t],
                       warnings=list(dict.fromkeys(w for r in results for w in r.warnings)),
                       extra={"splits": str(folder) if folder is not None else None,
                              "split_sha256": {k: v["sha256"] for k, v in sp.items()}, "results": json.loads(legacy)},
                       files={"results.json": legacy}, native=results)
+
+
+def _segmentation(run, s: FinetuneSettings, corpus, what, ds, recs, sp: dict, folder):
+    """``eval finetune --task segmentation``: a SETR-naive head on the patch tokens, Dice at each
+    label fraction of the finetune splits ``sp``, cut to the samples that have a lesion mask (the
+    phantoms' own, or ``--regions``)."""
+    import torch
+    from rich.table import Table
+
+    from .data.regions import coverage_batch
+    from .eval.contract import EvalResult, EvaluationError, split_words
+    from .eval.segmentation import METRICS, PIXEL_COVERAGE, THRESHOLD, mask_targets, restrict, run_segmentation
+
+    S = run.model.image_size
+    notes: list[str] = []
+
+    def key_of(item):
+        return (ds.names[item["source"]], str(item["id"]))
+
+    if s.regions is None:
+        load = phantoms_load()
+        phantom = {n for n, src in zip(corpus.names, corpus.sources) if src.adapter.load is load}
+        if not phantom:
+            raise EvaluationError(f"eval finetune --task segmentation: {corpus.describe()} has no lesion masks (no phantom "
+                                  f"source); give a region file, e.g. --regions train-rle.csv --format siim")
+        keep = {k for k, _ in recs if k[0] in phantom}
+        masks_of = "the phantoms' lesion masks"
+
+        def target_of(items):
+            has = torch.tensor([it.get("lesion") is not None for it in items], dtype=torch.bool)
+            return has, mask_targets([it["lesion"] for it in items if it.get("lesion") is not None], S,
+                                     [f"sample {it['id']}" for it in items if it.get("lesion") is not None])
+    else:
+        rs, records = _region_file(s, corpus)
+        keep = {k for k, _ in recs if k[1] in rs.images}
+        rs = _with_image_sizes(rs, records, sorted({k[1] for k in keep}))
+        masks_of = f"{s.regions} ({s.format})"
+        cache: dict[str, torch.Tensor] = {}
+
+        def target_of(items):
+            ids = [str(it["id"]) for it in items]
+            has = torch.tensor([i in rs.images for i in ids], dtype=torch.bool)
+            ids = [i for i in ids if i in rs.images]
+            need = list(dict.fromkeys(i for i in ids if i not in cache))
+            if need:  # the area of each input pixel the annotation covers, on the model's S x S input
+                cov = coverage_batch(rs, need, S, 1, None, s.min_raters).reshape(len(need), S, S) >= PIXEL_COVERAGE
+                cache.update(zip(need, cov))
+            return has, torch.stack([cache[i] for i in ids]) if ids else torch.zeros(0, S, S, dtype=torch.bool)
+
+    seg = restrict(sp, keep)
+    if not seg["test"]["n"]:
+        raise EvaluationError(f"eval finetune --task segmentation: none of the {sp['test']['n']} held-out images of "
+                              f"{what['text']} has a mask in {masks_of}; the test images are always held out")
+    if s.regions is not None:
+        notes.append(f"{len(keep)} of the {len(recs)} images of the data have a mask in {masks_of}: {seg['test']['n']} "
+                     f"held out (the test split), the rest cut the training splits")
+    results = run_segmentation(run.model, ds, seg, target_of, key_of, mode=s.mode, epochs=s.epochs, lr=s.lr,
+                               batch_size=s.batch_size, seed=s.seed, device=run.device)
+    if s.regions is not None:
+        lost = [i for i, t in cache.items() if rs.images[i].regions and not bool(t.any())]
+        if lost:
+            notes.append(f"{len(lost)} images with a lesion in {s.regions} have no lesion pixel at the model's {S}x{S} input "
+                         f"(the lesion covers less than {PIXEL_COVERAGE:g} of every input pixel), e.g. {lost[0]}: they count "
+                         f"as lesion-free")
+    t = Table(title=f"segmentation ({s.mode}, SETR-naive head) on {seg['test']['n']} test images, masks: {masks_of} "
+                    f"({split_words(what)}; {f'splits {folder}' if folder is not None else 'splits not stored'})")
+    for c in ("labels", "train images", "Dice", "Dice (lesion)", "Dice (no lesion)", "pooled Dice"):
+        t.add_column(c, justify="left" if c == "labels" else "right")
+    metrics: dict[str, float] = {}
+    details, summaries = [], []
+    for r in results:
+        key = f"finetune/seg_{r.mode}_{_pct(r.fraction)}"
+        for m in METRICS:
+            metrics[f"{key}/{m}"] = float(r.summary[m])
+        metrics[f"{key}/n_train"] = float(r.n_train)
+        metrics[f"{key}/n_test"] = float(r.summary.get("n_test", NAN))
+        t.add_row(r.fraction, str(r.n_train), *["-" if r.summary[m] != r.summary[m] else f"{r.summary[m]:.3f}" for m in METRICS])
+        summaries.append({"fraction": r.fraction, "mode": r.mode, "n_train": r.n_train, "sha256": r.sha256, **r.summary})
+        for row in r.per_image:
+            src, iid = row["key"]
+            details.append({"task": "segmentation", "mode": r.mode, "fraction": r.fraction, "n_train": r.n_train, "source": src,
+                            "image_id": iid, "dice": row["dice"], "lesion_pixels": row["lesion_pixels"],
+                            "predicted_pixels": row["predicted_pixels"], "overlap_pixels": row["overlap_pixels"],
+                            "split_sha256": r.sha256})
+        notes += r.warnings
+    if results:
+        n = results[0].summary
+        t.caption = (f"Dice per test image at probability {THRESHOLD}, averaged ({int(n.get('n_pos', 0))} images with a lesion, "
+                     f"{int(n.get('n_neg', 0))} without: 1 when nothing is predicted, else 0); pooled: one Dice over every pixel")
+    return EvalResult("finetune", metrics, details, data=what, tables=[t], warnings=notes,
+                      extra={"task": "segmentation", "head": "setr_naive", "threshold": THRESHOLD, "masks": masks_of,
+                             "regions": s.regions, "format": s.format, "splits": str(folder) if folder is not None else None,
+                             "split_sha256": {k: v["sha256"] for k, v in seg.items()}, "results": summaries},
+                      native=results)
 
 
 # --- mask-lesion overlap -------------------------------------------------------------------------

@@ -263,7 +263,7 @@ def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]
         pc.pop(key, None)
     pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(cfg.model.image_mean),
                "std": list(cfg.model.image_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
-               "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A50c)
+               "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A56)
     doc["maskkit"] = provenance(model, cfg, ck)
     atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
     loaded = _quiet(timm.create_model, name, pretrained=True,

@@ -65,13 +65,13 @@ GUIDED_IMAGE_ONLY = guided(["prompt_driven", "image_self"])
 #: xlip-sparse (issue 21): two voices weighed equally, as in xlip-guided - the cross-modal children
 #: (report_cross, prompt_driven; image-only rows: prompt_driven and image_self, eq. 15) and
 #: ``atypical`` - ranked subset τ = 0.05 at λ2 = 0.5 (the encoder sees the other half). Chosen on
-#: development phantoms (generator offset 30,000,000) with a seed-0 xlip-sparse model: A48e.
+#: development phantoms (generator offset 30,000,000) with a seed-0 xlip-sparse model: A58.
 SPARSE = {"union": {"of": ["report_cross", "prompt_driven", "atypical"], "child_ratio": 0.7, "ratio": 0.5, "subset": "ranked",
                     "temperature": 0.05, "weights": [1.0, 1.0, 2.0]}}
 SPARSE_IMAGE_ONLY = guided(["prompt_driven", "image_self"], ratio=0.5)
 SPARSE_MODEL = {"mim": {"placement": "sparse", "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
 # mim.lowres_scale is the scale's: 0.5 by default (7×7 tokens at ViT-B/16), 0.67 at scale=tiny (4×4 of
-# maskkit-tiny's 6×6: half, 3×3, does not guide; A48e)
+# maskkit-tiny's 6×6: half, 3×3, does not guide; A58)
 
 
 def _single(name: str) -> dict[str, Any]:
@@ -114,7 +114,7 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "xlip-sparse": (_row(SPARSE, image_only=SPARSE_IMAGE_ONLY, text=entmlm(0.2)) | {"model": SPARSE_MODEL},
                     "Guided sparse encoding (issue 21, not the paper's): a half-resolution view of the whole image trains the alignment "
                     "and steers the guided AttMIM (λ2=0.5); the full-resolution pass encodes only the visible half for MIM (MILAN decoder); "
-                    "EntMLM with a causal decoder (one text pass). About a CLIP step's cost (A48e)."),
+                    "EntMLM with a causal decoder (one text pass). About a CLIP step's cost (A58)."),
     "clip-flip": (_row(None, None, warmup=False) | {"model": {"patch_dropout": 0.5}},
                   "CLIP baseline with FLIP patch dropout: half the image patches, drawn at random, dropped before the encoder in training."),
 }

@@ -142,6 +142,97 @@ def test_finetune_keeps_results_json_and_adds_the_contract_files(phantom_run, tm
     assert (out / "splits" / "test.json").is_file() and len(list(csv.DictReader((out / "finetune.csv").open()))) == 3 * 6
 
 
+# --- segmentation fine-tuning ------------------------------------------------------------------------
+
+def check_dice_rows(doc: dict, rows: list[dict]) -> None:
+    """Every detail row's Dice from its pixel counts, and each fraction's metrics from its rows, by hand."""
+    assert rows
+    for r in rows:
+        inter, pred, les = (int(r[k]) for k in ("overlap_pixels", "predicted_pixels", "lesion_pixels"))
+        want = 2 * inter / (pred + les) if les else float(pred == 0)
+        assert float(r["dice"]) == pytest.approx(want)
+    for frac in {r["fraction"] for r in rows}:
+        sub = [r for r in rows if r["fraction"] == frac]
+        key = f"finetune/seg_{sub[0]['mode']}_{float(frac) * 100:g}"
+        m = doc["metrics"]
+        assert m[f"{key}/dice"] == pytest.approx(np.mean([float(r["dice"]) for r in sub]))
+        assert m[f"{key}/n_test"] == len(sub) and m[f"{key}/n_train"] == int(sub[0]["n_train"])
+        den = sum(int(r["predicted_pixels"]) + int(r["lesion_pixels"]) for r in sub)
+        pooled = m[f"{key}/dice_pooled"]
+        assert (pooled is None) if den == 0 else pooled == pytest.approx(2 * sum(int(r["overlap_pixels"]) for r in sub) / den)
+
+
+def test_segmentation_on_the_phantoms_reuses_the_finetune_splits(phantom_run, tmp_path):
+    cls = tmp_path / "cls"
+    invoke("eval", "finetune", phantom_run, "--epochs", "1", "--out", cls)
+    stored = {f.stem: json.loads(f.read_text())["sha256"] for f in (cls / "splits").glob("*.json")}
+    out = tmp_path / "seg"
+    res = invoke("eval", "finetune", phantom_run, "--task", "segmentation", "--epochs", "2", "--splits", cls / "splits",
+                 "--out", out)
+    doc = json.loads((out / "finetune.json").read_text())
+    assert doc["task"] == "segmentation" and doc["head"] == "setr_naive" and doc["settings"]["task"] == "segmentation"
+    assert doc["split_sha256"] == stored  # every phantom has a lesion mask: the classification splits as they are
+    assert not (out / "splits").exists() and not (out / "results.json").exists()
+    rows = list(csv.DictReader((out / "finetune.csv").open()))
+    assert {r["fraction"] for r in rows} == {"0.01", "0.1", "1"} and len(rows) == 3 * 24  # the 24 held-out phantoms
+    for frac, pct in (("0.01", "1"), ("0.1", "10"), ("1", "100")):
+        for m in ("dice", "dice_pos", "dice_neg", "dice_pooled", "n_train", "n_test"):
+            assert f"finetune/seg_probe_{pct}/{m}" in doc["metrics"]
+    check_dice_rows(doc, rows)
+    assert "segmentation (probe, SETR-naive head) on 24 test images" in " ".join(res.output.split())
+
+
+def siim_file(path: Path, held: list[str], train_ids: list[str], held_cells: list[str]) -> Path:
+    rows = [[h, c] for h, c in zip(held, held_cells)] + [[h, " -1"] for h in held[len(held_cells):]]
+    rows += [[t, " 0 524288" if k % 2 else " -1"] for k, t in enumerate(train_ids)]
+    return write(path, ["ImageId", " EncodedPixels"], rows)
+
+
+def test_segmentation_on_siim_rle_masks(csv_run, tmp_path):
+    run, held, train_ids = csv_run
+    # held[0]: the left half of the 1024 x 1024 image -> 48 of the 96 input columns; held[1]: columns 0-5 of 1024 cover
+    # 6 / (1024 / 96) = 0.5625 of input column 0 (at least half: lesion); held[2]: 5 columns = 0.47 of it (not); held[3]: -1
+    f = siim_file(tmp_path / "train-rle.csv", held, train_ids, [" 0 524288", " 0 6144", " 0 5120", " -1"])
+    out = tmp_path / "o"
+    res = invoke("eval", "finetune", run, "--task", "segmentation", "--regions", f, "--format", "siim", "--epochs", "2",
+                 "--mode", "finetune", "--out", out)
+    doc = json.loads((out / "finetune.json").read_text())
+    rows = list(csv.DictReader((out / "finetune.csv").open()))
+    px = {r["image_id"]: int(r["lesion_pixels"]) for r in rows}
+    assert px[held[0]] == 48 * 96 and px[held[1]] == 96 and px[held[2]] == 0 and px[held[3]] == 0
+    assert set(px) == set(held)  # the test split is the held-out images, every one annotated
+    check_dice_rows(doc, rows)
+    assert doc["format"] == "siim" and doc["regions"] == str(f) and (out / "splits" / "test.json").is_file()
+    text = " ".join(res.output.split())
+    assert "1 images with a lesion in" in text and f"e.g. {held[2]}" in text  # the lesion smaller than half an input pixel
+
+
+@pytest.mark.parametrize("cell, row_id, match", [
+    (" ", "HELD", "column 'EncodedPixels': empty; expected -1"),
+    (" 0 10", "nope.png", "image id 'nope.png' is not in the data"),
+    (" 1048570 10", "HELD", "past the 1024x1024 = 1048576 pixels of the image"),
+    (" 0 10", "", "column 'ImageId': empty image id"),
+])
+def test_segmentation_bad_annotation_files_are_one_line_and_nothing_is_written(csv_run, tmp_path, cell, row_id, match):
+    run, held, train_ids = csv_run
+    f = siim_file(tmp_path / "train-rle.csv", held[1:], train_ids, [])
+    with f.open("a") as fh:
+        fh.write(f"{held[0] if row_id == 'HELD' else row_id},{cell}\n")
+    out = tmp_path / "out"
+    msg = fails("eval", "finetune", run, "--task", "segmentation", "--regions", f, "--format", "siim", "--out", out,
+                match=match, out=out)
+    assert str(f) in msg
+
+
+def test_segmentation_needs_masks_and_regions_need_segmentation(csv_run, tmp_path):
+    out = tmp_path / "out"
+    fails("eval", "finetune", csv_run[0], "--task", "segmentation", "--out", out, match="has no lesion masks (no phantom source)",
+          out=out)
+    fails("eval", "finetune", csv_run[0], "--regions", tmp_path / "x.csv", "--format", "siim", "--out", out,
+          match="--regions gives the masks of --task segmentation", out=out)
+    fails("eval", "finetune", csv_run[0], "--task", "segment", match="--task segment")
+
+
 # --- mask-lesion overlap ----------------------------------------------------------------------------
 
 def test_masks_strategies_from_the_registry_at_several_ratios(phantom_run, tmp_path):

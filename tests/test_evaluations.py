@@ -83,12 +83,14 @@ def test_settings_mirror_the_library_constants():
 
     from maskkit.eval.padchest import SUBSETS
     from maskkit.eval.zeroshot import DEFAULT_PROMPT_STYLE, NO_FINDING_MODES, PROMPT_STYLES
-    from maskkit.evaluations import NoFinding, PadChestSubset, PromptStyle, ZeroshotSettings
+    from maskkit.eval.segmentation import TASKS
+    from maskkit.evaluations import FinetuneSettings, FinetuneTask, NoFinding, PadChestSubset, PromptStyle, ZeroshotSettings
 
     assert set(typing.get_args(PromptStyle)) == set(PROMPT_STYLES)
     assert set(typing.get_args(NoFinding)) == set(NO_FINDING_MODES)
     assert set(typing.get_args(PadChestSubset)) == set(SUBSETS)
     assert ZeroshotSettings().prompts == DEFAULT_PROMPT_STYLE
+    assert set(typing.get_args(FinetuneTask)) == set(TASKS) and FinetuneSettings().task == "classification"
 
 
 def test_a_builtin_evaluation_name_taken_by_a_plugin_is_skipped_in_one_line(tmp_path, monkeypatch, capsys):

@@ -206,7 +206,7 @@ def test_wrong_folders_and_choices_fail_in_one_line(bert, registered, tmp_path):
     with pytest.raises(MaskkitError) as e:
         XLIP(tiny_config(arch=registered, mlm=MLMConfig(layers=1, mode="loss")), text_mask=text)
     assert "model.mlm.mode=loss: the text tower of maskkit-test-bert is bidirectional" in _one_line(e)
-    with pytest.raises(MaskkitError) as e:  # causal reads the clean E_report too (A48e)
+    with pytest.raises(MaskkitError) as e:  # causal reads the clean E_report too (A58)
         XLIP(tiny_config(arch=registered, mlm=MLMConfig(layers=1, mode="causal")), text_mask=text)
     assert "model.mlm.mode=causal: the text tower of maskkit-test-bert is bidirectional" in _one_line(e)
     with pytest.raises(MaskkitError) as e:

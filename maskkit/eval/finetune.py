@@ -171,6 +171,14 @@ def dataset_index(dataset) -> dict:
     return {dataset[i]["id"]: i for i in range(len(dataset))}
 
 
+def images_of(items, device="cpu") -> torch.Tensor:
+    """``[B, 1, S, S]`` float images in [0, 1] of decoded samples, on ``device``: a training
+    dataset over a prepared cache returns uint8 images (0-255, ``raw_cache``), divided by 255 here
+    as :func:`maskkit.data.dataset.to_device` does for training."""
+    x = torch.stack([s["image"] for s in items]).to(device)
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
     """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split.
@@ -196,7 +204,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
     def batches(idx, size):
         """(images, labels) of the samples of ``idx`` that decode, ``size`` at a time (skip policy)."""
         for items in decoded_batches(dataset, idx, size, skips):
-            yield torch.stack([s["image"] for s in items]), torch.stack([s["labels"] for s in items]).float()
+            yield images_of(items), torch.stack([s["labels"] for s in items]).float()
 
     @torch.no_grad()
     def features(m, idx):

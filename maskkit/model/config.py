@@ -40,8 +40,8 @@ class MIMConfig(Strict):
 
 
 class MLMConfig(Strict):
-    mode: Literal["input", "loss", "causal"] = Field("input", description="selected tokens hidden at the text-encoder input (input), only selected as loss positions (loss; needs a causal text tower such as CLIP's), or loss positions with a strictly causal decoder over the clean report (causal: one text pass, no copy path; needs a causal text tower; A48e)")
-    mask_token: Literal["auto", "learned", "tokenizer"] = Field("auto", description="what hides a selected token at the input (mode=input): a learned embedding, the tokenizer's mask token (BERT's [MASK]), or auto: the mask token when the vocabulary has one (docs/assumptions.md A48d)")
+    mode: Literal["input", "loss", "causal"] = Field("input", description="selected tokens hidden at the text-encoder input (input), only selected as loss positions (loss; needs a causal text tower such as CLIP's), or loss positions with a strictly causal decoder over the clean report (causal: one text pass, no copy path; needs a causal text tower; A58)")
+    mask_token: Literal["auto", "learned", "tokenizer"] = Field("auto", description="what hides a selected token at the input (mode=input): a learned embedding, the tokenizer's mask token (BERT's [MASK]), or auto: the mask token when the vocabulary has one (docs/assumptions.md A57)")
     layers: int = Field(3, ge=1, description="multimodal text decoder layers (paper: 3)")
     heads: int = Field(8, ge=1, description="text decoder heads")
 

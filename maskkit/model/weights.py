@@ -9,7 +9,7 @@ A ``model.pretrained`` path is one of:
   ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (the file open_clip's own
   ``_find_checkpoint_in_dir`` picks). The towers are built from ``model_cfg`` — the folder is the
   architecture, as for open_clip's ``local-dir:`` — and ``model.arch`` is not used then
-  (:func:`architecture`; docs/assumptions.md A48c).
+  (:func:`architecture`; docs/assumptions.md A54).
 - **a timm ViT** image tower: a state dict or ``.safetensors`` file with timm's
   ``VisionTransformer`` keys (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
   ``blocks.N.attn.qkv.weight``, ...), or timm's HF-hub folder (``config.json`` naming a ``vit_*``

@@ -242,7 +242,7 @@ class XLIP(nn.Module):
         (``model.mlm.mask_token``); ``loss`` feeds the clean E_report (causal towers only);
         ``causal`` feeds the clean E_report to a decoder whose self-attention is strictly causal
         (the text mask only picks the targets: position ``t-1`` predicts a selected token ``t``
-        from the clean tokens before it, which a causal text tower's features cannot hold; A48e).
+        from the clean tokens before it, which a causal text tower's features cannot hold; A58).
         """
         B, T = ids.shape
         attn = check_mask(self.text_mask(ctx), self.text_mask, (B, T, T), "text_mask")  # True = may not attend

@@ -19,7 +19,7 @@ def lr_factor(step: int, cfg) -> float:
 
 def schedule_warnings(cfg, objectives) -> list[str]:
     """One line per warm-up that ``train.steps`` cuts short (each a warning, not an error: a short
-    test run of a long config is legitimate; A48a): ``train.lr_warmup_steps`` above ``train.steps``
+    test run of a long config is legitimate; A48): ``train.lr_warmup_steps`` above ``train.steps``
     (:func:`lr_factor` rises to ``steps / lr_warmup_steps`` of ``train.lr`` and never reaches it),
     and ``train.warmup_steps`` at or above ``train.steps`` while the model trains a warm-up term
     (the run ends in the masked-modelling-only phase: the weighted terms that wait for it never
