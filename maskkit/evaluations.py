@@ -594,9 +594,9 @@ def retrieval(run, s: RetrievalSettings):
     res = retrieval_metrics(sim, image_report, ks=tuple(s.ks), n_boot=s.bootstrap, seed=s.seed)
     metrics = {f"retrieval/{k}": v for k, v in res.metrics().items()}
     metrics["retrieval/n_images"], metrics["retrieval/n_reports"] = float(res.n_images), float(res.n_reports)
-    details = [{"direction": "image_to_report", "query": i, "report_column": int(c), "rank": int(r)}
-               for i, c, r in zip(ids, image_report, res.image_ranks)]
-    details += [{"direction": "report_to_image", "query": f"report {int(q)}", "report_column": int(q), "rank": int(r)}
+    details = [{"direction": "image_to_report", "query": i, "report_column": int(c), "rank": float(r)}
+               for i, c, r in zip(ids, image_report, res.image_ranks)]  # expected rank (ties: maskkit.eval.ties)
+    details += [{"direction": "report_to_image", "query": f"report {int(q)}", "report_column": int(q), "rank": float(r)}
                 for q, r in zip(res.report_queries, res.report_ranks)]
     title = f"retrieval on {res.n_images} images and {res.n_reports} reports ({split_words(what)})"
     extra.update(res.to_json())

@@ -17,6 +17,7 @@ from maskkit.eval.grounding import (
     baselines, centre_prior, cnr, grounding_metrics, iou_dice, normalise, pointing_game, random_map, summarise,
     threshold_map,
 )
+from maskkit.eval.ties import hit_probability
 from maskkit.eval.overlap import lesion_overlap, overlap_counts, random_like
 
 
@@ -67,12 +68,21 @@ def test_hand_computed_box_on_part_of_a_patch_is_the_pixel_value():
     assert m["pointing"].item() == 1.0
 
 
-def test_pointing_misses_ties_and_empty_regions():
+def test_pointing_scores_ties_in_expectation_and_skips_empty_regions():
     s = hand_map()
     assert pointing_game(s, box_region((32, 32, 16, 16))).tolist() == [0.0]  # patch 10: the map's max is patch 5
     tie = torch.zeros(1, 16)
     tie[0, 0] = tie[0, 15] = 1.0
-    assert pointing_game(tie, box_region((48, 48, 16, 16))).tolist() == [1.0]  # a tied maximum inside counts
+    # patches 0 and 15 tie for the maximum, only 15 is in the box: a random tie-break hits half the time
+    assert pointing_game(tie, box_region((48, 48, 16, 16))).tolist() == [0.5]
+    assert pointing_game(tie, box_region((0, 0, 64, 64))).tolist() == [1.0]  # both tied maxima inside
+    # a constant map scores the share of patches the region touches, never 1: patches 5 and 6 of 16; a box
+    # over part of patches 5, 6, 9 and 10 (any overlap counts, as for a single maximum) -> 4/16
+    flat = torch.full((2, 16), 0.3)
+    regions = torch.cat([box_region((16, 16, 32, 16)), box_region((20, 20, 20, 20))])
+    assert pointing_game(flat, regions).tolist() == [2 / 16, 4 / 16]
+    # the same number as retrieval's R@1 with (above, tied, relevant) = (0, 14, 2): one tie rule
+    assert hit_probability(0, 14, 2, 1) == pytest.approx(2 / 16)
     empty = torch.zeros(1, 16)
     m = grounding_metrics(s, empty)
     assert all(math.isnan(v.item()) for v in m.values())
@@ -109,6 +119,10 @@ def test_baselines_random_is_seeded_and_centre_prior_points_at_the_centre():
     b = baselines(r, torch.Generator().manual_seed(0))
     assert all(torch.equal(a["random"][k], b["random"][k]) for k in a["random"])
     assert a["centre"]["pointing"].tolist() == [1.0, 0.0]
+    # the four centre patches (5, 6, 9, 10) tie for the prior's maximum: a box on patch 6 alone gets 1/4,
+    # one on patches 5 and 6 gets 2/4 (MedKLIP's "any tied maximum" rule would give 1 to both)
+    c = baselines(torch.cat([box_region((32, 16, 16, 16)), box_region((16, 16, 32, 16))]), torch.Generator().manual_seed(0))
+    assert c["centre"]["pointing"].tolist() == [0.25, 0.5]
     cp = centre_prior(4)
     assert cp.shape == (1, 16) and set(cp[0].argsort(descending=True)[:4].tolist()) == {5, 6, 9, 10}
     # min-max of minus the distance: the prediction >= 0.5 is the centre 2 x 2 (distance .71 vs 1.58, 2.12)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import math
 
 import numpy as np
 import pytest
@@ -28,21 +29,39 @@ SIM = np.array([[0.9, 0.1, 0.6],
 OWN = np.array([0, 0, 1, 2])
 
 
-def test_hand_computed_ranks_with_pessimistic_ties():
-    r = retrieval_metrics(SIM, OWN, n_boot=0)
-    # image -> report: img0 own 0.9, nothing >= -> 1; img1 own 0.5, ties col 1 (0.5) and loses to col 2 -> 3
-    # (an optimistic tie-break would say 2); img2 own 0.3 ties col 0 -> 2; img3 own 0.6 < col 1 -> 2
-    assert r.image_ranks.tolist() == [1, 3, 2, 2]
+def test_hand_computed_ranks_with_ties_broken_at_random_in_expectation():
+    r = retrieval_metrics(SIM, OWN, ks=(1, 2, 5, 10), n_boot=0)
+    # image -> report (above, tied): img0 own 0.9, (0, 0) -> rank 1; img1 own 0.5 loses to col 2 and ties
+    # col 1, (1, 1) -> 1 + 1 + 1/2 = 2.5 (pessimistic 3, optimistic 2); img2 own 0.3 ties col 0, (0, 1) -> 1.5;
+    # img3 own 0.6 < col 1, (1, 0) -> 2
+    assert r.image_ranks.tolist() == [1.0, 2.5, 1.5, 2.0]
+    assert r.image_counts.tolist() == [[0, 0, 1], [1, 1, 1], [0, 1, 1], [1, 0, 1]]
     # report -> image: report 0's best image (img0, 0.9) beats every other image -> 1;
     # report 1 (img2, 0.3) has img1 (0.5) and img3 (0.8) ahead -> 3;
-    # report 2 (img3, 0.6): img1 (0.7) ahead and img0 ties at 0.6 -> 3 (optimistic: 2)
-    assert r.report_queries.tolist() == [0, 1, 2] and r.report_ranks.tolist() == [1, 3, 3]
+    # report 2 (img3, 0.6): img1 (0.7) ahead and img0 ties at 0.6 -> 2.5
+    assert r.report_queries.tolist() == [0, 1, 2] and r.report_ranks.tolist() == [1.0, 3.0, 2.5]
     m = r.metrics()
-    assert m["image_to_report_R@1"] == pytest.approx(1 / 4) and m["image_to_report_R@5"] == 1.0
-    assert m["image_to_report_median_rank"] == 2.0 and m["image_to_report_mean_rank"] == 2.0
-    assert m["report_to_image_R@1"] == pytest.approx(1 / 3) and m["report_to_image_R@10"] == 1.0
-    assert m["report_to_image_median_rank"] == 3.0 and m["report_to_image_mean_rank"] == pytest.approx(7 / 3)
+    # R@1: img0 1, img1 0, img2 1/2 (its own report first in one of the two orders), img3 0
+    assert m["image_to_report_R@1"] == pytest.approx(1.5 / 4)
+    assert m["image_to_report_R@2"] == pytest.approx((1 + 0.5 + 1 + 1) / 4) and m["image_to_report_R@5"] == 1.0
+    assert m["image_to_report_median_rank"] == 1.75 and m["image_to_report_mean_rank"] == 1.75
+    assert m["report_to_image_R@1"] == pytest.approx(1 / 3) and m["report_to_image_R@2"] == pytest.approx(1.5 / 3)
+    assert m["report_to_image_R@10"] == 1.0
+    assert m["report_to_image_median_rank"] == 2.5 and m["report_to_image_mean_rank"] == pytest.approx(6.5 / 3)
     assert not any(k.endswith("_ci_lo") for k in m)  # n_boot=0: no intervals
+    assert r.to_json()["ties"] == "expected"
+
+
+def test_tied_relevant_images_of_one_study():
+    # every score 0: report 0's two images tie with the two images of report 1. In the 6 orders of
+    # {rel, rel, irr, irr} the first relevant image is 1st in 3, 2nd in 2, 3rd in 1: R@1 1/2,
+    # R@2 5/6, expected rank (3 + 2 * 2 + 3) / 6 = 5/3 (= 1 + tied / (relevant + 1) = 1 + 2/3)
+    r = retrieval_metrics(np.zeros((4, 2)), np.array([0, 0, 1, 1]), ks=(1, 2), n_boot=0)
+    assert r.report_counts.tolist() == [[0, 2, 2], [0, 2, 2]]
+    assert r.report_ranks.tolist() == pytest.approx([5 / 3, 5 / 3])
+    m = r.metrics()
+    assert m["report_to_image_R@1"] == pytest.approx(0.5) and m["report_to_image_R@2"] == pytest.approx(5 / 6)
+    assert m["image_to_report_R@1"] == pytest.approx(0.5) and m["image_to_report_mean_rank"] == 1.5
 
 
 def test_second_image_of_a_study_does_not_count_against_its_report():
@@ -53,11 +72,14 @@ def test_second_image_of_a_study_does_not_count_against_its_report():
     assert r.image_ranks.tolist() == [1, 1, 1]  # img2: own 0.9 > 0.85
 
 
-def test_constant_similarity_is_the_worst_rank_not_a_lucky_sort():
-    r = retrieval_metrics(np.zeros((5, 5)), np.arange(5), ks=(1, 5), n_boot=0)
-    assert r.image_ranks.tolist() == [5] * 5 and r.report_ranks.tolist() == [5] * 5
+def test_constant_similarity_scores_chance_not_a_lucky_sort():
+    r = retrieval_metrics(np.zeros((5, 5)), np.arange(5), ks=(1, 2, 5), n_boot=0)
+    # each query ties with the 4 others: expected rank 1 + 4/2 = 3, R@K = K/5 (a random order)
+    assert r.image_ranks.tolist() == [3.0] * 5 and r.report_ranks.tolist() == [3.0] * 5
     m = r.metrics()
-    assert m["image_to_report_R@1"] == 0.0 and m["image_to_report_R@5"] == 1.0 and m["report_to_image_median_rank"] == 5.0
+    assert m["image_to_report_R@1"] == pytest.approx(0.2) and m["image_to_report_R@2"] == pytest.approx(0.4)
+    assert m["report_to_image_R@1"] == pytest.approx(0.2)
+    assert m["image_to_report_R@5"] == 1.0 and m["report_to_image_median_rank"] == 3.0
 
 
 def test_distractor_reports_are_candidates_not_queries():
@@ -66,16 +88,27 @@ def test_distractor_reports_are_candidates_not_queries():
     assert r.image_ranks.tolist() == [2, 2] and r.report_queries.tolist() == [0] and r.report_ranks.tolist() == [1]
 
 
-def _reference(sim, own):
-    """The definitions written literally, one query at a time."""
+def _literal(above, tied, rel, k):
+    """(P(hit within k), expected rank) of one query: P(X >= j) = C(tied, j) / C(tied + rel, j)."""
+    j = k - above
+    hit = 0.0 if j <= 0 else 1.0 if j > tied else 1 - math.comb(tied, j) / math.comb(tied + rel, j)
+    return hit, 1 + above + tied / (rel + 1)
+
+
+def _reference(sim, own, k=5):
+    """The definitions written literally, one query at a time: ({image: (hit@k, rank)}, {report: ...})."""
     n, m = sim.shape
-    i2r = [1 + sum(sim[i, j] >= sim[i, own[i]] for j in range(m) if j != own[i]) for i in range(n)]
+    i2r = {}
+    for i in range(n):
+        o = sim[i, own[i]]
+        i2r[i] = _literal(sum(sim[i, j] > o for j in range(m)), sum(sim[i, j] == o for j in range(m) if j != own[i]), 1, k)
     r2i = {}
     for j in range(m):
         rel = [i for i in range(n) if own[i] == j]
         if rel:
             best = max(sim[i, j] for i in rel)
-            r2i[j] = 1 + sum(sim[i, j] >= best for i in range(n) if own[i] != j)
+            irr = [sim[i, j] for i in range(n) if own[i] != j]
+            r2i[j] = _literal(sum(v > best for v in irr), sum(v == best for v in irr), sum(sim[i, j] == best for i in rel), k)
     return i2r, r2i
 
 
@@ -88,9 +121,12 @@ def test_vectorised_ranks_equal_the_literal_definition(monkeypatch, block):
     sim = np.round(rng.random((len(own), 15)), 1)  # 3 distractor columns; rounding makes many ties
     i2r, r2i = _reference(sim, own)
     r = retrieval_metrics(sim, own, n_boot=0)
-    assert r.image_ranks.tolist() == i2r
-    assert dict(zip(r.report_queries.tolist(), r.report_ranks.tolist())) == r2i
-    assert r.metrics()["report_to_image_R@5"] == pytest.approx(np.mean(np.array(list(r2i.values())) <= 5))
+    assert r.image_ranks.tolist() == pytest.approx([i2r[i][1] for i in range(len(own))])
+    assert r.report_queries.tolist() == sorted(r2i)
+    assert r.report_ranks.tolist() == pytest.approx([r2i[q][1] for q in sorted(r2i)])
+    assert r.metrics()["report_to_image_R@5"] == pytest.approx(np.mean([v[0] for v in r2i.values()]))
+    assert r.metrics()["image_to_report_R@5"] == pytest.approx(np.mean([v[0] for v in i2r.values()]))
+    assert (r.report_counts[:, 2] > 1).any() and (r.report_counts[:, 1] > 0).any()  # the ties this test is about
 
 
 def test_report_groups_one_column_per_text():

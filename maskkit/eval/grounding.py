@@ -13,8 +13,11 @@ weighting each patch by the fraction of it the region covers — what MedKLIP do
 14 x 14 map 16 times per side before scoring against the 224 x 224 box mask.
 
 - **Pointing game** (MedKLIP, ``Sample_Zero-Shot_Grounding_RSNA/test.py`` ``score_cal``): a hit
-  when a patch where the map is maximal overlaps the region (MedKLIP: an argmax pixel inside the
-  box mask; with ties, any tied maximum counts, as there).
+  when the patch where the map is maximal overlaps the region (MedKLIP: an argmax pixel inside the
+  box mask). **Ties** follow every rank metric of ``maskkit.eval`` (:mod:`maskkit.eval.ties`): the
+  expected hit when the tie is broken at random, i.e. the share of the tied maximal patches that
+  overlap the region (MedKLIP's ``pred_map == max`` counts a hit when *any* does, so a constant
+  map scores 1; here it scores the share of patches the region touches).
 - **IoU and Dice at a threshold fixed in advance**: MedKLIP thresholds its softmax attention over
   the 196 patches at 0.008 (about 1.6 times the uniform 1/196) — a constant that only has a meaning
   for that map. maskkit's maps are cosine similarities, so each map is **min-max normalised per
@@ -88,11 +91,13 @@ def threshold_map(sim: torch.Tensor, threshold: float = THRESHOLD) -> torch.Tens
 
 
 def pointing_game(sim: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
-    """``[B]`` float64: 1.0 when a patch where ``sim`` is maximal overlaps the region, 0.0 when none
-    does, NaN when the region is empty."""
+    """``[B]`` float64: the share of the patches where ``sim`` is maximal that overlap the region -
+    1.0 or 0.0 for a single maximum, the expected hit of a random tie-break for several
+    (:mod:`maskkit.eval.ties`; a constant map scores the share of patches the region touches) -
+    and NaN when the region is empty."""
     r = _check(sim, region)
-    top = sim == sim.amax(1, keepdim=True)
-    hit = ((top & (r > 0)).any(1)).to(torch.float64)
+    top = (sim == sim.amax(1, keepdim=True)).to(torch.float64)
+    hit = (top * (r > 0)).sum(1) / top.sum(1).clamp_min(1)  # relevant / (tied + relevant): ties.hit_probability(0, ., ., 1)
     return hit.masked_fill(_no_region(r), math.nan)
 
 
@@ -154,8 +159,8 @@ def random_map(shape: tuple[int, int], generator: torch.Generator, device: torch
 
 def centre_prior(grid: int, batch: int = 1, device: torch.device | str = "cpu") -> torch.Tensor:
     """``[batch, grid * grid]`` float32: minus the distance of each patch centre from the image
-    centre (in patches) — the centre-prior baseline (the centre patches tie for the maximum on an
-    even grid)."""
+    centre (in patches) — the centre-prior baseline (the four centre patches tie for the maximum on
+    an even grid: its pointing game is the share of them that touch the region)."""
     c = torch.arange(grid, dtype=torch.float32, device=device) + 0.5 - grid / 2
     d = (c[:, None] ** 2 + c[None, :] ** 2).sqrt()
     return (-d).reshape(1, -1).expand(batch, -1).clone()

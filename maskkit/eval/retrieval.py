@@ -16,14 +16,18 @@ report. How the columns are made from records is :func:`report_groups`:
   column (every image of the study) - among all images: a hit at K when any of them is in the
   top K. Other relevant images do not count against it. Columns with no image (distractor
   reports) are candidates for image -> report and are not report -> image queries.
-- **Ties count against the query (pessimistic):** rank = 1 + the number of *other* candidates
-  (irrelevant ones, for report -> image) scoring **at least** as high as the best relevant one.
-  A constant similarity matrix therefore scores the worst rank, never R@1 = 1 by the accident of
-  a sort order (``argsort``-based scorers such as open_clip's and CXR-CLIP's break ties by
-  position).
-- **Metrics:** R@K = share of queries with rank <= K (a fraction, not a percentage); median rank
-  (``np.median``: the mean of the two middle ranks for an even count, where open_clip floors it)
-  and mean rank.
+- **Ties: the expected value over a uniformly random tie-break** (:mod:`maskkit.eval.ties`, the
+  convention of every rank metric in ``maskkit.eval``): a query with ``above`` other candidates
+  (irrelevant ones, for report -> image) scoring strictly higher than its best relevant one and
+  ``tied`` scoring the same scores R@K = the probability that a random order of the tied items
+  leaves its first relevant one within K, and its rank is the expected rank
+  ``1 + above + tied / (relevant + 1)`` (``relevant``: the relevant candidates at that score; the
+  mid-rank ``1 + above + tied / 2`` for one). A constant similarity matrix therefore scores chance
+  (R@K = K / n), neither R@1 = 1 by the accident of a sort order (``argsort``-based scorers such
+  as open_clip's and CXR-CLIP's break ties by position) nor the worst rank.
+- **Metrics:** R@K = share of queries with rank <= K (a fraction, not a percentage; the mean hit
+  probability where ties); median rank (``np.median`` of the expected ranks: the mean of the two
+  middle ones for an even count, where open_clip floors it) and mean rank.
 - **Intervals:** percentile 95% bootstrap (:mod:`maskkit.eval.bootstrap`, the zero-shot
   convention) over **reports**, the independent units: a resample draws report columns (those
   with images) with replacement and takes every image of each, so the images of one study stay
@@ -42,6 +46,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import MaskkitError
+from .ties import TIES, expected_rank, hit_probability
 
 KS = (1, 5, 10)
 DIRECTIONS = ("image_to_report", "report_to_image")
@@ -92,40 +97,67 @@ def _check(sim, image_report) -> tuple[np.ndarray, np.ndarray]:
     return sim, r.astype(np.int64)
 
 
-def image_to_report_ranks(sim, image_report) -> np.ndarray:
-    """``[n_images]`` rank (1 = best) of each image's own report among all report columns; a
-    report scoring the same as the image's own counts ahead of it (pessimistic ties)."""
+def image_to_report_counts(sim, image_report) -> np.ndarray:
+    """``[n_images, 3]`` int64 per image query: (report columns scoring strictly higher than the
+    image's own, other columns scoring the same, 1) - the ``(above, tied, relevant)`` counts of
+    :mod:`maskkit.eval.ties`."""
     sim, r = _check(sim, image_report)
     n, m = sim.shape
     own = sim[np.arange(n), r]
-    ranks = np.empty(n, dtype=np.int64)
+    out = np.ones((n, 3), dtype=np.int64)
     step = max(1, _BLOCK // m)
     for s in range(0, n, step):  # row blocks of the matrix, not single samples
-        ranks[s:s + step] = (sim[s:s + step] >= own[s:s + step, None]).sum(1)  # own column counts once: rank >= 1
-    return ranks
+        block, o = sim[s:s + step], own[s:s + step, None]
+        out[s:s + step, 0] = (block > o).sum(1)
+        out[s:s + step, 1] = (block == o).sum(1) - 1  # the own column is not a rival
+    return out
 
 
-def report_to_image_ranks(sim, image_report) -> tuple[np.ndarray, np.ndarray]:
-    """(query columns ``[q]``, their ranks ``[q]``): for each report column with at least one image,
-    the rank of its best-scoring relevant image among the irrelevant images (1 + the irrelevant
-    images scoring at least as high: pessimistic ties)."""
+def image_to_report_ranks(sim, image_report) -> np.ndarray:
+    """``[n_images]`` float64 expected rank (1 = best) of each image's own report among all report
+    columns; reports scoring the same as the image's own are a tie broken at random (the mid-rank)."""
+    c = image_to_report_counts(sim, image_report)
+    return expected_rank(c[:, 0], c[:, 1], c[:, 2])
+
+
+def report_to_image_counts(sim, image_report) -> tuple[np.ndarray, np.ndarray]:
+    """(query columns ``[q]``, ``[q, 3]`` int64 counts): for each report column with at least one
+    image, (irrelevant images scoring strictly higher than its best relevant image, irrelevant
+    images scoring the same, relevant images scoring the same) - the ``(above, tied, relevant)``
+    counts of :mod:`maskkit.eval.ties`."""
     sim, r = _check(sim, image_report)
     n, m = sim.shape
     queries = np.flatnonzero(np.bincount(r, minlength=m) > 0)
-    ranks = np.empty(len(queries), dtype=np.int64)
+    out = np.empty((len(queries), 3), dtype=np.int64)
     st = sim.T  # [m, n]
     step = max(1, _BLOCK // n)
     for s in range(0, len(queries), step):
         q = queries[s:s + step]
         rel = r[None, :] == q[:, None]  # [b, n] relevant images of each query column
         scores = st[q]
-        best = np.where(rel, scores, -np.inf).max(1)
-        ranks[s:s + step] = 1 + ((scores >= best[:, None]) & ~rel).sum(1)
-    return queries, ranks
+        best = np.where(rel, scores, -np.inf).max(1)[:, None]
+        at = scores == best
+        out[s:s + step, 0] = ((scores > best) & ~rel).sum(1)
+        out[s:s + step, 1] = (at & ~rel).sum(1)
+        out[s:s + step, 2] = (at & rel).sum(1)
+    return queries, out
 
 
-def _summary(ranks: np.ndarray, ks) -> dict[str, float]:
-    out = {f"R@{k}": float(np.mean(ranks <= k)) for k in ks}
+def report_to_image_ranks(sim, image_report) -> tuple[np.ndarray, np.ndarray]:
+    """(query columns ``[q]``, their expected ranks ``[q]`` float64): for each report column with at
+    least one image, the rank of its best-scoring relevant image among the irrelevant images, a tie
+    broken at random (:mod:`maskkit.eval.ties`)."""
+    queries, c = report_to_image_counts(sim, image_report)
+    return queries, expected_rank(c[:, 0], c[:, 1], c[:, 2])
+
+
+def _hits(counts: np.ndarray, ks) -> dict[int, np.ndarray]:
+    """``{k: [q] float64}``: each query's probability of a hit within ``k``."""
+    return {k: hit_probability(counts[:, 0], counts[:, 1], counts[:, 2], k) for k in ks}
+
+
+def _summary(ranks: np.ndarray, hits: dict[int, np.ndarray]) -> dict[str, float]:
+    out = {f"R@{k}": float(np.mean(h)) for k, h in hits.items()}
     out["median_rank"] = float(np.median(ranks))
     out["mean_rank"] = float(np.mean(ranks))
     return out
@@ -135,8 +167,11 @@ def _summary(ranks: np.ndarray, ks) -> dict[str, float]:
 class RetrievalResult:
     """Retrieval metrics and the per-query ranks behind them.
 
-    ``image_ranks`` ``[n_images]``: each image's rank of its report; ``report_queries`` ``[q]`` and
-    ``report_ranks`` ``[q]``: the report columns that have images and the rank of their first image.
+    ``image_ranks`` ``[n_images]`` float64: each image's expected rank of its report;
+    ``report_queries`` ``[q]`` and ``report_ranks`` ``[q]`` float64: the report columns that have
+    images and the expected rank of their first image (ties: :mod:`maskkit.eval.ties`);
+    ``image_counts`` ``[n_images, 3]`` and ``report_counts`` ``[q, 3]``: the ``(above, tied,
+    relevant)`` counts behind them.
     ``point``/``ci``: ``{direction: {metric: value | (lo, hi)}}`` (``ci`` empty when ``n_boot`` is 0).
     """
 
@@ -150,6 +185,8 @@ class RetrievalResult:
     ci: dict[str, dict[str, tuple[float, float]]] = field(default_factory=dict)
     n_boot: int = 0
     seed: int = 0
+    image_counts: np.ndarray | None = None
+    report_counts: np.ndarray | None = None
 
     def metrics(self) -> dict[str, float]:
         """One flat dict of floats (open_clip's naming): ``image_to_report_R@1``, ...,
@@ -164,10 +201,10 @@ class RetrievalResult:
 
     def to_json(self) -> dict:
         return {"n_images": self.n_images, "n_reports": self.n_reports, "n_report_queries": int(len(self.report_queries)),
-                "ks": list(self.ks), "ties": "pessimistic", "n_boot": self.n_boot, "seed": self.seed,
+                "ks": list(self.ks), "ties": TIES, "n_boot": self.n_boot, "seed": self.seed,
                 "bootstrap_unit": "report", "metrics": self.metrics(),
                 "image_ranks": self.image_ranks.tolist(),
-                "report_ranks": dict(zip(map(int, self.report_queries), map(int, self.report_ranks)))}
+                "report_ranks": dict(zip(map(int, self.report_queries), map(float, self.report_ranks)))}
 
     def table(self, title: str | None = None):
         from rich.table import Table
@@ -185,7 +222,7 @@ class RetrievalResult:
                 fmt = "{:.3f}" if c.startswith("R@") else "{:.1f}"
                 cells.append(fmt.format(v) + (f" [{fmt.format(iv[0])}, {fmt.format(iv[1])}]" if iv else ""))
             t.add_row(d.replace("_", " "), *cells)
-        t.caption = ("ties count against the query; report -> image: a hit when any image of the report's "
+        t.caption = ("ties: expected value over a random tie-break; report -> image: a hit when any image of the report's "
                      f"study is within K ({len(self.report_queries)} report queries)")
         return t
 
@@ -206,14 +243,16 @@ def retrieval_metrics(sim, image_report, ks: Sequence[int] = KS, n_boot: int = 1
         raise MaskkitError(f"retrieval: n_boot must be >= 0, got {n_boot}")
     sim, r = _check(sim, image_report)
     n, m = sim.shape
-    i2r = image_to_report_ranks(sim, r)
-    queries, r2i = report_to_image_ranks(sim, r)
-    point = {"image_to_report": _summary(i2r, ks), "report_to_image": _summary(r2i, ks)}
-    ci = _bootstrap(i2r, r, queries, r2i, ks, n_boot, seed) if n_boot else {}
-    return RetrievalResult(n, m, ks, i2r, queries, r2i, point, ci, int(n_boot), int(seed))
+    ic = image_to_report_counts(sim, r)
+    queries, rc = report_to_image_counts(sim, r)
+    i2r, r2i = expected_rank(*ic.T), expected_rank(*rc.T)
+    i_hits, r_hits = _hits(ic, ks), _hits(rc, ks)
+    point = {"image_to_report": _summary(i2r, i_hits), "report_to_image": _summary(r2i, r_hits)}
+    ci = _bootstrap(i2r, i_hits, r, queries, r2i, r_hits, ks, n_boot, seed) if n_boot else {}
+    return RetrievalResult(n, m, ks, i2r, queries, r2i, point, ci, int(n_boot), int(seed), ic, rc)
 
 
-def _bootstrap(i2r, r, queries, r2i, ks, n_boot: int, seed: int) -> dict[str, dict[str, tuple[float, float]]]:
+def _bootstrap(i2r, i_hits, r, queries, r2i, r_hits, ks, n_boot: int, seed: int) -> dict[str, dict[str, tuple[float, float]]]:
     """Cluster bootstrap over the report columns that have images (see the module docstring)."""
     from .bootstrap import bootstrap_indices, percentile_interval, resample_counts, weighted_median
 
@@ -226,8 +265,9 @@ def _bootstrap(i2r, r, queries, r2i, ks, n_boot: int, seed: int) -> dict[str, di
         w = resample_counts(idx[s:s + step], g).astype(np.float64)  # [b, g] draws of each report column
         w_img = w[:, group]  # [b, n_images]: an image counts as often as its report column is drawn
         n_img, n_rep = w_img.sum(1), w.sum(1)
-        for d, ranks, weights, total in (("image_to_report", i2r, w_img, n_img), ("report_to_image", r2i, w, n_rep)):
-            vals = {f"R@{k}": weights @ (ranks <= k) / total for k in ks}
+        for d, ranks, hits, weights, total in (("image_to_report", i2r, i_hits, w_img, n_img),
+                                               ("report_to_image", r2i, r_hits, w, n_rep)):
+            vals = {f"R@{k}": weights @ hits[k] / total for k in ks}
             vals["median_rank"] = weighted_median(ranks, weights.astype(np.int64))
             vals["mean_rank"] = weights @ ranks / total
             for key, v in vals.items():

@@ -6,7 +6,8 @@ normalisation); the probability of the label is
 the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and ACC with
 bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
 positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
-threshold is tuned on the evaluation set (No Finding scored as absence: "no finding decided
+threshold is tuned on the evaluation set; a tie (both prompts equally close) is half a yes and AUC
+counts a tied pair 1/2, the expected value of a random tie-break (:mod:`maskkit.eval.ties`) (No Finding scored as absence: "no finding decided
 present", :func:`predictions`). Unknown (NaN) labels are left out of that label's
 metrics and counted per label; labels with no positives or no negatives are reported as undefined,
 left out of every mean, and warned about (a label policy such as ``blank=unknown`` can cause it). ``No Finding`` has its own prompt pair, since
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MaskkitError
+from .ties import decision_weights
 
 POSITIVE = ("{label}",)
 NEGATIVE = ("no {label}",)
@@ -147,19 +149,23 @@ def probabilities(model, images: torch.Tensor, label_names, device="cpu", positi
 
 def predictions(prob: np.ndarray, label_names, no_finding: str = "absence",
                 absence_ignore: tuple[str, ...] = (), threshold: float = THRESHOLD) -> np.ndarray:
-    """``[M, K]`` bool yes/no decisions behind F1 and ACC, from probabilities ``[M, K]``.
+    """``[M, K]`` float64 yes/no decisions behind F1 and ACC, from probabilities ``[M, K]``: 1.0
+    (yes), 0.0 (no), or the probability of "yes" when a tie is broken at random
+    (:mod:`maskkit.eval.ties`).
 
-    Each label: ``p >= threshold``, i.e. its positive prompt is closer than its negative one.
+    Each label: ``p > threshold``, i.e. its positive prompt is closer than its negative one; a tie
+    (``p == threshold``: both prompts equally close) is half a yes.
     ``No Finding`` under ``no_finding="absence"``: *no other finding is decided present*
-    (``p_k < threshold`` for every label in the product) - the CheXpert labeler's rule applied to
+    (``p_k < threshold`` for every label in the product; with tied findings, the probability that
+    none of them is decided present, ``prod (1 - d_k)``) - the CheXpert labeler's rule applied to
     the decisions, as its probability applies it to the probabilities. Thresholding the product
     itself at 0.5 would ask that the findings be absent *jointly* with probability 0.5, which five
     undecided findings (``p_k`` near 0.5, product near 0.03) never are: its F1 was always 0.
     """
-    pred = prob >= threshold
+    pred = decision_weights(prob, threshold)
     findings = absence_terms(label_names, no_finding, absence_ignore)
     if findings is not None:
-        none_present = ~pred[:, findings].any(1)
+        none_present = (1.0 - pred[:, findings]).prod(1)
         for k, lab in enumerate(label_names):
             if is_no_finding(lab):
                 pred[:, k] = none_present
@@ -167,13 +173,18 @@ def predictions(prob: np.ndarray, label_names, no_finding: str = "absence",
 
 
 def point_metrics(y: np.ndarray, p: np.ndarray, threshold: float = THRESHOLD, pred: np.ndarray | None = None) -> dict[str, float]:
-    """AUC of the scores ``p`` (scikit-learn), F1 and ACC of the decisions ``pred`` (default
-    ``p >= threshold``) for one label (no NaN in ``y``)."""
+    """AUC of the scores ``p`` (scikit-learn; a tied positive-negative pair counts 1/2), F1 and ACC
+    of the decisions ``pred`` (``[M]`` bool, or float: the probability of "yes"; default
+    :func:`maskkit.eval.ties.decision_weights` of ``p`` at ``threshold``) for one label (no NaN in
+    ``y``). A fractional decision counts as a yes and a no weighted by it: ACC is the expected
+    accuracy over the tie-breaks, F1 the F1 of the expected counts."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-    pred = (p >= threshold if pred is None else pred).astype(int)
-    return {"auc": float(roc_auc_score(y, p)), "f1": float(f1_score(y, pred, zero_division=0)),
-            "acc": float(accuracy_score(y, pred))}
+    d = decision_weights(p, threshold) if pred is None else np.asarray(pred, dtype=np.float64)
+    y2, yes_no = np.concatenate([y, y]), np.repeat([1, 0], len(y))
+    w = np.concatenate([d, 1.0 - d])
+    return {"auc": float(roc_auc_score(y, p)), "f1": float(f1_score(y2, yes_no, sample_weight=w, zero_division=0)),
+            "acc": float(accuracy_score(y2, yes_no, sample_weight=w))}
 
 
 def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0, threshold: float = THRESHOLD,
@@ -184,7 +195,7 @@ def bootstrap_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000, seed: int = 0
     the decisions, as in :func:`point_metrics`."""
     from .bootstrap import bootstrap_indices, percentile_interval
 
-    pred = p >= threshold if pred is None else pred
+    pred = decision_weights(p, threshold) if pred is None else pred
     vals = {m: [] for m in METRICS}
     for idx in bootstrap_indices(len(y), n_boot, seed):  # the project's one bootstrap (maskkit.eval.bootstrap)
         yb = y[idx]
@@ -256,8 +267,9 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
           pred: np.ndarray | None = None) -> ZeroShotResult:
     """Metrics of probabilities ``[M, K]`` against labels ``[M, K]`` (NaN = unknown, ignored).
 
-    AUC ranks ``prob``; F1 and ACC score the decisions ``pred`` (``[M, K]`` bool, default
-    ``prob >= THRESHOLD``; :func:`predictions` gives the protocol's).
+    AUC ranks ``prob``; F1 and ACC score the decisions ``pred`` (``[M, K]`` bool or float in
+    ``[0, 1]``, default ``prob`` at ``THRESHOLD`` with a tie half a yes; :func:`predictions` gives
+    the protocol's).
 
     Per label, the samples left out as unknown are counted (``coverage``, a table column); a label
     whose known samples hold one class is undefined and raises a ``LabelCoverageWarning``.
@@ -266,7 +278,7 @@ def score(y: np.ndarray, prob: np.ndarray, label_names, n_boot: int = 1000, seed
 
     coverage = label_coverage(y, label_names)
     notes = one_class_warnings(coverage, "zero-shot")
-    pred = prob >= THRESHOLD if pred is None else pred
+    pred = decision_weights(prob, THRESHOLD) if pred is None else pred
     per, undefined = {}, []
     for k, lab in enumerate(label_names):
         known = ~np.isnan(y[:, k])
