@@ -418,6 +418,27 @@ def test_bad_annotation_files_are_one_line_and_nothing_is_written(csv_run, tmp_p
     assert str(f) in msg
 
 
+@pytest.mark.parametrize("command, fmt, text, match", [
+    ("grounding", "rsna", "patientId,x,y,width,height,Target\n", "a header and no rows"),
+    ("masks", "nih", "", "the file is empty"),
+    ("grounding", "ms_cxr", "dicom_id,category,label_text,path,x,y,w,image_width,image_height\nHELD,P,o,p,1,1,5,32,32\n",
+     "missing column 'h'"),
+    ("masks", "vindr", "image_id,rad_id,class_name,x_min,y_min,x_max,y_max\nHELD,R1,Nodule,1\n",
+     "row 2: the row ends before column 'y_min'"),
+    ("grounding", "nih", "Image Index,Finding Label,Bbox [x,y,w,h],,,\nHELD,Effusion,1O,1,5,5,,,\n",
+     "row 2, column 'Bbox [x': expected a number of pixels, got '1O'"),
+    ("finetune", "siim", "ImageId, EncodedPixels\n", "a header and no rows"),
+])
+def test_whole_file_faults_are_one_line_and_nothing_is_written(csv_run, tmp_path, command, fmt, text, match):
+    run, held, _ = csv_run
+    f = tmp_path / f"{fmt}.csv"
+    f.write_text(text.replace("HELD", held[0]))
+    out = tmp_path / "out"
+    task = ["--task", "segmentation"] if command == "finetune" else []
+    msg = fails("eval", command, run, *task, "--regions", f, "--format", fmt, "--out", out, match=match, out=out)
+    assert msg.startswith(str(f)) or f"{f}:" in msg
+
+
 def test_regions_need_their_format(csv_run, tmp_path):
     fails("eval", "grounding", csv_run[0], "--regions", tmp_path / "x.csv", match="--regions needs --format")
 

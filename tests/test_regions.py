@@ -391,3 +391,67 @@ def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(RegionError, match=r"train-rle.csv: no such file; expected the annotation CSV") as e:
         read_siim(tmp_path / "train-rle.csv")
     one_line(e)
+
+
+# --- every reader x every bad file (issue 19, Done when: one line naming the file, row and value) ---
+
+HEADERS = {
+    "rsna": "patientId,x,y,width,height,Target",
+    "nih": "Image Index,Finding Label,Bbox [x,y,w,h],,,",
+    "siim": "ImageId, EncodedPixels",
+    "ms_cxr": "dicom_id,category,label_text,path,x,y,w,h,image_width,image_height",
+    "vindr": "image_id,rad_id,class_name,x_min,y_min,x_max,y_max,class_id",
+}
+READERS = {"rsna": read_rsna, "nih": read_nih_bbox, "siim": read_siim, "ms_cxr": read_ms_cxr,
+           "vindr": lambda p: read_vindr(p, sizes={"v": (1024, 1024)})}
+BOX_FAULTS = {  # fault -> (the row of each box format, what the one line must say)
+    "outside": ({"rsna": "a,900,900,200,200,1", "nih": "a.png,Nodule,900,900,200,200,,,",
+                 "ms_cxr": "d,Pneumonia,opacity,p,900,900,200,200,1024,1024", "vindr": "v,R1,Nodule/Mass,900,900,1100,1100,8"},
+                r"row 2: box \(x=900, y=900, w=200, h=200\) reaches outside the 1024x1024 image; expected 0 <= x"),
+    "negative": ({"rsna": "a,10,10,-5,20,1", "nih": "a.png,Nodule,10,10,-5,20,,,",
+                  "ms_cxr": "d,Pneumonia,opacity,p,10,10,-5,20,1024,1024", "vindr": "v,R1,Nodule/Mass,10,10,5,30,8"},
+                 r"row 2: box \(x=10, y=10, w=-5, h=20\) has a negative size; expected a positive width and height"),
+    "zero": ({"rsna": "a,10,10,0,20,1", "nih": "a.png,Nodule,10,10,0,20,,,",
+              "ms_cxr": "d,Pneumonia,opacity,p,10,10,0,20,1024,1024", "vindr": "v,R1,Nodule/Mass,10,10,10,30,8"},
+             r"row 2: box \(x=10, y=10, w=0, h=20\) has a zero size"),
+    "not a number": ({"rsna": "a,1O,10,5,20,1", "nih": "a.png,Nodule,1O,10,5,20,,,",
+                      "ms_cxr": "d,Pneumonia,opacity,p,1O,10,5,20,1024,1024", "vindr": "v,R1,Nodule/Mass,1O,10,15,30,8"},
+                     r"row 2, column '(x|Bbox \[x|x_min)': expected a number of pixels, got '1O'"),
+    "empty id": ({"rsna": ",10,10,5,20,1", "nih": ",Nodule,10,10,5,20,,,", "siim": ", -1",
+                  "ms_cxr": ",Pneumonia,opacity,p,10,10,5,20,1024,1024", "vindr": ",R1,Nodule/Mass,10,10,15,30,8"},
+                 r"row 2, column '(patientId|Image Index|ImageId|dicom_id|image_id)': empty image id; expected an image id"),
+    "short row": ({"rsna": "a,10,10", "nih": "a.png,Nodule,10", "siim": "a",
+                   "ms_cxr": "d,Pneumonia,opacity,p,10,10", "vindr": "v,R1,Nodule/Mass,10"},
+                  r"row 2: the row ends before column '[^']+' \(\d cells\); expected a cell for each of"),
+    "empty RLE": ({"siim": "a, "}, r"row 2, column 'EncodedPixels': empty; expected -1"),
+    "RLE past the image": ({"siim": "a, 1048570 10"},
+                           r"row 2, column 'EncodedPixels': the runs end at pixel 1048580, past the 1024x1024 = 1048576"),
+    "RLE not a number": ({"siim": "a, 5 1O"}, r"row 2, column 'EncodedPixels': '1O' is not an integer"),
+}
+
+
+@pytest.mark.parametrize("fmt, fault", [(f, k) for k, (rows, _) in BOX_FAULTS.items() for f in rows])
+def test_every_reader_names_the_file_row_and_value_of_a_bad_row(tmp_path, fmt, fault):
+    rows, expect = BOX_FAULTS[fault]
+    p = tmp_path / f"{fmt}.csv"
+    p.write_text(HEADERS[fmt] + "\n" + rows[fmt] + "\n")
+    with pytest.raises(RegionError, match=expect) as e:
+        READERS[fmt](p)
+    assert one_line(e).startswith(f"{p}: row 2")
+
+
+@pytest.mark.parametrize("fmt", list(HEADERS))
+@pytest.mark.parametrize("fault, text, expect", [
+    ("empty file", "", r": the file is empty; expected a CSV header row naming its columns \("),
+    ("only a header", "{header}\n", r": a header and no rows; expected one row per annotation after the header \("),
+    ("only a header and blank lines", "{header}\n\n\n", r": a header and no rows"),
+    ("a missing column", "{cut}\n", r": missing column '[^']+'; it has "),
+])
+def test_every_reader_refuses_an_empty_file_a_bare_header_and_a_missing_column(tmp_path, fmt, fault, text, expect):
+    header = HEADERS[fmt]
+    cut = ",".join(c for c in header.split(",") if c.strip() not in ("x", "Bbox [x", "EncodedPixels", "x_min"))
+    p = tmp_path / f"{fmt}.csv"
+    p.write_text(text.format(header=header, cut=cut))
+    with pytest.raises(RegionError, match=expect) as e:
+        READERS[fmt](p)
+    assert one_line(e).startswith(f"{p}: ")

@@ -22,7 +22,8 @@ boxes are unioned, not added); masks by the exact area of their pixels in each p
 Bad files are one-line :class:`RegionError` s naming the file, the row (the header is row 1), the
 value and what was expected: a box outside the image (by more than :data:`EDGE_TOLERANCE`
 pixels), a zero or negative size, a non-number, an empty / odd-length / out-of-range RLE, a
-missing column, an image id not in the dataset (:meth:`RegionSet.require_ids`).
+missing column, an empty file or one with only its header, an empty image id, an image id not in
+the dataset (:meth:`RegionSet.require_ids`). Nothing is skipped: a reader returns every row or raises.
 """
 
 from __future__ import annotations
@@ -233,15 +234,26 @@ def _add(images: dict[str, ImageRegions], iid: str, size, where: str, region: Re
 
 def _read(path: Path, required: list[str]) -> list[dict[str, str]]:
     """The rows of a region CSV (plain or .gz, BOM, CRLF: :func:`~maskkit.data.records.read_csv`);
-    a missing column is a :class:`RegionError` naming the file and the column."""
+    a missing file, an empty file, a missing column or a file with a header and no row is a
+    :class:`RegionError` naming the file (and the column)."""
     if not path.is_file():
         raise RegionError(f"{path}: no such file; expected the annotation CSV")
     try:
-        return read_csv(path, required)
+        rows = read_csv(path, required)
     except RegionError:
         raise
     except DataError as exc:
         raise RegionError(str(exc)) from None
+    if not rows:
+        raise RegionError(f"{path}: a header and no rows; expected one row per annotation after the header "
+                          f"({', '.join(required)})")
+    for i, row in enumerate(rows):  # read_csv leaves the cells of a short row None
+        short = next((c for c in required if row.get(c) is None), None)
+        if short is not None:
+            raise RegionError(f"{_where(path, i + 2)}: the row ends before column '{short}' "
+                              f"({sum(v is not None for v in row.values())} cells); expected a cell for each of "
+                              f"{', '.join(required)}")
+    return rows
 
 
 def _id(row: dict, col: str, where: str) -> str:
