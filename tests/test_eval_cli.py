@@ -95,6 +95,28 @@ def test_eval_help_lists_every_registered_evaluation_with_its_description():
     assert res.exit_code == 2 and "eval 'zeroshoot': not a registered evaluation; did you mean 'zeroshot'?" in res.output
 
 
+def test_every_registered_evaluation_is_in_help_and_its_help_shows_every_setting(tmp_path, monkeypatch):
+    """From the registry, not a list: ``eval --help`` names each evaluation (the plugin's included)
+    and ``eval NAME --help`` shows an option for every field of its settings, with its description."""
+    from test_evaluations import use_reportlen
+
+    from maskkit.evalcli import flag_of
+    from maskkit.plugins import get_registry
+
+    use_reportlen(tmp_path, monkeypatch)
+    monkeypatch.setenv("COLUMNS", "400")  # rich wraps the help at the terminal width
+    reg = get_registry()
+    assert set(BUILTIN) | {"report_length"} <= set(reg.evaluations)
+    top = " ".join(invoke("eval", "--help").output.split())
+    for name, ev in reg.evaluations.items():
+        assert name in top
+        text = " ".join(invoke("eval", name, "--help").output.replace("│", " ").split())
+        assert "--out" in text
+        for field, f in ev.settings.model_fields.items():
+            assert f"--{flag_of(field, f)}" in text, (name, field)
+            assert " ".join((f.description or "").split()[:4]) in text, (name, field)
+
+
 def test_a_plugin_evaluation_appears_in_help_and_runs(phantom_run, tmp_path, monkeypatch):
     from test_evaluations import use_reportlen
 
