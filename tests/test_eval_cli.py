@@ -303,8 +303,8 @@ def test_retrieval_on_held_out_phantoms(phantom_run, tmp_path):
     m = doc["metrics"]
     assert m["retrieval/n_images"] == 24 and doc["ks"] == [1, 3]
     rows = list(csv.DictReader((tmp_path / "r.csv").open()))
-    i2r = [int(r["rank"]) for r in rows if r["direction"] == "image_to_report"]
-    r2i = [int(r["rank"]) for r in rows if r["direction"] == "report_to_image"]
+    i2r = [float(r["rank"]) for r in rows if r["direction"] == "image_to_report"]
+    r2i = [float(r["rank"]) for r in rows if r["direction"] == "report_to_image"]
     assert len(i2r) == 24 and len(r2i) == m["retrieval/n_reports"]  # every held-out phantom report is distinct or shared
     assert m["retrieval/image_to_report_R@1"] == pytest.approx(np.mean(np.array(i2r) <= 1))
     assert m["retrieval/report_to_image_R@3"] == pytest.approx(np.mean(np.array(r2i) <= 3))
