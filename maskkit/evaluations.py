@@ -616,6 +616,7 @@ def grounding(run, s: GroundingSettings):
     from .data.regions import coverage_batch, from_phantoms
     from .eval.contract import EvalResult, EvaluationError
     from .eval.grounding import METRICS, THRESHOLD, baselines, grounding_metrics, patch_similarity, summarise
+    from .eval.ties import TIES
     from .eval.zeroshot import prompt_pair, text_embeddings
 
     model = run.model
@@ -688,7 +689,7 @@ def grounding(run, s: GroundingSettings):
         row.update({f"centre_{m}": float(base["centre"][m][k]) for m in METRICS})
         details.append(row)
     return EvalResult("grounding", metrics, details, data=what, tables=[t], warnings=notes,
-                      extra={"threshold": THRESHOLD, "regions": s.regions, "format": s.format, "prompts": prompts})
+                      extra={"threshold": THRESHOLD, "ties": TIES, "regions": s.regions, "format": s.format, "prompts": prompts})
 
 
 # --- PadChest ------------------------------------------------------------------------------------

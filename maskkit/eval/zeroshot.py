@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MaskkitError
-from .ties import decision_weights
+from .ties import TIES, decision_weights
 
 POSITIVE = ("{label}",)
 NEGATIVE = ("no {label}",)
@@ -231,7 +231,7 @@ class ZeroShotResult:
 
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
-                "undefined": self.undefined, "threshold": THRESHOLD, "coverage": self.coverage, "warnings": self.warnings,
+                "undefined": self.undefined, "threshold": THRESHOLD, "ties": TIES, "coverage": self.coverage, "warnings": self.warnings,
                 "n_boot": self.n_boot, "no_finding": self.no_finding, "prompts": self.prompts,
                 "absence_ignore": self.absence_ignore}
 
