@@ -689,7 +689,8 @@ def grounding(run, s: GroundingSettings):
         row.update({f"centre_{m}": float(base["centre"][m][k]) for m in METRICS})
         details.append(row)
     return EvalResult("grounding", metrics, details, data=what, tables=[t], warnings=notes,
-                      extra={"threshold": THRESHOLD, "ties": TIES, "regions": s.regions, "format": s.format, "prompts": prompts})
+                      extra={"threshold": THRESHOLD, "ties": TIES, "regions": s.regions, "format": s.format,
+                             "prompts": prompts})
 
 
 # --- PadChest ------------------------------------------------------------------------------------

@@ -7,8 +7,8 @@ the softmax over the pair of cosine similarities. Per-label and mean AUC, F1 and
 bootstrap 95% confidence intervals. F1 and ACC threshold the probability at 0.5, i.e. "the
 positive prompt is closer than the negative one" - a rule fixed before seeing any labels, so no
 threshold is tuned on the evaluation set; a tie (both prompts equally close) is half a yes and AUC
-counts a tied pair 1/2, the expected value of a random tie-break (:mod:`maskkit.eval.ties`) (No Finding scored as absence: "no finding decided
-present", :func:`predictions`). Unknown (NaN) labels are left out of that label's
+counts a tied pair 1/2, the expected value of a random tie-break (:mod:`maskkit.eval.ties`) (No
+Finding scored as absence: "no finding decided present", :func:`predictions`). Unknown (NaN) labels are left out of that label's
 metrics and counted per label; labels with no positives or no negatives are reported as undefined,
 left out of every mean, and warned about (a label policy such as ``blank=unknown`` can cause it). ``No Finding`` has its own prompt pair, since
 "no No Finding" inverts the label (a CheXzero pitfall). Several checkpoints average their
@@ -231,7 +231,8 @@ class ZeroShotResult:
 
     def to_json(self) -> dict:
         return {"n": self.n, "mean": {m: self.mean(m) for m in METRICS}, "per_label": self.per_label,
-                "undefined": self.undefined, "threshold": THRESHOLD, "ties": TIES, "coverage": self.coverage, "warnings": self.warnings,
+                "undefined": self.undefined, "threshold": THRESHOLD, "ties": TIES, "coverage": self.coverage,
+                "warnings": self.warnings,
                 "n_boot": self.n_boot, "no_finding": self.no_finding, "prompts": self.prompts,
                 "absence_ignore": self.absence_ignore}
 
