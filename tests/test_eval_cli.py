@@ -394,7 +394,7 @@ def test_grounding_rsna_boxes_hand_computed_region(csv_run, tmp_path):
     assert set(rows) == {held[0], held[2]}  # the normal image has no region; the training image is not evaluated
     assert float(rows[held[0]]["region_patches"]) == n / 4 and float(rows[held[2]]["region_patches"]) == n / 2
     assert rows[held[0]]["prompt"] == "pneumonia."
-    assert json.loads((tmp_path / "g" / "grounding.json").read_text())["ties"] == "expected"  # A48h, in every result
+    assert json.loads((tmp_path / "g" / "grounding.json").read_text())["ties"] == "expected"  # A60, in every result
     text = " ".join(res.output.split())
     assert f"3 of the 4 images annotated in {f} are held out" in text and "data: the held-out split of run" in text
 

@@ -1,4 +1,4 @@
-"""One tie rule for every rank metric of maskkit.eval (maskkit.eval.ties, docs/assumptions.md A48h):
+"""One tie rule for every rank metric of maskkit.eval (maskkit.eval.ties, docs/assumptions.md A60):
 the expected value over a uniformly random tie-break, checked against every order written out."""
 
 from __future__ import annotations

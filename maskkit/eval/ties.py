@@ -1,5 +1,5 @@
 """How every rank- or argmax-based metric of ``maskkit.eval`` scores ties: the expected value over
-a uniformly random tie-break (docs/assumptions.md, A48h).
+a uniformly random tie-break (docs/assumptions.md, A60).
 
 A score that picks "the best" item (the pointing game's maximal patch, retrieval's top K, a
 classifier's closer prompt) is defined for distinct scores only; with ties it needs a rule.
