@@ -130,11 +130,9 @@ def _data_line(cfg) -> str:
 def open_clip_config(model, cfg, ck: Path) -> dict:
     """``open_clip_config.json`` of the run: ``model_cfg`` (open_clip's config of the architecture the
     run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`)."""
-    import open_clip
+    import copy
 
-    mc = open_clip.get_model_config(model.arch)
-    if mc is None:
-        raise MaskkitError(f"{ck}: open_clip has no config for architecture '{model.arch}'")
+    mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
     pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(cfg.model.image_mean), "std": list(cfg.model.image_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
@@ -212,10 +210,9 @@ def timm_spec(model) -> tuple[str, dict]:
     open_clip image tower (a pre-norm CLIP ViT: ``vit_*_clip_*``, LayerNorm eps 1e-5, GELU or
     QuickGELU, class-token pooling, head = the CLIP projection). Raises one-line
     :class:`MaskkitError` naming the ``vision_cfg`` key a plain timm ViT cannot hold."""
-    import open_clip
     import timm
 
-    mc = open_clip.get_model_config(model.arch) or {}
+    mc = model.clip.maskkit_model_cfg
     vc = mc.get("vision_cfg", {})
     for key, plain in _TIMM_PLAIN.items():
         if vc.get(key, plain) != plain:

@@ -64,6 +64,7 @@ class XLIP(nn.Module):
                                 else load_pretrained(self.clip, cfg.pretrained))
             if self.hub is not None:
                 self.load_report += hub_notes(self.hub, cfg)
+            self.load_report += "".join(f"; {n}" for n in self.clip.maskkit_notes)
         v = self.clip.visual
         self.patch = v.patch_size[0]
         self.grid = tuple(v.grid_size)
