@@ -133,7 +133,7 @@ def open_clip_config(model, cfg, ck: Path) -> dict:
     import copy
 
     mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
-    pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(cfg.model.image_mean), "std": list(cfg.model.image_std),
+    pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(model.preprocess_mean), "std": list(model.preprocess_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
 
@@ -258,8 +258,8 @@ def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]
     pc = doc.setdefault("pretrained_cfg", {})
     for key in ("tag", "license", "hf_hub_id"):  # the base architecture's pretrained tag, not these weights'
         pc.pop(key, None)
-    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(cfg.model.image_mean),
-               "std": list(cfg.model.image_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(model.preprocess_mean),
+               "std": list(model.preprocess_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
                "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A56)
     doc["maskkit"] = provenance(model, cfg, ck)
     atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
@@ -332,8 +332,8 @@ def model_card(fmt: str, model, cfg, ck: Path, usage: str, diffs: dict[str, floa
              f"| data | {p['data']} |", f"| preset | {p['preset']} (scale {p['scale']}) |",
              f"| steps | {p['step']} (checkpoint `{p['checkpoint']}`) |",
              f"| architecture | {p['arch']}" + (f", initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
-             f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(cfg.model.image_mean)}, "
-             f"std {list(cfg.model.image_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
+             f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(model.preprocess_mean)}, "
+             f"std {list(model.preprocess_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
              f"| maskkit version | {p['maskkit_version']} |",
              f"| trained at commit | {p['train_commit'] or 'unknown'} |", f"| exported at commit | {p['export_commit']} |",
              f"| load-back check | " + ", ".join(f"{k} max abs diff {v:.1e}" for k, v in diffs.items()) + " |", "",

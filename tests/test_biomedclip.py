@@ -174,6 +174,7 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(folder, tmp_path):
     invoke("export", tmp_path / "r", "--format", "open_clip", "--out", tmp_path / "out")
     doc = json.loads((tmp_path / "out" / "open_clip_config.json").read_text())
     assert "timm_model_name" not in doc["model_cfg"]["vision_cfg"] and doc["model_cfg"]["vision_cfg"]["no_ln_pre"] is True
+    assert doc["preprocess_cfg"]["mean"] == [0.5] * 3 and doc["preprocess_cfg"]["std"] == [0.25] * 3  # the folder's, trained with
     oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
     oc.eval()
     mine = maskkit.load(tmp_path / "r")
@@ -184,3 +185,61 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(folder, tmp_path):
         assert _max(oc.encode_image(mine.xlip.normalise(x)), mine.xlip.encode_image(x)[0]) <= 1e-5
         assert _max(oc.encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
     assert _max(oc.visual.conv1.weight, src.clip.visual.conv1.weight) > 0  # trained: not the folder's weights
+
+
+# --- the folder's preprocessing (A48g) -------------------------------------------------------------------
+
+def test_folder_mean_and_std_are_used_unless_set(folder):
+    import open_clip
+
+    m = XLIP(ModelConfig(pretrained=str(folder))).eval()
+    assert m.image_mean.flatten().tolist() == [0.5] * 3 and m.image_std.flatten().tolist() == [0.25] * 3
+    assert (m.preprocess_mean, m.preprocess_std) == ((0.5,) * 3, (0.25,) * 3)
+    assert "image mean [0.5, 0.5, 0.5]: its preprocess_cfg's (model.image_mean is null); image std [0.25, 0.25, 0.25]: " \
+           "its preprocess_cfg's (model.image_std is null)" in m.load_report, m.load_report
+    x = torch.rand(2, 1, 96, 96)
+    torch.testing.assert_close(m.normalise(x), (x.expand(-1, 3, -1, -1) - 0.5) / 0.25, rtol=0, atol=1e-6)
+    # open_clip's own transform of that folder normalises the same way
+    _, _, pre = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    norm = next(t for t in pre.transforms if type(t).__name__ == "Normalize")
+    assert list(norm.mean) == [0.5] * 3 and list(norm.std) == [0.25] * 3
+
+    mine = XLIP(ModelConfig(pretrained=str(folder), image_mean=(0.4, 0.4, 0.4))).eval()  # set: kept, and said
+    assert mine.image_mean.flatten().tolist() == pytest.approx([0.4] * 3) and mine.image_std.flatten().tolist() == [0.25] * 3
+    assert "note: its preprocess_cfg mean [0.5, 0.5, 0.5] differs from model.image_mean [0.4, 0.4, 0.4], which is used" \
+           in mine.load_report and "image std [0.25, 0.25, 0.25]: its preprocess_cfg's" in mine.load_report, mine.load_report
+
+
+def test_without_a_folder_the_mean_is_openai_s():
+    from maskkit.model.towers import OPENAI_MEAN, OPENAI_STD
+    from model_helpers import tiny_config
+
+    m = XLIP(tiny_config())
+    assert m.preprocess_mean == OPENAI_MEAN and m.preprocess_std == OPENAI_STD
+    assert m.image_mean.flatten().tolist() == pytest.approx(list(OPENAI_MEAN))
+
+
+def test_folder_size_and_resize_are_named_and_bad_values_refused(bert, tmp_path):
+    other = {"mean": [0.5], "std": [0.25], "size": 224, "interpolation": "bicubic", "resize_mode": "shortest"}
+    biomedclip_folder(tmp_path / "f", bert, preprocess=other)
+    m = XLIP(ModelConfig(pretrained=str(tmp_path / "f")))
+    assert m.preprocess_mean == (0.5,) * 3  # one value: every channel's
+    assert "note: its preprocess_cfg size 224 is not the image tower's 96 px, which is used (data.image_size)" in m.load_report
+    assert "note: its preprocess_cfg resize_mode shortest, interpolation bicubic: maskkit resizes whole images" in m.load_report
+    for bad, match in (({"std": [0.2, 0.0, 0.2]}, "preprocess_cfg.std is [0.2, 0.0, 0.2]; expected 3 numbers (one per channel, each > 0)"),
+                       ({"mean": "imagenet"}, "preprocess_cfg.mean is 'imagenet'; expected 3 numbers")):
+        doc = json.loads((tmp_path / "f" / "open_clip_config.json").read_text())
+        (tmp_path / "f" / "open_clip_config.json").write_text(json.dumps({**doc, "preprocess_cfg": bad}))
+        with pytest.raises(MaskkitError) as e:
+            XLIP(ModelConfig(pretrained=str(tmp_path / "f")))
+        assert match in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_checkpoint_s_mean_and_std_are_the_model_s():
+    """The buffers a checkpoint holds set ``preprocess_mean`` / ``std`` (what exports and the model card write)."""
+    from model_helpers import tiny_config
+
+    trained = XLIP(tiny_config(image_mean=(0.5, 0.25, 0.125), image_std=(0.2, 0.3, 0.4)))
+    fresh = XLIP(tiny_config())
+    fresh.load_state_dict(trained.state_dict())
+    assert fresh.preprocess_mean == (0.5, 0.25, 0.125) and fresh.preprocess_std == (0.2, 0.3, 0.4)

@@ -183,15 +183,56 @@ def architecture(arch: str, pretrained: str | None) -> tuple[str, HubFolder | No
 
 
 def hub_notes(hub: HubFolder, cfg) -> str:
-    """What the load report adds for an open_clip folder: where the architecture came from, and a
-    ``preprocess_cfg`` mean/std that differs from ``model.image_mean`` / ``model.image_std``
-    (``cfg``: the :class:`~maskkit.model.ModelConfig`), which maskkit keeps."""
-    out = f"; architecture: {hub.path / HUB_CONFIG} model_cfg (model.arch={cfg.arch} not used)"
-    for key, mine in (("mean", cfg.image_mean), ("std", cfg.image_std)):
-        theirs = hub.preprocess_cfg.get(key)
-        if theirs is not None and [round(float(x), 6) for x in theirs] != [round(float(x), 6) for x in mine]:
-            out += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
-    return out
+    """What the load report adds for an open_clip folder: where the architecture came from."""
+    return f"; architecture: {hub.path / HUB_CONFIG} model_cfg (model.arch={cfg.arch} not used)"
+
+
+def _same(a, b) -> bool:
+    return [round(float(x), 6) for x in a] == [round(float(x), 6) for x in b]
+
+
+def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, tuple, str]:
+    """(mean, std, notes for the load report) of the images the model normalises
+    (docs/assumptions.md A48g). ``cfg`` is the :class:`~maskkit.model.ModelConfig`, ``hub`` the
+    open_clip folder of ``model.pretrained`` (or None), ``image_size`` the tower's.
+
+    Each of ``model.image_mean`` / ``image_std`` is the user's when set; when null, the folder's
+    ``preprocess_cfg`` value (the weights' own preprocessing, as open_clip's ``local-dir:``
+    applies it), else OpenAI CLIP's. A set value that differs from the folder's is kept and
+    named in the notes; so are a folder ``size`` other than the tower's image size and a resize
+    other than maskkit's (whole image, bilinear: A56). One-line :class:`MaskkitError` for a
+    folder mean/std that is not 3 numbers (or 1, for all channels) or a std that is not > 0.
+    """
+    from .towers import OPENAI_MEAN, OPENAI_STD
+
+    pp = hub.preprocess_cfg if hub is not None else {}
+    out, notes = {}, ""
+    for key, mine, default in (("mean", cfg.image_mean, OPENAI_MEAN), ("std", cfg.image_std, OPENAI_STD)):
+        theirs = pp.get(key)
+        if theirs is not None:
+            vals = [theirs] if isinstance(theirs, (int, float)) else theirs
+            ok = isinstance(vals, list) and len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+            if not ok or (key == "std" and min(vals) <= 0):
+                raise MaskkitError(f"model.pretrained: {hub.path / HUB_CONFIG}: preprocess_cfg.{key} is {theirs!r}; expected "
+                                   f"3 numbers (one per channel{', each > 0' if key == 'std' else ''})")
+            theirs = tuple(float(v) for v in vals) * (3 if len(vals) == 1 else 1)
+        if mine is not None:
+            out[key] = tuple(mine)
+            if theirs is not None and not _same(theirs, mine):
+                notes += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
+        elif theirs is not None:
+            out[key] = theirs
+            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null)"
+        else:
+            out[key] = tuple(default)
+    size = pp.get("size")
+    if size is not None and size not in (image_size, [image_size, image_size]):
+        notes += f"; note: its preprocess_cfg size {size} is not the image tower's {image_size} px, which is used (data.image_size)"
+    resize = {k: pp[k] for k in ("resize_mode", "interpolation") if k in pp and pp[k] not in ("squash", "bilinear")}
+    if resize:
+        notes += (f"; note: its preprocess_cfg {', '.join(f'{k} {v}' for k, v in resize.items())}: maskkit resizes whole "
+                  f"images bilinearly (docs/assumptions.md A56)")
+    return out["mean"], out["std"], notes
 
 
 # --- timm ViT -> open_clip image tower ----------------------------------------------------------------

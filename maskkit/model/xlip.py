@@ -28,7 +28,16 @@ from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
 from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
                      tower_tokenizer, unpatchify)
-from .weights import architecture, hub_notes
+from .weights import architecture, hub_notes, preprocessing
+
+
+def _preprocess_from_buffers(model, incompatible) -> None:
+    """After a state dict is loaded: ``preprocess_mean`` / ``preprocess_std`` follow the loaded
+    ``image_mean`` / ``image_std`` buffers (what the run trained with, whatever its folder holds now)."""
+    for name in ("mean", "std"):
+        buf = [float(f"{v:.7g}") for v in getattr(model, f"image_{name}").flatten().tolist()]  # float32's digits
+        if any(abs(a - b) > 1e-6 for a, b in zip(buf, getattr(model, f"preprocess_{name}"))):
+            setattr(model, f"preprocess_{name}", tuple(buf))
 
 
 class XLIP(nn.Module):
@@ -69,11 +78,16 @@ class XLIP(nn.Module):
         self.patch = v.patch_size[0]
         self.grid = tuple(v.grid_size)
         self.image_size = v.image_size[0]
+        #: the normalisation (mean, std) of the replicated channels: model.image_mean/std, else the folder's (A48g)
+        self.preprocess_mean, self.preprocess_std, notes = preprocessing(cfg, self.hub, self.image_size)
+        if self.load_report is not None:
+            self.load_report += notes
         self.embed_dim = C = v.output_dim
         self.tokenizer = tower_tokenizer(self.clip)
         self.context_length = self.tokenizer.context_length
-        self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
-        self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
+        self.register_buffer("image_mean", torch.tensor(self.preprocess_mean).view(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(self.preprocess_std).view(1, 3, 1, 1))
+        self.register_load_state_dict_post_hook(_preprocess_from_buffers)  # a checkpoint's mean/std are the run's
         self.register_buffer("_key_coef", report_key_coefficients(self.context_length), persistent=False)
         self.clip.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
         trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
