@@ -243,3 +243,49 @@ def test_a_checkpoint_s_mean_and_std_are_the_model_s():
     fresh = XLIP(tiny_config())
     fresh.load_state_dict(trained.state_dict())
     assert fresh.preprocess_mean == (0.5, 0.25, 0.125) and fresh.preprocess_std == (0.2, 0.3, 0.4)
+
+
+# --- context length: the tower's, everywhere -------------------------------------------------------------
+
+def _long_report(n: int = 120) -> str:
+    return " ".join(["mild cardiomegaly with left lower lobe opacity"] * n)
+
+
+@pytest.mark.parametrize("tower", ["bert", "clip"])
+def test_tokenizer_positions_decoder_prompts_and_batches_follow_the_tower_s_context(tower, bert, tmp_path):
+    """A tower of context 40 (BERT, BiomedCLIP-style folder) or 48 (CLIP's, open_clip folder): not
+    open_clip's 77 nor maskkit-tiny's 64."""
+    import open_clip
+
+    from maskkit.data.dataset import Collator, PhantomDataset
+    from maskkit.data.ner import LexiconNER
+    from model_helpers import tiny_model
+
+    if tower == "bert":
+        L = 40
+        biomedclip_folder(tmp_path / "f", bert, context=L)
+    else:
+        from test_weights import FOLDER_CFG, open_clip_folder
+
+        L = 48
+        open_clip_folder(tmp_path / "f", model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "image_size": 96},
+                                                    "text_cfg": {**FOLDER_CFG["text_cfg"], "context_length": L}})
+    m = tiny_model("xlip", pretrained=str(tmp_path / "f")).eval()  # with the preset's EntMLM text decoder
+    assert m.context_length == m.tokenizer.context_length == L
+    assert open_clip.get_tokenizer(f"local-dir:{tmp_path / 'f'}").context_length == L  # open_clip's of the same folder
+    if tower == "clip":
+        assert m.clip.positional_embedding.shape[0] == L
+    else:
+        assert m.clip.text.config.max_position_embeddings >= L
+    assert m.text_decoder.pos.shape[1] == L and m._key_coef.shape[1] == L
+    assert m._prompt_ids.ids.shape[1] <= L
+    enc = m.tokenizer([_long_report()])
+    assert enc.ids.shape == (1, L) and bool(enc.valid.all())  # truncated to the tower's context
+    ds = PhantomDataset(4, seed=0, image_size=96, ner=LexiconNER(), p_unpaired=0.0, tokenizer=m.tokenizer)
+    batch = Collator(m.tokenizer)([ds[i] for i in range(4)])
+    assert batch["text"].shape == (4, L)
+    with torch.no_grad():
+        out = m(batch, seed=0)
+        assert out.text_features.shape == (4, m.embed_dim) and out.mlm_logits is not None
+        long = m.tokenizer([_long_report()]).ids
+        assert m.encode_text(long)[1].shape == (1, L, m.embed_dim)
