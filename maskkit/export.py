@@ -5,7 +5,11 @@
   (``model_cfg``: the architecture; ``preprocess_cfg``: the size, mean and std maskkit trained
   with, ``resize_mode: squash`` and ``interpolation: bilinear`` as maskkit's resize, mode ``RGB``:
   a grayscale image converted to RGB is maskkit's channel replication; ``maskkit``: where it came
-  from). ``open_clip.create_model_and_transforms('local-dir:DIR')`` loads it.
+  from). ``open_clip.create_model_and_transforms('local-dir:DIR')`` loads it. An HF text tower
+  (BiomedCLIP's BERT) adds the tower's ``config.json`` and the tokenizer's files, and
+  ``text_cfg.hf_model_name`` / ``hf_tokenizer_name`` name the folder (its absolute path), so
+  open_clip builds the tower and ``open_clip.get_tokenizer('local-dir:DIR')`` its tokenizer
+  offline; maskkit reads a moved folder's own ``config.json``.
 - ``timm``: the image tower as a timm ``VisionTransformer`` in timm's HF-hub folder
   (``model.safetensors`` + ``config.json`` with ``architecture`` and ``model_args``), written by
   timm's own ``save_for_hf`` after timm's own conversion of the open_clip tower
@@ -78,7 +82,7 @@ def export(run: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
                            f"trained with model.patch_embed=linear (docs/model.md, 'Export')")
     writer = _write_open_clip if fmt == "open_clip" else _write_timm
     with atomic_directory(out, overwrite=True) as tmp:
-        diffs, usage = writer(model, cfg, ck, tmp)
+        diffs, usage = writer(model, cfg, ck, tmp, out)
         from .io import atomic_write_text
 
         atomic_write_text(tmp / "README.md", model_card(fmt, model, cfg, ck, usage, diffs))
@@ -127,12 +131,17 @@ def _data_line(cfg) -> str:
 
 # --- open_clip ---------------------------------------------------------------------------------------
 
-def open_clip_config(model, cfg, ck: Path) -> dict:
+def open_clip_config(model, cfg, ck: Path, out: Path | None = None) -> dict:
     """``open_clip_config.json`` of the run: ``model_cfg`` (open_clip's config of the architecture the
-    run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`)."""
+    run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`).
+    An HF text tower's ``hf_model_name`` and ``hf_tokenizer_name`` become ``out`` (absolute), the
+    folder the export writes the tower's ``config.json`` and tokenizer into."""
     import copy
 
     mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
+    if out is not None and mc["text_cfg"].get("hf_model_name"):
+        here = str(Path(out).resolve())
+        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
     pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(model.preprocess_mean), "std": list(model.preprocess_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
@@ -154,20 +163,35 @@ def _max_diff(a, b) -> float:
     return float((a.float() - b.float()).abs().max() / max(1.0, float(b.abs().max())))
 
 
-def _write_open_clip(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+def _write_open_clip(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
+    """The open_clip folder; an HF text tower's ``config.json`` and tokenizer files go in it too
+    (open_clip's ``local-dir:`` reads the tokenizer from the folder; ``hf_model_name`` names it)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     from .io import atomic_write_text
+    from .model.hf_text import is_hf_tower
     from .model.weights import HUB_CONFIG, HUB_SAFE_WEIGHTS
 
+    hf = is_hf_tower(model.clip)
     state = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     save_file(state, str(tmp / HUB_SAFE_WEIGHTS), metadata={"format": "pt"})
-    atomic_write_text(tmp / HUB_CONFIG, json.dumps(open_clip_config(model, cfg, ck), indent=2) + "\n")
-    loaded, _, _ = _quiet(open_clip.create_model_and_transforms, f"local-dir:{tmp}")
+    doc = open_clip_config(model, cfg, ck, out if hf else None)
+    atomic_write_text(tmp / HUB_CONFIG, json.dumps(doc, indent=2) + "\n")
+    kwargs = {}
+    if hf:  # inside the temporary folder (renamed to `out` once checked), the tower's files are here
+        model.tokenizer.tok.save_pretrained(str(tmp))
+        model.clip.text.config.save_pretrained(str(tmp))
+        kwargs["text_cfg"] = {**doc["model_cfg"]["text_cfg"], "hf_model_name": str(tmp), "hf_model_pretrained": False}
+    loaded, _, _ = _quiet(open_clip.create_model_and_transforms, f"local-dir:{tmp}", **kwargs)
     loaded.eval()
     images, ids = _probe(model)
+    theirs = _quiet(open_clip.get_tokenizer, f"local-dir:{tmp}")(["Small left pleural effusion.", "No acute cardiopulmonary process."])
+    if theirs.shape != ids.shape or not torch.equal(theirs, ids):
+        raise MaskkitError(f"export check failed: open_clip.get_tokenizer('local-dir:...') gives other token ids than "
+                           f"maskkit's tokenizer for the same texts (shapes {tuple(theirs.shape)}, {tuple(ids.shape)}); "
+                           f"nothing was written")
     with torch.no_grad():
         want_img, _ = model.encode_image(images)
         want_txt, _ = model.encode_text(ids)
@@ -236,7 +260,7 @@ def timm_spec(model) -> tuple[str, dict]:
     return name, args
 
 
-def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
     import timm
     import torch
     from timm.models import save_for_hf

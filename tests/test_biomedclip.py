@@ -156,9 +156,10 @@ def test_timm_towers_the_rewrite_cannot_represent_are_refused_in_one_line(change
     assert match in msg and "\n" not in msg and msg.startswith("model.arch: 'folder': "), msg
 
 
-def test_biomedclip_folder_to_training_to_export_to_open_clip(folder, tmp_path):
+def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
     """The tiny BiomedCLIP folder -> model.pretrained -> 2 training steps of preset xlip ->
-    ``maskkit export --format open_clip`` -> plain open_clip ``local-dir:`` -> maskkit's embeddings."""
+    ``maskkit export --format open_clip`` -> plain open_clip ``local-dir:`` -> maskkit's embeddings;
+    the export alone (the BERT and BiomedCLIP folders deleted) gives open_clip its text tower and tokenizer."""
     import open_clip
     from run_helpers import SMALL
     from test_export import invoke
@@ -167,6 +168,9 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(folder, tmp_path):
     from maskkit.config import resolve
     from maskkit.train import train
 
+    bert = Path(shutil.copytree(bert, tmp_path / "pubmedbert"))
+    folder = tmp_path / "BiomedCLIP-tiny"
+    biomedclip_folder(folder, bert)
     cfg, sources = resolve([*SMALL, "preset=xlip", "train.steps=2", "model.patch_embed=linear", f"model.pretrained={folder}",
                             f"runtime.out_dir={tmp_path}", "runtime.name=r"])
     res = train(cfg, sources)
@@ -185,6 +189,26 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(folder, tmp_path):
         assert _max(oc.encode_image(mine.xlip.normalise(x)), mine.xlip.encode_image(x)[0]) <= 1e-5
         assert _max(oc.encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
     assert _max(oc.visual.conv1.weight, src.clip.visual.conv1.weight) > 0  # trained: not the folder's weights
+    # the export carries the text tower's config and tokenizer: nothing else is needed
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    assert doc["model_cfg"]["text_cfg"]["hf_model_name"] == doc["model_cfg"]["text_cfg"]["hf_tokenizer_name"] \
+        == str((tmp_path / "out").resolve())
+    shutil.rmtree(bert)
+    shutil.rmtree(folder)
+    oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
+    oc.eval()
+    theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'out'}")(TEXTS)
+    assert torch.equal(theirs, ids) and theirs.shape == (3, 40)
+    with torch.no_grad():
+        assert _max(oc.encode_text(theirs), mine.xlip.encode_text(ids)[0]) <= 1e-5
+    again = maskkit.load(tmp_path / "out")  # the export in maskkit: its own tokenizer and text config
+    assert again.xlip.tokenizer.name.startswith(f"BertTokenizer from {(tmp_path / 'out').resolve()}")
+    with torch.no_grad():
+        assert _max(again.xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-5
+    moved = tmp_path / "moved"
+    (tmp_path / "out").rename(moved)  # moved: hf_model_name names a folder that is gone; maskkit reads the folder's
+    with torch.no_grad():
+        assert _max(maskkit.load(moved).xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-5
 
 
 # --- the folder's preprocessing (A48g) -------------------------------------------------------------------

@@ -145,7 +145,7 @@ POOLING = {"argmax": "eot", "eos": "eot", "last": "last", "first": "cls", "none"
            "cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean", "max_pooler": "max"}
 
 
-def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None = None):
+def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None = None, hub_dir: str | Path | None = None):
     """An open_clip CLIP of architecture ``arch`` (a registered name or a model config dict, see
     :func:`model_config`), randomly initialised, never downloading.
 
@@ -153,7 +153,10 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
     (``text_cfg.hf_model_name``: ``CustomTextCLIP`` with open_clip's ``HFTextEncoder``). The
     HF model's configuration comes from ``text_tower`` (a local transformers model folder; its
     tokenizer too when it holds one), else from ``hf_model_name`` / ``hf_tokenizer_name`` as a
-    local folder or the Hugging Face cache. The model carries a :class:`TextSpec`
+    local folder or the Hugging Face cache. ``hub_dir``, the open_clip folder ``arch`` came from,
+    supplies the tokenizer when it holds one (as open_clip's ``local-dir:`` always takes it from
+    there), and the text tower's ``config.json`` when ``hf_model_name`` is not local (a moved
+    ``maskkit export`` folder). The model carries a :class:`TextSpec`
     (``model.maskkit_text``) for :func:`tower_tokenizer`. Image towers: open_clip's ViT, or
     open_clip's timm tower of a plain timm ViT (``vision_cfg.timm_model_name``, BiomedCLIP's),
     built as the open_clip ViT that computes the same (:func:`maskkit.model.weights.timm_vision_cfg`).
@@ -200,11 +203,22 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         if importlib.util.find_spec("transformers") is None:
             raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
                                f"package: pip install 'maskkit[hf]'")
-        folder = Path(text_tower).expanduser() if text_tower is not None else hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+        hub = Path(hub_dir) if hub_dir is not None and text_tower is None else None
+        if text_tower is not None:
+            folder = Path(text_tower).expanduser()
+        else:
+            try:
+                folder = hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+            except MaskkitError:
+                if hub is None or hf_text.transformers_config(hub) is None:
+                    raise
+                folder = hub  # the folder carries the tower's config.json (maskkit export's)
         key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
         tok_name = text_cfg.get("hf_tokenizer_name") or hf
-        if hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
+        if hub is not None and hf_text.has_tokenizer(hub):
+            tok = hub  # an open_clip folder's own tokenizer, as open_clip's local-dir: reads it
+        elif hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
             tok = folder  # the tower's own folder holds its tokenizer
         else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
             tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")

@@ -66,7 +66,8 @@ class XLIP(nn.Module):
         text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
         # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
         self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
-        self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder)
+        self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder,
+                                hub_dir=self.hub.path if self.hub is not None else None)
         self.load_report = None
         if cfg.pretrained and weights:
             self.load_report = (load_text_folder(self.clip, text_folder) if text_folder is not None
