@@ -195,6 +195,13 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
         == str((tmp_path / "out").resolve())
     shutil.rmtree(bert)
     shutil.rmtree(folder)
+    # the run reloads without them: its checkpoints record the towers (model_build)
+    run = maskkit.load(tmp_path / "r")
+    with torch.no_grad():
+        assert _max(run.xlip.encode_image(x)[0], mine.xlip.encode_image(x)[0]) <= 1e-6
+        assert _max(run.xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-6
+    assert torch.equal(run.xlip.tokenizer(TEXTS).ids, ids) and run.xlip.preprocess_mean == (0.5,) * 3
+    invoke("export", tmp_path / "r", "--format", "open_clip", "--out", tmp_path / "out2")
     oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
     oc.eval()
     theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'out'}")(TEXTS)

@@ -31,6 +31,23 @@ from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_
 from .weights import architecture, hub_notes, preprocessing
 
 
+def write_record(record: dict, folder) -> None:
+    """Write a :meth:`XLIP.build_record` into the empty ``folder`` as an open_clip folder without
+    weights (``open_clip_config.json``; an HF tower's ``config.json`` and tokenizer files, with
+    ``hf_model_name`` naming the folder), for ``XLIP(..., arch_folder=folder)``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    mc = json.loads(record["model_cfg"])
+    if "hf_config" in record:
+        (folder / "config.json").write_text(record["hf_config"], encoding="utf-8")
+        for name, data in record.get("tokenizer", {}).items():
+            (folder / Path(name).name).write_bytes(data.numpy().tobytes())
+        mc["text_cfg"].update(hf_model_name=str(folder), hf_tokenizer_name=str(folder))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": mc, "preprocess_cfg": {}}), encoding="utf-8")
+
+
 def _preprocess_from_buffers(model, incompatible) -> None:
     """After a state dict is loaded: ``preprocess_mean`` / ``preprocess_std`` follow the loaded
     ``image_mean`` / ``image_std`` buffers (what the run trained with, whatever its folder holds now)."""
@@ -60,12 +77,17 @@ class XLIP(nn.Module):
     """
 
     def __init__(self, config: ModelConfig | None = None, *, image_mask: Any = None, image_only_mask: Any = None,
-                 text_mask: Any = None, weights: bool = True) -> None:
+                 text_mask: Any = None, weights: bool = True, arch_folder: str | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
-        # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
-        self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
+        if arch_folder is not None:  # a checkpoint's own record of its towers (build_record), model.pretrained unread
+            if weights:
+                raise MaskkitError("XLIP: arch_folder builds a checkpoint's towers, whose weights come next; pass weights=False")
+            text_folder, (self.arch, self.hub) = None, architecture(cfg.arch, arch_folder)
+        else:
+            text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
+            # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
+            self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
         self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder,
                                 hub_dir=self.hub.path if self.hub is not None else None)
         self.load_report = None
@@ -127,10 +149,32 @@ class XLIP(nn.Module):
         self._needs_prompts = any(s is not None and "prompt_tokens" in s.all_requires for s in built.values())
 
     @classmethod
-    def from_experiment(cls, cfg, weights: bool = True) -> XLIP:
+    def from_experiment(cls, cfg, weights: bool = True, arch_folder: str | None = None) -> XLIP:
         """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees);
-        ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them)."""
-        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights)
+        ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them);
+        ``arch_folder`` (with ``weights=False``) is the folder :func:`write_record` made of a
+        checkpoint's :meth:`build_record`, which then gives the towers instead of ``model.pretrained``."""
+        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights, arch_folder=arch_folder)
+
+    def build_record(self) -> dict:
+        """What rebuilds these towers without ``model.pretrained``'s folder (a run's checkpoints
+        store it; :func:`write_record` reads it): ``model_cfg`` (JSON of the open_clip model config
+        the towers were built from), and for an HF text tower ``hf_config`` (JSON of its
+        transformers config) and ``tokenizer`` (its files, name -> uint8 tensor of the bytes)."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from .hf_text import is_hf_tower
+
+        rec = {"model_cfg": json.dumps(self.clip.maskkit_model_cfg)}
+        if is_hf_tower(self.clip):
+            rec["hf_config"] = self.clip.text.config.to_json_string()
+            with tempfile.TemporaryDirectory() as d:
+                self.tokenizer.tok.save_pretrained(d)
+                rec["tokenizer"] = {p.name: torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8).clone()
+                                    for p in sorted(Path(d).iterdir()) if p.is_file()}
+        return rec
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
