@@ -320,3 +320,41 @@ def test_tokenizer_positions_decoder_prompts_and_batches_follow_the_tower_s_cont
         assert out.text_features.shape == (4, m.embed_dim) and out.mlm_logits is not None
         long = m.tokenizer([_long_report()]).ids
         assert m.encode_text(long)[1].shape == (1, L, m.embed_dim)
+
+
+# --- eval mode: dropout and patch dropout off wherever a model is evaluated, exported or loaded -------------
+
+def test_every_evaluation_and_load_is_in_eval_mode(folder, tmp_path):
+    """The BERT tower has dropout 0.1 (BertConfig's default, PubMedBERT's): in train mode two encodings
+    of the same text differ; an evaluation (``EvalRun``, which training's end-of-run evaluation builds
+    around the model it trained) and ``maskkit.load`` put the model in eval mode."""
+    import maskkit
+    from maskkit.eval.contract import EvalRun
+
+    m = XLIP(ModelConfig(pretrained=str(folder)))
+    assert m.clip.text.config.hidden_dropout_prob == 0.1
+    ids = m.tokenizer(TEXTS).ids
+    m.train()
+    with torch.no_grad():
+        assert _max(m.encode_text(ids)[0], m.encode_text(ids)[0]) > 1e-4  # dropout is on in training
+    EvalRun([(tmp_path, m, None)])
+    assert not m.training and not any(mod.training for mod in m.modules())
+    with torch.no_grad():
+        assert torch.equal(m.encode_text(ids)[0], m.encode_text(ids)[0])
+    loaded = maskkit.load(folder)
+    assert not any(mod.training for mod in loaded.xlip.modules())
+    assert torch.equal(loaded.encode_text(TEXTS), loaded.encode_text(TEXTS))
+
+
+def test_patch_dropout_is_inactive_in_eval_mode():
+    from model_helpers import phantom_batch, tiny_model
+
+    m = tiny_model("clip", patch_dropout=0.5)
+    batch = phantom_batch(4)
+    with torch.no_grad():
+        a, b = m(batch, seed=0).image_features, m(batch, seed=1).image_features
+        assert _max(a, b) > 1e-4  # training: each seed drops other patches
+        m.eval()
+        a, b = m(batch, seed=0).image_features, m(batch, seed=1).image_features
+        assert torch.equal(a, b)
+        assert _max(a, m.encode_image(batch["images"])[0]) <= 1e-6  # every patch

@@ -480,7 +480,9 @@ def timm_vision_cfg(vision_cfg: dict, embed_dim: int, where: str) -> tuple[dict,
             raise refuse(f"has {type(b).__name__}/{type(a).__name__}/{type(mlp).__name__} blocks, not timm's Block/Attention/Mlp")
         if a.qkv.bias is None or a.proj.bias is None or mlp.fc1.bias is None or mlp.fc2.bias is None:
             raise refuse("has attention or MLP layers without bias")
-        if not all(isinstance(m, nn.Identity) for m in (a.q_norm, a.k_norm, a.norm, mlp.norm, b.drop_path1, b.drop_path2)):
+        parts = [getattr(x, n, None) for x, n in ((a, "q_norm"), (a, "k_norm"), (a, "norm"), (mlp, "norm"), (b, "drop_path1"),
+                                                  (b, "drop_path2"))]  # (older timm lacks some: then there is none)
+        if not all(m is None or isinstance(m, nn.Identity) for m in parts):
             raise refuse("has q/k norms, an attention or MLP norm or drop path")
         if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none":
             raise refuse(f"has a {mlp.act} MLP activation, not exact GELU")
