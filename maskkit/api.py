@@ -35,11 +35,9 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     p = Path(path).expanduser()
     if p.is_dir() and (p / HUB_CONFIG).is_file():
         from .model import XLIP, ModelConfig
-        from .model.towers import OPENAI_MEAN, OPENAI_STD
 
-        pp = hub_folder(p).preprocess_cfg
-        cfg = ModelConfig(pretrained=str(p), image_mean=tuple(pp.get("mean", OPENAI_MEAN)), image_std=tuple(pp.get("std", OPENAI_STD)))
-        xlip, run_cfg = XLIP(cfg), None
+        hub_folder(p)  # its config and weights file, or one line
+        xlip, run_cfg = XLIP(ModelConfig(pretrained=str(p))), None  # the folder's preprocess_cfg mean/std (A62)
     else:
         from .training.checkpointing import load_model
 

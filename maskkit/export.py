@@ -5,7 +5,11 @@
   (``model_cfg``: the architecture; ``preprocess_cfg``: the size, mean and std maskkit trained
   with, ``resize_mode: squash`` and ``interpolation: bilinear`` as maskkit's resize, mode ``RGB``:
   a grayscale image converted to RGB is maskkit's channel replication; ``maskkit``: where it came
-  from). ``open_clip.create_model_and_transforms('local-dir:DIR')`` loads it.
+  from). ``open_clip.create_model_and_transforms('local-dir:DIR')`` loads it. An HF text tower
+  (BiomedCLIP's BERT) adds the tower's ``config.json`` and the tokenizer's files, and
+  ``text_cfg.hf_model_name`` / ``hf_tokenizer_name`` name the folder (its absolute path), so
+  open_clip builds the tower and ``open_clip.get_tokenizer('local-dir:DIR')`` its tokenizer
+  offline; maskkit reads a moved folder's own ``config.json``.
 - ``timm``: the image tower as a timm ``VisionTransformer`` in timm's HF-hub folder
   (``model.safetensors`` + ``config.json`` with ``architecture`` and ``model_args``), written by
   timm's own ``save_for_hf`` after timm's own conversion of the open_clip tower
@@ -78,7 +82,7 @@ def export(run: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
                            f"trained with model.patch_embed=linear (docs/model.md, 'Export')")
     writer = _write_open_clip if fmt == "open_clip" else _write_timm
     with atomic_directory(out, overwrite=True) as tmp:
-        diffs, usage = writer(model, cfg, ck, tmp)
+        diffs, usage = writer(model, cfg, ck, tmp, out)
         from .io import atomic_write_text
 
         atomic_write_text(tmp / "README.md", model_card(fmt, model, cfg, ck, usage, diffs))
@@ -127,15 +131,18 @@ def _data_line(cfg) -> str:
 
 # --- open_clip ---------------------------------------------------------------------------------------
 
-def open_clip_config(model, cfg, ck: Path) -> dict:
+def open_clip_config(model, cfg, ck: Path, out: Path | None = None) -> dict:
     """``open_clip_config.json`` of the run: ``model_cfg`` (open_clip's config of the architecture the
-    run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`)."""
-    import open_clip
+    run built), ``preprocess_cfg`` (what maskkit trained with) and ``maskkit`` (:func:`provenance`).
+    An HF text tower's ``hf_model_name`` and ``hf_tokenizer_name`` become ``out`` (absolute), the
+    folder the export writes the tower's ``config.json`` and tokenizer into."""
+    import copy
 
-    mc = open_clip.get_model_config(model.arch)
-    if mc is None:
-        raise MaskkitError(f"{ck}: open_clip has no config for architecture '{model.arch}'")
-    pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(cfg.model.image_mean), "std": list(cfg.model.image_std),
+    mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
+    if out is not None and mc["text_cfg"].get("hf_model_name"):
+        here = str(Path(out).resolve())
+        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+    pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(model.preprocess_mean), "std": list(model.preprocess_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
 
@@ -156,20 +163,35 @@ def _max_diff(a, b) -> float:
     return float((a.float() - b.float()).abs().max() / max(1.0, float(b.abs().max())))
 
 
-def _write_open_clip(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+def _write_open_clip(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
+    """The open_clip folder; an HF text tower's ``config.json`` and tokenizer files go in it too
+    (open_clip's ``local-dir:`` reads the tokenizer from the folder; ``hf_model_name`` names it)."""
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     from .io import atomic_write_text
+    from .model.hf_text import is_hf_tower
     from .model.weights import HUB_CONFIG, HUB_SAFE_WEIGHTS
 
+    hf = is_hf_tower(model.clip)
     state = {k: v.detach().cpu().contiguous() for k, v in model.clip.state_dict().items()}
     save_file(state, str(tmp / HUB_SAFE_WEIGHTS), metadata={"format": "pt"})
-    atomic_write_text(tmp / HUB_CONFIG, json.dumps(open_clip_config(model, cfg, ck), indent=2) + "\n")
-    loaded, _, _ = _quiet(open_clip.create_model_and_transforms, f"local-dir:{tmp}")
+    doc = open_clip_config(model, cfg, ck, out if hf else None)
+    atomic_write_text(tmp / HUB_CONFIG, json.dumps(doc, indent=2) + "\n")
+    kwargs = {}
+    if hf:  # inside the temporary folder (renamed to `out` once checked), the tower's files are here
+        model.tokenizer.tok.save_pretrained(str(tmp))
+        model.clip.text.config.save_pretrained(str(tmp))
+        kwargs["text_cfg"] = {**doc["model_cfg"]["text_cfg"], "hf_model_name": str(tmp), "hf_model_pretrained": False}
+    loaded, _, _ = _quiet(open_clip.create_model_and_transforms, f"local-dir:{tmp}", **kwargs)
     loaded.eval()
     images, ids = _probe(model)
+    theirs = _quiet(open_clip.get_tokenizer, f"local-dir:{tmp}")(["Small left pleural effusion.", "No acute cardiopulmonary process."])
+    if theirs.shape != ids.shape or not torch.equal(theirs, ids):
+        raise MaskkitError(f"export check failed: open_clip.get_tokenizer('local-dir:...') gives other token ids than "
+                           f"maskkit's tokenizer for the same texts (shapes {tuple(theirs.shape)}, {tuple(ids.shape)}); "
+                           f"nothing was written")
     with torch.no_grad():
         want_img, _ = model.encode_image(images)
         want_txt, _ = model.encode_text(ids)
@@ -212,10 +234,9 @@ def timm_spec(model) -> tuple[str, dict]:
     open_clip image tower (a pre-norm CLIP ViT: ``vit_*_clip_*``, LayerNorm eps 1e-5, GELU or
     QuickGELU, class-token pooling, head = the CLIP projection). Raises one-line
     :class:`MaskkitError` naming the ``vision_cfg`` key a plain timm ViT cannot hold."""
-    import open_clip
     import timm
 
-    mc = open_clip.get_model_config(model.arch) or {}
+    mc = model.clip.maskkit_model_cfg
     vc = mc.get("vision_cfg", {})
     for key, plain in _TIMM_PLAIN.items():
         if vc.get(key, plain) != plain:
@@ -239,7 +260,7 @@ def timm_spec(model) -> tuple[str, dict]:
     return name, args
 
 
-def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]:
+def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
     import timm
     import torch
     from timm.models import save_for_hf
@@ -261,8 +282,8 @@ def _write_timm(model, cfg, ck: Path, tmp: Path) -> tuple[dict[str, float], str]
     pc = doc.setdefault("pretrained_cfg", {})
     for key in ("tag", "license", "hf_hub_id"):  # the base architecture's pretrained tag, not these weights'
         pc.pop(key, None)
-    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(cfg.model.image_mean),
-               "std": list(cfg.model.image_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
+    pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(model.preprocess_mean),
+               "std": list(model.preprocess_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
                "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A56)
     doc["maskkit"] = provenance(model, cfg, ck)
     atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
@@ -335,8 +356,8 @@ def model_card(fmt: str, model, cfg, ck: Path, usage: str, diffs: dict[str, floa
              f"| data | {p['data']} |", f"| preset | {p['preset']} (scale {p['scale']}) |",
              f"| steps | {p['step']} (checkpoint `{p['checkpoint']}`) |",
              f"| architecture | {p['arch']}" + (f", initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
-             f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(cfg.model.image_mean)}, "
-             f"std {list(cfg.model.image_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
+             f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(model.preprocess_mean)}, "
+             f"std {list(model.preprocess_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
              f"| maskkit version | {p['maskkit_version']} |",
              f"| trained at commit | {p['train_commit'] or 'unknown'} |", f"| exported at commit | {p['export_commit']} |",
              f"| load-back check | " + ", ".join(f"{k} max abs diff {v:.1e}" for k, v in diffs.items()) + " |", "",

@@ -189,6 +189,7 @@ class PretrainRecipe:
         random.seed(self.cfg.train.seed)
         np.random.seed(self.cfg.train.seed)
         self.model = XLIP.from_experiment(self.cfg).to(self.device)
+        self.model_build = self.model.build_record()  # in every checkpoint: the run reloads without model.pretrained
         self.model.set_grad_checkpointing(self.cfg.train.grad_checkpointing)
         if self.model.load_report and self.info.main:
             self.console.print(f"model.pretrained: {self.model.load_report}", highlight=False, soft_wrap=True)
@@ -387,7 +388,7 @@ class PretrainRecipe:
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
                    "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
-                   "config": json.dumps(self.cfg.model_dump(mode="json"))}
+                   "config": json.dumps(self.cfg.model_dump(mode="json")), "model_build": self.model_build}
         self.writing = self.out / "checkpoints" / f"step_{self.step:08d}.pt"  # (kept on a failure: its message names it)
         try:
             save_checkpoint(self.writing, payload)

@@ -293,7 +293,8 @@ class EvalRun:
     (empty: the run's own data and split). ``out``: where the result will be written (None:
     nowhere), for evaluations that store inputs (fine-tuning's split files). ``device``: where to
     compute. ``corpus`` (optional): ``(cfg, Corpus, what)`` already built (training's end-of-run
-    evaluation passes its own, so nothing is rebuilt).
+    evaluation passes its own, so nothing is rebuilt). Every member model is put in eval mode
+    (training's end-of-run evaluation passes the model it trained, in train mode).
     """
 
     def __init__(self, members: Sequence[tuple[Path, Any, Any]], data: Sequence[str] = (), out: str | Path | None = None,
@@ -301,6 +302,9 @@ class EvalRun:
         if not members:
             raise MaskkitError("an evaluation needs a run (a run directory or a checkpoint file)")
         self.members = [(Path(p), m, c) for p, m, c in members]
+        for _, m, _ in self.members:  # dropout (0.1 in BERT towers) and patch dropout off: every evaluation is deterministic
+            if hasattr(m, "eval"):
+                m.eval()
         self.path, self.model, self.cfg = self.members[0]
         self.data = list(data)
         self.out = Path(out) if out is not None else None

@@ -80,6 +80,15 @@ def local_folder(name: str, what: str) -> Path:
                            f"(config.json + model.safetensors)") from None
 
 
+def transformers_config(folder: Path) -> dict | None:
+    """The folder's ``config.json`` when it is a transformers config (it names a ``model_type``), else None."""
+    try:
+        cfg = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return cfg if isinstance(cfg, dict) and "model_type" in cfg else None
+
+
 def has_tokenizer(folder: Path) -> bool:
     return any((folder / f).is_file() for f in TOKENIZER_FILES)
 

@@ -145,7 +145,7 @@ POOLING = {"argmax": "eot", "eos": "eot", "last": "last", "first": "cls", "none"
            "cls_last_hidden_state_pooler": "cls", "mean_pooler": "mean", "max_pooler": "max"}
 
 
-def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None = None):
+def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None = None, hub_dir: str | Path | None = None):
     """An open_clip CLIP of architecture ``arch`` (a registered name or a model config dict, see
     :func:`model_config`), randomly initialised, never downloading.
 
@@ -153,12 +153,21 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
     (``text_cfg.hf_model_name``: ``CustomTextCLIP`` with open_clip's ``HFTextEncoder``). The
     HF model's configuration comes from ``text_tower`` (a local transformers model folder; its
     tokenizer too when it holds one), else from ``hf_model_name`` / ``hf_tokenizer_name`` as a
-    local folder or the Hugging Face cache. The model carries a :class:`TextSpec`
-    (``model.maskkit_text``) for :func:`tower_tokenizer`. Image towers: open_clip's ViT only.
+    local folder or the Hugging Face cache. ``hub_dir``, the open_clip folder ``arch`` came from,
+    supplies the tokenizer when it holds one (as open_clip's ``local-dir:`` always takes it from
+    there), and the text tower's ``config.json`` when ``hf_model_name`` is not local (a moved
+    ``maskkit export`` folder). The model carries a :class:`TextSpec`
+    (``model.maskkit_text``) for :func:`tower_tokenizer`. Image towers: open_clip's ViT, or
+    open_clip's timm tower of a plain timm ViT (``vision_cfg.timm_model_name``, BiomedCLIP's),
+    built as the open_clip ViT that computes the same (:func:`maskkit.model.weights.timm_vision_cfg`).
+    ``model.maskkit_model_cfg`` is the open_clip model config the model was built from (the
+    timm tower rewritten; what an export writes), ``model.maskkit_notes`` what was adapted.
     ``patch_embed="conv_stem"`` replaces the ViT's patch-embedding convolution
     (``visual.conv1``) by a :class:`ConvStem`; ``"linear"`` keeps open_clip's (CLIP's) own.
     Anything else is refused in one line (:class:`MaskkitError`).
     """
+    import copy
+
     from open_clip.model import CLIP, CustomTextCLIP
 
     from . import hf_text
@@ -169,11 +178,20 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
     if "multimodal_cfg" in cfg:
         raise MaskkitError(f"model.arch: '{name}' is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
     vision_cfg, text_cfg = dict(cfg.pop("vision_cfg") or {}), dict(cfg.pop("text_cfg") or {})
-    if "timm_model_name" in vision_cfg:
-        raise MaskkitError(f"model.arch: '{name}' has a timm image tower ({vision_cfg['timm_model_name']}); maskkit needs "
-                           f"open_clip's own ViT (vision_cfg with layers, width, patch_size)")
-    custom = cfg.pop("custom_text", False)
     hf = text_cfg.get("hf_model_name")
+    notes = []
+    if vision_cfg.get("timm_model_name"):  # open_clip's timm tower (BiomedCLIP's): the same ViT in open_clip's own terms
+        from .weights import timm_vision_cfg
+
+        vision_cfg, note = timm_vision_cfg(vision_cfg, cfg.get("embed_dim"), f"model.arch: '{name}'")
+        notes.append(note)
+        if cfg.get("quick_gelu"):  # timm's towers ignore it; open_clip's ViT would take it
+            if not hf:
+                raise MaskkitError(f"model.arch: '{name}' has quick_gelu: true with a timm image tower (exact GELU) and "
+                                   f"CLIP's text tower (QuickGELU); maskkit builds one activation for both")
+            cfg.pop("quick_gelu")
+    resolved = {**copy.deepcopy(cfg), "vision_cfg": copy.deepcopy(vision_cfg), "text_cfg": copy.deepcopy(text_cfg)}
+    custom = cfg.pop("custom_text", False)
     pretrained_key = "model.pretrained"
     if text_tower is not None and not hf:
         raise MaskkitError(f"{pretrained_key}: {text_tower} is a transformers model folder (a text tower), but model.arch "
@@ -185,11 +203,22 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         if importlib.util.find_spec("transformers") is None:
             raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
                                f"package: pip install 'maskkit[hf]'")
-        folder = Path(text_tower).expanduser() if text_tower is not None else hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+        hub = Path(hub_dir) if hub_dir is not None and text_tower is None else None
+        if text_tower is not None:
+            folder = Path(text_tower).expanduser()
+        else:
+            try:
+                folder = hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+            except MaskkitError:
+                if hub is None or hf_text.transformers_config(hub) is None:
+                    raise
+                folder = hub  # the folder carries the tower's config.json (maskkit export's)
         key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
         tok_name = text_cfg.get("hf_tokenizer_name") or hf
-        if hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
+        if hub is not None and hf_text.has_tokenizer(hub):
+            tok = hub  # an open_clip folder's own tokenizer, as open_clip's local-dir: reads it
+        elif hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
             tok = folder  # the tower's own folder holds its tokenizer
         else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
             tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")
@@ -223,6 +252,8 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
                                f"the text tower {folder / 'config.json'}")
         if model.text.config.pad_token_id is None:
             raise MaskkitError(f"{key}: {folder / 'config.json'} has no pad_token_id; the text tower needs one to skip padding")
+    model.maskkit_model_cfg = resolved
+    model.maskkit_notes = notes
     model.maskkit_text = TextSpec(str(tok) if tok is not None else None, context, POOLING.get(pooler, pooler))
     if patch_embed == "conv_stem":
         model.visual.conv1 = ConvStem(model.visual.patch_size[0], model.visual.conv1.out_channels)

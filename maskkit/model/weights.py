@@ -9,7 +9,10 @@ A ``model.pretrained`` path is one of:
   ``open_clip_model.safetensors`` or ``open_clip_pytorch_model.bin`` (the file open_clip's own
   ``_find_checkpoint_in_dir`` picks). The towers are built from ``model_cfg`` — the folder is the
   architecture, as for open_clip's ``local-dir:`` — and ``model.arch`` is not used then
-  (:func:`architecture`; docs/assumptions.md A54).
+  (:func:`architecture`; docs/assumptions.md A54). A ``model_cfg`` whose image tower is
+  open_clip's timm tower (``vision_cfg.timm_model_name``, BiomedCLIP's) is built as the open_clip
+  ViT that computes the same (:func:`timm_vision_cfg`) and its ``visual.trunk.*`` /
+  ``visual.head.proj.weight`` tensors converted (:func:`timm_tower_to_open_clip`).
 - **a timm ViT** image tower: a state dict or ``.safetensors`` file with timm's
   ``VisionTransformer`` keys (``patch_embed.proj.weight``, ``cls_token``, ``pos_embed``,
   ``blocks.N.attn.qkv.weight``, ...), or timm's HF-hub folder (``config.json`` naming a ``vit_*``
@@ -180,15 +183,56 @@ def architecture(arch: str, pretrained: str | None) -> tuple[str, HubFolder | No
 
 
 def hub_notes(hub: HubFolder, cfg) -> str:
-    """What the load report adds for an open_clip folder: where the architecture came from, and a
-    ``preprocess_cfg`` mean/std that differs from ``model.image_mean`` / ``model.image_std``
-    (``cfg``: the :class:`~maskkit.model.ModelConfig`), which maskkit keeps."""
-    out = f"; architecture: {hub.path / HUB_CONFIG} model_cfg (model.arch={cfg.arch} not used)"
-    for key, mine in (("mean", cfg.image_mean), ("std", cfg.image_std)):
-        theirs = hub.preprocess_cfg.get(key)
-        if theirs is not None and [round(float(x), 6) for x in theirs] != [round(float(x), 6) for x in mine]:
-            out += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
-    return out
+    """What the load report adds for an open_clip folder: where the architecture came from."""
+    return f"; architecture: {hub.path / HUB_CONFIG} model_cfg (model.arch={cfg.arch} not used)"
+
+
+def _same(a, b) -> bool:
+    return [round(float(x), 6) for x in a] == [round(float(x), 6) for x in b]
+
+
+def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, tuple, str]:
+    """(mean, std, notes for the load report) of the images the model normalises
+    (docs/assumptions.md A62). ``cfg`` is the :class:`~maskkit.model.ModelConfig`, ``hub`` the
+    open_clip folder of ``model.pretrained`` (or None), ``image_size`` the tower's.
+
+    Each of ``model.image_mean`` / ``image_std`` is the user's when set; when null, the folder's
+    ``preprocess_cfg`` value (the weights' own preprocessing, as open_clip's ``local-dir:``
+    applies it), else OpenAI CLIP's. A set value that differs from the folder's is kept and
+    named in the notes; so are a folder ``size`` other than the tower's image size and a resize
+    other than maskkit's (whole image, bilinear: A56). One-line :class:`MaskkitError` for a
+    folder mean/std that is not 3 numbers (or 1, for all channels) or a std that is not > 0.
+    """
+    from .towers import OPENAI_MEAN, OPENAI_STD
+
+    pp = hub.preprocess_cfg if hub is not None else {}
+    out, notes = {}, ""
+    for key, mine, default in (("mean", cfg.image_mean, OPENAI_MEAN), ("std", cfg.image_std, OPENAI_STD)):
+        theirs = pp.get(key)
+        if theirs is not None:
+            vals = [theirs] if isinstance(theirs, (int, float)) else theirs
+            ok = isinstance(vals, list) and len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
+            if not ok or (key == "std" and min(vals) <= 0):
+                raise MaskkitError(f"model.pretrained: {hub.path / HUB_CONFIG}: preprocess_cfg.{key} is {theirs!r}; expected "
+                                   f"3 numbers (one per channel{', each > 0' if key == 'std' else ''})")
+            theirs = tuple(float(v) for v in vals) * (3 if len(vals) == 1 else 1)
+        if mine is not None:
+            out[key] = tuple(mine)
+            if theirs is not None and not _same(theirs, mine):
+                notes += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
+        elif theirs is not None:
+            out[key] = theirs
+            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null)"
+        else:
+            out[key] = tuple(default)
+    size = pp.get("size")
+    if size is not None and size not in (image_size, [image_size, image_size]):
+        notes += f"; note: its preprocess_cfg size {size} is not the image tower's {image_size} px, which is used (data.image_size)"
+    resize = {k: pp[k] for k in ("resize_mode", "interpolation") if k in pp and pp[k] not in ("squash", "bilinear")}
+    if resize:
+        notes += (f"; note: its preprocess_cfg {', '.join(f'{k} {v}' for k, v in resize.items())}: maskkit resizes whole "
+                  f"images bilinearly (docs/assumptions.md A56)")
+    return out["mean"], out["std"], notes
 
 
 # --- timm ViT -> open_clip image tower ----------------------------------------------------------------
@@ -309,7 +353,8 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
     """(open_clip state dict, format, notes) of any layout of this module's docstring.
 
     A folder is read as an open_clip HF-hub folder or a timm ViT folder; a file through
-    :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors are converted to open_clip's
+    :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors, alone or as an open_clip
+    CLIP's timm image tower (``visual.trunk.*``, :func:`timm_tower_to_open_clip`), are converted to open_clip's
     image tower (``model``, when given, supplies ``embed_dim`` for a CLIP-style head). Raises
     one-line :class:`MaskkitError` for every other folder and for a state dict of a text model.
     """
@@ -328,10 +373,13 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
             fmt = f"{found[1]}, {fmt}"
     else:
         state, fmt = _read_file(p)
+    proj = getattr(getattr(model, "visual", None), "proj", None)
+    embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
     if is_timm_vit(state):
-        proj = getattr(getattr(model, "visual", None), "proj", None)
-        state, notes = timm_vit_to_open_clip(state, proj.shape[1] if isinstance(proj, torch.Tensor) else None)
+        state, notes = timm_vit_to_open_clip(state, embed_dim)
         fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
+    elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
+        state, notes = timm_tower_to_open_clip(state, embed_dim)
     return state, fmt, notes
 
 
@@ -343,3 +391,145 @@ def nothing_loaded(path: str | Path, state: dict[str, torch.Tensor]) -> MaskkitE
     what = text or f"none of its {len(state)} tensors is a weight of this model (keys: {keys}, ...)"
     return MaskkitError(f"{_pre(Path(path).expanduser())}: {what}; expected open_clip / OpenAI CLIP weights of model.arch "
                         f"or a timm ViT image tower")
+
+
+# --- open_clip's timm image tower (TimmModel, as BiomedCLIP's) -> open_clip's own ViT -------------------
+
+#: the ``vision_cfg`` keys of open_clip's timm tower (``open_clip.model.CLIPVisionCfg``)
+TIMM_CFG_KEYS = ("timm_model_name", "timm_model_pretrained", "timm_pool", "timm_proj", "timm_proj_bias", "timm_drop",
+                 "timm_drop_path")
+
+
+def timm_vision_cfg(vision_cfg: dict, embed_dim: int, where: str) -> tuple[dict, str]:
+    """open_clip's own ViT ``vision_cfg`` computing exactly what open_clip's timm image tower of
+    ``vision_cfg`` computes (``timm_model_name``, ``timm_pool``, ``timm_proj``, ...: BiomedCLIP's
+    ``vit_base_patch16_224`` with ``timm_pool: ""``, ``timm_proj: linear``), and a one-line note.
+
+    The tower is built as open_clip builds it (``open_clip.timm_model.TimmModel``, on the meta
+    device: no weights, no download) and read module by module: width, depth, heads, MLP ratio,
+    patch size and image size (the timm model's own: open_clip does not pass ``image_size`` to
+    timm), LayerNorm eps (``norm_kwargs``), pre-norm (``no_ln_pre``), layer scale
+    (``ls_init_value``) and pooling (timm's ``token`` / ``avg`` after the final norm: open_clip's
+    ``pool_type`` ``tok`` / ``avg``). The weights follow by :func:`timm_tower_to_open_clip`.
+    Anything the rewrite cannot represent exactly is refused in one line (:class:`MaskkitError`
+    naming ``where``, the model and what differs): another model class than timm's
+    ``VisionTransformer``, no or more prefix tokens (register tokens, ``no_embed_class``),
+    attention pooling, ``fc_norm``, q/k norms, a non-GELU MLP, qkv without bias, dropout or drop
+    path, a ``timm_proj`` other than a bias-free ``linear``.
+    """
+    import torch.nn as nn
+
+    name = vision_cfg["timm_model_name"]
+    pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
+
+    def refuse(what: str) -> MaskkitError:
+        return MaskkitError(f"{where}: the timm image tower {name} (timm_pool={pool!r}, timm_proj={proj!r}) {what}, which "
+                            f"maskkit's open_clip ViT cannot compute exactly; expected a plain timm VisionTransformer "
+                            f"(class token, LayerNorm, GELU MLP) with timm_proj 'linear' without bias")
+
+    if proj != "linear" or vision_cfg.get("timm_proj_bias"):
+        raise refuse("has a " + ("biased " if vision_cfg.get("timm_proj_bias") else "") + f"'{proj}' projection")
+    if pool in ("abs_attn", "rot_attn"):
+        raise refuse("pools by attention")
+    for key in ("timm_drop", "timm_drop_path"):
+        if vision_cfg.get(key):
+            raise refuse(f"has {key}={vision_cfg[key]}")
+    if vision_cfg.get("timm_model_pretrained"):
+        raise refuse("asks for timm's ImageNet weights (timm_model_pretrained: true; maskkit never downloads)")
+    try:
+        import timm
+        from open_clip.timm_model import TimmModel
+        from timm.layers import LayerScale, Mlp, PatchEmbed
+        from timm.models.vision_transformer import Attention, Block, VisionTransformer
+    except ImportError as exc:
+        raise MaskkitError(f"{where}: the image tower is timm's {name}, which needs the timm package "
+                           f"({exc}); pip install timm") from None
+    if name not in timm.list_models():
+        from ..errors import close_matches
+
+        raise MaskkitError(f"{where}: vision_cfg.timm_model_name '{name}' is not a timm model{close_matches(name, timm.list_models())}")
+    try:
+        with torch.device("meta"):  # the architecture only
+            tower = TimmModel(name, embed_dim, image_size=vision_cfg.get("image_size", 224), pool=pool, proj=proj,
+                              proj_bias=False, pretrained=False)
+    except Exception as exc:
+        from .towers import _one_line
+
+        raise MaskkitError(f"{where}: cannot build the timm image tower {name} ({_one_line(exc)})") from None
+    t = tower.trunk
+    if type(t) is not VisionTransformer:
+        raise refuse(f"is a {type(t).__name__}, not timm's VisionTransformer")
+    if not t.has_class_token or t.num_prefix_tokens != 1 or t.no_embed_class or t.pos_embed is None:
+        raise refuse("has no class token, extra prefix (register) tokens or positions without the class token")
+    if t.global_pool not in ("token", "avg") or t.attn_pool is not None or not isinstance(t.fc_norm, nn.Identity):
+        raise refuse(f"pools with global_pool={t.global_pool!r}" + (" and fc_norm" if not isinstance(t.fc_norm, nn.Identity) else ""))
+    pe = t.patch_embed
+    if (type(pe) is not PatchEmbed or not isinstance(pe.norm, nn.Identity) or pe.proj.kernel_size != pe.proj.stride
+            or pe.proj.padding != (0, 0) or pe.proj.in_channels != 3 or getattr(pe, "dynamic_img_pad", False)):
+        raise refuse("has another patch embedding than one strided convolution")
+    width, blocks = int(t.embed_dim), list(t.blocks)
+    norms = [t.norm] + [m for b in blocks for m in (b.norm1, b.norm2)] + ([t.norm_pre] if not isinstance(t.norm_pre, nn.Identity) else [])
+    if any(not isinstance(n, nn.LayerNorm) or not n.elementwise_affine or n.bias is None for n in norms):
+        raise refuse("has another norm than an affine LayerNorm")
+    eps = {float(n.eps) for n in norms}
+    scales = {type(m) for b in blocks for m in (b.ls1, b.ls2)}
+    drops = [m for m in t.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+    for b in blocks:
+        a, mlp = b.attn, b.mlp
+        if type(b) is not Block or type(a) is not Attention or type(mlp) is not Mlp:
+            raise refuse(f"has {type(b).__name__}/{type(a).__name__}/{type(mlp).__name__} blocks, not timm's Block/Attention/Mlp")
+        if a.qkv.bias is None or a.proj.bias is None or mlp.fc1.bias is None or mlp.fc2.bias is None:
+            raise refuse("has attention or MLP layers without bias")
+        parts = [getattr(x, n, None) for x, n in ((a, "q_norm"), (a, "k_norm"), (a, "norm"), (mlp, "norm"), (b, "drop_path1"),
+                                                  (b, "drop_path2"))]  # (older timm lacks some: then there is none)
+        if not all(m is None or isinstance(m, nn.Identity) for m in parts):
+            raise refuse("has q/k norms, an attention or MLP norm or drop path")
+        if type(mlp.act) is not nn.GELU or mlp.act.approximate != "none":
+            raise refuse(f"has a {mlp.act} MLP activation, not exact GELU")
+        if mlp.fc1.out_features != blocks[0].mlp.fc1.out_features or a.num_heads != blocks[0].attn.num_heads:
+            raise refuse("has blocks of different shapes")
+    if len(eps) != 1 or scales - {nn.Identity, LayerScale} or len(scales) != 1 or drops or not isinstance(t.patch_drop, nn.Identity):
+        raise refuse("mixes LayerNorm eps or layer scales, or has dropout")
+    heads, hidden = int(blocks[0].attn.num_heads), int(blocks[0].mlp.fc1.out_features)
+    size = tuple(int(s) for s in pe.img_size)
+    out = {k: v for k, v in vision_cfg.items() if k not in TIMM_CFG_KEYS}
+    out.update(image_size=size[0] if size[0] == size[1] else list(size), patch_size=int(pe.proj.kernel_size[0]),
+               width=width, layers=len(blocks), head_width=width // heads, mlp_ratio=hidden / width,
+               no_ln_pre=isinstance(t.norm_pre, nn.Identity), pool_type="tok" if t.global_pool == "token" else "avg",
+               ls_init_value=1e-5 if LayerScale in scales else None)
+    (e,) = eps
+    if e != 1e-5:  # open_clip's LayerNorm default
+        out["norm_kwargs"] = {**(vision_cfg.get("norm_kwargs") or {}), "eps": e}
+    note = (f"image tower: timm {name} as open_clip's ViT (width {width}, {len(blocks)} layers, {heads} heads, "
+            f"patch {out['patch_size']}, {size[0]} px, LayerNorm eps {e:g}, pool {out['pool_type']})")
+    if vision_cfg.get("image_size") not in (None, size[0], list(size)):
+        note += f"; vision_cfg.image_size {vision_cfg['image_size']} is not the timm model's {size[0]} px, which open_clip's tower runs at"
+    return out, note
+
+
+#: an open_clip CLIP with a timm image tower keeps it under ``visual.trunk.`` and its projection under ``visual.head.``
+TIMM_TRUNK, TIMM_HEAD = "visual.trunk.", "visual.head."
+
+
+def is_timm_tower(state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` is an open_clip CLIP whose image tower is timm's ViT (``visual.trunk.*``)."""
+    return is_timm_vit({k[len(TIMM_TRUNK):]: None for k in state if k.startswith(TIMM_TRUNK)})
+
+
+def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """An open_clip CLIP state dict with a timm image tower (``visual.trunk.*`` timm ViT keys,
+    ``visual.head.proj.weight [embed_dim, W]``: ``timm_proj: linear``) as one with open_clip's own
+    ViT (:func:`timm_vit_to_open_clip`; the head becomes ``visual.proj [W, embed_dim]``, the
+    transpose, as ``pooled @ proj`` is ``Linear(pooled)``). Other keys (the text tower,
+    ``logit_scale``) are kept; a ``visual.head.*`` key other than ``proj.weight`` is kept as it is, so the
+    loader reports it as unexpected."""
+    trunk = {k[len(TIMM_TRUNK):]: v for k, v in state.items() if k.startswith(TIMM_TRUNK)}
+    rest = {k: v for k, v in state.items() if not k.startswith(TIMM_TRUNK)}
+    head = rest.pop(TIMM_HEAD + "proj.weight", None)
+    if head is not None:
+        trunk["head.weight"] = head
+    converted, notes = timm_vit_to_open_clip(trunk, embed_dim)
+    if head is not None and "visual.proj" not in converted:
+        raise MaskkitError(f"model.pretrained: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)}; expected "
+                           f"[embed_dim {embed_dim}, width] (timm_proj: linear)")
+    return {**rest, **converted}, ["timm image tower (visual.trunk.*) -> open_clip's ViT"] + notes

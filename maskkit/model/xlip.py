@@ -28,7 +28,33 @@ from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
 from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
                      tower_tokenizer, unpatchify)
-from .weights import architecture, hub_notes
+from .weights import architecture, hub_notes, preprocessing
+
+
+def write_record(record: dict, folder) -> None:
+    """Write a :meth:`XLIP.build_record` into the empty ``folder`` as an open_clip folder without
+    weights (``open_clip_config.json``; an HF tower's ``config.json`` and tokenizer files, with
+    ``hf_model_name`` naming the folder), for ``XLIP(..., arch_folder=folder)``."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    mc = json.loads(record["model_cfg"])
+    if "hf_config" in record:
+        (folder / "config.json").write_text(record["hf_config"], encoding="utf-8")
+        for name, data in record.get("tokenizer", {}).items():
+            (folder / Path(name).name).write_bytes(data.numpy().tobytes())
+        mc["text_cfg"].update(hf_model_name=str(folder), hf_tokenizer_name=str(folder))
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": mc, "preprocess_cfg": {}}), encoding="utf-8")
+
+
+def _preprocess_from_buffers(model, incompatible) -> None:
+    """After a state dict is loaded: ``preprocess_mean`` / ``preprocess_std`` follow the loaded
+    ``image_mean`` / ``image_std`` buffers (what the run trained with, whatever its folder holds now)."""
+    for name in ("mean", "std"):
+        buf = [float(f"{v:.7g}") for v in getattr(model, f"image_{name}").flatten().tolist()]  # float32's digits
+        if any(abs(a - b) > 1e-6 for a, b in zip(buf, getattr(model, f"preprocess_{name}"))):
+            setattr(model, f"preprocess_{name}", tuple(buf))
 
 
 class XLIP(nn.Module):
@@ -51,28 +77,40 @@ class XLIP(nn.Module):
     """
 
     def __init__(self, config: ModelConfig | None = None, *, image_mask: Any = None, image_only_mask: Any = None,
-                 text_mask: Any = None, weights: bool = True) -> None:
+                 text_mask: Any = None, weights: bool = True, arch_folder: str | None = None) -> None:
         super().__init__()
         self.config = cfg = config or ModelConfig()
-        text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
-        # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
-        self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
-        self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder)
+        if arch_folder is not None:  # a checkpoint's own record of its towers (build_record), model.pretrained unread
+            if weights:
+                raise MaskkitError("XLIP: arch_folder builds a checkpoint's towers, whose weights come next; pass weights=False")
+            text_folder, (self.arch, self.hub) = None, architecture(cfg.arch, arch_folder)
+        else:
+            text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
+            # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
+            self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
+        self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder,
+                                hub_dir=self.hub.path if self.hub is not None else None)
         self.load_report = None
         if cfg.pretrained and weights:
             self.load_report = (load_text_folder(self.clip, text_folder) if text_folder is not None
                                 else load_pretrained(self.clip, cfg.pretrained))
             if self.hub is not None:
                 self.load_report += hub_notes(self.hub, cfg)
+            self.load_report += "".join(f"; {n}" for n in self.clip.maskkit_notes)
         v = self.clip.visual
         self.patch = v.patch_size[0]
         self.grid = tuple(v.grid_size)
         self.image_size = v.image_size[0]
+        #: the normalisation (mean, std) of the replicated channels: model.image_mean/std, else the folder's (A62)
+        self.preprocess_mean, self.preprocess_std, notes = preprocessing(cfg, self.hub, self.image_size)
+        if self.load_report is not None:
+            self.load_report += notes
         self.embed_dim = C = v.output_dim
         self.tokenizer = tower_tokenizer(self.clip)
         self.context_length = self.tokenizer.context_length
-        self.register_buffer("image_mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1))
-        self.register_buffer("image_std", torch.tensor(cfg.image_std).view(1, 3, 1, 1))
+        self.register_buffer("image_mean", torch.tensor(self.preprocess_mean).view(1, 3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(self.preprocess_std).view(1, 3, 1, 1))
+        self.register_load_state_dict_post_hook(_preprocess_from_buffers)  # a checkpoint's mean/std are the run's
         self.register_buffer("_key_coef", report_key_coefficients(self.context_length), persistent=False)
         self.clip.logit_scale.data.fill_(math.log(1 / cfg.init_temperature))
         trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
@@ -111,10 +149,32 @@ class XLIP(nn.Module):
         self._needs_prompts = any(s is not None and "prompt_tokens" in s.all_requires for s in built.values())
 
     @classmethod
-    def from_experiment(cls, cfg, weights: bool = True) -> XLIP:
+    def from_experiment(cls, cfg, weights: bool = True, arch_folder: str | None = None) -> XLIP:
         """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees);
-        ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them)."""
-        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights)
+        ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them);
+        ``arch_folder`` (with ``weights=False``) is the folder :func:`write_record` made of a
+        checkpoint's :meth:`build_record`, which then gives the towers instead of ``model.pretrained``."""
+        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights, arch_folder=arch_folder)
+
+    def build_record(self) -> dict:
+        """What rebuilds these towers without ``model.pretrained``'s folder (a run's checkpoints
+        store it; :func:`write_record` reads it): ``model_cfg`` (JSON of the open_clip model config
+        the towers were built from), and for an HF text tower ``hf_config`` (JSON of its
+        transformers config) and ``tokenizer`` (its files, name -> uint8 tensor of the bytes)."""
+        import json
+        import tempfile
+        from pathlib import Path
+
+        from .hf_text import is_hf_tower
+
+        rec = {"model_cfg": json.dumps(self.clip.maskkit_model_cfg)}
+        if is_hf_tower(self.clip):
+            rec["hf_config"] = self.clip.text.config.to_json_string()
+            with tempfile.TemporaryDirectory() as d:
+                self.tokenizer.tok.save_pretrained(d)
+                rec["tokenizer"] = {p.name: torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8).clone()
+                                    for p in sorted(Path(d).iterdir()) if p.is_file()}
+        return rec
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:

@@ -129,9 +129,11 @@ def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
 
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """(XLIP model in eval mode, its ExperimentConfig) from a run directory (latest checkpoint)
-    or a checkpoint file; loaded with ``weights_only``. The run's ``model.pretrained`` file is not
-    read again (the checkpoint holds every weight); an open_clip folder there still supplies the
-    architecture (its ``open_clip_config.json``)."""
+    or a checkpoint file; loaded with ``weights_only``. The run's ``model.pretrained`` is not
+    read again: the checkpoint holds every weight, and its ``model_build``
+    (:meth:`~maskkit.model.XLIP.build_record`: the open_clip model config, an HF text tower's
+    config and tokenizer) the architecture; for older checkpoints an open_clip folder there still
+    supplies the architecture (its ``open_clip_config.json``)."""
     from ..model import XLIP
 
     p = checkpoint_file(path)
@@ -145,6 +147,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     from ..config import migrate_saved
 
     cfg = ExperimentConfig.model_validate(migrate_saved(saved), context={"saved": True})
-    model = XLIP.from_experiment(cfg, weights=False)  # the checkpoint holds every weight: model.pretrained is not read
+    if isinstance(ck.get("model_build"), dict):  # the towers as built (model.pretrained's folder may be gone)
+        import tempfile
+
+        from ..model.xlip import write_record
+
+        with tempfile.TemporaryDirectory(prefix="maskkit-arch-") as d:
+            write_record(ck["model_build"], d)
+            model = XLIP.from_experiment(cfg, weights=False, arch_folder=d)
+    else:  # checkpoints before model_build: model.pretrained's open_clip folder gives the architecture
+        model = XLIP.from_experiment(cfg, weights=False)  # the checkpoint holds every weight: model.pretrained is not read
     model.load_state_dict(ck["model"])
     return model.to(device).eval(), cfg
