@@ -253,10 +253,10 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     import os
 
     from .config import resolve
-    from .distributed import under_torchrun
 
     # a stop signal before the recipe installs its own handler: main()'s, one line (_stopped_line)
     cfg, sources = resolve(list(args or []))
+    from .distributed import under_torchrun  # (imports torch: after the config's one-line errors)
     from .io import check_writable_dir
 
     check_writable_dir(cfg.runtime.out_dir, "runtime.out_dir")  # before torch is imported or processes started
@@ -740,7 +740,7 @@ def main() -> None:
     import os
     import warnings
 
-    from .eval.labels import LabelCoverageWarning
+    from .errors import LabelCoverageWarning
     from .training.preemption import cli_stop_request
 
     stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from .errors import MaskkitError
+from .roles import ROLE_NAMES
 
-#: The three strategy trees of an experiment, by role; also the random streams of one step.
-STREAMS: tuple[str, ...] = ("image_mask", "image_only_mask", "text_mask")
+#: The strategy trees of an experiment (:data:`maskkit.roles.ROLES`): also the random streams of one step.
+STREAMS: tuple[str, ...] = ROLE_NAMES
 #: Random streams of a step that are not strategy trees: FLIP's patch dropout (``model.patch_dropout``).
 EXTRA_STREAMS: tuple[str, ...] = ("patch_dropout",)
 

@@ -21,6 +21,7 @@ from ..compose import build_strategy
 from ..core import MaskContext
 from ..errors import MaskkitError
 from ..masking import STREAMS, check_mask, mask_generator
+from ..roles import IMAGE_ROLES, ROLES, role_error
 from .config import ModelConfig, check_image_path
 from .mim import MIMDecoder, visible_positions
 from .mlm import TextDecoder
@@ -78,18 +79,10 @@ class XLIP(nn.Module):
         trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
         built = {k: build_strategy(t, k) if t is not None else None for k, t in trees.items()}
         self.image_mask, self.image_only_mask, self.text_mask = built["image_mask"], built["image_only_mask"], built["text_mask"]
-        for name, modality in (("image_mask", "image"), ("image_only_mask", "image"), ("text_mask", "text")):
-            s = built[name]
-            if s is not None and s.modality != modality:
-                raise MaskkitError(f"{name}: expected a {modality} strategy, got a {s.modality} one ({s.name})")
-        if self.image_only_mask is not None and self.image_only_mask.all_requires & {"report_tokens", "report_valid"}:
-            raise MaskkitError("image_only_mask: image-only samples have no report; use strategies such as prompt_driven and image_self")
-        if self.text_mask is not None and self.text_mask.output != "attention":
-            raise MaskkitError("text_mask: expected an attention mask [B, T, T] (e.g. {intersect: {of: [entity, causal]}})")
-        for name in ("image_mask", "image_only_mask"):
-            s = built[name]
-            if s is not None and s.output != "tokens":
-                raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
+        for role in ROLES:  # what each tree may hold: maskkit.roles
+            why = role_error(role, built[role.name])
+            if why:
+                raise MaskkitError(why)
         try:
             check_image_path(cfg, self.image_mask is not None or self.image_only_mask is not None)
         except ValueError as exc:
@@ -230,7 +223,7 @@ class XLIP(nn.Module):
         B, N = paired.shape[0], self.grid[0] * self.grid[1]
         none = torch.zeros(B, N, dtype=torch.bool, device=paired.device)
         masks = {k: check_mask(getattr(self, k)(contexts[k]), getattr(self, k), (B, N), k) if k in contexts else none
-                 for k in ("image_mask", "image_only_mask")}
+                 for k in IMAGE_ROLES}
         return torch.where(paired[:, None], masks["image_mask"], masks["image_only_mask"])
 
     def mlm_hidden(self, ids: torch.Tensor, valid: torch.Tensor, ctx: MaskContext, image_tokens: torch.Tensor,
