@@ -121,18 +121,12 @@ def compose_cmd(
     role: str = typer.Option("image_mask", help="Which tree of a preset: image_mask, image_only_mask or text_mask."),
 ) -> None:
     """Validate a composition and print it fully resolved (every default filled in)."""
-    from pathlib import Path
-
-    from .compose import build_strategy, load_spec, to_spec
+    from .compose import build_strategy, parse_spec, to_spec
     from .plugins import get_registry
 
-    if spec.lstrip().startswith(("{", "[", '"')):
-        try:
-            tree, where = json.loads(spec), "inline"
-        except json.JSONDecodeError as exc:
-            raise MaskkitError(f"inline composition is not valid JSON: {exc}") from None
-    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
-        tree, where = load_spec(spec), spec
+    parsed = parse_spec(spec)  # inline JSON or a composition file; else a name
+    if parsed is not None:
+        tree, where = parsed
     elif spec in get_registry().strategies and spec not in get_registry().presets:
         tree, where = spec, spec  # a bare strategy name is a composition (docs/composition.md)
     else:
@@ -159,9 +153,7 @@ def check_cmd(
     device: str = typer.Option("cpu", help="Device of the test contexts (cpu, cuda, cuda:N, mps, auto)."),
 ) -> None:
     """Run maskkit's conformance checks on a strategy (what a plugin author runs)."""
-    from pathlib import Path
-
-    from .compose import load_spec
+    from .compose import parse_spec
     from .testing import check_strategy
 
     CheckOptions.check(n=n, t=t, b=b, seed=seed)
@@ -173,12 +165,8 @@ def check_cmd(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.lstrip().startswith("{"):
-        tree = json.loads(spec)
-    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
-        tree = load_spec(spec)
-    else:
-        tree = spec
+    parsed = parse_spec(spec)  # inline JSON or a composition file, as `maskkit compose` reads them
+    tree = parsed[0] if parsed is not None else spec
     import warnings
 
     from .testing import ConformanceWarning

@@ -264,16 +264,14 @@ def _tree_set(tree: Any, keys: list[str], value: Any, where: str) -> Any:
     return tree
 
 
-COMPOSITION_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
-
-
 def _tree_value(value: Any, path: str, source: str) -> Any:
     """A strategy-tree value that names a composition file (``.yaml``/``.yml``/``.toml``/``.json``)
     is that file's tree, as ``maskkit compose FILE`` reads it; a relative path given in a config
     file is relative to that file's folder."""
+    from .compose import COMPOSITION_SUFFIXES, load_spec
+
     if not isinstance(value, str) or Path(value).suffix.lower() not in COMPOSITION_SUFFIXES:
         return value
-    from .compose import load_spec
 
     p = Path(value).expanduser()
     if source.startswith("file:") and not p.is_absolute():

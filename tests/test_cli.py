@@ -153,3 +153,17 @@ def test_compose_takes_a_bare_strategy_name():
     out = subprocess.run([sys.executable, "-m", "maskkit.cli", "compose", "image_self"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert '"image_self"' in out.stdout and "modality=image" in out.stdout
+
+
+def test_compose_and_check_read_a_composition_argument_alike(tmp_path):
+    """One parser (maskkit.compose.parse_spec) for both commands: the same line for bad JSON, and
+    inline lists / quoted names / files read alike."""
+    bad = "error: inline composition is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    for cmd in ("compose", "check"):
+        out = run(cmd, "{bad")
+        assert out.returncode == 2 and out.stderr.strip() == bad, (cmd, out.stderr)
+    f = tmp_path / "m.yaml"
+    f.write_text("union: {of: [image_self, prompt_driven]}\n")
+    for spec in (str(f), '"image_self"'):
+        out = run("check", spec, "--n", "4", "--t", "4", "--b", "2")
+        assert out.returncode == 0 and "passes" in out.stdout, out.stderr
