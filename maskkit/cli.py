@@ -18,6 +18,7 @@ from rich.markup import escape  # messages are text: "runtime.evaluations=[zeros
 from rich.table import Table
 
 from .errors import MaskkitError
+from .roles import ROLE_NAMES
 from .options import CheckOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions, allowed, option_help
 from .sweep import builtin_sweeps
 
@@ -118,7 +119,7 @@ def datasets_cmd(
 @app.command("compose")
 def compose_cmd(
     spec: str = typer.Argument(..., help="A preset name, a strategy name, a .yaml/.toml/.json file, or an inline JSON tree."),
-    role: str = typer.Option("image_mask", help="Which tree of a preset: image_mask, image_only_mask or text_mask."),
+    role: str = typer.Option("image_mask", help="Which tree of a preset: " + ", ".join(ROLE_NAMES) + "."),
 ) -> None:
     """Validate a composition and print it fully resolved (every default filled in)."""
     from .compose import build_strategy, parse_spec, to_spec

@@ -37,6 +37,7 @@ def _rows(model: type[BaseModel], prefix: str, defaults: dict, tiny: dict):
 
 def config_markdown() -> str:
     from .config import SCALES, ExperimentConfig, _defaults
+    from .roles import ROLES
 
     lines = [
         "# Configuration keys",
@@ -75,8 +76,13 @@ def config_markdown() -> str:
         typ = typ.replace("|", "\\|")
         tiny_cell = f"`{t}`" if t else ""
         lines.append(f"| `{key}` | {typ} | `{d}` | {tiny_cell} | {desc} |")
-    lines += ["", "The strategy trees (`image_mask`, `image_only_mask`, `text_mask`) use the composition",
-              "format of `docs/composition.md`; their defaults come from the preset (`maskkit presets`).", ""]
+    lines += ["", "## Strategy trees", "",
+              "The strategy trees (" + ", ".join(f"`{r.name}`" for r in ROLES) + ") use the composition",
+              "format of `docs/composition.md`; their defaults come from the preset (`maskkit presets`). What",
+              "each may hold (`maskkit/roles.py`; a tree that holds anything else is one line when the model is built):", "",
+              "| tree | holds | paper |", "|---|---|---|"]
+    lines += [f"| `{r.name}` | {r.holds} | {r.equation} |" for r in ROLES]
+    lines.append("")
     return "\n".join(lines)
 
 
