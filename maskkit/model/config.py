@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from ..findings import CHEXPERT_LABELS
 from ..options import Strict
 
 #: CLIP's (OpenAI's) image normalisation, the default of ``model.image_mean`` / ``model.image_std``
@@ -14,10 +15,8 @@ OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 #: the values of ``model.patch_embed`` (:func:`maskkit.model.towers.create_clip`)
 PATCH_EMBEDS = ("linear", "conv_stem")
 
-CHEXPERT_PROMPTS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
-    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)
+#: the default ``model.prompts``: CheXpert's observations (:data:`maskkit.findings.CHEXPERT_LABELS`), sorted
+CHEXPERT_PROMPTS: tuple[str, ...] = tuple(sorted(CHEXPERT_LABELS))
 
 
 #: the values of ``mim.placement`` (docs/model.md)
