@@ -22,16 +22,22 @@ class Role:
 
     ``name`` is the config key and the random stream; ``modality`` and ``output`` what the root
     strategy must declare (``tokens``: a ``[B, N]`` patch mask; ``attention``: a ``[B, T, T]``
-    decoder attention mask); ``report`` whether its rows have a report (a tree that has none may
-    not require :data:`REPORT_INPUTS`); ``equation`` the paper's; ``description`` one line.
+    decoder attention mask); ``inputs`` the :class:`~maskkit.core.MaskContext` fields its context
+    carries (:func:`maskkit.masking.role_context`; a tree may require no other); ``equation`` the
+    paper's; ``description`` one line.
     """
 
     name: str
     modality: str
     output: str
-    report: bool
+    inputs: tuple[str, ...]
     equation: str
     description: str
+
+    @property
+    def report(self) -> bool:
+        """Whether its rows have a report (its context carries :data:`REPORT_INPUTS`)."""
+        return bool(REPORT_INPUTS & set(self.inputs))
 
     @property
     def holds(self) -> str:
@@ -41,11 +47,14 @@ class Role:
 
 
 ROLES: tuple[Role, ...] = (
-    Role("image_mask", "image", "tokens", report=True, equation="eq. 14",
+    Role("image_mask", "image", "tokens", equation="eq. 14",
+         inputs=("image_tokens", "report_tokens", "report_valid", "entities", "prompt_tokens", "prompt_valid"),
          description="AttMIM strategy tree of paired samples (null: no MIM, the CLIP baseline)"),
-    Role("image_only_mask", "image", "tokens", report=False, equation="eq. 15",
+    Role("image_only_mask", "image", "tokens", equation="eq. 15",
+         inputs=("image_tokens", "prompt_tokens", "prompt_valid"),
          description="strategy tree of image-only samples: they have no report, so no report_cross (null: not masked)"),
-    Role("text_mask", "text", "attention", report=True, equation="eq. 10, 13",
+    Role("text_mask", "text", "attention", equation="eq. 10, 13",
+         inputs=("report_tokens", "report_valid", "entities"),
          description="EntMLM decoder attention-mask tree, e.g. {intersect: {of: [entity, causal]}} (null: no MLM)"),
 )
 ROLE_BY_NAME: dict[str, Role] = {r.name: r for r in ROLES}
@@ -64,9 +73,12 @@ def role_error(role: Role, strategy) -> str | None:
         return f"{role.name}: expected {_a(role.modality)} strategy, got {_a(strategy.modality)} one ({name})"
     if strategy.output != role.output:
         return f"{role.name}: expected {role.holds}, got one whose output is '{strategy.output}' ({name})"
-    if not role.report and strategy.all_requires & REPORT_INPUTS:
+    missing = strategy.all_requires - set(role.inputs)
+    if not role.report and missing & REPORT_INPUTS:
         return (f"{role.name}: image-only samples have no report, but {name} needs "
-                f"{', '.join(sorted(strategy.all_requires & REPORT_INPUTS))}; use strategies such as prompt_driven and image_self")
+                f"{', '.join(sorted(missing & REPORT_INPUTS))}; use strategies such as prompt_driven and image_self")
+    if missing:
+        return f"{role.name}: {name} needs {', '.join(sorted(missing))}; this tree's context has {', '.join(role.inputs)}"
     return None
 
 

@@ -30,3 +30,39 @@ def test_every_reader_takes_its_roles_from_the_table():
 ])
 def test_role_error_names_the_role_and_what_it_holds(role, tree, why):
     assert role_error(ROLE_BY_NAME[role], build_strategy(tree, role)) == why
+
+
+def test_role_context_carries_only_what_the_role_sees():
+    import torch
+
+    from maskkit.masking import role_context
+
+    t = torch.zeros(2, 4, 8)
+    given = dict(image_tokens=t, report_tokens=t, report_valid=torch.ones(2, 4, dtype=torch.bool),
+                 prompt_tokens=torch.zeros(3, 8), entities=torch.zeros(2, 4, dtype=torch.bool))
+    only = role_context("image_only_mask", None, **given)
+    assert only.image_tokens is t and only.prompt_tokens is not None
+    assert only.report_tokens is None and only.report_valid is None and only.entities is None
+    text = role_context("text_mask", None, **given)
+    assert text.image_tokens is None and text.report_tokens is t and text.entities is not None
+    full = role_context("image_mask", None, **given)
+    assert all(getattr(full, k) is given[k] for k in given)
+
+
+def test_a_tree_needing_an_input_its_role_lacks_is_one_line():
+    from types import SimpleNamespace
+
+    text_on_image = SimpleNamespace(name="peek", modality="text", output="attention",
+                                    all_requires=frozenset({"report_valid", "image_tokens"}))
+    assert role_error(ROLE_BY_NAME["text_mask"], text_on_image) == (
+        "text_mask: peek needs image_tokens; this tree's context has report_tokens, report_valid, entities")
+
+
+def test_reductions_are_written_once():
+    import typing
+
+    from maskkit.eval.masks import default_grid
+    from maskkit.strategies._attention import REDUCTIONS, Reduction
+
+    assert typing.get_args(Reduction) == REDUCTIONS
+    assert {lab.split("[")[1].rstrip("]") for lab, _ in default_grid() if lab.startswith("report_cross [")} == set(REDUCTIONS)

@@ -20,7 +20,7 @@ from torch import nn
 from ..compose import build_strategy
 from ..core import MaskContext
 from ..errors import MaskkitError
-from ..masking import STREAMS, check_mask, mask_generator
+from ..masking import STREAMS, check_mask, mask_generator, role_context
 from ..roles import IMAGE_ROLES, ROLES, role_error
 from .config import ModelConfig, check_image_path
 from .mim import MIMDecoder, visible_positions
@@ -191,9 +191,9 @@ class XLIP(nn.Module):
                       entities: torch.Tensor | None, seed: int) -> dict[str, MaskContext]:
         """The :class:`MaskContext` of each configured strategy tree, for every row of a batch.
 
-        ``image_mask`` sees the image and report tokens, the prompts and the entities;
-        ``image_only_mask`` the same without the report (eq. 15); ``text_mask`` the report
-        validity, tokens and entities. Features are detached: masks steer, they do not learn.
+        What each tree sees is its role's ``inputs`` (:data:`maskkit.roles.ROLES`, through
+        :func:`maskkit.masking.role_context`: ``image_only_mask`` has no report, eq. 15).
+        Features are detached: masks steer, they do not learn.
         Each tree draws from its own stream of :func:`maskkit.masking.mask_generator` for ``seed``.
         This is the one builder that training, ``eval masks`` and ``visualize`` use.
         """
@@ -204,18 +204,10 @@ class XLIP(nn.Module):
             prompts = prompts.to(e_img.dtype)
         img, rep = e_img.detach(), e_rep.detach()
         ents = entities.to(dev) if entities is not None else None
-        ctx: dict[str, MaskContext] = {}
-        if self.image_mask is not None:
-            ctx["image_mask"] = MaskContext(image_tokens=img, report_tokens=rep, report_valid=rep_valid, entities=ents,
-                                            prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                            generator=mask_generator(seed, "image_mask", dev))
-        if self.image_only_mask is not None:
-            ctx["image_only_mask"] = MaskContext(image_tokens=img, prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                                 generator=mask_generator(seed, "image_only_mask", dev))
-        if self.text_mask is not None:
-            ctx["text_mask"] = MaskContext(report_tokens=rep, report_valid=rep_valid, entities=ents,
-                                           generator=mask_generator(seed, "text_mask", dev))
-        return ctx
+        inputs = dict(image_tokens=img, report_tokens=rep, report_valid=rep_valid, entities=ents,
+                      prompt_tokens=prompts, prompt_valid=prompt_valid)
+        return {role: role_context(role, mask_generator(seed, role, dev), **inputs)  # what each role sees: maskkit.roles
+                for role in STREAMS if getattr(self, role) is not None}
 
     def image_masks(self, contexts: dict[str, MaskContext], paired: torch.Tensor) -> torch.Tensor:
         """The AttMIM mask ``[B, N]`` bool: ``image_mask`` on paired rows, ``image_only_mask`` on the
