@@ -207,7 +207,7 @@ def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
     from .data.build import eval_corpus
 
     model, _ = load_model(run_dir)
-    _, corpus, _ = eval_corpus(run_dir, cfg.model_copy(update={"text_mask": None}), model.image_size)  # the run's split, verified
+    _, corpus, _ = eval_corpus(run_dir, cfg, model.image_size, ner=False)  # the run's split, verified; no entities read
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
     res = run_finetune(model, ds, names, held_out_splits(recs, test_ids, cfg.train.seed), mode="probe", epochs=20,
                        seed=cfg.train.seed)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from maskkit import build_strategy
 from maskkit.core import MaskContext
+from maskkit.strategies._attention import REDUCTIONS
 from maskkit.strategies.causal import causal_mask
 from maskkit.testing import check_mask, make_context
 
@@ -283,7 +284,7 @@ def test_union_uses_a_plain_childs_own_mask():
     assert u(ctx).tolist() == [[True, True, False, False, False, False]] * 2
 
 
-@pytest.mark.parametrize("reduction", ["max_sim", "l2", "received", "entry_count"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
 @pytest.mark.parametrize("pad", [True, False])
 def test_union_of_builtin_scored_children_unchanged(reduction, pad):
     """Built-in scored children give exactly what union gave before: top-k of their scores."""

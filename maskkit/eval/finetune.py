@@ -140,7 +140,7 @@ def pretraining_data(cfg, image_size: int, corpus=None):
     from ..data.build import ConcatSources, build_corpus
 
     if corpus is None:
-        corpus = build_corpus(cfg.model_copy(update={"text_mask": None}), image_size)
+        corpus = build_corpus(cfg, image_size, ner=False)  # fine-tuning reads no entities
     if corpus.val is None:
         raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
     parts, names, recs, test_ids = [], [], [], set()
