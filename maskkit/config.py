@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, create_model, field_validator, model_validator, ValidationInfo
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator, ValidationInfo
 
 from .errors import MaskkitError, close_matches
 from .model.config import ModelConfig
@@ -184,18 +184,33 @@ class ExperimentConfig(Strict):
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+    #: role -> (the tree as JSON, its built root): each tree is built once, when the config validates
+    _built: dict = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _trees(self):
-        from .compose import build_strategy
-
         from .model.config import check_image_path
 
         for t in TREES:
-            tree = getattr(self, t)
-            if tree is not None:
-                build_strategy(tree, path=t)
+            self.strategy(t)  # built (and validated) here, once: the model and config.json reuse it
         check_image_path(self.model, self.image_mask is not None or self.image_only_mask is not None)
         return self
+
+    def strategy(self, role: str):
+        """The built root (:class:`~maskkit.core.MaskStrategy`) of strategy tree ``role``
+        (:data:`maskkit.roles.ROLES`), or None when it is null. Built when the config validates
+        and reused by the model (:meth:`maskkit.model.XLIP.from_experiment`) and the run's
+        ``config.json``; a copy whose tree was replaced builds its own."""
+        tree = getattr(self, role)
+        if tree is None:
+            return None
+        key = json.dumps(tree, sort_keys=True, default=str)
+        hit = self._built.get(role)
+        if hit is None or hit[0] != key:
+            from .compose import build_strategy
+
+            hit = self._built[role] = (key, build_strategy(tree, path=role))
+        return hit[1]
 
 
 

@@ -66,3 +66,23 @@ def test_reductions_are_written_once():
 
     assert typing.get_args(Reduction) == REDUCTIONS
     assert {lab.split("[")[1].rstrip("]") for lab, _ in default_grid() if lab.startswith("report_cross [")} == set(REDUCTIONS)
+
+
+def test_each_tree_is_built_once_per_run(monkeypatch):
+    """resolve() builds each tree when the config validates; the model and config.json reuse it."""
+    import maskkit.compose as compose
+    from maskkit.config import resolve
+    from maskkit.model import XLIP
+    from maskkit.training.run_dir import resolved_record
+
+    built = []
+    real = compose._split  # every build of a tree's root goes through it, whoever imported build_strategy
+    monkeypatch.setattr(compose, "_split", lambda spec, path: (built.append(path) if path in ROLE_NAMES else None)
+                        or real(spec, path))
+    cfg, sources = resolve(["preset=xlip", "runtime.evaluations=[]"])
+    model = XLIP.from_experiment(cfg, weights=False)
+    rec = resolved_record(cfg, sources)
+    assert sorted(built) == sorted(ROLE_NAMES)  # xlip sets all three trees, each built once
+    assert model.image_mask is cfg.strategy("image_mask") and rec["config"]["text_mask"]["intersect"]["of"][1] == {"causal": {}}
+    copy = cfg.model_copy(update={"image_mask": "random"})  # a copy whose tree was replaced builds its own
+    assert copy.strategy("image_mask").name == "random" and cfg.strategy("image_mask").name == "union"

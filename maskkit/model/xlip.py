@@ -107,7 +107,7 @@ class XLIP(nn.Module):
     def from_experiment(cls, cfg, weights: bool = True) -> XLIP:
         """The model of an :class:`~maskkit.config.ExperimentConfig` (its ``model`` and strategy trees);
         ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them)."""
-        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights)
+        return cls(cfg.model, **{k: cfg.strategy(k) for k in STREAMS}, weights=weights)  # the trees the config built
 
     # --- pieces --------------------------------------------------------------------------
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
