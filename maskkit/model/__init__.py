@@ -6,8 +6,9 @@ settings, read by the configuration) imports no torch, timm or open_clip.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import lazy_exports
 
 # public name -> the submodule that defines it
 _EXPORTS = {"CHEXPERT_PROMPTS": "config", "MIMConfig": "config", "MLMConfig": "config", "ModelConfig": "config",
@@ -16,17 +17,7 @@ _EXPORTS = {"CHEXPERT_PROMPTS": "config", "MIMConfig": "config", "MLMConfig": "c
 __all__ = ["CHEXPERT_PROMPTS", "MIMConfig", "MLMConfig", "ModelConfig", "XLIP", "XLIPOutput"]
 
 
-def __getattr__(name: str):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'maskkit.model' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 
 if TYPE_CHECKING:
