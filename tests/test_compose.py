@@ -80,7 +80,7 @@ def test_every_preset_composition_builds():
             assert "report_tokens" not in build_strategy(only).all_requires
 
 
-# --- a composition file as a strategy-tree override value (issue 11, item 9) ----------------
+# --- a composition file as a strategy-tree override value ----------------
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402

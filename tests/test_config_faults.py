@@ -1,4 +1,4 @@
-"""Settings a fresh user found silently accepted (issue 18 follow-up): a device this machine does not
+"""Settings a fresh user found silently accepted: a device this machine does not
 have, a warm-up longer than the run, and data keys that nothing reads."""
 
 from __future__ import annotations

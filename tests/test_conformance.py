@@ -65,7 +65,7 @@ def test_every_builtin_is_registered():
     assert builtin == defined and {"atypical", "union", "random"} <= builtin
 
 
-# --- the kit itself (issue 11, item 8) -------------------------------------------------------
+# --- the kit itself -------------------------------------------------------
 
 import os  # noqa: E402
 import subprocess  # noqa: E402
@@ -193,7 +193,7 @@ def _tiebreak_dist(tmp_path):
 
 
 def test_kit_passes_a_tie_breaking_plugin_with_a_warning(tmp_path, monkeypatch):
-    """Issue 18 4e: noise that breaks ties which do not arise at its default config."""
+    """Noise that breaks ties which do not arise at its default config."""
     monkeypatch.syspath_prepend(str(_tiebreak_dist(tmp_path)))
     sys.modules.pop("mk_tiebreak", None)
     with only_plugins("maskkit-tiebreak"):

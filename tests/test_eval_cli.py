@@ -1,4 +1,4 @@
-"""`maskkit eval NAME RUN` for every registered evaluation (issue 19 sections 1-3 and 5), in process
+"""`maskkit eval NAME RUN` for every registered evaluation, in process
 (CliRunner) on tiny runs: phantoms, and a CSV run whose image ids tiny region files in the real
 layouts annotate. Bad annotation files are one line each, with nothing written."""
 

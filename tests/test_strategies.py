@@ -237,7 +237,7 @@ def test_child_ratio_reaches_token_children_only():
     assert t.children[0].config.ratio == 0.2  # λ3 untouched by the image default λ1
 
 
-# --- a composite gets each child's mask from the child (issue 11, item 13) -----------------
+# --- a composite gets each child's mask from the child -----------------
 
 def _bottom_self():
     from maskkit.core import topk_mask

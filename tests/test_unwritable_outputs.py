@@ -1,4 +1,4 @@
-"""Every command that writes checks where it writes before any work (issue 18, fresh-user faults):
+"""Every command that writes checks where it writes before any work:
 an output folder that cannot be written is one line naming the option, the path and the reason,
 exit 2, no traceback, nothing written. Two kinds of unwritable place: a path under a regular file
 (not a folder: fails for root too) and a folder without write permission (mode 0o500; as root,
