@@ -284,8 +284,7 @@ class ConcatSources:
         out = []
         for name, d in zip(self.names, self.datasets):
             if d is not None:
-                ids = [r.id for r in d.table.records] if hasattr(d, "table") else [d[j]["id"] for j in range(len(d))]
-                out += [(name, i) for i in ids]
+                out += [(name, i) for i in d.ids]  # every dataset of a corpus: maskkit.data.dataset.ReportDataset
         return out
 
 
@@ -302,14 +301,8 @@ def _default_dataset(table, image_size: int, *, train: bool, ner=None, tokenizer
 
 def _drop_reports(ds) -> None:
     """An image-only source: no sample of ``ds`` has a report (nor entities, nor cached tokens)."""
-    if ds is None:
-        return
-    if hasattr(ds, "reports"):
-        ds.reports = [None] * len(ds)
-    if hasattr(ds, "entity_spans"):
-        ds.entity_spans = [[] for _ in range(len(ds))]
-    if hasattr(ds, "_encoded"):
-        ds._encoded.clear()
+    if ds is not None:
+        ds.drop_reports()
 
 
 def train_ner(cfg: ExperimentConfig) -> bool:

@@ -163,12 +163,14 @@ def held_out_splits(recs: list[tuple], test_ids: set, seed: int = 0) -> dict[str
 def dataset_index(dataset) -> dict:
     """Each sample's key -> its row in ``dataset``: ``(source, id)`` for a dataset of several parts
     (:class:`~maskkit.data.build.ConcatSources`, as :func:`pretraining_data` builds), else the id."""
-    if hasattr(dataset, "keys"):  # ConcatSources: every sample's (source, id), in order
+    from ..data.build import ConcatSources
+    from ..data.dataset import ReportDataset
+
+    if isinstance(dataset, ConcatSources):  # every sample's (source, id), in order
         return {key: i for i, key in enumerate(dataset.keys)}
-    recs = getattr(getattr(dataset, "table", None), "records", None)
-    if recs is not None:
-        return {r.id: i for i, r in enumerate(recs)}
-    return {dataset[i]["id"]: i for i in range(len(dataset))}
+    if isinstance(dataset, ReportDataset):  # maskkit's datasets know their ids without decoding
+        return {sid: i for i, sid in enumerate(dataset.ids)}
+    return {dataset[i]["id"]: i for i in range(len(dataset))}  # any other map-style dataset
 
 
 def images_of(items, device="cpu") -> torch.Tensor:
