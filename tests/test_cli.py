@@ -1,18 +1,31 @@
-"""The command line, run as a user runs it (a subprocess)."""
+"""The command line: run as a user runs it (a subprocess) where the one-line error and the exit
+status of the ``maskkit`` process are the point, in process (typer's CliRunner) where only a
+command's output is."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, env=env)
 
 
+def invoke(*args):
+    """A command run in this process: its exit status, stdout and (for a failure) the exception."""
+    from typer.testing import CliRunner
+
+    from maskkit.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=repr(res.exception))
+
+
 def test_strategies_json_lists_builtins_with_sources():
-    out = run("strategies", "--json")
+    out = invoke("strategies", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["report_cross"]["inputs"] == "image_tokens, report_tokens"
@@ -21,12 +34,12 @@ def test_strategies_json_lists_builtins_with_sources():
 
 
 def test_strategies_table():
-    out = run("strategies", "image*")
+    out = invoke("strategies", "image*")
     assert out.returncode == 0 and "image_self" in out.stdout and "report_cross" not in out.stdout
 
 
 def test_compose_resolves_preset():
-    out = run("compose", "xlip")
+    out = invoke("compose", "xlip")
     assert out.returncode == 0, out.stderr
     assert '"child_ratio": 0.7' in out.stdout and "requires=image_tokens, prompt_tokens, report_tokens" in out.stdout
 
@@ -48,7 +61,7 @@ def test_debug_shows_traceback():
 def test_check_command():
     out = run("check", "union")
     assert out.returncode == 2 and "Field required" in out.stderr
-    out = run("check", '{"union": {"of": ["image_self", "prompt_driven"]}}')
+    out = invoke("check", '{"union": {"of": ["image_self", "prompt_driven"]}}')
     assert out.returncode == 0 and "passes" in out.stdout
 
 
@@ -146,11 +159,7 @@ def test_library_functions_check_the_same_ranges(tmp_path):
 
 
 def test_compose_takes_a_bare_strategy_name():
-    import json as _json
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "compose", "image_self"], capture_output=True, text=True)
+    out = invoke("compose", "image_self")
     assert out.returncode == 0, out.stderr
     assert '"image_self"' in out.stdout and "modality=image" in out.stdout
 
@@ -165,5 +174,5 @@ def test_compose_and_check_read_a_composition_argument_alike(tmp_path):
     f = tmp_path / "m.yaml"
     f.write_text("union: {of: [image_self, prompt_driven]}\n")
     for spec in (str(f), '"image_self"'):
-        out = run("check", spec, "--n", "4", "--t", "4", "--b", "2")
+        out = invoke("check", spec, "--n", "4", "--t", "4", "--b", "2")
         assert out.returncode == 0 and "passes" in out.stdout, out.stderr
