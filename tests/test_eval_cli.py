@@ -188,6 +188,7 @@ def siim_file(path: Path, held: list[str], train_ids: list[str], held_cells: lis
     return write(path, ["ImageId", " EncodedPixels"], rows)
 
 
+@pytest.mark.slow
 def test_segmentation_on_siim_rle_masks(csv_run, tmp_path):
     run, held, train_ids = csv_run
     # held[0]: the left half of the 1024 x 1024 image -> 48 of the 96 input columns; held[1]: columns 0-5 of 1024 cover
@@ -463,6 +464,7 @@ def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
 
 # --- end of run, config, sweeps ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_of_run_evaluations_are_a_list(tmp_path):
     cfg, src = resolve([*SMALL, "data.val_n=12", "train.steps=1", f"runtime.out_dir={tmp_path}", "runtime.name=e",
                         "runtime.evaluations=[zeroshot,retrieval]"])
