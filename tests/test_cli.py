@@ -14,6 +14,32 @@ def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, env=env)
 
 
+#: runs the command's entry point (maskkit.cli.main: its one-line errors and exit status) once per
+#: argument list, in one process: the imports are paid once, not once per case
+_MAIN_EACH = r"""
+import contextlib, io, json, sys
+from maskkit.cli import main
+results = []
+for args in json.loads(sys.stdin.read()):
+    err, code = io.StringIO(), 0
+    sys.argv = ["maskkit", *args]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main()
+        except SystemExit as e:
+            code = e.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_main_each(arg_lists: list[list[str]]) -> list[tuple[int, str]]:
+    """(exit status, stderr) of ``maskkit ARGS`` for each of ``arg_lists``, in one fresh process."""
+    out = subprocess.run([sys.executable, "-c", _MAIN_EACH], input=json.dumps(arg_lists), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
+
+
 def invoke(*args):
     """A command run in this process: its exit status, stdout and (for a failure) the exception."""
     from typer.testing import CliRunner
@@ -115,13 +141,15 @@ def test_numeric_options_out_of_range_are_one_line(tmp_path):
     """The fresh user's input (`eval finetune RUN --lr 1e38`: an AdamW traceback) and every option of
     the same kind: exit 2, one line `error: <option> <value>: expected <range> (<what it is>)`, nothing
     written."""
-    bad = []
+    cases = []
     for args, message in OPTION_CASES:
         args = [str(tmp_path / a) if a in ("RUN", "P", "C") else a for a in args]
-        out = run(*args, f"runtime.out_dir={tmp_path / 'runs'}") if args[0] == "run" else run(*args)
-        err = out.stderr.strip()
-        if not (out.returncode == 2 and err.count("\n") == 0 and err.startswith("error: " + message)):
-            bad.append((args, out.returncode, err[-500:]))
+        cases.append((args + [f"runtime.out_dir={tmp_path / 'runs'}"] if args[0] == "run" else args, message))
+    bad = []
+    for (args, message), (code, err) in zip(cases, run_main_each([a for a, _ in cases])):
+        err = err.strip()
+        if not (code == 2 and err.count("\n") == 0 and err.startswith("error: " + message)):
+            bad.append((args, code, err[-500:]))
     assert not bad, bad
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
