@@ -9,35 +9,11 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+from run_helpers import run_main_each
+
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, env=env)
-
-
-#: runs the command's entry point (maskkit.cli.main: its one-line errors and exit status) once per
-#: argument list, in one process: the imports are paid once, not once per case
-_MAIN_EACH = r"""
-import contextlib, io, json, sys
-from maskkit.cli import main
-results = []
-for args in json.loads(sys.stdin.read()):
-    err, code = io.StringIO(), 0
-    sys.argv = ["maskkit", *args]
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            main()
-        except SystemExit as e:
-            code = e.code
-    results.append([code, err.getvalue()])
-print(json.dumps(results))
-"""
-
-
-def run_main_each(arg_lists: list[list[str]]) -> list[tuple[int, str]]:
-    """(exit status, stderr) of ``maskkit ARGS`` for each of ``arg_lists``, in one fresh process."""
-    out = subprocess.run([sys.executable, "-c", _MAIN_EACH], input=json.dumps(arg_lists), capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return [tuple(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def invoke(*args):
