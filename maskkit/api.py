@@ -35,7 +35,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     p = Path(path).expanduser()
     if p.is_dir() and (p / HUB_CONFIG).is_file():
         from .model import XLIP, ModelConfig
-        from .model.towers import OPENAI_MEAN, OPENAI_STD
+        from .model.config import OPENAI_MEAN, OPENAI_STD
 
         pp = hub_folder(p).preprocess_cfg
         cfg = ModelConfig(pretrained=str(p), image_mean=tuple(pp.get("mean", OPENAI_MEAN)), image_std=tuple(pp.get("std", OPENAI_STD)))
