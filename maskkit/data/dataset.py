@@ -41,7 +41,9 @@ def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
     saved, for a :class:`~maskkit.data.ner.CachedNER`); no NER or no report gives none."""
     texts = sorted({r for r in reports if r})
     spans = dict(zip(texts, ner(texts))) if ner is not None and texts else {}
-    if ner is not None and hasattr(ner, "save"):
+    from .ner import CachedNER
+
+    if isinstance(ner, CachedNER):
         ner.save()
     return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
 
