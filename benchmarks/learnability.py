@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 from maskkit.config import resolve
 from maskkit.data.phantoms import DEV_OFFSET, LABELS, PhantomGenerator
 from maskkit.model import XLIP
-from maskkit.model.towers import PATCH_EMBEDS
+from maskkit.model.config import PATCH_EMBEDS
 
 
 

@@ -18,6 +18,7 @@ from rich.markup import escape  # messages are text: "runtime.evaluations=[zeros
 from rich.table import Table
 
 from .errors import MaskkitError
+from .roles import ROLE_NAMES
 from .options import CheckOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions, allowed, option_help
 from .sweep import builtin_sweeps
 
@@ -118,21 +119,15 @@ def datasets_cmd(
 @app.command("compose")
 def compose_cmd(
     spec: str = typer.Argument(..., help="A preset name, a strategy name, a .yaml/.toml/.json file, or an inline JSON tree."),
-    role: str = typer.Option("image_mask", help="Which tree of a preset: image_mask, image_only_mask or text_mask."),
+    role: str = typer.Option("image_mask", help="Which tree of a preset: " + ", ".join(ROLE_NAMES) + "."),
 ) -> None:
     """Validate a composition and print it fully resolved (every default filled in)."""
-    from pathlib import Path
-
-    from .compose import build_strategy, load_spec, to_spec
+    from .compose import build_strategy, parse_spec, to_spec
     from .plugins import get_registry
 
-    if spec.lstrip().startswith(("{", "[", '"')):
-        try:
-            tree, where = json.loads(spec), "inline"
-        except json.JSONDecodeError as exc:
-            raise MaskkitError(f"inline composition is not valid JSON: {exc}") from None
-    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
-        tree, where = load_spec(spec), spec
+    parsed = parse_spec(spec)  # inline JSON or a composition file; else a name
+    if parsed is not None:
+        tree, where = parsed
     elif spec in get_registry().strategies and spec not in get_registry().presets:
         tree, where = spec, spec  # a bare strategy name is a composition (docs/composition.md)
     else:
@@ -159,9 +154,7 @@ def check_cmd(
     device: str = typer.Option("cpu", help="Device of the test contexts (cpu, cuda, cuda:N, mps, auto)."),
 ) -> None:
     """Run maskkit's conformance checks on a strategy (what a plugin author runs)."""
-    from pathlib import Path
-
-    from .compose import load_spec
+    from .compose import parse_spec
     from .testing import check_strategy
 
     CheckOptions.check(n=n, t=t, b=b, seed=seed)
@@ -173,12 +166,8 @@ def check_cmd(
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec.lstrip().startswith("{"):
-        tree = json.loads(spec)
-    elif Path(spec).suffix.lower() in (".yaml", ".yml", ".toml", ".json"):
-        tree = load_spec(spec)
-    else:
-        tree = spec
+    parsed = parse_spec(spec)  # inline JSON or a composition file, as `maskkit compose` reads them
+    tree = parsed[0] if parsed is not None else spec
     import warnings
 
     from .testing import ConformanceWarning
@@ -253,10 +242,10 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     import os
 
     from .config import resolve
-    from .distributed import under_torchrun
 
     # a stop signal before the recipe installs its own handler: main()'s, one line (_stopped_line)
     cfg, sources = resolve(list(args or []))
+    from .distributed import under_torchrun  # (imports torch: after the config's one-line errors)
     from .io import check_writable_dir
 
     check_writable_dir(cfg.runtime.out_dir, "runtime.out_dir")  # before torch is imported or processes started
@@ -740,7 +729,7 @@ def main() -> None:
     import os
     import warnings
 
-    from .eval.labels import LabelCoverageWarning
+    from .errors import LabelCoverageWarning
     from .training.preemption import cli_stop_request
 
     stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here

@@ -98,29 +98,55 @@ def to_spec(strategy: MaskStrategy) -> dict[str, Any]:
     return {strategy.name: cfg}
 
 
+#: the file formats of a composition (or a config file), by suffix
+FORMATS: dict[str, str] = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".json": "JSON"}
+COMPOSITION_SUFFIXES: tuple[str, ...] = tuple(FORMATS)
+
+
+def _parse(fmt: str, text: str) -> Any:
+    if fmt == "YAML":
+        import yaml
+
+        return yaml.safe_load(text)
+    if fmt == "TOML":
+        import tomllib
+
+        return tomllib.loads(text)
+    return json.loads(text)
+
+
 def load_spec(path: str | Path) -> Any:
-    """Read a composition from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file."""
+    """Read a composition from a ``.yaml``/``.yml``, ``.toml`` or ``.json`` file (:data:`FORMATS`).
+    Raises :class:`CompositionError` (one line naming the file) when it is missing or does not parse."""
     p = Path(path)
     if not p.is_file():
         raise CompositionError(f"{p}: composition file does not exist")
     suffix = p.suffix.lower()
+    if suffix not in FORMATS:
+        raise CompositionError(f"{p}: unknown composition format '{suffix}'; expected {', '.join(FORMATS)}")
     from .io import read_text
 
     text = read_text(p)  # UTF-8 with or without a byte-order mark
     try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            return yaml.safe_load(text)
-        if suffix == ".toml":
-            import tomllib
-
-            return tomllib.loads(text)
-        if suffix == ".json":
-            return json.loads(text)
+        return _parse(FORMATS[suffix], text)
     except Exception as exc:  # parse errors of any of the three formats
-        raise CompositionError(f"{p}: cannot parse as {suffix[1:].upper()}: {str(exc).splitlines()[0]}") from None
-    raise CompositionError(f"{p}: unknown composition format '{suffix}'; expected .yaml, .yml, .toml or .json")
+        raise CompositionError(f"{p}: cannot parse as {FORMATS[suffix]}: {str(exc).splitlines()[0]}") from None
+
+
+def parse_spec(spec: str) -> tuple[Any, str] | None:
+    """A composition as a command line gives it: ``(tree, where)`` for inline JSON (``{...}``,
+    ``[...]``, ``"name"``; where = ``inline``) or a composition file (:data:`FORMATS`; where = the
+    path); ``None`` for anything else, a strategy or preset name the caller looks up. Raises
+    :class:`CompositionError` in one line for JSON that does not parse and files :func:`load_spec`
+    cannot read."""
+    if spec.lstrip().startswith(("{", "[", '"')):
+        try:
+            return json.loads(spec), "inline"
+        except json.JSONDecodeError as exc:
+            raise CompositionError(f"inline composition is not valid JSON: {exc}") from None
+    if Path(spec).suffix.lower() in FORMATS:
+        return load_spec(spec), spec
+    return None
 
 
 def load_strategy(path: str | Path) -> MaskStrategy:

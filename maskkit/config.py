@@ -24,21 +24,17 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator, ValidationInfo
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator, ValidationInfo
 
 from .errors import MaskkitError, close_matches
-from .masking import STREAMS as TREES
 from .model.config import ModelConfig
-from .options import LearningRate, Seed
+from .options import LearningRate, Seed, Strict
+from .roles import ROLE_BY_NAME, ROLE_NAMES as TREES
 from .terms import TERMS
 
 
 class ConfigError(MaskkitError):
     """A configuration key or value that does not validate."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(Strict):
@@ -180,26 +176,41 @@ class ExperimentConfig(Strict):
     preset: str = Field("xlip", description="the preset this config was built from")
     scale: Literal["tiny", "paper"] = Field("tiny", description="tiny: CPU-sized run on phantoms; paper: the paper's settings")
     model: ModelConfig = Field(default_factory=lambda: ModelConfig(), description="towers, decoders, prompts")
-    image_mask: Any = Field(None, description="AttMIM strategy tree for paired samples (null: no MIM)")
-    image_only_mask: Any = Field(None, description="strategy tree for image-only samples")
-    text_mask: Any = Field(None, description="EntMLM attention-mask tree (null: no MLM)")
+    image_mask: Any = Field(None, description=ROLE_BY_NAME["image_mask"].description)
+    image_only_mask: Any = Field(None, description=ROLE_BY_NAME["image_only_mask"].description)
+    text_mask: Any = Field(None, description=ROLE_BY_NAME["text_mask"].description)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     objectives: ObjectivesConfig = Field(default_factory=ObjectivesConfig)
     runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
 
+    #: role -> (the tree as JSON, its built root): each tree is built once, when the config validates
+    _built: dict = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _trees(self):
-        from .compose import build_strategy
-
         from .model.config import check_image_path
 
         for t in TREES:
-            tree = getattr(self, t)
-            if tree is not None:
-                build_strategy(tree, path=t)
+            self.strategy(t)  # built (and validated) here, once: the model and config.json reuse it
         check_image_path(self.model, self.image_mask is not None or self.image_only_mask is not None)
         return self
+
+    def strategy(self, role: str):
+        """The built root (:class:`~maskkit.core.MaskStrategy`) of strategy tree ``role``
+        (:data:`maskkit.roles.ROLES`), or None when it is null. Built when the config validates
+        and reused by the model (:meth:`maskkit.model.XLIP.from_experiment`) and the run's
+        ``config.json``; a copy whose tree was replaced builds its own."""
+        tree = getattr(self, role)
+        if tree is None:
+            return None
+        key = json.dumps(tree, sort_keys=True, default=str)
+        hit = self._built.get(role)
+        if hit is None or hit[0] != key:
+            from .compose import build_strategy
+
+            hit = self._built[role] = (key, build_strategy(tree, path=role))
+        return hit[1]
 
 
 
@@ -268,16 +279,14 @@ def _tree_set(tree: Any, keys: list[str], value: Any, where: str) -> Any:
     return tree
 
 
-COMPOSITION_SUFFIXES = (".yaml", ".yml", ".toml", ".json")
-
-
 def _tree_value(value: Any, path: str, source: str) -> Any:
     """A strategy-tree value that names a composition file (``.yaml``/``.yml``/``.toml``/``.json``)
     is that file's tree, as ``maskkit compose FILE`` reads it; a relative path given in a config
     file is relative to that file's folder."""
+    from .compose import COMPOSITION_SUFFIXES, load_spec
+
     if not isinstance(value, str) or Path(value).suffix.lower() not in COMPOSITION_SUFFIXES:
         return value
-    from .compose import load_spec
 
     p = Path(value).expanduser()
     if source.startswith("file:") and not p.is_absolute():
@@ -315,22 +324,42 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         _set_source_entry(cfg, parts[2:], value, path, source)
         sources[path] = source
         return
-    if path in RENAMED:
-        raise ConfigError(f"{RENAMED[path]} (from {source})")
-    if path not in valid_paths and not any(path.startswith(p + ".") for p in valid_paths if p.endswith("options")):
-        prefix_ok = any(v.startswith(path + ".") for v in valid_paths)
-        if prefix_ok and isinstance(value, dict):
-            for k, v in value.items():
-                _set(cfg, sources, f"{path}.{k}", v, source, valid_paths)
-            return
-        if parts[0] == "model" and parts[-1] in TREES:
-            raise ConfigError(f"set the strategy tree at top level ({parts[-1]}=...), not under model.{parts[-1]} (from {source})")
-        raise ConfigError(f"unknown key '{path}'{close_matches(path, valid_paths) or ''} (from {source})")
+    if not _check_key(path, value, source, valid_paths):
+        for k, v in value.items():
+            _set(cfg, sources, f"{path}.{k}", v, source, valid_paths)
+        return
     node = cfg
     for k in parts[:-1]:
         node = node.setdefault(k, {})
     node[parts[-1]] = value
     sources[path] = source
+
+
+def _check_key(path: str, value: Any, source: str, valid_paths: set[str]) -> bool:
+    """True when ``path`` (not a strategy-tree or ``data.sources`` key) is a config key; False when
+    it is a section given a mapping (``train={"lr": 1e-4}``: each of its keys is one); else the
+    one-line :class:`ConfigError` (a renamed key, an unknown key with its close matches)."""
+    parts = path.split(".")
+    if path in RENAMED:
+        raise ConfigError(f"{RENAMED[path]} (from {source})")
+    if path in valid_paths or any(path.startswith(p + ".") for p in valid_paths if p.endswith("options")):
+        return True
+    if isinstance(value, dict) and any(v.startswith(path + ".") for v in valid_paths):
+        return False
+    if parts[0] == "model" and parts[-1] in TREES:
+        raise ConfigError(f"set the strategy tree at top level ({parts[-1]}=...), not under model.{parts[-1]} (from {source})")
+    raise ConfigError(f"unknown key '{path}'{close_matches(path, valid_paths) or ''} (from {source})")
+
+
+def _check_cli_keys(pairs: list[tuple[str, Any]], valid_paths: set[str]) -> None:
+    """Refuse an unknown or renamed command-line key before the registry (and torch) loads: the same
+    line :func:`_set` gives, in a fraction of a second. Tree and ``data.sources`` keys are checked
+    where they are set (they depend on the preset's tree and list)."""
+    for path, value in pairs:
+        if path.split(".")[0] in TREES or path == "data" or path.startswith("data.sources."):
+            continue
+        if not _check_key(path, value, "cli", valid_paths) and isinstance(value, dict):
+            _check_cli_keys([(f"{path}.{k}", v) for k, v in value.items()], valid_paths)
 
 
 def _set_source_entry(cfg: dict, keys: list[str], value: Any, path: str, source: str) -> None:
@@ -429,8 +458,6 @@ def load_file(path: str | Path) -> dict:
 
 def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, dict[str, str]]:
     """Build the ExperimentConfig from ``key=value`` arguments; returns it and each key's source."""
-    from .plugins import get_registry
-
     pairs: list[tuple[str, Any]] = []
     if isinstance(args, dict):
         pairs = list(args.items())
@@ -446,9 +473,12 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
     scale = special.get("scale", "tiny")
     if scale not in SCALES:
         raise ConfigError(f"scale: unknown scale '{scale}'{close_matches(str(scale), SCALES)}; expected tiny or paper")
+    valid = key_paths() | set(TREES)
+    _check_cli_keys(rest, valid)
+    from .plugins import get_registry  # (imports torch: after the command line's keys are checked)
+
     preset = get_registry().preset(str(preset_name))
     base = _defaults()
-    valid = set(_flatten(base)) | set(TREES)
     cfg = copy.deepcopy(base)
     sources = {p: "default" for p in _flatten(base)}
     _merge_layer(cfg, sources, SCALES[scale], f"scale:{scale}", valid)
@@ -521,6 +551,17 @@ def _one_line(exc: ValidationError, valid: set[str]) -> str:
         return msg  # the message already names its key (data.sources[1] (padchest): ...)
     rng = _field_range(tuple(e["loc"])) if e["type"] in _RANGE_ERRORS else ""
     return f"{loc}: {msg}{got_s}{rng}" if loc else f"{msg}"
+
+
+def key_paths(model: type[BaseModel] = None, prefix: str = "") -> set[str]:
+    """Every dotted key of ``model`` (default :class:`ExperimentConfig`), read from its fields: no
+    validator runs (the registry, hence torch, is not loaded); the keys of :func:`_defaults`."""
+    out: set[str] = set()
+    for name, f in (model or ExperimentConfig).model_fields.items():
+        p = f"{prefix}.{name}" if prefix else name
+        a = f.annotation
+        out |= key_paths(a, p) if isinstance(a, type) and issubclass(a, BaseModel) else {p}
+    return out
 
 
 def _defaults() -> dict:

@@ -88,3 +88,8 @@ def os_error_line(exc: OSError) -> str:
 class MaskkitWarning(UserWarning):
     """Something optional did not work and the run goes on without it (a cache that cannot be
     written, ...); the CLI prints it as one line ``warning: <message>``."""
+
+
+class LabelCoverageWarning(UserWarning):
+    """A label whose known samples hold a single class (its AUC / F1 are undefined;
+    :func:`maskkit.eval.labels.label_coverage`). The CLI prints these under its tables, once."""

@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from .errors import MaskkitError
+from .roles import ROLE_BY_NAME, ROLE_NAMES
 
-#: The three strategy trees of an experiment, by role; also the random streams of one step.
-STREAMS: tuple[str, ...] = ("image_mask", "image_only_mask", "text_mask")
+#: The strategy trees of an experiment (:data:`maskkit.roles.ROLES`): also the random streams of one step.
+STREAMS: tuple[str, ...] = ROLE_NAMES
 #: Random streams of a step that are not strategy trees: FLIP's patch dropout (``model.patch_dropout``).
 EXTRA_STREAMS: tuple[str, ...] = ("patch_dropout",)
 
@@ -56,3 +57,13 @@ def check_mask(mask, strategy, shape: tuple[int, ...], where: str) -> torch.Tens
     if tuple(mask.shape) != tuple(shape):
         raise MaskOutputError(f"{where}: strategy '{name}' returned shape {list(mask.shape)}; expected {want}")
     return mask
+
+
+def role_context(role: str, generator: torch.Generator | None = None, **inputs) -> "MaskContext":
+    """The :class:`~maskkit.core.MaskContext` of strategy tree ``role``: of ``inputs`` (MaskContext
+    fields), those the role's rows carry (:attr:`maskkit.roles.Role.inputs`: an image-only row
+    has no report), the others left ``None``. :meth:`maskkit.model.XLIP.mask_contexts` (training,
+    ``visualize``) and ``eval masks`` build their contexts here."""
+    from .core import MaskContext
+
+    return MaskContext(**{k: inputs.get(k) for k in ROLE_BY_NAME[role].inputs}, generator=generator)

@@ -120,10 +120,15 @@ def option_help(model: type[BaseModel], name: str) -> str:
     return f"{f.description}; {allowed(model, name)}"
 
 
-class Options(BaseModel):
-    """Base of the command option models: unknown names refused, NaN/inf refused, frozen."""
+class Strict(BaseModel):
+    """Base of every maskkit settings model (configuration sections, command options): unknown
+    names refused, NaN/inf refused, frozen."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class Options(Strict):
+    """Base of the command option models (:class:`Strict`), with :meth:`check`'s one-line errors."""
 
     @classmethod
     def check(cls, style: str = "--", where: str = "", labels: dict[str, str] | None = None, **values: Any):

@@ -1,11 +1,7 @@
 """Built-in presets: the XLIP composition and every Table III / IV row, as data.
 
-A preset's config holds the strategy trees by role:
-
-- ``image_mask``: the AttMIM mask of paired samples (``null``: no MIM, the CLIP baseline),
-- ``image_only_mask``: the mask of image-only samples (eq. 15: no report, so no report_cross),
-- ``text_mask``: the EntMLM decoder mask (``null``: no MLM),
-- ``train.warmup_steps: 0`` for rows without warm-up (Table III's "Init" column).
+A preset's config holds the strategy trees by role (:data:`maskkit.roles.ROLES` says what each
+may hold) and ``train.warmup_steps: 0`` for rows without warm-up (Table III's "Init" column).
 
 A preset is a partial :class:`maskkit.config.ExperimentConfig`: any of its keys may appear.
 """

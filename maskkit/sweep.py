@@ -31,7 +31,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from .errors import MaskkitError
 from .io import atomic_write_bytes, atomic_write_text
@@ -208,7 +207,7 @@ def probe_aucs(run_dir: Path, cfg) -> dict[str, float | None]:
     from .data.build import eval_corpus
 
     model, _ = load_model(run_dir)
-    _, corpus, _ = eval_corpus(run_dir, cfg.model_copy(update={"text_mask": None}), model.image_size)  # the run's split, verified
+    _, corpus, _ = eval_corpus(run_dir, cfg, model.image_size, ner=False)  # the run's split, verified; no entities read
     ds, names, recs, test_ids = pretraining_data(cfg, model.image_size, corpus=corpus)
     res = run_finetune(model, ds, names, held_out_splits(recs, test_ids, cfg.train.seed), mode="probe", epochs=20,
                        seed=cfg.train.seed)
@@ -465,6 +464,8 @@ def _percent(metric: str) -> bool:
 def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
     """Mean and sample std over seeds of every metric, per (preset, grid point); the std of a
     single seed is ``None`` (no spread to report), not 0."""
+    import numpy as np
+
     keys = list(spec.grid)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
@@ -484,6 +485,8 @@ def paired(rows: list[dict], spec: SweepSpec, metric: str = "auc") -> list[dict]
     """Every (preset, grid point) against every earlier one, on the seeds both ran: the mean
     difference of ``metric``, its standard error over seeds, and whether it exceeds twice the SE
     (a paired t-like margin: the difference is larger than the seed-to-seed spread)."""
+    import numpy as np
+
     keys = list(spec.grid)
     groups: dict[tuple, dict[int, float]] = {}
     for r in rows:

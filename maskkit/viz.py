@@ -108,6 +108,7 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
     """
     from .core import topk_count_mask
     from .masking import mask_generator
+    from .roles import IMAGE_ROLES
 
     dev = next(model.parameters()).device
     images = batch["images"].to(dev)
@@ -115,9 +116,9 @@ def sample_views(model, batch: dict, seed: int = 0, random_ratio: float | None =
     e_img = model.mask_image_tokens(images)  # what training's masks see (the guide tokens in sparse placement)
     _, e_rep = model.encode_text(batch["text"].to(dev))
     ctxs = model.mask_contexts(e_img.float(), e_rep.float(), batch["text_valid"].to(dev), batch.get("entities"), seed)
-    final = model.image_masks(ctxs, paired) if ctxs.keys() & {"image_mask", "image_only_mask"} else None
+    final = model.image_masks(ctxs, paired) if ctxs.keys() & set(IMAGE_ROLES) else None
     explained = {}
-    for role in ("image_mask", "image_only_mask"):
+    for role in IMAGE_ROLES:
         strat = getattr(model, role)
         if strat is not None and role in ctxs:
             ex = strat.explain(ctxs[role])  # every strategy explains: mask and scores; a union adds its parts

@@ -17,6 +17,33 @@ SMALL = ["data.n=24", "data.val_n=0", "train.batch_size=4", "train.log_every=1",
          "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mlm.layers=1", "model.mim.decoder_heads=2"]
 
 
+#: runs each argv through the command's entry point (maskkit.cli.main: its one-line errors and exit
+#: status) in one interpreter: the imports are paid once, not once per command
+MAIN_EACH = r"""
+import contextlib, io, json, sys
+from maskkit.cli import main
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv = ["maskkit", *argv]
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main()
+        except SystemExit as exc:
+            code = exc.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_main_each(argvs: list[list[str]], prefix: tuple[str, ...] = (), **kw) -> list[tuple[int, str]]:
+    """(exit status, stderr) of ``maskkit ARGV`` for each of ``argvs``, in one fresh process
+    (``prefix``: a command to run it under, e.g. setpriv; ``kw``: subprocess.run's cwd, env)."""
+    p = subprocess.run([*prefix, sys.executable, "-c", MAIN_EACH, json.dumps(argvs)], capture_output=True, text=True, **kw)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [tuple(r) for r in json.loads(p.stdout.splitlines()[-1])]
+
+
 def env_for(**extra) -> dict:
     return {**os.environ, "OMP_NUM_THREADS": "1", **extra}
 

@@ -1,18 +1,33 @@
-"""The command line, run as a user runs it (a subprocess)."""
+"""The command line: run as a user runs it (a subprocess) where the one-line error and the exit
+status of the ``maskkit`` process are the point, in process (typer's CliRunner) where only a
+command's output is."""
 
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
+
+from run_helpers import run_main_each
 
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "maskkit.cli", *args], capture_output=True, text=True, env=env)
 
 
+def invoke(*args):
+    """A command run in this process: its exit status, stdout and (for a failure) the exception."""
+    from typer.testing import CliRunner
+
+    from maskkit.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    return SimpleNamespace(returncode=res.exit_code, stdout=res.stdout, stderr=repr(res.exception))
+
+
 def test_strategies_json_lists_builtins_with_sources():
-    out = run("strategies", "--json")
+    out = invoke("strategies", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["report_cross"]["inputs"] == "image_tokens, report_tokens"
@@ -21,12 +36,12 @@ def test_strategies_json_lists_builtins_with_sources():
 
 
 def test_strategies_table():
-    out = run("strategies", "image*")
+    out = invoke("strategies", "image*")
     assert out.returncode == 0 and "image_self" in out.stdout and "report_cross" not in out.stdout
 
 
 def test_compose_resolves_preset():
-    out = run("compose", "xlip")
+    out = invoke("compose", "xlip")
     assert out.returncode == 0, out.stderr
     assert '"child_ratio": 0.7' in out.stdout and "requires=image_tokens, prompt_tokens, report_tokens" in out.stdout
 
@@ -48,7 +63,7 @@ def test_debug_shows_traceback():
 def test_check_command():
     out = run("check", "union")
     assert out.returncode == 2 and "Field required" in out.stderr
-    out = run("check", '{"union": {"of": ["image_self", "prompt_driven"]}}')
+    out = invoke("check", '{"union": {"of": ["image_self", "prompt_driven"]}}')
     assert out.returncode == 0 and "passes" in out.stdout
 
 
@@ -102,13 +117,15 @@ def test_numeric_options_out_of_range_are_one_line(tmp_path):
     """The fresh user's input (`eval finetune RUN --lr 1e38`: an AdamW traceback) and every option of
     the same kind: exit 2, one line `error: <option> <value>: expected <range> (<what it is>)`, nothing
     written."""
-    bad = []
+    cases = []
     for args, message in OPTION_CASES:
         args = [str(tmp_path / a) if a in ("RUN", "P", "C") else a for a in args]
-        out = run(*args, f"runtime.out_dir={tmp_path / 'runs'}") if args[0] == "run" else run(*args)
-        err = out.stderr.strip()
-        if not (out.returncode == 2 and err.count("\n") == 0 and err.startswith("error: " + message)):
-            bad.append((args, out.returncode, err[-500:]))
+        cases.append((args + [f"runtime.out_dir={tmp_path / 'runs'}"] if args[0] == "run" else args, message))
+    bad = []
+    for (args, message), (code, err) in zip(cases, run_main_each([a for a, _ in cases])):
+        err = err.strip()
+        if not (code == 2 and err.count("\n") == 0 and err.startswith("error: " + message)):
+            bad.append((args, code, err[-500:]))
     assert not bad, bad
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
@@ -146,10 +163,20 @@ def test_library_functions_check_the_same_ranges(tmp_path):
 
 
 def test_compose_takes_a_bare_strategy_name():
-    import json as _json
-    import subprocess
-    import sys
-
-    out = subprocess.run([sys.executable, "-m", "maskkit.cli", "compose", "image_self"], capture_output=True, text=True)
+    out = invoke("compose", "image_self")
     assert out.returncode == 0, out.stderr
     assert '"image_self"' in out.stdout and "modality=image" in out.stdout
+
+
+def test_compose_and_check_read_a_composition_argument_alike(tmp_path):
+    """One parser (maskkit.compose.parse_spec) for both commands: the same line for bad JSON, and
+    inline lists / quoted names / files read alike."""
+    bad = "error: inline composition is not valid JSON: Expecting property name enclosed in double quotes: line 1 column 2 (char 1)"
+    for cmd in ("compose", "check"):
+        out = run(cmd, "{bad")
+        assert out.returncode == 2 and out.stderr.strip() == bad, (cmd, out.stderr)
+    f = tmp_path / "m.yaml"
+    f.write_text("union: {of: [image_self, prompt_driven]}\n")
+    for spec in (str(f), '"image_self"'):
+        out = invoke("check", spec, "--n", "4", "--t", "4", "--b", "2")
+        assert out.returncode == 0 and "passes" in out.stdout, out.stderr

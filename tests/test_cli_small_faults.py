@@ -1,4 +1,4 @@
-"""The smaller faults a fresh user met (issue 18): live progress bars in logs that are files, the
+"""The smaller faults a fresh user met: live progress bars in logs that are files, the
 stop message of a run started with runtime.resume=auto, a CSV given where a run goes, Pillow's
 stream repr in a decode error, clipped column titles of masks.png, `maskkit datasets` showing
 `any` for the CSV adapter's path."""

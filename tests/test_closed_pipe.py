@@ -1,4 +1,4 @@
-"""A closed stdout / stderr pipe (issue 18, fresh-user faults): ``maskkit run ... 2>&1 | head -1``
+"""A closed stdout / stderr pipe: ``maskkit run ... 2>&1 | head -1``
 killed the run silently before step 1 and left a directory that blocked the next run of that name.
 The command goes on, dropping what it writes to the closed stream (maskkit.streams; docs/cli.md):
 the run trains to its end and exits 0 with everything in its run directory."""

@@ -80,7 +80,7 @@ def test_every_preset_composition_builds():
             assert "report_tokens" not in build_strategy(only).all_requires
 
 
-# --- a composition file as a strategy-tree override value (issue 11, item 9) ----------------
+# --- a composition file as a strategy-tree override value ----------------
 
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -170,3 +170,21 @@ def test_cli_config_show_and_run_take_a_tree_file(tmp_path):
     out = subprocess.run([*cli, "run", f"image_mask={missing}"], capture_output=True, text=True)
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.strip() == f"error: image_mask={missing}: composition file {missing} does not exist (from cli)"
+
+
+def test_parse_spec_reads_inline_json_and_files_and_leaves_names(tmp_path):
+    from maskkit.compose import parse_spec
+
+    assert parse_spec('{"random": {"ratio": 0.5}}') == ({"random": {"ratio": 0.5}}, "inline")
+    assert parse_spec(' ["image_self"]') == (["image_self"], "inline")
+    assert parse_spec('"random"') == ("random", "inline")
+    assert parse_spec("xlip") is None and parse_spec("report_cross") is None
+    f = tmp_path / "m.toml"
+    f.write_text('[random]\nratio = 0.5\n')
+    assert parse_spec(str(f)) == ({"random": {"ratio": 0.5}}, str(f))
+    with pytest.raises(CompositionError, match=r"^inline composition is not valid JSON: Expecting property name"):
+        parse_spec("{bad")
+    with pytest.raises(CompositionError, match=r"m.txt: unknown composition format '.txt'"):
+        from maskkit.compose import load_spec
+        (tmp_path / "m.txt").write_text("x")
+        load_spec(tmp_path / "m.txt")

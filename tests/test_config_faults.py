@@ -1,4 +1,4 @@
-"""Settings a fresh user found silently accepted (issue 18 follow-up): a device this machine does not
+"""Settings a fresh user found silently accepted: a device this machine does not
 have, a warm-up longer than the run, and data keys that nothing reads."""
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def test_warmups_longer_than_the_run_are_one_line_each():
     assert schedule_warnings(resolve(["train.steps=8", "train.warmup_steps=60", "train.lr_warmup_steps=0"])[0], [AlignLoss(0.0), MIMLoss(1.0)]) == []
 
 
+@pytest.mark.slow
 def test_the_run_prints_the_warning_before_step_1(tmp_path):
     from rich.console import Console
 

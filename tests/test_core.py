@@ -136,7 +136,7 @@ def test_random_strategy_needs_a_generator():
         build_strategy("random")(MaskContext(image_tokens=torch.randn(1, 4, 2)))
 
 
-# --- MaskContext.attention is checked against the batch (issue 11, item 8) -----------------
+# --- MaskContext.attention is checked against the batch -----------------
 
 def _img(B=2, N=4):
     return torch.randn(B, N, 8)

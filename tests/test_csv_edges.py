@@ -1,4 +1,4 @@
-"""Text files as users' tools write them (issue 18, 4a/4b): a UTF-8 byte-order mark and CRLF line
+"""Text files as users' tools write them: a UTF-8 byte-order mark and CRLF line
 ends (Excel's "CSV UTF-8"), header cells with spaces, label values outside {0, 1}, numeric
 columns that are not labels. Every file is a real file written here."""
 

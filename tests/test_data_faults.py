@@ -1,4 +1,4 @@
-"""Faults a fresh user found in the data layer (issue 18 follow-up): an image listed by two sources,
+"""Faults a fresh user found in the data layer: an image listed by two sources,
 options naming a column the file lacks, and CSV cells / files that were read silently wrong."""
 
 from __future__ import annotations

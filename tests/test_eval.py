@@ -134,6 +134,7 @@ def test_measure_random_and_perfect_guidance():
     assert 0.5 <= u["union_coverage"] <= 1.0
 
 
+@pytest.mark.slow
 def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     from maskkit.sweep import SweepSpec, run_sweep
 
@@ -176,6 +177,7 @@ def test_sweep_resumes_without_redoing_finished_runs(tmp_path):
     assert (tmp_path / "results.csv").read_text().splitlines()[0].startswith("preset,image_mask.child_ratio,seeds,auc_mean")
 
 
+@pytest.mark.slow
 def test_budget_matched_parallel_sweep_with_probe_and_paired_comparison(tmp_path):
     """align_steps gives every row the same alignment steps (warm-up on top); two runs at once in
     subprocesses; each row also has its linear probe at 1/10/100%; paired.md compares seed by seed."""

@@ -1,4 +1,4 @@
-"""`maskkit eval NAME RUN` for every registered evaluation (issue 19 sections 1-3 and 5), in process
+"""`maskkit eval NAME RUN` for every registered evaluation, in process
 (CliRunner) on tiny runs: phantoms, and a CSV run whose image ids tiny region files in the real
 layouts annotate. Bad annotation files are one line each, with nothing written."""
 
@@ -210,6 +210,7 @@ def siim_file(path: Path, held: list[str], train_ids: list[str], held_cells: lis
     return write(path, ["ImageId", " EncodedPixels"], rows)
 
 
+@pytest.mark.slow
 def test_segmentation_on_siim_rle_masks(csv_run, tmp_path):
     run, held, train_ids = csv_run
     # held[0]: the left half of the 1024 x 1024 image -> 48 of the 96 input columns; held[1]: columns 0-5 of 1024 cover
@@ -507,6 +508,7 @@ def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
 
 # --- end of run, config, sweeps ----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_end_of_run_evaluations_are_a_list(tmp_path):
     cfg, src = resolve([*SMALL, "data.val_n=12", "train.steps=1", f"runtime.out_dir={tmp_path}", "runtime.name=e",
                         "runtime.evaluations=[zeroshot,retrieval]"])

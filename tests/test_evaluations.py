@@ -1,4 +1,4 @@
-"""Evaluations as an extension point (issue 19 section 1): the contract, the register_evaluations
+"""Evaluations as an extension point: the contract, the register_evaluations
 hook, the registry kind and its collision rule, and the shipped evaluation plugin."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""EXIF orientation (issue 18, 4c): a file whose Orientation tag says how it is meant to be viewed
+"""EXIF orientation: a file whose Orientation tag says how it is meant to be viewed
 decodes upright, in every format that carries the tag, on the training decode path, in the
 prepared cache and in ``visualize --images``'s dataset. Real JPEG / PNG / TIFF / WebP files with
 the tag are written here by Pillow; the expected arrays follow the EXIF specification (CIPA

@@ -1,4 +1,4 @@
-"""`maskkit export` and `maskkit.load` (issue 20, sections 3 and 4): train tiny -> export -> load in plain
+"""`maskkit export` and `maskkit.load`: train tiny -> export -> load in plain
 open_clip / timm -> the same embeddings as maskkit on the same inputs; the model card; refusals in
 one line with nothing written; the Python API on paths, PIL images, arrays and tensors.
 

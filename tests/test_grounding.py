@@ -1,4 +1,4 @@
-"""Grounding metrics of a patch similarity map, and mask-lesion overlap (issue 19, section 3).
+"""Grounding metrics of a patch similarity map, and mask-lesion overlap.
 
 Hand-computed on a 4 x 4 map: image 64 x 64, patches of 16 pixels.
 """

@@ -1,4 +1,4 @@
-"""A DataLoader worker killed (the OOM killer's SIGKILL; issue 18, 3f): one line naming the cause
+"""A DataLoader worker killed (the OOM killer's SIGKILL): one line naming the cause
 and the remedy (data.num_workers, memory); the checkpoints written before stay intact."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The optimiser step: a step with a non-finite gradient is skipped and counted, non-finite weights
-are never saved, and gradient accumulation equals one batch of the same samples (issue 18, 3a-3b)."""
+are never saved, and gradient accumulation equals one batch of the same samples."""
 
 from __future__ import annotations
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from model_helpers import model_losses, phantom_batch, tiny_model
 
 
+@pytest.mark.slow
 def test_each_loss_halves_on_eight_fixed_pairs():
     torch.manual_seed(0)
     batch = phantom_batch(8, p_unpaired=0.0)

@@ -149,7 +149,7 @@ def register_strategies(register):
     check_strategy("random")
 
 
-# --- a plugin whose registration hook raises (issue 11, item 7) ------------------------------
+# --- a plugin whose registration hook raises ------------------------------
 
 HALF_DONE = '''
 import torch

@@ -1,4 +1,4 @@
-"""Preemption and requeue (issue 18, 3c): SIGTERM / SIGUSR1 / SIGUSR2 make a run checkpoint at the
+"""Preemption and requeue: SIGTERM / SIGUSR1 / SIGUSR2 make a run checkpoint at the
 step it is in and exit 75, SIGINT the same with exit 130; a stop before step 1 exits 75 in one line
 and leaves nothing; a resume logs each step once (metrics.jsonl lines past the resumed step are
 dropped), however the run stopped and however it resumes. Real processes, real signals."""

@@ -1,4 +1,4 @@
-"""model.pretrained: every checkpoint format users hold (issue 11, item 6).
+"""model.pretrained: every checkpoint format users hold.
 
 Each format is a tiny maskkit-tiny CLIP saved in the test, in that format - never a mock, no
 download: OpenAI's TorchScript archives (a scripted module whose state dict has OpenAI's layout:
@@ -128,7 +128,7 @@ def test_openai_torchscript_is_read_on_the_cpu_with_its_format_named(source, tmp
     assert not {"input_resolution", "context_length", "vocab_size"} & set(state)
     assert {v.device.type for v in state.values()} == {"cpu"}
     assert state["visual.conv1.weight"].dtype == torch.float16
-    # what torch.load(weights_only=True) alone does with it: refuse (the failure of issue 11)
+    # what torch.load(weights_only=True) alone does with it: refuse (the failure users met)
     with pytest.raises(RuntimeError, match="TorchScript"):
         torch.load(path, map_location="cpu", weights_only=True)
 

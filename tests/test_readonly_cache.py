@@ -1,4 +1,4 @@
-"""The optional entity cache under a read-only HOME (issue 18, 3g): the run goes on without it,
+"""The optional entity cache under a read-only HOME: the run goes on without it,
 with one warning line naming MASKKIT_CACHE."""
 
 from __future__ import annotations

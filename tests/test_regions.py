@@ -1,4 +1,4 @@
-"""Region-annotation readers in their real file layouts, and the patch grid (issue 19, section 3).
+"""Region-annotation readers in their real file layouts, and the patch grid.
 
 Every file is built here, in the layout the dataset ships (header, column order, quirks), with
 made-up ids and values; hand-computed coverages on a 4 x 4 grid (image_size 64, patch 16, so a

@@ -1,4 +1,4 @@
-"""Resume under another world size (issue 18, 3d): refused in one line naming both sizes and
+"""Resume under another world size: refused in one line naming both sizes and
 the remedy, on every rank, also when the first run was started by torchrun by hand."""
 
 from __future__ import annotations

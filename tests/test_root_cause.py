@@ -1,4 +1,4 @@
-"""A failure under another error (issue 18, fresh-user faults): torch's checkpoint writer raises its
+"""A failure under another error: torch's checkpoint writer raises its
 own ``unexpected pos`` RuntimeError over the real cause (a full disk's OSError, the RuntimeError with
 which torch reports a dead DataLoader worker, a signal's Stopped). The CLI reports the root cause in
 one line naming the file, exit 2; the previous checkpoint stays intact. Real files, real limits,

@@ -32,6 +32,7 @@ def losses(result, steps):
                          for r in result.losses if r["step"] in steps])
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_losses(tmp_path):
     full = train(*cfg_for(tmp_path, "train.steps=20", "runtime.name=full"))
     part = train(*cfg_for(tmp_path, "train.steps=10", "runtime.name=part"))
@@ -72,6 +73,7 @@ def test_existing_run_dir_is_not_overwritten(tmp_path):
     train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=b", "runtime.overwrite=true"))
 
 
+@pytest.mark.slow
 def test_a_second_run_gets_a_numbered_directory(tmp_path):
     """The README's command run twice: the second run gets <name>-2 (then -3); resume=latest
     continues the newest; overwrite replaces the first."""
@@ -133,6 +135,7 @@ def test_strategy_output_is_checked_where_it_is_used(tmp_path):
         train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=s", "image_mask=random", "image_only_mask=short_mask"))
 
 
+@pytest.mark.slow
 def test_elastic_restart_resumes_from_latest(tmp_path, monkeypatch):
     train(*cfg_for(tmp_path, "train.steps=10", "runtime.name=e"))
     monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
@@ -217,6 +220,7 @@ def _uneven_steps(n, p_unpaired, batch, steps, accum):
     return out
 
 
+@pytest.mark.slow
 def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
     """Two gloo ranks x batch 1 with grad_accum=2, half the samples image-only (so that at some
     steps one rank holds no paired sample), a warm-up step then joint steps: the run completes and
@@ -237,6 +241,7 @@ def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
     assert json.loads((tmp_path / "two" / "environment.json").read_text())["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_issue_command_with_random_masks_completes_on_two_ranks(tmp_path):
     """The reported hang: preset=xlip, 2 CPU ranks, batch 1, half image-only (random union masks)."""
     out = cli("run", "preset=xlip", "runtime.devices=2", "runtime.device=cpu", "train.batch_size=1", "data.p_unpaired=0.5",
@@ -263,6 +268,7 @@ def _csv_with_a_truncated_png(tmp_path, n=12, bad=(3,)):
     return csv
 
 
+@pytest.mark.slow
 def test_skipped_image_is_replaced_in_training(tmp_path):
     """The reported input: 12 images, one a truncated PNG, batch size 1. The run completes; the
     skip is reported as a skip (not as an image size)."""
@@ -287,6 +293,7 @@ def test_a_short_run_on_mostly_broken_data_stops_on_every_rank(tmp_path):
     assert "Traceback" not in out.stderr and "ChildFailedError" not in out.stderr
 
 
+@pytest.mark.slow
 def test_skipped_image_under_two_ranks(tmp_path):
     csv = _csv_with_a_truncated_png(tmp_path)
     out = cli("run", "preset=xlip", "data=csv", f"data.path={csv}", "train.batch_size=1", *TINY_CSV, "train.steps=8",
@@ -296,6 +303,7 @@ def test_skipped_image_under_two_ranks(tmp_path):
     assert len(_metrics(tmp_path / "c2")) == 8
 
 
+@pytest.mark.slow
 def test_loader_workers_read_the_same_batches(tmp_path):
     """Two DataLoader worker processes give the losses of loading in the training process, step by
     step (same order, same token fields computed in the workers)."""
@@ -340,6 +348,7 @@ def test_a_checkpoint_from_before_patch_embed_loads_with_the_linear_embedding(tm
     assert resolve(["preset=xlip"])[0].model.patch_embed == "conv_stem"  # while new runs get the stem
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_in_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
     """ENOSPC while writing a checkpoint (a sweep filled the disk): one line naming the file and the
     OS's reason, not a traceback; the checkpoint written before is intact and still loads."""

@@ -1,4 +1,4 @@
-"""One live run per run directory (issue 18, 3e): a run holds an OS lock on its directory; a
+"""One live run per run directory: a run holds an OS lock on its directory; a
 second run (overwrite, resume, a second sweep) refuses in one line naming the directory and the
 holder; a dead holder's lock is taken over."""
 

@@ -1,4 +1,4 @@
-"""Runs started at once with the default name (issue 18, fresh-user faults): the second failed on
+"""Runs started at once with the default name: the second failed on
 the first one's run lock instead of taking the next number. A new run's numbered name is claimed
 atomically (mkdir, then the run lock; one claimed by another run in the meantime is passed over)."""
 

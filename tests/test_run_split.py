@@ -1,4 +1,4 @@
-"""Evaluation on the run's own split (issue 18 section 2).
+"""Evaluation on the run's own split.
 
 A run records its held-out ids per source with their SHA-256 (split.json); every command that
 evaluates or draws samples from a run takes data and split from the run by default and checks

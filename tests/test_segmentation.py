@@ -1,4 +1,4 @@
-"""Segmentation fine-tuning's pieces (issue 19 section 4): Dice by hand, the SETR-naive head, the
+"""Segmentation fine-tuning's pieces: Dice by hand, the SETR-naive head, the
 split restriction and the mask checks. The command itself: tests/test_eval_cli.py."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""The stop signals are handled from the first milliseconds of the command (issue 18, fresh-user
-faults: a SIGTERM in the first ~150 ms exited 143, the handlers being installed only after typer,
-rich, pydantic and numpy were imported). The entry points install them before importing anything
+"""The stop signals are handled from the first milliseconds of the command (a SIGTERM in the first
+~150 ms exited 143, the handlers being installed only after typer, rich, pydantic and numpy were
+imported). The entry points install them before importing anything
 slow; a signal that comes during the imports stops the command in one line (75)."""
 
 from __future__ import annotations

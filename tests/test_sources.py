@@ -1,4 +1,4 @@
-"""Several sources in one run (issue 18 section 1): data.sources from a config file, roles,
+"""Several sources in one run: data.sources from a config file, roles,
 weights as open_clip's upsampling factors, the mixture sampler, per-source counts."""
 
 from __future__ import annotations

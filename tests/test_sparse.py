@@ -1,4 +1,4 @@
-"""Guided sparse encoding (``mim.placement=sparse``, preset ``xlip-sparse``; issue 21), MILAN's
+"""Guided sparse encoding (``mim.placement=sparse``, preset ``xlip-sparse``), MILAN's
 decoder, ``mlm.mode=causal``, FLIP's patch dropout, ``train.grad_checkpointing``."""
 
 from __future__ import annotations

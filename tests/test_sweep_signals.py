@@ -1,4 +1,4 @@
-"""A sweep stopped by a signal (issue 18, 3c): the runs in progress checkpoint at their step (with
+"""A sweep stopped by a signal: the runs in progress checkpoint at their step (with
 ``--jobs 2`` the signal is passed on to each child process), no run starts after it, the sweep
 exits 75 (130 for SIGINT) in one line, and the same sweep command then continues: finished runs
 kept, stopped ones resumed from their checkpoint, every step logged once. Real processes, real signals."""

@@ -1,4 +1,4 @@
-"""Every command that writes checks where it writes before any work (issue 18, fresh-user faults):
+"""Every command that writes checks where it writes before any work:
 an output folder that cannot be written is one line naming the option, the path and the reason,
 exit 2, no traceback, nothing written. Two kinds of unwritable place: a path under a regular file
 (not a folder: fails for root too) and a folder without write permission (mode 0o500; as root,
@@ -6,11 +6,8 @@ the commands run as the unprivileged user 65534, for whom the permission holds).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +16,7 @@ import pytest
 from maskkit.errors import OutputWriteError
 from maskkit.io import check_writable_dir, check_writable_file
 
-from run_helpers import env_for
+from run_helpers import env_for, run_main_each
 
 # each command that writes, with its output at OUT (a folder) or OUT.json / OUT.png (a file); the run
 # given to eval / visualize does not exist: the output is checked before the run is loaded
@@ -38,36 +35,13 @@ COMMANDS = {
     "visualize run": ["visualize", "run", "RUN", "--out", "OUT.png"],
 }
 
-# runs each argv through maskkit.cli.main in one interpreter (one import for all commands)
-DRIVER = """
-import io, json, sys
-from maskkit.cli import main
-out = []
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["maskkit", *argv]
-    buf = io.StringIO()
-    sys.stderr = buf
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    sys.stderr = sys.__stderr__
-    out.append([code, buf.getvalue()])
-print(json.dumps(out))
-"""
-
-
 def run_all(base: Path, out: str, as_user: int | None = None) -> dict[str, tuple[int, str]]:
     run = base / "norun"
     (run / "metrics.jsonl").parent.mkdir(exist_ok=True)
     (run / "metrics.jsonl").write_text('{"step": 1, "align_loss": 1.0}\n')  # for visualize run: a run's curves
     argvs = [[a.replace("OUT", str(base / out)).replace("RUN", str(run)) for a in argv] for argv in COMMANDS.values()]
     drop = [] if as_user is None else ["setpriv", f"--reuid={as_user}", f"--regid={as_user}", "--clear-groups"]
-    p = subprocess.run([*drop, sys.executable, "-c", DRIVER, json.dumps(argvs)], capture_output=True, text=True, cwd=base,
-                       env=env_for(HOME=str(base), PYTHONDONTWRITEBYTECODE="1"))
-    assert p.returncode == 0, p.stderr[-3000:]
-    return dict(zip(COMMANDS, map(tuple, json.loads(p.stdout.splitlines()[-1]))))
+    return dict(zip(COMMANDS, run_main_each(argvs, tuple(drop), cwd=base, env=env_for(HOME=str(base), PYTHONDONTWRITEBYTECODE="1"))))
 
 
 def check(results: dict, base: Path, before: set, want: str) -> None:

@@ -71,6 +71,7 @@ def test_text_html_marks_entities_and_masked_words():
     HTMLParser().feed(h)
 
 
+@pytest.mark.slow
 def test_cli_writes_png_html_and_curves(tmp_path):
     from maskkit.config import resolve
     from maskkit.train import train

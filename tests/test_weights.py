@@ -1,4 +1,4 @@
-"""model.pretrained: every local layout users hold (issue 20, section 2) - open_clip's HF-hub folder
+"""model.pretrained: every local layout users hold - open_clip's HF-hub folder
 (as BiomedCLIP ships), timm ViT image towers (state dict, safetensors, timm's folder), and wrong
 folders and files, each one line naming the file and what was expected.
 

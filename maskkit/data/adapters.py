@@ -101,7 +101,9 @@ class DatasetAdapter:
     ``load(**options) -> Table``; ``role``: ``paired`` (image-report pairs), ``image_only`` or
     ``auto`` (decided by the records: paired when any has a report). ``split(records, seed)``
     returns (train, held-out) records (default: by patient, 10% held out); ``dataset(table,
-    image_size, *, train, ner, tokenizer, data)`` builds the torch dataset (default: XrayDataset).
+    image_size, *, train, ner, tokenizer, data)`` builds the torch dataset (default: XrayDataset),
+    a :class:`~maskkit.data.dataset.ReportDataset` (its ``ids`` and ``drop_reports`` are what
+    the corpus reads).
     """
 
     name: str

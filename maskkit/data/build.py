@@ -284,8 +284,7 @@ class ConcatSources:
         out = []
         for name, d in zip(self.names, self.datasets):
             if d is not None:
-                ids = [r.id for r in d.table.records] if hasattr(d, "table") else [d[j]["id"] for j in range(len(d))]
-                out += [(name, i) for i in ids]
+                out += [(name, i) for i in d.ids]  # every dataset of a corpus: maskkit.data.dataset.ReportDataset
         return out
 
 
@@ -302,17 +301,18 @@ def _default_dataset(table, image_size: int, *, train: bool, ner=None, tokenizer
 
 def _drop_reports(ds) -> None:
     """An image-only source: no sample of ``ds`` has a report (nor entities, nor cached tokens)."""
-    if ds is None:
-        return
-    if hasattr(ds, "reports"):
-        ds.reports = [None] * len(ds)
-    if hasattr(ds, "entity_spans"):
-        ds.entity_spans = [[] for _ in range(len(ds))]
-    if hasattr(ds, "_encoded"):
-        ds._encoded.clear()
+    if ds is not None:
+        ds.drop_reports()
 
 
-def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False) -> Corpus:
+def train_ner(cfg: ExperimentConfig) -> bool:
+    """Whether training's datasets run NER: when ``cfg`` has a ``text_mask`` tree (EntMLM's
+    entities; a tree that reads none gets them unused)."""
+    return cfg.text_mask is not None
+
+
+def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False,
+                 ner: bool | None = None) -> Corpus:
     """Every source of ``cfg.data`` built: adapter table, split by patient with ``train.seed``
     (each source on its own), training and held-out datasets over the union of label names. A
     training record whose image file is held out by any source is left out of training
@@ -322,6 +322,10 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
     policy, reported); the held-out set drops it. ``tokenizer`` makes the training set compute each
     record's token fields once (in the DataLoader's workers). Raises one line when a source has no
     record, or is ``role: paired`` with no report among its training records.
+
+    ``ner``: whether the training datasets run NER (None: when training reads entities,
+    :func:`train_ner`; an evaluation that reads no training entities passes False);
+    ``held_out_ner``: whether the held-out datasets do.
     """
     from .ner import CachedNER, make_ner
     from .records import Table
@@ -329,7 +333,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
 
     d = cfg.data
     specs = source_specs(d)
-    ner = CachedNER(make_ner(d.ner, d.ner_model)) if cfg.text_mask is not None or held_out_ner else None
+    ner_train = train_ner(cfg) if ner is None else ner
+    ner = CachedNER(make_ner(d.ner, d.ner_model)) if ner_train or held_out_ner else None
     from .adapters import get_adapter
 
     tables = [(spec, get_adapter(spec.name), spec.load()) for spec in specs]
@@ -475,7 +480,7 @@ def run_sources_setting(run_cfg: ExperimentConfig, settings: list[str]) -> list[
 
 
 def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, settings: list[str] | None = None,
-                tokenizer=None, held_out_ner: bool = False) -> tuple[ExperimentConfig, Corpus, dict]:
+                tokenizer=None, held_out_ner: bool = False, ner: bool | None = None) -> tuple[ExperimentConfig, Corpus, dict]:
     """The data a command that evaluates (or draws samples from) a run reads: (config, corpus, what).
 
     Without ``settings``: the run's own data and split, rebuilt from its config and checked against
@@ -489,11 +494,11 @@ def eval_corpus(path: str | Path, run_cfg: ExperimentConfig, image_size: int, se
         from ..config import resolve
 
         cfg, _ = resolve(run_sources_setting(run_cfg, settings) + list(settings) + ["preset=clip", f"train.seed={run_cfg.train.seed}"])
-        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner, ner=ner)
         what = corpus.what("explicit", f"{corpus.describe()}, held out by patient with the run's seed {run_cfg.train.seed} (data.* given)")
     else:
         cfg = run_cfg
-        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner)
+        corpus = build_corpus(cfg, image_size, tokenizer, held_out_ner=held_out_ner, ner=ner)
         run = run_dir_of(path)
         rec = read_split(run)
         if rec is not None:

@@ -41,7 +41,9 @@ def entity_spans(reports: list[str | None], ner) -> list[list[tuple[int, int]]]:
     saved, for a :class:`~maskkit.data.ner.CachedNER`); no NER or no report gives none."""
     texts = sorted({r for r in reports if r})
     spans = dict(zip(texts, ner(texts))) if ner is not None and texts else {}
-    if ner is not None and hasattr(ner, "save"):
+    from .ner import CachedNER
+
+    if isinstance(ner, CachedNER):
         ner.save()
     return [[(s, e) for s, e, _ in spans.get(r, [])] if r else [] for r in reports]
 
@@ -56,8 +58,28 @@ def encode_report(tokenizer: TextTokenizer, report: str | None, spans: Sequence[
     return {"text_ids": enc.ids[0], "text_valid": enc.valid[0], "entities": entity_positions(enc.spans[0], list(spans), L) & ~enc.special[0]}
 
 
-class _TextFields:
-    """Token fields of each record, computed on first use and kept (per DataLoader worker)."""
+class ReportDataset:
+    """The interface of maskkit's datasets (:class:`XrayDataset`, :class:`PhantomDataset`; what an
+    adapter's ``dataset`` hook returns, :mod:`maskkit.data.adapters`): ``reports`` and
+    ``entity_spans`` per sample, :attr:`ids` in order, :meth:`drop_reports`, and token fields of
+    each record computed on first use and kept (per DataLoader worker)."""
+
+    tokenizer: TextTokenizer | None
+    reports: list[str | None]
+    entity_spans: list[list]
+    _encoded: dict[int, dict]
+
+    @property
+    def ids(self) -> list[str]:
+        """Every sample's id, in order (without decoding an image)."""
+        raise NotImplementedError
+
+    def drop_reports(self) -> None:
+        """Make every sample image-only: no report, no entities, no cached token fields (a source
+        of ``role: image_only``)."""
+        self.reports = [None] * len(self.reports)
+        self.entity_spans = [[] for _ in self.reports]
+        self._encoded.clear()
 
     def _text_fields(self, i: int) -> dict:
         if self.tokenizer is None:
@@ -136,7 +158,7 @@ class SkipReport:
         return "\n".join(lines)
 
 
-class XrayDataset(_TextFields, torch.utils.data.Dataset):
+class XrayDataset(ReportDataset, torch.utils.data.Dataset):
     """Images of an adapter :class:`Table`, decoded (or read from a prepared cache) and resized.
 
     ``on_skip``: ``drop`` (a failed file yields a ``skipped`` stub) or ``replace`` (the next
@@ -162,6 +184,10 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
             from .cache import PreparedCache
 
             self.cache = PreparedCache(cache, expect_size=image_size, expect_ids=[r.id for r in table.records])
+
+    @property
+    def ids(self) -> list[str]:
+        return [r.id for r in self.table.records]
 
     def __len__(self) -> int:
         return len(self.table.records)
@@ -205,7 +231,7 @@ class XrayDataset(_TextFields, torch.utils.data.Dataset):
                                 f"last: {skipped[-1][1]}")
 
 
-class PhantomDataset(_TextFields, torch.utils.data.Dataset):
+class PhantomDataset(ReportDataset, torch.utils.data.Dataset):
     """``n`` phantoms of one seed (sample ``i`` is generator index ``offset + i``), with NER spans;
     ``tokenizer`` adds token fields. ``label_names`` (default: the phantoms' own) orders the
     ``labels`` vector; a name the phantoms do not have is unknown (NaN), as in a mixed corpus."""
@@ -231,12 +257,19 @@ class PhantomDataset(_TextFields, torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.n
 
+    @property
+    def ids(self) -> list[str]:
+        return [self._id(i) for i in range(self.n)]
+
+    def _id(self, i: int) -> str:
+        return f"phantom-{self.gen.seed}-{self.offset + i}"
+
     def __getitem__(self, i: int) -> dict:
         if not 0 <= i < self.n:
             raise IndexError(i)
         p = self._phantom(i)
         return {"image": torch.from_numpy(p.image)[None], "report": self.reports[i],
-                "labels": torch.tensor([p.labels.get(n, math.nan) for n in self.label_names]), "id": f"phantom-{self.gen.seed}-{self.offset + i}",
+                "labels": torch.tensor([p.labels.get(n, math.nan) for n in self.label_names]), "id": self._id(i),
                 "index": i, "entity_spans": self.entity_spans[i], "lesion": torch.from_numpy(p.lesion_mask),
                 **self._text_fields(i)}
 

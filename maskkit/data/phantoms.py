@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..findings import NO_FINDING
+
 FINDINGS = ("Pleural Effusion", "Cardiomegaly", "Lung Lesion", "Pneumothorax", "Support Devices")
-LABELS = FINDINGS + ("No Finding",)
+LABELS = FINDINGS + (NO_FINDING,)
 #: generator-index offsets of the phantom splits: training uses 0..n-1; the held-out zero-shot set,
 #: the mask-lesion evaluation and development diagnosis (benchmarks only) start here
 HELD_OUT_OFFSET, MASK_EVAL_OFFSET, DEV_OFFSET = 10_000_000, 20_000_000, 30_000_000
@@ -166,7 +168,7 @@ class PhantomGenerator:
         img = _blur(img, 1) + rng.normal(0, 0.02, img.shape)
         img = np.clip(img, 0, 1).astype(np.float32)
         labels = {f: float(f in present) for f in FINDINGS}
-        labels["No Finding"] = float(not present)
+        labels[NO_FINDING] = float(not present)
         report = None if rng.random() < self.p_unpaired else write_report(findings, rng)
         return Phantom(index, img, masks, findings, report, labels)
 

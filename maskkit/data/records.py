@@ -23,18 +23,10 @@ from xml.etree import ElementTree as ET
 from pydantic import BeforeValidator
 
 from ..errors import MaskkitError
+from ..findings import CHEXPERT_LABELS, NIH_LABELS, NO_FINDING, is_no_finding, label_key  # noqa: F401  (re-exported)
 
 NAN = float("nan")
 
-CHEXPERT_LABELS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
-NIH_LABELS = (
-    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
-    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
-)
 
 
 class DataError(MaskkitError):
@@ -527,10 +519,10 @@ def nih(root: str, csv_name: str | None = None, views: list[View] | None = None,
         image_cell(row["Image Index"], f"{path}: row {i + 2}, column 'Image Index'")
         found = {s.strip() for s in row["Finding Labels"].split("|")}
         recs.append(Record(id=row["Image Index"], image_path=locate(row["Image Index"]) if len(dirs) > 1 else str(dirs[0] / row["Image Index"]),
-                           labels={k: float(k in found) for k in NIH_LABELS} | {"No Finding": float("No Finding" in found)},
+                           labels={k: float(k in found) for k in NIH_LABELS} | {NO_FINDING: float(NO_FINDING in found)},
                            patient_id=row["Patient ID"], study_id=f"{row['Patient ID']}_{row['Follow-up #']}",
                            view=norm_view(row["View Position"])))
-    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + ("No Finding",))
+    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + (NO_FINDING,))
 
 
 def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
@@ -584,7 +576,7 @@ OPENI_MESH = {  # MeSH major heading -> CheXpert-style label
     "Cardiomegaly": "Cardiomegaly", "Pleural Effusion": "Pleural Effusion", "Pneumothorax": "Pneumothorax",
     "Opacity": "Lung Opacity", "Pulmonary Atelectasis": "Atelectasis", "Pulmonary Edema": "Edema",
     "Pneumonia": "Pneumonia", "Consolidation": "Consolidation", "Nodule": "Lung Lesion", "Mass": "Lung Lesion",
-    "Fractures, Bone": "Fracture", "normal": "No Finding",
+    "Fractures, Bone": "Fracture", "normal": NO_FINDING,
 }
 
 
@@ -706,8 +698,8 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
         rep = (row.get(report_col) or "").strip() if report_col else ""
         rep = rep if has_content(rep) else None
         if captions_from_labels:
-            findings = [c for c in label_cols if c.replace("_", " ").lower() != "no finding"]
-            pos = [c.replace("_", " ").lower() for c in findings if labels.get(c) == 1.0]
+            findings = [c for c in label_cols if not is_no_finding(c)]
+            pos = [label_key(c) for c in findings if labels.get(c) == 1.0]
             known = bool(findings) and all(not math.isnan(labels[c]) for c in findings)
             normal = any(labels.get(c) == 1.0 for c in label_cols if c not in findings)
             rep = f"Findings: {', '.join(pos)}." if pos else ("No finding." if known or normal else None)

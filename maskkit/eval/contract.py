@@ -359,8 +359,8 @@ class EvalRun:
                 return self._corpus[(False, True)]
             from ..data.build import eval_corpus
 
-            cfg = self.cfg if text else self.cfg.model_copy(update={"text_mask": None})
-            self._corpus[key] = eval_corpus(self.path, cfg, self.model.image_size, self.data, held_out_ner=held_out_ner)
+            self._corpus[key] = eval_corpus(self.path, self.cfg, self.model.image_size, self.data, held_out_ner=held_out_ner,
+                                            ner=None if text else False)
         return self._corpus[key]
 
     def held_out(self, held_out_ner: bool = False, text: bool = True) -> tuple[Any, tuple[str, ...], dict]:

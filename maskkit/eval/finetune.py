@@ -140,7 +140,7 @@ def pretraining_data(cfg, image_size: int, corpus=None):
     from ..data.build import ConcatSources, build_corpus
 
     if corpus is None:
-        corpus = build_corpus(cfg.model_copy(update={"text_mask": None}), image_size)
+        corpus = build_corpus(cfg, image_size, ner=False)  # fine-tuning reads no entities
     if corpus.val is None:
         raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
     parts, names, recs, test_ids = [], [], [], set()
@@ -163,12 +163,14 @@ def held_out_splits(recs: list[tuple], test_ids: set, seed: int = 0) -> dict[str
 def dataset_index(dataset) -> dict:
     """Each sample's key -> its row in ``dataset``: ``(source, id)`` for a dataset of several parts
     (:class:`~maskkit.data.build.ConcatSources`, as :func:`pretraining_data` builds), else the id."""
-    if hasattr(dataset, "keys"):  # ConcatSources: every sample's (source, id), in order
+    from ..data.build import ConcatSources
+    from ..data.dataset import ReportDataset
+
+    if isinstance(dataset, ConcatSources):  # every sample's (source, id), in order
         return {key: i for i, key in enumerate(dataset.keys)}
-    recs = getattr(getattr(dataset, "table", None), "records", None)
-    if recs is not None:
-        return {r.id: i for i, r in enumerate(recs)}
-    return {dataset[i]["id"]: i for i in range(len(dataset))}
+    if isinstance(dataset, ReportDataset):  # maskkit's datasets know their ids without decoding
+        return {sid: i for i, sid in enumerate(dataset.ids)}
+    return {dataset[i]["id"]: i for i in range(len(dataset))}  # any other map-style dataset
 
 
 def images_of(items, device="cpu") -> torch.Tensor:

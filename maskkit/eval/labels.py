@@ -12,9 +12,7 @@ import warnings
 
 import numpy as np
 
-
-class LabelCoverageWarning(UserWarning):
-    """A label whose known samples hold a single class (its AUC / F1 are undefined)."""
+from ..errors import LabelCoverageWarning  # noqa: F401  (defined with maskkit's other warnings: no numpy import)
 
 
 def label_coverage(y: np.ndarray, label_names) -> dict[str, dict[str, int]]:

@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from ..compose import build_strategy
-from ..masking import mask_generator
-from ..core import MaskContext
+from ..masking import mask_generator, role_context
 from ..data.regions import lesion_patches, mask_coverage
 from .overlap import overlap_counts
 
@@ -116,8 +115,9 @@ def extract_annotated(model, dataset, rows: list[int], lesion_of, batch_size: in
 def _counts(strategy, f: Features, lo: int, hi: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     rep = None if f.e_rep is None else f.e_rep[lo:hi]
     rv = None if f.rep_valid is None else f.rep_valid[lo:hi]
-    ctx = MaskContext(image_tokens=f.e_img[lo:hi], report_tokens=rep, report_valid=rv,
-                      prompt_tokens=f.prompts, prompt_valid=f.prompt_valid, generator=generator)
+    role = "image_mask" if rep is not None else "image_only_mask"  # the role these rows would have in training
+    ctx = role_context(role, generator, image_tokens=f.e_img[lo:hi], report_tokens=rep, report_valid=rv,
+                       prompt_tokens=f.prompts, prompt_valid=f.prompt_valid)
     strategy.check_inputs(ctx)
     if strategy.output == "tokens":
         ex = strategy.explain(ctx)
@@ -166,7 +166,9 @@ def default_grid(ratio: float = 0.75) -> list[tuple[str, dict]]:
     """(label, spec): random, each attention strategy per reduction, the union (uniform and
     score_weighted) per reduction and λ1."""
     rows = [("random", {"random": {"ratio": ratio}})]
-    for red in ("l2", "received", "max_sim", "entry_count"):
+    from ..strategies._attention import REDUCTIONS
+
+    for red in REDUCTIONS:
         for name in ("report_cross", "prompt_driven", "image_self"):
             rows.append((f"{name} [{red}]", {name: {"ratio": ratio, "reduction": red}}))
         for subset, lam in itertools.product(("uniform", "score_weighted"), (0.5, 0.6, 0.7, 0.8)):

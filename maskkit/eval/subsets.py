@@ -119,7 +119,7 @@ def eligible_5x200(table, classes=FIVE_CLASSES, views=FRONTAL, require_report: b
     carry no view when ``views`` is given, or a table in which one id appears twice.
     """
     from ..data.records import has_content
-    from .zeroshot import is_no_finding
+    from ..findings import is_no_finding
 
     names = list(table.label_names)
     missing = [c for c in classes if c not in names]

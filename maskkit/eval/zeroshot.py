@@ -24,11 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import MaskkitError
+from ..findings import NO_FINDING, is_no_finding, label_key
 from .ties import TIES, decision_weights
 
 POSITIVE = ("{label}",)
 NEGATIVE = ("no {label}",)
-SPECIAL_PROMPTS = {"No Finding": (("no acute cardiopulmonary abnormality", "no finding"),
+SPECIAL_PROMPTS = {NO_FINDING: (("no acute cardiopulmonary abnormality", "no finding"),
                                   ("acute cardiopulmonary abnormality", "abnormal finding"))}
 METRICS = ("auc", "f1", "acc")
 THRESHOLD = 0.5  # F1/ACC decision: the positive prompt is closer than the negative one (fixed, never tuned)
@@ -48,8 +49,8 @@ def prompt_pair(label: str, positive=POSITIVE, negative=NEGATIVE, style: str = D
     if style not in PROMPT_STYLES:
         raise ValueError(f"prompt style '{style}': expected one of {', '.join(PROMPT_STYLES)}")
     end = PROMPT_STYLES[style]
-    name = label.replace("_", " ").lower()
-    special = {k.lower(): v for k, v in SPECIAL_PROMPTS.items()}
+    name = label_key(label)
+    special = {label_key(k): v for k, v in SPECIAL_PROMPTS.items()}
     if name in special:  # "No Finding", "no_finding", ...
         pos, neg = special[name]
     else:
@@ -87,11 +88,6 @@ NO_FINDING_NOTES = {  # the table's caption line per mode
 }
 
 
-def is_no_finding(label: str) -> bool:
-    """Whether ``label`` names the normal class (``No Finding``, ``no_finding``, any case)."""
-    return label.replace("_", " ").strip().lower() == "no finding"
-
-
 def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tuple[str, ...] = ()) -> list[int] | None:
     """The columns whose absence defines ``No Finding`` under ``no_finding="absence"`` (every other
     label except ``absence_ignore``), or ``None`` when No Finding keeps its own prompt pair (mode
@@ -99,7 +95,7 @@ def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tupl
     and ``MaskkitError`` (a ``ValueError``) for an ``absence_ignore`` that is not an evaluated finding."""
     if no_finding not in NO_FINDING_MODES:
         raise ValueError(f"no_finding: unknown mode '{no_finding}'; expected one of {', '.join(NO_FINDING_MODES)}")
-    key = lambda label: label.replace("_", " ").lower()  # "Support_Devices" is "support devices"
+    key = label_key  # "Support_Devices" is "support devices"
     others = [(k, lab) for k, lab in enumerate(label_names) if not is_no_finding(lab)]
     ignore = {key(a) for a in absence_ignore}
     unknown = ignore - {key(lab) for _, lab in others}

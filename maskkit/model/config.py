@@ -4,18 +4,19 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-from .towers import OPENAI_MEAN, OPENAI_STD, PATCH_EMBEDS
+from ..findings import CHEXPERT_LABELS
+from ..options import Strict
 
-CHEXPERT_PROMPTS = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
-    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)
+#: CLIP's (OpenAI's) image normalisation, the default of ``model.image_mean`` / ``model.image_std``
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+#: the values of ``model.patch_embed`` (:func:`maskkit.model.towers.create_clip`)
+PATCH_EMBEDS = ("linear", "conv_stem")
 
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+#: the default ``model.prompts``: CheXpert's observations (:data:`maskkit.findings.CHEXPERT_LABELS`), sorted
+CHEXPERT_PROMPTS: tuple[str, ...] = tuple(sorted(CHEXPERT_LABELS))
 
 
 #: the values of ``mim.placement`` (docs/model.md)

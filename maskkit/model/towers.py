@@ -20,9 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import MaskkitError
-
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+from .config import OPENAI_MEAN, OPENAI_STD, PATCH_EMBEDS  # noqa: F401  (written once, in the torch-free config)
 
 
 @lru_cache(maxsize=1)
@@ -34,10 +32,6 @@ def register_configs() -> None:
     for f in folder.iterdir():
         if f.name.endswith(".json"):
             open_clip.add_model_config(Path(str(f)))
-
-
-#: the values of ``model.patch_embed`` (``ModelConfig`` reads this tuple)
-PATCH_EMBEDS = ("linear", "conv_stem")
 
 
 class GlobalBatchNorm2d(torch.nn.BatchNorm2d):

@@ -20,7 +20,8 @@ from torch import nn
 from ..compose import build_strategy
 from ..core import MaskContext
 from ..errors import MaskkitError
-from ..masking import STREAMS, check_mask, mask_generator
+from ..masking import STREAMS, check_mask, mask_generator, role_context
+from ..roles import IMAGE_ROLES, ROLES, role_error
 from .config import ModelConfig, check_image_path
 from .mim import MIMDecoder, visible_positions
 from .mlm import TextDecoder
@@ -116,18 +117,10 @@ class XLIP(nn.Module):
         trees = {"image_mask": image_mask, "image_only_mask": image_only_mask, "text_mask": text_mask}
         built = {k: build_strategy(t, k) if t is not None else None for k, t in trees.items()}
         self.image_mask, self.image_only_mask, self.text_mask = built["image_mask"], built["image_only_mask"], built["text_mask"]
-        for name, modality in (("image_mask", "image"), ("image_only_mask", "image"), ("text_mask", "text")):
-            s = built[name]
-            if s is not None and s.modality != modality:
-                raise MaskkitError(f"{name}: expected a {modality} strategy, got a {s.modality} one ({s.name})")
-        if self.image_only_mask is not None and self.image_only_mask.all_requires & {"report_tokens", "report_valid"}:
-            raise MaskkitError("image_only_mask: image-only samples have no report; use strategies such as prompt_driven and image_self")
-        if self.text_mask is not None and self.text_mask.output != "attention":
-            raise MaskkitError("text_mask: expected an attention mask [B, T, T] (e.g. {intersect: {of: [entity, causal]}})")
-        for name in ("image_mask", "image_only_mask"):
-            s = built[name]
-            if s is not None and s.output != "tokens":
-                raise MaskkitError(f"{name}: expected a token mask [B, N], got an attention-mask strategy ({s.name})")
+        for role in ROLES:  # what each tree may hold: maskkit.roles
+            why = role_error(role, built[role.name])
+            if why:
+                raise MaskkitError(why)
         try:
             check_image_path(cfg, self.image_mask is not None or self.image_only_mask is not None)
         except ValueError as exc:
@@ -154,7 +147,7 @@ class XLIP(nn.Module):
         ``weights=False`` leaves ``model.pretrained``'s weights unread (a checkpoint replaces them);
         ``arch_folder`` (with ``weights=False``) is the folder :func:`write_record` made of a
         checkpoint's :meth:`build_record`, which then gives the towers instead of ``model.pretrained``."""
-        return cls(cfg.model, **{k: getattr(cfg, k) for k in STREAMS}, weights=weights, arch_folder=arch_folder)
+        return cls(cfg.model, **{k: cfg.strategy(k) for k in STREAMS}, weights=weights, arch_folder=arch_folder)  # the trees the config built
 
     def build_record(self) -> dict:
         """What rebuilds these towers without ``model.pretrained``'s folder (a run's checkpoints
@@ -258,9 +251,9 @@ class XLIP(nn.Module):
                       entities: torch.Tensor | None, seed: int) -> dict[str, MaskContext]:
         """The :class:`MaskContext` of each configured strategy tree, for every row of a batch.
 
-        ``image_mask`` sees the image and report tokens, the prompts and the entities;
-        ``image_only_mask`` the same without the report (eq. 15); ``text_mask`` the report
-        validity, tokens and entities. Features are detached: masks steer, they do not learn.
+        What each tree sees is its role's ``inputs`` (:data:`maskkit.roles.ROLES`, through
+        :func:`maskkit.masking.role_context`: ``image_only_mask`` has no report, eq. 15).
+        Features are detached: masks steer, they do not learn.
         Each tree draws from its own stream of :func:`maskkit.masking.mask_generator` for ``seed``.
         This is the one builder that training, ``eval masks`` and ``visualize`` use.
         """
@@ -271,18 +264,10 @@ class XLIP(nn.Module):
             prompts = prompts.to(e_img.dtype)
         img, rep = e_img.detach(), e_rep.detach()
         ents = entities.to(dev) if entities is not None else None
-        ctx: dict[str, MaskContext] = {}
-        if self.image_mask is not None:
-            ctx["image_mask"] = MaskContext(image_tokens=img, report_tokens=rep, report_valid=rep_valid, entities=ents,
-                                            prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                            generator=mask_generator(seed, "image_mask", dev))
-        if self.image_only_mask is not None:
-            ctx["image_only_mask"] = MaskContext(image_tokens=img, prompt_tokens=prompts, prompt_valid=prompt_valid,
-                                                 generator=mask_generator(seed, "image_only_mask", dev))
-        if self.text_mask is not None:
-            ctx["text_mask"] = MaskContext(report_tokens=rep, report_valid=rep_valid, entities=ents,
-                                           generator=mask_generator(seed, "text_mask", dev))
-        return ctx
+        inputs = dict(image_tokens=img, report_tokens=rep, report_valid=rep_valid, entities=ents,
+                      prompt_tokens=prompts, prompt_valid=prompt_valid)
+        return {role: role_context(role, mask_generator(seed, role, dev), **inputs)  # what each role sees: maskkit.roles
+                for role in STREAMS if getattr(self, role) is not None}
 
     def image_masks(self, contexts: dict[str, MaskContext], paired: torch.Tensor) -> torch.Tensor:
         """The AttMIM mask ``[B, N]`` bool: ``image_mask`` on paired rows, ``image_only_mask`` on the
@@ -290,7 +275,7 @@ class XLIP(nn.Module):
         B, N = paired.shape[0], self.grid[0] * self.grid[1]
         none = torch.zeros(B, N, dtype=torch.bool, device=paired.device)
         masks = {k: check_mask(getattr(self, k)(contexts[k]), getattr(self, k), (B, N), k) if k in contexts else none
-                 for k in ("image_mask", "image_only_mask")}
+                 for k in IMAGE_ROLES}
         return torch.where(paired[:, None], masks["image_mask"], masks["image_only_mask"])
 
     def mlm_hidden(self, ids: torch.Tensor, valid: torch.Tensor, ctx: MaskContext, image_tokens: torch.Tensor,

@@ -15,8 +15,9 @@ from pydantic import Field
 
 from ..core import StrategyConfig, masked_softmax
 
-Reduction = Literal["l2", "received", "max_sim", "entry_count"]
+#: the values of an attention strategy's ``reduction`` (:func:`reduce`)
 REDUCTIONS: tuple[str, ...] = ("l2", "received", "max_sim", "entry_count")
+Reduction = Literal[REDUCTIONS]
 
 
 class AttentionConfig(StrategyConfig):

@@ -20,7 +20,7 @@ class CausalMask(MaskStrategy):
     output = "attention"
     stochastic = False
     requires: ClassVar[frozenset[str]] = frozenset({"report_valid"})
-    description = "Upper-triangular CausalMask of the text decoder ([B, T, T]); combine it with intersect/union."
+    description = "Upper-triangular CausalMask of the text decoder ([B, T, T]; eq. 10); combine it with intersect/union."
 
     def mask(self, ctx: MaskContext) -> torch.Tensor:
         valid = ctx.text_valid_mask()

@@ -14,7 +14,7 @@ class EntityMask(MaskStrategy):
     name = "entity"
     modality = "text"
     requires: ClassVar[frozenset[str]] = frozenset({"entities"})
-    description = "Random subset (λ3) of the report positions that NER marked as medical entities."
+    description = "Random subset (λ3) of the report positions that NER marked as medical entities (eq. 10: RandomSubSet(M_e, λ3))."
 
     class Config(StrategyConfig):
         ratio: float = Field(0.2, ge=0.0, le=1.0, description="λ3: fraction of entity positions to mask")

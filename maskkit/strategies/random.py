@@ -13,7 +13,7 @@ from ..core import MaskContext, MaskStrategy, StrategyConfig, declared, topk_mas
 class RandomMask(MaskStrategy):
     name = "random"
     modality = declared("image", "text")  # the config's `modality` picks one per instance
-    description = "Uniform random subset of the valid tokens (MAE); image or text."
+    description = "Uniform random subset of the valid tokens (MAE; not in the paper's equations); image or text."
 
     class Config(StrategyConfig):
         ratio: float = Field(0.75, ge=0.0, le=1.0, description="fraction of valid tokens to mask")

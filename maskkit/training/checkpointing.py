@@ -135,13 +135,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu"):
     config and tokenizer) the architecture; for older checkpoints an open_clip folder there still
     supplies the architecture (its ``open_clip_config.json``)."""
     from ..model import XLIP
+    from ..roles import ROLE_NAMES
 
     p = checkpoint_file(path)
     ck = load_checkpoint(p, key=None)
     if "config" not in ck or "model" not in ck:
         raise MaskkitError(f"{p}: not a maskkit training checkpoint (no config / model state)")
     saved = json.loads(ck["config"])
-    for t in ("image_mask", "image_only_mask", "text_mask"):  # checkpoints before the trees moved out of model.
+    for t in ROLE_NAMES:  # checkpoints before the trees moved out of model.
         if saved.get("model", {}).get(t) is None:
             saved.get("model", {}).pop(t, None)
     from ..config import migrate_saved

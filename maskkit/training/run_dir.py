@@ -63,13 +63,13 @@ def _version_or_none(dist: str) -> str | None:
 
 def resolved_record(cfg: ExperimentConfig, sources: dict[str, str]) -> dict:
     """``config.json``: the config with every strategy tree expanded with its defaults, and sources."""
-    from ..compose import build_strategy, to_spec
+    from ..compose import to_spec
     from ..masking import STREAMS
 
     conf = cfg.model_dump(mode="json")
     for t in STREAMS:
         if conf.get(t) is not None:
-            conf[t] = to_spec(build_strategy(conf[t], t))
+            conf[t] = to_spec(cfg.strategy(t))  # the tree the config built
     return {"config": conf, "sources": sources}
 
 

@@ -1,4 +1,4 @@
-"""Issue 12: the atypical strategy, union's ranked subset / blend / weights, the guided preset,
+"""The atypical strategy, union's ranked subset / blend / weights, the guided preset,
 the No Finding zero-shot protocol option and the batched mask-lesion measurement."""
 
 from __future__ import annotations
