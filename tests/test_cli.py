@@ -153,3 +153,13 @@ def test_compose_takes_a_bare_strategy_name():
     out = subprocess.run([sys.executable, "-m", "maskkit.cli", "compose", "image_self"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert '"image_self"' in out.stdout and "modality=image" in out.stdout
+
+
+def test_sweep_presets_replace_the_sweep_files(tmp_path):
+    """`maskkit sweep FILE --presets P` runs P, as --seeds and --align-steps replace theirs (it was
+    ignored: the file's presets ran): the file's clip is not trained, the preset named is checked."""
+    f = tmp_path / "s.yaml"
+    f.write_text("presets: [clip]\nseeds: [0]\nargs: [data.n=8, data.val_n=8, train.steps=1, train.batch_size=4, runtime.progress=false]\n")
+    out = run("sweep", str(f), "--presets", "no_such_preset", "--out", str(tmp_path / "sw"))
+    assert out.returncode == 2 and "unknown preset 'no_such_preset'" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "sw" / "runs").exists()
