@@ -303,9 +303,10 @@ class XLIP(nn.Module):
         ``tune``: a step of the unmasked full-resolution tune that may end a run
         (``train.unmasked_tune``, FLIP/CLIPA; A48i): the image tower encodes every patch of the
         full-resolution image (no mask, no ``patch_dropout``, no low-resolution view) and the
-        output holds the alignment's features only (a CLIP step's cost). In training the
-        :meth:`tune_frozen` parameters enter the output with weight 0, so that DDP sees every
-        parameter in the graph at every step (the recipe then drops their zero gradients).
+        output holds the alignment's features only (a CLIP step's cost). In training under a process
+        group of several ranks the :meth:`tune_frozen` parameters enter the output with weight 0, so
+        that DDP sees every parameter in the graph at every step (the recipe then drops their zero
+        gradients).
 
         The output's ``text_key`` (which rows hold the same report) is derived from the token ids
         (:func:`report_keys`), the one rule for every batch, micro-batch and rank, so keys of
@@ -324,8 +325,10 @@ class XLIP(nn.Module):
         if tune:
             pooled_img, _ = image_tokens(self.clip, x)
             pooled_txt, _ = text_tokens(self.clip, ids)
-            frozen = self.tune_frozen() if self.training else []
-            if frozen:  # weight 0: in DDP's graph, no effect on any value
+            from ..distributed import process_group_size
+
+            frozen = self.tune_frozen() if self.training and process_group_size() > 1 else []
+            if frozen:  # weight 0: in DDP's graph, no effect on any value (one process: not needed, not paid)
                 pooled_img = pooled_img + 0.0 * torch.stack([p.reshape(-1)[0] for p in frozen]).sum().to(pooled_img.dtype)
             return XLIPOutput(pooled_img, pooled_txt, paired, key, self.clip.logit_scale)
         sparse = self.config.mim.placement == "sparse"
