@@ -88,6 +88,8 @@ class Runner:
         trees, model_keys = CONFIGS[base]
         mim = {"decoder_depth": args.decoder_depth, "decoder_width": args.decoder_width, "decoder_heads": args.decoder_heads,
                **model_keys.get("mim", {})}
+        if args.lowres_scale is not None and "lowres_scale" not in model_keys.get("mim", {}):
+            mim["lowres_scale"] = args.lowres_scale
         mlm = {"layers": args.mlm_layers, **model_keys.get("mlm", {})}
         rest = {k: v for k, v in model_keys.items() if k not in ("mim", "mlm")}
         cfg = ModelConfig(arch=args.arch, mim=MIMConfig(**mim), mlm=MLMConfig(**mlm), **rest)
@@ -171,6 +173,9 @@ def main() -> None:
                          "with other jobs (use with --threads 1, so that no thread waits spinning)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--memory", action="store_true", help="also the activation memory a step keeps for its backward")
+    ap.add_argument("--lowres-scale", type=float, default=None,
+                    help="mim.lowres_scale of the sparse configurations that do not set their own (default: the model's, 0.5; "
+                         "scale=tiny runs use 0.67, a 4x4 view)")
     ap.add_argument("--unmasked-tune", type=float, default=None, metavar="F",
                     help="also each configuration's cost per step over a run whose last F of the steps are the unmasked "
                          "tune (train.unmasked_tune), from its +tune label's times (time it too: --configs clip,xlip-sparse,xlip-sparse+tune)")
