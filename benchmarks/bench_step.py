@@ -8,8 +8,10 @@
 The configurations are timed interleaved (CLIP, XLIP-feature, XLIP-input, CLIP, ...), so machine
 drift lands in every configuration alike; each XLIP/CLIP ratio is taken round by round and the
 median is reported, beside the FLOP ratio counted with ``torch.utils.flop_counter`` for one full
-step (forward + backward). A label may end in ``+compile`` (``train.compile``) or ``+gc``
-(``train.grad_checkpointing``); ``--memory`` prints the activations each step keeps for its backward. ``--breakdown`` adds FLOPs of the ablations that isolate what each
+step (forward + backward). A label may end in ``+compile`` (``train.compile``), ``+gc``
+(``train.grad_checkpointing``) or ``+tune`` (a step of the unmasked tune, ``train.unmasked_tune``:
+every patch at full resolution, the alignment only); ``--unmasked-tune F`` then prints each
+configuration's cost per step over a run whose last F of the steps are the tune; ``--memory`` prints the activations each step keeps for its backward. ``--breakdown`` adds FLOPs of the ablations that isolate what each
 extra term costs: the MIM decoder (with its mask scoring), the prompt pass, the text decoder and
 the second text-tower pass of ``mlm.mode=input``. On a GPU it also prints MFU against ``--peak-tflops``.
 """
@@ -46,9 +48,10 @@ CONFIGS = {  # label: (strategy trees, model keys over the preset's and the comm
     "mim-no-prompt": ({"image_mask": attmim(["report_cross", "image_self"]), "image_only_mask": {"image_self": {"ratio": 0.75}},
                        "text_mask": None}, {}),
 }
-#: a label may end in +compile (train.compile: torch.compile of the model's forward) and/or +gc
-#: (train.grad_checkpointing), e.g. clip+compile, xlip-sparse+gc+compile
-SUFFIXES = ("+compile", "+gc")
+#: a label may end in +compile (train.compile: torch.compile of the model's forward), +gc
+#: (train.grad_checkpointing) and/or +tune (a step of the unmasked tune, train.unmasked_tune), e.g.
+#: clip+compile, xlip-sparse+gc+compile, xlip-sparse+tune
+SUFFIXES = ("+compile", "+gc", "+tune")
 
 
 def parse_label(label: str) -> tuple[str, set[str]]:
@@ -57,7 +60,7 @@ def parse_label(label: str) -> tuple[str, set[str]]:
         suf = next(x for x in SUFFIXES if base.endswith(x))
         base, flags = base[: -len(suf)], flags | {suf[1:]}
     if base not in CONFIGS:
-        raise SystemExit(f"--configs: unknown configuration '{base}'; expected one of {', '.join(CONFIGS)} (each optionally +compile, +gc)")
+        raise SystemExit(f"--configs: unknown configuration '{base}'; expected one of {', '.join(CONFIGS)} (each optionally +compile, +gc, +tune)")
     return base, flags
 
 
@@ -85,6 +88,8 @@ class Runner:
         trees, model_keys = CONFIGS[base]
         mim = {"decoder_depth": args.decoder_depth, "decoder_width": args.decoder_width, "decoder_heads": args.decoder_heads,
                **model_keys.get("mim", {})}
+        if args.lowres_scale is not None and "lowres_scale" not in model_keys.get("mim", {}):
+            mim["lowres_scale"] = args.lowres_scale
         mlm = {"layers": args.mlm_layers, **model_keys.get("mlm", {})}
         rest = {k: v for k, v in model_keys.items() if k not in ("mim", "mlm")}
         cfg = ModelConfig(arch=args.arch, mim=MIMConfig(**mim), mlm=MLMConfig(**mlm), **rest)
@@ -97,6 +102,10 @@ class Runner:
         self.batch = batch_for(self.model, args.batch, args.device, args.p_unpaired)
         self.device, self.bf16, self.i = args.device, args.bf16, 0
         self.clock = args.clock
+        self.tune = "tune" in flags
+
+    def loss(self, forward, seed: int):
+        return self.objectives(forward(self.batch, seed=seed, tune=self.tune), in_tune=self.tune)[0]
 
     def step(self) -> float:
         if self.device == "cuda":
@@ -104,7 +113,7 @@ class Runner:
         clock = time.process_time if self.clock == "process" else time.perf_counter
         t0 = clock()
         with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
-            total, _ = self.objectives(self.forward(self.batch, seed=self.i))
+            total = self.loss(self.forward, self.i)
         self.opt.zero_grad(set_to_none=True)
         total.backward()
         self.opt.step()
@@ -128,7 +137,7 @@ class Runner:
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
-                total, _ = self.objectives(self.model(self.batch, seed=0))
+                total = self.loss(self.model, 0)
         total.backward()
         self.opt.zero_grad(set_to_none=True)
         return sum(seen.values())
@@ -136,7 +145,7 @@ class Runner:
     def flops(self) -> int:
         with FlopCounterMode(display=False) as fc:
             with torch.autocast(device_type=self.device, dtype=torch.bfloat16, enabled=self.bf16):
-                total, _ = self.objectives(self.model(self.batch, seed=0))
+                total = self.loss(self.model, 0)
             total.backward()
         self.opt.zero_grad(set_to_none=True)
         return fc.get_total_flops()
@@ -164,6 +173,12 @@ def main() -> None:
                          "with other jobs (use with --threads 1, so that no thread waits spinning)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
     ap.add_argument("--memory", action="store_true", help="also the activation memory a step keeps for its backward")
+    ap.add_argument("--lowres-scale", type=float, default=None,
+                    help="mim.lowres_scale of the sparse configurations that do not set their own (default: the model's, 0.5; "
+                         "scale=tiny runs use 0.67, a 4x4 view)")
+    ap.add_argument("--unmasked-tune", type=float, default=None, metavar="F",
+                    help="also each configuration's cost per step over a run whose last F of the steps are the unmasked "
+                         "tune (train.unmasked_tune), from its +tune label's times (time it too: --configs clip,xlip-sparse,xlip-sparse+tune)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -204,6 +219,16 @@ def main() -> None:
             ratios = [a / b for a, b in zip(times[lab], times["clip"])]
             print(f"{lab} / clip: time {statistics.median(ratios):.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}), "
                   f"FLOPs {flops[lab] / flops['clip']:.2f}x")
+    if args.unmasked_tune is not None and "clip" in labels:
+        F = args.unmasked_tune
+        for lab in labels:
+            tl = lab + "+tune"
+            if lab == "clip" or lab.endswith("+tune") or tl not in labels:
+                continue
+            ratio = statistics.median((1 - F) * a / c + F * t / c for a, t, c in zip(times[lab], times[tl], times["clip"]))
+            fl = ((1 - F) * flops[lab] + F * flops[tl]) / flops["clip"]
+            print(f"{lab} with train.unmasked_tune={F:g} / clip: time {ratio:.2f}x, FLOPs {fl:.2f}x "
+                  f"(a CLIP budget of N steps buys N / {ratio:.2f} of its steps)")
     if args.breakdown:
         need = ["clip", "mim-only", "mim-no-prompt", "xlip-mlm-loss", "xlip-feature"]
         f = {lab: flops[lab] if lab in flops else Runner(lab, args).flops() for lab in need}

@@ -402,7 +402,7 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
 @app.command("sweep", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def sweep_cmd(
     spec: list[str] = typer.Argument(None, help=f"a built-in sweep ({', '.join(builtin_sweeps())}) or a YAML file, then key=value settings for every run"),
-    presets: Optional[str] = typer.Option(None, help="comma-separated presets (instead of a sweep file)"),
+    presets: Optional[str] = typer.Option(None, help="comma-separated presets (instead of a sweep file, or in place of its presets)"),
     grid: list[str] = typer.Option([], "--grid", help="KEY=v1,v2,... (repeatable): a grid of overrides"),
     seeds: Optional[str] = typer.Option(None, help="comma-separated seeds (default: the sweep's); " + allowed(SweepOptions, "seeds")),
     out: str = typer.Option("sweeps", help="sweep folder (resumable: finished runs are kept)"),
@@ -437,6 +437,8 @@ def sweep_cmd(
                 f" (took {' '.join(extra)} as settings: a sweep file's path must exist)" if extra else ""))
         sp = SweepSpec((presets or "xlip").split(","))
         out_dir = Path(out)
+    if presets and names:  # over the sweep file's, as --seeds and --align-steps are
+        sp.presets = [p.strip() for p in presets.split(",") if p.strip()]
     if grid:
         sp.grid.update(parse_grid(grid))
     if seed_list:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -85,6 +86,18 @@ class TrainConfig(Strict):
     seed: Seed = Field(0, description="seed of model init, data order and masks")
     grad_checkpointing: bool = Field(False, description="recompute the activations of the towers' and the MIM decoder's blocks in the backward instead of keeping them (less memory, about one more forward of those blocks; docs/benchmarks.md)")
     compile: bool = Field(False, description="torch.compile the model's forward (its backward through AOTAutograd); the objectives and the optimiser stay eager; the first steps compile (docs/benchmarks.md)")
+    unmasked_tune: float = Field(0.0, ge=0, lt=1, description="fraction of train.steps (rounded down) that end the run as an unmasked full-resolution tune (FLIP, CLIPA): no image mask, no patch dropout, no low-resolution view, the alignment term only, on its own cosine schedule (unmasked_tune_lr); 0: none (docs/model.md, A64)")
+    unmasked_tune_lr: float = Field(0.5, gt=0, le=1, description="learning rate at the start of the unmasked tune, as a fraction of train.lr; it decays to 0 by a cosine over the tune's steps (the schedule before it spans the other steps)")
+
+    @property
+    def tune_steps(self) -> int:
+        """The steps of the unmasked tune: ``floor(unmasked_tune · steps)`` (< ``steps``; 0 when off)."""
+        return math.floor(self.unmasked_tune * self.steps + 1e-9)
+
+    @property
+    def tune_start(self) -> int:
+        """The first step (0-based) of the unmasked tune; ``steps`` when there is none."""
+        return self.steps - self.tune_steps
 
 
 ObjectivesConfig = create_model(

@@ -255,13 +255,23 @@ class Objectives(nn.Module):
         its value is over; 0 means the term had nothing to score (logged as null)."""
         return {o.name: o.targets for o in self.terms}
 
-    def summaries(self, out: XLIPOutput) -> dict[str, torch.Tensor]:
-        """Each objective's :meth:`Objective.summary` of a micro-batch, keyed by term name."""
-        return {o.name: o.summary(out) for o in self.terms}
+    def summaries(self, out: XLIPOutput, in_tune: bool = False) -> dict[str, torch.Tensor]:
+        """Each objective's :meth:`Objective.summary` of a micro-batch, keyed by term name (in the
+        unmasked tune, ``in_tune``, only those of the terms that train in it)."""
+        return {o.name: o.summary(out) for o in self.terms if o.term.tune or not in_tune}
 
-    def forward(self, out: XLIPOutput, in_warmup: bool = False,
-                micro: MicroBatches | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        values = {o.name: o(out, micro) for o in self.terms}
+    def forward(self, out: XLIPOutput, in_warmup: bool = False, micro: MicroBatches | None = None,
+                in_tune: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``in_tune``: a step of the unmasked tune (``train.unmasked_tune``); the terms that do not
+        train in it (:attr:`maskkit.terms.Term.tune`: MIM, MLM) are 0 with no targets (logged
+        null) and are not computed (the model's tune forward has no masks)."""
+        values = {}
+        for o in self.terms:
+            if in_tune and not o.term.tune:
+                o.targets = torch.zeros((), device=out.image_features.device)
+                values[o.name] = torch.zeros((), device=out.image_features.device)
+            else:
+                values[o.name] = o(out, micro)
         total = sum(o.weight_at(in_warmup) * values[o.name] for o in self.terms)
         return total, values
 

@@ -66,6 +66,10 @@ SPARSE = {"union": {"of": ["report_cross", "prompt_driven", "atypical"], "child_
                     "temperature": 0.05, "weights": [1.0, 1.0, 2.0]}}
 SPARSE_IMAGE_ONLY = guided(["prompt_driven", "image_self"], ratio=0.5)
 SPARSE_MODEL = {"mim": {"placement": "sparse", "decoder_queries": "masked"}, "mlm": {"mode": "causal"}}
+#: the unmasked full-resolution tune that ends an xlip-sparse or clip-flip run (FLIP, CLIPA; A64):
+#: the last tenth of train.steps, alignment only, every patch at full resolution, its own cosine from
+#: half of train.lr
+TUNE = {"unmasked_tune": 0.1}
 # mim.lowres_scale is the scale's: 0.5 by default (7×7 tokens at ViT-B/16), 0.67 at scale=tiny (4×4 of
 # maskkit-tiny's 6×6: half, 3×3, does not guide; A58)
 
@@ -74,17 +78,19 @@ def _single(name: str) -> dict[str, Any]:
     return {name: {"ratio": 0.75}}
 
 
-def _row(image_mask, text=None, warmup=True, image_only: Any = "same") -> dict[str, Any]:
+def _row(image_mask, text=None, warmup=True, image_only: Any = "same", train: dict | None = None) -> dict[str, Any]:
     """One preset; ``image_only="same"`` reuses ``image_mask`` for image-only samples.
 
     ``warmup=False`` sets ``train.warmup_steps: 0``; rows with warm-up keep the scale's value
-    (the paper's 15,000 steps at ``scale=paper``).
+    (the paper's 15,000 steps at ``scale=paper``); ``train``: further ``train`` keys.
     """
     if image_only == "same":
         image_only = image_mask
     row = {"image_mask": image_mask, "image_only_mask": image_only, "text_mask": text}
     if not warmup:
         row["train"] = {"warmup_steps": 0}
+    if train:
+        row["train"] = {**row.get("train", {}), **train}
     return deepcopy(row)
 
 
@@ -107,12 +113,14 @@ PRESETS: dict[str, tuple[dict[str, Any], str]] = {
     "t4_entmlm_0.2": (_row(attmim(), image_only=IMAGE_ONLY, text=entmlm(0.2)), "Table IV: AttMIM + EntMLM λ3=0.2 (the paper's best; = xlip)."),
     "t3_attmim_input": (_row(attmim(), image_only=IMAGE_ONLY) | {"model": {"mim": {"placement": "input"}}},
                         "Table III AttMIM with MAE input placement (the encoder sees only visible patches; A9)."),
-    "xlip-sparse": (_row(SPARSE, image_only=SPARSE_IMAGE_ONLY, text=entmlm(0.2)) | {"model": SPARSE_MODEL},
+    "xlip-sparse": (_row(SPARSE, image_only=SPARSE_IMAGE_ONLY, text=entmlm(0.2)) | {"model": SPARSE_MODEL, "train": TUNE},
                     "Guided sparse encoding (issue 21, not the paper's): a half-resolution view of the whole image trains the alignment "
                     "and steers the guided AttMIM (λ2=0.5); the full-resolution pass encodes only the visible half for MIM (MILAN decoder); "
-                    "EntMLM with a causal decoder (one text pass). About a CLIP step's cost (A58)."),
-    "clip-flip": (_row(None, None, warmup=False) | {"model": {"patch_dropout": 0.5}},
-                  "CLIP baseline with FLIP patch dropout: half the image patches, drawn at random, dropped before the encoder in training."),
+                    "EntMLM with a causal decoder (one text pass); the last tenth of the steps an unmasked full-resolution tune "
+                    "of the alignment (A64). About a CLIP step's cost (A58)."),
+    "clip-flip": (_row(None, None, warmup=False, train=TUNE) | {"model": {"patch_dropout": 0.5}},
+                  "CLIP baseline with FLIP patch dropout: half the image patches, drawn at random, dropped before the encoder in training; "
+                  "the last tenth of the steps an unmasked tune (FLIP's; A64)."),
 }
 
 

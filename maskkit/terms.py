@@ -17,13 +17,16 @@ class Term:
     ``name`` is the config key (``objectives.<name>`` is its weight); ``log_key`` the key in
     ``metrics.jsonl``, TensorBoard and the progress bar; ``warmup`` whether the term trains
     during the masked-modelling-only warm-up (``train.warmup_steps``, paper section IV-B);
-    ``paired`` whether it needs image-report pairs (it is zero on image-only samples).
+    ``paired`` whether it needs image-report pairs (it is zero on image-only samples);
+    ``tune`` whether it trains in the unmasked full-resolution tune that may end a run
+    (``train.unmasked_tune``: FLIP's and CLIPA's last phase; A64).
     """
 
     name: str
     description: str
     warmup: bool
     paired: bool = False
+    tune: bool = False
 
     @property
     def log_key(self) -> str:
@@ -31,7 +34,7 @@ class Term:
 
 
 TERMS: tuple[Term, ...] = (
-    Term("align", "symmetric InfoNCE between pooled image and report features (CLIP; the loss after eq. 11)", warmup=False, paired=True),
+    Term("align", "symmetric InfoNCE between pooled image and report features (CLIP; the loss after eq. 11)", warmup=False, paired=True, tune=True),
     Term("mim", "AttMIM pixel reconstruction of the masked patches (eq. 12)", warmup=True),
     Term("mlm", "EntMLM reconstruction of the selected report tokens (eq. 13)", warmup=True, paired=True),
 )

@@ -243,8 +243,21 @@ class PretrainRecipe:
 
     # --- one step ----------------------------------------------------------------------------
     def in_warmup(self, step: int) -> bool:
-        """Whether ``step`` is in the masked-modelling-only warm-up (only when such terms exist)."""
-        return step < self.cfg.train.warmup_steps and any(o.term.warmup for o in self.objectives.terms)
+        """Whether ``step`` is in the masked-modelling-only warm-up (only when such terms exist; the
+        unmasked tune, when the two overlap in a short run, takes its steps)."""
+        return (step < self.cfg.train.warmup_steps and not self.in_tune(step)
+                and any(o.term.warmup for o in self.objectives.terms))
+
+    def in_tune(self, step: int) -> bool:
+        """Whether ``step`` (0-based) is in the unmasked full-resolution tune that ends the run
+        (the last ``train.tune_steps`` steps, ``train.unmasked_tune``): a function of the step
+        alone, so a run resumed inside the tune continues in it."""
+        return step >= self.cfg.train.tune_start
+
+    def step_phase(self, step: int) -> str:
+        """What step ``step`` (0-based) trains, as metrics.jsonl's ``phase`` says: ``warmup`` (the
+        masked-modelling-only warm-up), ``tune`` (the unmasked tune) or ``joint`` (every term)."""
+        return "tune" if self.in_tune(step) else "warmup" if self.in_warmup(step) else "joint"
 
     def next_batch(self) -> dict:
         batch = next(self.batch_iter)
@@ -272,7 +285,7 @@ class PretrainRecipe:
         self.ddp.train()
         self.opt.zero_grad(set_to_none=True)
         accum = cfg.train.grad_accum
-        warm = self.in_warmup(self.step)
+        warm, tune = self.in_warmup(self.step), self.in_tune(self.step)
         sums = {n: torch.zeros((), device=dev) for n in self.objectives.names}
         samples, n_skipped, wait = 0, 0, 0.0
         batches = []
@@ -293,18 +306,22 @@ class PretrainRecipe:
         if accum > 1:  # what each objective needs of every micro-batch, without gradient (BatchNorm statistics untouched)
             with torch.no_grad(), autocast():
                 for micro, batch in enumerate(batches):
-                    out = self.model(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
-                    for n, v in self.objectives.summaries(out).items():
+                    out = self.model(batch, seed=mask_seed(cfg.train.seed, self.step, micro), tune=tune)
+                    for n, v in self.objectives.summaries(out, in_tune=tune).items():
                         cached[n].append(v)
             restore_buffers(buffers)
         for micro, batch in enumerate(batches):
             sync = micro == accum - 1 or not self.info.enabled
             with (self.ddp.no_sync() if not sync else contextlib.nullcontext()), autocast():
-                out = self.ddp(batch, seed=mask_seed(cfg.train.seed, self.step, micro))
-                total, values = self.objectives(out, in_warmup=warm, micro=MicroBatches(cached, micro) if accum > 1 else None)
+                out = self.ddp(batch, seed=mask_seed(cfg.train.seed, self.step, micro), tune=tune)
+                total, values = self.objectives(out, in_warmup=warm, micro=MicroBatches(cached, micro) if accum > 1 else None,
+                                                in_tune=tune)
             self.scaler.scale(total).backward()
             for n, v in values.items():
                 sums[n] = sums[n] + v.detach().float()
+        if tune:  # the decoders' zero gradients (XLIP.forward's tune anchor): the optimiser leaves them as they are
+            for p in self.model.tune_frozen():
+                p.grad = None
         self.scaler.unscale_(self.opt)  # fp16: the true gradients (a no-op otherwise)
         norm = grad_norm(self.model)
         # the step's targets per term (global: every rank, every micro-batch; the last pass counted them all)
@@ -353,18 +370,21 @@ class PretrainRecipe:
                           time.perf_counter() - t0, nonfinite)
 
     # --- logging, checkpoints ----------------------------------------------------------------------
-    def log(self, r: StepResult, rate: float, warm: bool) -> str:
-        """Record a step (every step in memory; metrics.jsonl every ``train.log_every``); returns the bar text."""
+    def log(self, r: StepResult, rate: float, phase: str) -> str:
+        """Record a step (every step in memory; metrics.jsonl every ``train.log_every``, at the last
+        step and at the last step before the unmasked tune, so that no line mixes the tune's steps
+        with others); ``phase``: the step's :meth:`step_phase`. Returns the bar text."""
         logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}  # None: no target at this step
         self.losses.append({"step": self.step, **logged})
         self.window.add(logged)
 
         def text(losses: dict[str, float | None]) -> str:
             t = " ".join(f"{TERM_BY_LOG_KEY[k].name} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
-            return t + ("  [warm-up]" if warm else "")
+            return t + {"warmup": "  [warm-up]", "tune": "  [unmasked tune]"}.get(phase, "")
 
         txt = text(logged)
-        if self.step % self.cfg.train.log_every == 0 or self.step == self.cfg.train.steps:
+        t = self.cfg.train
+        if self.step % t.log_every == 0 or self.step == t.steps or (t.tune_steps and self.step == t.tune_start):
             means = self.window.take()  # over the steps since the last line that had targets
             if not self.info.main:
                 return txt
@@ -372,7 +392,7 @@ class PretrainRecipe:
                 self.console.print(f"step {self.step}/{self.cfg.train.steps} {text(means)}", highlight=False, soft_wrap=True)
             epoch, _ = self.sampler.position(self.batches)
             line = {"step": self.step, **means, "lr": self.sched.get_last_lr()[0], "samples_per_s": rate,
-                    "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": warm, "epoch": epoch, "time": time.time(),
+                    "data_wait": r.data_wait / max(r.step_time, 1e-9), "warmup": phase == "warmup", "phase": phase, "epoch": epoch, "time": time.time(),
                     "samples_seen": self.samples_seen()}
             self.metrics.write(line, means)
         return txt
@@ -610,7 +630,7 @@ class PretrainRecipe:
                 while self.step < cfg.train.steps:
                     if self.stop_agreed:
                         raise self.preempted()
-                    warm = self.in_warmup(self.step)
+                    phase = self.step_phase(self.step)
                     r = self.train_step()
                     if not r.finite:
                         self.bad_in_row += 1
@@ -626,7 +646,7 @@ class PretrainRecipe:
                     self.bad_in_row = 0
                     n_last += r.samples
                     now = time.perf_counter()
-                    txt = self.log(r, n_last / max(now - t_last, 1e-9), warm)
+                    txt = self.log(r, n_last / max(now - t_last, 1e-9), phase)
                     if self.step % cfg.train.log_every == 0:
                         t_last, n_last = now, 0
                     progress.update(task, completed=self.step, info=txt)

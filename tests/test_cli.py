@@ -180,3 +180,13 @@ def test_compose_and_check_read_a_composition_argument_alike(tmp_path):
     for spec in (str(f), '"image_self"'):
         out = invoke("check", spec, "--n", "4", "--t", "4", "--b", "2")
         assert out.returncode == 0 and "passes" in out.stdout, out.stderr
+
+
+def test_sweep_presets_replace_the_sweep_files(tmp_path):
+    """`maskkit sweep FILE --presets P` runs P, as --seeds and --align-steps replace theirs (it was
+    ignored: the file's presets ran): the file's clip is not trained, the preset named is checked."""
+    f = tmp_path / "s.yaml"
+    f.write_text("presets: [clip]\nseeds: [0]\nargs: [data.n=8, data.val_n=8, train.steps=1, train.batch_size=4, runtime.progress=false]\n")
+    out = run("sweep", str(f), "--presets", "no_such_preset", "--out", str(tmp_path / "sw"))
+    assert out.returncode == 2 and "unknown preset 'no_such_preset'" in out.stderr, out.stderr[-2000:]
+    assert not (tmp_path / "sw" / "runs").exists()

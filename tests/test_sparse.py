@@ -293,18 +293,21 @@ def test_two_process_ddp_equals_one_process_in_uneven_cases(tmp_path):
     """As the feature placement is tested (tests/test_run.py): two gloo ranks × batch 1 with
     grad_accum=2, half the samples image-only (so that at some steps one rank holds no paired
     sample), the conv stem (global BatchNorm in the gradient pass, running statistics in the guide),
-    a warm-up step then joint steps: every logged loss equals that of one process × batch 2."""
+    a warm-up step, joint steps, then two steps of the unmasked tune (train.unmasked_tune: the
+    decoders out of the graph but for their zero-weight link): every logged loss equals that of
+    one process × batch 2."""
     from test_run import TINY, _metrics, _uneven_steps, cli
 
-    common = [*TINY, *DETERMINISTIC, "preset=xlip-sparse", "data.n=24", "data.p_unpaired=0.5", "train.steps=4",
-              "train.warmup_steps=1", "train.grad_accum=2", f"runtime.out_dir={tmp_path}"]
+    common = [*TINY, *DETERMINISTIC, "preset=xlip-sparse", "data.n=24", "data.p_unpaired=0.5", "train.steps=6",
+              "train.warmup_steps=1", "train.grad_accum=2", "train.unmasked_tune=0.34", f"runtime.out_dir={tmp_path}"]
     assert _uneven_steps(24, 0.5, 1, 4, 2), "the data must give a step where one rank is all image-only"
     one = cli("run", *common, "train.batch_size=2", "runtime.name=one")
     assert one.returncode == 0, one.stderr[-3000:]
     two = cli("run", *common, "train.batch_size=1", "runtime.devices=2", "runtime.name=two", env={"OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3, 4]
+    assert [x["step"] for x in a] == [x["step"] for x in b] == [1, 2, 3, 4, 5, 6]
+    assert [x["phase"] for x in b] == ["warmup", "joint", "joint", "joint", "tune", "tune"]
     for x, y in zip(a, b):
         for k in ("align_loss", "mim_loss", "mlm_loss"):
             assert (x[k] is None) == (y[k] is None), (x["step"], k, x[k], y[k])

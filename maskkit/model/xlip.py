@@ -336,9 +336,22 @@ class XLIP(nn.Module):
         return u.argsort(1)[:, :K].sort(1).values
 
     # --- forward -------------------------------------------------------------------------
-    def forward(self, batch: dict, seed: int = 0) -> XLIPOutput:
+    def tune_frozen(self) -> list[nn.Parameter]:
+        """The parameters the unmasked tune (``train.unmasked_tune``) leaves unchanged: every one
+        outside the CLIP towers (the MIM decoder, the text decoder, a learned mask embedding)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("clip.")]
+
+    def forward(self, batch: dict, seed: int = 0, tune: bool = False) -> XLIPOutput:
         """batch: ``images [B,1,H,W]``, ``text [B,T]``, ``text_valid [B,T]``, ``paired [B]`` and
         ``entities [B,T]``. ``seed`` is the step's mask seed (:func:`maskkit.masking.mask_seed`).
+
+        ``tune``: a step of the unmasked full-resolution tune that may end a run
+        (``train.unmasked_tune``, FLIP/CLIPA; A64): the image tower encodes every patch of the
+        full-resolution image (no mask, no ``patch_dropout``, no low-resolution view) and the
+        output holds the alignment's features only (a CLIP step's cost). In training under a process
+        group of several ranks the :meth:`tune_frozen` parameters enter the output with weight 0, so
+        that DDP sees every parameter in the graph at every step (the recipe then drops their zero
+        gradients).
 
         The output's ``text_key`` (which rows hold the same report) is derived from the token ids
         (:func:`report_keys`), the one rule for every batch, micro-batch and rank, so keys of
@@ -354,6 +367,15 @@ class XLIP(nn.Module):
         valid = batch["text_valid"].to(dev)
         key = report_keys(ids, valid, paired, self._key_coef)
         x = self.normalise(images)
+        if tune:
+            pooled_img, _ = image_tokens(self.clip, x)
+            pooled_txt, _ = text_tokens(self.clip, ids)
+            from ..distributed import process_group_size
+
+            frozen = self.tune_frozen() if self.training and process_group_size() > 1 else []
+            if frozen:  # weight 0: in DDP's graph, no effect on any value (one process: not needed, not paid)
+                pooled_img = pooled_img + 0.0 * torch.stack([p.reshape(-1)[0] for p in frozen]).sum().to(pooled_img.dtype)
+            return XLIPOutput(pooled_img, pooled_txt, paired, key, self.clip.logit_scale)
         sparse = self.config.mim.placement == "sparse"
         visible = None
         if sparse:  # the low-resolution view: alignment, EntMLM's memory and (detached) the guidance

@@ -8,12 +8,21 @@ import torch
 
 
 def lr_factor(step: int, cfg) -> float:
+    """The learning rate at 0-based ``step`` as a fraction of ``train.lr``: a linear warm-up over
+    ``train.lr_warmup_steps``, then ``train.schedule`` (cosine to 0 or constant) up to the unmasked
+    tune (``train.tune_start``; the run's end without one); the tune's ``train.tune_steps`` then run
+    their own schedule from ``train.unmasked_tune_lr`` (cosine to 0, or constant), as FLIP's and
+    CLIPA's last phase is a short run of its own (A64)."""
     t = cfg.train
+    if t.tune_steps and step >= t.tune_start:
+        if t.schedule == "constant":
+            return t.unmasked_tune_lr
+        return t.unmasked_tune_lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.tune_start) / t.tune_steps)))
     if t.lr_warmup_steps and step < t.lr_warmup_steps:
         return (step + 1) / t.lr_warmup_steps
     if t.schedule == "constant":
         return 1.0
-    span = max(1, t.steps - t.lr_warmup_steps)
+    span = max(1, t.tune_start - t.lr_warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.lr_warmup_steps) / span)))
 
 
@@ -23,7 +32,8 @@ def schedule_warnings(cfg, objectives) -> list[str]:
     (:func:`lr_factor` rises to ``steps / lr_warmup_steps`` of ``train.lr`` and never reaches it),
     and ``train.warmup_steps`` at or above ``train.steps`` while the model trains a warm-up term
     (the run ends in the masked-modelling-only phase: the weighted terms that wait for it never
-    train). ``objectives``: the recipe's objectives (each with ``term`` and ``weight``)."""
+    train), and an unmasked tune (``train.unmasked_tune``) that starts inside that warm-up.
+    ``objectives``: the recipe's objectives (each with ``term`` and ``weight``)."""
     t, out = cfg.train, []
     if t.lr_warmup_steps > t.steps:
         out.append(f"train.lr_warmup_steps={t.lr_warmup_steps} is more than train.steps={t.steps}: the learning rate rises "
@@ -34,6 +44,11 @@ def schedule_warnings(cfg, objectives) -> list[str]:
         out.append(f"train.warmup_steps={t.warmup_steps} is not below train.steps={t.steps}: the run ends in the "
                    f"masked-modelling-only warm-up, so {', '.join('objectives.' + n for n in waiting)} never "
                    f"train{'s' if len(waiting) == 1 else ''} (set train.warmup_steps below train.steps)")
+    tune = t.tune_steps
+    if tune and t.warmup_steps > t.tune_start and any(o.term.warmup and o.weight > 0 for o in objectives):
+        out.append(f"train.unmasked_tune={t.unmasked_tune:g} makes the last {tune} of train.steps={t.steps} an unmasked tune, "
+                   f"from step {t.tune_start + 1}, inside the masked-modelling-only warm-up (train.warmup_steps={t.warmup_steps}): "
+                   f"the tune takes those steps (set train.warmup_steps to at most {t.tune_start}, or train.unmasked_tune=0)")
     return out
 
 
