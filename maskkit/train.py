@@ -206,7 +206,8 @@ class PretrainRecipe:
         if self.info.main:
             record_split(self.out, self.corpus, resumed=self.resume_from is not None)
             for line in self.corpus.summary_lines():
-                self.console.print(line, highlight=False, soft_wrap=True)
+                self.console.print(f"[yellow]{escape(line)}[/]" if line.startswith("warning:") else line,
+                                   highlight=False, soft_wrap=True)
 
     def check_pairs(self) -> None:
         """No paired sample while a term that needs pairs trains: one line before step 1 (an error

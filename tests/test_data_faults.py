@@ -248,3 +248,63 @@ def test_padchest_labels_and_mimic_sections_that_no_row_has_are_one_line(tmp_pat
         load_table("mimic", root=str(m), sections=["findings", "impresion"])
     assert one_line(e) == (f"{m}: data.options.sections: no report has a section 'impresion'; did you mean 'impression'?; "
                            "the reports have findings, impression")
+
+
+# --- a source without patient ids is split by image, and says so ------------------------------
+
+def _patient_csv(tmp_path, col):
+    for i in range(32):
+        _img(tmp_path / f"i{i}.png", i)
+    return _csv(tmp_path / "d.csv", f"image_path,report,{col},Cardiomegaly",
+                [f"i{i}.png,Heart normal {i}.,p{i // 4},{i % 2}" for i in range(32)])
+
+
+@pytest.mark.parametrize("col", ["PatientID", "Patient ID", "subject_id"])
+def test_a_csv_without_its_patient_column_warns_and_records_a_split_by_image(tmp_path, col):
+    p = _patient_csv(tmp_path, col)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    s = c.sources[0]
+    assert s.by_image and s.patients == 32  # 8 patients in the file, 32 "patients" to the split
+    warnings = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert warnings == [f"warning: data (csv): no patient column: {p} has no 'patient_id' (patient_col's default): split by "
+                        f"image, so one patient's images may be both trained on and held out; column that looks like one: "
+                        f"'{col}' (set data.options.patient_col={col})"]
+    assert s.record()["note"].startswith("split by image: no patient column")
+    # named, the column splits by patient: no warning, no note, 8 patients
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip", f"data.options.patient_col={col}"])[0], 96)
+    assert not c.sources[0].by_image and c.sources[0].patients == 8
+    assert not [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert "split by image" not in c.sources[0].record().get("note", "")
+    # an entry of data.sources is named as the entry
+    cfg = resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(p)}])}", "preset=clip"])[0]
+    (w,) = [line for line in build_corpus(cfg, 96).summary_lines() if line.startswith("warning:")]
+    assert w.startswith("warning: data.sources[0] (csv): no patient column:") and w.endswith(f"(set data.sources[0] (csv).patient_col={col})")
+
+
+def test_a_source_without_patient_ids_and_no_look_alike_column(tmp_path, plain_csv):
+    c = build_corpus(resolve(["data=csv", f"data.path={plain_csv}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w.endswith("held out; if another column holds patient ids, name it with data.options.patient_col")
+    # an adapter with no patient ids at all (an image folder)
+    for i in range(12):
+        _img(tmp_path / "f" / f"i{i}.png", i)
+    c = build_corpus(resolve(["data=folder", f"data.root={tmp_path / 'f'}", "preset=clip"])[0], 96)
+    assert [line for line in c.summary_lines() if line.startswith("warning:")] == [
+        "warning: data (folder): its records carry no patient id: split by image, so one patient's images may be both "
+        "trained on and held out"]
+    assert c.sources[0].record()["note"].startswith("split by image: no patient id")
+
+
+def test_a_jsonl_without_its_patient_key_warns(tmp_path):
+    jsonl_plugin()
+    p = tmp_path / "c.jsonl"
+    for i in range(12):
+        _img(tmp_path / f"i{i}.png", i)
+    p.write_text("".join(json.dumps({"image": f"i{i}.png", "report": f"Heart normal {i}.", "PatientId": f"p{i // 3}"}) + "\n"
+                         for i in range(12)))
+    c = build_corpus(resolve(["data=jsonl", f"data.path={p}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w == (f"warning: data (jsonl): no patient key: {p} has no 'patient' (patient_key's default): split by image, so "
+                 f"one patient's images may be both trained on and held out; key that looks like one: 'PatientId' "
+                 f"(set data.options.patient_key=PatientId)")
+    assert c.sources[0].record()["note"].startswith("split by image: no patient key")

@@ -54,6 +54,7 @@ class SourceData:
     train: Any = None
     val: Any = None
     left_out: "LeftOut | None" = None  # training records whose image is held out (by this or another source)
+    absent: list = field(default_factory=list, repr=False)  # optional columns its file lacked (records.AbsentColumn)
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -81,6 +82,8 @@ class SourceData:
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
         notes = [n for n in (self.note, self.left_out_note) if n]
+        if self.by_image:
+            notes.insert(0, f"split by image: no patient {self.patient_absent.what if self.patient_absent else 'id'}")
         if notes:
             out["note"] = " ".join(notes)
         if with_ids:
@@ -104,6 +107,39 @@ class SourceData:
     def patients(self) -> int:
         """Patients of the source (a record without a patient id counts as its own patient)."""
         return len({r.patient_id or f"\0{r.id}" for r in (*self.train_records, *self.held_records, *self.left_records)})
+
+    @property
+    def by_image(self) -> bool:
+        """Whether :func:`split_by_patient` split this source image by image: no record has a
+        patient id (a CSV without its ``patient_id`` column, an image folder). An adapter's own split
+        (the phantoms') is not."""
+        return self.adapter.split is None and not any(
+            r.patient_id for r in (*self.train_records, *self.held_records, *self.left_records))
+
+    @property
+    def patient_absent(self):
+        """The absent optional column that would have held patient ids (the ``csv`` adapter's
+        ``patient_col`` default ``patient_id``, ``jsonl``'s ``patient_key``): the
+        :class:`~maskkit.data.records.AbsentColumn` of an option named ``patient*``, or None."""
+        return next((a for a in self.absent if a.option.startswith("patient")), None)
+
+    @property
+    def by_image_warning(self) -> str | None:
+        """The one-line warning of a source split image by image (:attr:`by_image`): which source,
+        which column it lacks, the columns that look like patient ids and the key that names one;
+        None for a source split by patient."""
+        if not self.by_image:
+            return None
+        a = self.patient_absent
+        risk = "split by image, so one patient's images may be both trained on and held out"
+        if a is None:
+            return f"{self.spec.label}: its records carry no patient id: {risk}"
+        like = patient_like(a.columns, a.default)
+        key = self.spec.key(a.option)
+        hint = (f"; {a.what}{'s' if len(like) > 1 else ''} that look{'' if len(like) > 1 else 's'} like one: "
+                f"{', '.join(repr(c) for c in like)} (set {key}={like[0]})" if like
+                else f"; if another {a.what} holds patient ids, name it with {key}")
+        return f"{self.spec.label}: no patient {a.what}: {a.where} has no '{a.default}' ({a.option}'s default): {risk}{hint}"
 
     @property
     def left_records(self) -> list:
@@ -211,11 +247,26 @@ class Corpus:
 
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples; then a
-        ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
+        ``warning:`` line for each source split image by image (:attr:`SourceData.by_image_warning`)
+        and a ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
         lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
                  + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
                  + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return lines + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n]
+        return (lines + [f"warning: {s.by_image_warning}" for s in self.sources if s.by_image_warning]
+                + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n])
+
+
+def patient_like(columns, default: str) -> list[str]:
+    """The columns (or keys) of ``columns`` that look like patient ids: ``default`` in another case
+    or spelling (``PatientID``, ``Patient ID`` for ``patient_id``), or a name holding ``patient`` or
+    ``subject`` (``subject_id``)."""
+    import re
+
+    def norm(c: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", str(c).lower())
+
+    d = norm(default)
+    return [c for c in columns if norm(c) == d or "patient" in norm(c) or "subject" in norm(c)]
 
 
 def split_rule(adapter) -> str:
@@ -367,7 +418,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             own = "" if spec.role == "paired" else f" (the role dataset '{spec.name}' declares)"
             raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
-        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out))
+        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out,
+                                absent=list(getattr(table, "absent", []))))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
     if len(built) == 1:

@@ -15,6 +15,8 @@ import operator
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -74,6 +76,35 @@ class OptionError(DataError):
         return re.sub(r"\{key(?::(\w+))?\}", lambda m: key_of(m.group(1) or self.option), self.template)
 
 
+@dataclass(frozen=True)
+class AbsentColumn:
+    """An optional column (or key) that a file lacked: the adapter option whose
+    :class:`ColumnDefault` named it, that default, the columns the file has, the file, and what
+    a column is called there (``column``; ``key`` for a JSON-lines file)."""
+
+    option: str
+    default: str
+    columns: tuple[str, ...]
+    where: str
+    what: str = "column"
+
+
+_absent: ContextVar[list[AbsentColumn] | None] = ContextVar("maskkit_absent_columns", default=None)
+
+
+@contextmanager
+def absent_columns() -> Iterator[list[AbsentColumn]]:
+    """Collect the :class:`AbsentColumn` s that :func:`named_column` reads as absent while an
+    adapter runs inside the block (a CSV without ``patient_id``): the list it yields fills up.
+    :meth:`maskkit.data.sources.SourceSpec.load` keeps them on the table (:attr:`Table.absent`)."""
+    found: list[AbsentColumn] = []
+    token = _absent.set(found)
+    try:
+        yield found
+    finally:
+        _absent.reset(token)
+
+
 class ColumnDefault(str):
     """The default of an adapter option that names an optional column (or key) of the files it
     reads: a file without that column simply has none (the ``csv`` adapter's ``report_col``
@@ -102,6 +133,9 @@ def named_column(option: str, value: str | None, columns: Iterable[str], where: 
     have = have if len(have) < 300 else have[:300] + "..."
     if isinstance(value, ColumnDefault):
         if not required:
+            found = _absent.get()
+            if found is not None:  # SourceSpec.load: what a source's file lacked, for its messages
+                found.append(AbsentColumn(option, str(value), tuple(columns), where, what))
             return None
         raise DataError(f"{where}: missing {what} '{value}'; {have}")
     raise OptionError(option, f"{where}: {{key}}: no {what} {str(value)!r}; {have}")
@@ -137,6 +171,9 @@ class Table:
     name: str
     records: list[Record]
     label_names: tuple[str, ...]
+    #: the optional columns (or keys) named by an option's default that the file lacked
+    #: (:func:`absent_columns`; filled by :meth:`maskkit.data.sources.SourceSpec.load`)
+    absent: list[AbsentColumn] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
