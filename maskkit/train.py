@@ -693,13 +693,14 @@ def make_sampler(corpus, cfg: ExperimentConfig, info: DistInfo, start: int = 0):
 
 
 def record_split(out: Path, corpus, resumed: bool) -> None:
-    """Rank 0: write the run's split.json at its start; a resume checks the held-out ids it rebuilt
-    against the recorded ones (the data must not have changed under the run)."""
+    """Rank 0: write the run's split.json at its start; a resume checks the held-out and the
+    training ids it rebuilt against the recorded ones (the data must not have changed under the
+    run: the saved loader position indexes the training records)."""
     from .data.build import SPLIT_FILE, read_split, verify_split, write_split
 
     rec = read_split(out) if resumed else None
     if rec is not None:
-        verify_split(corpus, rec, out / SPLIT_FILE)
+        verify_split(corpus, rec, out / SPLIT_FILE, train=True)
     else:
         write_split(out, corpus)
 

@@ -85,3 +85,21 @@ def test_changed_data_is_refused_before_anything_is_written(csv_run):
     finally:
         csv.write_text(text)
     assert "the data changed since the run" in msg
+
+
+def test_changed_training_rows_are_refused_before_anything_is_written(csv_run):
+    tmp, csv, args = csv_run
+    text = csv.read_text()
+    rec = json.loads((tmp / "r" / "split.json").read_text())["sources"][0]
+    held = set(rec["held_out_ids"])
+    lines = text.splitlines(True)
+    gone = [l for l in lines[1:] if l.split(",")[0] not in held][:10]  # 10 training rows removed, the held-out ones kept
+    csv.write_text("".join(l for l in lines if l not in gone))
+    try:
+        msg = _refused(tmp / "r", SplitMismatchError, args)
+    finally:
+        csv.write_text(text)
+    n = rec["train"]
+    assert msg.startswith(f"{tmp / 'r' / 'split.json'}: source csv: the training ids rebuilt now ({n - 10}) differ from the "
+                          f"run's ({n}, sha256 {rec['train_sha256'][:12]}); the data changed since the run, and the saved "
+                          "loader position would index another order")

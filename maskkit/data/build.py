@@ -61,6 +61,11 @@ class SourceData:
         return sorted(r.id for r in self.held_records)
 
     @property
+    def train_ids(self) -> list[str]:
+        """The ids of the source's training records, sorted (repeats kept)."""
+        return sorted(r.id for r in self.train_records)
+
+    @property
     def rule(self) -> str:
         """How this source's held-out part was chosen (split.json's ``rule``)."""
         return split_rule(self.adapter)
@@ -73,12 +78,13 @@ class SourceData:
 
     def record(self, with_ids: bool = True) -> dict:
         """This source's entry of split.json: counts, the rule, a note when the split left a part
-        empty, the held-out ids and their SHA-256."""
+        empty, the held-out ids and their SHA-256, and the SHA-256 of the training ids (a resume
+        checks it: the saved loader position indexes the training records)."""
         ids = self.held_out_ids
         out = {"index": self.spec.index, "name": self.spec.name, "role": self.role, "weight": self.spec.weight,
                "data": self.spec.describe(), "records": self.records, "patients": self.patients,
                "train": len(self.train_records), "held_out": len(ids), "paired_train": self.n_paired,
-               "rule": self.rule, "held_out_sha256": ids_sha256(ids)}
+               "rule": self.rule, "held_out_sha256": ids_sha256(ids), "train_sha256": ids_sha256(self.train_ids)}
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
         notes = [n for n in (self.note, self.left_out_note) if n]
@@ -477,8 +483,10 @@ def read_split(run_dir: str | Path) -> dict | None:
         raise MaskkitError(f"{path}: not a readable split record ({type(exc).__name__}: {exc})") from None
 
 
-def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
-    """Check that the held-out ids rebuilt from a run's config are those its split.json recorded;
+def verify_split(corpus: Corpus, record: dict, path: str | Path, train: bool = False) -> None:
+    """Check that the held-out ids rebuilt from a run's config are those its split.json recorded
+    and, with ``train`` (a resume: the saved loader position indexes the training records in their
+    order), that the training ids are too (a record from before ``train_sha256`` is not checked);
     a difference (the data changed on disk) is one line naming the source and both counts."""
     rec = record["sources"]
     if len(rec) != len(corpus.sources):
@@ -490,6 +498,15 @@ def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
                 f"{path}: source {r['name']}: the held-out ids rebuilt now ({len(ids)}) differ from the run's "
                 f"({r['held_out']}, sha256 {r['held_out_sha256'][:12]}); the data changed since the run (rebuild gives "
                 f"{ids_sha256(ids)[:12]})")
+    if not train:
+        return
+    for s, r in zip(corpus.sources, rec):
+        ids = s.train_ids
+        if "train_sha256" in r and ids_sha256(ids) != r["train_sha256"]:
+            raise SplitMismatchError(
+                f"{path}: source {r['name']}: the training ids rebuilt now ({len(ids)}) differ from the run's "
+                f"({r['train']}, sha256 {r['train_sha256'][:12]}); the data changed since the run, and the saved loader "
+                f"position would index another order (rebuild gives {ids_sha256(ids)[:12]}); restore the data, or start a new run")
 
 
 def data_line(what: dict | str) -> str:
