@@ -689,7 +689,8 @@ def make_sampler(corpus, cfg: ExperimentConfig, info: DistInfo, start: int = 0):
     source of weight 1 it is exactly the single-dataset order)."""
     from .data.loader import MixtureBatchSampler
 
-    return MixtureBatchSampler(corpus.sizes, corpus.weights, cfg.train.batch_size, cfg.train.seed, info, start=start)
+    return MixtureBatchSampler(corpus.sizes, corpus.weights, cfg.train.batch_size, cfg.train.seed, info, start=start,
+                               labels=corpus.labels)
 
 
 def record_split(out: Path, corpus, resumed: bool) -> None:

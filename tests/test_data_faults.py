@@ -308,3 +308,30 @@ def test_a_jsonl_without_its_patient_key_warns(tmp_path):
                  f"one patient's images may be both trained on and held out; key that looks like one: 'PatientId' "
                  f"(set data.options.patient_key=PatientId)")
     assert c.sources[0].record()["note"].startswith("split by image: no patient key")
+
+
+# --- a weight that would materialise a huge epoch ---------------------------------------------
+
+def test_a_weight_of_1e9_is_refused_in_one_line_at_once(tmp_path):
+    import time
+
+    from maskkit.data.loader import MAX_EPOCH_SAMPLES, MixtureBatchSampler, check_epoch
+    from maskkit.distributed import DistInfo
+
+    p = _patient_csv(tmp_path, "patient_id")
+    entries = [{"name": "csv", "path": str(p), "weight": 1e9}, {"name": "csv", "path": str(p), "image_root": str(tmp_path)}]
+    cfg = resolve([f"data.sources={json.dumps(entries)}", "preset=clip"])[0]
+    t0 = time.perf_counter()
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert time.perf_counter() - t0 < 5
+    n = len([r for r in p.read_text().splitlines()[1:]])  # 32 rows, 8 patients: some held out
+    msg = one_line(e)
+    assert msg.startswith("data.sources[0] (csv).weight: 1e+09 makes an epoch draw ") and "training records), above the 16777216" in msg
+    with pytest.raises(MaskkitError, match=r"^source 0.weight: 1e\+09 makes an epoch draw 2e\+10 samples \(2e\+10 of its 20 "):
+        MixtureBatchSampler([20, 10], [1e9, 1.0], 4, 0, DistInfo())
+    # at the bound: accepted; a corpus larger than the bound at weight 1: accepted (each record once)
+    assert sum(check_epoch([16, 1], [(MAX_EPOCH_SAMPLES - 1) / 16, 1.0])) == MAX_EPOCH_SAMPLES
+    with pytest.raises(MaskkitError):
+        check_epoch([16, 1], [MAX_EPOCH_SAMPLES / 16, 1.0])
+    assert check_epoch([MAX_EPOCH_SAMPLES + 5], [1.0]) == [MAX_EPOCH_SAMPLES + 5] and n == 32

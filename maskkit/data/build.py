@@ -231,6 +231,11 @@ class Corpus:
         return [n if base.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(base, self.sources)]
 
     @property
+    def labels(self) -> list[str]:
+        """How messages name each source's config: ``data.sources[1] (csv)``, or ``data (csv)``."""
+        return [s.spec.label for s in self.sources]
+
+    @property
     def has_paired(self) -> bool:
         return any(s.n_paired and s.spec.weight > 0 for s in self.sources)
 
@@ -436,7 +441,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
         val_ds = ConcatSources(vals, names_u) if any(v is not None and len(v) for v in vals) else None
     if train_ds is None or not len(train_ds):
         raise MaskkitError(f"data: {' + '.join(s.spec.describe() for s in built)} leaves no training record after the held-out split")
-    return Corpus(built, label_names, train_ds, val_ds, cfg.train.seed)
+    corpus = Corpus(built, label_names, train_ds, val_ds, cfg.train.seed)
+    from .loader import check_epoch
+
+    check_epoch(corpus.sizes, corpus.weights, corpus.labels)  # before anything is sampled (or the model built)
+    return corpus
 
 
 def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
