@@ -82,7 +82,7 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(15000, ge=0, description="masked-modelling-only phase before all terms train jointly (paper: 15,000)")
     clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm (null: no clipping)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision where the device supports it")
-    max_bad_steps: int = Field(5, ge=1, description="stop after this many skipped steps in a row (a NaN/inf loss or gradient)")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many skipped steps in a row (a NaN/inf loss, gradient or BatchNorm-style buffer)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
     keep_last: int = Field(3, ge=1, description="checkpoints kept (each is checked finite before it is written)")
