@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from .errors import MaskkitError, close_matches
 from .masking import STREAMS as TREES
 from .model.config import ModelConfig
-from .options import LearningRate, Seed
+from .options import LearningRate, LossWeight, Seed
 from .terms import TERMS
 
 
@@ -93,7 +93,7 @@ class TrainConfig(Strict):
 
 ObjectivesConfig = create_model(
     "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
-    **{t.name: (float, Field(1.0, ge=0, description=f"weight of {t.log_key}: {t.description}")) for t in TERMS},
+    **{t.name: (LossWeight, Field(1.0, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in TERMS},
 )
 
 

@@ -472,6 +472,17 @@ class PretrainRecipe:
         self.skipped_steps = {k: int(steps.get(k, 0)) for k in self.skipped_steps}
         self.bad_in_row = int(state.get("bad_in_row", 0))
 
+    def check_trained(self) -> None:
+        """At the end of training: a run whose every step was skipped as non-finite (over the whole
+        run, every attempt of a resumed one) trained nothing; one line, exit 2, and no final
+        checkpoint (a setting that makes every step overflow: a loss weight, the input scale)."""
+        n = sum(self.skipped_steps.values())
+        if self.step and n >= self.step:
+            causes = ", ".join(f"{v} with a non-finite {k}" for k, v in self.skipped_steps.items() if v)
+            raise TrainingError(f"train: all {self.step} steps were skipped ({causes}): nothing trained, no final checkpoint "
+                                f"written; a setting makes every step non-finite (look at objectives.*, model.image_mean / "
+                                f"image_std, train.lr)")
+
     def skip_summary(self) -> str:
         """The end-of-run lines on what was skipped over the whole run (every attempt of a
         resumed run): images that failed to decode, and non-finite steps by cause."""
@@ -643,6 +654,7 @@ class PretrainRecipe:
                     progress.update(task, completed=self.step, info=txt)
                     if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
                         self.save()
+            self.check_trained()
             if self.saved_step != self.step:
                 self.save()
             evaluating = bool(cfg.runtime.evaluations and self.val_ds is not None)

@@ -239,6 +239,20 @@ def test_a_step_that_makes_a_buffer_non_finite_is_skipped(tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists() or not list((tmp_path / "b" / "checkpoints").iterdir())
 
 
+def test_a_run_whose_every_step_was_skipped_fails_in_one_line(tmp_path):
+    """Every step non-finite, fewer than train.max_bad_steps: before, "3 of 3 skipped" and exit 0
+    with an untrained checkpoint. Now one line (exit 2 from the CLI: a MaskkitError) and no final
+    checkpoint; one good step of three is a run that trained."""
+    with pytest.raises(TrainingError) as e:
+        run_faulty(tmp_path, "train.steps=3", "runtime.name=a", at=(1, 2, 3))
+    assert str(e.value) == ("train: all 3 steps were skipped (3 with a non-finite gradient): nothing trained, no final "
+                            "checkpoint written; a setting makes every step non-finite (look at objectives.*, "
+                            "model.image_mean / image_std, train.lr)")
+    assert not list((tmp_path / "a" / "checkpoints").glob("*.pt")) if (tmp_path / "a" / "checkpoints").exists() else True
+    res, _ = run_faulty(tmp_path, "train.steps=3", "runtime.name=b", at=(1, 3))
+    assert res.step == 3 and [m["step"] for m in metrics(res.run_dir)] == [2]
+
+
 def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path):
     """A checkpoint written with NaN weights (by an earlier maskkit): resume and evaluation refuse
     it, naming the tensor and the checkpoints before it."""
