@@ -414,7 +414,8 @@ class PretrainRecipe:
         """The checkpoint a resume continues from, read and checked before anything is written into
         the run directory (config.json, environment.json, split.json): one line when it was written
         by another config (naming each differing key, with both values when they are short), by an
-        older maskkit, or by another number of processes. Returns the checkpoint."""
+        older maskkit, at a step beyond ``train.steps``, or by another number of processes. Returns
+        the checkpoint."""
         ck = load_checkpoint(path)
         saved, now = json.loads(ck["config_flat"]), flat_items(self.cfg)
         diff = config_differences(saved, now)
@@ -428,6 +429,11 @@ class PretrainRecipe:
                                 + "; resume with the run's settings, or start a new run")
         if "batches" not in ck:
             raise TrainingError(f"runtime.resume: {path} was written by an older maskkit (no loader position); start a new run")
+        done = int(ck.get("step", 0))
+        if self.cfg.train.steps < done:  # the record would claim fewer steps than the weights have
+            raise TrainingError(f"train.steps: {self.cfg.train.steps} is below the step of {path} ({done}); a resume trains on "
+                                f"up to train.steps, so give train.steps={saved.get('train.steps', done)} (the run's) or more, "
+                                f"or start a new run")
         saved_world = int(ck.get("world", self.info.world))  # checkpoints before the world size was saved: not checked
         if saved_world != self.info.world:
             n = saved_world

@@ -103,3 +103,15 @@ def test_changed_training_rows_are_refused_before_anything_is_written(csv_run):
     assert msg.startswith(f"{tmp / 'r' / 'split.json'}: source csv: the training ids rebuilt now ({n - 10}) differ from the "
                           f"run's ({n}, sha256 {rec['train_sha256'][:12]}); the data changed since the run, and the saved "
                           "loader position would index another order")
+
+
+def test_train_steps_below_the_checkpoints_step_is_refused_before_anything_is_written(csv_run):
+    tmp, _, args = csv_run
+    ck = tmp / "r" / "checkpoints" / "step_00000002.pt"
+    before = snapshot(tmp / "r")
+    with pytest.raises(TrainingError) as e:
+        train(*resolve([*args, "train.steps=1", "runtime.resume=latest"]))
+    assert str(e.value) == (f"train.steps: 1 is below the step of {ck} (2); a resume trains on up to train.steps, so give "
+                            "train.steps=2 (the run's) or more, or start a new run")
+    assert snapshot(tmp / "r") == before  # config.json still says 2 steps
+    assert json.loads((tmp / "r" / "config.json").read_text())["config"]["train"]["steps"] == 2
