@@ -36,7 +36,7 @@ from .errors import MaskkitError, OutputWriteError, TrainingError, find_in_chain
 from .masking import mask_seed
 from .objectives import MicroBatches
 from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
-from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
+from .training.checkpointing import Shown, config_differences, entry_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
@@ -418,10 +418,10 @@ class PretrainRecipe:
         the checkpoint."""
         ck = load_checkpoint(path)
         saved, now = json.loads(ck["config_flat"]), flat_items(self.cfg)
-        diff = config_differences(saved, now)
+        diff = [d for k in config_differences(saved, now) for d in entry_differences(k, saved.get(k), now.get(k))]
         if diff:
-            def change(k: str) -> str:
-                a, b = json.dumps(saved.get(k)), json.dumps(now.get(k))
+            def change(d) -> str:  # a data.sources entry is named by index and key (entry_differences)
+                k, a, b = d[0], *(v if isinstance(v, Shown) else json.dumps(v) for v in d[1:])
                 return f"{k} ({a} in the checkpoint, {b} now)" if len(a) + len(b) <= 60 else k
             raise TrainingError(f"runtime.resume: {path} was written by another config; differing keys: "
                                 + ", ".join(change(k) for k in diff[:8])

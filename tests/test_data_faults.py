@@ -335,3 +335,26 @@ def test_a_weight_of_1e9_is_refused_in_one_line_at_once(tmp_path):
     with pytest.raises(MaskkitError):
         check_epoch([16, 1], [MAX_EPOCH_SAMPLES / 16, 1.0])
     assert check_epoch([MAX_EPOCH_SAMPLES + 5], [1.0]) == [MAX_EPOCH_SAMPLES + 5] and n == 32
+
+
+# --- a wrong image root: found when the data is built ------------------------------------------
+
+def test_a_wrong_image_root_is_one_line_when_the_data_is_built(tmp_path):
+    p = _patient_csv(tmp_path, "patient_id")
+    (tmp_path / "elsewhere").mkdir()
+    entries = [{"name": "csv", "path": str(p)}, {"name": "csv", "path": str(p), "image_root": str(tmp_path / "elsewhere")}]
+    cfg = resolve([f"data.sources={json.dumps(entries)}", "preset=clip"])[0]
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert one_line(e) == (f"data.sources[1] (csv): image {tmp_path / 'elsewhere' / 'i0.png'} does not exist, nor any of the "
+                           f"first 16 records' images; check data.sources[1] (csv).image_root")
+    # the default root (the CSV's folder) is named as unset
+    moved = tmp_path / "sub"
+    moved.mkdir()
+    (moved / "d.csv").write_text(p.read_text())
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=csv", f"data.path={moved / 'd.csv'}", "preset=clip"])[0], 96)
+    assert one_line(e).endswith("images; check data.options.image_root (unset, relative paths resolve against the file's folder)")
+    # one image missing among found ones is the skip policy's, not this check's
+    (tmp_path / "i0.png").unlink()
+    assert build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96).sources[0].records == 32

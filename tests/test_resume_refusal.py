@@ -115,3 +115,18 @@ def test_train_steps_below_the_checkpoints_step_is_refused_before_anything_is_wr
                             "train.steps=2 (the run's) or more, or start a new run")
     assert snapshot(tmp / "r") == before  # config.json still says 2 steps
     assert json.loads((tmp / "r" / "config.json").read_text())["config"]["train"]["steps"] == 2
+
+
+def test_a_changed_source_is_named_by_entry_and_key(csv_run, tmp_path):
+    from maskkit.training.checkpointing import entry_differences
+
+    _, csv, args = csv_run
+    args = [a for a in args if not a.startswith(("runtime.out_dir=", "data=", "data.path="))] + [f"runtime.out_dir={tmp_path}"]
+    entries = [{"name": "csv", "path": str(csv)}, {"name": "csv", "path": str(csv), "weight": 1.0}]
+    train(*resolve([*args, f"data.sources={json.dumps(entries)}", "train.steps=1"]))
+    entries[1]["weight"], entries[0]["role"] = 0.5, "paired"
+    msg = _refused(tmp_path / "r", TrainingError, [*args, f"data.sources={json.dumps(entries)}"])
+    assert ("differing keys: data.sources[0].role ((unset) in the checkpoint, \"paired\" now), data.sources[1].weight (1.0 in "
+            "the checkpoint, 0.5 now); resume") in msg
+    assert entry_differences("data.sources", [{}], [{}, {}]) == [("data.sources", "1 entries", "2 entries")]
+    assert entry_differences("train.lr", 0.1, 0.2) == [("train.lr", 0.1, 0.2)]

@@ -374,6 +374,28 @@ def _drop_reports(ds) -> None:
         ds._encoded.clear()
 
 
+#: records per source whose image file :func:`check_images_exist` looks for
+IMAGES_CHECKED = 16
+
+
+def check_images_exist(spec, adapter, table, n: int = IMAGES_CHECKED) -> None:
+    """A wrong image root found when the data is built, not after the model: when none of the first
+    ``n`` records of a source that has image files exists (a stat each), one line naming the source,
+    one path and the key that places the images (``image_root``, else ``root``). A source read from
+    a prepared cache (its images are there) or with generated images (``image_path`` None) is not
+    checked; one missing file among found ones is the skip policy's (``data.decode_policy``)."""
+    if spec.cache is not None:
+        return
+    paths = [r.image_path for r in table.records[:n] if r.image_path is not None]
+    if not paths or any(os.path.exists(p) for p in paths):
+        return
+    opt = next((o for o in ("image_root", "image_dir", "root", "path") if adapter.takes(o)), None)
+    given = opt is not None and opt in spec.options
+    where = (f"; check {spec.key(opt)}" + ("" if given or opt != "image_root" else
+                                           " (unset, relative paths resolve against the file's folder)")) if opt else ""
+    raise MaskkitError(f"{spec.label}: image {paths[0]} does not exist, nor any of the first {len(paths)} records' images{where}")
+
+
 def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False) -> Corpus:
     """Every source of ``cfg.data`` built: adapter table, split by patient with ``train.seed``
     (each source on its own), training and held-out datasets over the union of label names. A
@@ -395,6 +417,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
     from .adapters import get_adapter
 
     tables = [(spec, get_adapter(spec.name), spec.load()) for spec in specs]
+    for spec, adapter, table in tables:
+        check_images_exist(spec, adapter, table)
     names: list[str] = []
     for _, _, t in tables:
         names += [n for n in t.label_names if n not in names]
