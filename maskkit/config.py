@@ -373,12 +373,27 @@ def _merge_layer(cfg: dict, sources: dict, layer: dict, source: str, valid_paths
         _set(cfg, sources, path, value, source, valid_paths)
 
 
-def parse_value(raw: str) -> Any:
-    """``key=value`` values: JSON when they parse (numbers, true, null, lists, objects), else the string."""
+def parse_value(raw: str, key: str | None = None) -> Any:
+    """``key=value`` values: JSON when they parse (numbers, true, null, lists, objects); else a
+    value that starts with ``[`` or ``{`` is YAML flow style, as a config file writes it
+    (``[{name: csv, path: x.csv}]``), and one that parses as neither is a one-line
+    :class:`ConfigError` naming ``key``; else the string."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw
+        pass
+    if raw.lstrip().startswith(("[", "{")):
+        import yaml
+
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at character {mark.column + 1}" if mark is not None and mark.line == 0 else ""
+            raise ConfigError(f"{key or 'value'}: {raw!r} starts with {raw.lstrip()[0]!r} but is neither JSON nor YAML flow "
+                              f"style ({why}{at}); e.g. [{{name: csv, path: x.csv}}] or [1, 2]") from None
+    return raw
 
 
 #: the folder of the configs shipped with maskkit (package data): ``config=NAME`` reads NAME.yaml there
@@ -439,7 +454,7 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
             if "=" not in a:
                 raise ConfigError(f"argument '{a}': expected key=value (e.g. preset=xlip train.lr=1e-4)")
             k, v = a.split("=", 1)
-            pairs.append((k.strip(), parse_value(v)))
+            pairs.append((k.strip(), parse_value(v, k.strip())))
     special = {k: v for k, v in pairs if k in ("preset", "scale", "config")}
     rest = [(k, v) for k, v in pairs if k not in ("preset", "scale", "config")]
     preset_name = special.get("preset", "xlip")

@@ -164,3 +164,13 @@ def test_settings_that_make_every_step_non_finite_are_refused_at_resolve(setting
         resolve([setting])
     assert str(e.value) == message
     assert resolve(["objectives.mim=1000", "model.image_std=[1e-3,1e-3,1e-3]"])[0].objectives.mim == 1000
+
+
+def test_a_yaml_flow_value_on_the_command_line_reads_as_in_a_config_file():
+    cfg = resolve(["data.sources=[{name: csv, path: /x/d.csv, weight: 0.5}, {name: phantoms, role: image_only}]"])[0]
+    assert cfg.data.sources == [{"name": "csv", "path": "/x/d.csv", "weight": 0.5}, {"name": "phantoms", "role": "image_only"}]
+    assert resolve(["model.image_std=[1e-3,1e-3,1e-3]"])[0].model.image_std == (1e-3, 1e-3, 1e-3)  # JSON first: 1e-3 a number
+    with pytest.raises(ConfigError) as e:
+        resolve(["data.sources=[{name: csv, path: x.csv"])
+    assert str(e.value) == ("data.sources: '[{name: csv, path: x.csv' starts with '[' but is neither JSON nor YAML flow style "
+                            "(expected ',' or '}', but got '<stream end>' at character 25); e.g. [{name: csv, path: x.csv}] or [1, 2]")
