@@ -105,6 +105,30 @@ def absent_columns() -> Iterator[list[AbsentColumn]]:
         _absent.reset(token)
 
 
+_source: ContextVar[tuple | None] = ContextVar("maskkit_source", default=None)
+
+
+@contextmanager
+def naming_source(label: str, key) -> Iterator[None]:
+    """Inside the block, an adapter's notes name its source and its options as the config does
+    (``data.sources[1] (csv)``, ``data.sources[1] (csv).label_cols``; ``key(option)`` spells an
+    option): :meth:`maskkit.data.sources.SourceSpec.load` sets them (:func:`source_label`)."""
+    token = _source.set((label, key))
+    try:
+        yield
+    finally:
+        _source.reset(token)
+
+
+def source_label(default: str, option: str | None = None) -> str:
+    """How an adapter's note names the source it reads (or, with ``option``, that option's key):
+    what :func:`naming_source` set, else ``default`` (an adapter called directly, ``load_table``)."""
+    cur = _source.get()
+    if cur is None:
+        return default
+    return cur[1](option) if option else cur[0]
+
+
 class ColumnDefault(str):
     """The default of an adapter option that names an optional column (or key) of the files it
     reads: a file without that column simply has none (the ``csv`` adapter's ``report_col``
@@ -725,9 +749,10 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
     if label_cols is None:
         label_cols, left_out = csv_label_columns(rows, [c for c in cols if c not in {image_col, report_col, patient_col}], path)
         if left_out:
-            _note_once(f"data=csv {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
+            _note_once(f"{source_label('data=csv')} {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
                        f"({', '.join(label_cols) or 'none'}); numeric columns left out: "
-                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with the label_cols option")
+                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with "
+                       f"{source_label('the label_cols option', 'label_cols')}")
     label_cols = tuple(label_cols)
     base = Path(image_root).expanduser() if image_root else path.parent
     recs = []

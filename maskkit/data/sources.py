@@ -86,9 +86,9 @@ class SourceSpec:
         the source's keys (:meth:`errors`), and one when the table is empty. The optional columns
         the file lacked are kept as ``table.absent`` (:func:`~maskkit.data.records.absent_columns`)."""
         from .adapters import get_adapter
-        from .records import absent_columns, check_label_values
+        from .records import absent_columns, check_label_values, naming_source
 
-        with self.errors(), absent_columns() as absent:
+        with self.errors(), absent_columns() as absent, naming_source(self.label, self.key):
             table = get_adapter(self.name).load(**self.options)
             check_label_values(table, self.name)
         table.absent = list(absent)  # a default column the file lacked (patient_id): said when the data is built
