@@ -138,10 +138,10 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
 
     from .io import check_writable_dir, check_writable_file
 
-    if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
-        (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
     for folder, option in getattr(settings, "output_folders", lambda: [])():  # other folders it writes (--splits)
         check_writable_dir(folder, option)
+    if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
+        (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
     run = EvalRun.load(paths, data, out=out)
     res = ev(run, settings)
     for t in res.tables:
