@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_mode
 
 from .errors import MaskkitError, close_matches
 from .model.config import ModelConfig
-from .options import LearningRate, Seed, Strict
+from .options import LearningRate, LossWeight, Seed, Strict
 from .roles import ROLE_BY_NAME, ROLE_NAMES as TREES
 from .terms import TERMS
 
@@ -79,7 +79,7 @@ class TrainConfig(Strict):
     warmup_steps: int = Field(15000, ge=0, description="masked-modelling-only phase before all terms train jointly (paper: 15,000)")
     clip_grad: float | None = Field(1.0, gt=0, description="max gradient norm (null: no clipping)")
     precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast precision where the device supports it")
-    max_bad_steps: int = Field(5, ge=1, description="stop after this many skipped steps in a row (a NaN/inf loss or gradient)")
+    max_bad_steps: int = Field(5, ge=1, description="stop after this many skipped steps in a row (a NaN/inf loss, gradient or BatchNorm-style buffer)")
     log_every: int = Field(10, ge=1, description="steps between metrics.jsonl lines")
     ckpt_every: int = Field(1000, ge=1, description="steps between checkpoints (one is always written at the end)")
     keep_last: int = Field(3, ge=1, description="checkpoints kept (each is checked finite before it is written)")
@@ -102,7 +102,7 @@ class TrainConfig(Strict):
 
 ObjectivesConfig = create_model(
     "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
-    **{t.name: (float, Field(1.0, ge=0, description=f"weight of {t.log_key}: {t.description}")) for t in TERMS},
+    **{t.name: (LossWeight, Field(1.0, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in TERMS},
 )
 
 
@@ -415,12 +415,27 @@ def _merge_layer(cfg: dict, sources: dict, layer: dict, source: str, valid_paths
         _set(cfg, sources, path, value, source, valid_paths)
 
 
-def parse_value(raw: str) -> Any:
-    """``key=value`` values: JSON when they parse (numbers, true, null, lists, objects), else the string."""
+def parse_value(raw: str, key: str | None = None) -> Any:
+    """``key=value`` values: JSON when they parse (numbers, true, null, lists, objects); else a
+    value that starts with ``[`` or ``{`` is YAML flow style, as a config file writes it
+    (``[{name: csv, path: x.csv}]``), and one that parses as neither is a one-line
+    :class:`ConfigError` naming ``key``; else the string."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError:
-        return raw
+        pass
+    if raw.lstrip().startswith(("[", "{")):
+        import yaml
+
+        try:
+            return yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            why = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at character {mark.column + 1}" if mark is not None and mark.line == 0 else ""
+            raise ConfigError(f"{key or 'value'}: {raw!r} starts with {raw.lstrip()[0]!r} but is neither JSON nor YAML flow "
+                              f"style ({why}{at}); e.g. [{{name: csv, path: x.csv}}] or [1, 2]") from None
+    return raw
 
 
 #: the folder of the configs shipped with maskkit (package data): ``config=NAME`` reads NAME.yaml there
@@ -479,7 +494,7 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
             if "=" not in a:
                 raise ConfigError(f"argument '{a}': expected key=value (e.g. preset=xlip train.lr=1e-4)")
             k, v = a.split("=", 1)
-            pairs.append((k.strip(), parse_value(v)))
+            pairs.append((k.strip(), parse_value(v, k.strip())))
     special = {k: v for k, v in pairs if k in ("preset", "scale", "config")}
     rest = [(k, v) for k, v in pairs if k not in ("preset", "scale", "config")]
     preset_name = special.get("preset", "xlip")

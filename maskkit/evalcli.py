@@ -134,11 +134,13 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
     _data_settings(data, f"eval {ev.name}")
     if len(paths) > 1 and not ev.ensemble:
         raise MaskkitError(f"eval {ev.name} takes one checkpoint, got {len(paths)}: {' '.join(paths)}")
+    from pathlib import Path
+
+    from .io import check_writable_dir, check_writable_file
+
+    for folder, option in getattr(settings, "output_folders", lambda: [])():  # other folders it writes (--splits)
+        check_writable_dir(folder, option)
     if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
-        from pathlib import Path
-
-        from .io import check_writable_dir, check_writable_file
-
         (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
     run = EvalRun.load(paths, data, out=out)
     res = ev(run, settings)

@@ -70,6 +70,14 @@ class FinetuneSettings(RegionSettings, FinetuneOptions):
     regions: Optional[str] = Field(None, description="--task segmentation: a region annotation file in its dataset's "
                                                      "layout, e.g. SIIM-ACR train-rle.csv (default: the phantoms' lesion masks)")
 
+    def output_folders(self) -> list[tuple[str, str]]:
+        """The folders these settings make the evaluation write, with their option (``--splits``
+        when it holds no split files yet): :func:`maskkit.evalcli.run_evaluation` checks each is
+        writable before the run is loaded."""
+        if self.splits and not (Path(self.splits) / "test.json").is_file():
+            return [(self.splits, "--splits")]
+        return []
+
     @model_validator(mode="after")
     def _regions_are_segmentation_targets(self):
         if self.regions is not None and self.task != "segmentation":

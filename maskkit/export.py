@@ -74,6 +74,9 @@ def export(run: str | Path, fmt: str, out: str | Path, overwrite: bool = False) 
         raise MaskkitError(f"--out {out}: a file is there; expected a folder to create")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise MaskkitError(f"--out {out}: folder exists and is not empty; pass --overwrite to replace it")
+    from .io import check_writable_dir
+
+    check_writable_dir(out, "--out")  # a read-only or unwritable place: one line naming --out, before the run is read
     ck = checkpoint_file(run)
     model, cfg = load_model(ck)
     if cfg.model.patch_embed != "linear":

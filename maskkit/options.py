@@ -21,6 +21,9 @@ from .errors import MaskkitError
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
 #: a learning rate: positive and finite; above 1 no optimiser maskkit builds converges (A41)
 LearningRate = Annotated[float, Field(gt=0, le=1.0)]
+#: a loss term's weight: ``>= 0`` and at most 1000; a larger weight is a learning rate in disguise
+#: that overflows the loss or the gradient (1e38 x a loss of 10 is inf; A65)
+LossWeight = Annotated[float, Field(ge=0, le=1000.0)]
 #: the smallest phantom image side the generator draws (its anatomy needs 32 px)
 PHANTOM_MIN_SIZE = 32
 

@@ -36,9 +36,9 @@ from .errors import MaskkitError, OutputWriteError, TrainingError, find_in_chain
 from .masking import mask_seed
 from .objectives import MicroBatches
 from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
-from .training.checkpointing import config_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
+from .training.checkpointing import Shown, config_differences, entry_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
-from .training.optim import build_optimizer, grad_norm, restore_buffers, snapshot_buffers
+from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
 from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
 
@@ -78,8 +78,9 @@ class RunResult:
 class StepResult:
     """What one optimiser step produced: each term's value (mean over ranks; None when the step
     had no target for the term: no pair to contrast, no masked patch, no MLM target), and
-    timings (s). ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"`` or
-    ``"gradient"``) was not."""
+    timings (s). ``finite`` False: the step was skipped because ``nonfinite`` (``"loss"``,
+    ``"gradient"`` or ``"buffer"``: a buffer the forward updates, e.g. a BatchNorm running variance)
+    was not; ``detail`` names the non-finite buffers."""
 
     values: dict[str, float | None]
     finite: bool
@@ -87,6 +88,7 @@ class StepResult:
     data_wait: float = 0.0
     step_time: float = 0.0
     nonfinite: str | None = None
+    detail: list[str] = field(default_factory=list)
 
 
 class PretrainRecipe:
@@ -101,7 +103,7 @@ class PretrainRecipe:
         self.step = 0            # optimiser steps done
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
-        self.skipped_steps = {"loss": 0, "gradient": 0}  # non-finite steps skipped over the whole run, by cause
+        self.skipped_steps = {"loss": 0, "gradient": 0, "buffer": 0}  # non-finite steps skipped over the whole run, by cause
         self.window = LossWindow()  # the losses of the steps since the last metrics.jsonl line
         self.losses: list[dict] = []
         self.metrics: MetricLogger | None = None
@@ -156,6 +158,7 @@ class PretrainRecipe:
             for line in schedule_warnings(cfg, self.objectives.terms):
                 self.console.print(f"[yellow]warning: {escape(line)}[/]", highlight=False, soft_wrap=True)
         self.check_pairs()
+        self.checked_buffers = finite_buffers(self.model)  # the buffers a step must leave finite (after load)
         self.ddp = self.model
         if self.info.enabled:
             self.ddp = torch.nn.parallel.DistributedDataParallel(
@@ -207,7 +210,8 @@ class PretrainRecipe:
         if self.info.main:
             record_split(self.out, self.corpus, resumed=self.resume_from is not None)
             for line in self.corpus.summary_lines():
-                self.console.print(line, highlight=False, soft_wrap=True)
+                self.console.print(f"[yellow]{escape(line)}[/]" if line.startswith("warning:") else line,
+                                   highlight=False, soft_wrap=True)
 
     def check_pairs(self) -> None:
         """No paired sample while a term that needs pairs trains: one line before step 1 (an error
@@ -276,9 +280,10 @@ class PretrainRecipe:
         forward, backward and collectives whatever its batches hold.
 
         The step is skipped (no change to the weights, the optimiser state or the model's buffers,
-        e.g. BatchNorm running statistics; counted by the caller) when a term's loss or the
-        gradient norm is not finite on any rank: one all-reduce per step carries the term values,
-        the skip counts and the gradient's finiteness, so every rank decides alike. Under fp16 a
+        e.g. BatchNorm running statistics; counted by the caller) when a term's loss, the
+        gradient norm or a buffer the forward updated (a running variance overflowing to inf) is not
+        finite on any rank: one all-reduce per step carries the term values, the skip counts and the
+        gradient's and buffers' finiteness, so every rank decides alike. Under fp16 a
         non-finite gradient at a loss scale above 1 is the GradScaler's (it backs off; not counted)."""
         cfg, dev = self.cfg, self.device
         t0 = time.perf_counter()
@@ -334,20 +339,23 @@ class PretrainRecipe:
                              torch.tensor(float(stop.requested and not stop.interrupt_only), device=dev),
                              torch.tensor(float(stop.interrupt_only), device=dev),
                              torch.tensor(float(samples + n_skipped), device=dev), torch.tensor(float(n_skipped), device=dev),
-                             (~torch.isfinite(norm)).float().to(dev)])
+                             (~torch.isfinite(norm)).float().to(dev), buffers_nonfinite(self.checked_buffers, dev).to(dev)])
         reduced = self.gather.sum(local).tolist()  # the step's one host sync
         T = len(names)
         # a signal seen by any rank stops every rank after this step; a scheduler's (exit 75) wins over SIGINT (130)
         requeue, interrupt = reduced[2 * T] > 0, reduced[2 * T + 1] > 0
         self.stop_agreed, self.stop_interrupt_only = requeue or interrupt, interrupt and not requeue
-        self.skips.count(int(reduced[-3]), int(reduced[-2]))
+        self.skips.count(int(reduced[-4]), int(reduced[-3]))
         self.skips.check()
-        grads_finite = reduced[-1] == 0
-        nonfinite = None
+        grads_finite = reduced[-2] == 0
+        nonfinite, detail = None, []
         if not all(math.isfinite(reduced[k]) for k in range(T)):  # also a term without targets (NaN · 0 is NaN)
             nonfinite = "loss"
         elif not grads_finite and not (self.scaler.is_enabled() and self.scaler.get_scale() > 1.0):
             nonfinite = "gradient"
+        elif reduced[-1] > 0:  # the forward left a buffer non-finite (a BatchNorm running_var at inf): not kept
+            nonfinite = "buffer"
+            detail = nonfinite_entries(dict(self.checked_buffers))
         # a term with no target in the step (no pair to contrast, no masked patch, no MLM target) has no
         # loss: None (logged as null), not its value 0 (a non-finite value is kept, for the skip's message)
         values = {n: reduced[k] / self.info.world if reduced[T + k] > 0 or not math.isfinite(reduced[k]) else None
@@ -367,7 +375,7 @@ class PretrainRecipe:
         self.sched.step()
         self.step += 1
         return StepResult(values, nonfinite is None, samples * self.info.world, wait,
-                          time.perf_counter() - t0, nonfinite)
+                          time.perf_counter() - t0, nonfinite, detail)
 
     # --- logging, checkpoints ----------------------------------------------------------------------
     def log(self, r: StepResult, rate: float, phase: str) -> str:
@@ -400,9 +408,11 @@ class PretrainRecipe:
     def save(self) -> None:
         bad = nonfinite_entries(self.model.state_dict())  # on every rank: their weights are the same
         if bad:
+            cks = run_checkpoints(self.out)
+            kept = (f"the earlier ones in {self.out / 'checkpoints'} (latest {cks[-1].name}) are kept" if cks
+                    else "and none had been written before")
             raise TrainingError(f"step {self.step}: the model's weights are not finite ({', '.join(bad[:3])}"
-                                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); no checkpoint written, "
-                                f"the earlier ones in {self.out / 'checkpoints'} are kept")
+                                + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + f"); no checkpoint written, {kept}")
         if not self.info.main:
             return
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
@@ -425,13 +435,14 @@ class PretrainRecipe:
         """The checkpoint a resume continues from, read and checked before anything is written into
         the run directory (config.json, environment.json, split.json): one line when it was written
         by another config (naming each differing key, with both values when they are short), by an
-        older maskkit, or by another number of processes. Returns the checkpoint."""
+        older maskkit, at a step beyond ``train.steps``, or by another number of processes. Returns
+        the checkpoint."""
         ck = load_checkpoint(path)
         saved, now = json.loads(ck["config_flat"]), flat_items(self.cfg)
-        diff = config_differences(saved, now)
+        diff = [d for k in config_differences(saved, now) for d in entry_differences(k, saved.get(k), now.get(k))]
         if diff:
-            def change(k: str) -> str:
-                a, b = json.dumps(saved.get(k)), json.dumps(now.get(k))
+            def change(d) -> str:  # a data.sources entry is named by index and key (entry_differences)
+                k, a, b = d[0], *(v if isinstance(v, Shown) else json.dumps(v) for v in d[1:])
                 return f"{k} ({a} in the checkpoint, {b} now)" if len(a) + len(b) <= 60 else k
             raise TrainingError(f"runtime.resume: {path} was written by another config; differing keys: "
                                 + ", ".join(change(k) for k in diff[:8])
@@ -439,6 +450,11 @@ class PretrainRecipe:
                                 + "; resume with the run's settings, or start a new run")
         if "batches" not in ck:
             raise TrainingError(f"runtime.resume: {path} was written by an older maskkit (no loader position); start a new run")
+        done = int(ck.get("step", 0))
+        if self.cfg.train.steps < done:  # the record would claim fewer steps than the weights have
+            raise TrainingError(f"train.steps: {self.cfg.train.steps} is below the step of {path} ({done}); a resume trains on "
+                                f"up to train.steps, so give train.steps={saved.get('train.steps', done)} (the run's) or more, "
+                                f"or start a new run")
         saved_world = int(ck.get("world", self.info.world))  # checkpoints before the world size was saved: not checked
         if saved_world != self.info.world:
             n = saved_world
@@ -482,6 +498,17 @@ class PretrainRecipe:
         steps = state.get("steps") or {}
         self.skipped_steps = {k: int(steps.get(k, 0)) for k in self.skipped_steps}
         self.bad_in_row = int(state.get("bad_in_row", 0))
+
+    def check_trained(self) -> None:
+        """At the end of training: a run whose every step was skipped as non-finite (over the whole
+        run, every attempt of a resumed one) trained nothing; one line, exit 2, and no final
+        checkpoint (a setting that makes every step overflow: a loss weight, the input scale)."""
+        n = sum(self.skipped_steps.values())
+        if self.step and n >= self.step:
+            causes = ", ".join(f"{v} with a non-finite {k}" for k, v in self.skipped_steps.items() if v)
+            raise TrainingError(f"train: all {self.step} steps were skipped ({causes}): nothing trained, no final checkpoint "
+                                f"written; a setting makes every step non-finite (look at objectives.*, model.image_mean / "
+                                f"image_std, train.lr)")
 
     def skip_summary(self) -> str:
         """The end-of-run lines on what was skipped over the whole run (every attempt of a
@@ -635,12 +662,14 @@ class PretrainRecipe:
                     if not r.finite:
                         self.bad_in_row += 1
                         self.skipped_steps[r.nonfinite] += 1
-                        bad = f"non-finite {r.nonfinite} (" + ", ".join(f"{TERM_BY_NAME[k].log_key}={'–' if v is None else v}"
-                                                                        for k, v in r.values.items()) + ")"
+                        bad = f"non-finite {r.nonfinite} (" + (", ".join(r.detail[:3]) + (f" and {len(r.detail) - 3} more" if len(r.detail) > 3 else "")
+                                                               if r.nonfinite == "buffer" else
+                                                               ", ".join(f"{TERM_BY_NAME[k].log_key}={'–' if v is None else v}"
+                                                                         for k, v in r.values.items())) + ")"
                         if info.main:
                             self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)
                         if self.bad_in_row >= cfg.train.max_bad_steps:
-                            raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} steps in a row with a non-finite loss or gradient, "
+                            raise TrainingError(f"train.max_bad_steps: {self.bad_in_row} steps in a row with a non-finite loss, gradient or buffer, "
                                                 f"last at step {self.step}: {bad}")
                         continue
                     self.bad_in_row = 0
@@ -652,6 +681,7 @@ class PretrainRecipe:
                     progress.update(task, completed=self.step, info=txt)
                     if self.step % cfg.train.ckpt_every == 0 and self.step < cfg.train.steps:
                         self.save()
+            self.check_trained()
             if self.saved_step != self.step:
                 self.save()
             evaluating = bool(cfg.runtime.evaluations and self.val_ds is not None)
@@ -709,17 +739,19 @@ def make_sampler(corpus, cfg: ExperimentConfig, info: DistInfo, start: int = 0):
     source of weight 1 it is exactly the single-dataset order)."""
     from .data.loader import MixtureBatchSampler
 
-    return MixtureBatchSampler(corpus.sizes, corpus.weights, cfg.train.batch_size, cfg.train.seed, info, start=start)
+    return MixtureBatchSampler(corpus.sizes, corpus.weights, cfg.train.batch_size, cfg.train.seed, info, start=start,
+                               labels=corpus.labels)
 
 
 def record_split(out: Path, corpus, resumed: bool) -> None:
-    """Rank 0: write the run's split.json at its start; a resume checks the held-out ids it rebuilt
-    against the recorded ones (the data must not have changed under the run)."""
+    """Rank 0: write the run's split.json at its start; a resume checks the held-out and the
+    training ids it rebuilt against the recorded ones (the data must not have changed under the
+    run: the saved loader position indexes the training records)."""
     from .data.build import SPLIT_FILE, read_split, verify_split, write_split
 
     rec = read_split(out) if resumed else None
     if rec is not None:
-        verify_split(corpus, rec, out / SPLIT_FILE)
+        verify_split(corpus, rec, out / SPLIT_FILE, train=True)
     else:
         write_split(out, corpus)
 

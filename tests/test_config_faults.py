@@ -144,3 +144,34 @@ def test_a_key_nothing_reads_is_refused_when_set_and_not_shown(tmp_path):
     assert "data.path" in keys and "data.cache" in keys and not {"data.n", "data.val_n", "data.root", "data.seed"} & set(keys)
     keys = [k for k, _, _ in show_rows(*resolve([]))]
     assert {"data.n", "data.val_n", "data.seed"} <= set(keys) and not {"data.cache", "data.decode_policy", "data.ner_model"} & set(keys)
+
+
+# --- settings that make every step non-finite: refused when the config resolves -------------------
+
+@pytest.mark.parametrize("setting,message", [
+    ("model.image_std=[0,0,0]", "model.image_std: expected 3 numbers > 0 (pixels are divided by them; 0 makes every input "
+                                "inf and every step non-finite), got [0.0, 0.0, 0.0]"),
+    ("model.image_std=[0.2,-0.1,0.2]", "model.image_std: expected 3 numbers > 0 (pixels are divided by them; 0 makes every "
+                                       "input inf and every step non-finite), got [0.2, -0.1, 0.2]"),
+    ("objectives.mim=1e38", "objectives.mim: Input should be less than or equal to 1000 (got 1e+38); expected a finite "
+                            "number in [0, 1000]"),
+    ("objectives.align=1001", "objectives.align: Input should be less than or equal to 1000 (got 1001); expected a finite "
+                              "number in [0, 1000]"),
+    ("model.max_logit_scale=1e38", "model.max_logit_scale: Input should be less than or equal to 10000 (got 1e+38); "
+                                   "expected a finite number in (1, 10000]"),
+])
+def test_settings_that_make_every_step_non_finite_are_refused_at_resolve(setting, message):
+    with pytest.raises(ConfigError) as e:
+        resolve([setting])
+    assert str(e.value) == message
+    assert resolve(["objectives.mim=1000", "model.image_std=[1e-3,1e-3,1e-3]"])[0].objectives.mim == 1000
+
+
+def test_a_yaml_flow_value_on_the_command_line_reads_as_in_a_config_file():
+    cfg = resolve(["data.sources=[{name: csv, path: /x/d.csv, weight: 0.5}, {name: phantoms, role: image_only}]"])[0]
+    assert cfg.data.sources == [{"name": "csv", "path": "/x/d.csv", "weight": 0.5}, {"name": "phantoms", "role": "image_only"}]
+    assert resolve(["model.image_std=[1e-3,1e-3,1e-3]"])[0].model.image_std == (1e-3, 1e-3, 1e-3)  # JSON first: 1e-3 a number
+    with pytest.raises(ConfigError) as e:
+        resolve(["data.sources=[{name: csv, path: x.csv"])
+    assert str(e.value) == ("data.sources: '[{name: csv, path: x.csv' starts with '[' but is neither JSON nor YAML flow style "
+                            "(expected ',' or '}', but got '<stream end>' at character 25); e.g. [{name: csv, path: x.csv}] or [1, 2]")

@@ -281,3 +281,20 @@ def test_run_on_an_excel_csv_with_minus_one_labels(tmp_path):
               f"runtime.out_dir={tmp_path}", "runtime.name=z")
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Traceback" not in ok.stderr and "zero-shot" in ok.stdout
+
+
+def test_the_label_columns_note_names_the_source_entry(tmp_path, capsys):
+    import json
+
+    from maskkit.config import resolve
+    from maskkit.data.sources import source_specs
+
+    rows = [["image_path", "age", "Edema"]] + [[f"i{i}.png", str(30 + i), str(i % 2)] for i in range(4)]
+    p = write_csv(tmp_path / "nihA.csv", rows)
+    entries = [{"name": "phantoms"}, {"name": "csv", "path": str(p)}]
+    specs = source_specs(resolve([f"data.sources={json.dumps(entries)}"])[0].data)
+    capsys.readouterr()
+    specs[1].load()
+    assert capsys.readouterr().err == (
+        "note: data.sources[1] (csv) nihA.csv: label columns are those whose cells are all 1, 0, -1 or blank (Edema); "
+        "numeric columns left out: age (e.g. '30'); choose them with data.sources[1] (csv).label_cols\n")

@@ -248,3 +248,113 @@ def test_padchest_labels_and_mimic_sections_that_no_row_has_are_one_line(tmp_pat
         load_table("mimic", root=str(m), sections=["findings", "impresion"])
     assert one_line(e) == (f"{m}: data.options.sections: no report has a section 'impresion'; did you mean 'impression'?; "
                            "the reports have findings, impression")
+
+
+# --- a source without patient ids is split by image, and says so ------------------------------
+
+def _patient_csv(tmp_path, col):
+    for i in range(32):
+        _img(tmp_path / f"i{i}.png", i)
+    return _csv(tmp_path / "d.csv", f"image_path,report,{col},Cardiomegaly",
+                [f"i{i}.png,Heart normal {i}.,p{i // 4},{i % 2}" for i in range(32)])
+
+
+@pytest.mark.parametrize("col", ["PatientID", "Patient ID", "subject_id"])
+def test_a_csv_without_its_patient_column_warns_and_records_a_split_by_image(tmp_path, col):
+    p = _patient_csv(tmp_path, col)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    s = c.sources[0]
+    assert s.by_image and s.patients == 32  # 8 patients in the file, 32 "patients" to the split
+    warnings = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert warnings == [f"warning: data (csv): no patient column: {p} has no 'patient_id' (patient_col's default): split by "
+                        f"image, so one patient's images may be both trained on and held out; column that looks like one: "
+                        f"'{col}' (set data.options.patient_col={col})"]
+    assert s.record()["note"].startswith("split by image: no patient column")
+    # named, the column splits by patient: no warning, no note, 8 patients
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip", f"data.options.patient_col={col}"])[0], 96)
+    assert not c.sources[0].by_image and c.sources[0].patients == 8
+    assert not [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert "split by image" not in c.sources[0].record().get("note", "")
+    # an entry of data.sources is named as the entry
+    cfg = resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(p)}])}", "preset=clip"])[0]
+    (w,) = [line for line in build_corpus(cfg, 96).summary_lines() if line.startswith("warning:")]
+    assert w.startswith("warning: data.sources[0] (csv): no patient column:") and w.endswith(f"(set data.sources[0] (csv).patient_col={col})")
+
+
+def test_a_source_without_patient_ids_and_no_look_alike_column(tmp_path, plain_csv):
+    c = build_corpus(resolve(["data=csv", f"data.path={plain_csv}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w.endswith("held out; if another column holds patient ids, name it with data.options.patient_col")
+    # an adapter with no patient ids at all (an image folder)
+    for i in range(12):
+        _img(tmp_path / "f" / f"i{i}.png", i)
+    c = build_corpus(resolve(["data=folder", f"data.root={tmp_path / 'f'}", "preset=clip"])[0], 96)
+    assert [line for line in c.summary_lines() if line.startswith("warning:")] == [
+        "warning: data (folder): its records carry no patient id: split by image, so one patient's images may be both "
+        "trained on and held out"]
+    assert c.sources[0].record()["note"].startswith("split by image: no patient id")
+
+
+def test_a_jsonl_without_its_patient_key_warns(tmp_path):
+    jsonl_plugin()
+    p = tmp_path / "c.jsonl"
+    for i in range(12):
+        _img(tmp_path / f"i{i}.png", i)
+    p.write_text("".join(json.dumps({"image": f"i{i}.png", "report": f"Heart normal {i}.", "PatientId": f"p{i // 3}"}) + "\n"
+                         for i in range(12)))
+    c = build_corpus(resolve(["data=jsonl", f"data.path={p}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w == (f"warning: data (jsonl): no patient key: {p} has no 'patient' (patient_key's default): split by image, so "
+                 f"one patient's images may be both trained on and held out; key that looks like one: 'PatientId' "
+                 f"(set data.options.patient_key=PatientId)")
+    assert c.sources[0].record()["note"].startswith("split by image: no patient key")
+
+
+# --- a weight that would materialise a huge epoch ---------------------------------------------
+
+def test_a_weight_of_1e9_is_refused_in_one_line_at_once(tmp_path):
+    import time
+
+    from maskkit.data.loader import MAX_EPOCH_SAMPLES, MixtureBatchSampler, check_epoch
+    from maskkit.distributed import DistInfo
+
+    p = _patient_csv(tmp_path, "patient_id")
+    entries = [{"name": "csv", "path": str(p), "weight": 1e9}, {"name": "csv", "path": str(p), "image_root": str(tmp_path)}]
+    cfg = resolve([f"data.sources={json.dumps(entries)}", "preset=clip"])[0]
+    t0 = time.perf_counter()
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert time.perf_counter() - t0 < 5
+    n = len([r for r in p.read_text().splitlines()[1:]])  # 32 rows, 8 patients: some held out
+    msg = one_line(e)
+    assert msg.startswith("data.sources[0] (csv).weight: 1e+09 makes an epoch draw ") and "training records), above the 16777216" in msg
+    with pytest.raises(MaskkitError, match=r"^source 0.weight: 1e\+09 makes an epoch draw 2e\+10 samples \(2e\+10 of its 20 "):
+        MixtureBatchSampler([20, 10], [1e9, 1.0], 4, 0, DistInfo())
+    # at the bound: accepted; a corpus larger than the bound at weight 1: accepted (each record once)
+    assert sum(check_epoch([16, 1], [(MAX_EPOCH_SAMPLES - 1) / 16, 1.0])) == MAX_EPOCH_SAMPLES
+    with pytest.raises(MaskkitError):
+        check_epoch([16, 1], [MAX_EPOCH_SAMPLES / 16, 1.0])
+    assert check_epoch([MAX_EPOCH_SAMPLES + 5], [1.0]) == [MAX_EPOCH_SAMPLES + 5] and n == 32
+
+
+# --- a wrong image root: found when the data is built ------------------------------------------
+
+def test_a_wrong_image_root_is_one_line_when_the_data_is_built(tmp_path):
+    p = _patient_csv(tmp_path, "patient_id")
+    (tmp_path / "elsewhere").mkdir()
+    entries = [{"name": "csv", "path": str(p)}, {"name": "csv", "path": str(p), "image_root": str(tmp_path / "elsewhere")}]
+    cfg = resolve([f"data.sources={json.dumps(entries)}", "preset=clip"])[0]
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert one_line(e) == (f"data.sources[1] (csv): image {tmp_path / 'elsewhere' / 'i0.png'} does not exist, nor any of the "
+                           f"first 16 records' images; check data.sources[1] (csv).image_root")
+    # the default root (the CSV's folder) is named as unset
+    moved = tmp_path / "sub"
+    moved.mkdir()
+    (moved / "d.csv").write_text(p.read_text())
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=csv", f"data.path={moved / 'd.csv'}", "preset=clip"])[0], 96)
+    assert one_line(e).endswith("images; check data.options.image_root (unset, relative paths resolve against the file's folder)")
+    # one image missing among found ones is the skip policy's, not this check's
+    (tmp_path / "i0.png").unlink()
+    assert build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96).sources[0].records == 32

@@ -194,7 +194,7 @@ def test_a_checkpoint_without_skip_counts_resumes_from_zero_without_a_word(tmp_p
 
 def test_non_finite_gradients_in_a_row_stop_the_run(tmp_path):
     """The same max_bad_steps counter as non-finite losses; its line names the gradient."""
-    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss or gradient, "
+    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss, gradient or buffer, "
                                             r"last at step 5: non-finite gradient \(align_loss=[0-9.]+, mim_loss=[0-9.]+"):
         run_faulty(tmp_path, "train.steps=8", "train.max_bad_steps=3", "train.ckpt_every=1", "runtime.name=s", at=(3, 4, 5))
     for ck in (tmp_path / "s" / "checkpoints").iterdir():
@@ -210,13 +210,47 @@ def test_non_finite_weights_are_never_saved_and_the_last_finite_checkpoint_stays
     """A step applied normally leaves a NaN weight (a fault after the optimiser): the checkpoint of
     that step is refused in one line and keep_last=1 has not deleted step 2's."""
     with pytest.raises(TrainingError, match=r"^step 3: the model's weights are not finite \(clip.visual.proj\); no checkpoint "
-                                            r"written, the earlier ones in .*checkpoints are kept$"):
+                                            r"written, the earlier ones in .*checkpoints \(latest step_00000002.pt\) are kept$"):
         run_faulty(tmp_path, "train.steps=5", "train.ckpt_every=1", "train.keep_last=1", "runtime.name=w", kind="weight")
     ck = tmp_path / "w" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["step_00000002.pt"]
     r = train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "train.ckpt_every=1", "train.keep_last=1",
                                 "runtime.name=w", "runtime.resume=latest"]))
     assert [x["step"] for x in r.losses] == [3, 4]
+
+
+def test_non_finite_weights_before_any_checkpoint_say_none_was_written(tmp_path):
+    with pytest.raises(TrainingError, match=r"^step 1: the model's weights are not finite \(clip.visual.proj\); no checkpoint "
+                                            r"written, and none had been written before$"):
+        run_faulty(tmp_path, "train.steps=3", "train.ckpt_every=1", "runtime.name=w", kind="weight", at=(1,))
+
+
+def test_a_step_that_makes_a_buffer_non_finite_is_skipped(tmp_path):
+    """model.image_std=[1e-30]*3: the conv stem's first BatchNorm sees 1e30-scale inputs; its
+    output stays finite (normalised by the batch) but running_var overflows to inf at step 1. The
+    step is skipped like a non-finite one (buffers put back), said at that step, and the steps in a
+    row stop the run; before, only the next checkpoint found it."""
+    with pytest.raises(TrainingError) as e:
+        run_faulty(tmp_path, "train.steps=4", "train.max_bad_steps=2", "runtime.name=b", "model.image_std=[1e-30,1e-30,1e-30]",
+                   at=())
+    assert str(e.value).startswith("train.max_bad_steps: 2 steps in a row with a non-finite loss, gradient or buffer, last at "
+                                   "step 2: non-finite buffer (clip.visual.")
+    assert "running_var" in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "b" / "checkpoints").exists() or not list((tmp_path / "b" / "checkpoints").iterdir())
+
+
+def test_a_run_whose_every_step_was_skipped_fails_in_one_line(tmp_path):
+    """Every step non-finite, fewer than train.max_bad_steps: before, "3 of 3 skipped" and exit 0
+    with an untrained checkpoint. Now one line (exit 2 from the CLI: a MaskkitError) and no final
+    checkpoint; one good step of three is a run that trained."""
+    with pytest.raises(TrainingError) as e:
+        run_faulty(tmp_path, "train.steps=3", "runtime.name=a", at=(1, 2, 3))
+    assert str(e.value) == ("train: all 3 steps were skipped (3 with a non-finite gradient): nothing trained, no final "
+                            "checkpoint written; a setting makes every step non-finite (look at objectives.*, "
+                            "model.image_mean / image_std, train.lr)")
+    assert not list((tmp_path / "a" / "checkpoints").glob("*.pt")) if (tmp_path / "a" / "checkpoints").exists() else True
+    res, _ = run_faulty(tmp_path, "train.steps=3", "runtime.name=b", at=(1, 3))
+    assert res.step == 3 and [m["step"] for m in metrics(res.run_dir)] == [2]
 
 
 def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path):

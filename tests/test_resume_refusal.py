@@ -85,3 +85,48 @@ def test_changed_data_is_refused_before_anything_is_written(csv_run):
     finally:
         csv.write_text(text)
     assert "the data changed since the run" in msg
+
+
+def test_changed_training_rows_are_refused_before_anything_is_written(csv_run):
+    tmp, csv, args = csv_run
+    text = csv.read_text()
+    rec = json.loads((tmp / "r" / "split.json").read_text())["sources"][0]
+    held = set(rec["held_out_ids"])
+    lines = text.splitlines(True)
+    gone = [l for l in lines[1:] if l.split(",")[0] not in held][:10]  # 10 training rows removed, the held-out ones kept
+    csv.write_text("".join(l for l in lines if l not in gone))
+    try:
+        msg = _refused(tmp / "r", SplitMismatchError, args)
+    finally:
+        csv.write_text(text)
+    n = rec["train"]
+    assert msg.startswith(f"{tmp / 'r' / 'split.json'}: source csv: the training ids rebuilt now ({n - 10}) differ from the "
+                          f"run's ({n}, sha256 {rec['train_sha256'][:12]}); the data changed since the run, and the saved "
+                          "loader position would index another order")
+
+
+def test_train_steps_below_the_checkpoints_step_is_refused_before_anything_is_written(csv_run):
+    tmp, _, args = csv_run
+    ck = tmp / "r" / "checkpoints" / "step_00000002.pt"
+    before = snapshot(tmp / "r")
+    with pytest.raises(TrainingError) as e:
+        train(*resolve([*args, "train.steps=1", "runtime.resume=latest"]))
+    assert str(e.value) == (f"train.steps: 1 is below the step of {ck} (2); a resume trains on up to train.steps, so give "
+                            "train.steps=2 (the run's) or more, or start a new run")
+    assert snapshot(tmp / "r") == before  # config.json still says 2 steps
+    assert json.loads((tmp / "r" / "config.json").read_text())["config"]["train"]["steps"] == 2
+
+
+def test_a_changed_source_is_named_by_entry_and_key(csv_run, tmp_path):
+    from maskkit.training.checkpointing import entry_differences
+
+    _, csv, args = csv_run
+    args = [a for a in args if not a.startswith(("runtime.out_dir=", "data=", "data.path="))] + [f"runtime.out_dir={tmp_path}"]
+    entries = [{"name": "csv", "path": str(csv)}, {"name": "csv", "path": str(csv), "weight": 1.0}]
+    train(*resolve([*args, f"data.sources={json.dumps(entries)}", "train.steps=1"]))
+    entries[1]["weight"], entries[0]["role"] = 0.5, "paired"
+    msg = _refused(tmp_path / "r", TrainingError, [*args, f"data.sources={json.dumps(entries)}"])
+    assert ("differing keys: data.sources[0].role ((unset) in the checkpoint, \"paired\" now), data.sources[1].weight (1.0 in "
+            "the checkpoint, 0.5 now); resume") in msg
+    assert entry_differences("data.sources", [{}], [{}, {}]) == [("data.sources", "1 entries", "2 entries")]
+    assert entry_differences("train.lr", 0.1, 0.2) == [("train.lr", 0.1, 0.2)]

@@ -28,11 +28,13 @@ COMMANDS = {
     "idset": ["idset", "chexpert", "--out", "OUT.json"],
     "eval zeroshot": ["eval", "zeroshot", "RUN", "--out", "OUT"],
     "eval finetune": ["eval", "finetune", "RUN", "--out", "OUT"],
+    "eval finetune --splits": ["eval", "finetune", "RUN", "--splits", "OUT"],
     "eval retrieval (a .json file)": ["eval", "retrieval", "RUN", "--out", "OUT.json"],
     "eval masks": ["eval", "masks", "RUN", "--out", "OUT"],
     "visualize masks": ["visualize", "masks", "RUN", "--out", "OUT"],
     "visualize text": ["visualize", "text", "RUN", "--out", "OUT"],
     "visualize run": ["visualize", "run", "RUN", "--out", "OUT.png"],
+    "export": ["export", "RUN", "--format", "open_clip", "--out", "OUT"],
 }
 
 def run_all(base: Path, out: str, as_user: int | None = None) -> dict[str, tuple[int, str]]:
@@ -48,7 +50,7 @@ def check(results: dict, base: Path, before: set, want: str) -> None:
     for name, (code, err) in results.items():
         lines = [l for l in err.splitlines() if l.strip()]
         assert code == 2 and len(lines) == 1 and "Traceback" not in err, f"{name}: {err[-2000:]}"
-        what = "runtime.out_dir" if name == "run" else "--out"
+        what = "runtime.out_dir" if name == "run" else "--splits" if name.endswith("--splits") else "--out"
         assert lines[0].startswith(f"error: {what} {base}/") and want in lines[0], f"{name}: {lines[0]}"
     assert {str(p) for p in base.rglob("*")} == before  # nothing written, nothing left by the checks
 

@@ -54,10 +54,16 @@ class SourceData:
     train: Any = None
     val: Any = None
     left_out: "LeftOut | None" = None  # training records whose image is held out (by this or another source)
+    absent: list = field(default_factory=list, repr=False)  # optional columns its file lacked (records.AbsentColumn)
 
     @property
     def held_out_ids(self) -> list[str]:
         return sorted(r.id for r in self.held_records)
+
+    @property
+    def train_ids(self) -> list[str]:
+        """The ids of the source's training records, sorted (repeats kept)."""
+        return sorted(r.id for r in self.train_records)
 
     @property
     def rule(self) -> str:
@@ -72,15 +78,18 @@ class SourceData:
 
     def record(self, with_ids: bool = True) -> dict:
         """This source's entry of split.json: counts, the rule, a note when the split left a part
-        empty, the held-out ids and their SHA-256."""
+        empty, the held-out ids and their SHA-256, and the SHA-256 of the training ids (a resume
+        checks it: the saved loader position indexes the training records)."""
         ids = self.held_out_ids
         out = {"index": self.spec.index, "name": self.spec.name, "role": self.role, "weight": self.spec.weight,
                "data": self.spec.describe(), "records": self.records, "patients": self.patients,
                "train": len(self.train_records), "held_out": len(ids), "paired_train": self.n_paired,
-               "rule": self.rule, "held_out_sha256": ids_sha256(ids)}
+               "rule": self.rule, "held_out_sha256": ids_sha256(ids), "train_sha256": ids_sha256(self.train_ids)}
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
         notes = [n for n in (self.note, self.left_out_note) if n]
+        if self.by_image:
+            notes.insert(0, f"split by image: no patient {self.patient_absent.what if self.patient_absent else 'id'}")
         if notes:
             out["note"] = " ".join(notes)
         if with_ids:
@@ -104,6 +113,39 @@ class SourceData:
     def patients(self) -> int:
         """Patients of the source (a record without a patient id counts as its own patient)."""
         return len({r.patient_id or f"\0{r.id}" for r in (*self.train_records, *self.held_records, *self.left_records)})
+
+    @property
+    def by_image(self) -> bool:
+        """Whether :func:`split_by_patient` split this source image by image: no record has a
+        patient id (a CSV without its ``patient_id`` column, an image folder). An adapter's own split
+        (the phantoms') is not."""
+        return self.adapter.split is None and not any(
+            r.patient_id for r in (*self.train_records, *self.held_records, *self.left_records))
+
+    @property
+    def patient_absent(self):
+        """The absent optional column that would have held patient ids (the ``csv`` adapter's
+        ``patient_col`` default ``patient_id``, ``jsonl``'s ``patient_key``): the
+        :class:`~maskkit.data.records.AbsentColumn` of an option named ``patient*``, or None."""
+        return next((a for a in self.absent if a.option.startswith("patient")), None)
+
+    @property
+    def by_image_warning(self) -> str | None:
+        """The one-line warning of a source split image by image (:attr:`by_image`): which source,
+        which column it lacks, the columns that look like patient ids and the key that names one;
+        None for a source split by patient."""
+        if not self.by_image:
+            return None
+        a = self.patient_absent
+        risk = "split by image, so one patient's images may be both trained on and held out"
+        if a is None:
+            return f"{self.spec.label}: its records carry no patient id: {risk}"
+        like = patient_like(a.columns, a.default)
+        key = self.spec.key(a.option)
+        hint = (f"; {a.what}{'s' if len(like) > 1 else ''} that look{'' if len(like) > 1 else 's'} like one: "
+                f"{', '.join(repr(c) for c in like)} (set {key}={like[0]})" if like
+                else f"; if another {a.what} holds patient ids, name it with {key}")
+        return f"{self.spec.label}: no patient {a.what}: {a.where} has no '{a.default}' ({a.option}'s default): {risk}{hint}"
 
     @property
     def left_records(self) -> list:
@@ -189,6 +231,11 @@ class Corpus:
         return [n if base.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(base, self.sources)]
 
     @property
+    def labels(self) -> list[str]:
+        """How messages name each source's config: ``data.sources[1] (csv)``, or ``data (csv)``."""
+        return [s.spec.label for s in self.sources]
+
+    @property
     def has_paired(self) -> bool:
         return any(s.n_paired and s.spec.weight > 0 for s in self.sources)
 
@@ -211,11 +258,26 @@ class Corpus:
 
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples; then a
-        ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
+        ``warning:`` line for each source split image by image (:attr:`SourceData.by_image_warning`)
+        and a ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
         lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
                  + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
                  + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return lines + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n]
+        return (lines + [f"warning: {s.by_image_warning}" for s in self.sources if s.by_image_warning]
+                + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n])
+
+
+def patient_like(columns, default: str) -> list[str]:
+    """The columns (or keys) of ``columns`` that look like patient ids: ``default`` in another case
+    or spelling (``PatientID``, ``Patient ID`` for ``patient_id``), or a name holding ``patient`` or
+    ``subject`` (``subject_id``)."""
+    import re
+
+    def norm(c: str) -> str:
+        return re.sub(r"[^0-9a-z]", "", str(c).lower())
+
+    d = norm(default)
+    return [c for c in columns if norm(c) == d or "patient" in norm(c) or "subject" in norm(c)]
 
 
 def split_rule(adapter) -> str:
@@ -311,6 +373,28 @@ def train_ner(cfg: ExperimentConfig) -> bool:
     return cfg.text_mask is not None
 
 
+#: records per source whose image file :func:`check_images_exist` looks for
+IMAGES_CHECKED = 16
+
+
+def check_images_exist(spec, adapter, table, n: int = IMAGES_CHECKED) -> None:
+    """A wrong image root found when the data is built, not after the model: when none of the first
+    ``n`` records of a source that has image files exists (a stat each), one line naming the source,
+    one path and the key that places the images (``image_root``, else ``root``). A source read from
+    a prepared cache (its images are there) or with generated images (``image_path`` None) is not
+    checked; one missing file among found ones is the skip policy's (``data.decode_policy``)."""
+    if spec.cache is not None:
+        return
+    paths = [r.image_path for r in table.records[:n] if r.image_path is not None]
+    if not paths or any(os.path.exists(p) for p in paths):
+        return
+    opt = next((o for o in ("image_root", "image_dir", "root", "path") if adapter.takes(o)), None)
+    given = opt is not None and opt in spec.options
+    where = (f"; check {spec.key(opt)}" + ("" if given or opt != "image_root" else
+                                           " (unset, relative paths resolve against the file's folder)")) if opt else ""
+    raise MaskkitError(f"{spec.label}: image {paths[0]} does not exist, nor any of the first {len(paths)} records' images{where}")
+
+
 def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False,
                  ner: bool | None = None) -> Corpus:
     """Every source of ``cfg.data`` built: adapter table, split by patient with ``train.seed``
@@ -338,6 +422,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
     from .adapters import get_adapter
 
     tables = [(spec, get_adapter(spec.name), spec.load()) for spec in specs]
+    for spec, adapter, table in tables:
+        check_images_exist(spec, adapter, table)
     names: list[str] = []
     for _, _, t in tables:
         names += [n for n in t.label_names if n not in names]
@@ -372,7 +458,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             own = "" if spec.role == "paired" else f" (the role dataset '{spec.name}' declares)"
             raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
-        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out))
+        built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out,
+                                absent=list(getattr(table, "absent", []))))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
     if len(built) == 1:
@@ -383,7 +470,11 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
         val_ds = ConcatSources(vals, names_u) if any(v is not None and len(v) for v in vals) else None
     if train_ds is None or not len(train_ds):
         raise MaskkitError(f"data: {' + '.join(s.spec.describe() for s in built)} leaves no training record after the held-out split")
-    return Corpus(built, label_names, train_ds, val_ds, cfg.train.seed)
+    corpus = Corpus(built, label_names, train_ds, val_ds, cfg.train.seed)
+    from .loader import check_epoch
+
+    check_epoch(corpus.sizes, corpus.weights, corpus.labels)  # before anything is sampled (or the model built)
+    return corpus
 
 
 def build_datasets(cfg: ExperimentConfig, image_size: int, tokenizer=None):
@@ -430,8 +521,10 @@ def read_split(run_dir: str | Path) -> dict | None:
         raise MaskkitError(f"{path}: not a readable split record ({type(exc).__name__}: {exc})") from None
 
 
-def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
-    """Check that the held-out ids rebuilt from a run's config are those its split.json recorded;
+def verify_split(corpus: Corpus, record: dict, path: str | Path, train: bool = False) -> None:
+    """Check that the held-out ids rebuilt from a run's config are those its split.json recorded
+    and, with ``train`` (a resume: the saved loader position indexes the training records in their
+    order), that the training ids are too (a record from before ``train_sha256`` is not checked);
     a difference (the data changed on disk) is one line naming the source and both counts."""
     rec = record["sources"]
     if len(rec) != len(corpus.sources):
@@ -443,6 +536,15 @@ def verify_split(corpus: Corpus, record: dict, path: str | Path) -> None:
                 f"{path}: source {r['name']}: the held-out ids rebuilt now ({len(ids)}) differ from the run's "
                 f"({r['held_out']}, sha256 {r['held_out_sha256'][:12]}); the data changed since the run (rebuild gives "
                 f"{ids_sha256(ids)[:12]})")
+    if not train:
+        return
+    for s, r in zip(corpus.sources, rec):
+        ids = s.train_ids
+        if "train_sha256" in r and ids_sha256(ids) != r["train_sha256"]:
+            raise SplitMismatchError(
+                f"{path}: source {r['name']}: the training ids rebuilt now ({len(ids)}) differ from the run's "
+                f"({r['train']}, sha256 {r['train_sha256'][:12]}); the data changed since the run, and the saved loader "
+                f"position would index another order (rebuild gives {ids_sha256(ids)[:12]}); restore the data, or start a new run")
 
 
 def data_line(what: dict | str) -> str:

@@ -21,6 +21,35 @@ from ..distributed import DistInfo
 from ..errors import MaskkitError
 
 
+#: the most samples one epoch of the mixture may draw when the corpus has fewer training records
+#: (an epoch's order is materialised: about 40 bytes a sample, so 2^24 is under 1 GB per process)
+MAX_EPOCH_SAMPLES = 2**24
+
+
+def epoch_draws(sizes: list[int], weights: list[float]) -> list[int]:
+    """Samples of each source one epoch draws: ``round(n_k w_k)``, at least 1 for a non-empty
+    source of weight > 0 (:class:`MixtureBatchSampler`)."""
+    m = [int(round(n * w)) if n else 0 for n, w in zip(sizes, weights)]
+    return [max(k, 1) if n and w > 0 else k for k, n, w in zip(m, sizes, weights)]
+
+
+def check_epoch(sizes: list[int], weights: list[float], labels: list[str] | None = None) -> list[int]:
+    """:func:`epoch_draws`, refused in one line when an epoch would draw more than
+    ``max(MAX_EPOCH_SAMPLES, sum(sizes))`` samples (a weight of 1e9 would materialise 1e9 indices
+    per training record): the line names the source (``labels[k]``: ``data.sources[0] (csv)``), its
+    weight, its training records and the epoch's size. A corpus of more records than the bound
+    draws each once at weight 1 and is never refused."""
+    limit = max(MAX_EPOCH_SAMPLES, sum(int(n) for n in sizes))
+    draws = [n * w if n and w > 0 else 0.0 for n, w in zip(sizes, weights)]
+    if sum(draws) <= limit:
+        return epoch_draws(sizes, weights)
+    k = max(range(len(sizes)), key=lambda j: draws[j])
+    name = labels[k] if labels else f"source {k}"
+    raise MaskkitError(f"{name}.weight: {weights[k]:g} makes an epoch draw {sum(draws):.4g} samples ({draws[k]:.4g} of its "
+                       f"{sizes[k]} training records), above the {limit} an epoch may draw (docs/data.md); lower the weight "
+                       f"(a source's share of the samples is n x weight over the sum)")
+
+
 class MixtureBatchSampler(Sampler[list[int]]):
     """Endless batches over several sources (indices into their concatenation), for one rank,
     starting at global batch ``start``; seeded, resumable and exact under DDP.
@@ -38,16 +67,17 @@ class MixtureBatchSampler(Sampler[list[int]]):
 
     ``per_epoch`` batches per epoch; global batch ``g`` is batch ``g % per_epoch`` of epoch
     ``g // per_epoch`` (:meth:`position`). Raises :class:`~maskkit.errors.MaskkitError` when a
-    rank's share of an epoch is smaller than ``batch``.
+    rank's share of an epoch is smaller than ``batch``, and when the weights make an epoch larger
+    than :data:`MAX_EPOCH_SAMPLES` (:func:`check_epoch`; ``labels`` name the sources there).
     """
 
-    def __init__(self, sizes: list[int], weights: list[float], batch: int, seed: int, info: DistInfo, start: int = 0) -> None:
+    def __init__(self, sizes: list[int], weights: list[float], batch: int, seed: int, info: DistInfo, start: int = 0,
+                 labels: list[str] | None = None) -> None:
         if len(sizes) != len(weights):
             raise MaskkitError(f"{len(sizes)} sources but {len(weights)} weights")
         self.sizes = [int(n) for n in sizes]
         self.weights = [float(w) for w in weights]
-        self.m = [int(round(n * w)) if n else 0 for n, w in zip(self.sizes, self.weights)]
-        self.m = [max(m, 1) if n and w > 0 else m for m, n, w in zip(self.m, self.sizes, self.weights)]
+        self.m = check_epoch(self.sizes, self.weights, labels)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]]).astype(np.int64)
         self.total = sum(self.m)
         self.world, self.rank, self.batch, self.seed, self.start = info.world, info.rank, batch, seed, start

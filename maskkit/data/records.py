@@ -15,6 +15,8 @@ import operator
 import re
 import tarfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +68,59 @@ class OptionError(DataError):
         return re.sub(r"\{key(?::(\w+))?\}", lambda m: key_of(m.group(1) or self.option), self.template)
 
 
+@dataclass(frozen=True)
+class AbsentColumn:
+    """An optional column (or key) that a file lacked: the adapter option whose
+    :class:`ColumnDefault` named it, that default, the columns the file has, the file, and what
+    a column is called there (``column``; ``key`` for a JSON-lines file)."""
+
+    option: str
+    default: str
+    columns: tuple[str, ...]
+    where: str
+    what: str = "column"
+
+
+_absent: ContextVar[list[AbsentColumn] | None] = ContextVar("maskkit_absent_columns", default=None)
+
+
+@contextmanager
+def absent_columns() -> Iterator[list[AbsentColumn]]:
+    """Collect the :class:`AbsentColumn` s that :func:`named_column` reads as absent while an
+    adapter runs inside the block (a CSV without ``patient_id``): the list it yields fills up.
+    :meth:`maskkit.data.sources.SourceSpec.load` keeps them on the table (:attr:`Table.absent`)."""
+    found: list[AbsentColumn] = []
+    token = _absent.set(found)
+    try:
+        yield found
+    finally:
+        _absent.reset(token)
+
+
+_source: ContextVar[tuple | None] = ContextVar("maskkit_source", default=None)
+
+
+@contextmanager
+def naming_source(label: str, key) -> Iterator[None]:
+    """Inside the block, an adapter's notes name its source and its options as the config does
+    (``data.sources[1] (csv)``, ``data.sources[1] (csv).label_cols``; ``key(option)`` spells an
+    option): :meth:`maskkit.data.sources.SourceSpec.load` sets them (:func:`source_label`)."""
+    token = _source.set((label, key))
+    try:
+        yield
+    finally:
+        _source.reset(token)
+
+
+def source_label(default: str, option: str | None = None) -> str:
+    """How an adapter's note names the source it reads (or, with ``option``, that option's key):
+    what :func:`naming_source` set, else ``default`` (an adapter called directly, ``load_table``)."""
+    cur = _source.get()
+    if cur is None:
+        return default
+    return cur[1](option) if option else cur[0]
+
+
 class ColumnDefault(str):
     """The default of an adapter option that names an optional column (or key) of the files it
     reads: a file without that column simply has none (the ``csv`` adapter's ``report_col``
@@ -94,6 +149,9 @@ def named_column(option: str, value: str | None, columns: Iterable[str], where: 
     have = have if len(have) < 300 else have[:300] + "..."
     if isinstance(value, ColumnDefault):
         if not required:
+            found = _absent.get()
+            if found is not None:  # SourceSpec.load: what a source's file lacked, for its messages
+                found.append(AbsentColumn(option, str(value), tuple(columns), where, what))
             return None
         raise DataError(f"{where}: missing {what} '{value}'; {have}")
     raise OptionError(option, f"{where}: {{key}}: no {what} {str(value)!r}; {have}")
@@ -129,6 +187,9 @@ class Table:
     name: str
     records: list[Record]
     label_names: tuple[str, ...]
+    #: the optional columns (or keys) named by an option's default that the file lacked
+    #: (:func:`absent_columns`; filled by :meth:`maskkit.data.sources.SourceSpec.load`)
+    absent: list[AbsentColumn] = field(default_factory=list, repr=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -680,9 +741,10 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
     if label_cols is None:
         label_cols, left_out = csv_label_columns(rows, [c for c in cols if c not in {image_col, report_col, patient_col}], path)
         if left_out:
-            _note_once(f"data=csv {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
+            _note_once(f"{source_label('data=csv')} {path.name}: label columns are those whose cells are all 1, 0, -1 or blank "
                        f"({', '.join(label_cols) or 'none'}); numeric columns left out: "
-                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with the label_cols option")
+                       f"{', '.join(f'{c} (e.g. {v!r})' for c, v in left_out)}; choose them with "
+                       f"{source_label('the label_cols option', 'label_cols')}")
     label_cols = tuple(label_cols)
     base = Path(image_root).expanduser() if image_root else path.parent
     recs = []

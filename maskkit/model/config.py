@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..findings import CHEXPERT_LABELS
 from ..options import Strict
@@ -52,14 +52,22 @@ class ModelConfig(Strict):
     patch_embed: Literal[PATCH_EMBEDS] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31)")
     pretrained: str | None = Field(None, description="local weights, never downloaded: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts, an open_clip HF-hub folder (open_clip_config.json + weights; its model_cfg is then the architecture), a timm ViT image tower (file or timm folder) or a transformers model folder for an HF text tower; docs/model.md")
     image_mean: tuple[float, float, float] | None = Field(None, description=f"normalisation mean of the 3 replicated channels; null: the weights' own (an open_clip folder's preprocess_cfg mean), else OpenAI CLIP's {OPENAI_MEAN} (docs/assumptions.md A62)")
-    image_std: tuple[float, float, float] | None = Field(None, description=f"normalisation std; null: the weights' own (an open_clip folder's preprocess_cfg std), else OpenAI CLIP's {OPENAI_STD}")
+    image_std: tuple[float, float, float] | None = Field(None, description=f"normalisation std (each > 0); null: the weights' own (an open_clip folder's preprocess_cfg std), else OpenAI CLIP's {OPENAI_STD}")
     prompts: tuple[str, ...] = Field(CHEXPERT_PROMPTS, description="disease prompts for prompt-driven attention (eq. 5)")
     prompt_features: Literal["tokens", "pooled"] = Field("tokens", description="per-token prompt features [P, L, C] (eq. 3) or pooled [P, C]")
     init_temperature: float = Field(0.07, gt=0, description="initial σ of the alignment loss (learnable); at least 1/max_logit_scale")
-    max_logit_scale: float = Field(100.0, gt=1, description="cap of the learnable logit scale 1/σ (CLIP and open_clip: 100)")
+    max_logit_scale: float = Field(100.0, gt=1, le=10_000, description="cap of the learnable logit scale 1/σ (CLIP and open_clip: 100; at most 10,000: larger logits overflow the loss)")
     patch_dropout: float = Field(0.0, ge=0, lt=1, description="FLIP: fraction of image patches dropped at random before the encoder in training (models without an image mask, e.g. the clip preset); 0: none")
     mim: MIMConfig = MIMConfig()
     mlm: MLMConfig = MLMConfig()
+
+    @field_validator("image_std")
+    @classmethod
+    def _std(cls, v):
+        if v is not None and not all(x > 0 for x in v):
+            raise ValueError(f"expected 3 numbers > 0 (pixels are divided by them; 0 makes every input inf and every step "
+                             f"non-finite), got {list(v)}")
+        return v
 
     @model_validator(mode="after")
     def _temperature(self):

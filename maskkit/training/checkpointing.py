@@ -93,6 +93,41 @@ def config_differences(saved: dict, current: dict) -> list[str]:
     return [k for k in keys if not k.startswith(RESUMABLE_DIFFERENCES) and saved.get(k) != current.get(k)]
 
 
+class Shown(str):
+    """A value :func:`entry_differences` has already written out (``(unset)``, ``2 entries``)."""
+
+    __slots__ = ()
+
+
+_MISSING = object()
+
+
+def _missing(v):
+    return Shown("(unset)") if v is _MISSING else v
+
+
+def entry_differences(key: str, saved, current) -> list[tuple[str, object, object]]:
+    """A differing config key whose values are lists of mappings (``data.sources``) broken down to
+    the entries and keys that differ: ``[("data.sources[0].weight", 1.0, 0.5)]``; a list whose
+    length changed is the key itself with both lengths; any other value is ``[(key, saved,
+    current)]``. An entry key set on one side only reads ``(unset)`` on the other (values already
+    written out are :class:`Shown`)."""
+    def entries(v):
+        return isinstance(v, list) and all(isinstance(e, dict) for e in v)
+
+    if not (entries(saved) and entries(current)):
+        return [(key, saved, current)]
+    if len(saved) != len(current):
+        return [(key, Shown(f"{len(saved)} entries"), Shown(f"{len(current)} entries"))]
+    out = []
+    for i, (a, b) in enumerate(zip(saved, current)):
+        for k in sorted(set(a) | set(b), key=lambda k: (k != "name", str(k))):
+            va, vb = a.get(k, _MISSING), b.get(k, _MISSING)
+            if va != vb:
+                out.append((f"{key}[{i}].{k}", _missing(va), _missing(vb)))
+    return out
+
+
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))

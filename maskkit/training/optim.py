@@ -92,6 +92,28 @@ def snapshot_buffers(model: torch.nn.Module) -> list[tuple[torch.Tensor, torch.T
     return [(b, b.detach().clone()) for b in model.buffers()]
 
 
+def finite_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The floating-point buffers of ``model`` that are finite now, by name: those a step must
+    keep finite (:func:`buffers_nonfinite`). A buffer that already holds ±inf is a constant by
+    design (open_clip's causal ``attn_mask`` of -inf) and is not checked. One host sync."""
+    named = [(k, b) for k, b in model.named_buffers() if b.is_floating_point() and b.numel()]
+    if not named:
+        return []
+    peaks = torch.stack([n.float() for n in torch._foreach_norm([b for _, b in named], float("inf"))])
+    return [kb for kb, ok in zip(named, torch.isfinite(peaks).tolist()) if ok]
+
+
+@torch.no_grad()
+def buffers_nonfinite(buffers: list[tuple[str, torch.Tensor]], device=None) -> torch.Tensor:
+    """1.0 when one of ``buffers`` (:func:`finite_buffers`) holds a NaN or ±inf (a BatchNorm
+    running variance that overflowed), else 0.0: a 0-d float32 tensor, from one fused max-abs pass
+    (no host sync; the step's all-reduce carries it)."""
+    if not buffers:
+        return torch.zeros((), device=device)
+    peaks = torch.stack([n.float() for n in torch._foreach_norm([b for _, b in buffers], float("inf"))])
+    return (~torch.isfinite(peaks)).any().float()
+
+
 @torch.no_grad()
 def restore_buffers(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
     """Put buffers back to a :func:`snapshot_buffers` copy, in place (so DDP and the optimiser
