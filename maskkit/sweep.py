@@ -59,6 +59,10 @@ def builtin_sweeps() -> list[str]:
     return sorted(f.name[:-5] for f in (resources.files("maskkit") / "sweeps").iterdir() if f.name.endswith(".yaml"))
 
 
+#: built-in sweeps that were renamed after what they measure: old name -> new name
+RENAMED = {"issue21": "sparse_equal_steps", "issue21_wallclock": "sparse_equal_wallclock"}
+
+
 def load_sweep(name_or_path: str) -> SweepSpec:
     from .compose import load_spec
 
@@ -68,6 +72,9 @@ def load_sweep(name_or_path: str) -> SweepSpec:
         if not f.is_file():
             from .errors import close_matches
 
+            if name_or_path in RENAMED:
+                raise MaskkitError(f"sweep '{name_or_path}' was renamed '{RENAMED[name_or_path]}' (what it measures); "
+                                   f"built-ins: {', '.join(builtin_sweeps())}")
             raise MaskkitError(f"sweep '{name_or_path}' is neither a file nor a built-in sweep"
                                f"{close_matches(name_or_path, builtin_sweeps()) or ''}; built-ins: {', '.join(builtin_sweeps())}")
         p = Path(str(f))

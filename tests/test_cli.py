@@ -190,3 +190,16 @@ def test_sweep_presets_replace_the_sweep_files(tmp_path):
     out = run("sweep", str(f), "--presets", "no_such_preset", "--out", str(tmp_path / "sw"))
     assert out.returncode == 2 and "unknown preset 'no_such_preset'" in out.stderr, out.stderr[-2000:]
     assert not (tmp_path / "sw" / "runs").exists()
+
+
+def test_a_renamed_builtin_sweep_names_its_new_name():
+    """The issue-numbered sweeps are named after what they measure; the old name says which."""
+    import pytest
+
+    from maskkit.errors import MaskkitError
+    from maskkit.sweep import RENAMED, builtin_sweeps, load_sweep
+
+    assert set(RENAMED.values()) <= set(builtin_sweeps()) and not set(RENAMED) & set(builtin_sweeps())
+    with pytest.raises(MaskkitError, match=r"^sweep 'issue21_wallclock' was renamed 'sparse_equal_wallclock' "):
+        load_sweep("issue21_wallclock")
+    assert load_sweep("sparse_equal_wallclock").align_steps == 105

@@ -156,4 +156,4 @@ def test_an_installed_package_holds_its_shipped_files(tmp_path):
 
     file, source, names, sweeps = json.loads(res.stdout)
     assert file.startswith(str(target)) and source == "config:xlip_paper_corpus" and names == ["mimic", "padchest"]
-    assert sweeps == ["fig6", "fig7", "issue21", "issue21_wallclock", "seeds", "table3", "table4"]
+    assert sweeps == ["fig6", "fig7", "seeds", "sparse_equal_steps", "sparse_equal_wallclock", "table3", "table4"]
