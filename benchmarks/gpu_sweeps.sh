@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The sweeps of docs/results.md section 3 on one GPU machine, several runs at once:
+# The sweeps of docs/results.md#budget-matched-linear on one GPU machine, several runs at once:
 # 'seeds' (budget-matched rows x 5 seeds, zero-shot and linear probe), then 'fig7' and 'fig6'.
 # Each sweep is resumable; whatever finished is packed into $OUT/sweeps.tgz (results.md,
 # paired.md, results.csv, and every run's done.json and zeroshot.json).

@@ -38,3 +38,35 @@ def test_only_the_generated_section_is_rewritten(tmp_path, monkeypatch):
     out = strategies_markdown()
     assert out.startswith("# S\n\nprose before\n\n" + BEGIN) and out.endswith(END + "\n\nprose after\n")
     assert "stale" not in out and "| `union` |" in out
+
+
+def test_the_results_table_is_the_csv(tmp_path):
+    """docs/results.md's current-results table: one row per CSV line, its section a link to an
+    anchor of the page; a short row or an unknown section is one line naming the CSV line."""
+    from maskkit.docgen import RESULTS_BEGIN, RESULTS_COLUMNS, results_table
+
+    f = tmp_path / "results.csv"
+    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC,0.81 ± 0.02,maskkit run a|b,2026-11-30,a369421,sentence-prompts\n")
+    table = results_table(f, anchors={"sentence-prompts"})
+    assert table.startswith(RESULTS_BEGIN) and table.endswith(END)
+    assert "| mean AUC | 0.81 ± 0.02 | `maskkit run a\\|b` | 2026-11-30 | a369421 | [sentence-prompts](#sentence-prompts) |" in table
+    with pytest.raises(SystemExit, match=r"line 2: section 'sentence-prompts' is not an anchor of docs/results.md"):
+        results_table(f, anchors={"other"})
+    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC,0.81,cmd,2026-11-30,,sentence-prompts\n")
+    with pytest.raises(SystemExit, match=r"results.csv, line 2: expected 6 non-empty cells"):
+        results_table(f, anchors={"sentence-prompts"})
+    f.write_text("result,value\n")
+    with pytest.raises(SystemExit, match=r"header 'result,value'; expected result,value,command,date,commit,section"):
+        results_table(f)
+
+
+def test_every_section_of_the_results_notebook_has_an_anchor():
+    """Code and docs cite results by anchor (docs/results.md#guided-masks), not by section number."""
+    from maskkit.docgen import DOCS, _anchors
+
+    text = (DOCS / "results.md").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("## "):
+            assert lines[i - 1].startswith('<a id="'), line
+    assert len(_anchors(text)) == sum(line.startswith("## ") for line in lines)

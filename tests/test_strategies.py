@@ -65,7 +65,7 @@ def test_received_reduction_counts_attention_each_token_gets():
 
 
 def test_default_reduction_is_max_sim():
-    # settled by the mask-lesion measurement in docs/results.md (assumption A1)
+    # settled by the mask-lesion measurement in docs/results.md#mask-lesion-overlap (assumption A1)
     for name in ("image_self", "report_cross", "prompt_driven"):
         assert build_strategy(name).config.reduction == "max_sim"
 
