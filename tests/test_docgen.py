@@ -70,3 +70,17 @@ def test_every_section_of_the_results_notebook_has_an_anchor():
         if line.startswith("## "):
             assert lines[i - 1].startswith('<a id="'), line
     assert len(_anchors(text)) == sum(line.startswith("## ") for line in lines)
+
+
+def test_the_assumptions_index_and_anchors_follow_the_headings():
+    from maskkit.docgen import ASSUMPTIONS_BEGIN, assumptions_markdown
+
+    text = (f"# A\n\nprose\n\n{ASSUMPTIONS_BEGIN}\nstale\n{END}\n\n## A1. First (`x|y`)\nbody\n\n"
+            '<a id="a7"></a>\n## A2. Second\nbody\n\n## A48c. A helper\'s\n')
+    out = assumptions_markdown(text)
+    assert "stale" not in out and '<a id="a7"></a>' not in out
+    assert ("| [A1](#a1) | First (`x\\|y`) |\n| [A2](#a2) | Second |\n| [A48c](#a48c) | A helper's |" in out)
+    assert '<a id="a1"></a>\n## A1. First' in out and '<a id="a48c"></a>\n## A48c.' in out
+    assert assumptions_markdown(out) == out  # a second run changes nothing
+    with pytest.raises(SystemExit, match=r"assumption A2 is used twice; renumber one of them"):
+        assumptions_markdown(text + "\n## A2. Again\n")
