@@ -42,7 +42,8 @@ def guided(children: list[str] = ATTENTION, child_ratio: float = 0.7, ratio: flo
     children's ranks, as in ``xlip``) and ``atypical``'s rank (weights 1 per child, len(children)
     for ``atypical``).
 
-    Why each piece: docs/assumptions.md A25; the measurement: docs/results.md#guided-masks. The
+    Why each piece: docs/assumptions.md#a25; the measurements: docs/results.md#guided-masks-choice
+    (development phantoms, the choice) and docs/results.md#guided-masks (held-out). The
     blend and the temperature were chosen on development phantoms (generator offset 30,000,000,
     never the held-out set) with the seed-0 default model: τ = 0.05 is the largest of
     {0, 0.05, 0.1} that kept the lesion tokens left visible within one point of the
