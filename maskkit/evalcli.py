@@ -142,6 +142,9 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
         check_writable_dir(folder, option)
     if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
         (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
+    from .plugins import get_registry
+
+    ev = get_registry().evaluation(ev.name)  # the whole registry runs things (a plugin with a failed hook is undone)
     run = EvalRun.load(paths, data, out=out)
     res = ev(run, settings)
     for t in res.tables:
@@ -163,12 +166,12 @@ class EvalGroup(TyperGroup):
     def list_commands(self, ctx) -> list[str]:
         from .plugins import get_registry
 
-        return sorted(get_registry().evaluations)
+        return sorted(get_registry("evaluation").evaluations)
 
     def get_command(self, ctx, cmd_name: str):
         from .plugins import get_registry
 
-        ev = get_registry().evaluations.get(cmd_name)
+        ev = get_registry("evaluation").evaluations.get(cmd_name)
         return None if ev is None else evaluation_command(ev)
 
     def resolve_command(self, ctx, args):
@@ -176,7 +179,7 @@ class EvalGroup(TyperGroup):
         from .plugins import get_registry
 
         if args and not args[0].startswith("-"):
-            reg = get_registry()
+            reg = get_registry("evaluation")
             if args[0] not in reg.evaluations:
                 srcs = reg.conflicts.get(("evaluation", args[0]))
                 why = (f"registered by plugins {' and '.join(repr(s) for s in srcs)} and refused to all of them; keep one "

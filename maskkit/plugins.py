@@ -35,7 +35,6 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .core import check_declarations, declared_modalities
 from .errors import PluginError, UnknownNameError, close_matches
 
 ENTRY_POINT_GROUP = "maskkit"
@@ -123,7 +122,7 @@ class Registry:
             self.evaluations.pop(name, None)
 
     def add_strategy(self, cls: type, source: str) -> None:
-        from .core import MaskStrategy
+        from .core import MaskStrategy, check_declarations
 
         if not (isinstance(cls, type) and issubclass(cls, MaskStrategy)):
             raise PluginError(f"plugin '{source}' registered {cls!r}, which is not a MaskStrategy subclass")
@@ -201,6 +200,7 @@ class Registry:
 _lock = threading.Lock()
 _pm: pluggy.PluginManager | None = None
 _registry: Registry | None = None
+_partial: dict[str, Registry] = {}  # kind -> a registry of that kind's hook alone (get_registry(kind))
 _failed: dict[str, str] = {}
 
 
@@ -281,10 +281,14 @@ def get_plugin_manager() -> pluggy.PluginManager:
 
 
 HOOKS = ("register_strategies", "register_presets", "register_datasets", "register_evaluations")
+#: the kind of item each hook registers (``get_registry(kind)``)
+KINDS = {"strategy": "register_strategies", "preset": "register_presets", "dataset": "register_datasets",
+         "evaluation": "register_evaluations"}
 
 
-def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
-    """Call every plugin's hooks with a ``register`` callback that records the plugin as source.
+def build_registry(pm: pluggy.PluginManager | None = None, hooks: tuple[str, ...] = HOOKS) -> Registry:
+    """Call every plugin's ``hooks`` (default: all) with a ``register`` callback that records the
+    plugin as source.
 
     A plugin's hooks run as one unit: if any of them raises, everything that plugin registered
     is undone and it is recorded in ``failed_plugins`` (the others, built-ins included, stay).
@@ -294,13 +298,13 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     pm = pm or get_plugin_manager()
     reg = Registry()
     impls: dict[str, dict[str, Any]] = {}  # plugin name -> hook name -> impl
-    for hook in HOOKS:
+    for hook in hooks:
         for impl in getattr(pm.hook, hook).get_hookimpls():
             impls.setdefault(impl.plugin_name, {})[hook] = impl
     builtin_order = {name: i for i, name in enumerate(BUILTIN_PLUGINS)}
     order = sorted(impls, key=lambda src: (0, builtin_order[src], "") if src in reg.builtin else (1, 0, src))
     for source in order:
-        hooks = impls[source]
+        mine = impls[source]
         calls = {
             "register_strategies": lambda cls, _src=source: reg.add_strategy(cls, _src),
             "register_presets": lambda name, config, description="", _src=source: reg.add_preset(
@@ -309,10 +313,10 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
             "register_evaluations": lambda name, evaluate, _src=source, **kw: reg.add_evaluation(name, evaluate, _src, **kw),
         }
         for hook in HOOKS:
-            if hook not in hooks:
+            if hook not in mine:
                 continue
             try:
-                hooks[hook].function(register=calls[hook])
+                mine[hook].function(register=calls[hook])
             except Exception as exc:  # one failing plugin never takes the host down
                 reg.remove_source(source)
                 _report(source.split(":")[0], _one_line(exc), f"failed in {hook}")
@@ -321,14 +325,32 @@ def build_registry(pm: pluggy.PluginManager | None = None) -> Registry:
     return reg
 
 
-def get_registry() -> Registry:
-    """The registry, built on first use and cached."""
+def get_registry(kind: str | None = None) -> Registry:
+    """The registry, built on first use and cached.
+
+    ``kind`` (a key of :data:`KINDS`): a caller that needs one kind of item only gets, until the
+    whole registry is built, one built from that kind's hook alone (cached too). ``maskkit eval
+    --help`` lists the evaluations this way without calling any plugin's ``register_strategies``,
+    whose classes subclass the torch-based ``MaskStrategy``: the built-ins answer without torch
+    (a plugin that imports torch when it is imported still brings it). The one difference: a plugin
+    one of whose *other* hooks raises is undone whole in the full registry, not in this one; run
+    anything through the full registry (``maskkit eval NAME RUN`` does).
+    """
     global _registry
-    if _registry is None:
-        reg = build_registry()
-        with _lock:
-            if _registry is None:
-                _registry = reg
+    if _registry is not None:
+        return _registry
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"get_registry(kind={kind!r}): expected one of {', '.join(KINDS)}")
+        if kind not in _partial:
+            reg = build_registry(hooks=(KINDS[kind],))
+            with _lock:
+                _partial.setdefault(kind, reg)
+        return _partial[kind]
+    reg = build_registry()
+    with _lock:
+        if _registry is None:
+            _registry = reg
     return _registry
 
 
@@ -338,6 +360,7 @@ def reset() -> None:
     with _lock:
         _pm = None
         _registry = None
+        _partial.clear()
         _failed.clear()
         _noted.clear()
 
@@ -358,6 +381,8 @@ def list_strategies(pattern: str = "*", modality: str | None = None) -> list[str
     ``modality`` keeps the strategies that can mask that modality (their class declaration:
     ``random`` and the composites declare both).
     """
+    from .core import declared_modalities
+
     reg = get_registry()
     return sorted(
         n for n, cls in reg.strategies.items()

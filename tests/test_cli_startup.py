@@ -4,17 +4,25 @@ Deterministic (which modules were imported, from ``python -X importtime``), not 
 docs/benchmarks.md has the wall times.
 """
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 HEAVY = {"torch", "timm", "open_clip", "transformers"}
+ROOT = Path(__file__).resolve().parent.parent
+#: the plugins this repository ships, imported from this checkout; no other installed plugin loads
+PLUGINS = sorted(p for p in (ROOT / "plugins").iterdir() if (p / "pyproject.toml").is_file())
 
 
 def _run(*args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """Run ``python -X importtime ARGS``: the process and which of :data:`HEAVY` it imported."""
-    out = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=300)
+    """Run ``python -X importtime ARGS`` with this checkout's maskkit and shipped plugins: the
+    process and which of :data:`HEAVY` it imported."""
+    env = {**os.environ, "MASKKIT_LOAD_PLUGINS": ",".join(p.name for p in PLUGINS),
+           "PYTHONPATH": os.pathsep.join([str(ROOT), *map(str, PLUGINS), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-X", "importtime", *args], capture_output=True, text=True, timeout=300, env=env)
     imported = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
     return out, imported & HEAVY
 
@@ -38,6 +46,8 @@ def test_the_public_api_is_unchanged():
 
 @pytest.mark.parametrize("args, line", [
     (["--help"], None),
+    (["strategies", "--help"], None),
+    (["eval", "zeroshot", "--help"], None),
     (["run", "preset=xlip", "nonsense.key=1"], "error: unknown key 'nonsense.key' (from cli)"),
     (["run", "train.lrr=1"], "error: unknown key 'train.lrr'; did you mean 'train.lr'"),
     (["run", "model.image_mask=random"], "error: set the strategy tree at top level (image_mask=...)"),
@@ -50,3 +60,14 @@ def test_help_and_key_errors_answer_without_torch(args, line):
         assert out.returncode == 0 and "Usage" in out.stdout
     else:
         assert out.returncode == 2 and " ".join(_errors(out)).startswith(line), _errors(out)
+
+
+def test_eval_lists_every_evaluation_without_torch():
+    """``maskkit eval --help`` lists the built-in and the plugins' evaluations from the
+    evaluation hooks alone (``get_registry("evaluation")``): no strategy class, no torch."""
+    out, heavy = _run("-m", "maskkit", "eval", "--help")
+    assert out.returncode == 0 and heavy == set(), _errors(out)
+    assert all(name in out.stdout for name in ("zeroshot", "retrieval", "report_length")), out.stdout
+    out, heavy = _run("-m", "maskkit", "eval", "zeroshott", "runs/x")
+    assert out.returncode == 2 and heavy == set()
+    assert "Error: eval 'zeroshott': not a registered evaluation; did you mean 'zeroshot'?" in out.stderr, _errors(out)

@@ -384,3 +384,44 @@ def test_docs_plugin_example_works(tmp_path, monkeypatch):
     check_strategy("checkerboard")
     m = build_strategy("checkerboard")(make_context(B=2, N=196))
     assert m.sum(-1).tolist() == [98, 98]
+
+
+HALF_BROKEN = '''
+from maskkit import hookimpl
+
+@hookimpl
+def register_strategies(register):
+    raise RuntimeError("no strategies today")
+
+@hookimpl
+def register_evaluations(register):
+    def evaluate(run, settings):
+        """Count nothing (test plugin)."""
+    register("halfbroken", evaluate)
+'''
+
+
+def test_a_registry_of_one_kind_calls_that_kind_of_hook_only(tmp_path, monkeypatch, capsys):
+    """``get_registry("evaluation")`` (what ``maskkit eval --help`` lists) calls no strategy hook,
+    so no strategy class and no torch is imported for it; the whole registry still undoes a
+    plugin one of whose hooks fails, and ``maskkit eval NAME RUN`` runs through that one."""
+    from maskkit.cli import app
+    from maskkit.errors import UnknownNameError
+    from typer.testing import CliRunner
+
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-halfbroken", "mk_halfbroken", HALF_BROKEN)
+    one = get_registry("evaluation")
+    assert one.strategies == {} and one.presets == {}
+    assert {"zeroshot", "halfbroken"} <= set(one.evaluations)
+    assert get_registry("evaluation") is one  # cached
+    with pytest.raises(ValueError, match=r"get_registry\(kind='strategies'\): expected one of strategy, preset"):
+        get_registry("strategies")
+    res = CliRunner().invoke(app, ["eval", "halfbroken", str(tmp_path / "no-run")])
+    assert isinstance(res.exception, UnknownNameError), res.output  # one line, exit 2, from the maskkit script
+    assert str(res.exception).startswith("unknown evaluation 'halfbroken'; registered: finetune, "), res.exception
+    whole = get_registry()
+    assert "halfbroken" not in whole.evaluations and "random" in whole.strategies
+    assert "no strategies today" in whole.failed_plugins["maskkit-halfbroken"]
+    assert get_registry("evaluation") is whole  # once built, the whole registry answers every kind
+    with pytest.raises(UnknownNameError):
+        whole.evaluation("halfbroken")
