@@ -189,6 +189,17 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
         assert _max(oc.encode_image(mine.xlip.normalise(x)), mine.xlip.encode_image(x)[0]) <= 1e-5
         assert _max(oc.encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
     assert _max(oc.visual.conv1.weight, src.clip.visual.conv1.weight) > 0  # trained: not the folder's weights
+    # --format timm: the tower without pre-norm (A61) is timm's plain ViT (pre_norm=False, eps 1e-6)
+    import timm
+    import torch.nn.functional as F
+
+    invoke("export", tmp_path / "r", "--format", "timm", "--out", tmp_path / "timm")
+    tdoc = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert tdoc["architecture"] == "vit_base_patch16_224" and tdoc["model_args"]["pre_norm"] is False
+    net = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert isinstance(net.norm_pre, torch.nn.Identity) and net.norm.eps == 1e-6
+    with torch.no_grad():
+        assert _max(F.normalize(net(mine.xlip.normalise(x)), dim=-1), mine.encode_image(x)) <= 1e-5
     # the export carries the text tower's config and tokenizer: nothing else is needed
     assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert doc["model_cfg"]["text_cfg"]["hf_model_name"] == doc["model_cfg"]["text_cfg"]["hf_tokenizer_name"] \

@@ -322,3 +322,51 @@ def test_similarity_map_is_the_cosine_of_each_patch_token_to_the_text(run):
     text = m.encode_text("left pleural effusion")[0]
     hand = F.cosine_similarity(tokens, text[None, None], dim=-1).reshape(2, 6, 6)
     torch.testing.assert_close(maps, hand, rtol=0, atol=1e-5)
+
+
+# --- timm export of every image tower timm's ViT holds (issue 20 fresh-user test, item 1) -----------------
+
+@pytest.mark.parametrize("vision, top, name", [
+    ({"no_ln_pre": True, "norm_kwargs": {"eps": 1e-6}}, {}, "vit_base_patch16_224"),  # BiomedCLIP's, rewritten
+    ({"no_ln_pre": True}, {}, "vit_base_patch16_clip_224"),
+    ({"norm_kwargs": {"eps": 1e-6}}, {"quick_gelu": True}, "vit_base_patch16_224"),
+    ({"pool_type": "avg", "ls_init_value": 0.1}, {}, "vit_base_patch16_clip_224"),
+    ({}, {"quick_gelu": True}, "vit_base_patch16_clip_quickgelu_224"),
+])
+def test_timm_export_holds_pre_norm_eps_pooling_layer_scale_and_activation(vision, top, name, tmp_path):
+    """An image tower without pre-norm (BiomedCLIP's, A61), with LayerNorm eps 1e-6, average
+    pooling, layer scale or QuickGELU is a timm VisionTransformer: the folder loads in plain timm and
+    gives maskkit.load's image embedding."""
+    import timm
+    from test_weights import FOLDER_CFG, open_clip_folder
+
+    import maskkit
+    from maskkit.export import write_timm_folder
+
+    mc = {**FOLDER_CFG, **top, "vision_cfg": {**FOLDER_CFG["vision_cfg"], **vision}}
+    open_clip_folder(tmp_path / "src", model_cfg=mc)
+    m = maskkit.load(tmp_path / "src")
+    got_name, args, diffs = write_timm_folder(m.xlip, tmp_path / "timm")
+    assert got_name == name and args["pre_norm"] is not vision.get("no_ln_pre", False), args
+    assert max(diffs.values()) <= 1e-5
+    net = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert isinstance(net.norm_pre, torch.nn.Identity) is bool(vision.get("no_ln_pre"))
+    assert net.blocks[0].norm1.eps == vision.get("norm_kwargs", {}).get("eps", 1e-5)
+    x = _images(2, 64)
+    with torch.no_grad():
+        got = F.normalize(net(m.xlip.normalise(x)), dim=-1)
+    assert float((got - m.encode_image(x)).abs().max()) <= 1e-5
+
+
+def test_timm_export_refuses_an_eps_no_timm_vit_has(tmp_path):
+    from test_weights import FOLDER_CFG, open_clip_folder
+
+    import maskkit
+    from maskkit.export import write_timm_folder
+
+    open_clip_folder(tmp_path / "src", model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "norm_kwargs": {"eps": 1e-3}}})
+    with pytest.raises(MaskkitError) as e:
+        write_timm_folder(maskkit.load(tmp_path / "src").xlip, tmp_path / "timm")
+    msg = str(e.value)
+    assert msg.startswith("--format timm: the image tower has vision_cfg.norm_kwargs={'eps': 0.001}; timm's named ViTs have "
+                          "LayerNorm eps 1e-5 (CLIP) or 1e-6 (ImageNet)") and "\n" not in msg, msg
