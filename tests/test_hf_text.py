@@ -237,3 +237,16 @@ def test_without_transformers_an_hf_architecture_is_one_line(bert, monkeypatch):
     with pytest.raises(MaskkitError) as e:
         create_clip(tiny_hf_arch(bert))
     assert _one_line(e).endswith("which needs the transformers package: pip install 'maskkit[hf]'")
+
+
+def test_transformers_folder_with_more_layers_than_its_config_is_refused(registered, tmp_path):
+    """A BERT folder whose weights have 3 layers and whose config.json says 2: before, layer 2 was
+    silently left out."""
+    folder = tiny_bert_folder(tmp_path / "bert3", layers=3)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert _one_line(e) == (f"model.pretrained: {folder / 'model.safetensors'}: its text tower has 3 layers (encoder.layer.0-2), "
+                            f"the model's 2: depth found 3, expected 2; the text tower is built from {folder / 'config.json'} "
+                            f"(num_hidden_layers)")

@@ -94,8 +94,8 @@ def _timm_clip_vit(**extra):
     import timm
 
     torch.manual_seed(3)
-    m = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=192, depth=4, num_heads=3,
-                          num_classes=128, **extra)
+    m = timm.create_model("vit_base_patch16_clip_224", pretrained=False, **{**dict(img_size=96, embed_dim=192, depth=4,
+                                                                            num_heads=3, num_classes=128), **extra})
     _perturbed(m, 3)
     with torch.no_grad():
         m.head.bias.zero_()
@@ -252,3 +252,37 @@ def test_a_run_built_from_a_folder_loads_without_its_weights_file(tmp_path):
 
 def setup_module():
     register_configs()
+
+
+# --- more (or fewer) layers than the architecture: refused like a width mismatch ----------------------
+
+def test_deeper_or_shallower_checkpoints_are_refused_naming_the_file_and_depths(tmp_path):
+    """Before, a depth-6 timm ViT into maskkit-tiny (depth 4) loaded blocks 0-3 and ignored the
+    rest; open_clip folders and files with extra image or text layers alike."""
+    deep = _timm_clip_vit(depth=6)
+    torch.save(deep.state_dict(), tmp_path / "deep.pth")
+    _refused(tmp_path / "deep.pth", f"model.pretrained: {tmp_path / 'deep.pth'}: its image tower has 6 layers "
+                                    f"(visual.transformer.resblocks.0-5), the model's 4: depth found 6, expected 4")
+    shallow = _timm_clip_vit(depth=2)
+    torch.save(shallow.state_dict(), tmp_path / "shallow.pth")
+    _refused(tmp_path / "shallow.pth", "its image tower has 2 layers (visual.transformer.resblocks.0-1), the model's 4: "
+                                       "depth found 2, expected 4")
+    # an open_clip folder whose weights have more image layers than its model_cfg: the weights file is named
+    folder = tmp_path / "f"
+    open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "layers": 3}})
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": FOLDER_CFG}))
+    msg = _refused(folder, f"model.pretrained: {folder / 'open_clip_model.safetensors'}: its image tower has 3 layers "
+                           f"(visual.transformer.resblocks.0-2), the model's 2: depth found 3, expected 2")
+    assert "folder-" not in msg
+    # an open_clip file with a deeper text tower
+    import open_clip
+
+    text3 = open_clip.CLIP(**{**FOLDER_CFG, "text_cfg": {**FOLDER_CFG["text_cfg"], "layers": 3}})
+    torch.save(text3.state_dict(), tmp_path / "text3.pt")
+    clip = create_clip(FOLDER_CFG)
+    from maskkit.model.towers import load_pretrained
+
+    with pytest.raises(MaskkitError) as e:
+        load_pretrained(clip, tmp_path / "text3.pt")
+    assert str(e.value) == (f"model.pretrained: {tmp_path / 'text3.pt'}: its text tower has 3 layers (transformer.resblocks.0-2), "
+                            f"the model's 2: depth found 3, expected 2; is model.arch (or the folder's model_cfg) right?")

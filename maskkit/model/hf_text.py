@@ -185,6 +185,9 @@ def load_text_folder(clip, folder: str | Path) -> str:
     if not matched:
         raise MaskkitError(f"model.pretrained: no tensor of {folder / found} is a weight of the text tower "
                            f"(its keys: {', '.join(list(state)[:3])}; expected e.g. {next(iter(own))})")
+    from .weights import check_depth
+
+    check_depth(state, own, folder / found, f"the text tower is built from {folder / 'config.json'} (num_hidden_layers)")
     bad = [k for k in matched if state[k].shape != own[k].shape]
     if bad:
         k = bad[0]

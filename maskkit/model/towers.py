@@ -388,9 +388,9 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     """
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    from .weights import nothing_loaded, read_weights
+    from .weights import check_depth, nothing_loaded, read_weights
 
-    state, fmt, notes = read_weights(path, model)  # every local layout (maskkit.model.weights)
+    state, fmt, notes, src = read_weights(path, model)  # every local layout (maskkit.model.weights)
     p = Path(path).expanduser()
     own = model.state_dict()
     for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
@@ -413,22 +413,23 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
             try:
                 resize(state, model)
             except Exception as exc:
-                raise MaskkitError(f"model.pretrained: {p}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
+                raise MaskkitError(f"model.pretrained: {src}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
                                    f"({_one_line(exc)})") from None
             notes.append(f"resized {key} {before} -> {tuple(state[key].shape)}")
+    check_depth(state, own, src, "is model.arch (or the folder's model_cfg) right?")
     shape_bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shape_bad:
         k = shape_bad[0]
-        raise MaskkitError(f"model.pretrained: {p}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
+        raise MaskkitError(f"model.pretrained: {src}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
                            f"({len(shape_bad)} mismatched keys); is model.arch right?")
     try:
         res = model.load_state_dict(state, strict=False)
     except Exception as exc:
-        raise MaskkitError(f"model.pretrained: {p}: cannot load ({_one_line(exc)})") from None
+        raise MaskkitError(f"model.pretrained: {src}: cannot load ({_one_line(exc)})") from None
     miss, unexp = list(res.missing_keys), list(res.unexpected_keys)
     loaded = len(state) - len(unexp)
     if loaded == 0:
-        raise nothing_loaded(path, state)
+        raise nothing_loaded(src, state)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")
