@@ -286,3 +286,28 @@ def test_deeper_or_shallower_checkpoints_are_refused_naming_the_file_and_depths(
         load_pretrained(clip, tmp_path / "text3.pt")
     assert str(e.value) == (f"model.pretrained: {tmp_path / 'text3.pt'}: its text tower has 3 layers (transformer.resblocks.0-2), "
                             f"the model's 2: depth found 3, expected 2; is model.arch (or the folder's model_cfg) right?")
+
+
+# --- the tiny scale's conv stem and model.pretrained (A66) ----------------------------------------------
+
+def test_tiny_scale_uses_the_linear_patch_embedding_with_pretrained_weights_and_an_explicit_stem_is_refused(tmp_path):
+    """scale=tiny's model.patch_embed=conv_stem used to drop the pretrained patch embedding
+    (visual.conv1 listed as unexpected): the scale's default yields to the weights; a stem the
+    user sets is refused in one line."""
+    from maskkit.config import ConfigError, resolve
+
+    folder = tmp_path / "init"
+    src = open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "image_size": 96}})
+    cfg, sources = resolve(["scale=tiny", f"model.pretrained={folder}"])
+    assert cfg.model.patch_embed == "linear" and sources["model.patch_embed"] == "scale:tiny (model.pretrained)"
+    m = XLIP.from_experiment(cfg)
+    assert "unexpected 0" in m.load_report, m.load_report
+    assert torch.equal(m.clip.visual.conv1.weight, src.visual.conv1.weight)
+    assert resolve(["scale=tiny"])[0].model.patch_embed == "conv_stem"  # without weights: the scale's stem
+    with pytest.raises(ConfigError) as e:
+        resolve(["scale=tiny", "model.patch_embed=conv_stem", f"model.pretrained={folder}"])
+    assert str(e.value) == (f"model.patch_embed=conv_stem (from cli) with model.pretrained={folder} (from cli): a convolutional "
+                            f"stem replaces the pretrained patch embedding, whose weights would be dropped; set "
+                            f"model.patch_embed=linear")
+    with pytest.raises(MaskkitError, match="model.patch_embed=conv_stem with model.pretrained=.*set model.patch_embed=linear$"):
+        XLIP(ModelConfig(arch="maskkit-tiny", patch_embed="conv_stem", pretrained=str(folder)))

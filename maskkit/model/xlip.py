@@ -89,6 +89,10 @@ class XLIP(nn.Module):
             text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
             # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
             self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
+        if cfg.pretrained and weights and cfg.patch_embed != "linear":  # resolve() gives the same line (A66)
+            raise MaskkitError(f"model.patch_embed={cfg.patch_embed} with model.pretrained={cfg.pretrained}: a convolutional "
+                               f"stem replaces the pretrained patch embedding, whose weights would be dropped; set "
+                               f"model.patch_embed=linear")
         self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder,
                                 hub_dir=self.hub.path if self.hub is not None else None)
         self.load_report = None
