@@ -210,10 +210,11 @@ def _write_open_clip(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[s
         got_txt = loaded.encode_text(ids)
     diffs = {"image": _max_diff(got_img, want_img), "text": _max_diff(got_txt, want_txt)}
     _check(diffs, "open_clip.create_model_and_transforms('local-dir:...')")
-    usage = (f"```python\nimport open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
-             f"tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
-             f"image = preprocess(PIL.Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
-             f"image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```")
+    usage = ("```python\nimport open_clip\nfrom PIL import Image\n\n"
+             "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
+             "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
+             "image = preprocess(Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
+             "image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```")
     return diffs, usage
 
 
@@ -330,14 +331,34 @@ def timm_model(model):
 def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
     name, args, diffs = write_timm_folder(model, tmp, provenance(model, cfg, ck))
     arg_text = ", ".join(f"{k}={v!r}" for k, v in args.items())
-    usage = (f"```python\nimport timm\nmodel = timm.create_model('local-dir:PATH', pretrained=True)\n# or, from the weights file:\n"
-             f"model = timm.create_model('{name}', pretrained=True,\n"
-             f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={args['num_classes']}), {arg_text})\n"
-             f"# a backbone without the CLIP projection head: num_classes=0 in both places; "
-             f"model.forward_features(x) gives the tokens\n```\n\n"
-             f"`model(x)` is the CLIP image embedding ({args['num_classes']} dims) of images normalised as "
-             f"`config.json`'s `pretrained_cfg` says (grayscale replicated to 3 channels).")
+    usage = timm_usage(name, args, int(model.image_size))
     return diffs, usage
+
+
+def timm_usage(name: str, args: dict, size: int) -> str:
+    """The model card's loading recipe of a timm export (Python that runs as written once ``PATH``
+    is the folder): the CLIP image embedding, and a backbone without the projection head. For the
+    backbone, the model's ``num_classes=0`` and the file's own in ``pretrained_cfg_overlay`` (timm
+    drops the head's tensors only when the two differ; ``num_classes=0`` in both leaves them
+    unexpected)."""
+    E = args["num_classes"]
+    rest = ", ".join(f"{k}={v!r}" for k, v in args.items() if k != "num_classes")
+    return (f"```python\nimport timm\nimport torch\n\n"
+            f"# the CLIP image embedding ({E} dims): model(x)\n"
+            f"model = timm.create_model('local-dir:PATH', pretrained=True)\n"
+            f"# or, from the weights file alone:\n"
+            f"model = timm.create_model('{name}', pretrained=True, num_classes={E},\n"
+            f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={E}),\n    {rest})\n\n"
+            f"# a backbone without the CLIP projection head (segmentation, detection): num_classes=0 for the model,\n"
+            f"# the file's num_classes={E} in the overlay (timm then leaves the head's tensors out)\n"
+            f"backbone = timm.create_model('local-dir:PATH', pretrained=True, num_classes=0)\n"
+            f"backbone = timm.create_model('{name}', pretrained=True, num_classes=0,\n"
+            f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={E}),\n    {rest})\n"
+            f"x = torch.zeros(1, 3, {size}, {size})  # images normalised as config.json's pretrained_cfg says\n"
+            f"tokens = backbone.forward_features(x)  # [1, 1 + patches, width]\n"
+            f"embedding = model(x)  # [1, {E}]\n```\n\n"
+            f"Images are grayscale replicated to 3 channels and normalised with `config.json`'s `pretrained_cfg` "
+            f"mean and std.")
 
 
 def write_timm_folder(model, folder: Path, meta: dict | None = None) -> tuple[str, dict, dict[str, float]]:

@@ -370,3 +370,38 @@ def test_timm_export_refuses_an_eps_no_timm_vit_has(tmp_path):
     msg = str(e.value)
     assert msg.startswith("--format timm: the image tower has vision_cfg.norm_kwargs={'eps': 0.001}; timm's named ViTs have "
                           "LayerNorm eps 1e-5 (CLIP) or 1e-6 (ImageNet)") and "\n" not in msg, msg
+
+
+# --- the model card's recipes run as written (fresh-user item 4) --------------------------------------------
+
+def _card_code(folder: Path) -> str:
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)
+    assert len(blocks) == 1, blocks
+    return blocks[0].replace("PATH", str(folder))
+
+
+def test_the_timm_card_s_code_runs_as_written_backbone_included(model, timm_dir):
+    code = _card_code(timm_dir)
+    assert "num_classes=0" in code and "backbone" in code
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)  # the card's snippet, literally
+    x = torch.zeros(1, 3, 96, 96)
+    with torch.no_grad():
+        want, _ = model.encode_image(torch.full((1, 1, 96, 96), 0.5))
+        xn = model.normalise(torch.full((1, 1, 96, 96), 0.5))
+        assert float((ns["model"](xn) - want).abs().max()) <= 1e-5
+        assert ns["backbone"].num_classes == 0 and isinstance(ns["backbone"].head, torch.nn.Identity)
+        assert ns["tokens"].shape == (1, 37, 192) and ns["embedding"].shape == (1, model.embed_dim)
+        torch.testing.assert_close(ns["backbone"].forward_features(x), ns["model"].forward_features(x), rtol=0, atol=0)
+
+
+def test_the_open_clip_card_s_code_runs_as_written(model, open_clip_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(tmp_path / "xray.png")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(_card_code(open_clip_dir), "README.md", "exec"), ns)
+    assert ns["image_features"].shape == (1, model.embed_dim) and ns["text_features"].shape == (1, model.embed_dim)
