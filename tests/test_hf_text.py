@@ -250,3 +250,19 @@ def test_transformers_folder_with_more_layers_than_its_config_is_refused(registe
     assert _one_line(e) == (f"model.pretrained: {folder / 'model.safetensors'}: its text tower has 3 layers (encoder.layer.0-2), "
                             f"the model's 2: depth found 3, expected 2; the text tower is built from {folder / 'config.json'} "
                             f"(num_hidden_layers)")
+
+
+def test_grad_checkpointing_false_leaves_the_hf_tower_s_off(registered):
+    """open_clip's HFTextEncoder.set_grad_checkpointing ignores its argument: train.grad_checkpointing=false
+    used to switch transformers' checkpointing on."""
+    from maskkit.model.hf_text import is_checkpointing
+
+    model = XLIP(tiny_config(arch=registered))
+    bert = model.clip.text.transformer
+    assert not is_checkpointing(bert)
+    model.set_grad_checkpointing(False)
+    assert not is_checkpointing(bert) and not model.clip.visual.transformer.grad_checkpointing
+    model.set_grad_checkpointing(True)
+    assert is_checkpointing(bert) and model.clip.visual.transformer.grad_checkpointing
+    model.set_grad_checkpointing(False)
+    assert not is_checkpointing(bert) and not model.clip.visual.transformer.grad_checkpointing

@@ -34,6 +34,23 @@ def is_hf_tower(clip) -> bool:
     return isinstance(getattr(clip, "text", None), HFTextEncoder)
 
 
+def set_hf_checkpointing(model, enable: bool) -> None:
+    """Switch a transformers model's gradient (activation) checkpointing on or off, by the calls of
+    the installed transformers (``activation_checkpointing_*`` from 5.x, ``gradient_checkpointing_*`` before)."""
+    on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    if enable:
+        on()
+    elif is_checkpointing(model):
+        off()
+
+
+def is_checkpointing(model) -> bool:
+    """Whether a transformers model recomputes its activations in the backward (gradient checkpointing)."""
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, flag))
+
+
 def transformers_folder(path: str | Path) -> Path | None:
     """``path`` when it is a transformers model folder (a ``config.json`` naming a ``model_type``,
     and no ``open_clip_config.json``), else None."""

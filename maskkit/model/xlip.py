@@ -414,8 +414,16 @@ class XLIP(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """``train.grad_checkpointing``: recompute the activations of both towers' blocks (open_clip's
         ``set_grad_checkpointing``) and of the MIM decoder's blocks in the backward instead of
-        storing them. Changes memory and time, never a value."""
-        self.clip.set_grad_checkpointing(enable)
+        storing them. Changes memory and time, never a value. An HF text tower's transformers model
+        is switched on or off by transformers' own calls: open_clip's ``HFTextEncoder.set_grad_checkpointing``
+        ignores its argument and always switches it on."""
+        from .hf_text import is_hf_tower, set_hf_checkpointing
+
+        if is_hf_tower(self.clip):
+            self.clip.visual.set_grad_checkpointing(enable)
+            set_hf_checkpointing(self.clip.text.transformer, enable)
+        else:
+            self.clip.set_grad_checkpointing(enable)
         if self.decoder is not None:
             self.decoder.grad_checkpointing = enable
 
