@@ -369,3 +369,24 @@ def test_patch_dropout_is_inactive_in_eval_mode():
         a, b = m(batch, seed=0).image_features, m(batch, seed=1).image_features
         assert torch.equal(a, b)
         assert _max(a, m.encode_image(batch["images"])[0]) <= 1e-6  # every patch
+
+
+# --- refusals name the file the user gave, not maskkit's internal registry name (fresh-user item 7) ---------
+
+def test_refusals_of_a_folder_s_architecture_name_its_open_clip_config(bert, tmp_path):
+    folder = tmp_path / "BiomedCLIP-tiny"
+    biomedclip_folder(folder, bert)
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    doc["model_cfg"]["vision_cfg"]["timm_proj"] = "mlp"
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    msg = str(e.value)
+    assert msg.startswith(f"model.pretrained: {folder.resolve() / 'open_clip_config.json'} (model_cfg): the timm image tower "
+                          f"{TIMM_NAME} (timm_pool='', timm_proj='mlp') has a 'mlp' projection"), msg
+    assert "folder-" not in msg and "\n" not in msg
+    doc["model_cfg"]["vision_cfg"]["timm_proj"] = "linear"
+    doc["model_cfg"]["multimodal_cfg"] = {"width": 32}
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError, match=r"^model.pretrained: .*open_clip_config.json \(model_cfg\) is a CoCa model"):
+        XLIP(ModelConfig(pretrained=str(folder)))

@@ -166,22 +166,25 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
 
     from . import hf_text
 
+    from .weights import arch_where
+
     name, cfg = model_config(arch)
+    where = arch_where(arch, name)  # an open_clip folder's model_cfg: its open_clip_config.json, not the internal name
     if patch_embed not in PATCH_EMBEDS:
         raise MaskkitError(f"model.patch_embed: unknown patch embedding '{patch_embed}'; expected one of {', '.join(PATCH_EMBEDS)}")
     if "multimodal_cfg" in cfg:
-        raise MaskkitError(f"model.arch: '{name}' is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
+        raise MaskkitError(f"{where} is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
     vision_cfg, text_cfg = dict(cfg.pop("vision_cfg") or {}), dict(cfg.pop("text_cfg") or {})
     hf = text_cfg.get("hf_model_name")
     notes = []
     if vision_cfg.get("timm_model_name"):  # open_clip's timm tower (BiomedCLIP's): the same ViT in open_clip's own terms
         from .weights import timm_vision_cfg
 
-        vision_cfg, note = timm_vision_cfg(vision_cfg, cfg.get("embed_dim"), f"model.arch: '{name}'")
+        vision_cfg, note = timm_vision_cfg(vision_cfg, cfg.get("embed_dim"), where)
         notes.append(note)
         if cfg.get("quick_gelu"):  # timm's towers ignore it; open_clip's ViT would take it
             if not hf:
-                raise MaskkitError(f"model.arch: '{name}' has quick_gelu: true with a timm image tower (exact GELU) and "
+                raise MaskkitError(f"{where} has quick_gelu: true with a timm image tower (exact GELU) and "
                                    f"CLIP's text tower (QuickGELU); maskkit builds one activation for both")
             cfg.pop("quick_gelu")
     resolved = {**copy.deepcopy(cfg), "vision_cfg": copy.deepcopy(vision_cfg), "text_cfg": copy.deepcopy(text_cfg)}
@@ -195,19 +198,19 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         import importlib.util
 
         if importlib.util.find_spec("transformers") is None:
-            raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
+            raise MaskkitError(f"{where} has a Hugging Face text tower ({hf}), which needs the transformers "
                                f"package: pip install 'maskkit[hf]'")
         hub = Path(hub_dir) if hub_dir is not None and text_tower is None else None
         if text_tower is not None:
             folder = Path(text_tower).expanduser()
         else:
             try:
-                folder = hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+                folder = hf_text.local_folder(hf, f"{where} text tower")
             except MaskkitError:
                 if hub is None or hf_text.transformers_config(hub) is None:
                     raise
                 folder = hub  # the folder carries the tower's config.json (maskkit export's)
-        key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
+        key = pretrained_key if text_tower is not None else f"{where} text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
         tok_name = text_cfg.get("hf_tokenizer_name") or hf
         if hub is not None and hf_text.has_tokenizer(hub):
@@ -215,7 +218,7 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         elif hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
             tok = folder  # the tower's own folder holds its tokenizer
         else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
-            tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")
+            tok = hf_text.local_folder(tok_name, f"{where} tokenizer")
         if not hf_text.has_tokenizer(tok):
             raise MaskkitError(f"{key}: {tok} holds no tokenizer ({' or '.join(hf_text.TOKENIZER_FILES[:2])}); the text "
                                f"tower's tokenizer must be local")
@@ -225,7 +228,7 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
 
         pooler = text_cfg.get("hf_pooler_type") or arch_dict[hf_cfg["model_type"]]["pooler"]
     elif text_cfg.get("hf_tokenizer_name") or custom:
-        raise MaskkitError(f"model.arch: '{name}' has a custom native text tower"
+        raise MaskkitError(f"{where} has a custom native text tower"
                            + (f" with the tokenizer '{text_cfg['hf_tokenizer_name']}'" if text_cfg.get("hf_tokenizer_name") else "")
                            + "; maskkit supports CLIP's text tower (CLIP's BPE) and Hugging Face text towers (text_cfg.hf_model_name)")
     else:
@@ -233,16 +236,16 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
     try:  # as open_clip.create_model builds it (fp32, on the CPU), without its hub look-ups
         model = model_class(**cfg, vision_cfg=vision_cfg, text_cfg=text_cfg)
     except Exception as exc:
-        raise MaskkitError(f"model.arch: cannot build '{name}' ({_one_line(exc)})") from None
+        raise MaskkitError(f"{where}: cannot build it ({_one_line(exc)})") from None
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
-        raise MaskkitError(f"model.arch: '{name}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
+        raise MaskkitError(f"{where} is not a plain ViT image tower; maskkit needs ViT patch tokens")
     from open_clip.model import CLIPTextCfg
 
     context = int(text_cfg.get("context_length", CLIPTextCfg.context_length))  # open_clip's default (77) when unset
     if hf:
         limit = hf_text.max_positions(model.text.config)
         if limit and context > limit:
-            raise MaskkitError(f"model.arch: '{name}' text_cfg.context_length {context} exceeds the {limit} positions of "
+            raise MaskkitError(f"{where} text_cfg.context_length {context} exceeds the {limit} positions of "
                                f"the text tower {folder / 'config.json'}")
         if model.text.config.pad_token_id is None:
             raise MaskkitError(f"{key}: {folder / 'config.json'} has no pad_token_id; the text tower needs one to skip padding")

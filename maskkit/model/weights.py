@@ -91,7 +91,25 @@ class HubFolder:
         from open_clip import factory
 
         factory._MODEL_CONFIGS[self.arch] = deepcopy(self.model_cfg)  # open_clip's own registry (add_model_config's)
+        _ARCH_FILES[self.arch] = self.path / HUB_CONFIG
         return self.arch
+
+
+#: :attr:`HubFolder.arch` (an internal registry name) -> the ``open_clip_config.json`` it came from
+_ARCH_FILES: dict[str, Path] = {}
+
+
+def arch_file(arch) -> Path | None:
+    """The ``open_clip_config.json`` whose ``model_cfg`` was registered as ``arch`` (:meth:`HubFolder.register`), else None."""
+    return _ARCH_FILES.get(arch) if isinstance(arch, str) else None
+
+
+def arch_where(arch, name: str | None = None) -> str:
+    """How a message names the architecture ``arch``: ``model.arch: 'ViT-B-16'``, or, for an
+    open_clip folder's ``model_cfg`` (registered under an internal name), the file the user gave:
+    ``model.pretrained: /path/open_clip_config.json (model_cfg)``."""
+    f = arch_file(arch)
+    return f"model.pretrained: {f} (model_cfg)" if f is not None else f"model.arch: '{name or arch}'"
 
 
 def hub_folder(path: str | Path, weights: bool = True) -> HubFolder:

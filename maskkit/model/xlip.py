@@ -29,7 +29,7 @@ from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
 from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
                      tower_tokenizer, unpatchify)
-from .weights import architecture, hub_notes, preprocessing
+from .weights import arch_file, architecture, hub_notes, preprocessing
 
 
 def write_record(record: dict, folder) -> None:
@@ -136,7 +136,7 @@ class XLIP(nn.Module):
         self.text_decoder = TextDecoder(C, self.tokenizer.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
             if self.text_mask is not None else None
         if self.text_mask is not None and cfg.mlm.mode in ("loss", "causal") and not text_is_causal(self.clip):
-            raise MaskkitError(f"model.mlm.mode={cfg.mlm.mode}: the text tower of {cfg.arch} is bidirectional, so the clean E_report at "
+            raise MaskkitError(f"model.mlm.mode={cfg.mlm.mode}: the text tower of {arch_file(self.arch) or cfg.arch} is bidirectional, so the clean E_report at "
                                f"position t-1 has seen token t, the target; use model.mlm.mode=input")
         self.mask_id = mask_token_id(cfg.mlm.mask_token, self.tokenizer) if self.text_mask is not None and cfg.mlm.mode == "input" else None
         self.mask_embedding = nn.Parameter(torch.zeros(text_width(self.clip))) \
