@@ -390,3 +390,27 @@ def test_refusals_of_a_folder_s_architecture_name_its_open_clip_config(bert, tmp
     (folder / "open_clip_config.json").write_text(json.dumps(doc))
     with pytest.raises(MaskkitError, match=r"^model.pretrained: .*open_clip_config.json \(model_cfg\) is a CoCa model"):
         XLIP(ModelConfig(pretrained=str(folder)))
+
+
+def test_a_biomedclip_folder_naming_its_bert_by_hub_id_says_where_to_set_a_local_one(bert, tmp_path):
+    """BiomedCLIP's real open_clip_config.json names its BERT by hub id (offline: not there). The
+    line names the file and key to change (text_cfg.hf_model_name in open_clip_config.json); doing
+    what it says (copying the BERT's config.json into the folder) loads it."""
+    folder = tmp_path / "BiomedCLIP"
+    ref = biomedclip_folder(folder, bert)
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    hub_id = "microsoft/BiomedNLP-maskkit-test-absent"
+    doc["model_cfg"]["text_cfg"].update(hf_model_name=hub_id, hf_tokenizer_name=hub_id)
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    cfg_file = folder.resolve() / "open_clip_config.json"
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    msg = str(e.value)
+    assert msg == (f"model.pretrained: {cfg_file} (model_cfg) text tower: '{hub_id}' is neither a local folder nor in the "
+                   f"Hugging Face cache (maskkit never downloads); set text_cfg.hf_model_name in {cfg_file} to a local folder "
+                   f"of that model (its config.json), or copy that model's config.json into {folder.resolve()}"), msg
+    shutil.copy(bert / "config.json", folder / "config.json")
+    m = XLIP(ModelConfig(pretrained=str(folder))).eval()
+    ids = m.tokenizer(TEXTS).ids
+    with torch.no_grad():
+        assert _max(text_tokens(m.clip, ids)[0], ref.encode_text(ids)) <= 1e-5

@@ -266,3 +266,34 @@ def test_grad_checkpointing_false_leaves_the_hf_tower_s_off(registered):
     assert is_checkpointing(bert) and model.clip.visual.transformer.grad_checkpointing
     model.set_grad_checkpointing(False)
     assert not is_checkpointing(bert) and not model.clip.visual.transformer.grad_checkpointing
+
+
+def test_a_bert_folder_without_tokenizer_files_says_they_are_missing_there(bert, tmp_path):
+    """model.pretrained = a BERT folder without its tokenizer's files, the architecture's
+    hf_tokenizer_name a hub id: the line says the files are missing in that folder (before: advice
+    to set model.pretrained, which was set)."""
+    import open_clip
+    import shutil
+
+    arch = {**tiny_hf_arch(bert)}
+    arch["text_cfg"] = {**arch["text_cfg"], "hf_tokenizer_name": "microsoft/maskkit-test-absent-tokenizer"}
+    (tmp_path / "maskkit-test-bert-hubtok.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / "maskkit-test-bert-hubtok.json")
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(bert / f, weights_only / f)
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch="maskkit-test-bert-hubtok", pretrained=str(weights_only)))
+    assert _one_line(e) == (f"model.pretrained: the tokenizer files (tokenizer.json, vocab.txt, ...) are missing in {weights_only}, "
+                            f"and text_cfg.hf_tokenizer_name 'microsoft/maskkit-test-absent-tokenizer' of the architecture "
+                            f"cannot stand in; copy the model's tokenizer files into {weights_only}")
+    # an architecture whose own text-tower folder lacks them
+    arch = tiny_hf_arch(weights_only)
+    (tmp_path / "maskkit-test-bert-notok.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / "maskkit-test-bert-notok.json")
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch="maskkit-test-bert-notok"))
+    assert _one_line(e) == (f"model.arch: 'maskkit-test-bert-notok' text tower: the tokenizer files (tokenizer.json, vocab.txt, ...) "
+                            f"are missing in {weights_only}; copy the model's tokenizer files there (the text tower's "
+                            f"tokenizer must be local)")

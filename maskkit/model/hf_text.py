@@ -79,9 +79,10 @@ def read_config(folder: Path, key: str) -> dict:
     return cfg
 
 
-def local_folder(name: str, what: str) -> Path:
+def local_folder(name: str, what: str, fix: str | None = None) -> Path:
     """A local folder for a Hugging Face model name: the name itself when it is a folder, else the
-    model's snapshot in the Hugging Face cache (never downloaded). ``what`` opens the error line."""
+    model's snapshot in the Hugging Face cache (never downloaded). ``what`` opens the error line,
+    ``fix`` ends it (default: set ``model.pretrained`` to a local folder of the model)."""
     p = Path(name).expanduser()
     if p.is_dir():
         return p
@@ -92,9 +93,9 @@ def local_folder(name: str, what: str) -> Path:
 
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:
+        fix = fix or "set model.pretrained to a local transformers model folder of it (config.json + model.safetensors)"
         raise MaskkitError(f"{what}: '{name}' is neither a local folder nor in the Hugging Face cache (maskkit never "
-                           f"downloads); set model.pretrained to a local transformers model folder of it "
-                           f"(config.json + model.safetensors)") from None
+                           f"downloads); {fix}") from None
 
 
 def transformers_config(folder: Path) -> dict | None:

@@ -201,11 +201,18 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
             raise MaskkitError(f"{where} has a Hugging Face text tower ({hf}), which needs the transformers "
                                f"package: pip install 'maskkit[hf]'")
         hub = Path(hub_dir) if hub_dir is not None and text_tower is None else None
+        cfg_file = hub / "open_clip_config.json" if hub is not None else None
+        tok_files = ", ".join(hf_text.TOKENIZER_FILES[:2])
         if text_tower is not None:
             folder = Path(text_tower).expanduser()
         else:
+            fix = None
+            if cfg_file is not None:  # an open_clip folder (BiomedCLIP's names the hub id of its BERT)
+                fix = (f"set text_cfg.hf_model_name in {cfg_file} to a local folder of that model (its config.json"
+                       + ("" if hf_text.has_tokenizer(hub) else f"; and text_cfg.hf_tokenizer_name to a folder with its "
+                          f"tokenizer files, {tok_files}, ...") + f"), or copy that model's config.json into {hub}")
             try:
-                folder = hf_text.local_folder(hf, f"{where} text tower")
+                folder = hf_text.local_folder(hf, f"{where} text tower", fix)
             except MaskkitError:
                 if hub is None or hf_text.transformers_config(hub) is None:
                     raise
@@ -218,10 +225,23 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         elif hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
             tok = folder  # the tower's own folder holds its tokenizer
         else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
-            tok = hf_text.local_folder(tok_name, f"{where} tokenizer")
+            if text_tower is not None:
+                fix = (f"the tokenizer files ({tok_files}, ...) are missing in {folder}, and text_cfg.hf_tokenizer_name "
+                       f"'{tok_name}' of the architecture cannot stand in; copy the model's tokenizer files into {folder}")
+                try:
+                    tok = hf_text.local_folder(tok_name, key)
+                except MaskkitError:
+                    raise MaskkitError(f"{key}: {fix}") from None
+            elif cfg_file is not None:
+                tok = hf_text.local_folder(tok_name, f"{where} tokenizer",
+                                           f"copy the tokenizer files ({tok_files}, ...) into {hub}, or set "
+                                           f"text_cfg.hf_tokenizer_name in {cfg_file} to a local folder holding them")
+            else:
+                tok = hf_text.local_folder(tok_name, f"{where} tokenizer",
+                                           f"set text_cfg.hf_tokenizer_name to a local folder with the tokenizer files ({tok_files}, ...)")
         if not hf_text.has_tokenizer(tok):
-            raise MaskkitError(f"{key}: {tok} holds no tokenizer ({' or '.join(hf_text.TOKENIZER_FILES[:2])}); the text "
-                               f"tower's tokenizer must be local")
+            raise MaskkitError(f"{key}: the tokenizer files ({tok_files}, ...) are missing in {tok}; copy the model's "
+                               f"tokenizer files there (the text tower's tokenizer must be local)")
         text_cfg.update(hf_model_name=str(folder), hf_tokenizer_name=str(tok), hf_model_pretrained=False)
         model_class = CustomTextCLIP
         from open_clip.hf_configs import arch_dict
