@@ -177,6 +177,11 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
             else:
                 part = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:
+            from ..errors import weights_only_line, weights_only_refusal
+
+            why = weights_only_refusal(exc)
+            if why:
+                raise MaskkitError(f"{key}: {weights_only_line(f, 'state dict', why)}") from None
             raise MaskkitError(f"{key}: cannot read {f} ({_msg(exc)}); is it truncated?") from None
         if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
             raise MaskkitError(f"{key}: {f} is not a state dict of tensors")

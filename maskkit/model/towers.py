@@ -377,6 +377,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
+        from ..errors import weights_only_line, weights_only_refusal
+
+        why = weights_only_refusal(exc)
+        if why:
+            raise MaskkitError(f"model.pretrained: {weights_only_line(p, 'state dict', why)}") from None
         raise MaskkitError(f"model.pretrained: cannot read {p} ({_one_line(exc)})") from None
     for _ in range(3):  # nested wrappers: {"model": {"state_dict": ...}}
         if isinstance(state, dict):
