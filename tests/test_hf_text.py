@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,3 +298,13 @@ def test_a_bert_folder_without_tokenizer_files_says_they_are_missing_there(bert,
     assert _one_line(e) == (f"model.arch: 'maskkit-test-bert-notok' text tower: the tokenizer files (tokenizer.json, vocab.txt, ...) "
                             f"are missing in {weights_only}; copy the model's tokenizer files there (the text tower's "
                             f"tokenizer must be local)")
+
+
+def test_a_transformers_folder_with_two_weight_files_names_the_one_read(registered, bert, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(bert, tmp_path / "two"))
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert model.load_report.endswith("; format: transformers model folder; weights: model.safetensors "
+                                      "(pytorch_model.bin beside it not read)"), model.load_report

@@ -311,3 +311,15 @@ def test_tiny_scale_uses_the_linear_patch_embedding_with_pretrained_weights_and_
                             f"model.patch_embed=linear")
     with pytest.raises(MaskkitError, match="model.patch_embed=conv_stem with model.pretrained=.*set model.patch_embed=linear$"):
         XLIP(ModelConfig(arch="maskkit-tiny", patch_embed="conv_stem", pretrained=str(folder)))
+
+
+def test_a_folder_with_two_weight_files_names_the_one_read_and_the_one_not(tmp_path):
+    folder = tmp_path / "two"
+    src = open_clip_folder(folder, "open_clip_model.safetensors")
+    torch.save(create_clip(FOLDER_CFG).state_dict(), folder / "open_clip_pytorch_model.bin")  # other (random) weights
+    m = XLIP(ModelConfig(pretrained=str(folder)))
+    assert "; weights: open_clip_model.safetensors (open_clip_pytorch_model.bin beside it not read)" in m.load_report, m.load_report
+    assert torch.equal(m.clip.visual.conv1.weight, src.visual.conv1.weight)  # open_clip's choice: the safetensors
+    one = tmp_path / "one"
+    open_clip_folder(one)
+    assert "not read" not in XLIP(ModelConfig(pretrained=str(one))).load_report

@@ -153,7 +153,7 @@ def hf_text_tokens(text, ids: torch.Tensor, replace: torch.Tensor | None = None,
     return text.proj(pooled), text.proj(out.last_hidden_state)
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path]]:
     key = "model.pretrained"
     found = next((f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if found is None:
@@ -186,7 +186,7 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
         if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
             raise MaskkitError(f"{key}: {f} is not a state dict of tensors")
         state.update(part)
-    return state, found
+    return state, found, files
 
 
 def load_text_folder(clip, folder: str | Path) -> str:
@@ -198,7 +198,9 @@ def load_text_folder(clip, folder: str | Path) -> str:
     refused in one line naming the file and key. The tower's projection stays as initialised.
     """
     folder = Path(folder).expanduser()
-    state, found = _read_weights(folder)
+    from .weights import ignored_weights
+
+    state, found, files = _read_weights(folder)
     model = clip.text.transformer
     own = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") + "."
@@ -224,4 +226,5 @@ def load_text_folder(clip, folder: str | Path) -> str:
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {len(matched)} tensors into the text tower from {folder.name}/{found}; missing {len(missing)}"
             + (f" ({few(missing)})" if missing else "") + f"; left out {len(state) - len(matched)}"
-            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder")
+            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder"
+            + "".join(f"; {n}" for n in [ignored_weights(folder, files)] if n))

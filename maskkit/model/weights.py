@@ -367,6 +367,25 @@ def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
     return read_state_dict(p)
 
 
+#: the suffixes of the weight files a folder may hold
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def ignored_weights(folder: Path, used: list[Path]) -> str | None:
+    """The load report's note on the other weight files in ``folder`` than ``used`` (the one, or
+    the shards, read): ``weights: A (B beside it not read)``; None when there are none."""
+    names = {u.name for u in used}
+    try:
+        others = sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in WEIGHT_SUFFIXES
+                        and f.name not in names)
+    except OSError:
+        return None
+    if not others:
+        return None
+    return (f"weights: {', '.join(sorted(names))} ({', '.join(others)} beside {'it' if len(names) == 1 else 'them'} "
+            f"not read)")
+
+
 def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
     """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring.
 
@@ -401,6 +420,10 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
         fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
         state, notes = timm_tower_to_open_clip(state, embed_dim)
+    if p.is_dir():
+        other = ignored_weights(p, [src])
+        if other:
+            notes.append(other)
     return state, fmt, notes, src
 
 
