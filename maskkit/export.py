@@ -152,7 +152,7 @@ def open_clip_config(model, cfg, ck: Path, out: Path | None = None) -> dict:
     mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
     if out is not None and mc["text_cfg"].get("hf_model_name"):
         here = str(Path(out).resolve())
-        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here, hf_model_pretrained=False)
     pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(model.preprocess_mean), "std": list(model.preprocess_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
@@ -210,12 +210,34 @@ def _write_open_clip(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[s
         got_txt = loaded.encode_text(ids)
     diffs = {"image": _max_diff(got_img, want_img), "text": _max_diff(got_txt, want_txt)}
     _check(diffs, "open_clip.create_model_and_transforms('local-dir:...')")
-    usage = ("```python\nimport open_clip\nfrom PIL import Image\n\n"
-             "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
-             "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
-             "image = preprocess(Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
-             "image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```")
+    usage = open_clip_usage(hf, str(Path(out).resolve()))
     return diffs, usage
+
+
+def open_clip_usage(hf: bool, exported_to: str) -> str:
+    """The model card's loading recipe of an open_clip export (Python that runs as written once
+    ``PATH`` is the folder). With an HF text tower, open_clip builds the tower from the
+    ``config.json`` that ``text_cfg.hf_model_name`` names, the absolute path the folder was
+    exported to (``exported_to``): the recipe passes the folder's current path, so it also works
+    after the folder was moved, and the card says so."""
+    load = "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
+    head = "```python\nimport open_clip\nfrom PIL import Image\n\n"
+    note = ""
+    if hf:
+        head = "```python\nimport json\n\nimport open_clip\nfrom PIL import Image\n\n"
+        load = ("text_cfg = json.load(open('PATH/open_clip_config.json'))['model_cfg']['text_cfg']\n"
+                "# the text tower's config.json is in this folder: name the folder where it is now\n"
+                "model, _, preprocess = open_clip.create_model_and_transforms(\n"
+                "    'local-dir:PATH', text_cfg={**text_cfg, 'hf_model_name': 'PATH'})\n")
+        note = (f"\n\nThe text tower is a Hugging Face model: open_clip builds it from the `config.json` that "
+                f"`text_cfg.hf_model_name` in `open_clip_config.json` names, which is the absolute path this folder "
+                f"was exported to (`{exported_to}`). `open_clip.create_model_and_transforms('local-dir:PATH')` alone "
+                f"works there; after moving the folder, load it as above (or set `hf_model_name` to its new absolute "
+                f"path). maskkit (`maskkit.load`, `model.pretrained`) reads the folder wherever it is.")
+    return (head + load + "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
+            "image = preprocess(Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
+            "image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```"
+            + note)
 
 
 def _quiet(fn, *args, **kwargs):

@@ -8,6 +8,7 @@ itself builds and reads the folder (never a mock, never a download)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -227,6 +228,22 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
     (tmp_path / "out").rename(moved)  # moved: hf_model_name names a folder that is gone; maskkit reads the folder's
     with torch.no_grad():
         assert _max(maskkit.load(moved).xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-5
+    # plain open_clip after the move: the card's recipe, as written, names the folder where it is now
+    from PIL import Image
+    from test_export import _card_code
+
+    card = (moved / "README.md").read_text()
+    assert f"the absolute path this folder was exported to (`{(tmp_path / 'out').resolve()}`)" in card
+    Image.new("L", (96, 96), 128).save(tmp_path / "xray.png")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ns: dict = {}
+        exec(compile(_card_code(moved), "README.md", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    with torch.no_grad():
+        assert _max(ns["model"].encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
 
 
 # --- the folder's preprocessing (A62) -------------------------------------------------------------------

@@ -405,3 +405,27 @@ def test_the_open_clip_card_s_code_runs_as_written(model, open_clip_dir, tmp_pat
     ns: dict = {}
     exec(compile(_card_code(open_clip_dir), "README.md", "exec"), ns)
     assert ns["image_features"].shape == (1, model.embed_dim) and ns["text_features"].shape == (1, model.embed_dim)
+
+
+# --- permissions follow the umask (fresh-user item 11) ------------------------------------------------------
+
+def test_atomic_folders_and_files_follow_the_umask(tmp_path, open_clip_dir):
+    """tempfile makes 0700 folders and 0600 files; what maskkit writes atomically gets the usual
+    permissions: 0777 / 0666 less the umask."""
+    import os
+    import stat
+
+    from maskkit.io import atomic_directory, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "d") as d:
+            atomic_write_text(d / "a.txt", "x")
+        atomic_write_text(tmp_path / "b.txt", "y")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert (mode(tmp_path / "d"), mode(tmp_path / "d" / "a.txt"), mode(tmp_path / "b.txt")) == (0o750, 0o640, 0o640)
+    want_dir, want_file = 0o777 & ~old, 0o666 & ~old  # the export, made under this process's umask
+    assert mode(open_clip_dir) == want_dir
+    assert {p.name: mode(p) for p in open_clip_dir.iterdir()} == {p.name: want_file for p in open_clip_dir.iterdir()}
