@@ -127,8 +127,34 @@ def provenance(model, cfg, ck: Path) -> dict:
     return {"maskkit_version": __version__, "export_commit": git_revision(),
             "train_commit": env.get("maskkit_revision"), "run": str(run.resolve()), "checkpoint": ck.name,
             "step": _step(ck), "preset": cfg.preset, "scale": cfg.scale, "arch": cfg.model.arch,
+            "architecture": architecture_name(model, cfg),
             "pretrained": cfg.model.pretrained, "data": _data_line(cfg),
             "input": "a grayscale X-ray in [0, 1], replicated to 3 channels, normalised by mean/std"}
+
+
+def architecture_name(model, cfg) -> str:
+    """What the towers are, for the model card: ``model.arch``, or, for a run that started from an
+    open_clip folder (whose ``model_cfg`` is then the architecture, A54; recognised by the folder,
+    or, once it is gone, by towers that are not ``model.arch``'s), the folder's name and path;
+    then the image tower's size (and the text tower's kind)."""
+    import open_clip
+
+    from .model.hf_text import is_hf_tower
+    from .model.towers import register_configs
+    from .model.weights import is_hub_folder
+
+    register_configs()
+    pre, arch = cfg.model.pretrained, cfg.model.arch
+    named = open_clip.get_model_config(arch) if arch in open_clip.list_models() else None
+    if pre and (is_hub_folder(pre) or named != model.clip.maskkit_model_cfg):
+        name = f"{Path(pre).name}'s model_cfg (`{pre}/open_clip_config.json`; model.arch {arch} not used)"
+    else:
+        name = arch
+    v = model.clip.visual
+    text = (f"{model.clip.text.config.model_type} text tower ({model.clip.text.config.num_hidden_layers} layers)"
+            if is_hf_tower(model.clip) else f"CLIP text tower ({len(model.clip.transformer.resblocks)} layers)")
+    return (f"{name}: ViT width {v.transformer.width}, {len(v.transformer.resblocks)} layers, patch {model.patch}, "
+            f"{model.image_size} px; {text}")
 
 
 def _data_line(cfg) -> str:
@@ -234,7 +260,8 @@ def open_clip_usage(hf: bool, exported_to: str) -> str:
                 f"was exported to (`{exported_to}`). `open_clip.create_model_and_transforms('local-dir:PATH')` alone "
                 f"works there; after moving the folder, load it as above (or set `hf_model_name` to its new absolute "
                 f"path). maskkit (`maskkit.load`, `model.pretrained`) reads the folder wherever it is.")
-    return (head + load + "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
+    return (head + load + "model.eval()  # open_clip returns it in training mode (dropout on)\n"
+            "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
             "image = preprocess(Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
             "image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```"
             + note)
@@ -377,6 +404,7 @@ def timm_usage(name: str, args: dict, size: int) -> str:
             f"backbone = timm.create_model('{name}', pretrained=True, num_classes=0,\n"
             f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={E}),\n    {rest})\n"
             f"x = torch.zeros(1, 3, {size}, {size})  # images normalised as config.json's pretrained_cfg says\n"
+            f"model.eval(), backbone.eval()  # timm returns them in training mode\n"
             f"tokens = backbone.forward_features(x)  # [1, 1 + patches, width]\n"
             f"embedding = model(x)  # [1, {E}]\n```\n\n"
             f"Images are grayscale replicated to 3 channels and normalised with `config.json`'s `pretrained_cfg` "
@@ -468,7 +496,7 @@ def model_card(fmt: str, model, cfg, ck: Path, usage: str, diffs: dict[str, floa
              "| | |", "|---|---|",
              f"| data | {p['data']} |", f"| preset | {p['preset']} (scale {p['scale']}) |",
              f"| steps | {p['step']} (checkpoint `{p['checkpoint']}`) |",
-             f"| architecture | {p['arch']}" + (f", initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
+             f"| architecture | {p['architecture']}" + (f"; initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
              f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(model.preprocess_mean)}, "
              f"std {list(model.preprocess_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
              f"| maskkit version | {p['maskkit_version']} |",

@@ -214,6 +214,10 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
         assert _max(run.xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-6
     assert torch.equal(run.xlip.tokenizer(TEXTS).ids, ids) and run.xlip.preprocess_mean == (0.5,) * 3
     invoke("export", tmp_path / "r", "--format", "open_clip", "--out", tmp_path / "out2")
+    # the card names the folder's model_cfg, not model.arch (maskkit-tiny, unused), before and after the folder is gone
+    arch = (f"| architecture | BiomedCLIP-tiny's model_cfg (`{folder}/open_clip_config.json`; model.arch maskkit-tiny not used): "
+            f"ViT width 64, 2 layers, patch 16, 96 px; bert text tower (2 layers); initialised from `{folder}` |")
+    assert arch in (tmp_path / "out" / "README.md").read_text() and arch in (tmp_path / "out2" / "README.md").read_text()
     oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
     oc.eval()
     theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'out'}")(TEXTS)

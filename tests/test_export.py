@@ -129,6 +129,7 @@ def test_model_card_names_data_preset_steps_zeroshot_version_and_commit(run, ope
         card = (d / "README.md").read_text()
         assert "| data | phantoms |" in card and "| preset | xlip (scale tiny) |" in card
         assert "| steps | 2 (checkpoint `step_00000002.pt`) |" in card
+        assert "| architecture | maskkit-tiny: ViT width 192, 4 layers, patch 16, 96 px; CLIP text tower (4 layers) |" in card
         assert f"| maskkit version | {__import__('maskkit').__version__} |" in card
         assert f"| trained at commit | {env['maskkit_revision']} |" in card
         assert f"| **mean** | | **{zs['mean']['auc']:.3f}** |" in card
