@@ -430,3 +430,55 @@ def test_atomic_folders_and_files_follow_the_umask(tmp_path, open_clip_dir):
     want_dir, want_file = 0o777 & ~old, 0o666 & ~old  # the export, made under this process's umask
     assert mode(open_clip_dir) == want_dir
     assert {p.name: mode(p) for p in open_clip_dir.iterdir()} == {p.name: want_file for p in open_clip_dir.iterdir()}
+
+
+# --- maskkit.load's small faults (fresh-user item 13) -----------------------------------------------------
+
+def test_text_past_the_context_warns_once_naming_the_count(run):
+    import warnings
+
+    import maskkit
+    from maskkit.errors import MaskkitWarning
+
+    m = maskkit.load(run)
+    long = " ".join(["effusion"] * 200)  # far past the 64-token context
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = m.encode_text([long, "no effusion", long])
+        m.encode_text("no effusion")
+    cut = [w for w in caught if issubclass(w.category, MaskkitWarning)]
+    assert len(cut) == 1 and str(cut[0].message) == ("encode_text: 2 of 3 texts longer than the model's context of 64 tokens "
+                                                     "(62 after its special tokens) were cut to it; the rest is not encoded")
+    assert out.shape == (3, m.xlip.embed_dim) and torch.equal(out[0], out[2])
+
+
+def test_an_image_with_nan_is_one_line(run):
+    import maskkit
+
+    m = maskkit.load(run)
+    x = torch.rand(1, 96, 96)
+    x[0, 3, 4] = float("nan")
+    for what in (x, x.numpy()):
+        with pytest.raises(MaskkitError) as e:
+            m.encode_image(what)
+        assert str(e.value) == "image: float tensor with 1 NaN or infinite value of 9216; expected finite values in [0, 1]"
+
+
+def test_load_of_a_folder_that_is_not_a_run_names_what_is_missing(tmp_path, timm_dir):
+    import maskkit
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("hello")
+    cases = {tmp_path / "x": f"maskkit.load: {tmp_path / 'x'} is not a run directory (no checkpoints/step_*.pt) nor an "
+                             f"open_clip folder (no open_clip_config.json); expected a run directory, a checkpoint file "
+                             f"(checkpoints/step_*.pt) or an open_clip folder",
+             tmp_path / "none": f"maskkit.load: {tmp_path / 'none'} does not exist; expected a run directory",
+             timm_dir: f"maskkit.load: {timm_dir} has config.json but no open_clip_config.json: a timm or transformers "
+                       f"folder (one tower), not a CLIP"}
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    cases[tmp_path / "run"] = (f"maskkit.load: {tmp_path / 'run'} is a run directory without checkpoints (no step_*.pt in "
+                               f"{tmp_path / 'run' / 'checkpoints'}; a run writes one every train.ckpt_every steps and at its end)")
+    for path, want in cases.items():
+        with pytest.raises(MaskkitError) as e:
+            maskkit.load(path)
+        assert str(e.value).startswith(want) and "\n" not in str(e.value), str(e.value)
