@@ -98,17 +98,14 @@ class LabelCoverageWarning(UserWarning):
 def weights_only_refusal(exc: BaseException) -> str | None:
     """When ``exc`` is ``torch.load(..., weights_only=True)`` refusing a pickle that needs code
     (a class or function, not only tensors and containers), the short reason, e.g.
-    ``"it needs 'argparse.Namespace'"``; None for any other error. (torch's own message is several
+    ``"it needs 'argparse.Namespace'"``; None for any other error (bytes that are no pickle at all
+    are a file that cannot be read, said otherwise). (torch's own message is several
     paragraphs on how to load it unsafely.)"""
     import re
 
     text = str(exc)
-    if "Weights only load failed" not in text:
-        return None
-    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand (\d+)", text)
-    if m and "GLOBAL" in m.group(0):
-        return f"it needs '{m.group(1)}'"
-    return f"unsupported pickle operand {m.group(1)}" if m else "it needs code, not only tensors"
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) if "Weights only load failed" in text else None
+    return f"it needs '{m.group(1)}'" if m else None  # other refusals (an unknown operand: not a pickle) are not this
 
 
 def weights_only_line(path, what: str, reason: str) -> str:
