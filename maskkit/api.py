@@ -33,6 +33,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
     from .model.weights import HUB_CONFIG, hub_folder
 
     p = Path(path).expanduser()
+    _check_loadable(p)
     if p.is_dir() and (p / HUB_CONFIG).is_file():
         from .model import XLIP, ModelConfig
 
@@ -43,6 +44,28 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Model:
 
         xlip, run_cfg = load_model(p)
     return Model(xlip.to(device).eval(), run_cfg, p)
+
+
+_WHAT_LOADS = "expected a run directory, a checkpoint file (checkpoints/step_*.pt) or an open_clip folder"
+
+
+def _check_loadable(p: Path) -> None:
+    """One line naming what is missing when ``p`` is not something :func:`load` reads."""
+    from .model.weights import HF_CONFIG, HUB_CONFIG
+    from .training.checkpointing import run_checkpoints
+
+    if not p.exists():
+        raise MaskkitError(f"maskkit.load: {p} does not exist; {_WHAT_LOADS}")
+    if not p.is_dir() or (p / HUB_CONFIG).is_file() or run_checkpoints(p):
+        return
+    if (p / "checkpoints").is_dir():
+        raise MaskkitError(f"maskkit.load: {p} is a run directory without checkpoints (no step_*.pt in "
+                           f"{p / 'checkpoints'}; a run writes one every train.ckpt_every steps and at its end)")
+    if (p / HF_CONFIG).is_file():
+        raise MaskkitError(f"maskkit.load: {p} has {HF_CONFIG} but no {HUB_CONFIG}: a timm or transformers folder (one "
+                           f"tower), not a CLIP; {_WHAT_LOADS} (a timm image tower goes in model.pretrained)")
+    raise MaskkitError(f"maskkit.load: {p} is not a run directory (no checkpoints/step_*.pt) nor an open_clip folder "
+                       f"(no {HUB_CONFIG}); {_WHAT_LOADS}")
 
 
 ImageLike = Any  # a path, a PIL image, an array / tensor [H, W], [1, H, W] or [3, H, W], or a batch [B, 1|3, H, W]
@@ -88,6 +111,22 @@ class Model:
         x = _pixels(images)
         return resize_batch(x, self.image_size).clamp(0, 1).to(self.device)
 
+    def _warn_cut(self, texts: list[str], where: str) -> None:
+        """One :class:`~maskkit.errors.MaskkitWarning` per call naming how many of ``texts`` are longer
+        than the model's context (the tokens past it are not encoded), none when no text is."""
+        import warnings
+
+        from .errors import MaskkitWarning
+
+        tok = self.xlip.tokenizer
+        specials = int(tok([""]).valid[0].sum())  # start and end tokens around every text
+        room = tok.context_length - specials
+        n = sum(len(tok.encode_with_offsets(t)[0]) > room for t in texts)
+        if n:
+            warnings.warn(f"{where}: {n} of {len(texts)} text{'s' if len(texts) > 1 else ''} longer than the model's "
+                          f"context of {tok.context_length} tokens ({room} after its special tokens) "
+                          f"{'was' if n == 1 else 'were'} cut to it; the rest is not encoded", MaskkitWarning, stacklevel=3)
+
     # --- embeddings --------------------------------------------------------------------------------
     @torch.no_grad()
     def encode_image(self, images: ImageLike | Sequence[ImageLike], normalize: bool = True) -> torch.Tensor:
@@ -102,6 +141,7 @@ class Model:
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise MaskkitError(f"texts: expected a string or a non-empty list of strings, got {texts!r:.80}")
+        self._warn_cut(texts, "encode_text")
         pooled, _ = self.xlip.encode_text(self.xlip.tokenizer(texts).ids.to(self.device))
         return F.normalize(pooled.float(), dim=-1) if normalize else pooled.float()
 
@@ -133,6 +173,7 @@ class Model:
         x = self.images(image)
         _, tokens = self.xlip.encode_image(x)
         prompts = [text] if isinstance(text, str) else list(text)
+        self._warn_cut(prompts, "similarity_map")
         sim = patch_similarity(tokens, text_embeddings(self.xlip, prompts, self.device).to(self.device))
         maps = sim.reshape(-1, *self.grid).cpu()
         single = not isinstance(image, (list, tuple)) and not (isinstance(image, (torch.Tensor, np.ndarray)) and image.ndim == 4)
@@ -156,6 +197,10 @@ def _pixels(image: ImageLike) -> torch.Tensor:
     if scale is None and not t.is_floating_point():
         raise MaskkitError(f"image: tensor of dtype {t.dtype}; expected uint8, 16-bit integers or floats in [0, 1]")
     t = t.float() / scale if scale else t.float()
+    if scale is None and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise MaskkitError(f"image: float tensor with {bad} NaN or infinite value{'s' if bad > 1 else ''} of {t.numel()}; "
+                           f"expected finite values in [0, 1]")
     if scale is None and t.numel() and (float(t.min()) < 0 or float(t.max()) > 1):
         raise MaskkitError(f"image: float tensor with values in [{float(t.min()):g}, {float(t.max()):g}]; expected [0, 1] "
                            f"(or a uint8 / 16-bit integer tensor of raw pixel values)")

@@ -520,6 +520,7 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
         _merge_layer(cfg, sources, load_file(path), label, valid)
     for k, v in rest:
         _set(cfg, sources, k, v, "cli", valid)
+    _pretrained_patch_embed(cfg, sources)
     try:
         config = ExperimentConfig(**cfg)
     except ValidationError as exc:
@@ -531,6 +532,23 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
         if src.startswith(USER_LAYERS):
             raise ConfigError(f"{key}: {why}; remove {key} (from {src})")
     return config, sources
+
+
+def _pretrained_patch_embed(cfg: dict, sources: dict) -> None:
+    """``model.pretrained`` with a convolutional stem (docs/assumptions.md A66): the stem replaces
+    the pretrained patch embedding (``visual.conv1``), whose weights would be dropped. The tiny
+    scale's ``conv_stem`` default yields (``linear``, its source ``scale:tiny (model.pretrained)``);
+    a ``conv_stem`` a user, preset or file chose is refused in one line naming both keys and the fix."""
+    m = cfg.get("model") or {}
+    if not m.get("pretrained") or m.get("patch_embed") != "conv_stem":
+        return
+    src = sources.get("model.patch_embed", "default")
+    if src.startswith("scale:"):
+        m["patch_embed"], sources["model.patch_embed"] = "linear", f"{src} (model.pretrained)"
+        return
+    raise ConfigError(f"model.patch_embed=conv_stem (from {src}) with model.pretrained={m['pretrained']} (from "
+                      f"{sources.get('model.pretrained', 'default')}): a convolutional stem replaces the pretrained patch "
+                      f"embedding, whose weights would be dropped; set model.patch_embed=linear")
 
 
 #: the layers a user writes (the command line, a config file, a shipped config chosen by name): a key

@@ -93,3 +93,24 @@ class MaskkitWarning(UserWarning):
 class LabelCoverageWarning(UserWarning):
     """A label whose known samples hold a single class (its AUC / F1 are undefined;
     :func:`maskkit.eval.labels.label_coverage`). The CLI prints these under its tables, once."""
+
+
+def weights_only_refusal(exc: BaseException) -> str | None:
+    """When ``exc`` is ``torch.load(..., weights_only=True)`` refusing a pickle that needs code
+    (a class or function, not only tensors and containers), the short reason, e.g.
+    ``"it needs 'argparse.Namespace'"``; None for any other error (bytes that are no pickle at all
+    are a file that cannot be read, said otherwise). (torch's own message is several
+    paragraphs on how to load it unsafely.)"""
+    import re
+
+    text = str(exc)
+    m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) if "Weights only load failed" in text else None
+    return f"it needs '{m.group(1)}'" if m else None  # other refusals (an unknown operand: not a pickle) are not this
+
+
+def weights_only_line(path, what: str, reason: str) -> str:
+    """The one line for a file :func:`weights_only_refusal` refused (``reason``, its result):
+    ``path`` is not a plain ``what`` (a state dict, a maskkit checkpoint) and what to do."""
+    return (f"{path} is not a plain {what}: a weights_only load refused it ({reason}: a pickled object, not only "
+            f"tensors); maskkit does not run a file's code. Re-save it from trusted code as tensors only "
+            f"(torch.save(model.state_dict(), PATH) or safetensors' save_file)")

@@ -11,9 +11,11 @@
   open_clip builds the tower and ``open_clip.get_tokenizer('local-dir:DIR')`` its tokenizer
   offline; maskkit reads a moved folder's own ``config.json``.
 - ``timm``: the image tower as a timm ``VisionTransformer`` in timm's HF-hub folder
-  (``model.safetensors`` + ``config.json`` with ``architecture`` and ``model_args``), written by
-  timm's own ``save_for_hf`` after timm's own conversion of the open_clip tower
-  (``vision_transformer._convert_openai_clip``); the head is the CLIP projection. It loads with
+  (``model.safetensors`` + ``config.json`` with ``architecture`` and ``model_args``: CLIP's
+  ``vit_*_clip_*`` or the plain ``vit_*`` family by LayerNorm eps, ``pre_norm`` false for a tower
+  without ``ln_pre`` such as BiomedCLIP's, :func:`timm_spec`), written by timm's own
+  ``save_for_hf`` after timm's own conversion of the open_clip tower
+  (``vision_transformer._convert_openai_clip``, :func:`timm_state`); the head is the CLIP projection. It loads with
   ``timm.create_model('local-dir:DIR', pretrained=True)`` or
   ``timm.create_model(ARCH, pretrained=True, pretrained_cfg_overlay=dict(file=DIR/model.safetensors,
   num_classes=E), **model_args)``.
@@ -37,11 +39,17 @@ FORMATS = ("open_clip", "timm")
 #: the load-back check's tolerance: the largest absolute difference of embeddings (fp32) it accepts,
 #: per unit of the embeddings' largest magnitude when that is above 1
 CHECK_ATOL = 1e-5
-#: open_clip ``vision_cfg`` keys with a value timm's plain ViT (pre-norm CLIP tower) cannot hold
-_TIMM_PLAIN = {"ls_init_value": None, "attentional_pool": False, "no_ln_pre": False, "final_ln_after_pool": False,
-               "pool_type": "tok", "pos_embed_type": "learnable", "block_type": None, "qk_norm": False,
-               "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False, "scale_attn": False,
-               "scale_fc": False, "act_kwargs": None, "timm_model_name": None}
+#: open_clip ``vision_cfg`` keys with a value a timm ``VisionTransformer`` cannot hold (their only value it can);
+#: pre-norm (``no_ln_pre``), class-token or average pooling (``pool_type``), layer scale
+#: (``ls_init_value``) and LayerNorm eps 1e-5 / 1e-6 (``norm_kwargs``) it holds (:func:`timm_spec`)
+_TIMM_PLAIN = {"attentional_pool": False, "final_ln_after_pool": False, "pos_embed_type": "learnable", "block_type": None,
+               "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
+               "scale_attn": False, "scale_fc": False, "act_kwargs": None, "timm_model_name": None}
+#: open_clip ``pool_type`` -> timm ``global_pool``
+_TIMM_POOL = {"tok": "token", "avg": "avg"}
+#: LayerNorm eps -> the timm ViT family whose entry point builds it: CLIP's towers (``vit_*_clip_*``,
+#: ``partial(LayerNorm, eps=1e-5)``) and the plain ImageNet ViTs (``vit_*_patch*_224``, timm's default 1e-6)
+_TIMM_FAMILY = {1e-5: "clip", 1e-6: "plain"}
 _TIMM_TIERS = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1280, 32): "huge"}
 
 
@@ -119,8 +127,34 @@ def provenance(model, cfg, ck: Path) -> dict:
     return {"maskkit_version": __version__, "export_commit": git_revision(),
             "train_commit": env.get("maskkit_revision"), "run": str(run.resolve()), "checkpoint": ck.name,
             "step": _step(ck), "preset": cfg.preset, "scale": cfg.scale, "arch": cfg.model.arch,
+            "architecture": architecture_name(model, cfg),
             "pretrained": cfg.model.pretrained, "data": _data_line(cfg),
             "input": "a grayscale X-ray in [0, 1], replicated to 3 channels, normalised by mean/std"}
+
+
+def architecture_name(model, cfg) -> str:
+    """What the towers are, for the model card: ``model.arch``, or, for a run that started from an
+    open_clip folder (whose ``model_cfg`` is then the architecture, A54; recognised by the folder,
+    or, once it is gone, by towers that are not ``model.arch``'s), the folder's name and path;
+    then the image tower's size (and the text tower's kind)."""
+    import open_clip
+
+    from .model.hf_text import is_hf_tower
+    from .model.towers import register_configs
+    from .model.weights import is_hub_folder
+
+    register_configs()
+    pre, arch = cfg.model.pretrained, cfg.model.arch
+    named = open_clip.get_model_config(arch) if arch in open_clip.list_models() else None
+    if pre and (is_hub_folder(pre) or named != model.clip.maskkit_model_cfg):
+        name = f"{Path(pre).name}'s model_cfg (`{pre}/open_clip_config.json`; model.arch {arch} not used)"
+    else:
+        name = arch
+    v = model.clip.visual
+    text = (f"{model.clip.text.config.model_type} text tower ({model.clip.text.config.num_hidden_layers} layers)"
+            if is_hf_tower(model.clip) else f"CLIP text tower ({len(model.clip.transformer.resblocks)} layers)")
+    return (f"{name}: ViT width {v.transformer.width}, {len(v.transformer.resblocks)} layers, patch {model.patch}, "
+            f"{model.image_size} px; {text}")
 
 
 def _data_line(cfg) -> str:
@@ -144,7 +178,7 @@ def open_clip_config(model, cfg, ck: Path, out: Path | None = None) -> dict:
     mc = copy.deepcopy(model.clip.maskkit_model_cfg)  # what the towers were built from (a timm tower rewritten)
     if out is not None and mc["text_cfg"].get("hf_model_name"):
         here = str(Path(out).resolve())
-        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here)
+        mc["text_cfg"].update(hf_model_name=here, hf_tokenizer_name=here, hf_model_pretrained=False)
     pp = {"size": int(model.image_size), "mode": "RGB", "mean": list(model.preprocess_mean), "std": list(model.preprocess_std),
           "interpolation": "bilinear", "resize_mode": "squash", "fill_color": 0}
     return {"model_cfg": mc, "preprocess_cfg": pp, "maskkit": provenance(model, cfg, ck)}
@@ -202,11 +236,35 @@ def _write_open_clip(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[s
         got_txt = loaded.encode_text(ids)
     diffs = {"image": _max_diff(got_img, want_img), "text": _max_diff(got_txt, want_txt)}
     _check(diffs, "open_clip.create_model_and_transforms('local-dir:...')")
-    usage = (f"```python\nimport open_clip\nmodel, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
-             f"tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
-             f"image = preprocess(PIL.Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
-             f"image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```")
+    usage = open_clip_usage(hf, str(Path(out).resolve()))
     return diffs, usage
+
+
+def open_clip_usage(hf: bool, exported_to: str) -> str:
+    """The model card's loading recipe of an open_clip export (Python that runs as written once
+    ``PATH`` is the folder). With an HF text tower, open_clip builds the tower from the
+    ``config.json`` that ``text_cfg.hf_model_name`` names, the absolute path the folder was
+    exported to (``exported_to``): the recipe passes the folder's current path, so it also works
+    after the folder was moved, and the card says so."""
+    load = "model, _, preprocess = open_clip.create_model_and_transforms('local-dir:PATH')\n"
+    head = "```python\nimport open_clip\nfrom PIL import Image\n\n"
+    note = ""
+    if hf:
+        head = "```python\nimport json\n\nimport open_clip\nfrom PIL import Image\n\n"
+        load = ("text_cfg = json.load(open('PATH/open_clip_config.json'))['model_cfg']['text_cfg']\n"
+                "# the text tower's config.json is in this folder: name the folder where it is now\n"
+                "model, _, preprocess = open_clip.create_model_and_transforms(\n"
+                "    'local-dir:PATH', text_cfg={**text_cfg, 'hf_model_name': 'PATH'})\n")
+        note = (f"\n\nThe text tower is a Hugging Face model: open_clip builds it from the `config.json` that "
+                f"`text_cfg.hf_model_name` in `open_clip_config.json` names, which is the absolute path this folder "
+                f"was exported to (`{exported_to}`). `open_clip.create_model_and_transforms('local-dir:PATH')` alone "
+                f"works there; after moving the folder, load it as above (or set `hf_model_name` to its new absolute "
+                f"path). maskkit (`maskkit.load`, `model.pretrained`) reads the folder wherever it is.")
+    return (head + load + "model.eval()  # open_clip returns it in training mode (dropout on)\n"
+            "tokenizer = open_clip.get_tokenizer('local-dir:PATH')\n"
+            "image = preprocess(Image.open('xray.png').convert('L')).unsqueeze(0)  # grey -> RGB replicates it\n"
+            "image_features = model.encode_image(image)\ntext_features = model.encode_text(tokenizer(['pleural effusion']))\n```"
+            + note)
 
 
 def _quiet(fn, *args, **kwargs):
@@ -234,64 +292,152 @@ def _check(diffs: dict[str, float], how: str) -> None:
 
 def timm_spec(model) -> tuple[str, dict]:
     """(timm architecture name, ``model_args``) of a timm ``VisionTransformer`` equal to the run's
-    open_clip image tower (a pre-norm CLIP ViT: ``vit_*_clip_*``, LayerNorm eps 1e-5, GELU or
-    QuickGELU, class-token pooling, head = the CLIP projection). Raises one-line
-    :class:`MaskkitError` naming the ``vision_cfg`` key a plain timm ViT cannot hold."""
+    open_clip image tower: class-token (``global_pool='token'``) or average pooling after the final
+    norm (``'avg'``, ``fc_norm=False``), pre-norm or not (``pre_norm``: a CLIP ViT has ``ln_pre``, a
+    plain ViT such as BiomedCLIP's ``vit_base_patch16_224`` has none), layer scale
+    (``init_values``), GELU or QuickGELU, the head the CLIP projection. LayerNorm eps 1e-5 is
+    timm's CLIP family (``vit_*_patch*_clip_224``), 1e-6 its plain family (``vit_*_patch*_224``):
+    the entry point sets the eps, which ``model_args`` (JSON) cannot. Raises one-line
+    :class:`MaskkitError` naming the ``vision_cfg`` key a timm ViT cannot hold."""
     import timm
 
     mc = model.clip.maskkit_model_cfg
     vc = mc.get("vision_cfg", {})
     for key, plain in _TIMM_PLAIN.items():
         if vc.get(key, plain) != plain:
-            raise MaskkitError(f"--format timm: the image tower has vision_cfg.{key}={vc[key]!r}, which timm's plain "
-                               f"CLIP ViT cannot hold (expected {plain!r}); use --format open_clip")
-    eps = (vc.get("norm_kwargs") or {}).get("eps", 1e-5)
-    if set(vc.get("norm_kwargs") or {}) - {"eps"} or eps != 1e-5:
+            raise MaskkitError(f"--format timm: the image tower has vision_cfg.{key}={vc[key]!r}, which timm's "
+                               f"VisionTransformer cannot hold (expected {plain!r}); use --format open_clip")
+    pool = vc.get("pool_type", "tok")
+    if pool not in _TIMM_POOL:
+        raise MaskkitError(f"--format timm: the image tower has vision_cfg.pool_type={pool!r}, which timm's "
+                           f"VisionTransformer cannot hold (expected one of {', '.join(map(repr, _TIMM_POOL))}); "
+                           f"use --format open_clip")
+    norm = dict(vc.get("norm_kwargs") or {})
+    eps = float(norm.pop("eps", 1e-5))
+    family = next((f for e, f in _TIMM_FAMILY.items() if abs(eps - e) <= 1e-12), None)
+    if norm or family is None:
         raise MaskkitError(f"--format timm: the image tower has vision_cfg.norm_kwargs={vc['norm_kwargs']!r}; timm's "
-                           f"CLIP ViT has LayerNorm eps 1e-5; use --format open_clip")
+                           f"named ViTs have LayerNorm eps 1e-5 (CLIP) or 1e-6 (ImageNet) and nothing else; "
+                           f"use --format open_clip")
     v = model.clip.visual
     width, layers = int(v.conv1.out_channels), len(v.transformer.resblocks)
     heads = int(v.transformer.resblocks[0].attn.num_heads)
     quick = bool(mc.get("quick_gelu", False))
     args = {"img_size": int(model.image_size), "patch_size": int(model.patch), "embed_dim": width, "depth": layers,
             "num_heads": heads, "mlp_ratio": float(vc.get("mlp_ratio", 4.0)),
-            "num_classes": int(v.proj.shape[1]) if v.proj is not None else 0, "global_pool": "token"}
+            "num_classes": int(v.proj.shape[1]) if v.proj is not None else 0, "global_pool": _TIMM_POOL[pool],
+            "pre_norm": not vc.get("no_ln_pre", False)}
+    if pool == "avg":
+        args["fc_norm"] = False  # open_clip averages after its final norm (ln_post), as timm's norm without fc_norm
+    if vc.get("ls_init_value") is not None:
+        args["init_values"] = float(vc["ls_init_value"])
     tier = _TIMM_TIERS.get((width, layers), "base")
-    name = f"vit_{tier}_patch{model.patch}_clip_{'quickgelu_' if quick else ''}224"
+    if family == "clip":
+        name = f"vit_{tier}_patch{model.patch}_clip_{'quickgelu_' if quick else ''}224"
+        fallback = f"vit_base_patch16_clip_{'quickgelu_' if quick else ''}224"
+    else:
+        name, fallback = f"vit_{tier}_patch{model.patch}_224", "vit_base_patch16_224"
+        if quick:
+            args["act_layer"] = "quick_gelu"
     if name not in timm.list_models():
-        name = f"vit_base_patch16_clip_{'quickgelu_' if quick else ''}224"
+        name = fallback
     return name, args
 
 
-def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
-    import timm
+def timm_state(model, net) -> dict:
+    """The open_clip image tower of ``model`` as a state dict of the timm ViT ``net``
+    (:func:`timm_spec`'s): timm's own conversion (``vision_transformer._convert_openai_clip``),
+    plus what it leaves out: layer scales (``ls_1.gamma`` -> ``ls1.gamma``) and, for a ViT
+    without pre-norm (timm gives such a patch embedding a bias; open_clip's has none), a zero
+    patch-embedding bias."""
     import torch
-    from timm.models import save_for_hf
     from timm.models.vision_transformer import _convert_openai_clip
 
-    from .io import atomic_write_text
+    visual = {f"visual.{k}": v.detach().cpu() for k, v in model.clip.visual.state_dict().items()}
+    state = {k.replace(".ls_1.", ".ls1.").replace(".ls_2.", ".ls2."): v
+             for k, v in _convert_openai_clip(visual, net).items()}
+    bias = getattr(net.patch_embed.proj, "bias", None)
+    if bias is not None and "patch_embed.proj.bias" not in state:
+        state["patch_embed.proj.bias"] = torch.zeros_like(bias)
+    return state
+
+
+def timm_model(model):
+    """(name, ``model_args``, the timm ``VisionTransformer`` holding the run's image tower) of
+    :func:`timm_spec`; one-line :class:`MaskkitError` when the tensors do not fit it."""
+    import timm
 
     name, args = timm_spec(model)
     net = timm.create_model(name, pretrained=False, **args).eval()
-    visual = {f"visual.{k}": v.detach().cpu() for k, v in model.clip.visual.state_dict().items()}
-    state = _convert_openai_clip(visual, net)  # timm's own conversion of an open_clip image tower
     try:
-        net.load_state_dict(state, strict=True)
+        net.load_state_dict(timm_state(model, net), strict=True)
     except RuntimeError as exc:
         raise MaskkitError(f"--format timm: the image tower does not fit timm's {name} "
                            f"({' '.join(str(exc).split())[:300]}); use --format open_clip") from None
-    save_for_hf(net, str(tmp), model_args=args, safe_serialization=True)
-    doc = json.loads((tmp / "config.json").read_text())
+    return name, args, net
+
+
+def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, float], str]:
+    name, args, diffs = write_timm_folder(model, tmp, provenance(model, cfg, ck))
+    arg_text = ", ".join(f"{k}={v!r}" for k, v in args.items())
+    usage = timm_usage(name, args, int(model.image_size))
+    return diffs, usage
+
+
+def timm_usage(name: str, args: dict, size: int) -> str:
+    """The model card's loading recipe of a timm export (Python that runs as written once ``PATH``
+    is the folder): the CLIP image embedding, and a backbone without the projection head. For the
+    backbone, the model's ``num_classes=0`` and the file's own in ``pretrained_cfg_overlay`` (timm
+    drops the head's tensors only when the two differ; ``num_classes=0`` in both leaves them
+    unexpected)."""
+    E = args["num_classes"]
+    rest = ", ".join(f"{k}={v!r}" for k, v in args.items() if k != "num_classes")
+    return (f"```python\nimport timm\nimport torch\n\n"
+            f"# the CLIP image embedding ({E} dims): model(x)\n"
+            f"model = timm.create_model('local-dir:PATH', pretrained=True)\n"
+            f"# or, from the weights file alone:\n"
+            f"model = timm.create_model('{name}', pretrained=True, num_classes={E},\n"
+            f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={E}),\n    {rest})\n\n"
+            f"# a backbone without the CLIP projection head (segmentation, detection): num_classes=0 for the model,\n"
+            f"# the file's num_classes={E} in the overlay (timm then leaves the head's tensors out)\n"
+            f"backbone = timm.create_model('local-dir:PATH', pretrained=True, num_classes=0)\n"
+            f"backbone = timm.create_model('{name}', pretrained=True, num_classes=0,\n"
+            f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={E}),\n    {rest})\n"
+            f"x = torch.zeros(1, 3, {size}, {size})  # images normalised as config.json's pretrained_cfg says\n"
+            f"model.eval(), backbone.eval()  # timm returns them in training mode\n"
+            f"tokens = backbone.forward_features(x)  # [1, 1 + patches, width]\n"
+            f"embedding = model(x)  # [1, {E}]\n```\n\n"
+            f"Images are grayscale replicated to 3 channels and normalised with `config.json`'s `pretrained_cfg` "
+            f"mean and std.")
+
+
+def write_timm_folder(model, folder: Path, meta: dict | None = None) -> tuple[str, dict, dict[str, float]]:
+    """Write ``model``'s image tower (an :class:`~maskkit.model.XLIP`) into ``folder`` as timm's
+    HF-hub folder (timm's ``save_for_hf``; ``pretrained_cfg`` with maskkit's preprocessing;
+    ``meta`` under ``maskkit`` in ``config.json``), load it back through
+    ``timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...))`` and compare
+    its embeddings and patch tokens with maskkit's (:func:`_check`). Returns (name,
+    ``model_args``, the largest differences)."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    from .io import atomic_write_text
+
+    name, args, net = timm_model(model)
+    save_for_hf(net, str(folder), model_args=args, safe_serialization=True)
+    doc = json.loads((folder / "config.json").read_text())
     pc = doc.setdefault("pretrained_cfg", {})
     for key in ("tag", "license", "hf_hub_id"):  # the base architecture's pretrained tag, not these weights'
         pc.pop(key, None)
     pc.update({"input_size": [3, int(model.image_size), int(model.image_size)], "mean": list(model.preprocess_mean),
                "std": list(model.preprocess_std), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "squash",
                "num_classes": args["num_classes"]})  # maskkit's preprocessing (docs/assumptions.md A56)
-    doc["maskkit"] = provenance(model, cfg, ck)
-    atomic_write_text(tmp / "config.json", json.dumps(doc, indent=2) + "\n")
+    if meta is not None:
+        doc["maskkit"] = meta
+    atomic_write_text(folder / "config.json", json.dumps(doc, indent=2) + "\n")
     loaded = _quiet(timm.create_model, name, pretrained=True,
-                    pretrained_cfg_overlay={"file": str(tmp / "model.safetensors"), "num_classes": args["num_classes"]},
+                    pretrained_cfg_overlay={"file": str(folder / "model.safetensors"), "num_classes": args["num_classes"]},
                     **args).eval()
     images, _ = _probe(model)
     with torch.no_grad():
@@ -302,15 +448,7 @@ def _write_timm(model, cfg, ck: Path, tmp: Path, out: Path) -> tuple[dict[str, f
         got_tok = loaded.head(feats[:, loaded.num_prefix_tokens:])
     diffs = {"image": _max_diff(got, want), "image tokens": _max_diff(got_tok, tokens)}
     _check(diffs, f"timm.create_model('{name}', pretrained=True, pretrained_cfg_overlay=dict(file=...))")
-    arg_text = ", ".join(f"{k}={v!r}" for k, v in args.items())
-    usage = (f"```python\nimport timm\nmodel = timm.create_model('local-dir:PATH', pretrained=True)\n# or, from the weights file:\n"
-             f"model = timm.create_model('{name}', pretrained=True,\n"
-             f"    pretrained_cfg_overlay=dict(file='PATH/model.safetensors', num_classes={args['num_classes']}), {arg_text})\n"
-             f"# a backbone without the CLIP projection head: num_classes=0 in both places; "
-             f"model.forward_features(x) gives the tokens\n```\n\n"
-             f"`model(x)` is the CLIP image embedding ({args['num_classes']} dims) of images normalised as "
-             f"`config.json`'s `pretrained_cfg` says (grayscale replicated to 3 channels).")
-    return diffs, usage
+    return name, args, diffs
 
 
 # --- model card --------------------------------------------------------------------------------------
@@ -358,7 +496,7 @@ def model_card(fmt: str, model, cfg, ck: Path, usage: str, diffs: dict[str, floa
              "| | |", "|---|---|",
              f"| data | {p['data']} |", f"| preset | {p['preset']} (scale {p['scale']}) |",
              f"| steps | {p['step']} (checkpoint `{p['checkpoint']}`) |",
-             f"| architecture | {p['arch']}" + (f", initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
+             f"| architecture | {p['architecture']}" + (f"; initialised from `{p['pretrained']}`" if p["pretrained"] else "") + " |",
              f"| image input | {model.image_size} px grayscale, replicated to 3 channels; mean {list(model.preprocess_mean)}, "
              f"std {list(model.preprocess_std)}; resized without keeping the aspect ratio (bilinear, antialiased) |",
              f"| maskkit version | {p['maskkit_version']} |",

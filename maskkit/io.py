@@ -120,6 +120,17 @@ def _check_writable(p: Path, folder: Path, what: str) -> Path:
     return p
 
 
+def _umask_modes(folder: Path) -> None:
+    """Give ``folder``, its sub-folders and files the modes ``0o777`` / ``0o666`` less the umask."""
+    mask = _umask()
+    for root, dirs, files in os.walk(folder):
+        os.chmod(root, 0o777 & ~mask)
+        for f in files:
+            p = os.path.join(root, f)
+            if not os.path.islink(p):
+                os.chmod(p, 0o666 & ~mask)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -133,7 +144,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 @contextlib.contextmanager
 def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Fill a temporary sibling folder, then rename it to ``out``; on any error it is removed and
-    an existing ``out`` is left untouched. Without ``overwrite`` an existing ``out`` is an error."""
+    an existing ``out`` is left untouched. Without ``overwrite`` an existing ``out`` is an error.
+    ``out`` and everything in it get the permissions of a folder / file made under the process's
+    umask (``tempfile.mkdtemp`` makes 0700 folders; safetensors writes 0600 files), as
+    :func:`atomic_open` gives its files."""
     from .errors import MaskkitError
 
     out = Path(out)
@@ -146,6 +160,7 @@ def atomic_directory(out: str | Path, overwrite: bool = False) -> Iterator[Path]
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         yield tmp
+        _umask_modes(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

@@ -8,6 +8,7 @@ itself builds and reads the folder (never a mock, never a download)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -189,6 +190,17 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
         assert _max(oc.encode_image(mine.xlip.normalise(x)), mine.xlip.encode_image(x)[0]) <= 1e-5
         assert _max(oc.encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
     assert _max(oc.visual.conv1.weight, src.clip.visual.conv1.weight) > 0  # trained: not the folder's weights
+    # --format timm: the tower without pre-norm (A61) is timm's plain ViT (pre_norm=False, eps 1e-6)
+    import timm
+    import torch.nn.functional as F
+
+    invoke("export", tmp_path / "r", "--format", "timm", "--out", tmp_path / "timm")
+    tdoc = json.loads((tmp_path / "timm" / "config.json").read_text())
+    assert tdoc["architecture"] == "vit_base_patch16_224" and tdoc["model_args"]["pre_norm"] is False
+    net = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert isinstance(net.norm_pre, torch.nn.Identity) and net.norm.eps == 1e-6
+    with torch.no_grad():
+        assert _max(F.normalize(net(mine.xlip.normalise(x)), dim=-1), mine.encode_image(x)) <= 1e-5
     # the export carries the text tower's config and tokenizer: nothing else is needed
     assert {"config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in (tmp_path / "out").iterdir()}
     assert doc["model_cfg"]["text_cfg"]["hf_model_name"] == doc["model_cfg"]["text_cfg"]["hf_tokenizer_name"] \
@@ -202,6 +214,10 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
         assert _max(run.xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-6
     assert torch.equal(run.xlip.tokenizer(TEXTS).ids, ids) and run.xlip.preprocess_mean == (0.5,) * 3
     invoke("export", tmp_path / "r", "--format", "open_clip", "--out", tmp_path / "out2")
+    # the card names the folder's model_cfg, not model.arch (maskkit-tiny, unused), before and after the folder is gone
+    arch = (f"| architecture | BiomedCLIP-tiny's model_cfg (`{folder}/open_clip_config.json`; model.arch maskkit-tiny not used): "
+            f"ViT width 64, 2 layers, patch 16, 96 px; bert text tower (2 layers); initialised from `{folder}` |")
+    assert arch in (tmp_path / "out" / "README.md").read_text() and arch in (tmp_path / "out2" / "README.md").read_text()
     oc, _, _ = open_clip.create_model_and_transforms(f"local-dir:{tmp_path / 'out'}")
     oc.eval()
     theirs = open_clip.get_tokenizer(f"local-dir:{tmp_path / 'out'}")(TEXTS)
@@ -216,6 +232,22 @@ def test_biomedclip_folder_to_training_to_export_to_open_clip(bert, tmp_path):
     (tmp_path / "out").rename(moved)  # moved: hf_model_name names a folder that is gone; maskkit reads the folder's
     with torch.no_grad():
         assert _max(maskkit.load(moved).xlip.encode_text(ids)[0], mine.xlip.encode_text(ids)[0]) <= 1e-5
+    # plain open_clip after the move: the card's recipe, as written, names the folder where it is now
+    from PIL import Image
+    from test_export import _card_code
+
+    card = (moved / "README.md").read_text()
+    assert f"the absolute path this folder was exported to (`{(tmp_path / 'out').resolve()}`)" in card
+    Image.new("L", (96, 96), 128).save(tmp_path / "xray.png")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        ns: dict = {}
+        exec(compile(_card_code(moved), "README.md", "exec"), ns)
+    finally:
+        os.chdir(cwd)
+    with torch.no_grad():
+        assert _max(ns["model"].encode_text(ids), mine.xlip.encode_text(ids)[0]) <= 1e-5
 
 
 # --- the folder's preprocessing (A62) -------------------------------------------------------------------
@@ -358,3 +390,48 @@ def test_patch_dropout_is_inactive_in_eval_mode():
         a, b = m(batch, seed=0).image_features, m(batch, seed=1).image_features
         assert torch.equal(a, b)
         assert _max(a, m.encode_image(batch["images"])[0]) <= 1e-6  # every patch
+
+
+# --- refusals name the file the user gave, not maskkit's internal registry name (fresh-user item 7) ---------
+
+def test_refusals_of_a_folder_s_architecture_name_its_open_clip_config(bert, tmp_path):
+    folder = tmp_path / "BiomedCLIP-tiny"
+    biomedclip_folder(folder, bert)
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    doc["model_cfg"]["vision_cfg"]["timm_proj"] = "mlp"
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    msg = str(e.value)
+    assert msg.startswith(f"model.pretrained: {folder.resolve() / 'open_clip_config.json'} (model_cfg): the timm image tower "
+                          f"{TIMM_NAME} (timm_pool='', timm_proj='mlp') has a 'mlp' projection"), msg
+    assert "folder-" not in msg and "\n" not in msg
+    doc["model_cfg"]["vision_cfg"]["timm_proj"] = "linear"
+    doc["model_cfg"]["multimodal_cfg"] = {"width": 32}
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError, match=r"^model.pretrained: .*open_clip_config.json \(model_cfg\) is a CoCa model"):
+        XLIP(ModelConfig(pretrained=str(folder)))
+
+
+def test_a_biomedclip_folder_naming_its_bert_by_hub_id_says_where_to_set_a_local_one(bert, tmp_path):
+    """BiomedCLIP's real open_clip_config.json names its BERT by hub id (offline: not there). The
+    line names the file and key to change (text_cfg.hf_model_name in open_clip_config.json); doing
+    what it says (copying the BERT's config.json into the folder) loads it."""
+    folder = tmp_path / "BiomedCLIP"
+    ref = biomedclip_folder(folder, bert)
+    doc = json.loads((folder / "open_clip_config.json").read_text())
+    hub_id = "microsoft/BiomedNLP-maskkit-test-absent"
+    doc["model_cfg"]["text_cfg"].update(hf_model_name=hub_id, hf_tokenizer_name=hub_id)
+    (folder / "open_clip_config.json").write_text(json.dumps(doc))
+    cfg_file = folder.resolve() / "open_clip_config.json"
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    msg = str(e.value)
+    assert msg == (f"model.pretrained: {cfg_file} (model_cfg) text tower: '{hub_id}' is neither a local folder nor in the "
+                   f"Hugging Face cache (maskkit never downloads); set text_cfg.hf_model_name in {cfg_file} to a local folder "
+                   f"of that model (its config.json), or copy that model's config.json into {folder.resolve()}"), msg
+    shutil.copy(bert / "config.json", folder / "config.json")
+    m = XLIP(ModelConfig(pretrained=str(folder))).eval()
+    ids = m.tokenizer(TEXTS).ids
+    with torch.no_grad():
+        assert _max(text_tokens(m.clip, ids)[0], ref.encode_text(ids)) <= 1e-5

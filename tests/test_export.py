@@ -129,6 +129,7 @@ def test_model_card_names_data_preset_steps_zeroshot_version_and_commit(run, ope
         card = (d / "README.md").read_text()
         assert "| data | phantoms |" in card and "| preset | xlip (scale tiny) |" in card
         assert "| steps | 2 (checkpoint `step_00000002.pt`) |" in card
+        assert "| architecture | maskkit-tiny: ViT width 192, 4 layers, patch 16, 96 px; CLIP text tower (4 layers) |" in card
         assert f"| maskkit version | {__import__('maskkit').__version__} |" in card
         assert f"| trained at commit | {env['maskkit_revision']} |" in card
         assert f"| **mean** | | **{zs['mean']['auc']:.3f}** |" in card
@@ -322,3 +323,162 @@ def test_similarity_map_is_the_cosine_of_each_patch_token_to_the_text(run):
     text = m.encode_text("left pleural effusion")[0]
     hand = F.cosine_similarity(tokens, text[None, None], dim=-1).reshape(2, 6, 6)
     torch.testing.assert_close(maps, hand, rtol=0, atol=1e-5)
+
+
+# --- timm export of every image tower timm's ViT holds (issue 20 fresh-user test, item 1) -----------------
+
+@pytest.mark.parametrize("vision, top, name", [
+    ({"no_ln_pre": True, "norm_kwargs": {"eps": 1e-6}}, {}, "vit_base_patch16_224"),  # BiomedCLIP's, rewritten
+    ({"no_ln_pre": True}, {}, "vit_base_patch16_clip_224"),
+    ({"norm_kwargs": {"eps": 1e-6}}, {"quick_gelu": True}, "vit_base_patch16_224"),
+    ({"pool_type": "avg", "ls_init_value": 0.1}, {}, "vit_base_patch16_clip_224"),
+    ({}, {"quick_gelu": True}, "vit_base_patch16_clip_quickgelu_224"),
+])
+def test_timm_export_holds_pre_norm_eps_pooling_layer_scale_and_activation(vision, top, name, tmp_path):
+    """An image tower without pre-norm (BiomedCLIP's, A61), with LayerNorm eps 1e-6, average
+    pooling, layer scale or QuickGELU is a timm VisionTransformer: the folder loads in plain timm and
+    gives maskkit.load's image embedding."""
+    import timm
+    from test_weights import FOLDER_CFG, open_clip_folder
+
+    import maskkit
+    from maskkit.export import write_timm_folder
+
+    mc = {**FOLDER_CFG, **top, "vision_cfg": {**FOLDER_CFG["vision_cfg"], **vision}}
+    open_clip_folder(tmp_path / "src", model_cfg=mc)
+    m = maskkit.load(tmp_path / "src")
+    got_name, args, diffs = write_timm_folder(m.xlip, tmp_path / "timm")
+    assert got_name == name and args["pre_norm"] is not vision.get("no_ln_pre", False), args
+    assert max(diffs.values()) <= 1e-5
+    net = timm.create_model(f"local-dir:{tmp_path / 'timm'}", pretrained=True).eval()
+    assert isinstance(net.norm_pre, torch.nn.Identity) is bool(vision.get("no_ln_pre"))
+    assert net.blocks[0].norm1.eps == vision.get("norm_kwargs", {}).get("eps", 1e-5)
+    x = _images(2, 64)
+    with torch.no_grad():
+        got = F.normalize(net(m.xlip.normalise(x)), dim=-1)
+    assert float((got - m.encode_image(x)).abs().max()) <= 1e-5
+
+
+def test_timm_export_refuses_an_eps_no_timm_vit_has(tmp_path):
+    from test_weights import FOLDER_CFG, open_clip_folder
+
+    import maskkit
+    from maskkit.export import write_timm_folder
+
+    open_clip_folder(tmp_path / "src", model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "norm_kwargs": {"eps": 1e-3}}})
+    with pytest.raises(MaskkitError) as e:
+        write_timm_folder(maskkit.load(tmp_path / "src").xlip, tmp_path / "timm")
+    msg = str(e.value)
+    assert msg.startswith("--format timm: the image tower has vision_cfg.norm_kwargs={'eps': 0.001}; timm's named ViTs have "
+                          "LayerNorm eps 1e-5 (CLIP) or 1e-6 (ImageNet)") and "\n" not in msg, msg
+
+
+# --- the model card's recipes run as written (fresh-user item 4) --------------------------------------------
+
+def _card_code(folder: Path) -> str:
+    import re
+
+    blocks = re.findall(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S)
+    assert len(blocks) == 1, blocks
+    return blocks[0].replace("PATH", str(folder))
+
+
+def test_the_timm_card_s_code_runs_as_written_backbone_included(model, timm_dir):
+    code = _card_code(timm_dir)
+    assert "num_classes=0" in code and "backbone" in code
+    ns: dict = {}
+    exec(compile(code, "README.md", "exec"), ns)  # the card's snippet, literally
+    x = torch.zeros(1, 3, 96, 96)
+    with torch.no_grad():
+        want, _ = model.encode_image(torch.full((1, 1, 96, 96), 0.5))
+        xn = model.normalise(torch.full((1, 1, 96, 96), 0.5))
+        assert float((ns["model"](xn) - want).abs().max()) <= 1e-5
+        assert ns["backbone"].num_classes == 0 and isinstance(ns["backbone"].head, torch.nn.Identity)
+        assert ns["tokens"].shape == (1, 37, 192) and ns["embedding"].shape == (1, model.embed_dim)
+        torch.testing.assert_close(ns["backbone"].forward_features(x), ns["model"].forward_features(x), rtol=0, atol=0)
+
+
+def test_the_open_clip_card_s_code_runs_as_written(model, open_clip_dir, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96), dtype=np.uint8)).save(tmp_path / "xray.png")
+    monkeypatch.chdir(tmp_path)
+    ns: dict = {}
+    exec(compile(_card_code(open_clip_dir), "README.md", "exec"), ns)
+    assert ns["image_features"].shape == (1, model.embed_dim) and ns["text_features"].shape == (1, model.embed_dim)
+
+
+# --- permissions follow the umask (fresh-user item 11) ------------------------------------------------------
+
+def test_atomic_folders_and_files_follow_the_umask(tmp_path, open_clip_dir):
+    """tempfile makes 0700 folders and 0600 files; what maskkit writes atomically gets the usual
+    permissions: 0777 / 0666 less the umask."""
+    import os
+    import stat
+
+    from maskkit.io import atomic_directory, atomic_write_text
+
+    old = os.umask(0o027)
+    try:
+        with atomic_directory(tmp_path / "d") as d:
+            atomic_write_text(d / "a.txt", "x")
+        atomic_write_text(tmp_path / "b.txt", "y")
+    finally:
+        os.umask(old)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert (mode(tmp_path / "d"), mode(tmp_path / "d" / "a.txt"), mode(tmp_path / "b.txt")) == (0o750, 0o640, 0o640)
+    want_dir, want_file = 0o777 & ~old, 0o666 & ~old  # the export, made under this process's umask
+    assert mode(open_clip_dir) == want_dir
+    assert {p.name: mode(p) for p in open_clip_dir.iterdir()} == {p.name: want_file for p in open_clip_dir.iterdir()}
+
+
+# --- maskkit.load's small faults (fresh-user item 13) -----------------------------------------------------
+
+def test_text_past_the_context_warns_once_naming_the_count(run):
+    import warnings
+
+    import maskkit
+    from maskkit.errors import MaskkitWarning
+
+    m = maskkit.load(run)
+    long = " ".join(["effusion"] * 200)  # far past the 64-token context
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = m.encode_text([long, "no effusion", long])
+        m.encode_text("no effusion")
+    cut = [w for w in caught if issubclass(w.category, MaskkitWarning)]
+    assert len(cut) == 1 and str(cut[0].message) == ("encode_text: 2 of 3 texts longer than the model's context of 64 tokens "
+                                                     "(62 after its special tokens) were cut to it; the rest is not encoded")
+    assert out.shape == (3, m.xlip.embed_dim) and torch.equal(out[0], out[2])
+
+
+def test_an_image_with_nan_is_one_line(run):
+    import maskkit
+
+    m = maskkit.load(run)
+    x = torch.rand(1, 96, 96)
+    x[0, 3, 4] = float("nan")
+    for what in (x, x.numpy()):
+        with pytest.raises(MaskkitError) as e:
+            m.encode_image(what)
+        assert str(e.value) == "image: float tensor with 1 NaN or infinite value of 9216; expected finite values in [0, 1]"
+
+
+def test_load_of_a_folder_that_is_not_a_run_names_what_is_missing(tmp_path, timm_dir):
+    import maskkit
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("hello")
+    cases = {tmp_path / "x": f"maskkit.load: {tmp_path / 'x'} is not a run directory (no checkpoints/step_*.pt) nor an "
+                             f"open_clip folder (no open_clip_config.json); expected a run directory, a checkpoint file "
+                             f"(checkpoints/step_*.pt) or an open_clip folder",
+             tmp_path / "none": f"maskkit.load: {tmp_path / 'none'} does not exist; expected a run directory",
+             timm_dir: f"maskkit.load: {timm_dir} has config.json but no open_clip_config.json: a timm or transformers "
+                       f"folder (one tower), not a CLIP"}
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    cases[tmp_path / "run"] = (f"maskkit.load: {tmp_path / 'run'} is a run directory without checkpoints (no step_*.pt in "
+                               f"{tmp_path / 'run' / 'checkpoints'}; a run writes one every train.ckpt_every steps and at its end)")
+    for path, want in cases.items():
+        with pytest.raises(MaskkitError) as e:
+            maskkit.load(path)
+        assert str(e.value).startswith(want) and "\n" not in str(e.value), str(e.value)

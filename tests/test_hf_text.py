@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,3 +238,73 @@ def test_without_transformers_an_hf_architecture_is_one_line(bert, monkeypatch):
     with pytest.raises(MaskkitError) as e:
         create_clip(tiny_hf_arch(bert))
     assert _one_line(e).endswith("which needs the transformers package: pip install 'maskkit[hf]'")
+
+
+def test_transformers_folder_with_more_layers_than_its_config_is_refused(registered, tmp_path):
+    """A BERT folder whose weights have 3 layers and whose config.json says 2: before, layer 2 was
+    silently left out."""
+    folder = tiny_bert_folder(tmp_path / "bert3", layers=3)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 2}))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert _one_line(e) == (f"model.pretrained: {folder / 'model.safetensors'}: its text tower has 3 layers (encoder.layer.0-2), "
+                            f"the model's 2: depth found 3, expected 2; the text tower is built from {folder / 'config.json'} "
+                            f"(num_hidden_layers)")
+
+
+def test_grad_checkpointing_false_leaves_the_hf_tower_s_off(registered):
+    """open_clip's HFTextEncoder.set_grad_checkpointing ignores its argument: train.grad_checkpointing=false
+    used to switch transformers' checkpointing on."""
+    from maskkit.model.hf_text import is_checkpointing
+
+    model = XLIP(tiny_config(arch=registered))
+    bert = model.clip.text.transformer
+    assert not is_checkpointing(bert)
+    model.set_grad_checkpointing(False)
+    assert not is_checkpointing(bert) and not model.clip.visual.transformer.grad_checkpointing
+    model.set_grad_checkpointing(True)
+    assert is_checkpointing(bert) and model.clip.visual.transformer.grad_checkpointing
+    model.set_grad_checkpointing(False)
+    assert not is_checkpointing(bert) and not model.clip.visual.transformer.grad_checkpointing
+
+
+def test_a_bert_folder_without_tokenizer_files_says_they_are_missing_there(bert, tmp_path):
+    """model.pretrained = a BERT folder without its tokenizer's files, the architecture's
+    hf_tokenizer_name a hub id: the line says the files are missing in that folder (before: advice
+    to set model.pretrained, which was set)."""
+    import open_clip
+    import shutil
+
+    arch = {**tiny_hf_arch(bert)}
+    arch["text_cfg"] = {**arch["text_cfg"], "hf_tokenizer_name": "microsoft/maskkit-test-absent-tokenizer"}
+    (tmp_path / "maskkit-test-bert-hubtok.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / "maskkit-test-bert-hubtok.json")
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(bert / f, weights_only / f)
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch="maskkit-test-bert-hubtok", pretrained=str(weights_only)))
+    assert _one_line(e) == (f"model.pretrained: the tokenizer files (tokenizer.json, vocab.txt, ...) are missing in {weights_only}, "
+                            f"and text_cfg.hf_tokenizer_name 'microsoft/maskkit-test-absent-tokenizer' of the architecture "
+                            f"cannot stand in; copy the model's tokenizer files into {weights_only}")
+    # an architecture whose own text-tower folder lacks them
+    arch = tiny_hf_arch(weights_only)
+    (tmp_path / "maskkit-test-bert-notok.json").write_text(json.dumps(arch))
+    open_clip.add_model_config(tmp_path / "maskkit-test-bert-notok.json")
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch="maskkit-test-bert-notok"))
+    assert _one_line(e) == (f"model.arch: 'maskkit-test-bert-notok' text tower: the tokenizer files (tokenizer.json, vocab.txt, ...) "
+                            f"are missing in {weights_only}; copy the model's tokenizer files there (the text tower's "
+                            f"tokenizer must be local)")
+
+
+def test_a_transformers_folder_with_two_weight_files_names_the_one_read(registered, bert, tmp_path):
+    import shutil
+
+    folder = Path(shutil.copytree(bert, tmp_path / "two"))
+    torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
+    model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert model.load_report.endswith("; format: transformers model folder; weights: model.safetensors "
+                                      "(pytorch_model.bin beside it not read)"), model.load_report

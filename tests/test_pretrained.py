@@ -164,16 +164,56 @@ def test_position_embeddings_are_resized_to_the_model(tmp_path):
     assert "missing 0; unexpected 0" in report and "resized visual.positional_embedding (65, 192) -> (37, 192)" in report
 
 
-def test_unreadable_checkpoint_keeps_the_whole_cause_on_one_line(tmp_path):
-    """weights_only refuses a pickled object; the message keeps its last line (the actual global)."""
-    path = tmp_path / "with_args.pt"
-    torch.save({"state_dict": tiny(2).state_dict(), "args": argparse.Namespace(lr=1.0)}, path)
+class _Code:
+    """A pickled object with code (what a .bin saved from a training script may hold)."""
+
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+WEIGHTS_ONLY = ("is not a plain state dict: a weights_only load refused it ({why}: a pickled object, not only tensors); "
+                "maskkit does not run a file's code. Re-save it from trusted code as tensors only "
+                "(torch.save(model.state_dict(), PATH) or safetensors' save_file)")
+
+
+@pytest.mark.parametrize("name, extra, why", [
+    ("with_args.pt", argparse.Namespace(lr=1.0), "it needs 'argparse.Namespace'"),
+    ("pytorch_model.bin", _Code(), "it needs 'print'"),
+])
+def test_a_pickle_with_code_is_one_short_line_naming_the_file(tmp_path, name, extra, why):
+    """weights_only refuses a pickled object: one line naming the file, that it is not a plain state
+    dict, the object and what to do (before: torch's paragraphs on loading it unsafely)."""
+    path = tmp_path / name
+    torch.save({"state_dict": tiny(2).state_dict(), "args": extra}, path)
     with pytest.raises(MaskkitError) as exc:
         load_pretrained(tiny(2), path)
     msg = str(exc.value)
-    assert "\n" not in msg and msg.startswith(f"model.pretrained: cannot read {path} (UnpicklingError: Weights only load failed.")
-    assert "you have two options, do those steps only if you trust the source of the checkpoint." in msg
-    assert "argparse.Namespace" in msg and msg.endswith(")")
+    assert msg == f"model.pretrained: {path} " + WEIGHTS_ONLY.format(why=why), msg
+    assert "\x1b" not in msg and "two options" not in msg
+
+
+def test_a_run_checkpoint_or_transformers_folder_with_code_is_the_same_line(tmp_path):
+    from maskkit.errors import TrainingError
+    from maskkit.training.checkpointing import load_model
+
+    ck = tmp_path / "r" / "checkpoints" / "step_00000001.pt"
+    ck.parent.mkdir(parents=True)
+    torch.save({"model": {}, "config": "{}", "args": _Code()}, ck)
+    with pytest.raises(TrainingError) as exc:
+        load_model(ck)
+    assert str(exc.value).endswith(f"{ck} is not a plain maskkit checkpoint: a weights_only load refused it (it needs "
+                                   f"'print': a pickled object, not only tensors); maskkit does not run a file's "
+                                   f"code. Re-save it from trusted code as tensors only (torch.save(model.state_dict(), PATH) "
+                                   f"or safetensors' save_file)"), str(exc.value)
+    pytest.importorskip("transformers")
+    from maskkit.model.hf_text import _read_weights
+
+    (tmp_path / "bert").mkdir()
+    torch.save({"x": torch.zeros(1), "y": _Code()}, tmp_path / "bert" / "pytorch_model.bin")
+    with pytest.raises(MaskkitError) as exc:
+        _read_weights(tmp_path / "bert")
+    assert str(exc.value) == (f"model.pretrained: {tmp_path / 'bert' / 'pytorch_model.bin'} "
+                              + WEIGHTS_ONLY.format(why="it needs 'print'"))
 
 
 @pytest.mark.parametrize("payload, message", [

@@ -94,8 +94,8 @@ def _timm_clip_vit(**extra):
     import timm
 
     torch.manual_seed(3)
-    m = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=192, depth=4, num_heads=3,
-                          num_classes=128, **extra)
+    m = timm.create_model("vit_base_patch16_clip_224", pretrained=False, **{**dict(img_size=96, embed_dim=192, depth=4,
+                                                                            num_heads=3, num_classes=128), **extra})
     _perturbed(m, 3)
     with torch.no_grad():
         m.head.bias.zero_()
@@ -252,3 +252,74 @@ def test_a_run_built_from_a_folder_loads_without_its_weights_file(tmp_path):
 
 def setup_module():
     register_configs()
+
+
+# --- more (or fewer) layers than the architecture: refused like a width mismatch ----------------------
+
+def test_deeper_or_shallower_checkpoints_are_refused_naming_the_file_and_depths(tmp_path):
+    """Before, a depth-6 timm ViT into maskkit-tiny (depth 4) loaded blocks 0-3 and ignored the
+    rest; open_clip folders and files with extra image or text layers alike."""
+    deep = _timm_clip_vit(depth=6)
+    torch.save(deep.state_dict(), tmp_path / "deep.pth")
+    _refused(tmp_path / "deep.pth", f"model.pretrained: {tmp_path / 'deep.pth'}: its image tower has 6 layers "
+                                    f"(visual.transformer.resblocks.0-5), the model's 4: depth found 6, expected 4")
+    shallow = _timm_clip_vit(depth=2)
+    torch.save(shallow.state_dict(), tmp_path / "shallow.pth")
+    _refused(tmp_path / "shallow.pth", "its image tower has 2 layers (visual.transformer.resblocks.0-1), the model's 4: "
+                                       "depth found 2, expected 4")
+    # an open_clip folder whose weights have more image layers than its model_cfg: the weights file is named
+    folder = tmp_path / "f"
+    open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "layers": 3}})
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": FOLDER_CFG}))
+    msg = _refused(folder, f"model.pretrained: {folder / 'open_clip_model.safetensors'}: its image tower has 3 layers "
+                           f"(visual.transformer.resblocks.0-2), the model's 2: depth found 3, expected 2")
+    assert "folder-" not in msg
+    # an open_clip file with a deeper text tower
+    import open_clip
+
+    text3 = open_clip.CLIP(**{**FOLDER_CFG, "text_cfg": {**FOLDER_CFG["text_cfg"], "layers": 3}})
+    torch.save(text3.state_dict(), tmp_path / "text3.pt")
+    clip = create_clip(FOLDER_CFG)
+    from maskkit.model.towers import load_pretrained
+
+    with pytest.raises(MaskkitError) as e:
+        load_pretrained(clip, tmp_path / "text3.pt")
+    assert str(e.value) == (f"model.pretrained: {tmp_path / 'text3.pt'}: its text tower has 3 layers (transformer.resblocks.0-2), "
+                            f"the model's 2: depth found 3, expected 2; is model.arch (or the folder's model_cfg) right?")
+
+
+# --- the tiny scale's conv stem and model.pretrained (A66) ----------------------------------------------
+
+def test_tiny_scale_uses_the_linear_patch_embedding_with_pretrained_weights_and_an_explicit_stem_is_refused(tmp_path):
+    """scale=tiny's model.patch_embed=conv_stem used to drop the pretrained patch embedding
+    (visual.conv1 listed as unexpected): the scale's default yields to the weights; a stem the
+    user sets is refused in one line."""
+    from maskkit.config import ConfigError, resolve
+
+    folder = tmp_path / "init"
+    src = open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "image_size": 96}})
+    cfg, sources = resolve(["scale=tiny", f"model.pretrained={folder}"])
+    assert cfg.model.patch_embed == "linear" and sources["model.patch_embed"] == "scale:tiny (model.pretrained)"
+    m = XLIP.from_experiment(cfg)
+    assert "unexpected 0" in m.load_report, m.load_report
+    assert torch.equal(m.clip.visual.conv1.weight, src.visual.conv1.weight)
+    assert resolve(["scale=tiny"])[0].model.patch_embed == "conv_stem"  # without weights: the scale's stem
+    with pytest.raises(ConfigError) as e:
+        resolve(["scale=tiny", "model.patch_embed=conv_stem", f"model.pretrained={folder}"])
+    assert str(e.value) == (f"model.patch_embed=conv_stem (from cli) with model.pretrained={folder} (from cli): a convolutional "
+                            f"stem replaces the pretrained patch embedding, whose weights would be dropped; set "
+                            f"model.patch_embed=linear")
+    with pytest.raises(MaskkitError, match="model.patch_embed=conv_stem with model.pretrained=.*set model.patch_embed=linear$"):
+        XLIP(ModelConfig(arch="maskkit-tiny", patch_embed="conv_stem", pretrained=str(folder)))
+
+
+def test_a_folder_with_two_weight_files_names_the_one_read_and_the_one_not(tmp_path):
+    folder = tmp_path / "two"
+    src = open_clip_folder(folder, "open_clip_model.safetensors")
+    torch.save(create_clip(FOLDER_CFG).state_dict(), folder / "open_clip_pytorch_model.bin")  # other (random) weights
+    m = XLIP(ModelConfig(pretrained=str(folder)))
+    assert "; weights: open_clip_model.safetensors (open_clip_pytorch_model.bin beside it not read)" in m.load_report, m.load_report
+    assert torch.equal(m.clip.visual.conv1.weight, src.visual.conv1.weight)  # open_clip's choice: the safetensors
+    one = tmp_path / "one"
+    open_clip_folder(one)
+    assert "not read" not in XLIP(ModelConfig(pretrained=str(one))).load_report

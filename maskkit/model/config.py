@@ -49,7 +49,7 @@ class MLMConfig(Strict):
 
 class ModelConfig(Strict):
     arch: str = Field("ViT-B-16", description="open_clip architecture (maskkit-tiny for CPU)")
-    patch_embed: Literal[PATCH_EMBEDS] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31)")
+    patch_embed: Literal[PATCH_EMBEDS] = Field("linear", description="ViT patch embedding: linear (CLIP's one p×p stride-p convolution) or conv_stem (Xiao et al. 2021: log2(p) 3×3 stride-2 conv-BN-ReLU layers, then 1×1; docs/assumptions.md A31); scale=tiny sets conv_stem unless model.pretrained is given, and conv_stem with model.pretrained is refused (A66)")
     pretrained: str | None = Field(None, description="local weights, never downloaded: OpenAI TorchScript .pt, open_clip .pt/.bin/.safetensors, wrapped or DDP-prefixed state dicts, an open_clip HF-hub folder (open_clip_config.json + weights; its model_cfg is then the architecture), a timm ViT image tower (file or timm folder) or a transformers model folder for an HF text tower; docs/model.md")
     image_mean: tuple[float, float, float] | None = Field(None, description=f"normalisation mean of the 3 replicated channels; null: the weights' own (an open_clip folder's preprocess_cfg mean), else OpenAI CLIP's {OPENAI_MEAN} (docs/assumptions.md A62)")
     image_std: tuple[float, float, float] | None = Field(None, description=f"normalisation std (each > 0); null: the weights' own (an open_clip folder's preprocess_cfg std), else OpenAI CLIP's {OPENAI_STD}")

@@ -34,6 +34,23 @@ def is_hf_tower(clip) -> bool:
     return isinstance(getattr(clip, "text", None), HFTextEncoder)
 
 
+def set_hf_checkpointing(model, enable: bool) -> None:
+    """Switch a transformers model's gradient (activation) checkpointing on or off, by the calls of
+    the installed transformers (``activation_checkpointing_*`` from 5.x, ``gradient_checkpointing_*`` before)."""
+    on = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    off = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+    if enable:
+        on()
+    elif is_checkpointing(model):
+        off()
+
+
+def is_checkpointing(model) -> bool:
+    """Whether a transformers model recomputes its activations in the backward (gradient checkpointing)."""
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else "is_gradient_checkpointing"
+    return bool(getattr(model, flag))
+
+
 def transformers_folder(path: str | Path) -> Path | None:
     """``path`` when it is a transformers model folder (a ``config.json`` naming a ``model_type``,
     and no ``open_clip_config.json``), else None."""
@@ -62,9 +79,10 @@ def read_config(folder: Path, key: str) -> dict:
     return cfg
 
 
-def local_folder(name: str, what: str) -> Path:
+def local_folder(name: str, what: str, fix: str | None = None) -> Path:
     """A local folder for a Hugging Face model name: the name itself when it is a folder, else the
-    model's snapshot in the Hugging Face cache (never downloaded). ``what`` opens the error line."""
+    model's snapshot in the Hugging Face cache (never downloaded). ``what`` opens the error line,
+    ``fix`` ends it (default: set ``model.pretrained`` to a local folder of the model)."""
     p = Path(name).expanduser()
     if p.is_dir():
         return p
@@ -75,9 +93,9 @@ def local_folder(name: str, what: str) -> Path:
 
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:
+        fix = fix or "set model.pretrained to a local transformers model folder of it (config.json + model.safetensors)"
         raise MaskkitError(f"{what}: '{name}' is neither a local folder nor in the Hugging Face cache (maskkit never "
-                           f"downloads); set model.pretrained to a local transformers model folder of it "
-                           f"(config.json + model.safetensors)") from None
+                           f"downloads); {fix}") from None
 
 
 def transformers_config(folder: Path) -> dict | None:
@@ -135,7 +153,7 @@ def hf_text_tokens(text, ids: torch.Tensor, replace: torch.Tensor | None = None,
     return text.proj(pooled), text.proj(out.last_hidden_state)
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path]]:
     key = "model.pretrained"
     found = next((f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if found is None:
@@ -159,11 +177,16 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str]:
             else:
                 part = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as exc:
+            from ..errors import weights_only_line, weights_only_refusal
+
+            why = weights_only_refusal(exc)
+            if why:
+                raise MaskkitError(f"{key}: {weights_only_line(f, 'state dict', why)}") from None
             raise MaskkitError(f"{key}: cannot read {f} ({_msg(exc)}); is it truncated?") from None
         if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
             raise MaskkitError(f"{key}: {f} is not a state dict of tensors")
         state.update(part)
-    return state, found
+    return state, found, files
 
 
 def load_text_folder(clip, folder: str | Path) -> str:
@@ -175,7 +198,9 @@ def load_text_folder(clip, folder: str | Path) -> str:
     refused in one line naming the file and key. The tower's projection stays as initialised.
     """
     folder = Path(folder).expanduser()
-    state, found = _read_weights(folder)
+    from .weights import ignored_weights
+
+    state, found, files = _read_weights(folder)
     model = clip.text.transformer
     own = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") + "."
@@ -185,6 +210,9 @@ def load_text_folder(clip, folder: str | Path) -> str:
     if not matched:
         raise MaskkitError(f"model.pretrained: no tensor of {folder / found} is a weight of the text tower "
                            f"(its keys: {', '.join(list(state)[:3])}; expected e.g. {next(iter(own))})")
+    from .weights import check_depth
+
+    check_depth(state, own, folder / found, f"the text tower is built from {folder / 'config.json'} (num_hidden_layers)")
     bad = [k for k in matched if state[k].shape != own[k].shape]
     if bad:
         k = bad[0]
@@ -198,4 +226,5 @@ def load_text_folder(clip, folder: str | Path) -> str:
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {len(matched)} tensors into the text tower from {folder.name}/{found}; missing {len(missing)}"
             + (f" ({few(missing)})" if missing else "") + f"; left out {len(state) - len(matched)}"
-            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder")
+            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder"
+            + "".join(f"; {n}" for n in [ignored_weights(folder, files)] if n))

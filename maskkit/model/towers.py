@@ -166,22 +166,25 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
 
     from . import hf_text
 
+    from .weights import arch_where
+
     name, cfg = model_config(arch)
+    where = arch_where(arch, name)  # an open_clip folder's model_cfg: its open_clip_config.json, not the internal name
     if patch_embed not in PATCH_EMBEDS:
         raise MaskkitError(f"model.patch_embed: unknown patch embedding '{patch_embed}'; expected one of {', '.join(PATCH_EMBEDS)}")
     if "multimodal_cfg" in cfg:
-        raise MaskkitError(f"model.arch: '{name}' is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
+        raise MaskkitError(f"{where} is a CoCa model (multimodal_cfg); maskkit trains dual-tower CLIPs with its own text decoder")
     vision_cfg, text_cfg = dict(cfg.pop("vision_cfg") or {}), dict(cfg.pop("text_cfg") or {})
     hf = text_cfg.get("hf_model_name")
     notes = []
     if vision_cfg.get("timm_model_name"):  # open_clip's timm tower (BiomedCLIP's): the same ViT in open_clip's own terms
         from .weights import timm_vision_cfg
 
-        vision_cfg, note = timm_vision_cfg(vision_cfg, cfg.get("embed_dim"), f"model.arch: '{name}'")
+        vision_cfg, note = timm_vision_cfg(vision_cfg, cfg.get("embed_dim"), where)
         notes.append(note)
         if cfg.get("quick_gelu"):  # timm's towers ignore it; open_clip's ViT would take it
             if not hf:
-                raise MaskkitError(f"model.arch: '{name}' has quick_gelu: true with a timm image tower (exact GELU) and "
+                raise MaskkitError(f"{where} has quick_gelu: true with a timm image tower (exact GELU) and "
                                    f"CLIP's text tower (QuickGELU); maskkit builds one activation for both")
             cfg.pop("quick_gelu")
     resolved = {**copy.deepcopy(cfg), "vision_cfg": copy.deepcopy(vision_cfg), "text_cfg": copy.deepcopy(text_cfg)}
@@ -195,19 +198,26 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         import importlib.util
 
         if importlib.util.find_spec("transformers") is None:
-            raise MaskkitError(f"model.arch: '{name}' has a Hugging Face text tower ({hf}), which needs the transformers "
+            raise MaskkitError(f"{where} has a Hugging Face text tower ({hf}), which needs the transformers "
                                f"package: pip install 'maskkit[hf]'")
         hub = Path(hub_dir) if hub_dir is not None and text_tower is None else None
+        cfg_file = hub / "open_clip_config.json" if hub is not None else None
+        tok_files = ", ".join(hf_text.TOKENIZER_FILES[:2])
         if text_tower is not None:
             folder = Path(text_tower).expanduser()
         else:
+            fix = None
+            if cfg_file is not None:  # an open_clip folder (BiomedCLIP's names the hub id of its BERT)
+                fix = (f"set text_cfg.hf_model_name in {cfg_file} to a local folder of that model (its config.json"
+                       + ("" if hf_text.has_tokenizer(hub) else f"; and text_cfg.hf_tokenizer_name to a folder with its "
+                          f"tokenizer files, {tok_files}, ...") + f"), or copy that model's config.json into {hub}")
             try:
-                folder = hf_text.local_folder(hf, f"model.arch: '{name}' text tower")
+                folder = hf_text.local_folder(hf, f"{where} text tower", fix)
             except MaskkitError:
                 if hub is None or hf_text.transformers_config(hub) is None:
                     raise
                 folder = hub  # the folder carries the tower's config.json (maskkit export's)
-        key = pretrained_key if text_tower is not None else f"model.arch: '{name}' text tower"
+        key = pretrained_key if text_tower is not None else f"{where} text tower"
         hf_cfg = hf_text.check_model_type(folder, key)
         tok_name = text_cfg.get("hf_tokenizer_name") or hf
         if hub is not None and hf_text.has_tokenizer(hub):
@@ -215,17 +225,30 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         elif hf_text.has_tokenizer(folder) and (text_tower is not None or tok_name == hf):
             tok = folder  # the tower's own folder holds its tokenizer
         else:  # the architecture's hf_tokenizer_name (a weights-only model.pretrained folder takes it too)
-            tok = hf_text.local_folder(tok_name, f"model.arch: '{name}' tokenizer")
+            if text_tower is not None:
+                fix = (f"the tokenizer files ({tok_files}, ...) are missing in {folder}, and text_cfg.hf_tokenizer_name "
+                       f"'{tok_name}' of the architecture cannot stand in; copy the model's tokenizer files into {folder}")
+                try:
+                    tok = hf_text.local_folder(tok_name, key)
+                except MaskkitError:
+                    raise MaskkitError(f"{key}: {fix}") from None
+            elif cfg_file is not None:
+                tok = hf_text.local_folder(tok_name, f"{where} tokenizer",
+                                           f"copy the tokenizer files ({tok_files}, ...) into {hub}, or set "
+                                           f"text_cfg.hf_tokenizer_name in {cfg_file} to a local folder holding them")
+            else:
+                tok = hf_text.local_folder(tok_name, f"{where} tokenizer",
+                                           f"set text_cfg.hf_tokenizer_name to a local folder with the tokenizer files ({tok_files}, ...)")
         if not hf_text.has_tokenizer(tok):
-            raise MaskkitError(f"{key}: {tok} holds no tokenizer ({' or '.join(hf_text.TOKENIZER_FILES[:2])}); the text "
-                               f"tower's tokenizer must be local")
+            raise MaskkitError(f"{key}: the tokenizer files ({tok_files}, ...) are missing in {tok}; copy the model's "
+                               f"tokenizer files there (the text tower's tokenizer must be local)")
         text_cfg.update(hf_model_name=str(folder), hf_tokenizer_name=str(tok), hf_model_pretrained=False)
         model_class = CustomTextCLIP
         from open_clip.hf_configs import arch_dict
 
         pooler = text_cfg.get("hf_pooler_type") or arch_dict[hf_cfg["model_type"]]["pooler"]
     elif text_cfg.get("hf_tokenizer_name") or custom:
-        raise MaskkitError(f"model.arch: '{name}' has a custom native text tower"
+        raise MaskkitError(f"{where} has a custom native text tower"
                            + (f" with the tokenizer '{text_cfg['hf_tokenizer_name']}'" if text_cfg.get("hf_tokenizer_name") else "")
                            + "; maskkit supports CLIP's text tower (CLIP's BPE) and Hugging Face text towers (text_cfg.hf_model_name)")
     else:
@@ -233,16 +256,16 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
     try:  # as open_clip.create_model builds it (fp32, on the CPU), without its hub look-ups
         model = model_class(**cfg, vision_cfg=vision_cfg, text_cfg=text_cfg)
     except Exception as exc:
-        raise MaskkitError(f"model.arch: cannot build '{name}' ({_one_line(exc)})") from None
+        raise MaskkitError(f"{where}: cannot build it ({_one_line(exc)})") from None
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
-        raise MaskkitError(f"model.arch: '{name}' is not a plain ViT image tower; maskkit needs ViT patch tokens")
+        raise MaskkitError(f"{where} is not a plain ViT image tower; maskkit needs ViT patch tokens")
     from open_clip.model import CLIPTextCfg
 
     context = int(text_cfg.get("context_length", CLIPTextCfg.context_length))  # open_clip's default (77) when unset
     if hf:
         limit = hf_text.max_positions(model.text.config)
         if limit and context > limit:
-            raise MaskkitError(f"model.arch: '{name}' text_cfg.context_length {context} exceeds the {limit} positions of "
+            raise MaskkitError(f"{where} text_cfg.context_length {context} exceeds the {limit} positions of "
                                f"the text tower {folder / 'config.json'}")
         if model.text.config.pad_token_id is None:
             raise MaskkitError(f"{key}: {folder / 'config.json'} has no pad_token_id; the text tower needs one to skip padding")
@@ -354,6 +377,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
+        from ..errors import weights_only_line, weights_only_refusal
+
+        why = weights_only_refusal(exc)
+        if why:
+            raise MaskkitError(f"model.pretrained: {weights_only_line(p, 'state dict', why)}") from None
         raise MaskkitError(f"model.pretrained: cannot read {p} ({_one_line(exc)})") from None
     for _ in range(3):  # nested wrappers: {"model": {"state_dict": ...}}
         if isinstance(state, dict):
@@ -388,9 +416,9 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     """
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    from .weights import nothing_loaded, read_weights
+    from .weights import check_depth, nothing_loaded, read_weights
 
-    state, fmt, notes = read_weights(path, model)  # every local layout (maskkit.model.weights)
+    state, fmt, notes, src = read_weights(path, model)  # every local layout (maskkit.model.weights)
     p = Path(path).expanduser()
     own = model.state_dict()
     for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
@@ -413,22 +441,23 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
             try:
                 resize(state, model)
             except Exception as exc:
-                raise MaskkitError(f"model.pretrained: {p}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
+                raise MaskkitError(f"model.pretrained: {src}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
                                    f"({_one_line(exc)})") from None
             notes.append(f"resized {key} {before} -> {tuple(state[key].shape)}")
+    check_depth(state, own, src, "is model.arch (or the folder's model_cfg) right?")
     shape_bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shape_bad:
         k = shape_bad[0]
-        raise MaskkitError(f"model.pretrained: {p}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
+        raise MaskkitError(f"model.pretrained: {src}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
                            f"({len(shape_bad)} mismatched keys); is model.arch right?")
     try:
         res = model.load_state_dict(state, strict=False)
     except Exception as exc:
-        raise MaskkitError(f"model.pretrained: {p}: cannot load ({_one_line(exc)})") from None
+        raise MaskkitError(f"model.pretrained: {src}: cannot load ({_one_line(exc)})") from None
     miss, unexp = list(res.missing_keys), list(res.unexpected_keys)
     loaded = len(state) - len(unexp)
     if loaded == 0:
-        raise nothing_loaded(path, state)
+        raise nothing_loaded(src, state)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")

@@ -91,7 +91,25 @@ class HubFolder:
         from open_clip import factory
 
         factory._MODEL_CONFIGS[self.arch] = deepcopy(self.model_cfg)  # open_clip's own registry (add_model_config's)
+        _ARCH_FILES[self.arch] = self.path / HUB_CONFIG
         return self.arch
+
+
+#: :attr:`HubFolder.arch` (an internal registry name) -> the ``open_clip_config.json`` it came from
+_ARCH_FILES: dict[str, Path] = {}
+
+
+def arch_file(arch) -> Path | None:
+    """The ``open_clip_config.json`` whose ``model_cfg`` was registered as ``arch`` (:meth:`HubFolder.register`), else None."""
+    return _ARCH_FILES.get(arch) if isinstance(arch, str) else None
+
+
+def arch_where(arch, name: str | None = None) -> str:
+    """How a message names the architecture ``arch``: ``model.arch: 'ViT-B-16'``, or, for an
+    open_clip folder's ``model_cfg`` (registered under an internal name), the file the user gave:
+    ``model.pretrained: /path/open_clip_config.json (model_cfg)``."""
+    f = arch_file(arch)
+    return f"model.pretrained: {f} (model_cfg)" if f is not None else f"model.arch: '{name or arch}'"
 
 
 def hub_folder(path: str | Path, weights: bool = True) -> HubFolder:
@@ -349,8 +367,27 @@ def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
     return read_state_dict(p)
 
 
-def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str]]:
-    """(open_clip state dict, format, notes) of any layout of this module's docstring.
+#: the suffixes of the weight files a folder may hold
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
+
+
+def ignored_weights(folder: Path, used: list[Path]) -> str | None:
+    """The load report's note on the other weight files in ``folder`` than ``used`` (the one, or
+    the shards, read): ``weights: A (B beside it not read)``; None when there are none."""
+    names = {u.name for u in used}
+    try:
+        others = sorted(f.name for f in folder.iterdir() if f.is_file() and f.suffix.lower() in WEIGHT_SUFFIXES
+                        and f.name not in names)
+    except OSError:
+        return None
+    if not others:
+        return None
+    return (f"weights: {', '.join(sorted(names))} ({', '.join(others)} beside {'it' if len(names) == 1 else 'them'} "
+            f"not read)")
+
+
+def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
+    """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring.
 
     A folder is read as an open_clip HF-hub folder or a timm ViT folder; a file through
     :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors, alone or as an open_clip
@@ -363,15 +400,18 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
     if p.is_dir():
         if (p / HUB_CONFIG).is_file():
             hub = hub_folder(p)
+            src = hub.weights
             state, fmt = _read_file(hub.weights)
             fmt = f"open_clip folder ({hub.weights.name}, {fmt})"
         else:
             found = _hf_folder(p)
             if found is None:
                 raise MaskkitError(f"{_pre(p)}: no {HUB_CONFIG} (nor {HF_CONFIG}) in this folder; expected {_WHAT_HUB}")
+            src = found[0]
             state, fmt = _read_file(found[0])
             fmt = f"{found[1]}, {fmt}"
     else:
+        src = p
         state, fmt = _read_file(p)
     proj = getattr(getattr(model, "visual", None), "proj", None)
     embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
@@ -380,7 +420,45 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
         fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
         state, notes = timm_tower_to_open_clip(state, embed_dim)
-    return state, fmt, notes
+    if p.is_dir():
+        other = ignored_weights(p, [src])
+        if other:
+            notes.append(other)
+    return state, fmt, notes, src
+
+
+#: a stack of numbered layers in a state dict key: ``visual.transformer.resblocks.3.``,
+#: ``text.transformer.encoder.layer.3.``, (transformers) ``encoder.layer.3.``, (timm) ``blocks.3.``
+_STACK = re.compile(r"^(.*?(?:resblocks|encoder\.layer|layers|blocks))\.(\d+)\.")
+#: what each stack is, in the user's words
+_STACK_NAMES = {"visual.transformer.resblocks": "image tower", "transformer.resblocks": "text tower",
+                "text.transformer.resblocks": "text tower", "text.transformer.encoder.layer": "text tower",
+                "encoder.layer": "text tower"}
+
+
+def layer_depths(keys) -> dict[str, int]:
+    """The depth of each stack of numbered layers among state dict ``keys``: stack prefix ->
+    1 + the largest layer index (``{'visual.transformer.resblocks': 12, ...}``)."""
+    out: dict[str, int] = {}
+    for k in keys:
+        m = _STACK.match(k)
+        if m:
+            out[m.group(1)] = max(out.get(m.group(1), 0), int(m.group(2)) + 1)
+    return out
+
+
+def check_depth(state, own, file: Path, hint: str) -> None:
+    """Refuse, in one line naming ``file``, a checkpoint ``state`` whose stack of layers (an image
+    or text tower's blocks) is deeper or shallower than the model's (``own``, its state dict): the
+    layers past the model's depth would be dropped, or the missing ones left at their
+    initialisation, as a width mismatch would be refused. Stacks the checkpoint lacks (a
+    timm image tower has no text layers) are not compared. ``hint`` ends the line."""
+    want = layer_depths(own)
+    for stack, n in layer_depths(state).items():
+        if stack in want and n != want[stack]:
+            what = _STACK_NAMES.get(stack, stack)
+            raise MaskkitError(f"model.pretrained: {file}: its {what} has {n} layers ({stack}.0-{n - 1}), the model's "
+                               f"{want[stack]}: depth found {n}, expected {want[stack]}; {hint}")
 
 
 def nothing_loaded(path: str | Path, state: dict[str, torch.Tensor]) -> MaskkitError:

@@ -29,7 +29,7 @@ from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
 from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
                      tower_tokenizer, unpatchify)
-from .weights import architecture, hub_notes, preprocessing
+from .weights import arch_file, architecture, hub_notes, preprocessing
 
 
 def write_record(record: dict, folder) -> None:
@@ -89,6 +89,10 @@ class XLIP(nn.Module):
             text_folder = transformers_folder(cfg.pretrained) if cfg.pretrained else None  # an HF text tower's weights
             # an open_clip folder is the architecture; a transformers folder is the text tower of model.arch
             self.arch, self.hub = (cfg.arch, None) if text_folder is not None else architecture(cfg.arch, cfg.pretrained)
+        if cfg.pretrained and weights and cfg.patch_embed != "linear":  # resolve() gives the same line (A66)
+            raise MaskkitError(f"model.patch_embed={cfg.patch_embed} with model.pretrained={cfg.pretrained}: a convolutional "
+                               f"stem replaces the pretrained patch embedding, whose weights would be dropped; set "
+                               f"model.patch_embed=linear")
         self.clip = create_clip(self.arch, cfg.patch_embed, text_tower=text_folder,
                                 hub_dir=self.hub.path if self.hub is not None else None)
         self.load_report = None
@@ -132,7 +136,7 @@ class XLIP(nn.Module):
         self.text_decoder = TextDecoder(C, self.tokenizer.vocab_size, self.context_length, cfg.mlm.layers, cfg.mlm.heads) \
             if self.text_mask is not None else None
         if self.text_mask is not None and cfg.mlm.mode in ("loss", "causal") and not text_is_causal(self.clip):
-            raise MaskkitError(f"model.mlm.mode={cfg.mlm.mode}: the text tower of {cfg.arch} is bidirectional, so the clean E_report at "
+            raise MaskkitError(f"model.mlm.mode={cfg.mlm.mode}: the text tower of {arch_file(self.arch) or cfg.arch} is bidirectional, so the clean E_report at "
                                f"position t-1 has seen token t, the target; use model.mlm.mode=input")
         self.mask_id = mask_token_id(cfg.mlm.mask_token, self.tokenizer) if self.text_mask is not None and cfg.mlm.mode == "input" else None
         self.mask_embedding = nn.Parameter(torch.zeros(text_width(self.clip))) \
@@ -410,8 +414,16 @@ class XLIP(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """``train.grad_checkpointing``: recompute the activations of both towers' blocks (open_clip's
         ``set_grad_checkpointing``) and of the MIM decoder's blocks in the backward instead of
-        storing them. Changes memory and time, never a value."""
-        self.clip.set_grad_checkpointing(enable)
+        storing them. Changes memory and time, never a value. An HF text tower's transformers model
+        is switched on or off by transformers' own calls: open_clip's ``HFTextEncoder.set_grad_checkpointing``
+        ignores its argument and always switches it on."""
+        from .hf_text import is_hf_tower, set_hf_checkpointing
+
+        if is_hf_tower(self.clip):
+            self.clip.visual.set_grad_checkpointing(enable)
+            set_hf_checkpointing(self.clip.text.transformer, enable)
+        else:
+            self.clip.set_grad_checkpointing(enable)
         if self.decoder is not None:
             self.decoder.grad_checkpointing = enable
 

@@ -78,6 +78,11 @@ def load_checkpoint(path: Path, key: str | None = "runtime.resume") -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        from ..errors import weights_only_line, weights_only_refusal
+
+        why = weights_only_refusal(exc)
+        if why:
+            raise TrainingError(f"{at}{weights_only_line(path, 'maskkit checkpoint', why)}") from None
         raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
     bad = nonfinite_entries(ck["model"]) if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else []
     if bad:  # written before maskkit refused to save such weights
