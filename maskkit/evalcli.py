@@ -102,7 +102,8 @@ def evaluation_command(ev):
             ann = Optional[str]
         params.append(P(py, P.KEYWORD_ONLY, annotation=ann, default=opt))
     out_help = ("write the result here: a folder (" + ev.name + ".json, " + ev.name + ".csv and the evaluation's own files) "
-                "or a .json file (its details beside it as .csv)" + (f"; default: {ev.out}" if ev.out else "; default: nothing written"))
+                "or FILE.json (FILE.csv and the evaluation's own files in FILE/ beside it)"
+                + (f"; default: {ev.out}" if ev.out else "; default: nothing written"))
     params.append(P("eval_out", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(ev.out, "--out", help=out_help,
                                                                                                show_default=False, metavar="PATH")))
 
@@ -140,8 +141,13 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
 
     for folder, option in getattr(settings, "output_folders", lambda: [])():  # other folders it writes (--splits)
         check_writable_dir(folder, option)
-    if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
-        (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
+    if out:  # before the run is loaded: a folder, or a .json file and the folder of its own files (output_layout)
+        from .eval.contract import output_layout
+
+        js, _, own = output_layout(out, ev.name)
+        if js != Path(out):
+            check_writable_file(out, "--out")
+        check_writable_dir(own, "--out")
     run = EvalRun.load(paths, data, out=out)
     res = ev(run, settings)
     for t in res.tables:

@@ -66,7 +66,8 @@ class FinetuneSettings(RegionSettings, FinetuneOptions):
     task: FinetuneTask = Field("classification", description="classification: a linear head on the pooled embedding, AUC "
                                                              "per label; segmentation: a SETR-naive head on the patch tokens, "
                                                              "Dice on lesion masks")
-    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits)")
+    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits; "
+                                                    "for --out FILE.json, FILE/splits)")
     regions: Optional[str] = Field(None, description="--task segmentation: a region annotation file in its dataset's "
                                                      "layout, e.g. SIIM-ACR train-rle.csv (default: the phantoms' lesion masks)")
 

@@ -483,19 +483,28 @@ def test_masks_on_a_region_file(csv_run, tmp_path):
 
 # --- PadChest ----------------------------------------------------------------------------------------
 
-def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
+PADCHEST_LABELS = ["['pleural effusion']", "['cardiomegaly', 'nodule']", "['normal']", "['nodule']", "['pneumonia', 'kyphosis']"]
+
+
+def padchest_root(root: Path, labels: list[str] = PADCHEST_LABELS, n: int = 80, images: bool = True) -> Path:
+    """A PadChest folder in the real layout: ``n`` 32x32 PNGs in ``0/`` (none with ``images=False``)
+    and the labels CSV, image ``i`` labelled ``labels[i % len(labels)]``."""
     from PIL import Image
 
-    root = tmp_path / "padchest"
     (root / "0").mkdir(parents=True)
     rng = np.random.default_rng(1)
-    labels = ["['pleural effusion']", "['cardiomegaly', 'nodule']", "['normal']", "['nodule']", "['pneumonia', 'kyphosis']"]
     rows = []
-    for i in range(80):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "0" / f"im{i}.png")
+    for i in range(n):
+        if images:
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "0" / f"im{i}.png")
         rows.append([f"im{i}.png", "0", f"s{i}", f"p{i}", "PA", "Physician", labels[i % len(labels)]])
     write(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
           ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "MethodLabel", "Labels"], rows)
+    return root
+
+
+def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
+    root = padchest_root(tmp_path / "padchest")
     fails("eval", "padchest", phantom_run, match="has no padchest source")
     invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
            "--subset", "unseen10", "--out", tmp_path / "o")
@@ -504,6 +513,48 @@ def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
                                              "pneumonia", "pneumothorax", "pulmonary edema"]
     assert "padchest/seen/auc_macro" in doc["metrics"] and set(doc["subsets"]) == {"seen", "unseen10"}
     assert doc["data"]["split"] == "explicit" and doc["metrics"]["padchest/n"] == doc["protocol"]["n_images"]
+
+
+# --- --out FILE.json: one rule for every evaluation ---------------------------------------------------
+
+OWN_FILES = {"finetune": {"results.json", "splits/test.json", "splits/train_0.01.json"}, "masks": {"masks.md"}}
+
+
+@pytest.mark.parametrize("name, args", [
+    ("zeroshot", ["--bootstrap", "0"]),
+    ("finetune", ["--epochs", "1"]),
+    ("masks", ["--n", "8", "--seeds", "1", "--strategy", "random"]),
+    ("retrieval", ["--bootstrap", "0"]),
+    ("grounding", ["--n", "8"]),
+    ("padchest", ["--bootstrap", "0", "--subset", "seen"]),
+])
+def test_out_file_json_keeps_the_evaluations_own_files_in_its_stem_folder(phantom_run, tmp_path, name, args):
+    """``--out FILE.json``: FILE.json (the document), FILE.csv and the evaluation's own files in
+    FILE/ (they were dropped); a folder --out holds the same files under the same names."""
+    from maskkit.plugins import get_registry
+
+    assert set(BUILTIN) == set(get_registry().evaluations) - {"report_length"}  # a new built-in gets a row here
+    data = ["data=padchest", f"data.root={padchest_root(tmp_path / 'pc')}"] if name == "padchest" else []
+    invoke("eval", name, phantom_run, *data, *args, "--out", tmp_path / "res" / "r1.json")
+    doc = json.loads((tmp_path / "res" / "r1.json").read_text())
+    assert doc["evaluation"] == name and all(k.startswith(f"{name}/") for k in doc["metrics"]) and doc["metrics"]
+    assert len(list(csv.DictReader((tmp_path / "res" / "r1.csv").open()))) == len(doc["details"])
+    own = {str(p.relative_to(tmp_path / "res" / "r1")) for p in (tmp_path / "res" / "r1").rglob("*") if p.is_file()} \
+        if (tmp_path / "res" / "r1").exists() else set()
+    assert OWN_FILES.get(name, set()) <= own and (own == set()) == (name not in OWN_FILES), own
+    assert {str(p.relative_to(tmp_path / "res")) for p in (tmp_path / "res").iterdir() if p.is_file()} == {"r1.json", "r1.csv"}
+    invoke("eval", name, phantom_run, *data, *args, "--out", tmp_path / "dir")
+    in_dir = {str(p.relative_to(tmp_path / "dir")) for p in (tmp_path / "dir").rglob("*") if p.is_file()}
+    assert in_dir == own | {f"{name}.json", f"{name}.csv"}
+    if name == "finetune":  # the splits of FILE.json are its own: the same draw as the folder's
+        assert json.loads((tmp_path / "res" / "r1" / "results.json").read_text())[0]["fraction"] == "0.01"
+        assert (tmp_path / "res" / "r1" / "splits" / "test.json").read_text() == (tmp_path / "dir" / "splits" / "test.json").read_text()
+
+
+def test_out_file_json_needs_its_stem_folder_writable(phantom_run, tmp_path):
+    (tmp_path / "r1").write_text("a file where the own files go")
+    fails("eval", "masks", phantom_run, "--out", tmp_path / "r1.json", match=f"--out {tmp_path / 'r1'}: is a file, not a folder",
+          out=tmp_path / "r1.json")
 
 
 # --- end of run, config, sweeps ----------------------------------------------------------------------

@@ -24,9 +24,10 @@ It returns one :class:`EvalResult`:
 - ``extra``: the evaluation's own JSON fields (e.g. the zero-shot table's ``per_label``), kept at
   the top level of its JSON file so files written before the contract read the same.
 
-:meth:`EvalResult.write` writes ``<out>/<name>.json`` and ``<out>/<name>.csv`` (or, when ``out``
-ends in ``.json``, that file and a ``.csv`` beside it) plus the evaluation's legacy files
-(``files``), each atomically and only after every one of them was rendered: nothing half-done.
+:meth:`EvalResult.write` writes ``<out>/<name>.json`` and ``<out>/<name>.csv`` plus the
+evaluation's own files (``files``) in ``<out>``; when ``out`` ends in ``.json``, that file, a
+``.csv`` beside it and the own files in the folder named by its stem (:func:`output_layout`); each
+atomically and only after every one of them was rendered: nothing half-done.
 """
 
 from __future__ import annotations
@@ -144,16 +145,14 @@ class EvalResult:
         return buf.getvalue()
 
     def outputs(self, out: str | Path) -> dict[Path, str]:
-        """path -> text of every file :meth:`write` writes for ``out``: a ``.json`` path is the JSON
-        file (details beside it as ``<stem>.csv``), anything else a folder holding
-        ``<evaluation>.json``, ``<evaluation>.csv`` and ``files``."""
-        out = Path(out)
+        """path -> text of every file :meth:`write` writes for ``out`` (:func:`output_layout`, the one
+        rule): a folder holds ``<evaluation>.json``, ``<evaluation>.csv`` and ``files``; a ``.json``
+        path is the JSON document, its details beside it as ``<stem>.csv`` and ``files`` in the folder
+        ``<stem>/`` beside it."""
         doc = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
-        if out.suffix.lower() == ".json":
-            files = {out: doc, out.with_suffix(".csv"): self.details_csv()}
-        else:
-            files = {out / f"{self.evaluation}.json": doc, out / f"{self.evaluation}.csv": self.details_csv()}
-            files.update({out / name: text for name, text in self.files.items()})
+        js, details, own = output_layout(out, self.evaluation)
+        files = {js: doc, details: self.details_csv()}
+        files.update({own / name: text for name, text in self.files.items()})
         return files
 
     def write(self, out: str | Path) -> list[Path]:
@@ -164,6 +163,19 @@ class EvalResult:
         for path, text in files.items():
             atomic_write_text(path, text)
         return list(files)
+
+
+def output_layout(out: str | Path, evaluation: str) -> tuple[Path, Path, Path]:
+    """Where ``--out OUT`` puts an evaluation's result: ``(JSON document, details CSV, folder of the
+    evaluation's own files)`` (``masks.md``, fine-tuning's ``results.json`` and ``splits/``, a
+    plugin's ``files``). ``OUT`` a folder: ``OUT/<evaluation>.json``, ``OUT/<evaluation>.csv``,
+    ``OUT``. ``OUT`` ending in ``.json``: ``OUT``, ``OUT`` with ``.csv``, and the folder named by its
+    stem beside it (``ft.json`` -> ``ft.csv``, ``ft/results.json``, ``ft/splits/``), so two results
+    written into one folder never share their own files."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return out, out.with_suffix(".csv"), out.with_suffix("")
+    return out / f"{evaluation}.json", out / f"{evaluation}.csv", out
 
 
 def _field_name(model: type[BaseModel], loc: Sequence[Any]) -> str:
@@ -340,10 +352,11 @@ class EvalRun:
 
     @property
     def out_dir(self) -> Path | None:
-        """The folder the result goes to (``out`` itself, or the folder of a ``.json`` file); None: nowhere."""
+        """The folder the evaluation's own files go to (:func:`output_layout`: ``out`` itself, or for
+        ``--out FILE.json`` the folder ``FILE/`` beside it); None: nowhere."""
         if self.out is None:
             return None
-        return self.out.parent if self.out.suffix.lower() == ".json" else self.out
+        return output_layout(self.out, "")[2]
 
     @property
     def models(self) -> list[Any]:
