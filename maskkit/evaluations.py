@@ -753,7 +753,8 @@ def padchest(run, s: PadChestSettings):
             details.append({"subset": sub, "padchest_label": lab, **row})
         per_subset[sub] = res.to_json()
         tables.append(res.table(title=f"PadChest {sub}: {len(labs)} labels on {res.n} images ({split_words(what)})"))
-    return EvalResult("padchest", metrics, details, data=what, tables=tables, extra={"protocol": proto.to_json(), "subsets": per_subset})
+    return EvalResult("padchest", metrics, details, data=what, tables=tables, warnings=list(proto.warnings),
+                      extra={"protocol": proto.to_json(), "subsets": per_subset})
 
 
 # --- registration --------------------------------------------------------------------------------

@@ -506,11 +506,16 @@ def padchest_root(root: Path, labels: list[str] = PADCHEST_LABELS, n: int = 80, 
 def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
     root = padchest_root(tmp_path / "padchest")
     fails("eval", "padchest", phantom_run, match="has no padchest source")
-    invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
-           "--subset", "unseen10", "--out", tmp_path / "o")
+    res = invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
+                 "--subset", "unseen10", "--out", tmp_path / "o")
     doc = json.loads((tmp_path / "o" / "padchest.json").read_text())
-    assert list(doc["protocol"]["seen"]) == ["atelectasis", "cardiomegaly", "consolidation", "fracture", "pleural effusion",
-                                             "pneumonia", "pneumothorax", "pulmonary edema"]
+    # only the seen classes with a positive (and a negative) held-out image are scored; the others are said
+    n = int(doc["metrics"]["padchest/n"])
+    assert list(doc["protocol"]["seen"]) == ["cardiomegaly", "pleural effusion", "pneumonia"]
+    assert doc["protocol"]["excluded"]["fracture"] == "no positive image"
+    assert not any("Fracture" in k for k in doc["metrics"]) and "padchest/seen/auc/Pneumonia" in doc["metrics"]
+    assert (f"warning: padchest: seen class 'fracture' has no positive image among the {n} evaluated images: it is in "
+            f"neither set and not scored") in " ".join(res.output.split())
     assert "padchest/seen/auc_macro" in doc["metrics"] and set(doc["subsets"]) == {"seen", "unseen10"}
     assert doc["data"]["split"] == "explicit" and doc["metrics"]["padchest/n"] == doc["protocol"]["n_images"]
 
