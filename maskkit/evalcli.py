@@ -22,6 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import MaskkitError
+from .eval.contract import flag_of  # noqa: F401  (the option name of a settings field: one definition)
 
 #: command-line names an evaluation's settings cannot take (the command's own)
 RESERVED = ("out", "help")
@@ -32,13 +33,6 @@ def _click():
     import typer.core as core
 
     return getattr(core, "_click", None) or __import__("click")
-
-
-def flag_of(name: str, field) -> str:
-    """The option name of settings field ``name`` (``json_schema_extra={"flag": ...}``, else the
-    field name), dashes for underscores."""
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(extra.get("flag", name)).replace("_", "-")
 
 
 def option_text(model, name: str) -> str:

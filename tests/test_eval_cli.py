@@ -137,6 +137,14 @@ def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
     fails("eval", "retrieval", phantom_run, phantom_run, match="eval retrieval takes one checkpoint, got 2")
 
 
+@pytest.mark.parametrize("args, line", [
+    (["retrieval", "--k", "0"], "--k 0: expected integers in [1, 100000] (the K of R@K (repeatable))"),
+    (["padchest", "--subset", "seen8"], "--subset seen8: expected one of seen, unseen10, unseen20, unseen"),
+])
+def test_an_option_error_names_the_option_as_typed(tmp_path, args, line):
+    assert fails("eval", args[0], tmp_path / "no-run", *args[1:], match=line).startswith(line)
+
+
 # --- zero-shot, fine-tuning: today's command lines, the contract's files ---------------------------
 
 def test_zeroshot_writes_the_legacy_json_with_flat_metrics_and_details(phantom_run, tmp_path):

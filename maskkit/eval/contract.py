@@ -182,13 +182,22 @@ def _field_name(model: type[BaseModel], loc: Sequence[Any]) -> str:
     return str(loc[0]) if loc else "?"
 
 
+def flag_of(name: str, field) -> str:
+    """The command-line option of settings field ``name``, without its dashes: the field's
+    ``json_schema_extra={"flag": ...}``, else its name, dashes for underscores (``ks`` -> ``k``,
+    ``batch_size`` -> ``batch-size``). Every message about a command option names it so."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag", name)).replace("_", "-")
+
+
 def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = "=", where: str = "") -> BaseModel:
     """``model(**values)``; a value it refuses is one :class:`~maskkit.errors.MaskkitError` line
     naming the setting as the user wrote it (``--lr 1e+38: ...`` for ``style="--"``, ``lr=...``
     otherwise) and what it accepts. :class:`maskkit.options.Options` models give their own line
     (the range in words); any other pydantic model a plugin registers gets pydantic's message."""
-    from ..options import Options
+    from ..options import Options, _show
 
+    flags = {n: flag_of(n, f) for n, f in model.model_fields.items()} if style == "--" else {}
     try:
         return model(**values)
     except ValidationError as exc:
@@ -197,13 +206,13 @@ def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = 
             msg = str(e.get("ctx", {}).get("error", e["msg"]))
             raise MaskkitError(f"{where}{msg}") from None
         if isinstance(model, type) and issubclass(model, Options):
-            model.check(style=style, where=where, **values)  # raises its one line (the range in words)
+            model.check(style=style, where=where, labels=flags, **values)  # raises its one line (the range in words)
         name = _field_name(model, e["loc"])
         got = values.get(name, e.get("input"))
-        label = f"--{name.replace('_', '-')} {got}" if style == "--" else f"{name}={got!r}"
+        label = f"--{flags.get(name, name.replace('_', '-'))} {_show(got)}" if style == "--" else f"{name}={got!r}"
         if e["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields) or "none"
-            raise MaskkitError(f"{where}{label}: not a setting of this evaluation (settings: {known})") from None
+            known = ", ".join(f"--{v}" for v in flags.values()) if style == "--" else ", ".join(model.model_fields)
+            raise MaskkitError(f"{where}{label}: not a setting of this evaluation (settings: {known or 'none'})") from None
         raise MaskkitError(f"{where}{label}: {e['msg']}") from None
 
 
@@ -290,8 +299,7 @@ def make_evaluation(name: str, evaluate: Callable, source: str, settings: type[B
         raise PluginError(f"plugin '{source}' registered evaluation '{name}' with settings {settings!r}; "
                           f"expected a pydantic BaseModel subclass")
     for field_name, f in settings.model_fields.items():
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        flag = str(extra.get("flag", field_name)).replace("_", "-")
+        flag = flag_of(field_name, f)
         if flag in ("out", "help"):
             raise PluginError(f"plugin '{source}' registered evaluation '{name}' with a setting named --{flag}, "
                               f"which is the command's own option; rename it")
