@@ -143,7 +143,15 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
             check_writable_file(out, "--out")
         check_writable_dir(own, "--out")
     run = EvalRun.load(paths, data, out=out)
-    res = ev(run, settings)
+    from .errors import SettingValueError
+
+    try:
+        res = ev(run, settings)
+    except SettingValueError as exc:  # a value only the data refuses: named as the option typed
+        f = ev.settings.model_fields.get(exc.setting)
+        if f is None:
+            raise
+        raise exc.as_option(flag_of(exc.setting, f)) from None
     for t in res.tables:
         console.print(t)
     if res.data is not None:

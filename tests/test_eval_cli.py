@@ -145,6 +145,19 @@ def test_an_option_error_names_the_option_as_typed(tmp_path, args, line):
     assert fails("eval", args[0], tmp_path / "no-run", *args[1:], match=line).startswith(line)
 
 
+def test_a_value_only_the_data_refuses_names_the_option_too(phantom_run):
+    """--absence-ignore is checked against the evaluated findings once the data is read: the line
+    names the option (it said absence_ignore); a library call keeps the parameter's name."""
+    from maskkit.errors import SettingValueError
+    from maskkit.eval.zeroshot import absence_terms
+
+    msg = fails("eval", "zeroshot", phantom_run, "--absence-ignore", "Foo", "--bootstrap", "0",
+                match="--absence-ignore Foo: not one of the evaluated findings (")
+    assert msg.startswith("--absence-ignore Foo: ") and "absence_ignore" not in msg
+    with pytest.raises(SettingValueError, match=r"^absence_ignore='Foo': not one of the evaluated findings \(Edema\)$"):
+        absence_terms(["Edema", "No Finding"], absence_ignore=("Foo",))
+
+
 # --- zero-shot, fine-tuning: today's command lines, the contract's files ---------------------------
 
 def test_zeroshot_writes_the_legacy_json_with_flat_metrics_and_details(phantom_run, tmp_path):
