@@ -25,7 +25,7 @@ NoFinding = Literal["absence", "pair"]                      # maskkit.eval.zeros
 RegionFormat = Literal["rsna", "nih", "siim", "ms_cxr", "vindr"]
 PadChestSubset = Literal["seen", "unseen10", "unseen20", "unseen"]  # maskkit.eval.padchest.SUBSETS
 FinetuneTask = Literal["classification", "segmentation"]   # maskkit.eval.segmentation.TASKS
-Ratio = Annotated[float, Field(ge=0, le=1)]
+Ratio = Annotated[float, Field(gt=0, lt=1)]  # eval masks: at 0 no lesion is masked and the lift is 0/0; at 1 every one
 Bootstrap = Annotated[int, Field(ge=0, le=100_000)]
 BatchSize = Annotated[int, Field(ge=1, le=65_536)]
 

@@ -140,6 +140,9 @@ def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
 @pytest.mark.parametrize("args, line", [
     (["retrieval", "--k", "0"], "--k 0: expected integers in [1, 100000] (the K of R@K (repeatable))"),
     (["padchest", "--subset", "seen8"], "--subset seen8: expected one of seen, unseen10, unseen20, unseen"),
+    (["masks", "--strategy", "random", "--ratio", "0"], "--ratio 0: expected finite numbers in (0, 1)"),
+    (["masks", "--ratio", "0.5", "--ratio", "1"], "--ratio 0.5,1: expected finite numbers in (0, 1)"),
+    (["masks", "--lesion-threshold", "0"], "--lesion-threshold 0: expected a finite number in (0, 1]"),
 ])
 def test_an_option_error_names_the_option_as_typed(tmp_path, args, line):
     assert fails("eval", args[0], tmp_path / "no-run", *args[1:], match=line).startswith(line)
@@ -281,18 +284,23 @@ def test_segmentation_needs_masks_and_regions_need_segmentation(csv_run, tmp_pat
 
 def test_masks_strategies_from_the_registry_at_several_ratios(phantom_run, tmp_path):
     out = tmp_path / "m"
-    invoke("eval", "masks", phantom_run, "--n", "16", "--seeds", "1", "--ratio", "0", "--ratio", "1", "--out", out)
+    invoke("eval", "masks", phantom_run, "--n", "16", "--seeds", "1", "--ratio", "0.25", "--ratio", "0.5", "--out", out)
     rows = {r["strategy"]: r for r in json.loads((out / "masks.json").read_text())["rows"]}
-    # random at ratio 0 masks no lesion patch, at ratio 1 every one: shares 0 and 1, lift 1
-    assert rows["random @ 0"]["share_micro"] == 0.0 and rows["random @ 1"]["share_micro"] == 1.0
-    assert rows["random @ 1"]["lift_micro"] == pytest.approx(1.0)
-    assert {"preset xlip @ 1", "image_self @ 0", "atypical @ 1"} <= set(rows)
+    # 36 patches: every image masks exactly 9 / 18 of them, so random masking's expected share is the
+    # ratio itself and each lift is the share over the ratio
+    for r in (0.25, 0.5):
+        for name in ("random", "image_self", "preset xlip"):
+            row = rows[f"{name} @ {r:g}"]
+            assert 0 <= row["share_micro"] <= 1 and row["lift_micro"] == pytest.approx(row["share_micro"] / r)
+    assert {"preset xlip @ 0.5", "image_self @ 0.25", "atypical @ 0.5"} <= set(rows)
     from maskkit.plugins import get_registry
 
     if "blockwise" in get_registry().strategies:  # a plugin's strategy is measured too (installed: CI)
-        assert "blockwise @ 1" in rows
+        assert "blockwise @ 0.5" in rows
     doc = json.loads((out / "masks.json").read_text())
-    assert doc["evaluation"] == "masks" and doc["metrics"]["masks/random @ 1/share_micro"] == 1.0
+    assert doc["evaluation"] == "masks" and doc["metrics"]["masks/random @ 0.5/share_micro"] == rows["random @ 0.5"]["share_micro"]
+    # no NaN anywhere: a ratio of 0 (lift 0/0) is refused before the run is loaded
+    assert all(v is not None for v in doc["metrics"].values())
     assert len(list(csv.DictReader((out / "masks.csv").open()))) == len(rows) and (out / "masks.md").is_file()
 
 
