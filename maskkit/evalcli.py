@@ -152,7 +152,7 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
         if f is None:
             raise
         raise exc.as_option(flag_of(exc.setting, f)) from None
-    for t in res.tables:
+    for t in res.shown_tables():  # its tables, or its flat metrics as one
         console.print(t)
     if res.data is not None:
         _say_data(res.data)

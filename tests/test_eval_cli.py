@@ -133,6 +133,26 @@ def test_a_plugin_evaluation_appears_in_help_and_runs(phantom_run, tmp_path, mon
     assert len(rows) == 24 and set(rows[0]) == {"id", "tokens", "similarity"}
 
 
+def test_an_evaluation_without_tables_prints_its_flat_metrics(phantom_run, monkeypatch):
+    """A plugin's evaluation that returns no tables printed nothing but the data line: its flat
+    metrics are printed as a table (NaN as '-', a key with brackets whole)."""
+    from maskkit.eval.contract import EvalResult, make_evaluation
+    from maskkit.plugins import get_registry
+
+    def quiet(run, s):
+        """Two numbers, no table (test plugin)."""
+        return EvalResult("quiet", {"quiet/auc [macro]": 0.123456, "quiet/n": 24, "quiet/undefined": float("nan")})
+
+    monkeypatch.setitem(get_registry().evaluations, "quiet", make_evaluation("quiet", quiet, "test-plugin"))
+    monkeypatch.setenv("COLUMNS", "200")
+    out = invoke("eval", "quiet", phantom_run).output
+    assert "quiet: 3 metrics" in out
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
+    assert rows == {"quiet/auc [macro]": "0.1235", "quiet/n": "24", "quiet/undefined": "-"}, out
+    # a built-in with tables prints them, not the metrics
+    assert "zeroshot/auc_macro" not in invoke("eval", "zeroshot", phantom_run, "--bootstrap", "0").output
+
+
 def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
     fails("eval", "retrieval", phantom_run, phantom_run, match="eval retrieval takes one checkpoint, got 2")
 

@@ -123,6 +123,21 @@ class EvalResult:
             raise PluginError(f"{who} returned details that are not a list of dicts (one row per item)")
         return self
 
+    def shown_tables(self) -> list[Any]:
+        """What a command prints for this result: its ``tables``, or, for an evaluation that gives
+        none (a plugin's may not), one table of its flat metrics (``maskkit eval``, ``maskkit run``)."""
+        if self.tables:
+            return list(self.tables)
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(title=f"{self.evaluation}: {len(self.metrics)} metrics" + (f" ({split_words(self.data)})" if self.data else ""))
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in self.metrics.items():
+            t.add_row(escape(k), "-" if math.isnan(v) else f"{v:.4g}")
+        return [t]
+
     def to_json(self) -> dict[str, Any]:
         """The JSON document: the evaluation's own fields (``extra``), then ``evaluation``,
         ``metrics``, ``details``, ``data`` and ``settings`` (NaN written as ``null``)."""
