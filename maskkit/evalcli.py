@@ -37,7 +37,7 @@ def _click():
 
 def option_text(model, name: str) -> str:
     """An option's help: the field's description, what it accepts (numbers, choices) and its default."""
-    from .options import allowed
+    from .options import allowed, field_default
 
     f = model.model_fields[name]
     parts = [f.description or ""]
@@ -48,7 +48,7 @@ def option_text(model, name: str) -> str:
     if what not in ("a value", "values"):
         parts.append(what)
     if not f.is_required():
-        d = f.default
+        d = field_default(f)
         shown = ", ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
         parts.append(f"default: {'none' if shown in (None, '') else shown}")
     return "; ".join(p for p in parts if p)

@@ -109,6 +109,12 @@ def allowed(model: type[BaseModel], name: str) -> str:
     return what + (f" in {rng}" if rng else "")
 
 
+def field_default(f) -> Any:
+    """The default of pydantic field ``f``, its ``default_factory`` called (``f.default`` is
+    ``PydanticUndefined`` then): what help texts and option tables show."""
+    return f.get_default(call_default_factory=True)
+
+
 def _show(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"

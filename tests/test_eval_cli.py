@@ -153,6 +153,27 @@ def test_an_evaluation_without_tables_prints_its_flat_metrics(phantom_run, monke
     assert "zeroshot/auc_macro" not in invoke("eval", "zeroshot", phantom_run, "--bootstrap", "0").output
 
 
+def test_help_shows_a_default_factory_value(monkeypatch):
+    """A plugin setting with ``default_factory`` showed ``default: PydanticUndefined``."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from maskkit.eval.contract import EvalResult, make_evaluation
+    from maskkit.plugins import get_registry
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        labels: list[str] = Field(default_factory=lambda: ["Edema", "Atelectasis"], description="labels scored")
+        scale: float = Field(default_factory=lambda: 0.5, description="a scale")
+
+    ev = make_evaluation("factory", lambda run, s: EvalResult("factory", {}), "test-plugin", settings=Settings)
+    monkeypatch.setitem(get_registry().evaluations, "factory", ev)
+    monkeypatch.setenv("COLUMNS", "300")
+    text = " ".join(invoke("eval", "factory", "--help").output.replace("│", " ").split())
+    assert "PydanticUndefined" not in text
+    assert "labels scored; default: Edema, Atelectasis (repeatable)" in text and "a scale; a finite number; default: 0.5" in text
+    assert [r["default"] for r in ev.option_rows()] == ["['Edema', 'Atelectasis']", "0.5"]
+
+
 def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
     fails("eval", "retrieval", phantom_run, phantom_run, match="eval retrieval takes one checkpoint, got 2")
 

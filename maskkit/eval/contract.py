@@ -287,10 +287,11 @@ class Evaluation:
     def option_rows(self) -> list[dict[str, str]]:
         """One row per setting: name, type, default, description (``maskkit eval NAME --help``, docs)."""
         from ..data.adapters import type_name
+        from ..options import field_default
 
         rows = []
         for name, f in self.settings.model_fields.items():
-            default = "required" if f.is_required() else repr(f.default)
+            default = "required" if f.is_required() else repr(field_default(f))
             rows.append({"setting": name, "type": type_name(f.annotation), "default": default,
                          "description": f.description or ""})
         return rows
