@@ -436,23 +436,39 @@ def chosen_metrics(rows: list[dict], spec: SweepSpec) -> tuple[list[str], list[s
     return out, missing
 
 
-def check_metrics(spec: SweepSpec, evaluations: list[str]) -> None:
+def check_metrics(spec: SweepSpec, evaluations: list[str], registered: list[str] | None = None) -> None:
     """Before any run: each pattern of ``spec.metrics`` names a legacy column (``auc``, ``f1``,
     ``acc``, ``probe_*``, ``auc:*``) or a metric of an evaluation the runs run (``name/...``: its
-    name in ``runtime.evaluations``); else one line."""
+    name in ``runtime.evaluations``); else one line. Its advice names only what exists: a
+    registered evaluation (``registered``, default: the registry's) to add to
+    ``runtime.evaluations``, or close matches among the registered evaluations and the legacy columns."""
     import fnmatch
 
+    from .errors import close_matches
+
+    if registered is None:
+        from .plugins import get_registry
+
+        registered = list(get_registry().evaluations)
     legacy = ["auc", "f1", "acc", "probe_1", "probe_10", "probe_100", "auc:x"]
     for pat in spec.metrics or []:
         head = pat.split("/", 1)[0]
         if "/" in pat:
-            if not any(fnmatch.fnmatchcase(e, head) for e in evaluations):
-                raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{head}', which the runs do not run "
-                                   f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
-                                   f"'runtime.evaluations=[{','.join([*evaluations, head])}]' in the sweep's args")
+            if any(fnmatch.fnmatchcase(e, head) for e in evaluations):
+                continue
+            known = [e for e in registered if fnmatch.fnmatchcase(e, head)]
+            if not known:
+                raise MaskkitError(f"sweep metrics: '{pat}': '{head}' is not a registered evaluation"
+                                   f"{close_matches(head, registered) or ''} (registered: {', '.join(sorted(registered))}; "
+                                   f"maskkit eval --help lists them)")
+            raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{known[0]}', which the runs do not run "
+                               f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
+                               f"'runtime.evaluations=[{','.join([*evaluations, known[0]])}]' in the sweep's args")
         elif not (pat.startswith(("probe_", "auc:")) or any(fnmatch.fnmatchcase(k, pat) for k in legacy)):
+            hint = close_matches(pat, [k for k in legacy if k != "auc:x"] + [f"{e}/" for e in evaluations]) or ""
             raise MaskkitError(f"sweep metrics: '{pat}' is neither a zero-shot / probe column (auc, f1, acc, probe_1, "
-                               f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>')")
+                               f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>', "
+                               f"of runtime.evaluations: {', '.join(evaluations) or 'none'}){hint}")
 
 
 def _percent(metric: str) -> bool:

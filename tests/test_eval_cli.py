@@ -713,5 +713,15 @@ def test_sweep_tables_take_any_metric_key(tmp_path):
                                            r"runs do not run \(runtime.evaluations: zeroshot\)"):
         check_metrics(SweepSpec(["xlip"], metrics=["grounding/*"]), ["zeroshot"])
     check_metrics(SweepSpec(["xlip"], metrics=["probe_*", "auc:Edema", "grounding/pointing"]), ["zeroshot", "grounding"])
+    # a typo is not advised as an evaluation to add: only a registered one, or close matches of real names
+    with pytest.raises(MaskkitError) as e:
+        check_metrics(SweepSpec(["xlip"], metrics=["retreival/*_R@1"]), ["zeroshot"])
+    assert str(e.value).startswith("sweep metrics: 'retreival/*_R@1': 'retreival' is not a registered evaluation; did you "
+                                   "mean 'retrieval'? (registered: finetune, grounding, masks, padchest, ")
+    assert "runtime.evaluations=[zeroshot,retreival]" not in str(e.value)
+    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'acu' is neither .*; did you mean 'auc', 'acc'\?$"):
+        check_metrics(SweepSpec(["xlip"], metrics=["acu"]), ["zeroshot"])
+    with pytest.raises(MaskkitError, match=r"'retr\*/R@1' is a metric of evaluation 'retrieval', .*'runtime.evaluations=\[zeroshot,retrieval\]'"):
+        check_metrics(SweepSpec(["xlip"], metrics=["retr*/R@1"]), ["zeroshot"])  # a wildcard: the evaluation it names
     write_results(rows, SweepSpec(["clip", "xlip"], metrics=["masks/*"]), tmp_path)
     assert "No run holds a metric matching 'masks/*'" in (tmp_path / "results.md").read_text()
