@@ -504,7 +504,9 @@ def masks(run, s: MasksSettings):
                 metrics[f"masks/{r['strategy']}/{c}"] = float(r[c])
     md_cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage", "share_micro", "lift_micro", "share_macro", "lift_macro"]
     md = ["| strategy | " + " | ".join(md_cols) + " |", "|---|" + "---|" * len(md_cols)]
-    md += ["| " + r["strategy"] + " | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in md_cols) + " |" for r in rows_out]
+    from .eval.contract import fmt_number
+
+    md += ["| " + r["strategy"] + " | " + " | ".join(fmt_number(r[c]) if c in r else "" for c in md_cols) + " |" for r in rows_out]
     details = [{k: v for k, v in r.items()} for r in rows_out]
     return EvalResult("masks", metrics, details, data=what, tables=[t], warnings=notes + skipped,
                       extra={"rows": rows_out, "regions": s.regions, "format": s.format},

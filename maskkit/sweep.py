@@ -539,12 +539,14 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
         md[3:3] = ["Columns of the zero-shot means and probe AUCs are in %; an evaluation's metric (`name/...`) as it is.", ""]
     if missing:
         md[3:3] = [f"No run holds a metric matching {', '.join(repr(m) for m in missing)} (results.csv lists every metric).", ""]
+    from .eval.contract import fmt_number
+
     def fmt(r, m):
         mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
         if mean is None:
             return "n/a"
-        k, f = (100, "{:.2f}") if _percent(m) else (1, "{:.3f}")
-        return f.format(k * mean) + ("" if std is None else " ± " + f.format(k * std))
+        k, d = (100, 2) if _percent(m) else (1, 3)
+        return fmt_number(k * mean, d) + ("" if std is None else " ± " + fmt_number(k * std, d))
     for r in summary:
         md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), *[fmt(r, m) for m in shown]]) + " |")
     labels = [m for m in metrics if m.startswith("auc:")]
@@ -557,12 +559,12 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     compared = [*METRICS[:1], *[m for m in metrics if m.startswith("probe_")]] if spec.metrics is None else shown
     pl = [p for m in compared for p in paired(rows, spec, m)]
     if pl:
-        def num(p, v, sign=""):
-            k, f = (100, "{:" + sign + ".2f}") if _percent(p["metric"]) else (1, "{:" + sign + ".3f}")
-            return f.format(k * v)
+        def num(p, v, sign=False):  # enough digits that a difference beyond 2 SE never reads 0.000
+            k, d = (100, 2) if _percent(p["metric"]) else (1, 3)
+            return fmt_number(k * v, d, sign=sign)
 
         lines = ["| row | against | metric | seeds | mean difference | SE | beyond 2 SE |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], '+')} | "
+        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], True)} | "
                   + (f"{num(p, p['se'])} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
                      else "n/a | n/a (one seed: no spread) |") for p in pl]
         atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")

@@ -148,7 +148,7 @@ def test_an_evaluation_without_tables_prints_its_flat_metrics(phantom_run, monke
     out = invoke("eval", "quiet", phantom_run).output
     assert "quiet: 3 metrics" in out
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
-    assert rows == {"quiet/auc [macro]": "0.1235", "quiet/n": "24", "quiet/undefined": "-"}, out
+    assert rows == {"quiet/auc [macro]": "0.123", "quiet/n": "24.000", "quiet/undefined": "-"}, out
     # a built-in with tables prints them, not the metrics
     assert "zeroshot/auc_macro" not in invoke("eval", "zeroshot", phantom_run, "--bootstrap", "0").output
 
@@ -713,6 +713,14 @@ def test_sweep_tables_take_any_metric_key(tmp_path):
                                            r"runs do not run \(runtime.evaluations: zeroshot\)"):
         check_metrics(SweepSpec(["xlip"], metrics=["grounding/*"]), ["zeroshot"])
     check_metrics(SweepSpec(["xlip"], metrics=["probe_*", "auc:Edema", "grounding/pointing"]), ["zeroshot", "grounding"])
+    # a difference beyond 2 SE shows its digits (it printed -0.000 | 0.000 | yes)
+    tiny = [{"preset": p, "seed": s, "run": f"{p}{s}", "steps": 1, "auc": 0.6, "retrieval/image_to_report_R@1": r}
+            for p, s, r in [("clip", 0, 0.5), ("clip", 1, 0.5), ("clip", 2, 0.5),
+                            ("xlip", 0, 0.49996), ("xlip", 1, 0.49995), ("xlip", 2, 0.49997)]]
+    write_results(tiny, SweepSpec(["clip", "xlip"], seeds=[0, 1, 2], metrics=["retrieval/*_R@1"]), tmp_path)
+    # differences -4, -5, -3 (x 1e-5): mean -4e-5, sd 1e-5, SE 1e-5 / sqrt 3 = 5.8e-6
+    assert "| xlip | clip | retrieval/image_to_report_R@1 | 3 | -0.000040 | 0.0000058 | yes |" in (tmp_path / "paired.md").read_text()
+    assert "| xlip | 3 | 0.500 ± 0.000010 |" in (tmp_path / "results.md").read_text()
     # a typo is not advised as an evaluation to add: only a registered one, or close matches of real names
     with pytest.raises(MaskkitError) as e:
         check_metrics(SweepSpec(["xlip"], metrics=["retreival/*_R@1"]), ["zeroshot"])

@@ -312,3 +312,20 @@ def register_strategies(register):
         registry_grid([0.6], ["stripe"])
     with pytest.raises(MaskkitError, match=r"^strategy 'entity' masks text tokens, not image tokens$"):
         registry_grid([0.6], ["entity"])
+
+
+@pytest.mark.parametrize("x, kw, shown", [
+    (-0.00004, {}, "-0.000040"),          # .3f gave -0.000
+    (0.1234, {}, "0.123"),
+    (0.2, {"sign": True}, "+0.200"),
+    (0.0, {"sign": True}, "+0.000"),
+    (-0.000996, {}, "-0.00100"),
+    (12.3456, {"decimals": 2}, "12.35"),
+    (0.0012, {"decimals": 2}, "0.0012"),
+    (1.2e-12, {}, "1.2e-12"),
+    (float("nan"), {}, "nan"),
+])
+def test_fmt_number_shows_two_significant_digits_of_a_small_value(x, kw, shown):
+    from maskkit.eval.contract import fmt_number
+
+    assert fmt_number(x, **kw) == shown

@@ -84,6 +84,23 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def fmt_number(x: float, decimals: int = 3, sign: bool = False, sig: int = 2) -> str:
+    """``x`` with ``decimals`` decimals, or as many more as show ``sig`` significant digits of a
+    small nonzero value: ``fmt_number(-0.00004) == "-0.000040"`` (``.3f`` printed ``-0.000``, which
+    reads as no difference), ``fmt_number(0.1234) == "0.123"``, ``fmt_number(0.2, sign=True) ==
+    "+0.200"``, ``fmt_number(1.2e-12) == "1.2e-12"``. NaN is ``"nan"``. The one number format of result tables (``paired.md``,
+    ``results.md``, ``masks.md``, an evaluation's metrics table)."""
+    x = float(x)
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    d = decimals
+    if x != 0:
+        d = max(decimals, sig - 1 - math.floor(math.log10(abs(x))))
+        if d > 9:  # too small for fixed decimals to read: 1.2e-12
+            return f"{x:{'+' if sign else ''}.{sig - 1}e}"
+    return f"{x:{'+' if sign else ''}.{d}f}"
+
+
 @dataclass
 class EvalResult:
     """What an evaluation returns (the module docstring): ``metrics`` (flat, prefixed by the
@@ -135,7 +152,7 @@ class EvalResult:
         t.add_column("metric")
         t.add_column("value", justify="right")
         for k, v in self.metrics.items():
-            t.add_row(escape(k), "-" if math.isnan(v) else f"{v:.4g}")
+            t.add_row(escape(k), "-" if math.isnan(v) else fmt_number(v))
         return [t]
 
     def to_json(self) -> dict[str, Any]:
