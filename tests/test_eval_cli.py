@@ -541,14 +541,28 @@ def test_masks_on_a_region_file(csv_run, tmp_path):
     run, held, _ = csv_run
     f = write(tmp_path / "train-rle.csv", ["ImageId", " EncodedPixels"],
               [[h, " 0 524288"] for h in held[:2]] + [[held[2], " -1"]])  # the left half of each 1024 x 1024 image
-    invoke("eval", "masks", run, "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross",
-           "--ratio", "1", "--seeds", "1", "--out", tmp_path / "o")
+    res = invoke("eval", "masks", run, "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross",
+                 "--ratio", "0.5", "--seeds", "1", "--out", tmp_path / "o")
     doc = json.loads((tmp_path / "o" / "masks.json").read_text())
     rows = {r["strategy"]: r for r in doc["rows"]}
-    assert rows["random"]["share_micro"] == 1.0 and rows["report_cross"]["share_micro"] == 1.0  # ratio 1 masks all
+    for r in rows.values():  # every image masks exactly half its patches: random's expected share is 0.5
+        assert 0 <= r["share_micro"] <= 1 and r["lift_micro"] == pytest.approx(r["share_micro"] / 0.5)
+    assert set(rows) == {"random", "report_cross"} and "image-only data" not in res.output  # paired: both measured
     assert rows["random"]["lesion_base_rate"] == pytest.approx(0.5 * 2 / 3)  # 3 annotated images, 2 with a lesion: half each
     assert doc["metrics"]["masks/images"] == 3.0 and doc["metrics"]["masks/images_with_lesion"] == 2.0
     assert doc["format"] == "siim"
+    # the same images without their reports (image-only, as RSNA or SIIM): the strategies that read the
+    # report are left out, in one warning line naming them
+    lines = [line.split(",") for line in (run.parent / "d.csv").read_text().splitlines()]
+    noreport = run.parent / "noreport.csv"  # beside the images: the same relative paths, hence the same ids
+    noreport.write_text("\n".join(",".join([c[0], *c[2:]]) for c in lines) + "\n")
+    res = invoke("eval", "masks", run, "data=csv", f"data.path={noreport}",
+                 "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross", "--strategy",
+                 "xlip", "--ratio", "0.5", "--seeds", "1", "--out", tmp_path / "o2")
+    doc = json.loads((tmp_path / "o2" / "masks.json").read_text())
+    assert [r["strategy"] for r in doc["rows"]] == ["random"]
+    assert ("warning: image-only data: 2 of the 3 strategies read the report, which not every evaluated image has, and are "
+            "not measured: report_cross, preset xlip (a limitation of region data without reports") in " ".join(res.output.split())
 
 
 # --- PadChest ----------------------------------------------------------------------------------------
