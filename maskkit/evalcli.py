@@ -139,7 +139,7 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
         from .eval.contract import output_layout
 
         js, _, own = output_layout(out, ev.name)
-        if js != Path(out):
+        if js == Path(out):  # --out FILE.json
             check_writable_file(out, "--out")
         check_writable_dir(own, "--out")
     run = EvalRun.load(paths, data, out=out)

@@ -647,6 +647,7 @@ def test_out_file_json_keeps_the_evaluations_own_files_in_its_stem_folder(phanto
         if (tmp_path / "res" / "r1").exists() else set()
     assert OWN_FILES.get(name, set()) <= own and (own == set()) == (name not in OWN_FILES), own
     assert {str(p.relative_to(tmp_path / "res")) for p in (tmp_path / "res").iterdir() if p.is_file()} == {"r1.json", "r1.csv"}
+    (tmp_path / "dir").mkdir()  # an existing folder is a folder --out (it was refused as "not a file")
     invoke("eval", name, phantom_run, *data, *args, "--out", tmp_path / "dir")
     in_dir = {str(p.relative_to(tmp_path / "dir")) for p in (tmp_path / "dir").rglob("*") if p.is_file()}
     assert in_dir == own | {f"{name}.json", f"{name}.csv"}
