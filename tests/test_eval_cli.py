@@ -604,17 +604,19 @@ def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
     assert doc["data"]["split"] == "explicit" and doc["metrics"]["padchest/n"] == doc["protocol"]["n_images"]
 
 
-@pytest.mark.parametrize("name", ["padchest", "zeroshot", "retrieval"])
+@pytest.mark.parametrize("name", ["padchest", "zeroshot", "retrieval", "finetune"])
 def test_no_image_decodes_names_one_file_the_root_and_its_key(phantom_run, tmp_path, name):
     """Every image of the data is a corrupt file: one line naming one file and why, the image root and
     the key that sets it (padchest named no path; zeroshot crashed in torch.cat; retrieval said no
-    image had a report)."""
+    image had a report; finetune's training set named a file but not where the images are read)."""
     root = padchest_root(tmp_path / "pc", n=40, images=False)
     for i in range(40):
         (root / "0" / f"im{i}.png").write_bytes(b"garbage")
-    msg = fails("eval", name, phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--out", tmp_path / "o",
-                match=f"eval {name}: none of the ", out=tmp_path / "o")
-    assert " images decodes; e.g. " + str(root / "0") in msg and "cannot decode image" in msg, msg
+    opt = ["--epochs", "1"] if name == "finetune" else ["--bootstrap", "0"]
+    msg = fails("eval", name, phantom_run, "data=padchest", f"data.root={root}", *opt, "--out", tmp_path / "o",
+                match=f"eval {name}: ", out=tmp_path / "o")
+    assert ("records in a row" if name == "finetune" else " images decodes; e.g. ") in msg, msg
+    assert str(root / "0" / "im") in msg and "cannot decode image" in msg, msg
     assert msg.endswith(f"; data (padchest) reads its images under {root} (data.root): set data.root to the folder that "
                         f"holds readable images"), msg
 

@@ -91,7 +91,11 @@ class ReportDataset:
 
 
 class SkipLimitExceeded(MaskkitError):
-    """Too large a fraction of the images failed to decode."""
+    """Too large a fraction of the images failed to decode; ``path``: the last file that failed, when known."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -226,9 +230,9 @@ class XrayDataset(ReportDataset, torch.utils.data.Dataset):
         if self.on_skip == "drop":
             return {"skipped": skipped, "index": i}
         if tries == len(self):
-            raise SkipLimitExceeded(f"none of the {len(self)} records decodes; last: {skipped[-1][1]}")
+            raise SkipLimitExceeded(f"none of the {len(self)} records decodes; last: {skipped[-1][1]}", skipped[-1][0])
         raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} (of {len(self)}) failed to decode; "
-                                f"last: {skipped[-1][1]}")
+                                f"last: {skipped[-1][1]}", skipped[-1][0])
 
 
 class PhantomDataset(ReportDataset, torch.utils.data.Dataset):

@@ -281,18 +281,19 @@ class Evaluation:
         if len(run.members) > 1 and not self.ensemble:
             raise MaskkitError(f"eval {self.name} takes one run, got {len(run.members)}: "
                                f"{' '.join(str(p) for p, _, _ in run.members)}")
-        from ..data.dataset import NothingDecodes
+        from ..data.dataset import NothingDecodes, SkipLimitExceeded
 
         try:
             res = self.evaluate(run, settings)
-        except NothingDecodes as exc:  # where the images are read and the key that places them
-            if exc.where:
+        except (NothingDecodes, SkipLimitExceeded) as exc:  # add where the images are read and the key that places them
+            if getattr(exc, "where", "") or getattr(exc, "path", None) is None:
                 raise
             from ..data.build import image_root_hint
 
-            corpora = list(run._corpus.values())
-            hint = next((h for h in (image_root_hint(c[1], exc.path) for c in corpora) if h), "")
-            raise exc.with_hint(hint, f"eval {self.name}: ") from None
+            hint = next((h for h in (image_root_hint(c[1], exc.path) for c in run._corpus.values()) if h), "")
+            if isinstance(exc, NothingDecodes):
+                raise exc.with_hint(hint, f"eval {self.name}: ") from None
+            raise SkipLimitExceeded(f"eval {self.name}: {exc}{hint}", exc.path) from None
         if not isinstance(res, EvalResult):
             raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned {type(res).__name__}; "
                               f"expected a maskkit.eval.contract.EvalResult")
