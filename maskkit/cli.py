@@ -264,7 +264,7 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         return
     console.print(f"run directory: {result.run_dir}  (step {result.step})", highlight=False)
     for res in result.evaluations.values():  # runtime.evaluations, each written to <run>/<name>.json
-        for t in res.tables:
+        for t in res.shown_tables():
             console.print(t)
         for line in res.warnings:
             err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)

@@ -40,6 +40,21 @@ class UnknownNameError(MaskkitError):
     """A strategy or preset name that is not registered."""
 
 
+class SettingValueError(MaskkitError):
+    """A setting's value that only the data can refuse (a label the data lacks), raised by library
+    code after the settings validated: ``setting`` (the parameter / settings field), ``value``,
+    ``reason``. Its text names the parameter (``absence_ignore='Foo': ...``); ``maskkit eval``
+    names the command option instead (``--absence-ignore Foo: ...``, :meth:`as_option`)."""
+
+    def __init__(self, setting: str, value, reason: str) -> None:
+        super().__init__(f"{setting}={value!r}: {reason}")
+        self.setting, self.value, self.reason = setting, value, reason
+
+    def as_option(self, flag: str) -> MaskkitError:
+        """The same error naming command option ``--flag``."""
+        return MaskkitError(f"--{flag} {self.value}: {self.reason}")
+
+
 class PluginError(MaskkitError):
     """A plugin that registers something inconsistent (e.g. a duplicate name)."""
 

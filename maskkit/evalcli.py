@@ -22,6 +22,7 @@ import typer
 from typer.core import TyperGroup
 
 from .errors import MaskkitError
+from .eval.contract import flag_of  # noqa: F401  (the option name of a settings field: one definition)
 
 #: command-line names an evaluation's settings cannot take (the command's own)
 RESERVED = ("out", "help")
@@ -34,16 +35,9 @@ def _click():
     return getattr(core, "_click", None) or __import__("click")
 
 
-def flag_of(name: str, field) -> str:
-    """The option name of settings field ``name`` (``json_schema_extra={"flag": ...}``, else the
-    field name), dashes for underscores."""
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    return str(extra.get("flag", name)).replace("_", "-")
-
-
 def option_text(model, name: str) -> str:
     """An option's help: the field's description, what it accepts (numbers, choices) and its default."""
-    from .options import allowed
+    from .options import allowed, field_default
 
     f = model.model_fields[name]
     parts = [f.description or ""]
@@ -54,7 +48,7 @@ def option_text(model, name: str) -> str:
     if what not in ("a value", "values"):
         parts.append(what)
     if not f.is_required():
-        d = f.default
+        d = field_default(f)
         shown = ", ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
         parts.append(f"default: {'none' if shown in (None, '') else shown}")
     return "; ".join(p for p in parts if p)
@@ -102,7 +96,8 @@ def evaluation_command(ev):
             ann = Optional[str]
         params.append(P(py, P.KEYWORD_ONLY, annotation=ann, default=opt))
     out_help = ("write the result here: a folder (" + ev.name + ".json, " + ev.name + ".csv and the evaluation's own files) "
-                "or a .json file (its details beside it as .csv)" + (f"; default: {ev.out}" if ev.out else "; default: nothing written"))
+                "or FILE.json (FILE.csv and the evaluation's own files in FILE/ beside it)"
+                + (f"; default: {ev.out}" if ev.out else "; default: nothing written"))
     params.append(P("eval_out", P.KEYWORD_ONLY, annotation=Optional[str], default=typer.Option(ev.out, "--out", help=out_help,
                                                                                                show_default=False, metavar="PATH")))
 
@@ -140,14 +135,27 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
 
     for folder, option in getattr(settings, "output_folders", lambda: [])():  # other folders it writes (--splits)
         check_writable_dir(folder, option)
-    if out:  # before the run is loaded: a folder, or a .json file (EvalResult.outputs)
-        (check_writable_file if Path(out).suffix.lower() == ".json" else check_writable_dir)(out, "--out")
+    if out:  # before the run is loaded: a folder, or a .json file and the folder of its own files (output_layout)
+        from .eval.contract import output_layout
+
+        js, _, own = output_layout(out, ev.name)
+        if js == Path(out):  # --out FILE.json
+            check_writable_file(out, "--out")
+        check_writable_dir(own, "--out")
     from .plugins import get_registry
 
     ev = get_registry().evaluation(ev.name)  # the whole registry runs things (a plugin with a failed hook is undone)
     run = EvalRun.load(paths, data, out=out)
-    res = ev(run, settings)
-    for t in res.tables:
+    from .errors import SettingValueError
+
+    try:
+        res = ev(run, settings)
+    except SettingValueError as exc:  # a value only the data refuses: named as the option typed
+        f = ev.settings.model_fields.get(exc.setting)
+        if f is None:
+            raise
+        raise exc.as_option(flag_of(exc.setting, f)) from None
+    for t in res.shown_tables():  # its tables, or its flat metrics as one
         console.print(t)
     if res.data is not None:
         _say_data(res.data)

@@ -25,7 +25,7 @@ NoFinding = Literal["absence", "pair"]                      # maskkit.eval.zeros
 RegionFormat = Literal["rsna", "nih", "siim", "ms_cxr", "vindr"]
 PadChestSubset = Literal["seen", "unseen10", "unseen20", "unseen"]  # maskkit.eval.padchest.SUBSETS
 FinetuneTask = Literal["classification", "segmentation"]   # maskkit.eval.segmentation.TASKS
-Ratio = Annotated[float, Field(ge=0, le=1)]
+Ratio = Annotated[float, Field(gt=0, lt=1)]  # eval masks: at 0 no lesion is masked and the lift is 0/0; at 1 every one
 Bootstrap = Annotated[int, Field(ge=0, le=100_000)]
 BatchSize = Annotated[int, Field(ge=1, le=65_536)]
 
@@ -66,7 +66,8 @@ class FinetuneSettings(RegionSettings, FinetuneOptions):
     task: FinetuneTask = Field("classification", description="classification: a linear head on the pooled embedding, AUC "
                                                              "per label; segmentation: a SETR-naive head on the patch tokens, "
                                                              "Dice on lesion masks")
-    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits)")
+    splits: Optional[str] = Field(None, description="folder of split files to use or create (default: OUT/splits; "
+                                                    "for --out FILE.json, FILE/splits)")
     regions: Optional[str] = Field(None, description="--task segmentation: a region annotation file in its dataset's "
                                                      "layout, e.g. SIIM-ACR train-rle.csv (default: the phantoms' lesion masks)")
 
@@ -503,7 +504,9 @@ def masks(run, s: MasksSettings):
                 metrics[f"masks/{r['strategy']}/{c}"] = float(r[c])
     md_cols = ["lesion_visible", "masked_on_lesion", "lift", "union_coverage", "share_micro", "lift_micro", "share_macro", "lift_macro"]
     md = ["| strategy | " + " | ".join(md_cols) + " |", "|---|" + "---|" * len(md_cols)]
-    md += ["| " + r["strategy"] + " | " + " | ".join(f"{r[c]:.3f}" if c in r else "" for c in md_cols) + " |" for r in rows_out]
+    from .eval.contract import fmt_number
+
+    md += ["| " + r["strategy"] + " | " + " | ".join(fmt_number(r[c]) if c in r else "" for c in md_cols) + " |" for r in rows_out]
     details = [{k: v for k, v in r.items()} for r in rows_out]
     return EvalResult("masks", metrics, details, data=what, tables=[t], warnings=notes + skipped,
                       extra={"rows": rows_out, "regions": s.regions, "format": s.format},
@@ -647,8 +650,6 @@ def grounding(run, s: GroundingSettings):
             _, tok = model.encode_image(torch.stack([it["image"] for it in items]).to(run.device))
             tokens.append(tok.float().cpu())
             ids += [row_id[it["index"]] if row_id is not None else str(it["id"]) for it in items]
-    if not ids:
-        raise EvaluationError(f"grounding: none of the {len(rows)} annotated images decodes")
     tok = torch.cat(tokens)                                        # [M, N, C]
     pos = {iid: k for k, iid in enumerate(ids)}
     pairs = [(i, lab) for i, lab in rs.pairs("label") if i in pos]
@@ -732,8 +733,6 @@ def padchest(run, s: PadChestSettings):
             pooled, _ = run.model.encode_image(torch.stack([it["image"] for it in items]).to(run.device))
             feats.append(F.normalize(pooled.float(), dim=-1).cpu())
             ids += [str(it["id"]) for it in items]
-    if not ids:
-        raise EvaluationError(f"eval padchest: none of the {len(proto.ids)} images decodes")
     img = torch.cat(feats)
     rows = [proto.ids.index(i) for i in ids]
     tables, metrics, details, per_subset = [], {"padchest/n": float(len(ids))}, [], {}
@@ -752,7 +751,8 @@ def padchest(run, s: PadChestSettings):
             details.append({"subset": sub, "padchest_label": lab, **row})
         per_subset[sub] = res.to_json()
         tables.append(res.table(title=f"PadChest {sub}: {len(labs)} labels on {res.n} images ({split_words(what)})"))
-    return EvalResult("padchest", metrics, details, data=what, tables=tables, extra={"protocol": proto.to_json(), "subsets": per_subset})
+    return EvalResult("padchest", metrics, details, data=what, tables=tables, warnings=list(proto.warnings),
+                      extra={"protocol": proto.to_json(), "subsets": per_subset})
 
 
 # --- registration --------------------------------------------------------------------------------

@@ -109,6 +109,12 @@ def allowed(model: type[BaseModel], name: str) -> str:
     return what + (f" in {rng}" if rng else "")
 
 
+def field_default(f) -> Any:
+    """The default of pydantic field ``f``, its ``default_factory`` called (``f.default`` is
+    ``PydanticUndefined`` then): what help texts and option tables show."""
+    return f.get_default(call_default_factory=True)
+
+
 def _show(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:g}"
@@ -174,9 +180,9 @@ class MaskEvalOptions(Options):
     """``maskkit eval masks``."""
 
     n: int = Field(256, ge=1, le=100_000, description="held-out phantoms")
-    ratio: float = Field(0.75, ge=0, le=1, description="final mask ratio")
+    ratio: float = Field(0.75, gt=0, lt=1, description="final mask ratio (0 masks nothing: no lift; 1 everything)")
     seeds: int = Field(3, ge=1, le=1000, description="seeds averaged for random strategies")
-    lesion_threshold: float = Field(0.1, ge=0, le=1, description="fraction of a patch's pixels that makes it a lesion token")
+    lesion_threshold: float = Field(0.1, gt=0, le=1, description="fraction of a patch's pixels that makes it a lesion token")
 
 
 class SweepOptions(Options):

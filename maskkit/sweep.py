@@ -443,23 +443,39 @@ def chosen_metrics(rows: list[dict], spec: SweepSpec) -> tuple[list[str], list[s
     return out, missing
 
 
-def check_metrics(spec: SweepSpec, evaluations: list[str]) -> None:
+def check_metrics(spec: SweepSpec, evaluations: list[str], registered: list[str] | None = None) -> None:
     """Before any run: each pattern of ``spec.metrics`` names a legacy column (``auc``, ``f1``,
     ``acc``, ``probe_*``, ``auc:*``) or a metric of an evaluation the runs run (``name/...``: its
-    name in ``runtime.evaluations``); else one line."""
+    name in ``runtime.evaluations``); else one line. Its advice names only what exists: a
+    registered evaluation (``registered``, default: the registry's) to add to
+    ``runtime.evaluations``, or close matches among the registered evaluations and the legacy columns."""
     import fnmatch
 
+    from .errors import close_matches
+
+    if registered is None:
+        from .plugins import get_registry
+
+        registered = list(get_registry().evaluations)
     legacy = ["auc", "f1", "acc", "probe_1", "probe_10", "probe_100", "auc:x"]
     for pat in spec.metrics or []:
         head = pat.split("/", 1)[0]
         if "/" in pat:
-            if not any(fnmatch.fnmatchcase(e, head) for e in evaluations):
-                raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{head}', which the runs do not run "
-                                   f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
-                                   f"'runtime.evaluations=[{','.join([*evaluations, head])}]' in the sweep's args")
+            if any(fnmatch.fnmatchcase(e, head) for e in evaluations):
+                continue
+            known = [e for e in registered if fnmatch.fnmatchcase(e, head)]
+            if not known:
+                raise MaskkitError(f"sweep metrics: '{pat}': '{head}' is not a registered evaluation"
+                                   f"{close_matches(head, registered) or ''} (registered: {', '.join(sorted(registered))}; "
+                                   f"maskkit eval --help lists them)")
+            raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{known[0]}', which the runs do not run "
+                               f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
+                               f"'runtime.evaluations=[{','.join([*evaluations, known[0]])}]' in the sweep's args")
         elif not (pat.startswith(("probe_", "auc:")) or any(fnmatch.fnmatchcase(k, pat) for k in legacy)):
+            hint = close_matches(pat, [k for k in legacy if k != "auc:x"] + [f"{e}/" for e in evaluations]) or ""
             raise MaskkitError(f"sweep metrics: '{pat}' is neither a zero-shot / probe column (auc, f1, acc, probe_1, "
-                               f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>')")
+                               f"probe_10, probe_100, auc:<label>) nor an evaluation's metric ('<evaluation>/<metric>', "
+                               f"of runtime.evaluations: {', '.join(evaluations) or 'none'}){hint}")
 
 
 def _percent(metric: str) -> bool:
@@ -530,12 +546,14 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
         md[3:3] = ["Columns of the zero-shot means and probe AUCs are in %; an evaluation's metric (`name/...`) as it is.", ""]
     if missing:
         md[3:3] = [f"No run holds a metric matching {', '.join(repr(m) for m in missing)} (results.csv lists every metric).", ""]
+    from .eval.contract import fmt_number
+
     def fmt(r, m):
         mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
         if mean is None:
             return "n/a"
-        k, f = (100, "{:.2f}") if _percent(m) else (1, "{:.3f}")
-        return f.format(k * mean) + ("" if std is None else " ± " + f.format(k * std))
+        k, d = (100, 2) if _percent(m) else (1, 3)
+        return fmt_number(k * mean, d) + ("" if std is None else " ± " + fmt_number(k * std, d))
     for r in summary:
         md.append("| " + " | ".join([r["preset"], *[str(r[k]) for k in keys], str(r["seeds"]), *[fmt(r, m) for m in shown]]) + " |")
     labels = [m for m in metrics if m.startswith("auc:")]
@@ -548,12 +566,12 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
     compared = [*METRICS[:1], *[m for m in metrics if m.startswith("probe_")]] if spec.metrics is None else shown
     pl = [p for m in compared for p in paired(rows, spec, m)]
     if pl:
-        def num(p, v, sign=""):
-            k, f = (100, "{:" + sign + ".2f}") if _percent(p["metric"]) else (1, "{:" + sign + ".3f}")
-            return f.format(k * v)
+        def num(p, v, sign=False):  # enough digits that a difference beyond 2 SE never reads 0.000
+            k, d = (100, 2) if _percent(p["metric"]) else (1, 3)
+            return fmt_number(k * v, d, sign=sign)
 
         lines = ["| row | against | metric | seeds | mean difference | SE | beyond 2 SE |", "|---|---|---|---|---|---|---|"]
-        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], '+')} | "
+        lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], True)} | "
                   + (f"{num(p, p['se'])} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
                      else "n/a | n/a (one seed: no spread) |") for p in pl]
         atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")

@@ -133,8 +133,73 @@ def test_a_plugin_evaluation_appears_in_help_and_runs(phantom_run, tmp_path, mon
     assert len(rows) == 24 and set(rows[0]) == {"id", "tokens", "similarity"}
 
 
+def test_an_evaluation_without_tables_prints_its_flat_metrics(phantom_run, monkeypatch):
+    """A plugin's evaluation that returns no tables printed nothing but the data line: its flat
+    metrics are printed as a table (NaN as '-', a key with brackets whole)."""
+    from maskkit.eval.contract import EvalResult, make_evaluation
+    from maskkit.plugins import get_registry
+
+    def quiet(run, s):
+        """Two numbers, no table (test plugin)."""
+        return EvalResult("quiet", {"quiet/auc [macro]": 0.123456, "quiet/n": 24, "quiet/undefined": float("nan")})
+
+    monkeypatch.setitem(get_registry().evaluations, "quiet", make_evaluation("quiet", quiet, "test-plugin"))
+    monkeypatch.setenv("COLUMNS", "200")
+    out = invoke("eval", "quiet", phantom_run).output
+    assert "quiet: 3 metrics" in out
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
+    assert rows == {"quiet/auc [macro]": "0.123", "quiet/n": "24.000", "quiet/undefined": "-"}, out
+    # a built-in with tables prints them, not the metrics
+    assert "zeroshot/auc_macro" not in invoke("eval", "zeroshot", phantom_run, "--bootstrap", "0").output
+
+
+def test_help_shows_a_default_factory_value(monkeypatch):
+    """A plugin setting with ``default_factory`` showed ``default: PydanticUndefined``."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from maskkit.eval.contract import EvalResult, make_evaluation
+    from maskkit.plugins import get_registry
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        labels: list[str] = Field(default_factory=lambda: ["Edema", "Atelectasis"], description="labels scored")
+        scale: float = Field(default_factory=lambda: 0.5, description="a scale")
+
+    ev = make_evaluation("factory", lambda run, s: EvalResult("factory", {}), "test-plugin", settings=Settings)
+    monkeypatch.setitem(get_registry().evaluations, "factory", ev)
+    monkeypatch.setenv("COLUMNS", "300")
+    text = " ".join(invoke("eval", "factory", "--help").output.replace("│", " ").split())
+    assert "PydanticUndefined" not in text
+    assert "labels scored; default: Edema, Atelectasis (repeatable)" in text and "a scale; a finite number; default: 0.5" in text
+    assert [r["default"] for r in ev.option_rows()] == ["['Edema', 'Atelectasis']", "0.5"]
+
+
 def test_one_run_only_where_an_evaluation_takes_one(phantom_run):
     fails("eval", "retrieval", phantom_run, phantom_run, match="eval retrieval takes one checkpoint, got 2")
+
+
+@pytest.mark.parametrize("args, line", [
+    (["retrieval", "--k", "0"], "--k 0: expected integers in [1, 100000] (the K of R@K (repeatable))"),
+    (["padchest", "--subset", "seen8"], "--subset seen8: expected one of seen, unseen10, unseen20, unseen"),
+    (["masks", "--strategy", "random", "--ratio", "0"], "--ratio 0: expected finite numbers in (0, 1)"),
+    (["masks", "--ratio", "0.5", "--ratio", "1"], "--ratio 0.5,1: expected finite numbers in (0, 1)"),
+    (["masks", "--lesion-threshold", "0"], "--lesion-threshold 0: expected a finite number in (0, 1]"),
+])
+def test_an_option_error_names_the_option_as_typed(tmp_path, args, line):
+    assert fails("eval", args[0], tmp_path / "no-run", *args[1:], match=line).startswith(line)
+
+
+def test_a_value_only_the_data_refuses_names_the_option_too(phantom_run):
+    """--absence-ignore is checked against the evaluated findings once the data is read: the line
+    names the option (it said absence_ignore); a library call keeps the parameter's name."""
+    from maskkit.errors import SettingValueError
+    from maskkit.eval.zeroshot import absence_terms
+
+    msg = fails("eval", "zeroshot", phantom_run, "--absence-ignore", "Foo", "--bootstrap", "0",
+                match="--absence-ignore Foo: not one of the evaluated findings (")
+    assert msg.startswith("--absence-ignore Foo: ") and "absence_ignore" not in msg
+    with pytest.raises(SettingValueError, match=r"^absence_ignore='Foo': not one of the evaluated findings \(Edema\)$"):
+        absence_terms(["Edema", "No Finding"], absence_ignore=("Foo",))
 
 
 # --- zero-shot, fine-tuning: today's command lines, the contract's files ---------------------------
@@ -260,18 +325,23 @@ def test_segmentation_needs_masks_and_regions_need_segmentation(csv_run, tmp_pat
 
 def test_masks_strategies_from_the_registry_at_several_ratios(phantom_run, tmp_path):
     out = tmp_path / "m"
-    invoke("eval", "masks", phantom_run, "--n", "16", "--seeds", "1", "--ratio", "0", "--ratio", "1", "--out", out)
+    invoke("eval", "masks", phantom_run, "--n", "16", "--seeds", "1", "--ratio", "0.25", "--ratio", "0.5", "--out", out)
     rows = {r["strategy"]: r for r in json.loads((out / "masks.json").read_text())["rows"]}
-    # random at ratio 0 masks no lesion patch, at ratio 1 every one: shares 0 and 1, lift 1
-    assert rows["random @ 0"]["share_micro"] == 0.0 and rows["random @ 1"]["share_micro"] == 1.0
-    assert rows["random @ 1"]["lift_micro"] == pytest.approx(1.0)
-    assert {"preset xlip @ 1", "image_self @ 0", "atypical @ 1"} <= set(rows)
+    # 36 patches: every image masks exactly 9 / 18 of them, so random masking's expected share is the
+    # ratio itself and each lift is the share over the ratio
+    for r in (0.25, 0.5):
+        for name in ("random", "image_self", "preset xlip"):
+            row = rows[f"{name} @ {r:g}"]
+            assert 0 <= row["share_micro"] <= 1 and row["lift_micro"] == pytest.approx(row["share_micro"] / r)
+    assert {"preset xlip @ 0.5", "image_self @ 0.25", "atypical @ 0.5"} <= set(rows)
     from maskkit.plugins import get_registry
 
     if "blockwise" in get_registry().strategies:  # a plugin's strategy is measured too (installed: CI)
-        assert "blockwise @ 1" in rows
+        assert "blockwise @ 0.5" in rows
     doc = json.loads((out / "masks.json").read_text())
-    assert doc["evaluation"] == "masks" and doc["metrics"]["masks/random @ 1/share_micro"] == 1.0
+    assert doc["evaluation"] == "masks" and doc["metrics"]["masks/random @ 0.5/share_micro"] == rows["random @ 0.5"]["share_micro"]
+    # no NaN anywhere: a ratio of 0 (lift 0/0) is refused before the run is loaded
+    assert all(v is not None for v in doc["metrics"].values())
     assert len(list(csv.DictReader((out / "masks.csv").open()))) == len(rows) and (out / "masks.md").is_file()
 
 
@@ -471,39 +541,127 @@ def test_masks_on_a_region_file(csv_run, tmp_path):
     run, held, _ = csv_run
     f = write(tmp_path / "train-rle.csv", ["ImageId", " EncodedPixels"],
               [[h, " 0 524288"] for h in held[:2]] + [[held[2], " -1"]])  # the left half of each 1024 x 1024 image
-    invoke("eval", "masks", run, "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross",
-           "--ratio", "1", "--seeds", "1", "--out", tmp_path / "o")
+    res = invoke("eval", "masks", run, "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross",
+                 "--ratio", "0.5", "--seeds", "1", "--out", tmp_path / "o")
     doc = json.loads((tmp_path / "o" / "masks.json").read_text())
     rows = {r["strategy"]: r for r in doc["rows"]}
-    assert rows["random"]["share_micro"] == 1.0 and rows["report_cross"]["share_micro"] == 1.0  # ratio 1 masks all
+    for r in rows.values():  # every image masks exactly half its patches: random's expected share is 0.5
+        assert 0 <= r["share_micro"] <= 1 and r["lift_micro"] == pytest.approx(r["share_micro"] / 0.5)
+    assert set(rows) == {"random", "report_cross"} and "image-only data" not in res.output  # paired: both measured
     assert rows["random"]["lesion_base_rate"] == pytest.approx(0.5 * 2 / 3)  # 3 annotated images, 2 with a lesion: half each
     assert doc["metrics"]["masks/images"] == 3.0 and doc["metrics"]["masks/images_with_lesion"] == 2.0
     assert doc["format"] == "siim"
+    # the same images without their reports (image-only, as RSNA or SIIM): the strategies that read the
+    # report are left out, in one warning line naming them
+    lines = [line.split(",") for line in (run.parent / "d.csv").read_text().splitlines()]
+    noreport = run.parent / "noreport.csv"  # beside the images: the same relative paths, hence the same ids
+    noreport.write_text("\n".join(",".join([c[0], *c[2:]]) for c in lines) + "\n")
+    res = invoke("eval", "masks", run, "data=csv", f"data.path={noreport}",
+                 "--regions", f, "--format", "siim", "--strategy", "random", "--strategy", "report_cross", "--strategy",
+                 "xlip", "--ratio", "0.5", "--seeds", "1", "--out", tmp_path / "o2")
+    doc = json.loads((tmp_path / "o2" / "masks.json").read_text())
+    assert [r["strategy"] for r in doc["rows"]] == ["random"]
+    assert ("warning: image-only data: 2 of the 3 strategies read the report, which not every evaluated image has, and are "
+            "not measured: report_cross, preset xlip (a limitation of region data without reports") in " ".join(res.output.split())
 
 
 # --- PadChest ----------------------------------------------------------------------------------------
 
-def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
+PADCHEST_LABELS = ["['pleural effusion']", "['cardiomegaly', 'nodule']", "['normal']", "['nodule']", "['pneumonia', 'kyphosis']"]
+
+
+def padchest_root(root: Path, labels: list[str] = PADCHEST_LABELS, n: int = 80, images: bool = True) -> Path:
+    """A PadChest folder in the real layout: ``n`` 32x32 PNGs in ``0/`` (none with ``images=False``)
+    and the labels CSV, image ``i`` labelled ``labels[i % len(labels)]``."""
     from PIL import Image
 
-    root = tmp_path / "padchest"
     (root / "0").mkdir(parents=True)
     rng = np.random.default_rng(1)
-    labels = ["['pleural effusion']", "['cardiomegaly', 'nodule']", "['normal']", "['nodule']", "['pneumonia', 'kyphosis']"]
     rows = []
-    for i in range(80):
-        Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "0" / f"im{i}.png")
+    for i in range(n):
+        if images:
+            Image.fromarray(rng.integers(0, 255, (32, 32), dtype=np.uint8)).save(root / "0" / f"im{i}.png")
         rows.append([f"im{i}.png", "0", f"s{i}", f"p{i}", "PA", "Physician", labels[i % len(labels)]])
     write(root / "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv",
           ["ImageID", "ImageDir", "StudyID", "PatientID", "Projection", "MethodLabel", "Labels"], rows)
+    return root
+
+
+def test_padchest_seen_and_unseen_on_explicit_data(phantom_run, tmp_path):
+    root = padchest_root(tmp_path / "padchest")
     fails("eval", "padchest", phantom_run, match="has no padchest source")
-    invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
-           "--subset", "unseen10", "--out", tmp_path / "o")
+    res = invoke("eval", "padchest", phantom_run, "data=padchest", f"data.root={root}", "--bootstrap", "0", "--subset", "seen",
+                 "--subset", "unseen10", "--out", tmp_path / "o")
     doc = json.loads((tmp_path / "o" / "padchest.json").read_text())
-    assert list(doc["protocol"]["seen"]) == ["atelectasis", "cardiomegaly", "consolidation", "fracture", "pleural effusion",
-                                             "pneumonia", "pneumothorax", "pulmonary edema"]
+    # only the seen classes with a positive (and a negative) held-out image are scored; the others are said
+    n = int(doc["metrics"]["padchest/n"])
+    assert list(doc["protocol"]["seen"]) == ["cardiomegaly", "pleural effusion", "pneumonia"]
+    assert doc["protocol"]["excluded"]["fracture"] == "no positive image"
+    assert not any("Fracture" in k for k in doc["metrics"]) and "padchest/seen/auc/Pneumonia" in doc["metrics"]
+    assert (f"warning: padchest: seen class 'fracture' has no positive image among the {n} evaluated images: it is in "
+            f"neither set and not scored") in " ".join(res.output.split())
     assert "padchest/seen/auc_macro" in doc["metrics"] and set(doc["subsets"]) == {"seen", "unseen10"}
     assert doc["data"]["split"] == "explicit" and doc["metrics"]["padchest/n"] == doc["protocol"]["n_images"]
+
+
+@pytest.mark.parametrize("name", ["padchest", "zeroshot", "retrieval", "finetune"])
+def test_no_image_decodes_names_one_file_the_root_and_its_key(phantom_run, tmp_path, name):
+    """Every image of the data is a corrupt file: one line naming one file and why, the image root and
+    the key that sets it (padchest named no path; zeroshot crashed in torch.cat; retrieval said no
+    image had a report; finetune's training set named a file but not where the images are read)."""
+    root = padchest_root(tmp_path / "pc", n=40, images=False)
+    for i in range(40):
+        (root / "0" / f"im{i}.png").write_bytes(b"garbage")
+    opt = ["--epochs", "1"] if name == "finetune" else ["--bootstrap", "0"]
+    msg = fails("eval", name, phantom_run, "data=padchest", f"data.root={root}", *opt, "--out", tmp_path / "o",
+                match=f"eval {name}: ", out=tmp_path / "o")
+    assert ("records in a row" if name == "finetune" else " images decodes; e.g. ") in msg, msg
+    assert str(root / "0" / "im") in msg and "cannot decode image" in msg, msg
+    assert msg.endswith(f"; data (padchest) reads its images under {root} (data.root): set data.root to the folder that "
+                        f"holds readable images"), msg
+
+
+# --- --out FILE.json: one rule for every evaluation ---------------------------------------------------
+
+OWN_FILES = {"finetune": {"results.json", "splits/test.json", "splits/train_0.01.json"}, "masks": {"masks.md"}}
+
+
+@pytest.mark.parametrize("name, args", [
+    ("zeroshot", ["--bootstrap", "0"]),
+    ("finetune", ["--epochs", "1"]),
+    ("masks", ["--n", "8", "--seeds", "1", "--strategy", "random"]),
+    ("retrieval", ["--bootstrap", "0"]),
+    ("grounding", ["--n", "8"]),
+    ("padchest", ["--bootstrap", "0", "--subset", "seen"]),
+])
+def test_out_file_json_keeps_the_evaluations_own_files_in_its_stem_folder(phantom_run, tmp_path, name, args):
+    """``--out FILE.json``: FILE.json (the document), FILE.csv and the evaluation's own files in
+    FILE/ (they were dropped); a folder --out holds the same files under the same names."""
+    from maskkit.plugins import get_registry
+
+    assert set(BUILTIN) == set(get_registry().evaluations) - {"report_length"}  # a new built-in gets a row here
+    data = ["data=padchest", f"data.root={padchest_root(tmp_path / 'pc')}"] if name == "padchest" else []
+    invoke("eval", name, phantom_run, *data, *args, "--out", tmp_path / "res" / "r1.json")
+    doc = json.loads((tmp_path / "res" / "r1.json").read_text())
+    assert doc["evaluation"] == name and all(k.startswith(f"{name}/") for k in doc["metrics"]) and doc["metrics"]
+    assert len(list(csv.DictReader((tmp_path / "res" / "r1.csv").open()))) == len(doc["details"])
+    own = {str(p.relative_to(tmp_path / "res" / "r1")) for p in (tmp_path / "res" / "r1").rglob("*") if p.is_file()} \
+        if (tmp_path / "res" / "r1").exists() else set()
+    assert OWN_FILES.get(name, set()) <= own and (own == set()) == (name not in OWN_FILES), own
+    assert {str(p.relative_to(tmp_path / "res")) for p in (tmp_path / "res").iterdir() if p.is_file()} == {"r1.json", "r1.csv"}
+    (tmp_path / "dir").mkdir()  # an existing folder is a folder --out (it was refused as "not a file")
+    invoke("eval", name, phantom_run, *data, *args, "--out", tmp_path / "dir")
+    in_dir = {str(p.relative_to(tmp_path / "dir")) for p in (tmp_path / "dir").rglob("*") if p.is_file()}
+    assert in_dir == own | {f"{name}.json", f"{name}.csv"}
+    if name == "finetune":  # the splits of FILE.json are its own: the same draw as the folder's
+        assert json.loads((tmp_path / "res" / "r1" / "results.json").read_text())[0]["fraction"] == "0.01"
+        assert (tmp_path / "res" / "r1" / "splits" / "test.json").read_text() == (tmp_path / "dir" / "splits" / "test.json").read_text()
+
+
+def test_out_file_json_needs_its_stem_folder_writable(phantom_run, tmp_path):
+    (tmp_path / "r1").write_text("a file where the own files go")
+    fails("eval", "masks", phantom_run, "--out", tmp_path / "r1.json", match=f"--out {tmp_path / 'r1'}: is a file, not a folder",
+          out=tmp_path / "r1.json")
 
 
 # --- end of run, config, sweeps ----------------------------------------------------------------------
@@ -572,5 +730,23 @@ def test_sweep_tables_take_any_metric_key(tmp_path):
                                            r"runs do not run \(runtime.evaluations: zeroshot\)"):
         check_metrics(SweepSpec(["xlip"], metrics=["grounding/*"]), ["zeroshot"])
     check_metrics(SweepSpec(["xlip"], metrics=["probe_*", "auc:Edema", "grounding/pointing"]), ["zeroshot", "grounding"])
+    # a difference beyond 2 SE shows its digits (it printed -0.000 | 0.000 | yes)
+    tiny = [{"preset": p, "seed": s, "run": f"{p}{s}", "steps": 1, "auc": 0.6, "retrieval/image_to_report_R@1": r}
+            for p, s, r in [("clip", 0, 0.5), ("clip", 1, 0.5), ("clip", 2, 0.5),
+                            ("xlip", 0, 0.49996), ("xlip", 1, 0.49995), ("xlip", 2, 0.49997)]]
+    write_results(tiny, SweepSpec(["clip", "xlip"], seeds=[0, 1, 2], metrics=["retrieval/*_R@1"]), tmp_path)
+    # differences -4, -5, -3 (x 1e-5): mean -4e-5, sd 1e-5, SE 1e-5 / sqrt 3 = 5.8e-6
+    assert "| xlip | clip | retrieval/image_to_report_R@1 | 3 | -0.000040 | 0.0000058 | yes |" in (tmp_path / "paired.md").read_text()
+    assert "| xlip | 3 | 0.500 ± 0.000010 |" in (tmp_path / "results.md").read_text()
+    # a typo is not advised as an evaluation to add: only a registered one, or close matches of real names
+    with pytest.raises(MaskkitError) as e:
+        check_metrics(SweepSpec(["xlip"], metrics=["retreival/*_R@1"]), ["zeroshot"])
+    assert str(e.value).startswith("sweep metrics: 'retreival/*_R@1': 'retreival' is not a registered evaluation; did you "
+                                   "mean 'retrieval'? (registered: finetune, grounding, masks, padchest, ")
+    assert "runtime.evaluations=[zeroshot,retreival]" not in str(e.value)
+    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'acu' is neither .*; did you mean 'auc', 'acc'\?$"):
+        check_metrics(SweepSpec(["xlip"], metrics=["acu"]), ["zeroshot"])
+    with pytest.raises(MaskkitError, match=r"'retr\*/R@1' is a metric of evaluation 'retrieval', .*'runtime.evaluations=\[zeroshot,retrieval\]'"):
+        check_metrics(SweepSpec(["xlip"], metrics=["retr*/R@1"]), ["zeroshot"])  # a wildcard: the evaluation it names
     write_results(rows, SweepSpec(["clip", "xlip"], metrics=["masks/*"]), tmp_path)
     assert "No run holds a metric matching 'masks/*'" in (tmp_path / "results.md").read_text()

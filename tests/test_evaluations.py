@@ -188,7 +188,7 @@ def test_settings_errors_are_one_line_for_options_and_plain_models():
         ev.parse({"bootstrap": -1})  # a library call or end_of_run names the evaluation
     with pytest.raises(MaskkitError, match=r"^--regions needs --format \(a region file and its layout"):
         parse_settings(GroundingSettings, {"regions": "x.csv"}, "--")
-    with pytest.raises(MaskkitError, match=r"^--ks 0: expected integers in \[1, 100000\]"):
+    with pytest.raises(MaskkitError, match=r"^--k 0: expected integers in \[1, 100000\]"):  # the option, not the field ks
         parse_settings(RetrievalSettings, {"ks": [0]}, "--")
 
     class Plain(BaseModel):
@@ -197,8 +197,37 @@ def test_settings_errors_are_one_line_for_options_and_plain_models():
 
     with pytest.raises(MaskkitError, match=r"^--k 0: Input should be greater than or equal to 1$"):
         parse_settings(Plain, {"k": 0}, "--")
-    with pytest.raises(MaskkitError, match=r"^--j 1: not a setting of this evaluation \(settings: k\)$"):
+    with pytest.raises(MaskkitError, match=r"^--j 1: not a setting of this evaluation \(settings: --k\)$"):
         parse_settings(Plain, {"j": 1}, "--")
+
+    class Flagged(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        top_ks: list[int] = Field([1], json_schema_extra={"flag": "k"})
+
+    with pytest.raises(MaskkitError, match=r"^--k x: Input should be a valid integer"):  # a plugin's flag too
+        parse_settings(Flagged, {"top_ks": ["x"]}, "--")
+
+
+def test_every_evaluation_option_error_names_the_option_as_typed():
+    """For every registered evaluation and setting, a refused value's line starts with the command
+    option (``--k``, ``--subset``, ``--set``, ``--batch-size``), never the field's name (``--ks``)."""
+    from maskkit.eval.contract import flag_of, is_bool, is_list
+
+    checked = set()
+    for ev in get_registry().evaluations.values():
+        for name, f in ev.settings.model_fields.items():
+            if is_bool(f.annotation):
+                continue
+            for bad in ("zzz", "-1e30", "1e30", "nan"):
+                value = [bad] if is_list(f.annotation) else bad
+                try:
+                    ev.parse({name: value}, style="--")
+                except MaskkitError as e:
+                    assert str(e).startswith(f"--{flag_of(name, f)} "), (ev.name, name, str(e))
+                    checked.add((ev.name, flag_of(name, f)))
+                    break
+    assert {("retrieval", "k"), ("padchest", "subset"), ("masks", "ratio"), ("finetune", "batch-size"),
+            ("grounding", "min-raters")} <= checked, checked
 
 
 # --- the shipped plugin ----------------------------------------------------------------------------
@@ -283,3 +312,20 @@ def register_strategies(register):
         registry_grid([0.6], ["stripe"])
     with pytest.raises(MaskkitError, match=r"^strategy 'entity' masks text tokens, not image tokens$"):
         registry_grid([0.6], ["entity"])
+
+
+@pytest.mark.parametrize("x, kw, shown", [
+    (-0.00004, {}, "-0.000040"),          # .3f gave -0.000
+    (0.1234, {}, "0.123"),
+    (0.2, {"sign": True}, "+0.200"),
+    (0.0, {"sign": True}, "+0.000"),
+    (-0.000996, {}, "-0.00100"),
+    (12.3456, {"decimals": 2}, "12.35"),
+    (0.0012, {"decimals": 2}, "0.0012"),
+    (1.2e-12, {}, "1.2e-12"),
+    (float("nan"), {}, "nan"),
+])
+def test_fmt_number_shows_two_significant_digits_of_a_small_value(x, kw, shown):
+    from maskkit.eval.contract import fmt_number
+
+    assert fmt_number(x, **kw) == shown

@@ -190,7 +190,7 @@ def test_no_finding_absence_is_the_product_of_the_other_labels_absences():
     assert np.allclose(ign[:, 2], 1 - pair[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match="no_finding"):
         probabilities(model, img, labels, no_finding="nope")
-    with pytest.raises(ValueError, match="absence_ignore: 'Support Device' is not one of the evaluated findings"):
+    with pytest.raises(ValueError, match="absence_ignore='Support Device': not one of the evaluated findings"):
         probabilities(model, img, labels, absence_ignore=("Support Device",))
 
 

@@ -61,15 +61,25 @@ def test_ranking_exclusions_and_matrix_by_hand(tmp_path):
     assert p.ids == ["im0.png", "im1.png", "im2.png", "im3.png", "im4.png", "im5.png", "im7.png"]
     # positives among the 6 parsed physician images: nodule 4, kyphosis 2, scoliosis 2, everywhere 1
     assert p.unseen == ["nodule", "kyphosis", "scoliosis", "everywhere"]  # count, then name
+    absent_seen = {s: "no positive image" for s in SEEN if s != "pneumonia"}
     assert p.excluded == {"allpos": "no negative image", "hiatal hernia": "no positive image",  # only on the model-labelled image
-                          "normal": "not a finding", "unchanged": "not a finding"}
+                          "normal": "not a finding", "unchanged": "not a finding", **absent_seen}
     assert "hiatal hernia" not in p.classes and "allpos" not in p.classes
-    assert p.seen == list(SEEN)  # absent seen labels stay, as negatives
+    # a seen label with no positive among the evaluated images is in neither set, and said (it was scored)
+    assert p.seen == ["pneumonia"] and "fracture" not in p.classes
+    assert "padchest: seen class 'fracture' has no positive image among the 7 evaluated images: it is in neither set " \
+           "and not scored" in p.warnings and len(p.warnings) == 7 + 1
+    assert p.warnings[-1].startswith("padchest: 2 other labels have no positive or no negative among the 7 evaluated images")
     assert p.positives["pneumonia"] == 1 and p.positives["pulmonary edema"] == 0
     labs, y, prompts = p.subset("seen")
-    assert prompts[labs.index("pulmonary edema")] == "Edema" and prompts[labs.index("pneumonia")] == "Pneumonia"
-    assert y[:, labs.index("pneumonia")].tolist()[:5] == [1.0, 0.0, 0.0, 0.0, 0.0]
-    assert np.isnan(y[5]).all()  # the unparseable row is unknown, also for seen labels the table lacks
+    assert labs == ["pneumonia"] and prompts == ["Pneumonia"]
+    assert y[:, 0].tolist()[:5] == [1.0, 0.0, 0.0, 0.0, 0.0]
+    assert np.isnan(y[5]).all()  # the unparseable row is unknown
+    # a seen label on every evaluated image has no negative: also neither (the same rule)
+    allseen = padchest_protocol(padchest(str(tmp_path), csv_name=str(_csv(tmp_path, [
+        ("['pneumonia', 'nodule']", "Physician"), ("['pneumonia']", "Physician"), ("['pneumonia', 'cardiomegaly']", "Physician")]))))
+    assert allseen.seen == ["cardiomegaly"] and allseen.excluded["pneumonia"] == "no negative image"
+    assert allseen.to_json()["seen"] == {"cardiomegaly": "Cardiomegaly"}
     labs10, y10, prompts10 = p.subset("unseen10")
     assert labs10 == p.unseen and prompts10 == p.unseen  # fewer than 10: what there is
     assert y10[:, 0].tolist()[:5] == [1.0, 1.0, 1.0, 0.0, 0.0]
@@ -108,7 +118,9 @@ def test_real_padchest_head():
     expected_unseen = sorted((n for n in counts if n not in SEEN and n not in not_findings and counts[n] < len(rows)),
                              key=lambda n: (-counts[n], n.casefold()))
     assert p.unseen == expected_unseen
-    assert set(p.excluded) == not_findings
+    absent_seen = {s for s in SEEN if not counts.get(s)}
+    assert absent_seen == {"fracture"} and p.seen == [s for s in SEEN if s != "fracture"]  # 7 of the 8 (docs/eval.md)
+    assert set(p.excluded) == not_findings | absent_seen
     assert len(p.subset("unseen10")[0]) == 10 and p.subset("unseen20")[0][:10] == p.subset("unseen10")[0]
     assert len(p.seen) + len(p.excluded) + len(p.unseen) == len(set(counts) | set(SEEN))
     _, y, _ = p.subset("unseen")

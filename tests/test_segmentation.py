@@ -110,3 +110,28 @@ def test_uint8_images_of_a_prepared_cache_are_read_as_their_floats():
 
     a, b = (run_segmentation(model, dataset(u), splits, target_of, lambda it: it["id"], epochs=2) for u in (False, True))
     assert a[0].summary == b[0].summary and [r["dice"] for r in a[0].per_image] == [r["dice"] for r in b[0].per_image]
+
+
+def test_both_fine_tunings_map_split_ids_and_check_options_through_one_function():
+    """split_rows: the part fine-tuning and segmentation shared, written twice before: each split id
+    to its dataset row, an unknown id and a bad option one line each, alike in both."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from model_helpers import tiny_model
+
+    from maskkit.eval.finetune import make_splits, run_finetune, split_rows
+    from maskkit.eval.segmentation import run_segmentation
+    from maskkit.options import OptionValueError
+
+    data = [{"id": f"i{i}"} for i in range(5)]
+    assert split_rows(data, mode="probe", epochs=1, lr=1e-3, batch_size=2, seed=0)(["i3", "i0"]) == [3, 0]
+    with pytest.raises(OptionValueError, match=r"^epochs=0: expected an integer in \[1, 10000\]"):
+        split_rows(data, mode="probe", epochs=0, lr=1e-3, batch_size=2, seed=0)
+    model = tiny_model("clip")
+    splits = make_splits(["i0", "i1", "zz"], [None] * 3, seed=0, test_ids=["zz"], fractions=(1.0,))
+    for run in (lambda: run_finetune(model, data, ["L"], splits, epochs=1),
+                lambda: run_segmentation(model, data, splits, None, None, epochs=1)):
+        with pytest.raises(MaskkitError, match=r"^split id 'zz' is not in the dataset \(1 missing\)$"):
+            run()

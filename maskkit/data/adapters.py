@@ -158,9 +158,11 @@ class DatasetAdapter:
 
     def option_rows(self) -> list[dict[str, str]]:
         """Each option: name, type, default (``required`` when it has none)."""
+        from ..options import field_default
+
         rows = []
         for k, f in self.options.model_fields.items():
-            default = "required" if f.is_required() else repr(f.default)
+            default = "required" if f.is_required() else repr(field_default(f))
             rows.append({"option": k, "type": type_name(f.annotation), "default": default})
         return rows
 

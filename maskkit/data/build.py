@@ -388,11 +388,35 @@ def check_images_exist(spec, adapter, table, n: int = IMAGES_CHECKED) -> None:
     paths = [r.image_path for r in table.records[:n] if r.image_path is not None]
     if not paths or any(os.path.exists(p) for p in paths):
         return
-    opt = next((o for o in ("image_root", "image_dir", "root", "path") if adapter.takes(o)), None)
+    opt = _image_option(adapter)
     given = opt is not None and opt in spec.options
     where = (f"; check {spec.key(opt)}" + ("" if given or opt != "image_root" else
                                            " (unset, relative paths resolve against the file's folder)")) if opt else ""
     raise MaskkitError(f"{spec.label}: image {paths[0]} does not exist, nor any of the first {len(paths)} records' images{where}")
+
+
+def _image_option(adapter) -> str | None:
+    """The adapter option that places a source's image files (``image_root``, else ``root``, ...)."""
+    return next((o for o in ("image_root", "image_dir", "root", "path") if adapter.takes(o)), None)
+
+
+def image_root_hint(corpus, path: str) -> str:
+    """``"; data (padchest) reads its images under /data/pc (data.root): set data.root to the folder
+    that holds readable images"`` for the source of ``corpus`` whose record has image ``path`` (an
+    evaluation where no image decodes: :class:`maskkit.data.dataset.NothingDecodes`); ``""`` when
+    no source has it."""
+    for src in corpus.sources:
+        rec = next((r for r in (*src.held_records, *src.train_records) if (r.image_path or r.id) == path), None)
+        if rec is None:
+            continue
+        opt = _image_option(src.adapter)
+        if opt is None:
+            return f"; the images of {src.spec.label} are the adapter's own"
+        key = src.spec.key(opt)
+        root = src.spec.options.get(opt)
+        where = f"under {root} ({key})" if root is not None else f"with {key} unset"
+        return f"; {src.spec.label} reads its images {where}: set {key} to the folder that holds readable images"
+    return ""
 
 
 def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_out_ner: bool = False,

@@ -91,7 +91,11 @@ class ReportDataset:
 
 
 class SkipLimitExceeded(MaskkitError):
-    """Too large a fraction of the images failed to decode."""
+    """Too large a fraction of the images failed to decode; ``path``: the last file that failed, when known."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 @dataclass
@@ -226,9 +230,9 @@ class XrayDataset(ReportDataset, torch.utils.data.Dataset):
         if self.on_skip == "drop":
             return {"skipped": skipped, "index": i}
         if tries == len(self):
-            raise SkipLimitExceeded(f"none of the {len(self)} records decodes; last: {skipped[-1][1]}")
+            raise SkipLimitExceeded(f"none of the {len(self)} records decodes; last: {skipped[-1][1]}", skipped[-1][0])
         raise SkipLimitExceeded(f"{len(skipped)} records in a row from index {i} (of {len(self)}) failed to decode; "
-                                f"last: {skipped[-1][1]}")
+                                f"last: {skipped[-1][1]}", skipped[-1][0])
 
 
 class PhantomDataset(ReportDataset, torch.utils.data.Dataset):
@@ -319,14 +323,37 @@ def to_device(batch: dict, device: torch.device | str) -> dict:
     return out
 
 
+class NothingDecodes(MaskkitError):
+    """Not one image of an evaluation's pass decodes (:func:`decoded_batches`): ``n`` images tried,
+    ``path`` one of them and ``why`` its reason. :class:`maskkit.eval.contract.Evaluation` adds
+    where the images are read and the key that places them (:func:`maskkit.data.build.image_root_hint`)."""
+
+    def __init__(self, n: int, path: str, why: str, hint: str = "", where: str = "") -> None:
+        self.n, self.path, self.why, self.hint, self.where = n, path, why, hint, where
+        super().__init__(f"{where}none of the {n} images decodes; e.g. {why}{hint}")
+
+    def with_hint(self, hint: str, where: str = "") -> NothingDecodes:
+        """The same failure with ``hint`` (where the images are read) and ``where`` (who read them) added."""
+        return NothingDecodes(self.n, self.path, self.why, hint, where)
+
+
 def decoded_batches(dataset, indices: Sequence[int], batch_size: int, skips: SkipReport | None = None):
     """The samples of ``dataset[indices]`` in order, ``batch_size`` at a time, as lists of sample
     dicts (evaluation, fine-tuning: the skip policy where these batches are formed). A file that
-    failed to decode is dropped and counted in ``skips``; a batch left with no sample is not yielded."""
+    failed to decode is dropped and counted in ``skips``; a batch left with no sample is not yielded.
+    Raises :class:`NothingDecodes` (one line naming one file and why) when not one of ``indices``
+    decodes."""
+    indices = list(indices)
+    first_skip, any_ok = None, False
     for start in range(0, len(indices), batch_size):
         items = [dataset[i] for i in indices[start:start + batch_size]]
         ok = [s for s in items if "image" in s]
+        skipped = [sk for s in items for sk in s.get("skipped", [])]
+        first_skip = first_skip or (skipped[0] if skipped else None)
         if skips is not None:
-            skips.update(len(ok), [sk for s in items for sk in s.get("skipped", [])])
+            skips.update(len(ok), skipped)
         if ok:
+            any_ok = True
             yield ok
+    if not any_ok and first_skip is not None:
+        raise NothingDecodes(len(indices), *first_skip)

@@ -24,9 +24,10 @@ It returns one :class:`EvalResult`:
 - ``extra``: the evaluation's own JSON fields (e.g. the zero-shot table's ``per_label``), kept at
   the top level of its JSON file so files written before the contract read the same.
 
-:meth:`EvalResult.write` writes ``<out>/<name>.json`` and ``<out>/<name>.csv`` (or, when ``out``
-ends in ``.json``, that file and a ``.csv`` beside it) plus the evaluation's legacy files
-(``files``), each atomically and only after every one of them was rendered: nothing half-done.
+:meth:`EvalResult.write` writes ``<out>/<name>.json`` and ``<out>/<name>.csv`` plus the
+evaluation's own files (``files``) in ``<out>``; when ``out`` ends in ``.json``, that file, a
+``.csv`` beside it and the own files in the folder named by its stem (:func:`output_layout`); each
+atomically and only after every one of them was rendered: nothing half-done.
 """
 
 from __future__ import annotations
@@ -83,6 +84,23 @@ def _json_safe(v: Any) -> Any:
     return v
 
 
+def fmt_number(x: float, decimals: int = 3, sign: bool = False, sig: int = 2) -> str:
+    """``x`` with ``decimals`` decimals, or as many more as show ``sig`` significant digits of a
+    small nonzero value: ``fmt_number(-0.00004) == "-0.000040"`` (``.3f`` printed ``-0.000``, which
+    reads as no difference), ``fmt_number(0.1234) == "0.123"``, ``fmt_number(0.2, sign=True) ==
+    "+0.200"``, ``fmt_number(1.2e-12) == "1.2e-12"``. NaN is ``"nan"``. The one number format of result tables (``paired.md``,
+    ``results.md``, ``masks.md``, an evaluation's metrics table)."""
+    x = float(x)
+    if math.isnan(x) or math.isinf(x):
+        return str(x)
+    d = decimals
+    if x != 0:
+        d = max(decimals, sig - 1 - math.floor(math.log10(abs(x))))
+        if d > 9:  # too small for fixed decimals to read: 1.2e-12
+            return f"{x:{'+' if sign else ''}.{sig - 1}e}"
+    return f"{x:{'+' if sign else ''}.{d}f}"
+
+
 @dataclass
 class EvalResult:
     """What an evaluation returns (the module docstring): ``metrics`` (flat, prefixed by the
@@ -122,6 +140,21 @@ class EvalResult:
             raise PluginError(f"{who} returned details that are not a list of dicts (one row per item)")
         return self
 
+    def shown_tables(self) -> list[Any]:
+        """What a command prints for this result: its ``tables``, or, for an evaluation that gives
+        none (a plugin's may not), one table of its flat metrics (``maskkit eval``, ``maskkit run``)."""
+        if self.tables:
+            return list(self.tables)
+        from rich.markup import escape
+        from rich.table import Table
+
+        t = Table(title=f"{self.evaluation}: {len(self.metrics)} metrics" + (f" ({split_words(self.data)})" if self.data else ""))
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        for k, v in self.metrics.items():
+            t.add_row(escape(k), "-" if math.isnan(v) else fmt_number(v))
+        return [t]
+
     def to_json(self) -> dict[str, Any]:
         """The JSON document: the evaluation's own fields (``extra``), then ``evaluation``,
         ``metrics``, ``details``, ``data`` and ``settings`` (NaN written as ``null``)."""
@@ -144,16 +177,14 @@ class EvalResult:
         return buf.getvalue()
 
     def outputs(self, out: str | Path) -> dict[Path, str]:
-        """path -> text of every file :meth:`write` writes for ``out``: a ``.json`` path is the JSON
-        file (details beside it as ``<stem>.csv``), anything else a folder holding
-        ``<evaluation>.json``, ``<evaluation>.csv`` and ``files``."""
-        out = Path(out)
+        """path -> text of every file :meth:`write` writes for ``out`` (:func:`output_layout`, the one
+        rule): a folder holds ``<evaluation>.json``, ``<evaluation>.csv`` and ``files``; a ``.json``
+        path is the JSON document, its details beside it as ``<stem>.csv`` and ``files`` in the folder
+        ``<stem>/`` beside it."""
         doc = json.dumps(self.to_json(), indent=2, allow_nan=False) + "\n"
-        if out.suffix.lower() == ".json":
-            files = {out: doc, out.with_suffix(".csv"): self.details_csv()}
-        else:
-            files = {out / f"{self.evaluation}.json": doc, out / f"{self.evaluation}.csv": self.details_csv()}
-            files.update({out / name: text for name, text in self.files.items()})
+        js, details, own = output_layout(out, self.evaluation)
+        files = {js: doc, details: self.details_csv()}
+        files.update({own / name: text for name, text in self.files.items()})
         return files
 
     def write(self, out: str | Path) -> list[Path]:
@@ -166,8 +197,29 @@ class EvalResult:
         return list(files)
 
 
+def output_layout(out: str | Path, evaluation: str) -> tuple[Path, Path, Path]:
+    """Where ``--out OUT`` puts an evaluation's result: ``(JSON document, details CSV, folder of the
+    evaluation's own files)`` (``masks.md``, fine-tuning's ``results.json`` and ``splits/``, a
+    plugin's ``files``). ``OUT`` a folder: ``OUT/<evaluation>.json``, ``OUT/<evaluation>.csv``,
+    ``OUT``. ``OUT`` ending in ``.json``: ``OUT``, ``OUT`` with ``.csv``, and the folder named by its
+    stem beside it (``ft.json`` -> ``ft.csv``, ``ft/results.json``, ``ft/splits/``), so two results
+    written into one folder never share their own files."""
+    out = Path(out)
+    if out.suffix.lower() == ".json":
+        return out, out.with_suffix(".csv"), out.with_suffix("")
+    return out / f"{evaluation}.json", out / f"{evaluation}.csv", out
+
+
 def _field_name(model: type[BaseModel], loc: Sequence[Any]) -> str:
     return str(loc[0]) if loc else "?"
+
+
+def flag_of(name: str, field) -> str:
+    """The command-line option of settings field ``name``, without its dashes: the field's
+    ``json_schema_extra={"flag": ...}``, else its name, dashes for underscores (``ks`` -> ``k``,
+    ``batch_size`` -> ``batch-size``). Every message about a command option names it so."""
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag", name)).replace("_", "-")
 
 
 def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = "=", where: str = "") -> BaseModel:
@@ -175,8 +227,9 @@ def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = 
     naming the setting as the user wrote it (``--lr 1e+38: ...`` for ``style="--"``, ``lr=...``
     otherwise) and what it accepts. :class:`maskkit.options.Options` models give their own line
     (the range in words); any other pydantic model a plugin registers gets pydantic's message."""
-    from ..options import Options
+    from ..options import Options, _show
 
+    flags = {n: flag_of(n, f) for n, f in model.model_fields.items()} if style == "--" else {}
     try:
         return model(**values)
     except ValidationError as exc:
@@ -185,13 +238,13 @@ def parse_settings(model: type[BaseModel], values: dict[str, Any], style: str = 
             msg = str(e.get("ctx", {}).get("error", e["msg"]))
             raise MaskkitError(f"{where}{msg}") from None
         if isinstance(model, type) and issubclass(model, Options):
-            model.check(style=style, where=where, **values)  # raises its one line (the range in words)
+            model.check(style=style, where=where, labels=flags, **values)  # raises its one line (the range in words)
         name = _field_name(model, e["loc"])
         got = values.get(name, e.get("input"))
-        label = f"--{name.replace('_', '-')} {got}" if style == "--" else f"{name}={got!r}"
+        label = f"--{flags.get(name, name.replace('_', '-'))} {_show(got)}" if style == "--" else f"{name}={got!r}"
         if e["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields) or "none"
-            raise MaskkitError(f"{where}{label}: not a setting of this evaluation (settings: {known})") from None
+            known = ", ".join(f"--{v}" for v in flags.values()) if style == "--" else ", ".join(model.model_fields)
+            raise MaskkitError(f"{where}{label}: not a setting of this evaluation (settings: {known or 'none'})") from None
         raise MaskkitError(f"{where}{label}: {e['msg']}") from None
 
 
@@ -228,7 +281,19 @@ class Evaluation:
         if len(run.members) > 1 and not self.ensemble:
             raise MaskkitError(f"eval {self.name} takes one run, got {len(run.members)}: "
                                f"{' '.join(str(p) for p, _, _ in run.members)}")
-        res = self.evaluate(run, settings)
+        from ..data.dataset import NothingDecodes, SkipLimitExceeded
+
+        try:
+            res = self.evaluate(run, settings)
+        except (NothingDecodes, SkipLimitExceeded) as exc:  # add where the images are read and the key that places them
+            if getattr(exc, "where", "") or getattr(exc, "path", None) is None:
+                raise
+            from ..data.build import image_root_hint
+
+            hint = next((h for h in (image_root_hint(c[1], exc.path) for c in run._corpus.values()) if h), "")
+            if isinstance(exc, NothingDecodes):
+                raise exc.with_hint(hint, f"eval {self.name}: ") from None
+            raise SkipLimitExceeded(f"eval {self.name}: {exc}{hint}", exc.path) from None
         if not isinstance(res, EvalResult):
             raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned {type(res).__name__}; "
                               f"expected a maskkit.eval.contract.EvalResult")
@@ -240,10 +305,11 @@ class Evaluation:
     def option_rows(self) -> list[dict[str, str]]:
         """One row per setting: name, type, default, description (``maskkit eval NAME --help``, docs)."""
         from ..data.adapters import type_name
+        from ..options import field_default
 
         rows = []
         for name, f in self.settings.model_fields.items():
-            default = "required" if f.is_required() else repr(f.default)
+            default = "required" if f.is_required() else repr(field_default(f))
             rows.append({"setting": name, "type": type_name(f.annotation), "default": default,
                          "description": f.description or ""})
         return rows
@@ -267,8 +333,7 @@ def make_evaluation(name: str, evaluate: Callable, source: str, settings: type[B
         raise PluginError(f"plugin '{source}' registered evaluation '{name}' with settings {settings!r}; "
                           f"expected a pydantic BaseModel subclass")
     for field_name, f in settings.model_fields.items():
-        extra = f.json_schema_extra if isinstance(f.json_schema_extra, dict) else {}
-        flag = str(extra.get("flag", field_name)).replace("_", "-")
+        flag = flag_of(field_name, f)
         if flag in ("out", "help"):
             raise PluginError(f"plugin '{source}' registered evaluation '{name}' with a setting named --{flag}, "
                               f"which is the command's own option; rename it")
@@ -340,10 +405,11 @@ class EvalRun:
 
     @property
     def out_dir(self) -> Path | None:
-        """The folder the result goes to (``out`` itself, or the folder of a ``.json`` file); None: nowhere."""
+        """The folder the evaluation's own files go to (:func:`output_layout`: ``out`` itself, or for
+        ``--out FILE.json`` the folder ``FILE/`` beside it); None: nowhere."""
         if self.out is None:
             return None
-        return self.out.parent if self.out.suffix.lower() == ".json" else self.out
+        return output_layout(self.out, "")[2]
 
     @property
     def models(self) -> list[Any]:

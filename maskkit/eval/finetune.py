@@ -181,6 +181,26 @@ def images_of(items, device="cpu") -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
+def split_rows(dataset, **options):
+    """What fine-tuning and segmentation do first: check ``options`` (``mode``, ``epochs``, ``lr``,
+    ``batch_size``, ``seed``) against :class:`maskkit.options.FinetuneOptions` (one
+    :class:`~maskkit.options.OptionValueError` line naming the argument and its range), then return
+    ``rows(ids) -> [dataset row]`` for a split's ids (:func:`dataset_index`); an id the dataset
+    lacks is one :class:`MaskkitError` line naming it and how many are missing."""
+    from ..options import FinetuneOptions
+
+    FinetuneOptions.check("=", **options)
+    index = dataset_index(dataset)
+
+    def rows(ids) -> list[int]:
+        missing = [i for i in ids if i not in index]
+        if missing:
+            raise MaskkitError(f"split id {_text(missing[0])!r} is not in the dataset ({len(missing)} missing)")
+        return [index[i] for i in ids]
+
+    return rows
+
+
 def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe", epochs: int = 20, lr: float = 1e-3,
                  batch_size: int = 32, seed: int = 0, device="cpu") -> list[FinetuneResult]:
     """Train a linear head (``probe``: encoder frozen; ``finetune``: encoder too) per train split.
@@ -190,17 +210,7 @@ def run_finetune(model, dataset, label_names, splits: dict, mode: str = "probe",
     :class:`~maskkit.options.OptionValueError` line naming the argument and its range)."""
     import copy
 
-    from ..options import FinetuneOptions
-
-    FinetuneOptions.check("=", mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    index = dataset_index(dataset)
-
-    def rows(ids):
-        missing = [i for i in ids if i not in index]
-        if missing:
-            raise MaskkitError(f"split id {_text(missing[0])!r} is not in the dataset ({len(missing)} missing)")
-        return [index[i] for i in ids]
-
+    rows = split_rows(dataset, mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     skips = SkipReport(max_fraction=1.0)
 
     def batches(idx, size):

@@ -40,12 +40,24 @@ def label_coverage(y: np.ndarray, label_names) -> dict[str, dict[str, int]]:
     return out
 
 
+def undefined_reason(n_pos: int, n_neg: int) -> str | None:
+    """Why a label cannot be scored among the evaluated samples, or None when it can: the one rule
+    (zero-shot's undefined labels, PadChest's "neither" classes) - at least one positive and at
+    least one negative known sample, else ``"no positive image"`` / ``"no negative image"`` (AUC,
+    F1 and the rank metrics are undefined with one class)."""
+    if not n_pos:
+        return "no positive image"
+    if not n_neg:
+        return "no negative image"
+    return None
+
+
 def one_class_warnings(coverage: dict[str, dict[str, int]], what: str, warn: bool = True) -> list[str]:
     """One line per label whose known samples hold one class (or none), emitted as
     :class:`LabelCoverageWarning` when ``warn``; ``what`` names the evaluation ("zero-shot")."""
     lines = []
     for name, c in coverage.items():
-        if c["n_pos"] and c["n_neg"]:
+        if undefined_reason(c["n_pos"], c["n_neg"]) is None:
             continue
         held = "no known sample" if not c["n_known"] else (
             f"only {'positives' if c['n_pos'] else 'negatives'} ({c['n_pos']} positive, {c['n_neg']} negative)")

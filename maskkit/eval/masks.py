@@ -299,10 +299,12 @@ def registry_grid(ratios, names=None) -> tuple[list[tuple[str, dict]], list[str]
 def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3, batch_size: int | None = 16,
                    skipped: list[str] | None = None) -> list[dict]:
     """Every strategy of ``grid`` measured on the features in batches of ``batch_size`` (random
-    ones averaged over ``seeds``). A strategy that needs an input ``f`` lacks (a report, on
-    image-only data) is left out with one line appended to ``skipped`` (when given; else it raises)."""
+    ones averaged over ``seeds``). The strategies that need an input ``f`` lacks (the report, on
+    image-only data: ``report_cross``, the ``xlip`` presets' union, ...) are left out, said in one
+    line appended to ``skipped`` that names them all (when given; else it raises)."""
     rows = []
     have = f.available()
+    left_out: dict[tuple[str, ...], list[str]] = {}
     for label, spec in grid:
         s = build_strategy(spec)
         missing = sorted(s.all_requires - have)
@@ -311,9 +313,15 @@ def evaluate_masks(f: Features, grid: list[tuple[str, dict]], seeds: int = 3, ba
                 from ..errors import MissingInputError
 
                 raise MissingInputError(f"strategy '{label}' needs {', '.join(missing)}, which these images do not have")
-            skipped.append(f"{label}: skipped, it needs {', '.join(missing)} (the annotated images have no report)")
+            left_out.setdefault(tuple(missing), []).append(label)
             continue
         runs = [measure(s, f, seed, batch_size) for seed in range(seeds if s.stochastic else 1)]
         avg = {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]}
         rows.append({"strategy": label, "spec": spec, **avg})
+    for missing, labels in left_out.items():
+        reads = "the report" if set(missing) <= {"report_tokens", "report_valid"} else ", ".join(missing)
+        skipped.append(f"image-only data: {len(labels)} of the {len(grid)} strategies read {reads}, which not every "
+                       f"evaluated image has, and are not measured: {', '.join(labels)} (a limitation of region data "
+                       f"without reports, e.g. RSNA, SIIM, NIH, VinDr; measure them on paired data: the phantoms, or "
+                       f"a paired adapter's images)")
     return rows

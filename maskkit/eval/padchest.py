@@ -14,9 +14,11 @@ or the 12; maskkit's reading (docs/assumptions.md, A38) is:
   and ``pulmonary edema`` for Edema (CheXpert's Edema is pulmonary edema, Irvin et al. 2019).
   Subtypes (``laminar atelectasis``, ``rib fracture``, ...) are not the finding and stay unseen.
 - **Neither** (:data:`NOT_FINDINGS`): ``normal``, ``unchanged``, ``exclude``, ``suboptimal study``
-  - labels of the study, not findings; plus every label that does not appear (no positive, or no
-  negative) among the evaluated images: "do not appear in the test set". On PadChest's
-  physician-labelled set, 8 absent labels would make the paper's 12.
+  - labels of the study, not findings; plus every label, seen ones included, that does not appear
+  (no positive, or no negative: :func:`maskkit.eval.labels.undefined_reason`) among the evaluated
+  images: "do not appear in the test set". On PadChest's physician-labelled set, 8 absent labels
+  would make the paper's 12. A seen label left out this way is said in one warning line
+  (``warnings``): Seen 8 then scores fewer than 8.
 - **Unseen**: every other label, ranked by the number of positive images among the evaluated
   ones (ties by name); Unseen 10 / 20 are the first 10 / 20, Unseen all is every one.
 
@@ -63,8 +65,10 @@ class PadChestProtocol:
 
     ``labels`` ``[n_images, len(classes)]``: 1.0 / 0.0 / NaN (a ``Labels`` cell the adapter could
     not parse) per image (``ids``, table order) and class; ``classes`` = ``seen`` then ``unseen``
-    (ranked). ``positives``: positive images per label of the table; ``excluded``: label -> why
-    it is neither seen nor unseen.
+    (ranked). ``seen``: the seen labels scored (those with a positive and a negative image).
+    ``positives``: positive images per label of the table and per seen label; ``excluded``: label
+    -> why it is neither seen nor unseen; ``warnings``: one line per seen label left out, and one
+    for the unseen ones.
     """
 
     ids: list[str]
@@ -76,6 +80,7 @@ class PadChestProtocol:
     excluded: dict[str, str] = field(default_factory=dict)
     physician_only: bool = True
     findings: dict[str, str] = field(default_factory=dict)  # seen PadChest label -> the finding it matches
+    warnings: list[str] = field(default_factory=list)
 
     def subset(self, name: str) -> tuple[list[str], np.ndarray, list[str]]:
         """(PadChest labels, their label columns ``[n_images, c]``, prompt names) of ``seen``,
@@ -93,7 +98,7 @@ class PadChestProtocol:
         return {"n_images": len(self.ids), "physician_only": self.physician_only,
                 "seen": {c: self.findings[c] for c in self.seen}, "unseen": self.unseen,
                 "unseen10": self.unseen[:10], "unseen20": self.unseen[:20], "positives": self.positives,
-                "excluded": self.excluded}
+                "excluded": self.excluded, "warnings": self.warnings}
 
 
 def padchest_protocol(table, physician_only: bool = True, seen: dict[str, str] | None = None,
@@ -101,17 +106,17 @@ def padchest_protocol(table, physician_only: bool = True, seen: dict[str, str] |
     """The seen / unseen classes and the per-image label matrix of a PadChest ``table``.
 
     ``seen`` (default :data:`SEEN`) maps PadChest labels to findings; ``not_findings`` are left
-    out; labels with no positive or no negative image are left out of the unseen ranking
-    (``excluded`` says why); seen labels always stay (a seen label without both classes is then
-    undefined to score, as zero-shot reports it). ``physician_only`` keeps the images whose
-    ``MethodLabel`` is ``Physician``.
-
-    A seen label that no image of the table has is a column of negatives (unknown where a
-    ``Labels`` cell could not be read): the adapter's vocabulary is the labels it found.
+    out; every label, seen or not, needs a positive and a negative image among the evaluated ones
+    to be scored (:func:`maskkit.eval.labels.undefined_reason`, the rule zero-shot reports
+    undefined labels by), else it is in neither set (``excluded`` says why; a seen label also in
+    ``warnings``, one line naming it). ``physician_only`` keeps the images whose ``MethodLabel`` is
+    ``Physician``.
 
     Raises :class:`MaskkitError` (one line) for a table without labels (loaded with
     ``labels=[]``), ``physician_only`` on records that carry no ``MethodLabel``, or no image left.
     """
+    from .labels import undefined_reason
+
     seen = dict(SEEN if seen is None else seen)
     names = list(table.label_names)
     if not names:
@@ -128,30 +133,40 @@ def padchest_protocol(table, physician_only: bool = True, seen: dict[str, str] |
                            + (" (none is physician-labelled)" if physician_only else ""))
     by_key = {_key(n): n for n in names}
     y = np.array([[r.labels.get(n, math.nan) for n in names] for r in recs], dtype=np.float64).reshape(len(recs), len(names))
-    absent = [s for s in seen if _key(s) not in by_key]
-    if absent:  # a seen label no image has: negative wherever the Labels cell was read, unknown where it was not
-        parsed = ~np.isnan(y).all(1)
-        y = np.concatenate([y, np.where(parsed, 0.0, math.nan)[:, None].repeat(len(absent), 1)], axis=1)
-        names = names + absent
-        by_key.update({_key(s): s for s in absent})
     pos = np.nansum(y == 1.0, axis=0).astype(int)
     neg = np.nansum(y == 0.0, axis=0).astype(int)
     positives = dict(zip(names, map(int, pos)))
-    seen_names = [by_key[_key(s)] for s in seen]
+    count = dict(zip(names, zip(map(int, pos), map(int, neg))))
+    seen_names = [by_key.get(_key(s), s) for s in seen]
+    for s in seen_names:  # a seen label no image has: no positive
+        positives.setdefault(s, 0)
     seen_keys, other_keys = {_key(s) for s in seen}, {_key(s) for s in not_findings}
-    excluded, candidates = {}, []
+    excluded, candidates, scored_seen, warnings = {}, [], [], []
+    for n in seen_names:
+        why = undefined_reason(*count.get(n, (0, len(recs))))
+        if why is None:
+            scored_seen.append(n)
+            continue
+        excluded[n] = why
+        warnings.append(f"padchest: seen class '{n}' has {why} among the {len(recs)} evaluated images: it is in neither "
+                        f"set and not scored")
     for j, n in enumerate(names):
         if _key(n) in seen_keys:
             continue
         if _key(n) in other_keys:
             excluded[n] = "not a finding"
             continue
-        if pos[j] == 0 or neg[j] == 0:
-            excluded[n] = "no positive image" if pos[j] == 0 else "no negative image"
+        why = undefined_reason(pos[j], neg[j])
+        if why is not None:
+            excluded[n] = why
             continue
         candidates.append(n)
+    absent = [n for n in names if _key(n) not in seen_keys and excluded.get(n, "not a finding") != "not a finding"]
+    if absent:
+        warnings.append(f"padchest: {len(absent)} other labels have no positive or no negative among the {len(recs)} "
+                        f"evaluated images and are in neither set (e.g. '{absent[0]}'; the JSON's protocol.excluded lists them)")
     unseen = sorted(candidates, key=lambda n: (-positives[n], _key(n)))
-    classes = seen_names + unseen
+    classes = scored_seen + unseen
     cols = [names.index(c) for c in classes]
-    return PadChestProtocol([r.id for r in recs], classes, y[:, cols], seen_names, unseen, positives, excluded,
-                            physician_only, {by_key[_key(s)]: f for s, f in seen.items()})
+    return PadChestProtocol([r.id for r in recs], classes, y[:, cols], scored_seen, unseen, positives, excluded,
+                            physician_only, {by_key.get(_key(s), s): f for s, f in seen.items()}, warnings)

@@ -136,18 +136,9 @@ def run_segmentation(model, dataset, splits: dict, target_of: TargetFn, key_of: 
     a split key to its row); ``target_of`` gives the masks of decoded samples, ``key_of`` a
     sample's split key (for the per-image rows). A split with no training image gives NaN and a
     warning. Options are checked as :func:`~maskkit.eval.finetune.run_finetune` checks them."""
-    from ..options import FinetuneOptions
-    from .finetune import _text, dataset_index, images_of
+    from .finetune import images_of, split_rows
 
-    FinetuneOptions.check("=", mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-    index = dataset_index(dataset)
-
-    def rows(ids):
-        missing = [i for i in ids if i not in index]
-        if missing:
-            raise MaskkitError(f"split id {_text(missing[0])!r} is not in the dataset ({len(missing)} missing)")
-        return [index[i] for i in ids]
-
+    rows = split_rows(dataset, mode=mode, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
     skips = SkipReport(max_fraction=1.0)
 
     def batches(idx, size):

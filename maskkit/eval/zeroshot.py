@@ -101,8 +101,10 @@ def absence_terms(label_names, no_finding: str = "absence", absence_ignore: tupl
     unknown = ignore - {key(lab) for _, lab in others}
     if unknown:
         bad = next(a for a in absence_ignore if key(a) in unknown)
-        raise MaskkitError(f"absence_ignore: '{bad}' is not one of the evaluated findings "
-                           f"({', '.join(lab for _, lab in others)})")
+        from ..errors import SettingValueError
+
+        raise SettingValueError("absence_ignore", bad, f"not one of the evaluated findings "
+                                                       f"({', '.join(lab for _, lab in others)})")
     findings = [k for k, lab in others if key(lab) not in ignore]
     return findings if no_finding == "absence" and findings else None
 
