@@ -148,7 +148,7 @@ def test_nan_losses_skip_then_stop(tmp_path):
     one line. (train.lr=1e30, which used to provoke them, is now refused before the run: lr in (0, 1].)"""
     from test_optimizer_step import run_faulty
 
-    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss or gradient, "
+    with pytest.raises(TrainingError, match=r"^train.max_bad_steps: 3 steps in a row with a non-finite loss, gradient or buffer, "
                                             r"last at step 4: non-finite loss \(align_loss=nan"):
         run_faulty(tmp_path, "train.steps=5", "train.max_bad_steps=3", "runtime.name=n", kind="input", at=(2, 3, 4))
     with pytest.raises(MaskkitError, match=r"^train.lr: Input should be less than or equal to 1 \(got 1e\+30\)"):
