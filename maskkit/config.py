@@ -100,10 +100,16 @@ class TrainConfig(Strict):
         return self.steps - self.tune_steps
 
 
-ObjectivesConfig = create_model(
-    "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
-    **{t.name: (LossWeight, Field(1.0, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in TERMS},
-)
+def objectives_model(terms=TERMS) -> type[Strict]:
+    """The ``objectives`` section: one weight per row of ``terms`` (a table like
+    :data:`maskkit.terms.TERMS`), defaulting to the row's ``default_weight``."""
+    return create_model(
+        "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
+        **{t.name: (LossWeight, Field(t.default_weight, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in terms},
+    )
+
+
+ObjectivesConfig = objectives_model()
 
 
 class RuntimeConfig(Strict):

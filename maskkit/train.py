@@ -216,16 +216,14 @@ class PretrainRecipe:
     def check_pairs(self) -> None:
         """No paired sample while a term that needs pairs trains: one line before step 1 (an error
         when every weighted term needs pairs: nothing would train)."""
-        from .terms import TERM_BY_NAME
-
         if self.corpus.has_paired:
             return
-        needs = [o.name for o in self.objectives.terms if TERM_BY_NAME[o.name].paired and getattr(self.cfg.objectives, o.name) > 0]
+        needs = [o.name for o in self.objectives.terms if o.term.paired and o.weight > 0]
         if not needs:
             return
         msg = (f"data: no source of {self.corpus.describe()} holds a paired (image + report) sample, but preset "
                f"'{self.cfg.preset}' trains {', '.join('objectives.' + n for n in needs)}")
-        if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
+        if all(o.term.paired or o.weight == 0 for o in self.objectives.terms):
             raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
         if self.info.main:
             self.console.print(f"[yellow]warning: {msg}; those terms have no targets and are logged null (set their weights to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
