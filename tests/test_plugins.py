@@ -425,3 +425,40 @@ def test_a_registry_of_one_kind_calls_that_kind_of_hook_only(tmp_path, monkeypat
     assert get_registry("evaluation") is whole  # once built, the whole registry answers every kind
     with pytest.raises(UnknownNameError):
         whole.evaluation("halfbroken")
+
+
+def test_stochastic_defaults_are_what_the_contract_table_says():
+    """MaskStrategy is random unless it says otherwise (it needs a generator); a ScoredStrategy's
+    top-k reads none, so it runs without one; docs/plugins.md's table states both defaults."""
+    from pathlib import Path
+
+    from maskkit import MaskStrategy, ScoredStrategy, StrategyConfig
+    from maskkit.errors import MissingInputError
+
+    class Plain(MaskStrategy):
+        name = "plain_default"
+        requires = frozenset({"image_tokens"})
+
+        def mask(self, ctx):
+            return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+    class Scored(ScoredStrategy):
+        name = "scored_default"
+        requires = frozenset({"image_tokens"})
+
+        class Config(StrategyConfig):
+            ratio: float = 0.5
+
+        def scores(self, ctx):
+            return ctx.image_tokens.float().norm(dim=-1)
+
+    import dataclasses
+
+    ctx = dataclasses.replace(make_context(seed=0), generator=None)
+    assert (MaskStrategy.stochastic, ScoredStrategy.stochastic) == (True, False)
+    with pytest.raises(MissingInputError, match="needs MaskContext.generator"):
+        Plain(None)(ctx)
+    assert Scored(None)(ctx).sum(1).tolist() == [8, 8, 8]
+    row = next(line for line in (Path(__file__).parent.parent / "docs" / "plugins.md").read_text().splitlines()
+               if line.startswith("| `stochastic` |"))
+    assert "default `True` on `MaskStrategy`, `False` on `ScoredStrategy`" in row
