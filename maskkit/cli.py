@@ -106,12 +106,13 @@ def datasets_cmd(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"maskkit datasets ({len(rows)})")
-    for col in ("name", "source", "role", "options (type = default)", "description"):
+    for col in ("name", "source", "role", "options (type = default, constraints)", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
         from rich.markup import escape
 
-        opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" for o in r["options"])
+        opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" + (f", {o['constraints']}" if o["constraints"] else "")
+                         for o in r["options"])
         table.add_row(r["name"], r["source"], r["role"], escape(opts), escape(r["description"]))  # list[str] is not markup
     console.print(table)
 

@@ -84,3 +84,19 @@ def test_the_assumptions_index_and_anchors_follow_the_headings():
     assert assumptions_markdown(out) == out  # a second run changes nothing
     with pytest.raises(SystemExit, match=r"assumption A2 is used twice; renumber one of them"):
         assumptions_markdown(text + "\n## A2. Again\n")
+
+
+def test_record_and_table_fields_are_generated_into_plugins_md():
+    """docs/plugins.md lists every field of Record and Table (type, required, meaning) from the
+    dataclasses: a field added without its meaning stops docgen."""
+    import dataclasses
+
+    from maskkit.data.records import Record, Table
+    from maskkit.docgen import plugins_markdown, records_table
+
+    table = records_table()
+    for cls in (Record, Table):
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in table and f.metadata["doc"] in table
+    assert "| `id` | `str` | yes |" in table and "| `report` | `str \\| None` | no (default `None`) |" in table
+    assert table in plugins_markdown()
