@@ -728,6 +728,47 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
     return None
 
 
+def reflow(text: str) -> str:
+    """A help text with each paragraph on one line (list items, ``- `` / ``* `` / ``1. ``, each
+    on its own; a paragraph starting with click's ``\\b`` kept as written). typer's rich help keeps
+    a docstring's single line breaks after the first paragraph, so a hard-wrapped docstring would
+    break mid-sentence ("stopped by SIGTERM,⏎ SIGUSR1") at any terminal width; rich wraps the
+    paragraphs at the terminal's instead."""
+    import inspect
+
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b"):
+            out.append(para)
+            continue
+        lines: list[str] = []
+        for line in para.split("\n"):
+            if lines and not re.match(r"\s*([-*]|\d+\.) ", line):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(t: typer.Typer) -> None:
+    """:func:`reflow` the help of every command and group of ``t`` (its docstring when no
+    ``help=`` was given), recursively; run once, after every command is registered."""
+    import inspect
+
+    for c in t.registered_commands:
+        doc = c.help or inspect.getdoc(c.callback)
+        if doc:
+            c.help = reflow(doc)
+    for g in t.registered_groups:
+        if g.typer_instance.info.help:
+            g.typer_instance.info.help = reflow(g.typer_instance.info.help)
+        _reflow_help(g.typer_instance)
+
+
+_reflow_help(app)
+
+
 def main() -> None:
     import os
     import warnings
