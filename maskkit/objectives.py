@@ -29,7 +29,7 @@ from torch import nn
 
 from .distributed import Gatherer
 from .model.output import XLIPOutput
-from .terms import TERMS, Term
+from .terms import Term, all_terms
 
 
 @dataclass
@@ -81,8 +81,8 @@ class Objective(nn.Module):
     ``micro``, every micro-batch of the step. At 0 the value (0) is not a loss of anything: the
     training loop logs it as null, never as a perfect 0.0.
 
-    ``term``: its row of :data:`maskkit.terms.TERMS` (default: the row whose ``objective`` names
-    this class). A subclass whose constructor takes more than ``weight`` and ``gather`` overrides
+    ``term``: its :class:`~maskkit.terms.Term` (default: the registered term whose ``objective``
+    names this class). A subclass whose constructor takes more than ``weight`` and ``gather`` overrides
     :meth:`build`, which reads them from the model."""
 
     term: Term
@@ -237,16 +237,16 @@ class MLMLoss(Objective):
 
 
 def term_of(cls: type) -> Term:
-    """The row of :data:`maskkit.terms.TERMS` whose ``objective`` names ``cls``."""
+    """The registered term (:func:`maskkit.terms.all_terms`) whose ``objective`` names ``cls``."""
     path = f"{cls.__module__}:{cls.__qualname__}"
-    for t in TERMS:
+    for t in all_terms():
         if t.objective is cls or t.objective == path:
             return t
-    raise LookupError(f"{path} is the objective of no row of maskkit.terms.TERMS; pass term=")
+    raise LookupError(f"{path} is the objective of no registered term; pass term=")
 
 
 class Objectives(nn.Module):
-    """The objectives a model has, in :data:`~maskkit.terms.TERMS` order.
+    """The objectives a model has, in :func:`~maskkit.terms.all_terms` order (XLIP's, then plugins').
 
     ``forward(out, in_warmup, micro=None) -> (total, values)``: ``total`` the weighted sum to
     back-propagate, ``values`` each term's unweighted scalar (for logs), keyed by term name; with
@@ -259,12 +259,13 @@ class Objectives(nn.Module):
 
     @classmethod
     def for_model(cls, model, weights, gather: Gatherer | None = None,
-                  terms: tuple[Term, ...] = TERMS) -> Objectives:
-        """The objectives that ``model`` (an :class:`~maskkit.model.XLIP`) trains: one per row of
-        ``terms`` (default :data:`maskkit.terms.TERMS`) whose :meth:`Objective.build` gives one for
-        this model, weighted by ``weights`` (an object with one float attribute per term name,
-        e.g. ``cfg.objectives``; a term it does not name takes its ``default_weight``)."""
-        objs = [o for t in terms
+                  terms: tuple[Term, ...] | None = None) -> Objectives:
+        """The objectives that ``model`` (an :class:`~maskkit.model.XLIP`) trains: one per term of
+        ``terms`` (default :func:`maskkit.terms.all_terms`: :data:`~maskkit.terms.TERMS` and the
+        plugins' terms) whose :meth:`Objective.build` gives one for this model, weighted by
+        ``weights`` (an object with one float attribute per term name, e.g. ``cfg.objectives``;
+        a term it does not name takes its ``default_weight``)."""
+        objs = [o for t in (all_terms() if terms is None else terms)
                 if (o := t.objective_class().build(t, model, float(getattr(weights, t.name, t.default_weight)), gather))
                 is not None]
         return cls(objs)
@@ -272,6 +273,11 @@ class Objectives(nn.Module):
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.terms)
+
+    @property
+    def log_keys(self) -> dict[str, str]:
+        """Each objective's log key (``metrics.jsonl``), keyed by term name."""
+        return {o.name: o.term.log_key for o in self.terms}
 
     @property
     def targets(self) -> dict[str, torch.Tensor]:

@@ -6,14 +6,18 @@ the configuration (``objectives.<name>`` weights, defaulting to ``default_weight
 loop, ``metrics.jsonl``, the plots and the generated docs all read this table; nothing else
 spells a term name. It has no torch import (a row names its loss module by a ``"module:Class"``
 string, imported only when a model's objectives are built), so the configuration reads it cheaply.
-Adding a term is one row here plus its :class:`~maskkit.objectives.Objective` subclass
-(docs/model.md, "Adding a loss term").
+XLIP's terms are the rows of :data:`TERMS`, registered through the ``register_terms`` hook like
+a plugin's (this module is the built-in plugin); :func:`all_terms` gives them and the plugins'
+terms, which the config, the objectives and the logs read the same way (docs/model.md, "Adding
+a loss term").
 """
 
 from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+
+from .hookspecs import hookimpl
 
 
 @dataclass(frozen=True)
@@ -70,5 +74,20 @@ TERMS: tuple[Term, ...] = (
          objective="maskkit.objectives:MLMLoss"),
 )
 TERM_BY_NAME: dict[str, Term] = {t.name: t for t in TERMS}
-LOG_KEYS: tuple[str, ...] = tuple(t.log_key for t in TERMS)
-TERM_BY_LOG_KEY: dict[str, Term] = {t.log_key: t for t in TERMS}
+# XLIP's own terms (above); plugins add more through the ``register_terms`` hook: all_terms()
+
+
+@hookimpl
+def register_terms(register):
+    """The built-in plugin of XLIP's terms (:data:`TERMS`), through the hook third parties use."""
+    for t in TERMS:
+        register(t)
+
+
+def all_terms() -> tuple[Term, ...]:
+    """Every registered term: :data:`TERMS`, then those plugins register (``register_terms``; a
+    plugin's term with a built-in's name is skipped, a failing plugin is skipped whole). Loads the
+    plugin registry, not torch (a plugin that imports torch when it is imported still brings it)."""
+    from .plugins import get_registry
+
+    return tuple(get_registry("term").terms.values())

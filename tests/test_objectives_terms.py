@@ -1,5 +1,6 @@
-"""Loss terms come from the one table maskkit.terms.TERMS: adding a row (docs/model.md, "Adding a
-loss term") adds a module, a config weight with its default, a log key and a docs row."""
+"""Loss terms: XLIP's in the one table maskkit.terms.TERMS, a plugin's through the register_terms
+hook (docs/model.md, "Adding a loss term", followed here): each term adds a module, a config
+weight with its default, a log key and (built-ins) a docs row; presets are unaffected."""
 
 from __future__ import annotations
 
@@ -84,3 +85,115 @@ def test_the_docs_terms_table_lists_every_term():
     table = terms_table()
     for t in TERMS:
         assert f"| `{t.name}` | `{t.log_key}` |" in table
+
+
+# docs/model.md's plugin, verbatim in substance: the hook module light, the loss in its own module
+PLUGIN_INIT = '''
+from maskkit import hookimpl
+from maskkit.terms import Term
+
+
+@hookimpl
+def register_terms(register):
+    register(Term("feat_l2", "mean squared L2 norm of the pooled image features", warmup=False,
+                  objective="maskkit_featl2.loss:FeatureL2", default_weight=0.0))
+'''
+PLUGIN_LOSS = '''
+import torch
+
+from maskkit.objectives import Objective
+
+
+class FeatureL2(Objective):
+    def summary(self, out):
+        return torch.zeros((), device=out.image_features.device)
+
+    def forward(self, out, micro=None):
+        value = out.image_features.float().pow(2).sum(-1).mean()
+        rows = out.image_features.shape[0] * self.gather.info.world
+        self.targets = torch.tensor(float(rows), device=value.device)
+        return value if micro is None else value / micro.n
+'''
+
+
+@pytest.fixture
+def featl2(tmp_path, monkeypatch):
+    """The docs' plugin installed as a distribution (entry point group maskkit), alone."""
+    from maskkit.plugins import reset
+    from test_plugins import install_fake_dist
+
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", "")
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-featl2", "maskkit_featl2", PLUGIN_INIT,
+                      package={"loss.py": PLUGIN_LOSS})
+    yield
+    reset()
+
+
+def test_a_plugin_adds_a_term_without_editing_maskkit(featl2, tmp_path):
+    """The docs' plugin: registered after XLIP's terms, its weight a config key (default 0: the
+    presets train as before), validated, built into the objectives, logged as feat_l2_loss."""
+    import json
+    import os
+
+    from rich.console import Console
+
+    from maskkit.config import ConfigError, resolve
+    from maskkit.terms import all_terms
+    from maskkit.train import PretrainRecipe
+
+    assert [t.name for t in all_terms()] == ["align", "mim", "mlm", "feat_l2"]
+    cfg, _ = resolve([])
+    assert getattr(cfg.objectives, "feat_l2", None) is None  # not set: the term's default_weight, 0
+    assert resolve(["objectives.feat_l2=0.5"])[0].objectives.feat_l2 == 0.5
+    with pytest.raises(ConfigError, match=r"objectives.feat_l3.*did you mean 'objectives.feat_l2'"):
+        resolve(["objectives.feat_l3=0.5"])
+    with pytest.raises(ConfigError, match=r"objectives.feat_l2: .*expected a number in \[0, 1000\]"):
+        resolve(["objectives.feat_l2=-1"])
+    small = ["data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=2", "train.warmup_steps=0", "train.log_every=1",
+             "runtime.progress=false", "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
+             "model.mlm.layers=1", "model.mim.decoder_heads=2", f"runtime.out_dir={tmp_path}"]
+    cfg, src = resolve(small)  # the weight unset: 0, computed and logged (its weighting: the test above)
+    recipe = PretrainRecipe(cfg, src, console=Console(file=open(os.devnull, "w")))
+    res = recipe.run()
+    assert recipe.objectives.names == ("align", "mim", "mlm", "feat_l2") and recipe.objectives.terms[-1].weight == 0.0
+    lines = [json.loads(l) for l in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["feat_l2_loss"] > 0 for line in lines) and len(lines) == 2
+    from maskkit.objectives import Objectives
+
+    on = Objectives.for_model(recipe.model, resolve(["objectives.feat_l2=0.5"])[0].objectives)
+    assert on.terms[-1].weight == 0.5 and type(on.terms[-1]).__module__ == "maskkit_featl2.loss"
+
+
+def test_plugin_terms_follow_the_collision_and_failure_rules(tmp_path, monkeypatch, capsys):
+    """A plugin's term with a built-in's name is skipped in one line; a plugin whose
+    register_terms raises is skipped whole; XLIP's terms stay."""
+    from maskkit.plugins import get_registry, reset
+    from maskkit.terms import all_terms
+    from test_plugins import install_fake_dist
+
+    monkeypatch.setenv("MASKKIT_LOAD_PLUGINS", "")
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-alignclash", "maskkit_alignclash", '''
+from maskkit import hookimpl
+from maskkit.terms import Term
+
+@hookimpl
+def register_terms(register):
+    register(Term("align", "a different align", warmup=True, objective="x:Y"))
+    register(Term("extra_ok", "kept", warmup=True, objective="x:Y", default_weight=0.0))
+''')
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-badterm", "maskkit_badterm", '''
+from maskkit import hookimpl
+
+@hookimpl
+def register_terms(register):
+    register("not a term")
+''')
+    try:
+        terms = {t.name: t for t in all_terms()}
+        assert list(terms) == ["align", "mim", "mlm", "extra_ok"] and terms["align"].warmup is False
+        err = capsys.readouterr().err
+        assert "registers term 'align', a built-in name; its term is skipped" in err
+        assert "plugin 'maskkit-badterm' failed in register_terms and is skipped (PluginError: " in err
+        assert "maskkit-badterm" in get_registry("term").failed_plugins
+    finally:
+        reset()
