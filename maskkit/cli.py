@@ -106,12 +106,13 @@ def datasets_cmd(
         print(json.dumps(rows, indent=2))
         return
     table = Table(title=f"maskkit datasets ({len(rows)})")
-    for col in ("name", "source", "role", "options (type = default)", "description"):
+    for col in ("name", "source", "role", "options (type = default, constraints)", "description"):
         table.add_column(col, overflow="fold")
     for r in rows:
         from rich.markup import escape
 
-        opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" for o in r["options"])
+        opts = "\n".join(f"{o['option']}: {o['type']} = {o['default']}" + (f", {o['constraints']}" if o["constraints"] else "")
+                         for o in r["options"])
         table.add_row(r["name"], r["source"], r["role"], escape(opts), escape(r["description"]))  # list[str] is not markup
     console.print(table)
 
@@ -725,6 +726,47 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
         if isinstance(e, OSError):
             return os_error_line(e), 2, False
     return None
+
+
+def reflow(text: str) -> str:
+    """A help text with each paragraph on one line (list items, ``- `` / ``* `` / ``1. ``, each
+    on its own; a paragraph starting with click's ``\\b`` kept as written). typer's rich help keeps
+    a docstring's single line breaks after the first paragraph, so a hard-wrapped docstring would
+    break mid-sentence ("stopped by SIGTERM,⏎ SIGUSR1") at any terminal width; rich wraps the
+    paragraphs at the terminal's instead."""
+    import inspect
+
+    out = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b"):
+            out.append(para)
+            continue
+        lines: list[str] = []
+        for line in para.split("\n"):
+            if lines and not re.match(r"\s*([-*]|\d+\.) ", line):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.strip())
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
+
+
+def _reflow_help(t: typer.Typer) -> None:
+    """:func:`reflow` the help of every command and group of ``t`` (its docstring when no
+    ``help=`` was given), recursively; run once, after every command is registered."""
+    import inspect
+
+    for c in t.registered_commands:
+        doc = c.help or inspect.getdoc(c.callback)
+        if doc:
+            c.help = reflow(doc)
+    for g in t.registered_groups:
+        if g.typer_instance.info.help:
+            g.typer_instance.info.help = reflow(g.typer_instance.info.help)
+        _reflow_help(g.typer_instance)
+
+
+_reflow_help(app)
 
 
 def main() -> None:

@@ -25,13 +25,13 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator, ValidationInfo
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, create_model, field_validator, model_validator, ValidationInfo
 
 from .errors import MaskkitError, close_matches
 from .model.config import ModelConfig
 from .options import LearningRate, LossWeight, Seed, Strict
 from .roles import ROLE_BY_NAME, ROLE_NAMES as TREES
-from .terms import TERMS
+from .terms import TERMS, all_terms
 
 
 class ConfigError(MaskkitError):
@@ -100,10 +100,45 @@ class TrainConfig(Strict):
         return self.steps - self.tune_steps
 
 
-ObjectivesConfig = create_model(
-    "ObjectivesConfig", __base__=Strict, __doc__="The weight of each term of maskkit.terms.TERMS.",
-    **{t.name: (LossWeight, Field(1.0, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in TERMS},
-)
+class _Objectives(Strict):
+    """Base of the ``objectives`` section: its fields are XLIP's terms (:data:`maskkit.terms.TERMS`);
+    a key that is not one must be a term a plugin registers (``register_terms``; the registry is
+    read only then), with a weight in [0, 1000]. A configuration read back from a checkpoint
+    (``context={"saved": True}``) keeps its plugin terms' weights without the plugin."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _plugin_terms(self, info: ValidationInfo):
+        extra = self.__pydantic_extra__ or {}
+        if not extra:
+            return self
+        from pydantic import TypeAdapter
+
+        saved = (info.context or {}).get("saved")
+        names = set() if saved else {t.name for t in all_terms()}
+        for k, v in extra.items():
+            if not saved and k not in names:
+                raise ValueError(f"objectives.{k}: no loss term '{k}'"
+                                 f"{close_matches(k, names) or '; registered: ' + ', '.join(sorted(names))}")
+            try:
+                extra[k] = TypeAdapter(LossWeight).validate_python(v)
+            except ValidationError as exc:
+                raise ValueError(f"objectives.{k}: {exc.errors()[0]['msg']} (got {v!r}); expected a number in [0, 1000]") from None
+        return self
+
+
+def objectives_model(terms=TERMS) -> type[Strict]:
+    """The ``objectives`` section: one weight per row of ``terms`` (a table like
+    :data:`maskkit.terms.TERMS`), defaulting to the row's ``default_weight``; plus the weights of
+    the terms plugins register (:class:`_Objectives`)."""
+    return create_model(
+        "ObjectivesConfig", __base__=_Objectives, __doc__="The weight of each term of maskkit.terms.TERMS.",
+        **{t.name: (LossWeight, Field(t.default_weight, description=f"weight of {t.log_key}: {t.description} (0 to 1000)")) for t in terms},
+    )
+
+
+ObjectivesConfig = objectives_model()
 
 
 class RuntimeConfig(Strict):
@@ -502,10 +537,13 @@ def resolve(args: list[str] | dict[str, Any] = ()) -> tuple[ExperimentConfig, di
     if scale not in SCALES:
         raise ConfigError(f"scale: unknown scale '{scale}'{close_matches(str(scale), SCALES)}; expected tiny or paper")
     valid = key_paths() | set(TREES)
+    if any(k.startswith("objectives.") and k not in valid for k, _ in rest):  # a plugin's term: the registry knows it
+        valid |= {f"objectives.{t.name}" for t in all_terms()}
     _check_cli_keys(rest, valid)
     from .plugins import get_registry  # (imports torch: after the command line's keys are checked)
 
     preset = get_registry().preset(str(preset_name))
+    valid |= {f"objectives.{t.name}" for t in all_terms()}  # a preset's or file's weight of a plugin's term
     base = _defaults()
     cfg = copy.deepcopy(base)
     sources = {p: "default" for p in _flatten(base)}

@@ -293,8 +293,10 @@ class MaskStrategy(ABC):
       (a ``Config`` field named ``modality``) or the children decide per instance;
     - ``output``: ``"tokens"`` (``[B, L]``) or ``"attention"`` (``[B, T, T]``);
     - ``requires``: a frozenset of names from ``CONTEXT_INPUTS``;
-    - ``stochastic``: whether the mask depends on ``ctx.generator`` (``True`` by default;
-      deterministic strategies set ``False``);
+    - ``stochastic``: whether the mask depends on ``ctx.generator``: ``True`` on
+      ``MaskStrategy`` (a deterministic subclass sets ``False``), ``False`` on
+      :class:`ScoredStrategy` (its top-k reads no generator; a subclass whose scores draw from
+      ``ctx.generator`` sets ``True``);
     - ``description`` and a nested pydantic ``Config`` (a ``StrategyConfig``);
 
     and **implements** :meth:`mask`. An instance never assigns these; what one instance masks is
@@ -399,7 +401,10 @@ class MaskStrategy(ABC):
 
 
 class ScoredStrategy(MaskStrategy):
-    """A strategy that scores every token and masks the top ``ratio`` of the valid ones."""
+    """A strategy that scores every token and masks the top ``ratio`` of the valid ones.
+
+    Deterministic by default (``stochastic = False``: the top-k reads no generator); a subclass
+    whose :meth:`scores` draw from ``ctx.generator`` sets ``stochastic = True``."""
 
     stochastic: ClassVar[bool] = False
 

@@ -30,3 +30,12 @@ def register_evaluations(register):
     :class:`maskkit.eval.contract.EvalRun` and an instance of the pydantic ``settings`` model and
     returns a :class:`maskkit.eval.contract.EvalResult` (flat ``metrics`` prefixed ``"<name>/"``,
     per-item ``details``); docs/plugins.md, docs/eval.md."""
+
+
+@hookspec
+def register_terms(register):
+    """Register loss terms: call ``register(Term(...))`` (:class:`maskkit.terms.Term`) once for
+    each. The term's ``objective`` names its :class:`maskkit.objectives.Objective` subclass as a
+    ``"module:Class"`` string, imported only when a model's objectives are built; its weight is the
+    config key ``objectives.<name>`` (default ``default_weight``: give a new term 0.0, off unless
+    set) and it logs as ``<name>_loss`` (docs/model.md, "Adding a loss term")."""

@@ -22,7 +22,6 @@ logit scale's gradient and the masked-modelling normalisation corrected; docs/di
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ from torch import nn
 
 from .distributed import Gatherer
 from .model.output import XLIPOutput
-from .terms import TERM_BY_NAME, Term
+from .terms import Term, all_terms
 
 
 @dataclass
@@ -80,15 +79,26 @@ class Objective(nn.Module):
     After each forward, :attr:`targets` (a detached float scalar tensor; no host sync) holds how
     many targets the value is a loss over, counted like the value: over every rank and, under
     ``micro``, every micro-batch of the step. At 0 the value (0) is not a loss of anything: the
-    training loop logs it as null, never as a perfect 0.0."""
+    training loop logs it as null, never as a perfect 0.0.
 
-    term: ClassVar[Term]
+    ``term``: its :class:`~maskkit.terms.Term` (default: the registered term whose ``objective``
+    names this class). A subclass whose constructor takes more than ``weight`` and ``gather`` overrides
+    :meth:`build`, which reads them from the model."""
 
-    def __init__(self, weight: float, gather: Gatherer | None = None) -> None:
+    term: Term
+
+    def __init__(self, weight: float, gather: Gatherer | None = None, *, term: Term | None = None) -> None:
         super().__init__()
+        self.term = term or term_of(type(self))
         self.weight = float(weight)
         self.gather = gather or Gatherer.local()
         self.targets: torch.Tensor | None = None
+
+    @classmethod
+    def build(cls, term: Term, model, weight: float, gather: Gatherer | None = None) -> Objective | None:
+        """This objective for ``model`` (an :class:`~maskkit.model.XLIP`), or None when the model
+        lacks what it scores (e.g. no MIM decoder); the default: ``cls(weight, gather, term=term)``."""
+        return cls(weight, gather, term=term)
 
     @property
     def name(self) -> str:
@@ -124,12 +134,14 @@ class AlignLoss(Objective):
     scale's gradient is divided by the count too (open_clip adds it once per micro-batch).
     """
 
-    term = TERM_BY_NAME["align"]
-
-    def __init__(self, weight: float, gather: Gatherer | None = None, max_logit_scale: float = 100.0) -> None:
-        super().__init__(weight, gather)
+    def __init__(self, weight: float, gather: Gatherer | None = None, max_logit_scale: float = 100.0, *,
+                 term: Term | None = None) -> None:
+        super().__init__(weight, gather, term=term)
         self.max_logit_scale = float(max_logit_scale)
 
+    @classmethod
+    def build(cls, term: Term, model, weight: float, gather: Gatherer | None = None) -> AlignLoss:
+        return cls(weight, gather, model.config.max_logit_scale, term=term)
 
     @staticmethod
     def rows(out: XLIPOutput) -> torch.Tensor:
@@ -176,12 +188,14 @@ class MIMLoss(Objective):
     the step, so each micro-batch's share is its squared error over the step's masked patches.
     """
 
-    term = TERM_BY_NAME["mim"]
-
-    def __init__(self, weight: float, gather: Gatherer | None = None, norm_pix: bool = False) -> None:
-        super().__init__(weight, gather)
+    def __init__(self, weight: float, gather: Gatherer | None = None, norm_pix: bool = False, *,
+                 term: Term | None = None) -> None:
+        super().__init__(weight, gather, term=term)
         self.norm_pix = norm_pix
 
+    @classmethod
+    def build(cls, term: Term, model, weight: float, gather: Gatherer | None = None) -> MIMLoss | None:
+        return None if model.decoder is None else cls(weight, gather, model.config.mim.norm_pix, term=term)
 
     def summary(self, out: XLIPOutput) -> torch.Tensor:
         return out.mim_mask.sum().float().detach()
@@ -207,8 +221,9 @@ class MLMLoss(Objective):
     Under accumulation (``micro``) ``K`` is counted over every micro-batch of the step.
     """
 
-    term = TERM_BY_NAME["mlm"]
-
+    @classmethod
+    def build(cls, term: Term, model, weight: float, gather: Gatherer | None = None) -> MLMLoss | None:
+        return None if model.text_decoder is None else cls(weight, gather, term=term)
 
     def summary(self, out: XLIPOutput) -> torch.Tensor:
         return torch.tensor(float(out.mlm_labels.shape[0]), device=out.mlm_logits.device)
@@ -221,8 +236,17 @@ class MLMLoss(Objective):
         return nll / denom.clamp_min(1.0)
 
 
+def term_of(cls: type) -> Term:
+    """The registered term (:func:`maskkit.terms.all_terms`) whose ``objective`` names ``cls``."""
+    path = f"{cls.__module__}:{cls.__qualname__}"
+    for t in all_terms():
+        if t.objective is cls or t.objective == path:
+            return t
+    raise LookupError(f"{path} is the objective of no registered term; pass term=")
+
+
 class Objectives(nn.Module):
-    """The objectives a model has, in :data:`~maskkit.terms.TERMS` order.
+    """The objectives a model has, in :func:`~maskkit.terms.all_terms` order (XLIP's, then plugins').
 
     ``forward(out, in_warmup, micro=None) -> (total, values)``: ``total`` the weighted sum to
     back-propagate, ``values`` each term's unweighted scalar (for logs), keyed by term name; with
@@ -234,19 +258,26 @@ class Objectives(nn.Module):
         self.terms = nn.ModuleList(objectives)
 
     @classmethod
-    def for_model(cls, model, weights, gather: Gatherer | None = None) -> Objectives:
-        """The objectives that ``model`` (an :class:`~maskkit.model.XLIP`) trains, weighted by
-        ``weights`` (an object with one float attribute per term name, e.g. ``cfg.objectives``)."""
-        objs: list[Objective] = [AlignLoss(weights.align, gather, model.config.max_logit_scale)]
-        if model.decoder is not None:
-            objs.append(MIMLoss(weights.mim, gather, model.config.mim.norm_pix))
-        if model.text_decoder is not None:
-            objs.append(MLMLoss(weights.mlm, gather))
+    def for_model(cls, model, weights, gather: Gatherer | None = None,
+                  terms: tuple[Term, ...] | None = None) -> Objectives:
+        """The objectives that ``model`` (an :class:`~maskkit.model.XLIP`) trains: one per term of
+        ``terms`` (default :func:`maskkit.terms.all_terms`: :data:`~maskkit.terms.TERMS` and the
+        plugins' terms) whose :meth:`Objective.build` gives one for this model, weighted by
+        ``weights`` (an object with one float attribute per term name, e.g. ``cfg.objectives``;
+        a term it does not name takes its ``default_weight``)."""
+        objs = [o for t in (all_terms() if terms is None else terms)
+                if (o := t.objective_class().build(t, model, float(getattr(weights, t.name, t.default_weight)), gather))
+                is not None]
         return cls(objs)
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.terms)
+
+    @property
+    def log_keys(self) -> dict[str, str]:
+        """Each objective's log key (``metrics.jsonl``), keyed by term name."""
+        return {o.name: o.term.log_key for o in self.terms}
 
     @property
     def targets(self) -> dict[str, torch.Tensor]:

@@ -87,9 +87,9 @@ def _interval(meta: list[Any]) -> str:
     return f"{left}, {right}"
 
 
-def allowed(model: type[BaseModel], name: str) -> str:
-    """What field ``name`` of ``model`` accepts, in words: ``an integer in [1, 10000]``,
-    ``a finite number in (0, 1]``, ``one of probe, finetune``, ``integers in [0, 2**32)``."""
+def _field_meta(model: type[BaseModel], name: str) -> tuple[Any, list[Any], bool]:
+    """Field ``name`` of ``model``: its value type (``Optional`` and ``list`` unwrapped), every
+    constraint on it (the field's own and an ``Annotated`` item type's), and whether it is a list."""
     import typing
 
     f = model.model_fields[name]
@@ -102,6 +102,33 @@ def allowed(model: type[BaseModel], name: str) -> str:
     if typing.get_origin(ann) is Annotated:
         ann, *extra = typing.get_args(ann)
         meta += [m for x in extra for m in (getattr(x, "metadata", None) or [x])]
+    return ann, meta, many
+
+
+def constraints(model: type[BaseModel], name: str) -> str:
+    """The constraints of field ``name`` of ``model`` in short words (``''`` when none): its
+    range (``[0, inf)``), length (``length >= 1``), ``multiple of 8``, ``matching ^[a-z]+$``;
+    what ``maskkit datasets`` shows beside an option's type (a ``Literal``'s choices are its type)."""
+    _, meta, _ = _field_meta(model, name)
+    parts = [_interval(meta)]
+    for m in meta:
+        if isinstance(m, at.MinLen):
+            parts.append(f"length >= {m.min_length}")
+        elif isinstance(m, at.MaxLen):
+            parts.append(f"length <= {m.max_length}")
+        elif isinstance(m, at.MultipleOf):
+            parts.append(f"multiple of {m.multiple_of:g}")
+        elif getattr(m, "pattern", None):
+            parts.append(f"matching {m.pattern}")
+    return ", ".join(p for p in parts if p)
+
+
+def allowed(model: type[BaseModel], name: str) -> str:
+    """What field ``name`` of ``model`` accepts, in words: ``an integer in [1, 10000]``,
+    ``a finite number in (0, 1]``, ``one of probe, finetune``, ``integers in [0, 2**32)``."""
+    import typing
+
+    ann, meta, many = _field_meta(model, name)
     if typing.get_origin(ann) is Literal:
         return "one of " + ", ".join(map(str, typing.get_args(ann)))
     what = {int: "integers" if many else "an integer", float: "finite numbers" if many else "a finite number"}.get(ann, "a value")

@@ -1,7 +1,7 @@
 """The plugin manager and the registries it fills (lazily, on first use, never on import).
 
-Built-ins are plugins like any other: ``maskkit.strategies``, ``maskkit.presets``, ``maskkit.datasets`` and
-``maskkit.evaluations`` implement
+Built-ins are plugins like any other: ``maskkit.strategies``, ``maskkit.presets``, ``maskkit.datasets``,
+``maskkit.evaluations`` and ``maskkit.terms`` implement
 the hooks of :mod:`maskkit.hookspecs`; third-party packages add modules to the entry-point group
 ``maskkit``. ``MASKKIT_DISABLE_PLUGINS=1`` (or ``all`` / ``*``) loads no third-party plugin; a
 comma-separated list skips the named entry points or distributions. ``MASKKIT_LOAD_PLUGINS``,
@@ -38,7 +38,7 @@ from . import hookspecs
 from .errors import PluginError, UnknownNameError, close_matches
 
 ENTRY_POINT_GROUP = "maskkit"
-BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets", "maskkit.datasets", "maskkit.evaluations")
+BUILTIN_PLUGINS = ("maskkit.strategies", "maskkit.presets", "maskkit.datasets", "maskkit.evaluations", "maskkit.terms")
 
 
 @dataclass
@@ -58,6 +58,7 @@ class Registry:
     presets: dict[str, Preset] = field(default_factory=dict)
     datasets: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.data.adapters.DatasetAdapter
     evaluations: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.eval.contract.Evaluation
+    terms: dict[str, Any] = field(default_factory=dict)  # name -> maskkit.terms.Term (built-ins first)
     failed_plugins: dict[str, str] = field(default_factory=dict)
     #: the sources whose names no third-party plugin can take (``claim``)
     builtin: frozenset[str] = field(default_factory=lambda: frozenset(BUILTIN_PLUGINS))
@@ -120,6 +121,8 @@ class Registry:
             self.datasets.pop(name, None)
         elif kind == "evaluation":
             self.evaluations.pop(name, None)
+        elif kind == "term":
+            self.terms.pop(name, None)
 
     def add_strategy(self, cls: type, source: str) -> None:
         from .core import MaskStrategy, check_declarations
@@ -159,6 +162,27 @@ class Registry:
         if not self.claim("evaluation", name, source):
             return
         self.evaluations[name] = ev
+
+    def add_term(self, term: Any, source: str) -> None:
+        """A loss term (:class:`maskkit.terms.Term`): its name a config key (an identifier), its
+        default weight in [0, 1000], its objective a ``"module:Class"`` path or a class; checked
+        before it claims the name (its module is imported only when objectives are built)."""
+        from .terms import Term
+
+        if not isinstance(term, Term):
+            raise PluginError(f"plugin '{source}' registered {term!r} as a term; expected a maskkit.terms.Term")
+        if not term.name.isidentifier():
+            raise PluginError(f"plugin '{source}' registered a term named {term.name!r}; expected an identifier "
+                              f"(it is the config key objectives.<name>)")
+        if not (isinstance(term.default_weight, (int, float)) and 0 <= term.default_weight <= 1000):
+            raise PluginError(f"plugin '{source}': term '{term.name}' default_weight {term.default_weight!r}; "
+                              f"expected a number in [0, 1000]")
+        if not (isinstance(term.objective, type) or (isinstance(term.objective, str) and ":" in term.objective)):
+            raise PluginError(f"plugin '{source}': term '{term.name}' objective {term.objective!r}; expected "
+                              f"'module:Class' or an Objective subclass")
+        if not self.claim("term", term.name, source):
+            return
+        self.terms[term.name] = term
 
     def remove_source(self, source: str) -> None:
         """Undo everything plugin ``source`` registered (after one of its hooks failed)."""
@@ -280,10 +304,10 @@ def get_plugin_manager() -> pluggy.PluginManager:
         return _pm
 
 
-HOOKS = ("register_strategies", "register_presets", "register_datasets", "register_evaluations")
+HOOKS = ("register_strategies", "register_presets", "register_datasets", "register_evaluations", "register_terms")
 #: the kind of item each hook registers (``get_registry(kind)``)
 KINDS = {"strategy": "register_strategies", "preset": "register_presets", "dataset": "register_datasets",
-         "evaluation": "register_evaluations"}
+         "evaluation": "register_evaluations", "term": "register_terms"}
 
 
 def build_registry(pm: pluggy.PluginManager | None = None, hooks: tuple[str, ...] = HOOKS) -> Registry:
@@ -311,6 +335,7 @@ def build_registry(pm: pluggy.PluginManager | None = None, hooks: tuple[str, ...
                 name, config, description, _src),
             "register_datasets": lambda name, load, _src=source, **kw: reg.add_dataset(name, load, _src, **kw),
             "register_evaluations": lambda name, evaluate, _src=source, **kw: reg.add_evaluation(name, evaluate, _src, **kw),
+            "register_terms": lambda term, _src=source: reg.add_term(term, _src),
         }
         for hook in HOOKS:
             if hook not in mine:

@@ -35,7 +35,6 @@ from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torc
 from .errors import MaskkitError, OutputWriteError, TrainingError, find_in_chain
 from .masking import mask_seed
 from .objectives import MicroBatches
-from .terms import TERM_BY_LOG_KEY, TERM_BY_NAME
 from .training.checkpointing import Shown, config_differences, entry_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
@@ -216,16 +215,14 @@ class PretrainRecipe:
     def check_pairs(self) -> None:
         """No paired sample while a term that needs pairs trains: one line before step 1 (an error
         when every weighted term needs pairs: nothing would train)."""
-        from .terms import TERM_BY_NAME
-
         if self.corpus.has_paired:
             return
-        needs = [o.name for o in self.objectives.terms if TERM_BY_NAME[o.name].paired and getattr(self.cfg.objectives, o.name) > 0]
+        needs = [o.name for o in self.objectives.terms if o.term.paired and o.weight > 0]
         if not needs:
             return
         msg = (f"data: no source of {self.corpus.describe()} holds a paired (image + report) sample, but preset "
                f"'{self.cfg.preset}' trains {', '.join('objectives.' + n for n in needs)}")
-        if all(TERM_BY_NAME[o.name].paired or getattr(self.cfg.objectives, o.name) == 0 for o in self.objectives.terms):
+        if all(o.term.paired or o.weight == 0 for o in self.objectives.terms):
             raise MaskkitError(msg + "; nothing would train: add a paired source (role: paired) or choose another preset")
         if self.info.main:
             self.console.print(f"[yellow]warning: {msg}; those terms have no targets and are logged null (set their weights to 0 or add a paired source)[/]", highlight=False, soft_wrap=True)
@@ -382,12 +379,14 @@ class PretrainRecipe:
         """Record a step (every step in memory; metrics.jsonl every ``train.log_every``, at the last
         step and at the last step before the unmasked tune, so that no line mixes the tune's steps
         with others); ``phase``: the step's :meth:`step_phase`. Returns the bar text."""
-        logged = {TERM_BY_NAME[n].log_key: v for n, v in r.values.items()}  # None: no target at this step
+        keys = self.objectives.log_keys
+        logged = {keys[n]: v for n, v in r.values.items()}  # None: no target at this step
         self.losses.append({"step": self.step, **logged})
         self.window.add(logged)
 
         def text(losses: dict[str, float | None]) -> str:
-            t = " ".join(f"{TERM_BY_LOG_KEY[k].name} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
+            names = {k: n for n, k in keys.items()}
+            t = " ".join(f"{names[k]} {format_loss(v)}" for k, v in losses.items()) + f"  {rate:.1f} samples/s"
             return t + {"warmup": "  [warm-up]", "tune": "  [unmasked tune]"}.get(phase, "")
 
         txt = text(logged)
@@ -664,7 +663,7 @@ class PretrainRecipe:
                         self.skipped_steps[r.nonfinite] += 1
                         bad = f"non-finite {r.nonfinite} (" + (", ".join(r.detail[:3]) + (f" and {len(r.detail) - 3} more" if len(r.detail) > 3 else "")
                                                                if r.nonfinite == "buffer" else
-                                                               ", ".join(f"{TERM_BY_NAME[k].log_key}={'–' if v is None else v}"
+                                                               ", ".join(f"{self.objectives.log_keys[k]}={'–' if v is None else v}"
                                                                          for k, v in r.values.items())) + ")"
                         if info.main:
                             self.console.print(f"[yellow]step {self.step}: {bad}; step skipped ({self.bad_in_row} in a row)[/]", soft_wrap=True)

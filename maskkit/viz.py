@@ -367,9 +367,9 @@ def training_curves(run_dir: str | Path):
     if not rows:
         raise MaskkitError(f"{path}: empty")
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    from .terms import LOG_KEYS
+    from .terms import all_terms
 
-    for k in LOG_KEYS:
+    for k in (t.log_key for t in all_terms()):
         pts = [(r["step"], float("nan") if r[k] is None else r[k]) for r in rows if k in r]  # null: a gap
         if any(v == v for _, v in pts):
             axes[0].plot(*zip(*pts), label=k)

@@ -71,3 +71,25 @@ def test_eval_lists_every_evaluation_without_torch():
     out, heavy = _run("-m", "maskkit", "eval", "zeroshott", "runs/x")
     assert out.returncode == 2 and heavy == set()
     assert "Error: eval 'zeroshott': not a registered evaluation; did you mean 'zeroshot'?" in out.stderr, _errors(out)
+
+
+def test_help_paragraphs_are_reflowed_to_the_terminal():
+    """A command's help wraps at the terminal's width, never at the docstring's source line breaks
+    ("stopped by SIGTERM,⏎ SIGUSR1"): every help paragraph is one line, list items their own."""
+    from typer.testing import CliRunner
+
+    from maskkit.cli import app, reflow
+
+    def helps(t):
+        for c in t.registered_commands:
+            yield c.name, c.help
+        for g in t.registered_groups:
+            yield g.name, g.typer_instance.info.help
+            yield from helps(g.typer_instance)
+
+    for name, text in helps(app):
+        for para in (text or "").split("\n\n"):
+            assert "\n" not in para or all(l.startswith(("- ", "* ")) for l in para.split("\n")[1:]), (name, para)
+    out = CliRunner().invoke(app, ["run", "--help"], env={"COLUMNS": "200"}).output
+    assert "75 stopped by SIGTERM, SIGUSR1 or SIGUSR2 after writing the checkpoint" in out
+    assert reflow("a\nb\n\n- one\n  more\n- two\n\n\bkeep\nas is") == "a b\n\n- one more\n- two\n\n\bkeep\nas is"

@@ -8,7 +8,10 @@ import os
 import subprocess
 import sys
 
+from typing import Annotated
+
 import pytest
+from pydantic import Field
 from typer.testing import CliRunner
 
 from maskkit.cli import app
@@ -90,7 +93,8 @@ def test_datasets_command_lists_roles_and_typed_options():
     rows = {r["name"]: r for r in json.loads(res.output)}
     assert BUILTINS <= set(rows)
     opts = {o["option"]: o for o in rows["padchest"]["options"]}
-    assert opts["views"] == {"option": "views", "type": "list['PA' | 'AP' | 'LATERAL'] | None", "default": "None"}
+    assert opts["views"] == {"option": "views", "type": "list['PA' | 'AP' | 'LATERAL'] | None", "default": "None",
+                             "constraints": ""}
     assert opts["root"]["default"] == "required" and rows["padchest"]["role"] == "image_only"
     # options that take a fixed set of values list their choices (Literal in the adapter's signature)
     types = {(n, o["option"]): o["type"] for n, r in rows.items() for o in r["options"]}
@@ -100,7 +104,28 @@ def test_datasets_command_lists_roles_and_typed_options():
     assert types[("mimic", "split")] == "'train' | 'validate' | 'test' | None"
     assert {types[(n, "views")] for n in ("mimic", "padchest", "chexpert", "nih", "rsna", "openi")} == {"list['PA' | 'AP' | 'LATERAL'] | None"}
     table = CliRunner().invoke(app, ["datasets", "phantoms"], env={"COLUMNS": "200"}).output
-    assert "phantoms" in table and "p_unpaired: float = 0.2" in table
+    assert "phantoms" in table and "p_unpaired: float = 0.2, [0, 1]" in table and "n: int = 2000, [1, inf)" in table
+
+
+def test_option_constraints_are_listed():
+    """Every pydantic constraint of an option is shown beside its type (range, length, multiple,
+    pattern), the adapter's Annotated bounds included (the hints resolve in this module's globals)."""
+    from maskkit.options import constraints
+
+    def load(n: Annotated[int, Field(ge=0)] = 0, frac: Annotated[float, Field(gt=0, le=1)] = 0.5,
+             tag: Annotated[str, Field(min_length=1, max_length=8, pattern="^[a-z]+$")] = "x",
+             step: Annotated[int, Field(multiple_of=8)] = 8, ks: list[Annotated[int, Field(ge=1)]] | None = None,
+             plain: str = "y"):
+        """test"""
+
+    m = options_model(load, "t")
+    assert {k: constraints(m, k) for k in m.model_fields} == {
+        "n": "[0, inf)", "frac": "(0, 1]", "tag": "length >= 1, length <= 8, matching ^[a-z]+$",
+        "step": "multiple of 8", "ks": "[1, inf)", "plain": ""}
+    if _jsonl_installed():
+        rows = {r["name"]: r for r in json.loads(CliRunner().invoke(app, ["datasets", "--json"]).output)}
+        opts = {o["option"]: o for o in rows["jsonl"]["options"]}
+        assert opts["min_report_chars"]["constraints"] == "[0, inf)"
 
 
 def test_a_plugin_that_registers_a_builtin_dataset_name_is_skipped(tmp_path, monkeypatch, capsys):

@@ -46,18 +46,35 @@ def test_the_results_table_is_the_csv(tmp_path):
     from maskkit.docgen import RESULTS_BEGIN, RESULTS_COLUMNS, results_table
 
     f = tmp_path / "results.csv"
-    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC,0.81 ± 0.02,maskkit run a|b,2026-11-30,a369421,sentence-prompts\n")
+    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC %,81 ± 2,maskkit run a|b,79 s,2026-11-30,a369421,sentence-prompts\n")
     table = results_table(f, anchors={"sentence-prompts"})
     assert table.startswith(RESULTS_BEGIN) and table.endswith(END)
-    assert "| mean AUC | 0.81 ± 0.02 | `maskkit run a\\|b` | 2026-11-30 | a369421 | [sentence-prompts](#sentence-prompts) |" in table
+    assert "| mean AUC % | 81 ± 2 | `maskkit run a\\|b` | 79 s | 2026-11-30 | a369421 | [sentence-prompts](#sentence-prompts) |" in table
     with pytest.raises(SystemExit, match=r"line 2: section 'sentence-prompts' is not an anchor of docs/results.md"):
         results_table(f, anchors={"other"})
-    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC,0.81,cmd,2026-11-30,,sentence-prompts\n")
-    with pytest.raises(SystemExit, match=r"results.csv, line 2: expected 6 non-empty cells"):
+    f.write_text(",".join(RESULTS_COLUMNS) + "\nmean AUC %,81,cmd,79 s,2026-11-30,,sentence-prompts\n")
+    with pytest.raises(SystemExit, match=r"results.csv, line 2: expected 7 non-empty cells"):
         results_table(f, anchors={"sentence-prompts"})
     f.write_text("result,value\n")
-    with pytest.raises(SystemExit, match=r"header 'result,value'; expected result,value,command,date,commit,section"):
+    with pytest.raises(SystemExit, match=r"header 'result,value'; expected result,value,command,wall_time,date,commit,section"):
         results_table(f)
+
+
+def test_results_csv_gives_auc_in_one_unit():
+    """Every AUC in docs/results.csv is in % (0-100; differences in points), never 0-1 beside %
+    (an AUC on 0-1 is written with three decimals; λ settings like 0.75 are not AUCs)."""
+    import csv
+    import re
+
+    from maskkit.docgen import DOCS
+
+    with open(DOCS / "results.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    auc = [r for r in rows if "AUC" in r["result"]]
+    assert len(auc) >= 8
+    for r in auc:
+        assert "AUC %" in r["result"] or "points" in r["result"], r["result"]
+        assert not re.search(r"(?<![\d.])0\.\d{3}", r["value"]), (r["result"], r["value"])
 
 
 def test_every_section_of_the_results_notebook_has_an_anchor():
@@ -84,3 +101,19 @@ def test_the_assumptions_index_and_anchors_follow_the_headings():
     assert assumptions_markdown(out) == out  # a second run changes nothing
     with pytest.raises(SystemExit, match=r"assumption A2 is used twice; renumber one of them"):
         assumptions_markdown(text + "\n## A2. Again\n")
+
+
+def test_record_and_table_fields_are_generated_into_plugins_md():
+    """docs/plugins.md lists every field of Record and Table (type, required, meaning) from the
+    dataclasses: a field added without its meaning stops docgen."""
+    import dataclasses
+
+    from maskkit.data.records import Record, Table
+    from maskkit.docgen import plugins_markdown, records_table
+
+    table = records_table()
+    for cls in (Record, Table):
+        for f in dataclasses.fields(cls):
+            assert f"| `{f.name}` |" in table and f.metadata["doc"] in table
+    assert "| `id` | `str` | yes |" in table and "| `report` | `str \\| None` | no (default `None`) |" in table
+    assert table in plugins_markdown()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from maskkit import build_strategy, list_strategies
-from maskkit.errors import PluginError
+from maskkit.errors import MaskkitError, PluginError
 from maskkit.plugins import get_registry, reset
 from maskkit.testing import check_strategy, make_context, only_plugins
 
@@ -32,11 +32,21 @@ def _only_our_plugins(monkeypatch):
     reset()
 
 
-def install_fake_dist(tmp_path, monkeypatch, dist: str, module: str, code: str, *, allow: bool = True) -> None:
-    """A real installed distribution (dist-info + module on sys.path); ``allow``: this test loads it."""
+def install_fake_dist(tmp_path, monkeypatch, dist: str, module: str, code: str, *, allow: bool = True,
+                      package: dict[str, str] | None = None) -> None:
+    """A real installed distribution (dist-info + module on sys.path); ``allow``: this test loads it.
+    ``package``: more modules (file name -> code) beside ``code``, which is then the package's
+    ``__init__.py``."""
     root = tmp_path / dist
     root.mkdir()
-    (root / f"{module}.py").write_text(textwrap.dedent(code))
+    if package is None:
+        (root / f"{module}.py").write_text(textwrap.dedent(code))
+    else:
+        (root / module).mkdir()
+        for name, text in {"__init__.py": code, **package}.items():
+            (root / module / name).write_text(textwrap.dedent(text))
+        for name in package:
+            sys.modules.pop(f"{module}.{name.removesuffix('.py')}", None)
     info = root / f"{dist.replace('-', '_')}-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
@@ -379,11 +389,18 @@ def test_docs_plugin_example_works(tmp_path, monkeypatch):
     from pathlib import Path
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "plugins.md").read_text()
-    code = re.search(r"`maskkit_checker.py`:\n\n```python\n(.*?)```", doc, re.S).group(1)
-    install_fake_dist(tmp_path, monkeypatch, "maskkit-checker", "maskkit_checker", code)
-    check_strategy("checkerboard")
-    m = build_strategy("checkerboard")(make_context(B=2, N=196))
-    assert m.sum(-1).tolist() == [98, 98]
+    files = dict(re.findall(r"`maskkit_checker/(\w+\.py)`:\n\n```python\n(.*?)```", doc, re.S))
+    assert set(files) == {"__init__.py", "strategy.py"}
+    assert "import torch" not in files["__init__.py"]  # the hook module stays light (the doc's own advice)
+    install_fake_dist(tmp_path, monkeypatch, "maskkit-checker", "maskkit_checker", files.pop("__init__.py"),
+                      package=files)
+    check_strategy("checkerboard", N=36)
+    for side in (14, 6):  # 224 px and scale=tiny: a checkerboard on each grid, no two neighbours alike
+        m = build_strategy("checkerboard")(make_context(B=2, N=side * side)).view(2, side, side)
+        assert m.sum((1, 2)).tolist() == [side * side // 2] * 2
+        assert not (m[:, 1:] == m[:, :-1]).any() and not (m[:, :, 1:] == m[:, :, :-1]).any()
+    with pytest.raises(MaskkitError, match="checkerboard: 15 image tokens are not a square grid"):
+        build_strategy("checkerboard")(make_context(B=1, N=15))
 
 
 HALF_BROKEN = '''
@@ -425,3 +442,40 @@ def test_a_registry_of_one_kind_calls_that_kind_of_hook_only(tmp_path, monkeypat
     assert get_registry("evaluation") is whole  # once built, the whole registry answers every kind
     with pytest.raises(UnknownNameError):
         whole.evaluation("halfbroken")
+
+
+def test_stochastic_defaults_are_what_the_contract_table_says():
+    """MaskStrategy is random unless it says otherwise (it needs a generator); a ScoredStrategy's
+    top-k reads none, so it runs without one; docs/plugins.md's table states both defaults."""
+    from pathlib import Path
+
+    from maskkit import MaskStrategy, ScoredStrategy, StrategyConfig
+    from maskkit.errors import MissingInputError
+
+    class Plain(MaskStrategy):
+        name = "plain_default"
+        requires = frozenset({"image_tokens"})
+
+        def mask(self, ctx):
+            return torch.zeros(ctx.image_tokens.shape[:2], dtype=torch.bool)
+
+    class Scored(ScoredStrategy):
+        name = "scored_default"
+        requires = frozenset({"image_tokens"})
+
+        class Config(StrategyConfig):
+            ratio: float = 0.5
+
+        def scores(self, ctx):
+            return ctx.image_tokens.float().norm(dim=-1)
+
+    import dataclasses
+
+    ctx = dataclasses.replace(make_context(seed=0), generator=None)
+    assert (MaskStrategy.stochastic, ScoredStrategy.stochastic) == (True, False)
+    with pytest.raises(MissingInputError, match="needs MaskContext.generator"):
+        Plain(None)(ctx)
+    assert Scored(None)(ctx).sum(1).tolist() == [8, 8, 8]
+    row = next(line for line in (Path(__file__).parent.parent / "docs" / "plugins.md").read_text().splitlines()
+               if line.startswith("| `stochastic` |"))
+    assert "default `True` on `MaskStrategy`, `False` on `ScoredStrategy`" in row

@@ -157,13 +157,15 @@ class DatasetAdapter:
         return self.load(**self.validate(options))
 
     def option_rows(self) -> list[dict[str, str]]:
-        """Each option: name, type, default (``required`` when it has none)."""
-        from ..options import field_default
+        """Each option: name, type, default (``required`` when it has none) and constraints
+        (:func:`maskkit.options.constraints`: ``[0, inf)``; ``''`` when none)."""
+        from ..options import constraints, field_default
 
         rows = []
         for k, f in self.options.model_fields.items():
             default = "required" if f.is_required() else repr(field_default(f))
-            rows.append({"option": k, "type": type_name(f.annotation), "default": default})
+            rows.append({"option": k, "type": type_name(f.annotation), "default": default,
+                         "constraints": constraints(self.options, k)})
         return rows
 
 

@@ -166,30 +166,43 @@ OpeniSection = Annotated[Literal["COMPARISON", "INDICATION", "FINDINGS", "IMPRES
 BlankPolicy = Literal["negative", "unknown"]
 
 
+def _doc(text: str) -> dict[str, str]:
+    """A dataclass field's meaning (``field(metadata=_doc(...))``), which docs/plugins.md's
+    generated table of :class:`Record` and :class:`Table` shows (:mod:`maskkit.docgen`)."""
+    return {"doc": text}
+
+
 @dataclass
 class Record:
-    """One image (and its report, if any). ``image_path`` is absolute, or None for generated data."""
+    """One image (and its report, if any); the fields' meanings are in their metadata (docs/plugins.md)."""
 
-    id: str
-    image_path: str | None
-    report: str | None = None
-    labels: dict[str, float] = field(default_factory=dict)
-    patient_id: str | None = None
-    study_id: str | None = None
-    view: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    id: str = field(metadata=_doc("the image's id, unique within the table (split.json lists the held-out ones)"))
+    image_path: str | None = field(metadata=_doc("absolute path of the image file; None for generated data (phantoms)"))
+    report: str | None = field(default=None, metadata=_doc("the report text; None (or empty) for an image without one"))
+    labels: dict[str, float] = field(default_factory=dict, metadata=_doc(
+        "label name (one of the table's label_names) -> 1.0 positive, 0.0 negative, NaN unknown"))
+    patient_id: str | None = field(default=None, metadata=_doc(
+        "the patient: each source is split by patient (train.seed, 10% held out); None: the record is its own patient"))
+    study_id: str | None = field(default=None, metadata=_doc(
+        "the study (one exam's images share it): one_per_study keeps the first image of each; None: its own study"))
+    view: str | None = field(default=None, metadata=_doc(
+        "PA, AP or LATERAL (maskkit.data.records.norm_view), read by the views filters; None: unknown"))
+    extra: dict[str, Any] = field(default_factory=dict, metadata=_doc(
+        "anything else the adapter keeps for its own split / dataset hooks or an evaluation"))
 
 
 @dataclass
 class Table:
-    """The records of one dataset and the ordered names of its labels."""
+    """The records of one dataset and the ordered names of its labels (fields: docs/plugins.md)."""
 
-    name: str
-    records: list[Record]
-    label_names: tuple[str, ...]
+    name: str = field(metadata=_doc("the dataset's name (the adapter's, shown in messages and results)"))
+    records: list[Record] = field(metadata=_doc("one Record per image, in the file's order"))
+    label_names: tuple[str, ...] = field(metadata=_doc(
+        "the label names, in the order evaluations report them; a record's labels use these keys; () for none"))
     #: the optional columns (or keys) named by an option's default that the file lacked
     #: (:func:`absent_columns`; filled by :meth:`maskkit.data.sources.SourceSpec.load`)
-    absent: list[AbsentColumn] = field(default_factory=list, repr=False)
+    absent: list[AbsentColumn] = field(default_factory=list, repr=False, metadata=_doc(
+        "filled by maskkit, not by load: the optional columns named by an option's ColumnDefault that the file lacked"))
 
     def __len__(self) -> int:
         return len(self.records)

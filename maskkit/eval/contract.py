@@ -303,15 +303,16 @@ class Evaluation:
         return res.check(self.source)
 
     def option_rows(self) -> list[dict[str, str]]:
-        """One row per setting: name, type, default, description (``maskkit eval NAME --help``, docs)."""
+        """One row per setting: name, type, default, constraints (:func:`maskkit.options.constraints`)
+        and description (``maskkit eval NAME --help``, docs)."""
         from ..data.adapters import type_name
-        from ..options import field_default
+        from ..options import constraints, field_default
 
         rows = []
         for name, f in self.settings.model_fields.items():
             default = "required" if f.is_required() else repr(field_default(f))
             rows.append({"setting": name, "type": type_name(f.annotation), "default": default,
-                         "description": f.description or ""})
+                         "constraints": constraints(self.settings, name), "description": f.description or ""})
         return rows
 
 
