@@ -207,7 +207,7 @@ def _cli_examples() -> list[str]:
         "## Examples",
         "",
         "```bash",
-        "maskkit run preset=xlip                                   # tiny CPU run on phantoms, < 5 min",
+        "maskkit run preset=xlip                                   # tiny CPU run on phantoms: 2–3 min on 2 idle cores",
         "maskkit run preset=t3_attmim train.seed=1 runtime.name=attmim-s1",
         "maskkit run preset=xlip scale=paper data=mimic data.root=/data/mimic-cxr-jpg runtime.devices=8",
         "maskkit run preset=xlip runtime.resume=latest             # continue the newest runs/xlip-tiny-seed0[-N]",
