@@ -358,3 +358,35 @@ def test_a_wrong_image_root_is_one_line_when_the_data_is_built(tmp_path):
     # one image missing among found ones is the skip policy's, not this check's
     (tmp_path / "i0.png").unlink()
     assert build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96).sources[0].records == 32
+
+
+# --- blank patient ids in a source that has the patient column --------------------------------
+
+def test_blank_patient_ids_among_others_are_counted_warned_and_noted(tmp_path):
+    """Rows of a CSV that has the patient column but a blank cell: counted, one warning naming the
+    source, the column and the count, and a split.json note (as a source without the column has)."""
+    for i in range(32):
+        _img(tmp_path / f"i{i}.png", i)
+    rows = [f"i{i}.png,Heart normal {i}.,{'' if i in (3, 7, 9) else ('  ' if i == 11 else f'p{i // 4}')},{i % 2}" for i in range(32)]
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id,Cardiomegaly", rows)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    s = c.sources[0]
+    assert s.no_patient == 4 and not s.by_image and s.patients == 8 + 4
+    warnings = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert warnings == ["warning: data (csv): 4 of 32 records have no patient id ('patient_id' blank or missing): each is split "
+                        "by itself, so its patient's other images may be trained on while it is held out; fill in the patient ids"]
+    assert "4 of 32 records have no patient id" in s.record()["note"]
+    # a whitespace id is no patient: the four are not one patient '' (or '  ') held out together
+    assert all(r.patient_id is None for r in (*s.train_records, *s.held_records) if r.id in {"i3.png", "i7.png", "i9.png", "i11.png"})
+    # every adapter goes through SourceSpec.load: the jsonl plugin, a line without the key
+    jsonl_plugin()
+    j = tmp_path / "c.jsonl"
+    j.write_text("".join(json.dumps({"image": f"i{i}.png", "report": f"Heart normal {i}.", **({} if i == 5 else {"patient": f"p{i // 3}"})})
+                         + "\n" for i in range(12)))
+    c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'jsonl', 'path': str(j)}])}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w.startswith("warning: data.sources[0] (jsonl): 1 of 12 records has no patient id ('patient' blank or missing): it is split")
+    # all ids present: nothing said
+    full = _csv(tmp_path / "f.csv", "image_path,report,patient_id", [f"i{i}.png,Heart normal {i}.,p{i // 4}" for i in range(32)])
+    c = build_corpus(resolve(["data=csv", f"data.path={full}", "preset=clip"])[0], 96)
+    assert c.sources[0].no_patient == 0 and not [line for line in c.summary_lines() if line.startswith("warning:")]

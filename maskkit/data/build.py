@@ -55,6 +55,8 @@ class SourceData:
     val: Any = None
     left_out: "LeftOut | None" = None  # training records whose image is held out (by this or another source)
     absent: list = field(default_factory=list, repr=False)  # optional columns its file lacked (records.AbsentColumn)
+    no_patient: int = 0            # records without a patient id where others have one (records.count_missing_patients)
+    patient_field: str | None = None  # the column/key the adapter read patient ids from
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -87,7 +89,7 @@ class SourceData:
                "rule": self.rule, "held_out_sha256": ids_sha256(ids), "train_sha256": ids_sha256(self.train_ids)}
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
-        notes = [n for n in (self.note, self.left_out_note) if n]
+        notes = [n for n in (self.note, self.left_out_note, self.no_patient_warning) if n]
         if self.by_image:
             notes.insert(0, f"split by image: no patient {self.patient_absent.what if self.patient_absent else 'id'}")
         if notes:
@@ -146,6 +148,20 @@ class SourceData:
                 f"{', '.join(repr(c) for c in like)} (set {key}={like[0]})" if like
                 else f"; if another {a.what} holds patient ids, name it with {key}")
         return f"{self.spec.label}: no patient {a.what}: {a.where} has no '{a.default}' ({a.option}'s default): {risk}{hint}"
+
+    @property
+    def no_patient_warning(self) -> str | None:
+        """The one-line warning of a source where some records carry no patient id and others do
+        (blank cells of its patient column): how many, the source and the column; each such record
+        is split by itself, so it may be held out while its patient's other images train. None
+        when every record has an id (or none has: :attr:`by_image_warning`)."""
+        n = self.no_patient
+        if not n or self.adapter.split is not None:
+            return None
+        col = f" ('{self.patient_field}' blank or missing)" if self.patient_field else ""
+        return (f"{self.spec.label}: {n} of {self.records} records ha{'ve' if n != 1 else 's'} no patient id{col}: "
+                f"{'each is' if n != 1 else 'it is'} split by itself, so its patient's other images may be trained on "
+                f"while it is held out; fill in the patient ids")
 
     @property
     def left_records(self) -> list:
@@ -259,11 +275,12 @@ class Corpus:
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples; then a
         ``warning:`` line for each source split image by image (:attr:`SourceData.by_image_warning`)
+        or with records lacking a patient id among others that have one (:attr:`SourceData.no_patient_warning`)
         and a ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
         lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
                  + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
                  + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return (lines + [f"warning: {s.by_image_warning}" for s in self.sources if s.by_image_warning]
+        return (lines + [f"warning: {w}" for s in self.sources for w in (s.by_image_warning, s.no_patient_warning) if w]
                 + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n])
 
 
@@ -483,7 +500,8 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
         built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out,
-                                absent=list(getattr(table, "absent", []))))
+                                absent=list(getattr(table, "absent", [])), no_patient=getattr(table, "no_patient", 0),
+                                patient_field=getattr(table, "patient_field", None)))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
     if len(built) == 1:

@@ -190,9 +190,30 @@ class Table:
     #: the optional columns (or keys) named by an option's default that the file lacked
     #: (:func:`absent_columns`; filled by :meth:`maskkit.data.sources.SourceSpec.load`)
     absent: list[AbsentColumn] = field(default_factory=list, repr=False)
+    #: the column (or key) its records' patient ids were read from (``patient_id``, ``subject_id``),
+    #: as the one-line warning about records without one names it; None: the adapter did not say
+    patient_field: str | None = None
+    #: how many records carry no patient id (a blank cell) in a table where others carry one
+    #: (:func:`count_missing_patients`, filled by :meth:`maskkit.data.sources.SourceSpec.load`)
+    no_patient: int = 0
 
     def __len__(self) -> int:
         return len(self.records)
+
+
+def count_missing_patients(table: Table) -> int:
+    """The records of ``table`` without a patient id in a table where others have one (a blank
+    ``patient_id`` cell of a CSV that has the column, a JSON line without the key): each such id,
+    ``None`` or blank, is set to ``None`` (so :func:`maskkit.data.build.split_by_patient` splits each
+    such record by itself, never all of them as one patient ``""``), and the count is kept as
+    ``table.no_patient`` for the warning and the split record. 0 when every record has an id, or
+    none does (a source split image by image, said elsewhere). Every adapter's table passes here
+    (:meth:`maskkit.data.sources.SourceSpec.load`)."""
+    missing = [r for r in table.records if r.patient_id is None or not str(r.patient_id).strip()]
+    for r in missing:
+        r.patient_id = None
+    table.no_patient = len(missing) if len(missing) < len(table.records) else 0
+    return table.no_patient
 
 
 # --- shared helpers --------------------------------------------------------------------------
@@ -470,7 +491,7 @@ def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, 
         raise OptionError("sections", f"{root}: {{key}}: no report has a section {absent[0]!r}"
                                       f"{close_matches(absent[0].lower(), heads) or ''}; the reports have "
                                       f"{', '.join(sorted(heads)[:12])}")
-    return Table("mimic", recs, CHEXPERT_LABELS)
+    return Table("mimic", recs, CHEXPERT_LABELS, patient_field="subject_id")
 
 
 
@@ -522,7 +543,7 @@ def padchest(root: str, csv_name: str | None = None, views: list[View] | None = 
         recs.append(Record(id=row["ImageID"], image_path=str(root / row["ImageDir"] / row["ImageID"]), report=None,
                            labels=lab, patient_id=row["PatientID"], study_id=row["StudyID"],
                            view=norm_view(row["Projection"]), extra={"method_label": row.get("MethodLabel")}))
-    return Table("padchest", apply_filters(recs, views, one_per_study), names)
+    return Table("padchest", apply_filters(recs, views, one_per_study), names, patient_field="PatientID")
 
 
 def padchest_labels(cell: str | None) -> list[str] | None:
@@ -557,7 +578,7 @@ def chexpert(root: str, csv_name: str = "train.csv", views: list[View] | None = 
         recs.append(Record(id=row["Path"], image_path=str(img),
                            labels=chexpert_labels(row, path, i + 2, uncertain, blank),
                            patient_id=m.group(1) if m else None, study_id="/".join(m.groups()) if m else None, view=view))
-    return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
+    return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS, patient_field="Path")
 
 
 def nih(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False) -> Table:
@@ -583,7 +604,7 @@ def nih(root: str, csv_name: str | None = None, views: list[View] | None = None,
                            labels={k: float(k in found) for k in NIH_LABELS} | {NO_FINDING: float(NO_FINDING in found)},
                            patient_id=row["Patient ID"], study_id=f"{row['Patient ID']}_{row['Follow-up #']}",
                            view=norm_view(row["View Position"])))
-    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + (NO_FINDING,))
+    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + (NO_FINDING,), patient_field="Patient ID")
 
 
 def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
@@ -767,7 +788,7 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
             rep = f"Findings: {', '.join(pos)}." if pos else ("No finding." if known or normal else None)
         recs.append(Record(id=row[image_col], image_path=str(img), report=rep, labels=labels,
                            patient_id=row.get(patient_col) if patient_col else None))
-    return Table("csv", recs, label_cols)
+    return Table("csv", recs, label_cols, patient_field=patient_col)
 
 
 #: the values a label cell may hold besides blank (``-1``: uncertain, under a policy)

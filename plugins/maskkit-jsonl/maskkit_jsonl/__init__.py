@@ -82,7 +82,7 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = ColumnDe
                            labels={k: (math.nan if labels.get(k) is None else float(labels[k])) for k in names},
                            patient_id=str(obj[patient_key]) if patient_key and obj.get(patient_key) is not None else None,
                            extra={"line": n}))
-    return Table("jsonl", recs, tuple(names))
+    return Table("jsonl", recs, tuple(names), patient_field=patient_key if patient_key in keys else None)
 
 
 @hookimpl
