@@ -328,6 +328,9 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         return
     if path == "data" and isinstance(value, str):
         path, parts = "data.name", ["data", "name"]
+    if path == "data.sources" and isinstance(value, list) and not value:  # [] would silently train on the default dataset
+        raise ConfigError(f"data.sources is empty; expected at least one entry such as {{name: csv, path: x.csv}} "
+                          f"(or leave data.sources out for the single-source form data=NAME) (from {source})")
     if path in ("data.options", "data.sources"):  # each option / entry key remembers where it was set (config show)
         for k in [k for k in sources if k.startswith(path + ".")]:
             del sources[k]

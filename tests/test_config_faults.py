@@ -175,3 +175,16 @@ def test_a_yaml_flow_value_on_the_command_line_reads_as_in_a_config_file():
         resolve(["data.sources=[{name: csv, path: x.csv"])
     assert str(e.value) == ("data.sources: '[{name: csv, path: x.csv' starts with '[' but is neither JSON nor YAML flow style "
                             "(expected ',' or '}', but got '<stream end>' at character 25); e.g. [{name: csv, path: x.csv}] or [1, 2]")
+
+
+@pytest.mark.parametrize("how", ["file", "cli", "cli-mapping"])
+def test_an_empty_data_sources_is_refused_not_trained_on_phantoms(tmp_path, how):
+    """``data.sources: []`` used to fall back to the single-source default (phantoms) silently."""
+    f = tmp_path / "cfg.yaml"
+    f.write_text("data:\n  sources: []\n")
+    args = {"file": [f"config={f}"], "cli": ["data.sources=[]"], "cli-mapping": ['data={"sources": []}']}[how]
+    src = f"file:{f}" if how == "file" else "cli"
+    with pytest.raises(ConfigError) as e:
+        resolve(args)
+    assert str(e.value) == ("data.sources is empty; expected at least one entry such as {name: csv, path: x.csv} (or leave "
+                            f"data.sources out for the single-source form data=NAME) (from {src})")
