@@ -423,15 +423,23 @@ def parse_value(raw: str, key: str | None = None) -> Any:
     value that starts with ``[`` or ``{`` is YAML flow style, as a config file writes it
     (``[{name: csv, path: x.csv}]``), and one that parses as neither is a one-line
     :class:`ConfigError` naming ``key``; else the string."""
+    from .compose import DuplicateKeyError, load_json, load_yaml
+
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except json.JSONDecodeError:
         pass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{key or 'value'}: {raw!r}: {exc}") from None
     if raw.lstrip().startswith(("[", "{")):
         import yaml
 
         try:
-            return yaml.safe_load(raw)
+            return load_yaml(raw)
+        except DuplicateKeyError as exc:
+            at = f"at character {exc.column}: " if exc.line == 1 else f"line {exc.line}: "
+            raise ConfigError(f"{key or 'value'}: {raw!r}: {at}key {str(exc.key)!r} given twice in one mapping; "
+                              f"give each key once") from None
         except yaml.YAMLError as exc:
             why = " ".join(str(getattr(exc, "problem", None) or exc).split())
             mark = getattr(exc, "problem_mark", None)

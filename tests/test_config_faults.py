@@ -188,3 +188,45 @@ def test_an_empty_data_sources_is_refused_not_trained_on_phantoms(tmp_path, how)
         resolve(args)
     assert str(e.value) == ("data.sources is empty; expected at least one entry such as {name: csv, path: x.csv} (or leave "
                             f"data.sources out for the single-source form data=NAME) (from {src})")
+
+
+def test_a_duplicate_key_is_refused_in_config_files_cli_values_compositions_and_sweeps(tmp_path):
+    """YAML (and JSON) let the last of two equal keys win: ``{name: csv, path: a.csv, path: b.csv}``
+    read b.csv silently. Every reader of maskkit's YAML refuses it in one line: file, line, key."""
+    from maskkit.compose import load_spec
+    from maskkit.errors import MaskkitError
+    from maskkit.sweep import load_sweep
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text("data:\n  sources:\n    - {name: csv, path: a.csv, path: b.csv}\n")
+    with pytest.raises(MaskkitError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{f}: line 3: key 'path' given twice in one mapping; give each key once"
+    f.write_text("train:\n  lr: 1.0e-4\n  steps: 3\n  lr: 1.0e-3\n")
+    with pytest.raises(MaskkitError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{f}: line 4: key 'lr' given twice in one mapping (first on line 2); give each key once"
+    j = tmp_path / "cfg.json"
+    j.write_text('{"train": {"lr": 0.1, "lr": 0.2}}')
+    with pytest.raises(MaskkitError, match=r"cfg.json: key 'lr' given twice in one mapping; give each key once$"):
+        resolve([f"config={j}"])
+    # a YAML-flow value on the command line, and JSON
+    with pytest.raises(ConfigError) as e:
+        resolve(["data.sources=[{name: csv, path: a.csv, path: b.csv}]"])
+    assert str(e.value) == ("data.sources: '[{name: csv, path: a.csv, path: b.csv}]': at character 27: key 'path' given twice "
+                            "in one mapping; give each key once")
+    with pytest.raises(ConfigError, match=r"""^data.sources: '\[{"name": "csv", "name": "x"}\]': key 'name' given twice"""):
+        resolve(['data.sources=[{"name": "csv", "name": "x"}]'])
+    # a composition file and a sweep file
+    c = tmp_path / "tree.yaml"
+    c.write_text("random:\n  ratio: 0.5\n  ratio: 0.7\n")
+    with pytest.raises(MaskkitError, match=rf"^{c}: line 3: key 'ratio' given twice in one mapping \(first on line 2\)"):
+        load_spec(c)
+    s = tmp_path / "sweep.yaml"
+    s.write_text("presets: [xlip]\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(MaskkitError, match=rf"^{s}: line 3: key 'seeds' given twice"):
+        load_sweep(str(s))
+    # a merge key may be overridden, as YAML defines
+    from maskkit.compose import load_yaml
+
+    assert load_yaml("a: &b {lr: 1, steps: 2}\nc: {<<: *b, lr: 3}\n")["c"] == {"lr": 3, "steps": 2}
