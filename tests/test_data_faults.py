@@ -207,8 +207,8 @@ def test_an_image_listed_twice_by_one_source_and_by_mimic(tmp_path):
     twice = _csv(tmp_path / "t.csv", "image_path,report", [f"{p}i{i}.png,Heart normal {i}." for i in range(30) for p in ("", "./")])
     c = build_corpus(resolve(["data=csv", f"data.path={twice}", "preset=clip", "train.seed=2"])[0], 96)
     (s,) = c.sources
-    assert s.left_out is not None and not _paths(s.held_records) & _paths(s.train_records)
-    assert s.left_out_note.startswith(f"source csv: {s.left_out.count} training record") and "this source (listed twice)" in s.left_out_note
+    # listed twice by one source: read once (A67), so nothing to leave out
+    assert s.duplicates == 30 and s.records == 30 and s.left_out is None and not _paths(s.held_records) & _paths(s.train_records)
     m = mimic_root(tmp_path / "mimic", n=30)
     jpgs = sorted(m.rglob("*.jpg"))
     mine = _csv(tmp_path / "mine.csv", "image_path,report", [f"{p},Extra caption {k}." for k, p in enumerate(jpgs)])
@@ -390,3 +390,31 @@ def test_blank_patient_ids_among_others_are_counted_warned_and_noted(tmp_path):
     full = _csv(tmp_path / "f.csv", "image_path,report,patient_id", [f"i{i}.png,Heart normal {i}.,p{i // 4}" for i in range(32)])
     c = build_corpus(resolve(["data=csv", f"data.path={full}", "preset=clip"])[0], 96)
     assert c.sources[0].no_patient == 0 and not [line for line in c.summary_lines() if line.startswith("warning:")]
+
+
+# --- one image listed twice by one source (A67) ----------------------------------------------
+
+def test_duplicate_rows_of_one_csv_are_dropped_with_a_warning_and_a_note(tmp_path):
+    """Two rows naming one image doubled its sampling weight silently: the first is kept, the
+    others dropped, counted, warned about and noted in split.json."""
+    for i in range(20):
+        _img(tmp_path / f"i{i}.png", i)
+    rows = [f"i{i}.png,Heart normal {i}.,p{i},{i % 2}" for i in range(20)]
+    rows += ["i4.png,Heart normal 4.,p4,0", "./i4.png,Heart normal again.,p4,0", "sub/../i7.png,Heart normal 7.,p7,1"]
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id,Cardiomegaly", rows)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    (s,) = c.sources
+    assert s.duplicates == 3 and s.records == 20 and len(s.train_records) + len(s.held_records) == 20
+    assert len(c.train) == len(s.train_records)  # each image sampled once an epoch
+    four = [r for r in (*s.train_records, *s.held_records) if r.id.endswith("i4.png")]
+    assert [r.report for r in four] == ["Heart normal 4."]  # the first row kept
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w == (f"warning: data (csv): 3 records dropped, their image listed again by the source (e.g. {tmp_path / 'i4.png'}): "
+                 f"each image is read once, the first of its records kept (docs/assumptions.md A67)")
+    rec = s.record()
+    assert rec["duplicates_dropped"] == 3 and rec["records"] == 20 and "3 records dropped" in rec["note"]
+    # the same image in two sources is not dropped (each source keeps its own weight)
+    q = _csv(tmp_path / "e.csv", "image_path,report", [f"i{i}.png,Other {i}." for i in range(20)])
+    c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(q)}, {'name': 'csv', 'path': str(q)}])}",
+                              "preset=clip"])[0], 96)
+    assert [x.duplicates for x in c.sources] == [0, 0]

@@ -57,6 +57,8 @@ class SourceData:
     absent: list = field(default_factory=list, repr=False)  # optional columns its file lacked (records.AbsentColumn)
     no_patient: int = 0            # records without a patient id where others have one (records.count_missing_patients)
     patient_field: str | None = None  # the column/key the adapter read patient ids from
+    duplicates: int = 0            # records dropped: their image listed again by the source (records.drop_duplicate_images)
+    duplicate_example: str | None = None
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -89,7 +91,9 @@ class SourceData:
                "rule": self.rule, "held_out_sha256": ids_sha256(ids), "train_sha256": ids_sha256(self.train_ids)}
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
-        notes = [n for n in (self.note, self.left_out_note, self.no_patient_warning) if n]
+        if self.duplicates:
+            out["duplicates_dropped"] = self.duplicates
+        notes = [n for n in (self.note, self.left_out_note, self.no_patient_warning, self.duplicates_warning) if n]
         if self.by_image:
             notes.insert(0, f"split by image: no patient {self.patient_absent.what if self.patient_absent else 'id'}")
         if notes:
@@ -148,6 +152,17 @@ class SourceData:
                 f"{', '.join(repr(c) for c in like)} (set {key}={like[0]})" if like
                 else f"; if another {a.what} holds patient ids, name it with {key}")
         return f"{self.spec.label}: no patient {a.what}: {a.where} has no '{a.default}' ({a.option}'s default): {risk}{hint}"
+
+    @property
+    def duplicates_warning(self) -> str | None:
+        """The one-line warning of a source that listed an image file more than once: how many
+        records were dropped (the first of each kept, A67) and an example; None otherwise."""
+        n = self.duplicates
+        if not n:
+            return None
+        return (f"{self.spec.label}: {n} record{'s' if n != 1 else ''} dropped, {'their' if n != 1 else 'its'} image listed "
+                f"again by the source (e.g. {self.duplicate_example}): each image is read once, the first of its records "
+                f"kept (docs/assumptions.md A67)")
 
     @property
     def no_patient_warning(self) -> str | None:
@@ -280,7 +295,7 @@ class Corpus:
         lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
                  + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
                  + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return (lines + [f"warning: {w}" for s in self.sources for w in (s.by_image_warning, s.no_patient_warning) if w]
+        return (lines + [f"warning: {w}" for s in self.sources for w in (s.by_image_warning, s.no_patient_warning, s.duplicates_warning) if w]
                 + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n])
 
 
@@ -501,6 +516,7 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
                                f"(set role: image_only, or check the report files)")
         built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out,
                                 absent=list(getattr(table, "absent", [])), no_patient=getattr(table, "no_patient", 0),
+                                duplicates=getattr(table, "duplicates", 0), duplicate_example=getattr(table, "duplicate_example", None),
                                 patient_field=getattr(table, "patient_field", None)))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]

@@ -196,6 +196,10 @@ class Table:
     #: how many records carry no patient id (a blank cell) in a table where others carry one
     #: (:func:`count_missing_patients`, filled by :meth:`maskkit.data.sources.SourceSpec.load`)
     no_patient: int = 0
+    #: records dropped because an earlier record of the table has the same image file (A67):
+    #: how many and the first such image (:func:`drop_duplicate_images`)
+    duplicates: int = 0
+    duplicate_example: str | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -214,6 +218,31 @@ def count_missing_patients(table: Table) -> int:
         r.patient_id = None
     table.no_patient = len(missing) if len(missing) < len(table.records) else 0
     return table.no_patient
+
+
+def drop_duplicate_images(table: Table) -> int:
+    """Drop the records of ``table`` whose image file an earlier record already has (two rows of one
+    CSV naming one image, ``a.png`` and ``./a.png`` alike: the absolute, normalised path), keeping
+    the first; each would otherwise be sampled twice as often (docs/assumptions.md A67). The count
+    and the first such image are kept as ``table.duplicates`` / ``table.duplicate_example`` for the
+    warning and the split record. Records without an image file (the phantoms) are kept. Every
+    adapter's table passes here (:meth:`maskkit.data.sources.SourceSpec.load`)."""
+    import os
+
+    seen: set[str] = set()
+    keep, dropped = [], []
+    for r in table.records:
+        k = os.path.abspath(r.image_path) if r.image_path is not None else None
+        if k is not None and k in seen:
+            dropped.append(r)
+            continue
+        if k is not None:
+            seen.add(k)
+        keep.append(r)
+    if dropped:
+        table.records = keep
+        table.duplicates, table.duplicate_example = len(dropped), dropped[0].image_path
+    return len(dropped)
 
 
 # --- shared helpers --------------------------------------------------------------------------
