@@ -288,14 +288,16 @@ def _run_forwarding(cmd: list[str]) -> int:
         else:
             box["proc"].send_signal(signum)
 
-    for sig in STOP_SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, forward)
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
-    box["proc"] = proc
-    for signum in box["pending"]:
-        proc.send_signal(signum)
-    return proc.wait()
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        proc = subprocess.Popen(cmd, env=os.environ.copy())
+        box["proc"] = proc
+        for signum in box["pending"]:
+            proc.send_signal(signum)
+        return proc.wait()
+    finally:  # called in a Python process (a test): its handlers as they were, not a forward to a process that ended
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @app.command("export")
@@ -728,13 +730,25 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
 
 
 def main() -> None:
+    """The ``maskkit`` command: one-line errors and the exit status (``sys.exit``). The stop-signal
+    handlers are the entry point's (installed before the slow imports); ``main()`` called from
+    Python installs them itself and puts the process's own back when it returns, however it returns."""
+    from .training import preemption
+
+    entry_point = preemption._CLI_REQUEST is not None  # the maskkit script / python -m: the process ends with main()
+    stop = preemption.cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
+    try:
+        _main(stop)
+    finally:
+        if not entry_point:
+            preemption.release_cli_stop_request()
+
+
+def _main(stop) -> None:
     import os
     import warnings
 
     from .errors import LabelCoverageWarning
-    from .training.preemption import cli_stop_request
-
-    stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
     from .streams import survive_closed_streams
 
     survive_closed_streams()  # `maskkit run ... | head -1`: output to a closed pipe is dropped, the command goes on
