@@ -423,7 +423,7 @@ def parse_value(raw: str, key: str | None = None) -> Any:
     value that starts with ``[`` or ``{`` is YAML flow style, as a config file writes it
     (``[{name: csv, path: x.csv}]``), and one that parses as neither is a one-line
     :class:`ConfigError` naming ``key``; else the string."""
-    from .compose import DuplicateKeyError, load_json, load_yaml
+    from .io import DuplicateKeyError, load_json, load_yaml
 
     try:
         return load_json(raw)
