@@ -256,7 +256,16 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
-        raise typer.Exit(_run_forwarding(cmd))
+        rc = _run_forwarding(cmd)
+        if rc < 0:  # the launcher itself was killed (by the OOM killer, SIGKILL): it said nothing
+            import signal
+
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            err = MaskkitError(f"the torchrun launcher was killed by {name} (the OOM killer sends SIGKILL): "
+                               f"its processes ended without a word; resume with runtime.resume=latest")
+            err.exit_code = 128 - rc
+            raise err
+        raise typer.Exit(rc)
     from .train import train
 
     result = train(cfg, sources, console=err_console)
@@ -729,6 +738,80 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
     return None
 
 
+def _where(exc: BaseException) -> str:
+    """``file.py:123`` of the innermost frame ``exc`` was raised in ("" without a traceback)."""
+    import traceback
+    from pathlib import Path
+
+    tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    return f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+
+
+def abort_line(exc: BaseException) -> tuple[str, int]:
+    """(one line, exit status) of click's ``Abort``: what it stands for (``__cause__``), where it was
+    raised. A ``KeyboardInterrupt`` (not the CLI's SIGINT handler's stop: an interrupt raised some
+    other way) exits 130; an ``EOFError`` (input ended) and anything else 1. It used to exit 1 with
+    no line at all."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, KeyboardInterrupt):
+        return f"interrupted (KeyboardInterrupt{_where(cause)}): nothing more was done; run the same command again", 130
+    if isinstance(cause, EOFError):
+        return f"input ended (EOFError{_where(cause)}{': ' + str(cause) if str(cause) else ''})", 1
+    return f"aborted ({type(cause or exc).__name__}{_where(cause or exc)})", 1
+
+
+def silent_exit_line(raised: BaseException | None, code) -> str | None:
+    """The line for an exit that would otherwise say nothing, from the error the command raised
+    (``raised``, recorded by :func:`_invoke_app`): typer ends a command whose write hit a closed pipe
+    (``EPIPE``: a child process, a socket, a stream that ended) with ``sys.exit(1)``, and one that
+    raised ``KeyboardInterrupt`` (an interrupt that is not the stop handler's: raised some other way)
+    with exit 130, both without a word, even outside its standalone mode. None for every other exit
+    (each says its own)."""
+    import errno
+
+    if not code or raised is None:
+        return None
+    if isinstance(raised, OSError) and raised.errno == errno.EPIPE:
+        return (f"broken pipe ({type(raised).__name__}{_where(raised)}: {raised.strerror or raised}): something this "
+                f"command wrote to was closed")
+    if isinstance(raised, KeyboardInterrupt):
+        return f"interrupted (KeyboardInterrupt{_where(raised)}): nothing more was done; run the same command again"
+    return None
+
+
+def _invoke_app():
+    """``app(standalone_mode=False)``, recording the exception a command raised (``_state["raised"]``)
+    before typer turns it into a bare exit status (:func:`silent_exit_line`)."""
+    command = typer.main.get_command(app)
+    inner = command.invoke
+
+    def invoke(ctx):
+        try:
+            return inner(ctx)
+        except BaseException as exc:
+            _state["raised"] = exc
+            raise
+
+    command.invoke = invoke
+    _state["raised"] = None
+    return command(standalone_mode=False)
+
+
+def _say(line: str) -> None:
+    """Print ``error: LINE`` on stderr (rank 0); if the console cannot, straight to file descriptor 2."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
+    try:
+        err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+    except Exception:
+        try:
+            os.write(2, f"error: {line}\n".encode(errors="replace"))
+        except OSError:
+            pass
+
+
 def main() -> None:
     """The ``maskkit`` command: one-line errors and the exit status (``sys.exit``). The stop-signal
     handlers are the entry point's (installed before the slow imports); ``main()`` called from
@@ -756,11 +839,14 @@ def _main(stop) -> None:
     _one_line_warnings()
     try:
         stop.act_now()  # a signal during the imports stops here; from here on at once
-        rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
+        rc = _invoke_app()  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        silent = silent_exit_line(_state.get("raised"), code)
+        if silent is not None:  # typer's own exit over a KeyboardInterrupt (130) or a broken pipe (1): said, not silent
+            _say(silent)
         sys.exit(code)
     except BaseException as exc:
         if _state["debug"]:
@@ -768,8 +854,10 @@ def _main(stop) -> None:
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()  # click's ClickException protocol (of click or of the click typer vendors): a one-line usage error
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(1)
+        if type(exc).__name__ == "Abort":  # click's word for a KeyboardInterrupt or an EOFError in the command
+            line, code = abort_line(exc)
+            _say(line)
+            sys.exit(code)
         failed = failure_line(exc)
         if failed is None:
             raise  # a bug: the traceback
