@@ -230,3 +230,41 @@ def test_a_duplicate_key_is_refused_in_config_files_cli_values_compositions_and_
     from maskkit.compose import load_yaml
 
     assert load_yaml("a: &b {lr: 1, steps: 2}\nc: {<<: *b, lr: 3}\n")["c"] == {"lr": 3, "steps": 2}
+
+
+@pytest.mark.parametrize("text,line", [
+    ("data: [1, 2]", "data: expected a mapping of its keys or a dataset name (data=mimic), got a list"),
+    ("train: [seed, 1]", "train: expected a mapping of its keys, got a list"),
+    ("model:\n  mim: 3", "model.mim: expected a mapping of its keys, got a number (3)"),
+    ("data:\n  sources:\n    name: csv\n    path: x.csv", "data.sources: expected a list of entries such as [{name: csv, path: x.csv}], got a mapping"),
+    ("data:\n  sources: [null]", "data.sources[0]: expected a mapping such as {name: csv, path: x.csv}, got null"),
+    ("data:\n  sources: [{name: phantoms}, csv]", "data.sources[1]: expected a mapping such as {name: csv, path: x.csv}, got a string ('csv')"),
+    ("data:\n  options: [views]", "data.options: expected a mapping of adapter options such as {uncertain: zeros}, got a list"),
+])
+def test_a_value_of_the_wrong_shape_says_what_was_expected(tmp_path, text, line):
+    """``data:`` as a list read "unknown key 'data'", ``sources:`` as a mapping "'name' is not an index
+    of data.sources", ``sources: [null]`` pydantic's "data.sources.0: Input should be a valid
+    dictionary": one place (config._check_shape) now says the key, what it takes and what it got."""
+    f = tmp_path / "cfg.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{line} (from file:{f})"
+
+
+def test_shape_errors_on_the_command_line_and_the_bracket_notation_of_list_items():
+    with pytest.raises(ConfigError, match=r"^train: expected a mapping of its keys, got a list \(from cli\)$"):
+        resolve(["train=[1]"])
+    with pytest.raises(ConfigError, match=r"^data.sources: expected a list of entries .*, got a mapping \(from cli\)$"):
+        resolve(['data={"sources": {"name": "csv"}}'])
+    # pydantic's own errors inside a list name the item as data.sources[0] does
+    from pydantic import BaseModel, ValidationError
+
+    from maskkit.config import _one_line
+
+    class M(BaseModel):
+        xs: list[int]
+
+    with pytest.raises(ValidationError) as e:
+        M(xs=[1, "a"])
+    assert _one_line(e.value, set()).startswith("xs[1]: ")
