@@ -418,3 +418,29 @@ def test_duplicate_rows_of_one_csv_are_dropped_with_a_warning_and_a_note(tmp_pat
     c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(q)}, {'name': 'csv', 'path': str(q)}])}",
                               "preset=clip"])[0], 96)
     assert [x.duplicates for x in c.sources] == [0, 0]
+
+
+# --- a file option that names a folder (and a folder option that names a file) ----------------
+
+def test_a_file_option_naming_a_folder_says_it_is_a_folder(tmp_path):
+    """``path:`` at a folder read "CSV file X does not exist": every adapter's file option goes through
+    records.need_file, which says it is a folder and names the files in it that look like one."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text("image_path\n")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    cfg = resolve(["data=csv", f"data.path={tmp_path / 'd'}", "preset=clip"])[0]
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert one_line(e) == f"data.path: {tmp_path / 'd'} is a folder; expected a CSV file (it holds train.csv)"
+    srcs = json.dumps([{"name": "csv", "path": str(tmp_path)}])
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve([f"data.sources={srcs}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.sources[0] (csv).path: {tmp_path} is a folder; expected a CSV file"
+    jsonl_plugin()
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=jsonl", f"data.path={tmp_path / 'd'}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.path: {tmp_path / 'd'} is a folder; expected a JSON-lines file"
+    # a folder option naming a file
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=mimic", f"data.root={tmp_path / 'd' / 'train.csv'}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.root: {tmp_path / 'd' / 'train.csv'} is a file; expected a folder"

@@ -248,18 +248,43 @@ def drop_duplicate_images(table: Table) -> int:
 # --- shared helpers --------------------------------------------------------------------------
 
 def _need_dir(root: str | Path, option: str = "root") -> Path:
+    """The folder adapter option ``option`` names; one line naming the key when it does not exist or
+    is a file (``{key}: /d/x.csv is a file; expected a folder``)."""
     p = Path(root).expanduser()
+    if p.is_file():
+        raise OptionError(option, f"{{key}}: {p} is a file; expected a folder")
     if not p.is_dir():
         raise OptionError(option, f"{{key}}: folder {p} does not exist")
     return p
 
 
+def need_file(path: str | Path, option: str = "path", what: str = "CSV file", suffixes: tuple[str, ...] = (".csv", ".csv.gz")) -> Path:
+    """The file adapter option ``option`` names (``what``: how messages call it). One line naming the
+    key as the user set it (:class:`OptionError`) when it does not exist, or is a folder: then the
+    files in it that look like one (``suffixes``) are named, ``{key}: /data/nih is a folder; expected
+    a CSV file (it holds Data_Entry_2017.csv)``. Every adapter's file option (and a plugin's) goes here."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        like = sorted(c.name for c in p.iterdir() if c.is_file() and c.name.lower().endswith(suffixes))[:3] if suffixes else []
+        held = f" (it holds {', '.join(like)})" if like else ""
+        raise OptionError(option, f"{{key}}: {p} is a folder; expected a {what}{held}")
+    if not p.is_file():
+        raise OptionError(option, f"{{key}}: {what} {p} does not exist")
+    return p
+
+
 def _find(root: Path, names: Iterable[str], what: str) -> Path:
+    """The first of ``names`` (or its ``.gz``) under ``root`` (a name may be absolute); one line when
+    none is there, or when a name given is a folder (``/d/labels is a folder; expected the RSNA
+    labels CSV``)."""
     names = list(names)
     for n in names:
         for cand in (root / n, root / (n + ".gz")):
             if cand.is_file():
                 return cand
+    for n in names:
+        if n and (root / n).is_dir():
+            raise DataError(f"{root / n} is a folder; expected the {what}")
     raise DataError(f"{root}: no {what} found; expected one of {', '.join(names)} (optionally .gz)")
 
 
@@ -775,9 +800,7 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
     ``no_finding`` column is 1; otherwise None (image-only): a caption claims nothing unknown.
     """
     _check_policy(uncertain, "unknown", allow_none=True)
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise OptionError("path", f"{{key}}: CSV file {path} does not exist")
+    path = need_file(path, "path", "CSV file")
     if isinstance(label_cols, str):
         label_cols = [label_cols]
     if image_root is not None:
