@@ -406,7 +406,7 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
 
     cfg, corpus, what = eval_corpus(path, run_cfg, model.image_size, args, held_out_ner=held_out_ner)
     if corpus.val is None or len(corpus.val) == 0:
-        raise MaskkitError(f"the evaluation split of {what['data']} is empty; set data.val_n (phantoms) or use a larger dataset")
+        raise MaskkitError(f"the evaluation split is empty: {corpus.empty_held_out_line()}")
     return corpus.val, corpus.label_names, cfg, what
 
 

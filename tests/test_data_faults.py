@@ -444,3 +444,44 @@ def test_a_file_option_naming_a_folder_says_it_is_a_folder(tmp_path):
     with pytest.raises(MaskkitError) as e:
         build_corpus(resolve(["data=mimic", f"data.root={tmp_path / 'd' / 'train.csv'}", "preset=clip"])[0], 96)
     assert one_line(e) == f"data.root: {tmp_path / 'd' / 'train.csv'} is a file; expected a folder"
+
+
+# --- an empty held-out part: advice that fits the source ---------------------------------------
+
+def test_an_empty_held_out_part_gives_advice_that_fits_each_source(tmp_path, capsys):
+    """The end-of-run line, eval zeroshot and eval finetune named data.val_n (a phantoms key) for a
+    CSV source: each now says per source what changes it (Corpus.empty_held_out_line)."""
+    import io
+
+    from rich.console import Console
+
+    from maskkit.train import train
+
+    for i in range(3):
+        _img(tmp_path / f"i{i}.png", i)
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id", [f"i{i}.png,Heart normal {i}.,p{i}" for i in range(3)])
+    seed = next(k for k in range(50) if not split_by_patient_held(p, k))
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip", f"train.seed={seed}"])[0], 96)
+    assert c.empty_held_out_line() == (f"csv path={p} holds out no data: data (csv): none of its 3 patients held out (each with "
+                                       f"probability 0.1; no key sets it): another train.seed draws again, or give it more patients")
+    assert "val_n" not in c.empty_held_out_line()
+    c = build_corpus(resolve(["data.val_n=0", "data.n=8", "preset=clip"])[0], 96)
+    assert c.empty_held_out_line().endswith("data (phantoms) holds none out by its own split (data.val_n=0; set data.val_n above 0)")
+    srcs = json.dumps([{"name": "phantoms", "n": 8, "val_n": 0}])
+    c = build_corpus(resolve([f"data.sources={srcs}", "preset=clip"])[0], 96)
+    assert c.empty_held_out_line().endswith("data.sources[0] (phantoms) holds none out by its own split "
+                                            "(data.sources[0] (phantoms).val_n=0; set data.sources[0] (phantoms).val_n above 0)")
+    # the end of a run that asked for an evaluation says it
+    from run_helpers import SMALL
+
+    out = io.StringIO()
+    args = [a for a in SMALL if not a.startswith(("runtime.evaluations", "data.n", "data.val_n"))]
+    train(*resolve([*args, "data=csv", f"data.path={p}", f"train.seed={seed}", "train.steps=1", "train.batch_size=2", f"runtime.out_dir={tmp_path}",
+                    "runtime.evaluations=[zeroshot]", "preset=clip"]), console=Console(file=out, width=400))
+    assert "runtime.evaluations (zeroshot) not run: csv path=" in out.getvalue() and "another train.seed draws again" in out.getvalue()
+
+
+def split_by_patient_held(p, seed):
+    from maskkit.data.build import VAL_FRACTION, split_by_patient
+
+    return split_by_patient(load_table("csv", path=str(p)).records, VAL_FRACTION, seed)[1]

@@ -261,6 +261,26 @@ class Corpus:
         base = [s.spec.name for s in self.sources]
         return [n if base.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(base, self.sources)]
 
+    def empty_held_out_line(self) -> str:
+        """Why this corpus holds nothing out and what changes that, per source, as its split works
+        (an empty held-out part: the end-of-run evaluations, ``maskkit eval zeroshot`` / ``finetune``):
+        an adapter's own split (the phantoms') names its key (``data.val_n``, ``data.sources[0]
+        (phantoms).val_n``); :func:`split_by_patient` (a CSV, MIMIC, ...) has no fraction key
+        (:data:`VAL_FRACTION`): another ``train.seed`` draws again, or more patients."""
+        parts = []
+        for s in self.sources:
+            if s.held_records:
+                continue
+            if s.adapter.split is not None:
+                key = s.spec.key("val_n") if s.adapter.takes("val_n") else None
+                parts.append(f"{s.spec.label} holds none out by its own split"
+                             + (f" ({key}={s.spec.options.get('val_n', 0)}; set {key} above 0)" if key else ""))
+            else:
+                pats = s.patients
+                parts.append(f"{s.spec.label}: none of its {pats} patient{'s' if pats != 1 else ''} held out (each with "
+                             f"probability {VAL_FRACTION}; no key sets it): another train.seed draws again, or give it more patients")
+        return f"{self.describe()} holds out no data: " + "; ".join(parts)
+
     @property
     def labels(self) -> list[str]:
         """How messages name each source's config: ``data.sources[1] (csv)``, or ``data (csv)``."""
