@@ -797,19 +797,30 @@ def _invoke_app():
     return command(standalone_mode=False)
 
 
-def _say(line: str) -> None:
-    """Print ``error: LINE`` on stderr (rank 0); if the console cannot, straight to file descriptor 2."""
+def _say(line: str, rank_prefix: str = "") -> None:
+    """Print ``error: LINE`` on stderr; if the console cannot (a stderr pipe that is full and
+    non-blocking under load raises ``BlockingIOError``; a logging failure), straight to file
+    descriptor 2, retried for up to a second: the one line of a failing command is never lost to
+    the failure of printing it (that exited 1 with no output)."""
     import os
+    import time
 
-    if os.environ.get("RANK", "0") != "0":
-        return
     try:
-        err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {rank_prefix}{escape(line)}", highlight=False, soft_wrap=True)
+        return
     except Exception:
+        pass
+    data = f"error: {rank_prefix}{line}\n".encode(errors="replace")
+    deadline = time.monotonic() + 1.0
+    while data:
         try:
-            os.write(2, f"error: {line}\n".encode(errors="replace"))
+            data = data[os.write(2, data):]
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
         except OSError:
-            pass
+            return
 
 
 def main() -> None:
@@ -845,7 +856,7 @@ def _main(stop) -> None:
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
         silent = silent_exit_line(_state.get("raised"), code)
-        if silent is not None:  # typer's own exit over a KeyboardInterrupt (130) or a broken pipe (1): said, not silent
+        if silent is not None and os.environ.get("RANK", "0") == "0":  # typer's own exit over a KeyboardInterrupt (130) or a broken pipe (1)
             _say(silent)
         sys.exit(code)
     except BaseException as exc:
@@ -856,7 +867,8 @@ def _main(stop) -> None:
             sys.exit(exc.exit_code)
         if type(exc).__name__ == "Abort":  # click's word for a KeyboardInterrupt or an EOFError in the command
             line, code = abort_line(exc)
-            _say(line)
+            if os.environ.get("RANK", "0") == "0":
+                _say(line)
             sys.exit(code)
         failed = failure_line(exc)
         if failed is None:
@@ -864,9 +876,9 @@ def _main(stop) -> None:
         line, code, rank_local = failed
         rank = os.environ.get("RANK", "0")
         if rank == "0":  # under torchrun every rank fails alike: one line, from rank 0
-            err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            _say(line)
         elif rank_local:  # ... except what only one rank sees (its loader worker died)
-            err_console.print(f"[red]error:[/] rank {rank}: {escape(line)}", highlight=False, soft_wrap=True)
+            _say(line, f"rank {rank}: ")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
             # can abort it ("terminate called ..."), which would hide this exit status

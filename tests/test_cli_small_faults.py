@@ -145,3 +145,19 @@ def test_no_error_path_of_the_command_exits_without_a_line(monkeypatch, capfd, r
     err = capfd.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert e.value.code == code and len(lines) == 1 and lines[0].startswith(line), err
+
+
+def test_the_error_line_survives_a_console_that_cannot_print(monkeypatch, capfd):
+    """Under load a non-blocking stderr pipe that is full makes rich's print raise BlockingIOError:
+    the error line then went with it (exit 2 and no output). It is written to fd 2 instead."""
+    from maskkit import cli
+
+    def full(*a, **k):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(cli.err_console, "print", full)
+    monkeypatch.setattr(sys, "argv", ["maskkit", "run", "train.lr=oops"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: train.lr: ") and err.count("\n") == 1, err
