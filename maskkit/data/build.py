@@ -209,8 +209,8 @@ def leave_out_held_out_images(splits: list[tuple[list, list]], labels: list[str]
     ``splits``: each source's (train, held-out) records; ``labels``: how messages name each source.
     Returns per source (its training records without those whose image file (:func:`image_key`) is
     held out by any source, the :class:`LeftOut` records or None). Without it an image listed by two
-    sources (two CSVs, or ``mimic`` and a CSV of its files) or twice by one source (rows without a
-    patient id are split one by one) could be held out by one and trained on by the other.
+    sources (two CSVs, or ``mimic`` and a CSV of its files) could be held out by one and trained on
+    by the other. (One source lists each image once: :func:`~maskkit.data.records.drop_duplicate_images`.)
     Patient ids need no such rule: :func:`split_by_patient` decides by ``seed:patient``, so a patient
     id listed by several sources is held out by all of them or by none."""
     held: dict[str, int] = {}
