@@ -257,7 +257,16 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         cmd = [sys.executable, "-m", "maskkit.launch", "--standalone", f"--nproc_per_node={cfg.runtime.devices}",
                "-m", "maskkit.cli", *(["--debug"] if _state["debug"] else []), "run", *(args or [])]
         err_console.print(f"launching {cfg.runtime.devices} processes with torchrun", highlight=False)
-        raise typer.Exit(_run_forwarding(cmd))
+        rc = _run_forwarding(cmd)
+        if rc < 0:  # the launcher itself was killed (by the OOM killer, SIGKILL): it said nothing
+            import signal
+
+            name = signal.Signals(-rc).name if -rc in signal.Signals._value2member_map_ else f"signal {-rc}"
+            err = MaskkitError(f"the torchrun launcher was killed by {name} (the OOM killer sends SIGKILL): "
+                               f"its processes ended without a word; resume with runtime.resume=latest")
+            err.exit_code = 128 - rc
+            raise err
+        raise typer.Exit(rc)
     from .train import train
 
     result = train(cfg, sources, console=err_console)
@@ -289,14 +298,16 @@ def _run_forwarding(cmd: list[str]) -> int:
         else:
             box["proc"].send_signal(signum)
 
-    for sig in STOP_SIGNALS:
-        if signal.getsignal(sig) is not signal.SIG_IGN:
-            signal.signal(sig, forward)
-    proc = subprocess.Popen(cmd, env=os.environ.copy())
-    box["proc"] = proc
-    for signum in box["pending"]:
-        proc.send_signal(signum)
-    return proc.wait()
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS if signal.getsignal(sig) is not signal.SIG_IGN}
+    try:
+        proc = subprocess.Popen(cmd, env=os.environ.copy())
+        box["proc"] = proc
+        for signum in box["pending"]:
+            proc.send_signal(signum)
+        return proc.wait()
+    finally:  # called in a Python process (a test): its handlers as they were, not a forward to a process that ended
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 @app.command("export")
@@ -396,7 +407,7 @@ def _eval_data(path: str, model, run_cfg, args: list[str], held_out_ner: bool = 
 
     cfg, corpus, what = eval_corpus(path, run_cfg, model.image_size, args, held_out_ner=held_out_ner)
     if corpus.val is None or len(corpus.val) == 0:
-        raise MaskkitError(f"the evaluation split of {what['data']} is empty; set data.val_n (phantoms) or use a larger dataset")
+        raise MaskkitError(f"the evaluation split is empty: {corpus.empty_held_out_line()}")
     return corpus.val, corpus.label_names, cfg, what
 
 
@@ -728,6 +739,91 @@ def failure_line(exc: BaseException) -> tuple[str, int, bool] | None:
     return None
 
 
+def _where(exc: BaseException) -> str:
+    """``file.py:123`` of the innermost frame ``exc`` was raised in ("" without a traceback)."""
+    import traceback
+    from pathlib import Path
+
+    tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    return f" at {Path(tb[-1].filename).name}:{tb[-1].lineno}" if tb else ""
+
+
+def abort_line(exc: BaseException) -> tuple[str, int]:
+    """(one line, exit status) of click's ``Abort``: what it stands for (``__cause__``), where it was
+    raised. A ``KeyboardInterrupt`` (not the CLI's SIGINT handler's stop: an interrupt raised some
+    other way) exits 130; an ``EOFError`` (input ended) and anything else 1. It used to exit 1 with
+    no line at all."""
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, KeyboardInterrupt):
+        return f"interrupted (KeyboardInterrupt{_where(cause)}): nothing more was done; run the same command again", 130
+    if isinstance(cause, EOFError):
+        return f"input ended (EOFError{_where(cause)}{': ' + str(cause) if str(cause) else ''})", 1
+    return f"aborted ({type(cause or exc).__name__}{_where(cause or exc)})", 1
+
+
+def silent_exit_line(raised: BaseException | None, code) -> str | None:
+    """The line for an exit that would otherwise say nothing, from the error the command raised
+    (``raised``, recorded by :func:`_invoke_app`): typer ends a command whose write hit a closed pipe
+    (``EPIPE``: a child process, a socket, a stream that ended) with ``sys.exit(1)``, and one that
+    raised ``KeyboardInterrupt`` (an interrupt that is not the stop handler's: raised some other way)
+    with exit 130, both without a word, even outside its standalone mode. None for every other exit
+    (each says its own)."""
+    import errno
+
+    if not code or raised is None:
+        return None
+    if isinstance(raised, OSError) and raised.errno == errno.EPIPE:
+        return (f"broken pipe ({type(raised).__name__}{_where(raised)}: {raised.strerror or raised}): something this "
+                f"command wrote to was closed")
+    if isinstance(raised, KeyboardInterrupt):
+        return f"interrupted (KeyboardInterrupt{_where(raised)}): nothing more was done; run the same command again"
+    return None
+
+
+def _invoke_app():
+    """``app(standalone_mode=False)``, recording the exception a command raised (``_state["raised"]``)
+    before typer turns it into a bare exit status (:func:`silent_exit_line`)."""
+    command = typer.main.get_command(app)
+    inner = command.invoke
+
+    def invoke(ctx):
+        try:
+            return inner(ctx)
+        except BaseException as exc:
+            _state["raised"] = exc
+            raise
+
+    command.invoke = invoke
+    _state["raised"] = None
+    return command(standalone_mode=False)
+
+
+def _say(line: str, rank_prefix: str = "") -> None:
+    """Print ``error: LINE`` on stderr; if the console cannot (a stderr pipe that is full and
+    non-blocking under load raises ``BlockingIOError``; a logging failure), straight to file
+    descriptor 2, retried for up to a second: the one line of a failing command is never lost to
+    the failure of printing it (that exited 1 with no output)."""
+    import os
+    import time
+
+    try:
+        err_console.print(f"[red]error:[/] {rank_prefix}{escape(line)}", highlight=False, soft_wrap=True)
+        return
+    except Exception:
+        pass
+    data = f"error: {rank_prefix}{line}\n".encode(errors="replace")
+    deadline = time.monotonic() + 1.0
+    while data:
+        try:
+            data = data[os.write(2, data):]
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
+        except OSError:
+            return
+
+
 def reflow(text: str) -> str:
     """A help text with each paragraph on one line (list items, ``- `` / ``* `` / ``1. ``, each
     on its own; a paragraph starting with click's ``\\b`` kept as written). typer's rich help keeps
@@ -770,13 +866,25 @@ _reflow_help(app)
 
 
 def main() -> None:
+    """The ``maskkit`` command: one-line errors and the exit status (``sys.exit``). The stop-signal
+    handlers are the entry point's (installed before the slow imports); ``main()`` called from
+    Python installs them itself and puts the process's own back when it returns, however it returns."""
+    from .training import preemption
+
+    entry_point = preemption._CLI_REQUEST is not None  # the maskkit script / python -m: the process ends with main()
+    stop = preemption.cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
+    try:
+        _main(stop)
+    finally:
+        if not entry_point:
+            preemption.release_cli_stop_request()
+
+
+def _main(stop) -> None:
     import os
     import warnings
 
     from .errors import LabelCoverageWarning
-    from .training.preemption import cli_stop_request
-
-    stop = cli_stop_request()  # installed first thing by the entry point (maskkit.__main__) or python -m maskkit.cli; else here
     from .streams import survive_closed_streams
 
     survive_closed_streams()  # `maskkit run ... | head -1`: output to a closed pipe is dropped, the command goes on
@@ -784,11 +892,14 @@ def main() -> None:
     _one_line_warnings()
     try:
         stop.act_now()  # a signal during the imports stops here; from here on at once
-        rc = app(standalone_mode=False)  # click returns a command's typer.Exit code instead of exiting
+        rc = _invoke_app()  # click returns a command's typer.Exit code instead of exiting
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except (typer.Exit, SystemExit) as exc:
         code = getattr(exc, "exit_code", getattr(exc, "code", 0))
+        silent = silent_exit_line(_state.get("raised"), code)
+        if silent is not None and os.environ.get("RANK", "0") == "0":  # typer's own exit over a KeyboardInterrupt (130) or a broken pipe (1)
+            _say(silent)
         sys.exit(code)
     except BaseException as exc:
         if _state["debug"]:
@@ -796,17 +907,20 @@ def main() -> None:
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()  # click's ClickException protocol (of click or of the click typer vendors): a one-line usage error
             sys.exit(exc.exit_code)
-        if type(exc).__name__ == "Abort":
-            sys.exit(1)
+        if type(exc).__name__ == "Abort":  # click's word for a KeyboardInterrupt or an EOFError in the command
+            line, code = abort_line(exc)
+            if os.environ.get("RANK", "0") == "0":
+                _say(line)
+            sys.exit(code)
         failed = failure_line(exc)
         if failed is None:
             raise  # a bug: the traceback
         line, code, rank_local = failed
         rank = os.environ.get("RANK", "0")
         if rank == "0":  # under torchrun every rank fails alike: one line, from rank 0
-            err_console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
+            _say(line)
         elif rank_local:  # ... except what only one rank sees (its loader worker died)
-            err_console.print(f"[red]error:[/] rank {rank}: {escape(line)}", highlight=False, soft_wrap=True)
+            _say(line, f"rank {rank}: ")
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # a torchrun worker leaves at once: finalising the interpreter beside the backend's threads
             # can abort it ("terminate called ..."), which would hide this exit status

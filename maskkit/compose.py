@@ -103,16 +103,17 @@ FORMATS: dict[str, str] = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".j
 COMPOSITION_SUFFIXES: tuple[str, ...] = tuple(FORMATS)
 
 
+from .io import DuplicateKeyError, load_json, load_yaml  # noqa: E402 (the one YAML/JSON reader; light)
+
+
 def _parse(fmt: str, text: str) -> Any:
     if fmt == "YAML":
-        import yaml
-
-        return yaml.safe_load(text)
+        return load_yaml(text)
     if fmt == "TOML":
         import tomllib
 
-        return tomllib.loads(text)
-    return json.loads(text)
+        return tomllib.loads(text)  # TOML itself refuses a key defined twice
+    return load_json(text)
 
 
 def load_spec(path: str | Path) -> Any:
@@ -129,6 +130,8 @@ def load_spec(path: str | Path) -> Any:
     text = read_text(p)  # UTF-8 with or without a byte-order mark
     try:
         return _parse(FORMATS[suffix], text)
+    except DuplicateKeyError as exc:
+        raise CompositionError(f"{p}: {exc}") from None
     except Exception as exc:  # parse errors of any of the three formats
         raise CompositionError(f"{p}: cannot parse as {FORMATS[suffix]}: {str(exc).splitlines()[0]}") from None
 
@@ -141,7 +144,9 @@ def parse_spec(spec: str) -> tuple[Any, str] | None:
     cannot read."""
     if spec.lstrip().startswith(("{", "[", '"')):
         try:
-            return json.loads(spec), "inline"
+            return load_json(spec), "inline"
+        except DuplicateKeyError as exc:
+            raise CompositionError(f"inline composition: {exc}") from None
         except json.JSONDecodeError as exc:
             raise CompositionError(f"inline composition is not valid JSON: {exc}") from None
     if Path(spec).suffix.lower() in FORMATS:

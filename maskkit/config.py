@@ -282,7 +282,7 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for k, v in d.items():
         p = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v and p not in TREES and p != "data.options":
+        if isinstance(v, dict) and v and p not in TREES and p not in ("data.options", "data.sources"):
             out.update(_flatten(v, p))
         else:
             out[p] = v
@@ -363,6 +363,10 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         return
     if path == "data" and isinstance(value, str):
         path, parts = "data.name", ["data", "name"]
+    if path == "data.sources" and isinstance(value, list) and not value:  # [] would silently train on the default dataset
+        raise ConfigError(f"data.sources is empty; expected at least one entry such as {{name: csv, path: x.csv}} "
+                          f"(or leave data.sources out for the single-source form data=NAME) (from {source})")
+    _check_shape(path, value, source, valid_paths)
     if path in ("data.options", "data.sources"):  # each option / entry key remembers where it was set (config show)
         for k in [k for k in sources if k.startswith(path + ".")]:
             del sources[k]
@@ -381,6 +385,49 @@ def _set(cfg: dict, sources: dict, path: str, value: Any, source: str, valid_pat
         node = node.setdefault(k, {})
     node[parts[-1]] = value
     sources[path] = source
+
+
+def _kind(value: Any) -> str:
+    """How a shape error names a value's kind: ``a list``, ``a mapping``, ``null``, ``a string ('x')``."""
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, (int, float)):
+        return f"a number ({value!r})"
+    return f"a string ({str(value)!r})"
+
+
+#: the example each shape error gives
+_SOURCE_ENTRY = "{name: csv, path: x.csv}"
+
+
+def _check_shape(path: str, value: Any, source: str, valid_paths: set[str]) -> None:
+    """The one place a value's shape is checked against where it goes, before its keys are: a
+    section (``data``, ``train``, ``model.mim``) takes a mapping of its keys (``data`` also a
+    dataset name), ``data.sources`` a list of mappings, ``data.options`` a mapping. One line naming
+    the key (``data.sources[0]``), what was expected and what was given:
+    ``data: expected a mapping of its keys, got a list (from file:cfg.yaml)``."""
+    where = f" (from {source})"
+    if path == "data.sources":
+        if not isinstance(value, list):
+            raise ConfigError(f"data.sources: expected a list of entries such as [{_SOURCE_ENTRY}], got {_kind(value)}{where}")
+        for i, entry in enumerate(value):
+            if not isinstance(entry, dict):
+                raise ConfigError(f"data.sources[{i}]: expected a mapping such as {_SOURCE_ENTRY}, got {_kind(entry)}{where}")
+        return
+    if path == "data.options":
+        if not isinstance(value, dict):
+            raise ConfigError(f"data.options: expected a mapping of adapter options such as {{uncertain: zeros}}, got {_kind(value)}{where}")
+        return
+    section = path not in valid_paths and any(v.startswith(path + ".") for v in valid_paths)
+    if section and not isinstance(value, dict) and not (path == "data" and isinstance(value, str)):
+        also = " or a dataset name (data=mimic)" if path == "data" else ""
+        raise ConfigError(f"{path}: expected a mapping of its keys{also}, got {_kind(value)}{where}")
 
 
 def _check_key(path: str, value: Any, source: str, valid_paths: set[str]) -> bool:
@@ -404,7 +451,10 @@ def _check_cli_keys(pairs: list[tuple[str, Any]], valid_paths: set[str]) -> None
     line :func:`_set` gives, in a fraction of a second. Tree and ``data.sources`` keys are checked
     where they are set (they depend on the preset's tree and list)."""
     for path, value in pairs:
-        if path.split(".")[0] in TREES or path == "data" or path.startswith("data.sources."):
+        if path.split(".")[0] in TREES or path.startswith("data.sources."):
+            continue
+        _check_shape(path, value, "cli", valid_paths)
+        if path == "data":
             continue
         if not _check_key(path, value, "cli", valid_paths) and isinstance(value, dict):
             _check_cli_keys([(f"{path}.{k}", v) for k, v in value.items()], valid_paths)
@@ -455,15 +505,23 @@ def parse_value(raw: str, key: str | None = None) -> Any:
     value that starts with ``[`` or ``{`` is YAML flow style, as a config file writes it
     (``[{name: csv, path: x.csv}]``), and one that parses as neither is a one-line
     :class:`ConfigError` naming ``key``; else the string."""
+    from .io import DuplicateKeyError, load_json, load_yaml
+
     try:
-        return json.loads(raw)
+        return load_json(raw)
     except json.JSONDecodeError:
         pass
+    except DuplicateKeyError as exc:
+        raise ConfigError(f"{key or 'value'}: {raw!r}: {exc}") from None
     if raw.lstrip().startswith(("[", "{")):
         import yaml
 
         try:
-            return yaml.safe_load(raw)
+            return load_yaml(raw)
+        except DuplicateKeyError as exc:
+            at = f"at character {exc.column}: " if exc.line == 1 else f"line {exc.line}: "
+            raise ConfigError(f"{key or 'value'}: {raw!r}: {at}key {str(exc.key)!r} given twice in one mapping; "
+                              f"give each key once") from None
         except yaml.YAMLError as exc:
             why = " ".join(str(getattr(exc, "problem", None) or exc).split())
             mark = getattr(exc, "problem_mark", None)
@@ -625,7 +683,7 @@ def _field_range(loc: tuple) -> str:
 
 def _one_line(exc: ValidationError, valid: set[str]) -> str:
     e = exc.errors()[0]
-    loc = ".".join(str(p) for p in e["loc"])
+    loc = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p)) for i, p in enumerate(e["loc"]))
     msg = e["msg"].removeprefix("Value error, ")
     got = e.get("input")
     got_s = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"

@@ -1,8 +1,10 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of either."""
+"""Atomic file writes: a reader sees the old file or the new one, never half of either; and the one
+reader of YAML and JSON text that refuses a key given twice (:func:`load_yaml`, :func:`load_json`)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import errno
 import os
 import shutil
@@ -215,3 +217,67 @@ def read_text(path: str | Path, errors: str = "strict") -> str:
     except (EOFError, zlib.error) as exc:
         raise TextFileError(f"{path}: cannot read (damaged gzip data: {exc})") from None
     return decode_text(data, path, errors)
+
+
+# --- reading YAML and JSON: a key given twice is an error -----------------------------------
+
+class DuplicateKeyError(ValueError):
+    """A mapping of a YAML or JSON text that gives one key twice (``{path: a.csv, path: b.csv}``):
+    the key, and (YAML) the 1-based line and column where it is repeated and the line it first
+    appeared on. Every reader of maskkit's YAML/JSON (config files, ``key=value`` YAML-flow values,
+    sweeps, compositions) refuses it rather than keeping the last value."""
+
+    def __init__(self, key: object, line: int | None = None, column: int | None = None, first: int | None = None):
+        self.key, self.line, self.column, self.first = key, line, column, first
+        where = f"line {line}: " if line is not None else ""
+        was = f" (first on line {first})" if first is not None and first != line else ""
+        super().__init__(f"{where}key {str(key)!r} given twice in one mapping{was}; give each key once")
+
+
+def _unique_key_loader():
+    """A ``yaml.SafeLoader`` whose mappings refuse a repeated key (:class:`DuplicateKeyError`);
+    the keys a merge (``<<: *base``) brings in may be overridden, as YAML defines."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen: dict = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        hash(key)
+                    except TypeError:
+                        continue  # the base class says an unhashable key is not allowed
+                    mark = key_node.start_mark
+                    if key in seen:
+                        raise DuplicateKeyError(key, mark.line + 1, mark.column + 1, seen[key])
+                    seen[key] = mark.line + 1
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def load_yaml(text: str) -> object:
+    """``text`` read as YAML (safe: plain data only) with every mapping's keys unique: a repeated
+    key is :class:`DuplicateKeyError` (line, column, key), never "the last one wins". The one YAML
+    reader of maskkit (config files, ``key=value`` flow values, sweeps, compositions)."""
+    import yaml
+
+    return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 (a SafeLoader subclass)
+
+
+def _unique_pairs(pairs: list[tuple[str, object]]) -> dict:
+    seen: dict = {}
+    for k, v in pairs:
+        if k in seen:
+            raise DuplicateKeyError(k)
+        seen[k] = v
+    return seen
+
+
+def load_json(text: str) -> object:
+    """``text`` read as JSON with every object's keys unique (:class:`DuplicateKeyError`)."""
+    return json.loads(text, object_pairs_hook=_unique_pairs)

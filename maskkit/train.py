@@ -703,8 +703,8 @@ class PretrainRecipe:
             z = result.evaluations.get("zeroshot")
             result.zeroshot = z.native if z is not None else None
         elif cfg.runtime.evaluations and info.main:
-            self.console.print(f"runtime.evaluations ({', '.join(cfg.runtime.evaluations)}) not run: the run holds out no data "
-                               f"(data.val_n=0?)", highlight=False, soft_wrap=True)
+            self.console.print(f"runtime.evaluations ({', '.join(cfg.runtime.evaluations)}) not run: "
+                               f"{self.corpus.empty_held_out_line()}", highlight=False, soft_wrap=True)
         if info.enabled:
             torch.distributed.barrier()
         return result

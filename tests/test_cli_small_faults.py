@@ -121,3 +121,43 @@ def test_every_builtin_dataset_option_has_a_declared_type():
             for o in a.option_rows()}
     assert rows[("csv", "path")] == "str"
     assert [k for k, t in rows.items() if "any" in t.split(" | ")] == []
+
+
+@pytest.mark.parametrize("raised,code,line", [
+    (BrokenPipeError(32, "Broken pipe"), 1, "error: broken pipe (BrokenPipeError at test_cli_small_faults.py:"),
+    (KeyboardInterrupt(), 130, "error: interrupted (KeyboardInterrupt at test_cli_small_faults.py:"),
+    (EOFError("no more input"), 1, "error: input ended (EOFError at test_cli_small_faults.py:"),
+])
+def test_no_error_path_of_the_command_exits_without_a_line(monkeypatch, capfd, raised, code, line):
+    """click ends a command that hit a closed pipe with exit 1 and no word, and turns a
+    KeyboardInterrupt or EOFError into its Abort, which main() ended with exit 1 and no word (a
+    fresh user saw 'exit status 1, no output' once): each is now one line naming what and where."""
+    import maskkit.config
+    from maskkit import cli
+
+    def boom(*a, **k):
+        raise raised
+
+    monkeypatch.setattr(maskkit.config, "resolve", boom)
+    monkeypatch.setattr(sys, "argv", ["maskkit", "run", "preset=xlip"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capfd.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert e.value.code == code and len(lines) == 1 and lines[0].startswith(line), err
+
+
+def test_the_error_line_survives_a_console_that_cannot_print(monkeypatch, capfd):
+    """Under load a non-blocking stderr pipe that is full makes rich's print raise BlockingIOError:
+    the error line then went with it (exit 2 and no output). It is written to fd 2 instead."""
+    from maskkit import cli
+
+    def full(*a, **k):
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(cli.err_console, "print", full)
+    monkeypatch.setattr(sys, "argv", ["maskkit", "run", "train.lr=oops"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    err = capfd.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: train.lr: ") and err.count("\n") == 1, err

@@ -157,3 +157,24 @@ def test_an_installed_package_holds_its_shipped_files(tmp_path):
     file, source, names, sweeps = json.loads(res.stdout)
     assert file.startswith(str(target)) and source == "config:xlip_paper_corpus" and names == ["mimic", "padchest"]
     assert sweeps == ["fig6", "fig7", "seeds", "sparse_equal_steps", "sparse_equal_wallclock", "table3", "table4"]
+
+
+@pytest.mark.slow  # a training run with its end-of-run evaluation (about a minute on 2 shared cores)
+def test_the_documented_python_example_trains(tmp_path, monkeypatch):
+    """docs/distributed.md's "Training from Python" example (resolve a preset + overrides, train),
+    run as written, in an empty folder: it returns the run and its zero-shot result."""
+    import contextlib
+    import io
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "distributed.md").read_text(encoding="utf-8")
+    (code,) = re.findall(r"<!-- python-example: train -->\n```python\n(.*?)```", doc, re.S)
+    monkeypatch.chdir(tmp_path)
+    out, scope = io.StringIO(), {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(code, "docs/distributed.md", "exec"), scope)
+    res = scope["result"]
+    assert res.step == 10 and res.run_dir.parent == Path("runs") and (tmp_path / res.run_dir / "checkpoints").is_dir()
+    assert (tmp_path / res.run_dir / "zeroshot.json").is_file() and res.evaluations["zeroshot"].native is not None
+    assert str(res.run_dir) in out.getvalue()

@@ -175,3 +175,96 @@ def test_a_yaml_flow_value_on_the_command_line_reads_as_in_a_config_file():
         resolve(["data.sources=[{name: csv, path: x.csv"])
     assert str(e.value) == ("data.sources: '[{name: csv, path: x.csv' starts with '[' but is neither JSON nor YAML flow style "
                             "(expected ',' or '}', but got '<stream end>' at character 25); e.g. [{name: csv, path: x.csv}] or [1, 2]")
+
+
+@pytest.mark.parametrize("how", ["file", "cli", "cli-mapping"])
+def test_an_empty_data_sources_is_refused_not_trained_on_phantoms(tmp_path, how):
+    """``data.sources: []`` used to fall back to the single-source default (phantoms) silently."""
+    f = tmp_path / "cfg.yaml"
+    f.write_text("data:\n  sources: []\n")
+    args = {"file": [f"config={f}"], "cli": ["data.sources=[]"], "cli-mapping": ['data={"sources": []}']}[how]
+    src = f"file:{f}" if how == "file" else "cli"
+    with pytest.raises(ConfigError) as e:
+        resolve(args)
+    assert str(e.value) == ("data.sources is empty; expected at least one entry such as {name: csv, path: x.csv} (or leave "
+                            f"data.sources out for the single-source form data=NAME) (from {src})")
+
+
+def test_a_duplicate_key_is_refused_in_config_files_cli_values_compositions_and_sweeps(tmp_path):
+    """YAML (and JSON) let the last of two equal keys win: ``{name: csv, path: a.csv, path: b.csv}``
+    read b.csv silently. Every reader of maskkit's YAML refuses it in one line: file, line, key."""
+    from maskkit.compose import load_spec
+    from maskkit.errors import MaskkitError
+    from maskkit.sweep import load_sweep
+
+    f = tmp_path / "cfg.yaml"
+    f.write_text("data:\n  sources:\n    - {name: csv, path: a.csv, path: b.csv}\n")
+    with pytest.raises(MaskkitError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{f}: line 3: key 'path' given twice in one mapping; give each key once"
+    f.write_text("train:\n  lr: 1.0e-4\n  steps: 3\n  lr: 1.0e-3\n")
+    with pytest.raises(MaskkitError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{f}: line 4: key 'lr' given twice in one mapping (first on line 2); give each key once"
+    j = tmp_path / "cfg.json"
+    j.write_text('{"train": {"lr": 0.1, "lr": 0.2}}')
+    with pytest.raises(MaskkitError, match=r"cfg.json: key 'lr' given twice in one mapping; give each key once$"):
+        resolve([f"config={j}"])
+    # a YAML-flow value on the command line, and JSON
+    with pytest.raises(ConfigError) as e:
+        resolve(["data.sources=[{name: csv, path: a.csv, path: b.csv}]"])
+    assert str(e.value) == ("data.sources: '[{name: csv, path: a.csv, path: b.csv}]': at character 27: key 'path' given twice "
+                            "in one mapping; give each key once")
+    with pytest.raises(ConfigError, match=r"""^data.sources: '\[{"name": "csv", "name": "x"}\]': key 'name' given twice"""):
+        resolve(['data.sources=[{"name": "csv", "name": "x"}]'])
+    # a composition file and a sweep file
+    c = tmp_path / "tree.yaml"
+    c.write_text("random:\n  ratio: 0.5\n  ratio: 0.7\n")
+    with pytest.raises(MaskkitError, match=rf"^{c}: line 3: key 'ratio' given twice in one mapping \(first on line 2\)"):
+        load_spec(c)
+    s = tmp_path / "sweep.yaml"
+    s.write_text("presets: [xlip]\nseeds: [0]\nseeds: [1]\n")
+    with pytest.raises(MaskkitError, match=rf"^{s}: line 3: key 'seeds' given twice"):
+        load_sweep(str(s))
+    # a merge key may be overridden, as YAML defines
+    from maskkit.compose import load_yaml
+
+    assert load_yaml("a: &b {lr: 1, steps: 2}\nc: {<<: *b, lr: 3}\n")["c"] == {"lr": 3, "steps": 2}
+
+
+@pytest.mark.parametrize("text,line", [
+    ("data: [1, 2]", "data: expected a mapping of its keys or a dataset name (data=mimic), got a list"),
+    ("train: [seed, 1]", "train: expected a mapping of its keys, got a list"),
+    ("model:\n  mim: 3", "model.mim: expected a mapping of its keys, got a number (3)"),
+    ("data:\n  sources:\n    name: csv\n    path: x.csv", "data.sources: expected a list of entries such as [{name: csv, path: x.csv}], got a mapping"),
+    ("data:\n  sources: [null]", "data.sources[0]: expected a mapping such as {name: csv, path: x.csv}, got null"),
+    ("data:\n  sources: [{name: phantoms}, csv]", "data.sources[1]: expected a mapping such as {name: csv, path: x.csv}, got a string ('csv')"),
+    ("data:\n  options: [views]", "data.options: expected a mapping of adapter options such as {uncertain: zeros}, got a list"),
+])
+def test_a_value_of_the_wrong_shape_says_what_was_expected(tmp_path, text, line):
+    """``data:`` as a list read "unknown key 'data'", ``sources:`` as a mapping "'name' is not an index
+    of data.sources", ``sources: [null]`` pydantic's "data.sources.0: Input should be a valid
+    dictionary": one place (config._check_shape) now says the key, what it takes and what it got."""
+    f = tmp_path / "cfg.yaml"
+    f.write_text(text + "\n")
+    with pytest.raises(ConfigError) as e:
+        resolve([f"config={f}"])
+    assert str(e.value) == f"{line} (from file:{f})"
+
+
+def test_shape_errors_on_the_command_line_and_the_bracket_notation_of_list_items():
+    with pytest.raises(ConfigError, match=r"^train: expected a mapping of its keys, got a list \(from cli\)$"):
+        resolve(["train=[1]"])
+    with pytest.raises(ConfigError, match=r"^data.sources: expected a list of entries .*, got a mapping \(from cli\)$"):
+        resolve(['data={"sources": {"name": "csv"}}'])
+    # pydantic's own errors inside a list name the item as data.sources[0] does
+    from pydantic import BaseModel, ValidationError
+
+    from maskkit.config import _one_line
+
+    class M(BaseModel):
+        xs: list[int]
+
+    with pytest.raises(ValidationError) as e:
+        M(xs=[1, "a"])
+    assert _one_line(e.value, set()).startswith("xs[1]: ")

@@ -207,8 +207,8 @@ def test_an_image_listed_twice_by_one_source_and_by_mimic(tmp_path):
     twice = _csv(tmp_path / "t.csv", "image_path,report", [f"{p}i{i}.png,Heart normal {i}." for i in range(30) for p in ("", "./")])
     c = build_corpus(resolve(["data=csv", f"data.path={twice}", "preset=clip", "train.seed=2"])[0], 96)
     (s,) = c.sources
-    assert s.left_out is not None and not _paths(s.held_records) & _paths(s.train_records)
-    assert s.left_out_note.startswith(f"source csv: {s.left_out.count} training record") and "this source (listed twice)" in s.left_out_note
+    # listed twice by one source: read once (A67), so nothing to leave out
+    assert s.duplicates == 30 and s.records == 30 and s.left_out is None and not _paths(s.held_records) & _paths(s.train_records)
     m = mimic_root(tmp_path / "mimic", n=30)
     jpgs = sorted(m.rglob("*.jpg"))
     mine = _csv(tmp_path / "mine.csv", "image_path,report", [f"{p},Extra caption {k}." for k, p in enumerate(jpgs)])
@@ -358,3 +358,130 @@ def test_a_wrong_image_root_is_one_line_when_the_data_is_built(tmp_path):
     # one image missing among found ones is the skip policy's, not this check's
     (tmp_path / "i0.png").unlink()
     assert build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96).sources[0].records == 32
+
+
+# --- blank patient ids in a source that has the patient column --------------------------------
+
+def test_blank_patient_ids_among_others_are_counted_warned_and_noted(tmp_path):
+    """Rows of a CSV that has the patient column but a blank cell: counted, one warning naming the
+    source, the column and the count, and a split.json note (as a source without the column has)."""
+    for i in range(32):
+        _img(tmp_path / f"i{i}.png", i)
+    rows = [f"i{i}.png,Heart normal {i}.,{'' if i in (3, 7, 9) else ('  ' if i == 11 else f'p{i // 4}')},{i % 2}" for i in range(32)]
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id,Cardiomegaly", rows)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    s = c.sources[0]
+    assert s.no_patient == 4 and not s.by_image and s.patients == 8 + 4
+    warnings = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert warnings == ["warning: data (csv): 4 of 32 records have no patient id ('patient_id' blank or missing): each is split "
+                        "by itself, so its patient's other images may be trained on while it is held out; fill in the patient ids"]
+    assert "4 of 32 records have no patient id" in s.record()["note"]
+    # a whitespace id is no patient: the four are not one patient '' (or '  ') held out together
+    assert all(r.patient_id is None for r in (*s.train_records, *s.held_records) if r.id in {"i3.png", "i7.png", "i9.png", "i11.png"})
+    # every adapter goes through SourceSpec.load: the jsonl plugin, a line without the key
+    jsonl_plugin()
+    j = tmp_path / "c.jsonl"
+    j.write_text("".join(json.dumps({"image": f"i{i}.png", "report": f"Heart normal {i}.", **({} if i == 5 else {"patient": f"p{i // 3}"})})
+                         + "\n" for i in range(12)))
+    c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'jsonl', 'path': str(j)}])}", "preset=clip"])[0], 96)
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w.startswith("warning: data.sources[0] (jsonl): 1 of 12 records has no patient id ('patient' blank or missing): it is split")
+    # all ids present: nothing said
+    full = _csv(tmp_path / "f.csv", "image_path,report,patient_id", [f"i{i}.png,Heart normal {i}.,p{i // 4}" for i in range(32)])
+    c = build_corpus(resolve(["data=csv", f"data.path={full}", "preset=clip"])[0], 96)
+    assert c.sources[0].no_patient == 0 and not [line for line in c.summary_lines() if line.startswith("warning:")]
+
+
+# --- one image listed twice by one source (A67) ----------------------------------------------
+
+def test_duplicate_rows_of_one_csv_are_dropped_with_a_warning_and_a_note(tmp_path):
+    """Two rows naming one image doubled its sampling weight silently: the first is kept, the
+    others dropped, counted, warned about and noted in split.json."""
+    for i in range(20):
+        _img(tmp_path / f"i{i}.png", i)
+    rows = [f"i{i}.png,Heart normal {i}.,p{i},{i % 2}" for i in range(20)]
+    rows += ["i4.png,Heart normal 4.,p4,0", "./i4.png,Heart normal again.,p4,0", "sub/../i7.png,Heart normal 7.,p7,1"]
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id,Cardiomegaly", rows)
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip"])[0], 96)
+    (s,) = c.sources
+    assert s.duplicates == 3 and s.records == 20 and len(s.train_records) + len(s.held_records) == 20
+    assert len(c.train) == len(s.train_records)  # each image sampled once an epoch
+    four = [r for r in (*s.train_records, *s.held_records) if r.id.endswith("i4.png")]
+    assert [r.report for r in four] == ["Heart normal 4."]  # the first row kept
+    (w,) = [line for line in c.summary_lines() if line.startswith("warning:")]
+    assert w == (f"warning: data (csv): 3 records dropped, their image listed again by the source (e.g. {tmp_path / 'i4.png'}): "
+                 f"each image is read once, the first of its records kept (docs/assumptions.md A67)")
+    rec = s.record()
+    assert rec["duplicates_dropped"] == 3 and rec["records"] == 20 and "3 records dropped" in rec["note"]
+    # the same image in two sources is not dropped (each source keeps its own weight)
+    q = _csv(tmp_path / "e.csv", "image_path,report", [f"i{i}.png,Other {i}." for i in range(20)])
+    c = build_corpus(resolve([f"data.sources={json.dumps([{'name': 'csv', 'path': str(q)}, {'name': 'csv', 'path': str(q)}])}",
+                              "preset=clip"])[0], 96)
+    assert [x.duplicates for x in c.sources] == [0, 0]
+
+
+# --- a file option that names a folder (and a folder option that names a file) ----------------
+
+def test_a_file_option_naming_a_folder_says_it_is_a_folder(tmp_path):
+    """``path:`` at a folder read "CSV file X does not exist": every adapter's file option goes through
+    records.need_file, which says it is a folder and names the files in it that look like one."""
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "train.csv").write_text("image_path\n")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    cfg = resolve(["data=csv", f"data.path={tmp_path / 'd'}", "preset=clip"])[0]
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(cfg, 96)
+    assert one_line(e) == f"data.path: {tmp_path / 'd'} is a folder; expected a CSV file (it holds train.csv)"
+    srcs = json.dumps([{"name": "csv", "path": str(tmp_path)}])
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve([f"data.sources={srcs}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.sources[0] (csv).path: {tmp_path} is a folder; expected a CSV file"
+    jsonl_plugin()
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=jsonl", f"data.path={tmp_path / 'd'}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.path: {tmp_path / 'd'} is a folder; expected a JSON-lines file"
+    # a folder option naming a file
+    with pytest.raises(MaskkitError) as e:
+        build_corpus(resolve(["data=mimic", f"data.root={tmp_path / 'd' / 'train.csv'}", "preset=clip"])[0], 96)
+    assert one_line(e) == f"data.root: {tmp_path / 'd' / 'train.csv'} is a file; expected a folder"
+
+
+# --- an empty held-out part: advice that fits the source ---------------------------------------
+
+def test_an_empty_held_out_part_gives_advice_that_fits_each_source(tmp_path, capsys):
+    """The end-of-run line, eval zeroshot and eval finetune named data.val_n (a phantoms key) for a
+    CSV source: each now says per source what changes it (Corpus.empty_held_out_line)."""
+    import io
+
+    from rich.console import Console
+
+    from maskkit.train import train
+
+    for i in range(3):
+        _img(tmp_path / f"i{i}.png", i)
+    p = _csv(tmp_path / "d.csv", "image_path,report,patient_id", [f"i{i}.png,Heart normal {i}.,p{i}" for i in range(3)])
+    seed = next(k for k in range(50) if not split_by_patient_held(p, k))
+    c = build_corpus(resolve(["data=csv", f"data.path={p}", "preset=clip", f"train.seed={seed}"])[0], 96)
+    assert c.empty_held_out_line() == (f"csv path={p} holds out no data: data (csv): none of its 3 patients held out (each with "
+                                       f"probability 0.1; no key sets it): another train.seed draws again, or give it more patients")
+    assert "val_n" not in c.empty_held_out_line()
+    c = build_corpus(resolve(["data.val_n=0", "data.n=8", "preset=clip"])[0], 96)
+    assert c.empty_held_out_line().endswith("data (phantoms) holds none out by its own split (data.val_n=0; set data.val_n above 0)")
+    srcs = json.dumps([{"name": "phantoms", "n": 8, "val_n": 0}])
+    c = build_corpus(resolve([f"data.sources={srcs}", "preset=clip"])[0], 96)
+    assert c.empty_held_out_line().endswith("data.sources[0] (phantoms) holds none out by its own split "
+                                            "(data.sources[0] (phantoms).val_n=0; set data.sources[0] (phantoms).val_n above 0)")
+    # the end of a run that asked for an evaluation says it
+    from run_helpers import SMALL
+
+    out = io.StringIO()
+    args = [a for a in SMALL if not a.startswith(("runtime.evaluations", "data.n", "data.val_n"))]
+    train(*resolve([*args, "data=csv", f"data.path={p}", f"train.seed={seed}", "train.steps=1", "train.batch_size=2", f"runtime.out_dir={tmp_path}",
+                    "runtime.evaluations=[zeroshot]", "preset=clip"]), console=Console(file=out, width=400))
+    assert "runtime.evaluations (zeroshot) not run: csv path=" in out.getvalue() and "another train.seed draws again" in out.getvalue()
+
+
+def split_by_patient_held(p, seed):
+    from maskkit.data.build import VAL_FRACTION, split_by_patient
+
+    return split_by_patient(load_table("csv", path=str(p)).records, VAL_FRACTION, seed)[1]

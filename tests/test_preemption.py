@@ -406,3 +406,40 @@ def test_under_ddp_a_stop_before_step_1_and_a_ctrl_c_to_the_process_group(tmp_pa
         assert len(lines) == 1 and f"stopped by SIGINT after step {stop} of 200" in lines[0], err[-3000:]
     time.sleep(0.5)
     assert not [p for p in procs if os.path.exists(f"/proc/{p}") and environ(p)], "a process of the run is left"
+
+
+def test_in_process_calls_leave_the_signal_handlers_as_they_found_them(tmp_path, monkeypatch):
+    """train(), maskkit.cli.main() and the multi-process launcher's forwarding, called from Python
+    (a test suite, a notebook): the process's handlers of SIGTERM / SIGUSR1 / SIGUSR2 / SIGINT are
+    the same objects after the call, and a SIGTERM after it reaches the caller's handler (it was
+    swallowed by maskkit's leftover handler)."""
+    import sys
+
+    from maskkit import cli
+
+    seen = []
+
+    def mine(signum, frame):
+        seen.append(signal.Signals(signum).name)
+
+    sigs = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
+    old = {s: signal.signal(s, mine) if s != signal.SIGINT else signal.getsignal(s) for s in sigs}
+    try:
+        before = {s: signal.getsignal(s) for s in sigs}
+        train(*resolve([*SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=a", "train.steps=2"]))
+        assert {s: signal.getsignal(s) for s in sigs} == before
+        # the command's entry point called from Python (it installs the CLI's handlers itself)
+        monkeypatch.setattr(sys, "argv", ["maskkit", "run", *SMALL, f"runtime.out_dir={tmp_path}", "runtime.name=b", "train.steps=2"])
+        cli.main()  # exit status 0: returns
+        assert (tmp_path / "b" / "checkpoints").is_dir() and {s: signal.getsignal(s) for s in sigs} == before
+        monkeypatch.setattr(sys, "argv", ["maskkit", "run", "train.lr=oops"])  # an error path too
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert {s: signal.getsignal(s) for s in sigs} == before
+        assert cli._run_forwarding([sys.executable, "-c", "pass"]) == 0
+        assert {s: signal.getsignal(s) for s in sigs} == before
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == ["SIGTERM"]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

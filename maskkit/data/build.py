@@ -55,6 +55,10 @@ class SourceData:
     val: Any = None
     left_out: "LeftOut | None" = None  # training records whose image is held out (by this or another source)
     absent: list = field(default_factory=list, repr=False)  # optional columns its file lacked (records.AbsentColumn)
+    no_patient: int = 0            # records without a patient id where others have one (records.count_missing_patients)
+    patient_field: str | None = None  # the column/key the adapter read patient ids from
+    duplicates: int = 0            # records dropped: their image listed again by the source (records.drop_duplicate_images)
+    duplicate_example: str | None = None
 
     @property
     def held_out_ids(self) -> list[str]:
@@ -87,7 +91,9 @@ class SourceData:
                "rule": self.rule, "held_out_sha256": ids_sha256(ids), "train_sha256": ids_sha256(self.train_ids)}
         if self.left_out is not None:
             out["left_out_of_training"] = self.left_out.count
-        notes = [n for n in (self.note, self.left_out_note) if n]
+        if self.duplicates:
+            out["duplicates_dropped"] = self.duplicates
+        notes = [n for n in (self.note, self.left_out_note, self.no_patient_warning, self.duplicates_warning) if n]
         if self.by_image:
             notes.insert(0, f"split by image: no patient {self.patient_absent.what if self.patient_absent else 'id'}")
         if notes:
@@ -148,6 +154,31 @@ class SourceData:
         return f"{self.spec.label}: no patient {a.what}: {a.where} has no '{a.default}' ({a.option}'s default): {risk}{hint}"
 
     @property
+    def duplicates_warning(self) -> str | None:
+        """The one-line warning of a source that listed an image file more than once: how many
+        records were dropped (the first of each kept, A67) and an example; None otherwise."""
+        n = self.duplicates
+        if not n:
+            return None
+        return (f"{self.spec.label}: {n} record{'s' if n != 1 else ''} dropped, {'their' if n != 1 else 'its'} image listed "
+                f"again by the source (e.g. {self.duplicate_example}): each image is read once, the first of its records "
+                f"kept (docs/assumptions.md A67)")
+
+    @property
+    def no_patient_warning(self) -> str | None:
+        """The one-line warning of a source where some records carry no patient id and others do
+        (blank cells of its patient column): how many, the source and the column; each such record
+        is split by itself, so it may be held out while its patient's other images train. None
+        when every record has an id (or none has: :attr:`by_image_warning`)."""
+        n = self.no_patient
+        if not n or self.adapter.split is not None:
+            return None
+        col = f" ('{self.patient_field}' blank or missing)" if self.patient_field else ""
+        return (f"{self.spec.label}: {n} of {self.records} records ha{'ve' if n != 1 else 's'} no patient id{col}: "
+                f"{'each is' if n != 1 else 'it is'} split by itself, so its patient's other images may be trained on "
+                f"while it is held out; fill in the patient ids")
+
+    @property
     def left_records(self) -> list:
         return self.left_out.records if self.left_out is not None else []
 
@@ -178,8 +209,8 @@ def leave_out_held_out_images(splits: list[tuple[list, list]], labels: list[str]
     ``splits``: each source's (train, held-out) records; ``labels``: how messages name each source.
     Returns per source (its training records without those whose image file (:func:`image_key`) is
     held out by any source, the :class:`LeftOut` records or None). Without it an image listed by two
-    sources (two CSVs, or ``mimic`` and a CSV of its files) or twice by one source (rows without a
-    patient id are split one by one) could be held out by one and trained on by the other.
+    sources (two CSVs, or ``mimic`` and a CSV of its files) could be held out by one and trained on
+    by the other. (One source lists each image once: :func:`~maskkit.data.records.drop_duplicate_images`.)
     Patient ids need no such rule: :func:`split_by_patient` decides by ``seed:patient``, so a patient
     id listed by several sources is held out by all of them or by none."""
     held: dict[str, int] = {}
@@ -230,6 +261,26 @@ class Corpus:
         base = [s.spec.name for s in self.sources]
         return [n if base.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(base, self.sources)]
 
+    def empty_held_out_line(self) -> str:
+        """Why this corpus holds nothing out and what changes that, per source, as its split works
+        (an empty held-out part: the end-of-run evaluations, ``maskkit eval zeroshot`` / ``finetune``):
+        an adapter's own split (the phantoms') names its key (``data.val_n``, ``data.sources[0]
+        (phantoms).val_n``); :func:`split_by_patient` (a CSV, MIMIC, ...) has no fraction key
+        (:data:`VAL_FRACTION`): another ``train.seed`` draws again, or more patients."""
+        parts = []
+        for s in self.sources:
+            if s.held_records:
+                continue
+            if s.adapter.split is not None:
+                key = s.spec.key("val_n") if s.adapter.takes("val_n") else None
+                parts.append(f"{s.spec.label} holds none out by its own split"
+                             + (f" ({key}={s.spec.options.get('val_n', 0)}; set {key} above 0)" if key else ""))
+            else:
+                pats = s.patients
+                parts.append(f"{s.spec.label}: none of its {pats} patient{'s' if pats != 1 else ''} held out (each with "
+                             f"probability {VAL_FRACTION}; no key sets it): another train.seed draws again, or give it more patients")
+        return f"{self.describe()} holds out no data: " + "; ".join(parts)
+
     @property
     def labels(self) -> list[str]:
         """How messages name each source's config: ``data.sources[1] (csv)``, or ``data (csv)``."""
@@ -259,11 +310,12 @@ class Corpus:
     def summary_lines(self) -> list[str]:
         """One line per source: records, held out, role, weight, paired training samples; then a
         ``warning:`` line for each source split image by image (:attr:`SourceData.by_image_warning`)
+        or with records lacking a patient id among others that have one (:attr:`SourceData.no_patient_warning`)
         and a ``note:`` line for each source the split left with an empty part (:attr:`SourceData.note`)."""
         lines = [f"source {n}: {s.records} records, {len(s.train_records)} train / {len(s.held_records)} held out"
                  + (f" / {s.left_out.count} left out" if s.left_out is not None else "")
                  + f" (role {s.role}, weight {s.spec.weight:g}, {s.n_paired} paired)" for n, s in zip(self.names, self.sources)]
-        return (lines + [f"warning: {s.by_image_warning}" for s in self.sources if s.by_image_warning]
+        return (lines + [f"warning: {w}" for s in self.sources for w in (s.by_image_warning, s.no_patient_warning, s.duplicates_warning) if w]
                 + [f"note: {n}" for s in self.sources for n in (s.note, s.left_out_note) if n])
 
 
@@ -483,7 +535,9 @@ def build_corpus(cfg: ExperimentConfig, image_size: int, tokenizer=None, held_ou
             raise MaskkitError(f"{spec.key('role')}: paired{own}, but none of its {len(tr)} training records has a report "
                                f"(set role: image_only, or check the report files)")
         built.append(SourceData(spec, adapter, len(table), tr, va, role, n_paired, train, val, left_out,
-                                absent=list(getattr(table, "absent", []))))
+                                absent=list(getattr(table, "absent", [])), no_patient=getattr(table, "no_patient", 0),
+                                duplicates=getattr(table, "duplicates", 0), duplicate_example=getattr(table, "duplicate_example", None),
+                                patient_field=getattr(table, "patient_field", None)))
     corpus_names = [s.spec.name for s in built]
     names_u = [n if corpus_names.count(n) == 1 else f"{n}#{s.spec.index}" for n, s in zip(corpus_names, built)]
     if len(built) == 1:

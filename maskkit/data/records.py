@@ -203,26 +203,98 @@ class Table:
     #: (:func:`absent_columns`; filled by :meth:`maskkit.data.sources.SourceSpec.load`)
     absent: list[AbsentColumn] = field(default_factory=list, repr=False, metadata=_doc(
         "filled by maskkit, not by load: the optional columns named by an option's ColumnDefault that the file lacked"))
+    patient_field: str | None = field(default=None, metadata=_doc(
+        "the column (or key) the records' patient ids were read from, named by the warning about records without one; None: not said"))
+    no_patient: int = field(default=0, metadata=_doc(
+        "filled by maskkit: how many records carry no patient id (a blank cell) where others carry one"))
+    duplicates: int = field(default=0, metadata=_doc(
+        "filled by maskkit: records dropped because an earlier record has the same image file (A67)"))
+    duplicate_example: str | None = field(default=None, metadata=_doc("filled by maskkit: the first such image"))
 
     def __len__(self) -> int:
         return len(self.records)
 
 
+def count_missing_patients(table: Table) -> int:
+    """The records of ``table`` without a patient id in a table where others have one (a blank
+    ``patient_id`` cell of a CSV that has the column, a JSON line without the key): each such id,
+    ``None`` or blank, is set to ``None`` (so :func:`maskkit.data.build.split_by_patient` splits each
+    such record by itself, never all of them as one patient ``""``), and the count is kept as
+    ``table.no_patient`` for the warning and the split record. 0 when every record has an id, or
+    none does (a source split image by image, said elsewhere). Every adapter's table passes here
+    (:meth:`maskkit.data.sources.SourceSpec.load`)."""
+    missing = [r for r in table.records if r.patient_id is None or not str(r.patient_id).strip()]
+    for r in missing:
+        r.patient_id = None
+    table.no_patient = len(missing) if len(missing) < len(table.records) else 0
+    return table.no_patient
+
+
+def drop_duplicate_images(table: Table) -> int:
+    """Drop the records of ``table`` whose image file an earlier record already has (two rows of one
+    CSV naming one image, ``a.png`` and ``./a.png`` alike: the absolute, normalised path), keeping
+    the first; each would otherwise be sampled twice as often (docs/assumptions.md A67). The count
+    and the first such image are kept as ``table.duplicates`` / ``table.duplicate_example`` for the
+    warning and the split record. Records without an image file (the phantoms) are kept. Every
+    adapter's table passes here (:meth:`maskkit.data.sources.SourceSpec.load`)."""
+    import os
+
+    seen: set[str] = set()
+    keep, dropped = [], []
+    for r in table.records:
+        k = os.path.abspath(r.image_path) if r.image_path is not None else None
+        if k is not None and k in seen:
+            dropped.append(r)
+            continue
+        if k is not None:
+            seen.add(k)
+        keep.append(r)
+    if dropped:
+        table.records = keep
+        table.duplicates, table.duplicate_example = len(dropped), dropped[0].image_path
+    return len(dropped)
+
+
 # --- shared helpers --------------------------------------------------------------------------
 
 def _need_dir(root: str | Path, option: str = "root") -> Path:
+    """The folder adapter option ``option`` names; one line naming the key when it does not exist or
+    is a file (``{key}: /d/x.csv is a file; expected a folder``)."""
     p = Path(root).expanduser()
+    if p.is_file():
+        raise OptionError(option, f"{{key}}: {p} is a file; expected a folder")
     if not p.is_dir():
         raise OptionError(option, f"{{key}}: folder {p} does not exist")
     return p
 
 
+def need_file(path: str | Path, option: str = "path", what: str = "CSV file", suffixes: tuple[str, ...] = (".csv", ".csv.gz")) -> Path:
+    """The file adapter option ``option`` names (``what``: how messages call it). One line naming the
+    key as the user set it (:class:`OptionError`) when it does not exist, or is a folder: then the
+    files in it that look like one (``suffixes``) are named, ``{key}: /data/nih is a folder; expected
+    a CSV file (it holds Data_Entry_2017.csv)``. Every adapter's file option (and a plugin's) goes here."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        like = sorted(c.name for c in p.iterdir() if c.is_file() and c.name.lower().endswith(suffixes))[:3] if suffixes else []
+        held = f" (it holds {', '.join(like)})" if like else ""
+        raise OptionError(option, f"{{key}}: {p} is a folder; expected a {what}{held}")
+    if not p.is_file():
+        raise OptionError(option, f"{{key}}: {what} {p} does not exist")
+    return p
+
+
 def _find(root: Path, names: Iterable[str], what: str) -> Path:
+    """The first of ``names`` (or its ``.gz``) under ``root`` (a name may be absolute); one line when
+    none is there, or when a name given is a folder (``/d/labels is a folder; expected the RSNA
+    labels CSV``)."""
     names = list(names)
     for n in names:
         for cand in (root / n, root / (n + ".gz")):
             if cand.is_file():
                 return cand
+    for n in names:
+        if n and (root / n).is_dir():
+            raise DataError(f"{root / n} is a folder; expected the {what}")
     raise DataError(f"{root}: no {what} found; expected one of {', '.join(names)} (optionally .gz)")
 
 
@@ -483,7 +555,7 @@ def mimic(root: str, split: Literal["train", "validate", "test"] | None = None, 
         raise OptionError("sections", f"{root}: {{key}}: no report has a section {absent[0]!r}"
                                       f"{close_matches(absent[0].lower(), heads) or ''}; the reports have "
                                       f"{', '.join(sorted(heads)[:12])}")
-    return Table("mimic", recs, CHEXPERT_LABELS)
+    return Table("mimic", recs, CHEXPERT_LABELS, patient_field="subject_id")
 
 
 
@@ -535,7 +607,7 @@ def padchest(root: str, csv_name: str | None = None, views: list[View] | None = 
         recs.append(Record(id=row["ImageID"], image_path=str(root / row["ImageDir"] / row["ImageID"]), report=None,
                            labels=lab, patient_id=row["PatientID"], study_id=row["StudyID"],
                            view=norm_view(row["Projection"]), extra={"method_label": row.get("MethodLabel")}))
-    return Table("padchest", apply_filters(recs, views, one_per_study), names)
+    return Table("padchest", apply_filters(recs, views, one_per_study), names, patient_field="PatientID")
 
 
 def padchest_labels(cell: str | None) -> list[str] | None:
@@ -570,7 +642,7 @@ def chexpert(root: str, csv_name: str = "train.csv", views: list[View] | None = 
         recs.append(Record(id=row["Path"], image_path=str(img),
                            labels=chexpert_labels(row, path, i + 2, uncertain, blank),
                            patient_id=m.group(1) if m else None, study_id="/".join(m.groups()) if m else None, view=view))
-    return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS)
+    return Table("chexpert", apply_filters(recs, views, one_per_study), CHEXPERT_LABELS, patient_field="Path")
 
 
 def nih(root: str, csv_name: str | None = None, views: list[View] | None = None, one_per_study: bool = False) -> Table:
@@ -596,7 +668,7 @@ def nih(root: str, csv_name: str | None = None, views: list[View] | None = None,
                            labels={k: float(k in found) for k in NIH_LABELS} | {NO_FINDING: float(NO_FINDING in found)},
                            patient_id=row["Patient ID"], study_id=f"{row['Patient ID']}_{row['Follow-up #']}",
                            view=norm_view(row["View Position"])))
-    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + (NO_FINDING,))
+    return Table("nih", apply_filters(recs, views, one_per_study), NIH_LABELS + (NO_FINDING,), patient_field="Patient ID")
 
 
 def rsna(root: str, labels_csv: str = "stage_2_train_labels.csv", headers_csv: str | None = None,
@@ -738,9 +810,7 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
     ``no_finding`` column is 1; otherwise None (image-only): a caption claims nothing unknown.
     """
     _check_policy(uncertain, "unknown", allow_none=True)
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise OptionError("path", f"{{key}}: CSV file {path} does not exist")
+    path = need_file(path, "path", "CSV file")
     if isinstance(label_cols, str):
         label_cols = [label_cols]
     if image_root is not None:
@@ -780,7 +850,7 @@ def generic_csv(path: str, image_col: str = ColumnDefault("image_path"), report_
             rep = f"Findings: {', '.join(pos)}." if pos else ("No finding." if known or normal else None)
         recs.append(Record(id=row[image_col], image_path=str(img), report=rep, labels=labels,
                            patient_id=row.get(patient_col) if patient_col else None))
-    return Table("csv", recs, label_cols)
+    return Table("csv", recs, label_cols, patient_field=patient_col)
 
 
 #: the values a label cell may hold besides blank (``-1``: uncertain, under a policy)

@@ -86,12 +86,14 @@ class SourceSpec:
         the source's keys (:meth:`errors`), and one when the table is empty. The optional columns
         the file lacked are kept as ``table.absent`` (:func:`~maskkit.data.records.absent_columns`)."""
         from .adapters import get_adapter
-        from .records import absent_columns, check_label_values, naming_source
+        from .records import absent_columns, check_label_values, count_missing_patients, drop_duplicate_images, naming_source
 
         with self.errors(), absent_columns() as absent, naming_source(self.label, self.key):
             table = get_adapter(self.name).load(**self.options)
             check_label_values(table, self.name)
         table.absent = list(absent)  # a default column the file lacked (patient_id): said when the data is built
+        drop_duplicate_images(table)  # one image listed twice is sampled once (A67): said when the data is built
+        count_missing_patients(table)  # blank patient ids where others have one: said when the data is built
         if not len(table):
             raise MaskkitError(f"{self.label}: {self.describe()} has no records (after filters)")
         return table

@@ -434,7 +434,7 @@ class EvalRun:
         """(held-out dataset, label names, what): :meth:`corpus`'s held-out part; an empty one is one line."""
         _, corpus, what = self.corpus(held_out_ner, text)
         if corpus.val is None or len(corpus.val) == 0:
-            raise MaskkitError(f"the evaluation split of {what['data']} is empty; set data.val_n (phantoms) or use a larger dataset")
+            raise MaskkitError(f"the evaluation split is empty: {corpus.empty_held_out_line()}")
         return corpus.val, corpus.label_names, what
 
 

@@ -142,7 +142,7 @@ def pretraining_data(cfg, image_size: int, corpus=None):
     if corpus is None:
         corpus = build_corpus(cfg, image_size, ner=False)  # fine-tuning reads no entities
     if corpus.val is None:
-        raise MaskkitError("fine-tuning needs held-out data (data.val_n > 0 for phantoms)")
+        raise MaskkitError(f"fine-tuning needs held-out data: {corpus.empty_held_out_line()}")
     parts, names, recs, test_ids = [], [], [], set()
     for name, s in zip(corpus.names, corpus.sources):
         for d, rs in ((s.train, s.train_records), (s.val, s.held_records)):

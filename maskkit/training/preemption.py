@@ -136,6 +136,15 @@ class StopRequest:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
+    def __enter__(self) -> StopRequest:
+        """``with StopRequest().install() as stop:``: the handlers found at :meth:`install` are
+        put back when the block ends, however it ends (a call in a Python process, a test, leaves the
+        process's handlers as it found them)."""
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()
+
     def note(self, name: str) -> None:
         """Record a stop by ``name`` without raising (a signal seen by a nested handler or a child)."""
         if name not in self.names:
@@ -210,6 +219,17 @@ def cli_stop_request() -> StopRequest:
     if _CLI_REQUEST is None:
         _CLI_REQUEST = StopRequest().install(deferred=True)
     return _CLI_REQUEST
+
+
+def release_cli_stop_request() -> None:
+    """Put back the handlers :func:`cli_stop_request` replaced, and forget it: :func:`maskkit.cli.main`
+    calls it when it returns, so that ``main()`` called from Python (a test, a notebook, a script
+    that runs several commands) leaves the process's signal handlers as it found them, and a next
+    ``main()`` starts with a fresh request."""
+    global _CLI_REQUEST
+    if _CLI_REQUEST is not None:
+        _CLI_REQUEST.restore()
+        _CLI_REQUEST = None
 
 
 def shield_loader_worker() -> None:

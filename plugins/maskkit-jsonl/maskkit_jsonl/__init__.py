@@ -16,7 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from maskkit import hookimpl
-from maskkit.data.records import ColumnDefault, DataError, OptionError, Record, Table, has_content, image_cell, named_column
+from maskkit.data.records import ColumnDefault, DataError, OptionError, Record, Table, has_content, image_cell, named_column, need_file
 
 __version__ = "0.1.0"
 
@@ -38,9 +38,7 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = ColumnDe
     not a folder. Raises :class:`maskkit.data.records.DataError` naming the file and line, and
     :class:`maskkit.data.records.OptionError` for a bad option value (named as the user set it).
     """
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise OptionError("path", f"{{key}}: JSON-lines file {p} does not exist")  # {key}: data.path, data.sources[i] (jsonl).path
+    p = need_file(path, "path", "JSON-lines file", (".jsonl", ".jsonl.gz", ".json"))  # {key}: data.path, data.sources[i] (jsonl).path
     base = Path(image_root).expanduser() if image_root else p.parent
     if image_root and not base.is_dir():
         raise OptionError("image_root", f"{{key}}: folder {base} does not exist")
@@ -82,7 +80,7 @@ def jsonl(path: str, image_key: str = "image", report_key: str | None = ColumnDe
                            labels={k: (math.nan if labels.get(k) is None else float(labels[k])) for k in names},
                            patient_id=str(obj[patient_key]) if patient_key and obj.get(patient_key) is not None else None,
                            extra={"line": n}))
-    return Table("jsonl", recs, tuple(names))
+    return Table("jsonl", recs, tuple(names), patient_field=patient_key if patient_key in keys else None)
 
 
 @hookimpl
