@@ -87,6 +87,11 @@ class Objective(nn.Module):
 
     term: Term
 
+    #: whether the term is built (computed, logged, weighted 0) when its configured weight is 0:
+    #: True for XLIP's terms, whose model parts (decoders, towers) must stay in DDP's static graph
+    #: (docs/distributed.md); False (the default, a plugin's term) makes weight 0 mean "off"
+    kept_at_zero: bool = False
+
     def __init__(self, weight: float, gather: Gatherer | None = None, *, term: Term | None = None) -> None:
         super().__init__()
         self.term = term or term_of(type(self))
@@ -133,6 +138,8 @@ class AlignLoss(Objective):
     loss's value divided by the micro-batch count with the gradient of its own rows, and the logit
     scale's gradient is divided by the count too (open_clip adds it once per micro-batch).
     """
+
+    kept_at_zero = True
 
     def __init__(self, weight: float, gather: Gatherer | None = None, max_logit_scale: float = 100.0, *,
                  term: Term | None = None) -> None:
@@ -188,6 +195,8 @@ class MIMLoss(Objective):
     the step, so each micro-batch's share is its squared error over the step's masked patches.
     """
 
+    kept_at_zero = True
+
     def __init__(self, weight: float, gather: Gatherer | None = None, norm_pix: bool = False, *,
                  term: Term | None = None) -> None:
         super().__init__(weight, gather, term=term)
@@ -220,6 +229,8 @@ class MLMLoss(Objective):
     of this rank (``K`` may be 0: an all-image-only batch); one all-reduce of ``K`` per call, always.
     Under accumulation (``micro``) ``K`` is counted over every micro-batch of the step.
     """
+
+    kept_at_zero = True
 
     @classmethod
     def build(cls, term: Term, model, weight: float, gather: Gatherer | None = None) -> MLMLoss | None:
@@ -264,10 +275,16 @@ class Objectives(nn.Module):
         ``terms`` (default :func:`maskkit.terms.all_terms`: :data:`~maskkit.terms.TERMS` and the
         plugins' terms) whose :meth:`Objective.build` gives one for this model, weighted by
         ``weights`` (an object with one float attribute per term name, e.g. ``cfg.objectives``;
-        a term it does not name takes its ``default_weight``)."""
-        objs = [o for t in (all_terms() if terms is None else terms)
-                if (o := t.objective_class().build(t, model, float(getattr(weights, t.name, t.default_weight)), gather))
-                is not None]
+        a term it does not name takes its ``default_weight``). A term weighted 0 is off (not built,
+        not computed, not logged) unless its class sets :attr:`Objective.kept_at_zero`."""
+        objs = []
+        for t in (all_terms() if terms is None else terms):
+            weight = float(getattr(weights, t.name, t.default_weight))
+            kind = t.objective_class()
+            if weight == 0 and not kind.kept_at_zero:
+                continue  # off: not computed, not logged (a plugin's NaN at weight 0 cannot stop a run)
+            if (o := kind.build(t, model, weight, gather)) is not None:
+                objs.append(o)
         return cls(objs)
 
     @property

@@ -47,7 +47,8 @@ class Term:
 
     def objective_class(self) -> type:
         """The :class:`~maskkit.objectives.Objective` subclass of this term (imports its module);
-        a ``"module:Class"`` that does not import or does not name a class is one line naming it."""
+        a ``"module:Class"`` that does not import or does not name a class is one line naming it
+        (:class:`~maskkit.errors.PluginError`, exit 2)."""
         if isinstance(self.objective, type):
             return self.objective
         module, _, qual = self.objective.partition(":")
@@ -56,7 +57,9 @@ class Term:
             for part in qual.split("."):
                 obj = getattr(obj, part)
         except (ImportError, AttributeError, ValueError) as exc:
-            raise ImportError(f"term '{self.name}': objective {self.objective!r} (expected 'module:Class') "
+            from .errors import PluginError
+
+            raise PluginError(f"term '{self.name}': objective {self.objective!r} (expected 'module:Class') "
                               f"cannot be loaded: {exc}") from None
         return obj
 

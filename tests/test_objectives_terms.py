@@ -9,6 +9,7 @@ import torch
 
 from maskkit.config import ObjectivesConfig, objectives_model
 from maskkit.objectives import AlignLoss, MIMLoss, MLMLoss, Objective, Objectives
+from maskkit.errors import PluginError
 from maskkit.terms import TERMS, Term
 
 
@@ -61,12 +62,14 @@ def test_a_new_term_per_the_docs_example():
         out = m(b, seed=0)
         base_total, base = Objectives.for_model(m, ObjectivesConfig())(out)
         off = Objectives.for_model(m, objectives_model(terms)(), terms=terms)
-        assert off.names == ("align", "mim", "mlm", "feat_l2") and off.terms[-1].weight == 0.0
+        assert off.names == ("align", "mim", "mlm")  # weight 0: off, not built
         total, values = off(out)
+        assert float(total) == pytest.approx(float(base_total))  # presets unaffected
+        small = Objectives.for_model(m, objectives_model(terms)(feat_l2=1e-9), terms=terms)
+        _, values = small(out)
         want = float(out.image_features.float().pow(2).sum(-1).mean())
         assert float(values["feat_l2"]) == pytest.approx(want) and want > 0
-        assert float(total) == pytest.approx(float(base_total))  # presets unaffected
-        assert int(off.targets["feat_l2"]) == 4
+        assert int(small.targets["feat_l2"]) == 4
         on = Objectives.for_model(m, objectives_model(terms)(feat_l2=0.5), terms=terms)
         total_on, _ = on(out)
         assert float(total_on) == pytest.approx(float(base_total) + 0.5 * want, rel=1e-5)
@@ -75,7 +78,7 @@ def test_a_new_term_per_the_docs_example():
 
 def test_a_term_whose_objective_does_not_load_is_one_line():
     bad = Term("nope", "x", warmup=False, objective="maskkit.objectives:NoSuchLoss")
-    with pytest.raises(ImportError, match=r"term 'nope': objective 'maskkit.objectives:NoSuchLoss'"):
+    with pytest.raises(PluginError, match=r"term 'nope': objective 'maskkit.objectives:NoSuchLoss'"):
         bad.objective_class()
 
 
@@ -152,10 +155,14 @@ def test_a_plugin_adds_a_term_without_editing_maskkit(featl2, tmp_path):
     small = ["data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=2", "train.warmup_steps=0", "train.log_every=1",
              "runtime.progress=false", "runtime.evaluations=[]", "model.mim.decoder_depth=1", "model.mim.decoder_width=32",
              "model.mlm.layers=1", "model.mim.decoder_heads=2", f"runtime.out_dir={tmp_path}"]
-    cfg, src = resolve(small)  # the weight unset: 0, computed and logged (its weighting: the test above)
+    cfg, src = resolve(small)  # the weight unset: 0, the term off (not built, not logged)
+    recipe = PretrainRecipe(cfg, src, console=Console(file=open(os.devnull, "w")))
+    recipe.run()
+    assert recipe.objectives.names == ("align", "mim", "mlm")
+    cfg, src = resolve([*small, "objectives.feat_l2=0.5", "runtime.name=on"])
     recipe = PretrainRecipe(cfg, src, console=Console(file=open(os.devnull, "w")))
     res = recipe.run()
-    assert recipe.objectives.names == ("align", "mim", "mlm", "feat_l2") and recipe.objectives.terms[-1].weight == 0.0
+    assert recipe.objectives.names == ("align", "mim", "mlm", "feat_l2") and recipe.objectives.terms[-1].weight == 0.5
     lines = [json.loads(l) for l in (res.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(line["feat_l2_loss"] > 0 for line in lines) and len(lines) == 2
     from maskkit.objectives import Objectives
@@ -197,3 +204,21 @@ def register_terms(register):
         assert "maskkit-badterm" in get_registry("term").failed_plugins
     finally:
         reset()
+
+
+class _NaNLoss(Objective):
+    """A plugin's broken term: NaN whatever it is given."""
+
+    def forward(self, out, micro=None):
+        return torch.tensor(float("nan"))
+
+
+def test_a_plugin_term_weighted_0_is_off_so_its_nan_stops_nothing():
+    """Weight 0 means off for a plugin's term (not built, not computed, not logged): an installed
+    plugin whose term returns NaN cannot skip the steps of runs that never turned it on. XLIP's
+    own terms stay built at weight 0 (their model parts must stay in DDP's static graph)."""
+    nan = Term("broken", "NaN", warmup=True, objective=_NaNLoss, default_weight=0.0)
+    weights = objectives_model((*TERMS, nan))
+    assert Objectives.for_model(None, weights(), terms=(nan,)).names == ()
+    assert Objectives.for_model(None, weights(broken=0.5), terms=(nan,)).names == ("broken",)
+    assert AlignLoss.kept_at_zero and MIMLoss.kept_at_zero and MLMLoss.kept_at_zero and not _NaNLoss.kept_at_zero
