@@ -308,3 +308,28 @@ def test_a_transformers_folder_with_two_weight_files_names_the_one_read(register
     model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
     assert model.load_report.endswith("; format: transformers model folder; weights: model.safetensors "
                                       "(pytorch_model.bin beside it not read)"), model.load_report
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_text_folder_trains_in_float32(registered, tmp_path, dtype):
+    """A transformers folder saved in fp16/bf16 (its config.json says so: transformers builds the
+    tower in that dtype) gives float32 parameters, the cast in the load report, and trains a step."""
+    from transformers import BertModel
+
+    folder = tiny_bert_folder(tmp_path / "half", seed=5)
+    ref = BertModel.from_pretrained(folder)
+    ref.to(getattr(torch, dtype)).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == dtype
+    model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {b.dtype for b in model.buffers() if b.is_floating_point()} == {torch.float32}
+    want = ref.embeddings.word_embeddings.weight.to(getattr(torch, dtype)).float()
+    assert torch.equal(model.clip.text.transformer.embeddings.word_embeddings.weight, want)
+    assert model.load_report.endswith(f"format: transformers model folder, {dtype} -> float32"), model.load_report
+    assert json.loads(model.build_record()["hf_config"])["dtype"] == "float32"   # what a checkpoint / an export records
+    cfg, sources = resolve(["data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=1", "runtime.progress=false",
+                            "runtime.evaluations=[]", f"model.arch={registered}", f"model.pretrained={folder}",
+                            "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mim.decoder_heads=2",
+                            "model.mlm.layers=1", f"runtime.out_dir={tmp_path / 'run'}"])
+    res = train(cfg, sources)
+    assert [r["step"] for r in res.losses] == [1] and math.isfinite(res.losses[0]["mim_loss"])

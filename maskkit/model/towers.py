@@ -257,6 +257,11 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         model = model_class(**cfg, vision_cfg=vision_cfg, text_cfg=text_cfg)
     except Exception as exc:
         raise MaskkitError(f"{where}: cannot build it ({_one_line(exc)})") from None
+    # float32 parameters whatever the sources say: transformers builds a tower in its config.json's dtype
+    # ("dtype"/"torch_dtype": float16 of a half-precision save); training is fp32, mixed precision is runtime.amp's
+    model = model.float()
+    if hf and getattr(model.text.config, "dtype", None) not in (None, torch.float32):
+        model.text.config.dtype = torch.float32  # what a checkpoint's build_record / an export writes
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
         raise MaskkitError(f"{where} is not a plain ViT image tower; maskkit needs ViT patch tokens")
     from open_clip.model import CLIPTextCfg
@@ -396,6 +401,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         keys = ", ".join(map(str, list(state)[:5]))
         raise MaskkitError(f"model.pretrained: {p}: entry '{bad}' is a {type(state[bad]).__name__}, not a tensor "
                            f"(top-level keys: {keys}); expected a state dict or a {{'state_dict': ...}} wrapper")
+    from .weights import checked_float32
+
+    state, cast = checked_float32(state, p)  # keys as in the file (before the prefixes are stripped)
+    if cast:
+        fmt = f"{fmt}, {cast}"
     changed = True
     while changed:  # strip prefixes that every key carries (DDP inside torch.compile, ...)
         changed = False

@@ -359,6 +359,27 @@ def check_safetensors(path: Path) -> None:
                            f".safetensors file (copy it again)")
 
 
+def checked_float32(state: dict[str, torch.Tensor], file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``state`` (a file's tensors, keys as in ``file``) with every floating tensor in float32 (maskkit
+    trains in fp32; mixed precision is ``runtime.amp``'s), and a note on the dtypes cast
+    (``float16 -> float32``, or None). A tensor holding NaN or inf is refused in one line naming
+    ``file``, the first such key and how many tensors (and values) are non-finite: weights
+    that are not finite make every step's loss NaN, which would otherwise surface later as
+    skipped steps."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        k, v = bad[0], state[bad[0]]
+        n = int((~torch.isfinite(v)).sum())
+        raise MaskkitError(f"model.pretrained: {file}: tensor '{k}' {tuple(v.shape)} holds {n} NaN/inf values of {v.numel()}"
+                           + (f" ({len(bad)} non-finite tensors in all)" if len(bad) > 1 else " (the only non-finite tensor)")
+                           + "; expected finite weights (a diverged run or a broken conversion? use an earlier checkpoint)")
+    cast = sorted({str(v.dtype).replace("torch.", "") for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
+    if not cast:
+        return state, None
+    out = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return out, f"{'/'.join(cast)} -> float32"
+
+
 def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
     from .towers import read_state_dict
 
