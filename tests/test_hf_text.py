@@ -333,3 +333,17 @@ def test_a_half_precision_text_folder_trains_in_float32(registered, tmp_path, dt
                             "model.mlm.layers=1", f"runtime.out_dir={tmp_path / 'run'}"])
     res = train(cfg, sources)
     assert [r["step"] for r in res.losses] == [1] and math.isfinite(res.losses[0]["mim_loss"])
+
+
+def test_a_transformers_folder_with_non_finite_weights_is_refused_at_load(registered, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_bert_folder(tmp_path / "nan")
+    w = folder / "model.safetensors"
+    sd = load_file(str(w))
+    sd["encoder.layer.1.output.dense.weight"][:2] = float("nan")
+    save_file(sd, str(w), metadata={"format": "pt"})
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert str(e.value).startswith(f"model.pretrained: {w}: tensor 'encoder.layer.1.output.dense.weight' (32, 64) holds "
+                                   f"128 NaN/inf values of 2048 (the only non-finite tensor); expected finite weights")

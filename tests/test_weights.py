@@ -323,3 +323,47 @@ def test_a_folder_with_two_weight_files_names_the_one_read_and_the_one_not(tmp_p
     one = tmp_path / "one"
     open_clip_folder(one)
     assert "not read" not in XLIP(ModelConfig(pretrained=str(one))).load_report
+
+
+# --- dtypes and non-finite tensors: every loader gives finite float32 parameters -------------------
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_weights_load_as_float32_in_every_layout(dtype, tmp_path):
+    """fp16/bf16 saves (an open_clip folder, a CLIP .pt, a timm ViT): float32 parameters equal to
+    the saved values, and the cast named in the load report."""
+    import timm
+
+    name = str(dtype).replace("torch.", "")
+    src = open_clip_folder(tmp_path / "f")
+    w = tmp_path / "f" / "open_clip_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v.to(dtype) for k, v in load_file(str(w)).items()}, str(w))
+    torch.save({k: v.to(dtype) for k, v in create_clip("maskkit-tiny").state_dict().items()}, tmp_path / "clip.pt")
+    vit = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=192, depth=4, num_heads=3)
+    torch.save({k: v.to(dtype) for k, v in vit.state_dict().items()}, tmp_path / "vit.pth")
+    for path, arch in ((tmp_path / "f", "maskkit-tiny"), (tmp_path / "clip.pt", "maskkit-tiny"), (tmp_path / "vit.pth", "maskkit-tiny")):
+        model = XLIP(ModelConfig(arch=arch, pretrained=str(path)))
+        assert {p.dtype for p in model.parameters()} == {torch.float32}, path
+        assert f"{name} -> float32" in model.load_report, model.load_report
+    model = XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(tmp_path / "f")))
+    torch.testing.assert_close(model.clip.visual.conv1.weight, src.visual.conv1.weight.to(dtype).float(), rtol=0, atol=0)
+
+
+def test_non_finite_weights_are_refused_at_load_naming_the_file_key_and_count(tmp_path):
+    """Before: loaded, and every step skipped, blamed on the settings ('look at objectives.*')."""
+    open_clip_folder(tmp_path / "f")
+    w = tmp_path / "f" / "open_clip_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(w))
+    sd["visual.transformer.resblocks.0.attn.in_proj_weight"][0, :5] = float("nan")
+    sd["text_projection"][1, 1] = float("inf")
+    save_file(sd, str(w))
+    _refused(tmp_path / "f", f"model.pretrained: {w}: tensor 'text_projection' (64, 48) holds 1 NaN/inf values of 3072 "
+                             f"(2 non-finite tensors in all); expected finite weights")
+    sd = {"module." + k: v for k, v in create_clip("maskkit-tiny").state_dict().items()}  # the key as in the file
+    sd["module.visual.conv1.weight"][0, 0, 0, :3] = float("-inf")
+    torch.save(sd, tmp_path / "ddp.pt")
+    _refused(tmp_path / "ddp.pt", "tensor 'module.visual.conv1.weight' (192, 3, 16, 16) holds 3 NaN/inf values of 147456 "
+                                  "(the only non-finite tensor)")
