@@ -222,7 +222,8 @@ def test_wrong_shapes_and_other_models_are_refused(tmp_path):
 
     wide = timm.create_model("vit_base_patch16_clip_224", pretrained=False, img_size=96, embed_dim=384, depth=4, num_heads=6)
     torch.save(wide.state_dict(), tmp_path / "wide.pth")
-    _refused(tmp_path / "wide.pth", "'visual.class_embedding' has shape (384,), the model expects (192,)")
+    _refused(tmp_path / "wide.pth", "'cls_token' (as open_clip's 'visual.class_embedding': shape (384,)), the model expects "
+                                    "(192,) (55 mismatched keys); is model.arch right?")   # the key as it is in the file
     torch.save({"fc.weight": torch.zeros(3, 3)}, tmp_path / "other.pt")
     _refused(tmp_path / "other.pt", "none of its 1 tensors is a weight of this model (keys: fc.weight, ...)")
     resnet = tmp_path / "resnet"
@@ -272,7 +273,9 @@ def test_deeper_or_shallower_checkpoints_are_refused_naming_the_file_and_depths(
     open_clip_folder(folder, model_cfg={**FOLDER_CFG, "vision_cfg": {**FOLDER_CFG["vision_cfg"], "layers": 3}})
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": FOLDER_CFG}))
     msg = _refused(folder, f"model.pretrained: {folder / 'open_clip_model.safetensors'}: its image tower has 3 layers "
-                           f"(visual.transformer.resblocks.0-2), the model's 2: depth found 3, expected 2")
+                           f"(visual.transformer.resblocks.0-2), the model's 2: depth found 3, expected 2; the model is "
+                           f"built from {folder / 'open_clip_config.json'}: check model_cfg.vision_cfg (width 96, layers 2, "
+                           f"patch_size 16, image_size 64)")
     assert "folder-" not in msg
     # an open_clip file with a deeper text tower
     import open_clip
@@ -285,7 +288,7 @@ def test_deeper_or_shallower_checkpoints_are_refused_naming_the_file_and_depths(
     with pytest.raises(MaskkitError) as e:
         load_pretrained(clip, tmp_path / "text3.pt")
     assert str(e.value) == (f"model.pretrained: {tmp_path / 'text3.pt'}: its text tower has 3 layers (transformer.resblocks.0-2), "
-                            f"the model's 2: depth found 3, expected 2; is model.arch (or the folder's model_cfg) right?")
+                            f"the model's 2: depth found 3, expected 2; is model.arch right?")
 
 
 # --- the tiny scale's conv stem and model.pretrained (A66) ----------------------------------------------

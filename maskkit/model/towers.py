@@ -426,9 +426,10 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     """
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    from .weights import check_depth, nothing_loaded, read_weights
+    from .weights import check_depth, fit_hint, nothing_loaded, read_weights
 
-    state, fmt, notes, src = read_weights(path, model)  # every local layout (maskkit.model.weights)
+    origin: dict[str, str] = {}  # a converted (timm) key -> the key in the file
+    state, fmt, notes, src = read_weights(path, model, origin)  # every local layout (maskkit.model.weights)
     p = Path(path).expanduser()
     own = model.state_dict()
     for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
@@ -454,12 +455,15 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
                 raise MaskkitError(f"model.pretrained: {src}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
                                    f"({_one_line(exc)})") from None
             notes.append(f"resized {key} {before} -> {tuple(state[key].shape)}")
-    check_depth(state, own, src, "is model.arch (or the folder's model_cfg) right?")
+    check_depth(state, own, src, lambda stack: fit_hint(p, stack))
     shape_bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shape_bad:
         k = shape_bad[0]
-        raise MaskkitError(f"model.pretrained: {src}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
-                           f"({len(shape_bad)} mismatched keys); is model.arch right?")
+        what = f"'{k}' has shape {tuple(state[k].shape)}"
+        if origin.get(k, k) != k:  # name the key as it is in the file
+            what = f"'{origin[k]}' (as open_clip's '{k}': shape {tuple(state[k].shape)})"
+        raise MaskkitError(f"model.pretrained: {src}: {what}, the model expects {tuple(own[k].shape)} "
+                           f"({len(shape_bad)} mismatched keys); {fit_hint(p, k)}")
     try:
         res = model.load_state_dict(state, strict=False)
     except Exception as exc:

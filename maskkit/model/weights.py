@@ -277,7 +277,8 @@ def is_timm_vit(state: dict[str, torch.Tensor]) -> bool:
     return all(k in state for k in _TIMM_MARKERS)
 
 
-def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None,
+                          origin: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
     """A timm ``VisionTransformer`` state dict as open_clip image-tower tensors (keys ``visual.*``),
     and notes on what was adapted.
 
@@ -287,24 +288,25 @@ def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None 
     added to the positional embedding of every patch token, which computes the same. A head of
     shape ``[embed_dim, W]`` with no or an all-zero bias (timm's CLIP towers) becomes ``proj``; any other head
     (an ImageNet classifier) and ``fc_norm`` are left out. Keys that match nothing are kept as they
-    are (``visual.`` + key), so the loader reports them as unexpected.
+    are (``visual.`` + key), so the loader reports them as unexpected. ``origin``, when given, is
+    filled with each output key's input key (for messages naming the key as it is in the file).
     """
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
+    origin = {} if origin is None else origin
     for k, v in state.items():
         if k == "cls_token":
-            out["visual.class_embedding"] = v.reshape(-1)
+            new = "visual.class_embedding"
+            out[new] = v.reshape(-1)
         elif k == "pos_embed":
-            out["visual.positional_embedding"] = v.reshape(v.shape[-2], v.shape[-1])
+            new = "visual.positional_embedding"
+            out[new] = v.reshape(v.shape[-2], v.shape[-1])
         elif k in ("patch_embed.proj.bias", "head.weight", "head.bias") or k.startswith("fc_norm."):
             continue
         else:
-            for pat, rep in _TIMM_KEYS:
-                if re.fullmatch(pat, k):
-                    out["visual." + re.sub(pat, rep, k)] = v
-                    break
-            else:
-                out["visual." + k] = v
+            new = "visual." + next((re.sub(pat, rep, k) for pat, rep in _TIMM_KEYS if re.fullmatch(pat, k)), k)
+            out[new] = v
+        origin[new] = k
     bias = state.get("patch_embed.proj.bias")
     if bias is not None and "visual.positional_embedding" in out:
         pos = out["visual.positional_embedding"].clone()
@@ -315,6 +317,7 @@ def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None 
     no_bias = head_bias is None or not bool(head_bias.any())  # timm's CLIP towers: zeros (_convert_openai_clip)
     if head is not None and no_bias and head.ndim == 2 and embed_dim is not None and head.shape[0] == embed_dim:
         out["visual.proj"] = head.T.contiguous()
+        origin["visual.proj"] = "head.weight"
         notes.append("head -> proj")
     elif head is not None:
         notes.append(f"classifier head {tuple(head.shape)} not used")
@@ -407,8 +410,10 @@ def ignored_weights(folder: Path, used: list[Path]) -> str | None:
             f"not read)")
 
 
-def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
-    """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring.
+def read_weights(path: str | Path, model: torch.nn.Module | None = None,
+                 origin: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
+    """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring;
+    ``origin``, when given, is filled with each converted key's key in the file (timm layouts).
 
     A folder is read as an open_clip HF-hub folder or a timm ViT folder; a file through
     :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors, alone or as an open_clip
@@ -437,15 +442,41 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
     proj = getattr(getattr(model, "visual", None), "proj", None)
     embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
     if is_timm_vit(state):
-        state, notes = timm_vit_to_open_clip(state, embed_dim)
+        state, notes = timm_vit_to_open_clip(state, embed_dim, origin)
         fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
-        state, notes = timm_tower_to_open_clip(state, embed_dim)
+        state, notes = timm_tower_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}",
+                                               f" (model_cfg.embed_dim in {p / HUB_CONFIG})" if p.is_dir() and (p / HUB_CONFIG).is_file()
+                                               else " (model.arch's)")
     if p.is_dir():
         other = ignored_weights(p, [src])
         if other:
             notes.append(other)
     return state, fmt, notes, src
+
+
+def fit_hint(pretrained: str | Path, key: str) -> str:
+    """What a message about a tensor ``key`` (an open_clip key) that does not fit the model says to
+    check: for an open_clip folder (the architecture), the part of its ``open_clip_config.json``
+    that sets the tensor's shape (``model_cfg.embed_dim``, ``vision_cfg`` with its timm model name
+    and width, or ``text_cfg``); else ``model.arch``."""
+    p = Path(pretrained).expanduser()
+    cfg_file = p / HUB_CONFIG
+    if not (p.is_dir() and cfg_file.is_file()):
+        return "is model.arch right?"
+    try:
+        mc = hub_folder(p, weights=False).model_cfg
+    except MaskkitError:
+        return f"the model is built from {cfg_file} (model_cfg)"
+    if key in ("visual.proj", "text_projection") or key.startswith(("text.proj.", "visual.head.proj")):
+        return f"the model is built from {cfg_file}: check model_cfg.embed_dim ({mc.get('embed_dim')})"
+    if key.startswith("visual."):
+        vc = mc.get("vision_cfg") or {}
+        named = ", ".join(f"{k} {vc[k]!r}" for k in ("timm_model_name", "width", "layers", "patch_size", "image_size") if k in vc)
+        return f"the model is built from {cfg_file}: check model_cfg.vision_cfg ({named})"
+    tc = mc.get("text_cfg") or {}
+    named = ", ".join(f"{k} {tc[k]!r}" for k in ("hf_model_name", "width", "layers", "vocab_size", "context_length") if k in tc)
+    return f"the model is built from {cfg_file}: check model_cfg.text_cfg ({named})"
 
 
 #: a stack of numbered layers in a state dict key: ``visual.transformer.resblocks.3.``,
@@ -473,13 +504,15 @@ def check_depth(state, own, file: Path, hint: str) -> None:
     or text tower's blocks) is deeper or shallower than the model's (``own``, its state dict): the
     layers past the model's depth would be dropped, or the missing ones left at their
     initialisation, as a width mismatch would be refused. Stacks the checkpoint lacks (a
-    timm image tower has no text layers) are not compared. ``hint`` ends the line."""
+    timm image tower has no text layers) are not compared. ``hint`` ends the line (a string, or
+    a function of the stack's key prefix giving one)."""
     want = layer_depths(own)
     for stack, n in layer_depths(state).items():
         if stack in want and n != want[stack]:
             what = _STACK_NAMES.get(stack, stack)
             raise MaskkitError(f"model.pretrained: {file}: its {what} has {n} layers ({stack}.0-{n - 1}), the model's "
-                               f"{want[stack]}: depth found {n}, expected {want[stack]}; {hint}")
+                               f"{want[stack]}: depth found {n}, expected {want[stack]}; "
+                               f"{hint(stack + '.') if callable(hint) else hint}")
 
 
 def nothing_loaded(path: str | Path, state: dict[str, torch.Tensor]) -> MaskkitError:
@@ -615,20 +648,28 @@ def is_timm_tower(state: dict[str, torch.Tensor]) -> bool:
     return is_timm_vit({k[len(TIMM_TRUNK):]: None for k in state if k.startswith(TIMM_TRUNK)})
 
 
-def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None, origin: dict[str, str] | None = None,
+                            where: str = "model.pretrained", embed_src: str = "") -> tuple[dict[str, torch.Tensor], list[str]]:
     """An open_clip CLIP state dict with a timm image tower (``visual.trunk.*`` timm ViT keys,
     ``visual.head.proj.weight [embed_dim, W]``: ``timm_proj: linear``) as one with open_clip's own
     ViT (:func:`timm_vit_to_open_clip`; the head becomes ``visual.proj [W, embed_dim]``, the
     transpose, as ``pooled @ proj`` is ``Linear(pooled)``). Other keys (the text tower,
     ``logit_scale``) are kept; a ``visual.head.*`` key other than ``proj.weight`` is kept as it is, so the
-    loader reports it as unexpected."""
+    loader reports it as unexpected. ``origin`` as :func:`timm_vit_to_open_clip`'s (the keys of
+    ``state``); ``where`` (the file) opens a refused head's line, ``embed_src`` says where the
+    model's ``embed_dim`` came from."""
     trunk = {k[len(TIMM_TRUNK):]: v for k, v in state.items() if k.startswith(TIMM_TRUNK)}
     rest = {k: v for k, v in state.items() if not k.startswith(TIMM_TRUNK)}
     head = rest.pop(TIMM_HEAD + "proj.weight", None)
     if head is not None:
         trunk["head.weight"] = head
-    converted, notes = timm_vit_to_open_clip(trunk, embed_dim)
+    inner: dict[str, str] = {}
+    converted, notes = timm_vit_to_open_clip(trunk, embed_dim, inner)
     if head is not None and "visual.proj" not in converted:
-        raise MaskkitError(f"model.pretrained: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)}; expected "
-                           f"[embed_dim {embed_dim}, width] (timm_proj: linear)")
+        raise MaskkitError(f"{where}: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)} ([embed_dim, width]: "
+                           f"embed_dim {head.shape[0]}), the model's embed_dim is {embed_dim}{embed_src}; expected the same "
+                           f"embed_dim (timm_proj: linear)")
+    if origin is not None:
+        origin.update({k: k for k in rest})
+        origin.update({new: TIMM_HEAD + "proj.weight" if old == "head.weight" else TIMM_TRUNK + old for new, old in inner.items()})
     return {**rest, **converted}, ["timm image tower (visual.trunk.*) -> open_clip's ViT"] + notes
