@@ -370,3 +370,19 @@ def test_non_finite_weights_are_refused_at_load_naming_the_file_key_and_count(tm
     torch.save(sd, tmp_path / "ddp.pt")
     _refused(tmp_path / "ddp.pt", "tensor 'module.visual.conv1.weight' (192, 3, 16, 16) holds 3 NaN/inf values of 147456 "
                                   "(the only non-finite tensor)")
+
+
+def test_timm_vits_with_register_tokens_or_positions_without_the_class_token_are_refused_in_one_line(tmp_path):
+    """Before: "cannot resize 'visual.positional_embedding' ... (RuntimeError: shape ...)"."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    kw = dict(img_size=96, patch_size=16, embed_dim=192, depth=4, num_heads=3, num_classes=0)
+    torch.save(VisionTransformer(**kw, reg_tokens=4, no_embed_class=True).state_dict(), tmp_path / "reg.pth")
+    msg = _refused(tmp_path / "reg.pth", f"model.pretrained: {tmp_path / 'reg.pth'}: the timm ViT has 4 register tokens "
+                                         f"('reg_token' (1, 4, 192)), which maskkit's open_clip ViT cannot compute exactly")
+    assert "RuntimeError" not in msg and "resize" not in msg
+    torch.save(VisionTransformer(**kw, no_embed_class=True).state_dict(), tmp_path / "noembed.pth")
+    _refused(tmp_path / "noembed.pth", "the timm ViT has positions without the class token ('pos_embed' (1, 36, 192): 6x6 "
+                                       "patches, no_embed_class), which maskkit's open_clip ViT cannot compute exactly")
+    torch.save(VisionTransformer(**kw).state_dict(), tmp_path / "plain.pth")   # the plain ViT of the same shape loads
+    assert XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(tmp_path / "plain.pth"))).load_report.startswith("loaded 53 tensors")

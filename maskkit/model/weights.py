@@ -277,8 +277,34 @@ def is_timm_vit(state: dict[str, torch.Tensor]) -> bool:
     return all(k in state for k in _TIMM_MARKERS)
 
 
+#: why a timm ViT is refused: what maskkit's image tower (open_clip's ViT) computes
+_NOT_EXACT = ("which maskkit's open_clip ViT cannot compute exactly; expected a plain timm VisionTransformer "
+              "(class token, LayerNorm, GELU MLP)")
+
+
+def timm_prefix_tokens(state: dict[str, torch.Tensor]) -> str | None:
+    """What in a timm ViT state dict (keys as :func:`is_timm_vit`'s) open_clip's ViT cannot hold:
+    register tokens (``reg_token [1, R, W]``, timm's ``reg_tokens=R``) or positions without the
+    class token (``no_embed_class=True``: ``pos_embed [1, N, W]`` for a square grid of ``N``
+    patches, where open_clip's ``positional_embedding`` has ``1 + N``); None for a plain ViT."""
+    import math
+
+    found = []
+    reg = state.get("reg_token")
+    if reg is not None:
+        found.append(f"{reg.shape[-2] if reg.ndim >= 2 else '?'} register tokens ('reg_token' {tuple(reg.shape)})")
+    pos = state.get("pos_embed")
+    if pos is not None and reg is None and pos.ndim >= 2:
+        n = int(pos.shape[-2])
+        if math.isqrt(n) ** 2 == n and math.isqrt(n - 1) ** 2 != n - 1:
+            found.append(f"positions without the class token ('pos_embed' {tuple(pos.shape)}: {math.isqrt(n)}x"
+                         f"{math.isqrt(n)} patches, no_embed_class)")
+    return " and ".join(found) or None
+
+
 def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None,
-                          origin: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+                          origin: dict[str, str] | None = None,
+                          where: str = "model.pretrained") -> tuple[dict[str, torch.Tensor], list[str]]:
     """A timm ``VisionTransformer`` state dict as open_clip image-tower tensors (keys ``visual.*``),
     and notes on what was adapted.
 
@@ -290,7 +316,12 @@ def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None 
     (an ImageNet classifier) and ``fc_norm`` are left out. Keys that match nothing are kept as they
     are (``visual.`` + key), so the loader reports them as unexpected. ``origin``, when given, is
     filled with each output key's input key (for messages naming the key as it is in the file).
+    Register tokens and positions without the class token (:func:`timm_prefix_tokens`) are
+    refused in one line opened by ``where`` (:class:`MaskkitError`).
     """
+    extra = timm_prefix_tokens(state)
+    if extra:
+        raise MaskkitError(f"{where}: the timm ViT has {extra}, {_NOT_EXACT}")
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
     origin = {} if origin is None else origin
@@ -442,7 +473,7 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None,
     proj = getattr(getattr(model, "visual", None), "proj", None)
     embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
     if is_timm_vit(state):
-        state, notes = timm_vit_to_open_clip(state, embed_dim, origin)
+        state, notes = timm_vit_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}")
         fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
         state, notes = timm_tower_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}",
@@ -555,9 +586,8 @@ def timm_vision_cfg(vision_cfg: dict, embed_dim: int, where: str) -> tuple[dict,
     pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
 
     def refuse(what: str) -> MaskkitError:
-        return MaskkitError(f"{where}: the timm image tower {name} (timm_pool={pool!r}, timm_proj={proj!r}) {what}, which "
-                            f"maskkit's open_clip ViT cannot compute exactly; expected a plain timm VisionTransformer "
-                            f"(class token, LayerNorm, GELU MLP) with timm_proj 'linear' without bias")
+        return MaskkitError(f"{where}: the timm image tower {name} (timm_pool={pool!r}, timm_proj={proj!r}) {what}, "
+                            f"{_NOT_EXACT} with timm_proj 'linear' without bias")
 
     if proj != "linear" or vision_cfg.get("timm_proj_bias"):
         raise refuse("has a " + ("biased " if vision_cfg.get("timm_proj_bias") else "") + f"'{proj}' projection")
@@ -664,7 +694,7 @@ def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | Non
     if head is not None:
         trunk["head.weight"] = head
     inner: dict[str, str] = {}
-    converted, notes = timm_vit_to_open_clip(trunk, embed_dim, inner)
+    converted, notes = timm_vit_to_open_clip(trunk, embed_dim, inner, where)
     if head is not None and "visual.proj" not in converted:
         raise MaskkitError(f"{where}: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)} ([embed_dim, width]: "
                            f"embed_dim {head.shape[0]}), the model's embed_dim is {embed_dim}{embed_src}; expected the same "
