@@ -287,10 +287,18 @@ def test_folder_size_and_resize_are_named_and_bad_values_refused(bert, tmp_path)
     other = {"mean": [0.5], "std": [0.25], "size": 224, "interpolation": "bicubic", "resize_mode": "shortest"}
     biomedclip_folder(tmp_path / "f", bert, preprocess=other)
     m = XLIP(ModelConfig(pretrained=str(tmp_path / "f")))
-    assert m.preprocess_mean == (0.5,) * 3  # one value: every channel's
+    assert m.preprocess_mean == (0.5,) * 3 and m.preprocess_std == (0.25,) * 3  # one value: every channel's, for both
+    assert ("image mean [0.5, 0.5, 0.5]: its preprocess_cfg's (model.image_mean is null, its one value for every channel); "
+            "image std [0.25, 0.25, 0.25]: its preprocess_cfg's (model.image_std is null, its one value for every channel)"
+            in m.load_report), m.load_report
     assert "note: its preprocess_cfg size 224 is not the image tower's 96 px, which is used (data.image_size)" in m.load_report
     assert "note: its preprocess_cfg resize_mode shortest, interpolation bicubic: maskkit resizes whole images" in m.load_report
-    for bad, match in (({"std": [0.2, 0.0, 0.2]}, "preprocess_cfg.std is [0.2, 0.0, 0.2]; expected 3 numbers (one per channel, each > 0)"),
+    # one rule for mean and std: 3 numbers or 1 (each > 0 for std); the message says both
+    for bad, match in (({"std": [0.2, 0.0, 0.2]}, "preprocess_cfg.std is [0.2, 0.0, 0.2]; expected 3 numbers (one per channel) "
+                                                  "or 1 (for every channel), each > 0"),
+                       ({"std": [0.2, 0.2]}, "preprocess_cfg.std is [0.2, 0.2]; expected 3 numbers (one per channel) or 1"),
+                       ({"mean": [0.5, 0.5]}, "preprocess_cfg.mean is [0.5, 0.5]; expected 3 numbers (one per channel) or 1 "
+                                              "(for every channel)"),
                        ({"mean": "imagenet"}, "preprocess_cfg.mean is 'imagenet'; expected 3 numbers")):
         doc = json.loads((tmp_path / "f" / "open_clip_config.json").read_text())
         (tmp_path / "f" / "open_clip_config.json").write_text(json.dumps({**doc, "preprocess_cfg": bad}))

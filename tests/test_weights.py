@@ -127,7 +127,7 @@ def test_timm_clip_vit_becomes_the_image_tower_with_equal_features(kind, tmp_pat
     path = _save_state(kind, net, tmp_path)
     m = XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(path))).eval()
     rep = m.load_report
-    assert "format: timm ViT image tower (" in rep and "the text tower keeps its initialisation" in rep and "head -> proj" in rep, rep
+    assert "format: timm ViT image tower (" in rep and "the text tower has no weights in" in rep and "head -> proj" in rep, rep
     assert "unexpected 0" in rep and not any(k.startswith("visual.") for k in rep.split("missing")[1].split(";")[0].split()), rep
     x = torch.rand(2, 1, 96, 96)
     with torch.no_grad():
@@ -386,3 +386,16 @@ def test_timm_vits_with_register_tokens_or_positions_without_the_class_token_are
                                        "patches, no_embed_class), which maskkit's open_clip ViT cannot compute exactly")
     torch.save(VisionTransformer(**kw).state_dict(), tmp_path / "plain.pth")   # the plain ViT of the same shape loads
     assert XLIP(ModelConfig(arch="maskkit-tiny", pretrained=str(tmp_path / "plain.pth"))).load_report.startswith("loaded 53 tensors")
+
+
+def test_a_folder_without_text_weights_says_the_text_tower_is_untrained(tmp_path):
+    open_clip_folder(tmp_path / "f")
+    w = tmp_path / "f" / "open_clip_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    save_file({k: v for k, v in load_file(str(w)).items() if k.startswith("visual.")}, str(w))
+    rep = XLIP(ModelConfig(pretrained=str(tmp_path / "f"))).load_report
+    assert "; the text tower has no weights in open_clip_model.safetensors: randomly initialised (untrained)" in rep, rep
+    assert "image tower has no weights" not in rep
+    rep = XLIP(ModelConfig(pretrained=str(open_clip_folder(tmp_path / "g") and tmp_path / "g"))).load_report
+    assert "untrained" not in rep, rep   # both towers' weights: no note

@@ -232,7 +232,10 @@ def load_text_folder(clip, folder: str | Path) -> str:
 
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
+    from .towers import untrained_towers
+
+    untrained = untrained_towers(clip.state_dict(), {"text.transformer." + k for k in matched}, f"{folder.name}/{found}")
     return (f"loaded {len(matched)} tensors into the text tower from {folder.name}/{found}; missing {len(missing)}"
             + (f" ({few(missing)})" if missing else "") + f"; left out {len(state) - len(matched)}"
             + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder" + "".join(f", {c}" for c in casts)
-            + "".join(f"; {n}" for n in [ignored_weights(folder, files)] if n))
+            + "".join(f"; {n}" for n in [ignored_weights(folder, files), *untrained] if n))

@@ -307,6 +307,19 @@ def tower_tokenizer(clip):
     return tok
 
 
+def tokenizer_note(clip, tok) -> str | None:
+    """The load report's note on a tokenizer ``tok`` (:func:`tower_tokenizer`'s) with fewer ids than
+    ``clip``'s text tower embeds (rows no text ever reaches: a tokenizer of another model?),
+    ``tokenizer vocab N, embedding rows M``; None when they are equal (more is refused there)."""
+    from . import hf_text
+
+    rows = clip.text.transformer.get_input_embeddings().num_embeddings if hf_text.is_hf_tower(clip) else int(clip.vocab_size)
+    if tok.vocab_size >= rows:
+        return None
+    return (f"note: tokenizer vocab {tok.vocab_size}, embedding rows {rows}: the text tower's last {rows - tok.vocab_size} "
+            f"token rows are never used (is {tok.name} the weights' own tokenizer?)")
+
+
 def text_is_causal(clip) -> bool:
     """Whether position ``t`` of the text tower sees only positions ``<= t`` (CLIP's causal mask;
     False for BERT-style bidirectional towers and CLIP towers built without the causal mask)."""
@@ -472,11 +485,22 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     loaded = len(state) - len(unexp)
     if loaded == 0:
         raise nothing_loaded(src, state)
+    notes += untrained_towers(own, set(state) - set(unexp), src.name)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")
             + f"; unexpected {len(unexp)}" + (f" ({few(unexp)})" if unexp else "")
             + f"; format: {fmt}" + "".join(f"; {n}" for n in notes))
+
+
+def untrained_towers(own, loaded: set[str], source: str) -> list[str]:
+    """The load report's notes on each tower (image: ``visual.*``; text: the rest but
+    ``logit_*``) none of whose tensors among ``own`` (the model's state dict keys) was ``loaded``
+    from ``source``: it keeps its random initialisation."""
+    towers = {"image": [k for k in own if k.startswith("visual.")],
+              "text": [k for k in own if not k.startswith(("visual.", "logit_"))]}
+    return [f"the {t} tower has no weights in {source}: randomly initialised (untrained)"
+            for t, keys in towers.items() if keys and not loaded.intersection(keys)]
 
 
 def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None):

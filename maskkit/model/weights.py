@@ -218,8 +218,9 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
     ``preprocess_cfg`` value (the weights' own preprocessing, as open_clip's ``local-dir:``
     applies it), else OpenAI CLIP's. A set value that differs from the folder's is kept and
     named in the notes; so are a folder ``size`` other than the tower's image size and a resize
-    other than maskkit's (whole image, bilinear: A56). One-line :class:`MaskkitError` for a
-    folder mean/std that is not 3 numbers (or 1, for all channels) or a std that is not > 0.
+    other than maskkit's (whole image, bilinear: A56). One rule for both (open_clip's: its
+    ``Normalize`` broadcasts one value): 3 numbers or 1 for every channel, each > 0 for std;
+    one-line :class:`MaskkitError` otherwise.
     """
     from .towers import OPENAI_MEAN, OPENAI_STD
 
@@ -232,7 +233,7 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
             ok = isinstance(vals, list) and len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
             if not ok or (key == "std" and min(vals) <= 0):
                 raise MaskkitError(f"model.pretrained: {hub.path / HUB_CONFIG}: preprocess_cfg.{key} is {theirs!r}; expected "
-                                   f"3 numbers (one per channel{', each > 0' if key == 'std' else ''})")
+                                   f"3 numbers (one per channel) or 1 (for every channel){', each > 0' if key == 'std' else ''}")
             theirs = tuple(float(v) for v in vals) * (3 if len(vals) == 1 else 1)
         if mine is not None:
             out[key] = tuple(mine)
@@ -240,7 +241,8 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
                 notes += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
         elif theirs is not None:
             out[key] = theirs
-            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null)"
+            one = f", its one value for every channel" if len(vals) == 1 else ""
+            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null{one})"
         else:
             out[key] = tuple(default)
     size = pp.get("size")
@@ -474,7 +476,7 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None,
     embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
     if is_timm_vit(state):
         state, notes = timm_vit_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}")
-        fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
+        fmt = f"timm ViT image tower ({fmt})"  # the text tower: load_pretrained's untrained-tower note
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
         state, notes = timm_tower_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}",
                                                f" (model_cfg.embed_dim in {p / HUB_CONFIG})" if p.is_dir() and (p / HUB_CONFIG).is_file()
