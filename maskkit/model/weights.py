@@ -241,7 +241,7 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
                 notes += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
         elif theirs is not None:
             out[key] = theirs
-            one = f", its one value for every channel" if len(vals) == 1 else ""
+            one = ", its one value for every channel" if len(vals) == 1 else ""
             notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null{one})"
         else:
             out[key] = tuple(default)
