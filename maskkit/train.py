@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -369,7 +370,9 @@ class PretrainRecipe:
             self.opt.zero_grad(set_to_none=True)
             restore_buffers(buffers)  # a NaN forward would otherwise leave NaN running statistics behind
             self.scaler.update()  # fp16: ends the step unscale_ began (backs off on inf); a no-op otherwise
-        self.sched.step()
+        with warnings.catch_warnings():  # a skipped step calls no optimizer.step(); the schedule counts steps all the same
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+            self.sched.step()
         self.step += 1
         return StepResult(values, nonfinite is None, samples * self.info.world, wait,
                           time.perf_counter() - t0, nonfinite, detail)

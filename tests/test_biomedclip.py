@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -286,10 +287,18 @@ def test_folder_size_and_resize_are_named_and_bad_values_refused(bert, tmp_path)
     other = {"mean": [0.5], "std": [0.25], "size": 224, "interpolation": "bicubic", "resize_mode": "shortest"}
     biomedclip_folder(tmp_path / "f", bert, preprocess=other)
     m = XLIP(ModelConfig(pretrained=str(tmp_path / "f")))
-    assert m.preprocess_mean == (0.5,) * 3  # one value: every channel's
+    assert m.preprocess_mean == (0.5,) * 3 and m.preprocess_std == (0.25,) * 3  # one value: every channel's, for both
+    assert ("image mean [0.5, 0.5, 0.5]: its preprocess_cfg's (model.image_mean is null, its one value for every channel); "
+            "image std [0.25, 0.25, 0.25]: its preprocess_cfg's (model.image_std is null, its one value for every channel)"
+            in m.load_report), m.load_report
     assert "note: its preprocess_cfg size 224 is not the image tower's 96 px, which is used (data.image_size)" in m.load_report
     assert "note: its preprocess_cfg resize_mode shortest, interpolation bicubic: maskkit resizes whole images" in m.load_report
-    for bad, match in (({"std": [0.2, 0.0, 0.2]}, "preprocess_cfg.std is [0.2, 0.0, 0.2]; expected 3 numbers (one per channel, each > 0)"),
+    # one rule for mean and std: 3 numbers or 1 (each > 0 for std); the message says both
+    for bad, match in (({"std": [0.2, 0.0, 0.2]}, "preprocess_cfg.std is [0.2, 0.0, 0.2]; expected 3 numbers (one per channel) "
+                                                  "or 1 (for every channel), each > 0"),
+                       ({"std": [0.2, 0.2]}, "preprocess_cfg.std is [0.2, 0.2]; expected 3 numbers (one per channel) or 1"),
+                       ({"mean": [0.5, 0.5]}, "preprocess_cfg.mean is [0.5, 0.5]; expected 3 numbers (one per channel) or 1 "
+                                              "(for every channel)"),
                        ({"mean": "imagenet"}, "preprocess_cfg.mean is 'imagenet'; expected 3 numbers")):
         doc = json.loads((tmp_path / "f" / "open_clip_config.json").read_text())
         (tmp_path / "f" / "open_clip_config.json").write_text(json.dumps({**doc, "preprocess_cfg": bad}))
@@ -435,3 +444,39 @@ def test_a_biomedclip_folder_naming_its_bert_by_hub_id_says_where_to_set_a_local
     ids = m.tokenizer(TEXTS).ids
     with torch.no_grad():
         assert _max(text_tokens(m.clip, ids)[0], ref.encode_text(ids)) <= 1e-5
+
+
+def test_a_folder_s_shape_mismatches_name_the_file_key_and_its_open_clip_config(bert, tmp_path):
+    """A timm tower of another width, or another embed_dim, in a folder's open_clip_config.json:
+    before, "is model.arch right?" with maskkit's rewritten key, or no file named at all."""
+    import timm
+    from timm.models import register_model
+    from timm.models.vision_transformer import _create_vision_transformer
+
+    wide = "vit_maskkit_test_wide_patch16_96"
+    if wide not in timm.list_models():
+        def vit_maskkit_test_wide_patch16_96(pretrained=False, **kwargs):
+            return _create_vision_transformer(wide, pretrained=pretrained, **{**dict(img_size=96, patch_size=16, embed_dim=96,
+                                                                                      depth=2, num_heads=2), **kwargs})
+
+        register_model(vit_maskkit_test_wide_patch16_96)
+    folder = tmp_path / "BiomedCLIP-tiny"
+    biomedclip_folder(folder, bert)
+    cfg_file, w = folder.resolve() / "open_clip_config.json", folder / "open_clip_model.safetensors"
+    doc = json.loads(cfg_file.read_text())
+    doc["model_cfg"]["vision_cfg"]["timm_model_name"] = wide
+    cfg_file.write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    assert re.fullmatch(rf"model\.pretrained: {re.escape(str(w))}: 'visual\.trunk\.[\w.]+' \(as open_clip's 'visual\.[\w.]+': "
+                        rf"shape \([\d, ]+\)\), the model expects \([\d, ]+\) \(\d+ mismatched keys\); the model is built from "
+                        rf"{re.escape(str(cfg_file))}: check model_cfg\.vision_cfg \(timm_model_name '{wide}', image_size 96\)",
+                        str(e.value)), str(e.value)
+    doc["model_cfg"]["vision_cfg"]["timm_model_name"] = TIMM_NAME
+    doc["model_cfg"]["embed_dim"] = 16
+    cfg_file.write_text(json.dumps(doc))
+    with pytest.raises(MaskkitError) as e:
+        XLIP(ModelConfig(pretrained=str(folder)))
+    assert str(e.value) == (f"model.pretrained: {w}: 'visual.head.proj.weight' has shape (32, 64) ([embed_dim, width]: "
+                            f"embed_dim 32), the model's embed_dim is 16 (model_cfg.embed_dim in {cfg_file}); expected "
+                            f"the same embed_dim (timm_proj: linear)")

@@ -144,7 +144,8 @@ def test_pretrained_transformers_folder_loads_into_the_text_tower(registered, tm
         # BertModel saves a pooler, BertForMaskedLM its MLM head: the tower (CLS of the last hidden state) has neither
         left = r"left out 5 \(the tower has no cls\.\*\)" if masked_lm else r"left out 2 \(the tower has no pooler\.\*\)"
         assert re.fullmatch(rf"loaded 37 tensors into the text tower from pubmedbert-\w+/model\.safetensors; missing 0; "
-                            rf"{left}; format: transformers model folder", model.load_report), model.load_report
+                            rf"{left}; format: transformers model folder; the image tower has no weights in "
+                            rf"pubmedbert-\w+/model\.safetensors: randomly initialised \(untrained\)", model.load_report), model.load_report
         assert model.tokenizer.name.startswith("BertTokenizer from " + str(folder))
 
 
@@ -217,7 +218,6 @@ def test_wrong_folders_and_choices_fail_in_one_line(bert, registered, tmp_path):
     with pytest.raises(MaskkitError) as e:
         create_clip({"embed_dim": 8})
     assert "the open_clip model config has no vision_cfg, text_cfg" in _one_line(e)
-
 
 
 def test_a_weights_only_folder_takes_the_architectures_tokenizer(bert, registered, tmp_path):
@@ -306,5 +306,60 @@ def test_a_transformers_folder_with_two_weight_files_names_the_one_read(register
     folder = Path(shutil.copytree(bert, tmp_path / "two"))
     torch.save({"x": torch.zeros(1)}, folder / "pytorch_model.bin")
     model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
-    assert model.load_report.endswith("; format: transformers model folder; weights: model.safetensors "
-                                      "(pytorch_model.bin beside it not read)"), model.load_report
+    assert ("; format: transformers model folder; weights: model.safetensors (pytorch_model.bin beside it not read); the "
+            "image tower has no weights in two/model.safetensors") in model.load_report, model.load_report
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_a_half_precision_text_folder_trains_in_float32(registered, tmp_path, dtype):
+    """A transformers folder saved in fp16/bf16 (its config.json says so: transformers builds the
+    tower in that dtype) gives float32 parameters, the cast in the load report, and trains a step."""
+    from transformers import BertModel
+
+    folder = tiny_bert_folder(tmp_path / "half", seed=5)
+    ref = BertModel.from_pretrained(folder)
+    ref.to(getattr(torch, dtype)).save_pretrained(folder)
+    assert json.loads((folder / "config.json").read_text())["dtype"] == dtype
+    model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {b.dtype for b in model.buffers() if b.is_floating_point()} == {torch.float32}
+    want = ref.embeddings.word_embeddings.weight.to(getattr(torch, dtype)).float()
+    assert torch.equal(model.clip.text.transformer.embeddings.word_embeddings.weight, want)
+    assert f"format: transformers model folder, {dtype} -> float32;" in model.load_report, model.load_report
+    assert json.loads(model.build_record()["hf_config"])["dtype"] == "float32"   # what a checkpoint / an export records
+    cfg, sources = resolve(["data.n=8", "data.val_n=0", "train.batch_size=4", "train.steps=1", "runtime.progress=false",
+                            "runtime.evaluations=[]", f"model.arch={registered}", f"model.pretrained={folder}",
+                            "model.mim.decoder_depth=1", "model.mim.decoder_width=32", "model.mim.decoder_heads=2",
+                            "model.mlm.layers=1", f"runtime.out_dir={tmp_path / 'run'}"])
+    res = train(cfg, sources)
+    assert [r["step"] for r in res.losses] == [1] and math.isfinite(res.losses[0]["mim_loss"])
+
+
+def test_a_transformers_folder_with_non_finite_weights_is_refused_at_load(registered, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tiny_bert_folder(tmp_path / "nan")
+    w = folder / "model.safetensors"
+    sd = load_file(str(w))
+    sd["encoder.layer.1.output.dense.weight"][:2] = float("nan")
+    save_file(sd, str(w), metadata={"format": "pt"})
+    with pytest.raises(MaskkitError) as e:
+        XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    assert str(e.value).startswith(f"model.pretrained: {w}: tensor 'encoder.layer.1.output.dense.weight' (32, 64) holds "
+                                   f"128 NaN/inf values of 2048 (the only non-finite tensor); expected finite weights")
+
+
+def test_a_tokenizer_smaller_than_the_text_embedding_is_named_in_the_load_report(registered, tmp_path):
+    """A BERT of 300 token rows with the 30-odd-token tiny tokenizer: before, accepted silently."""
+    from transformers import BertConfig, BertModel
+
+    folder = tiny_bert_folder(tmp_path / "big-vocab")
+    cfg = BertConfig.from_pretrained(folder)
+    cfg.vocab_size = 300
+    BertModel(cfg).save_pretrained(folder)
+    model = XLIP(tiny_config(arch=registered, pretrained=str(folder)))
+    n = len(TINY_VOCAB)
+    assert (f"; note: tokenizer vocab {n}, embedding rows 300: the text tower's last {300 - n} token rows are never used "
+            f"(is {model.tokenizer.name} the weights' own tokenizer?)") in model.load_report, model.load_report
+    same = XLIP(tiny_config(arch=registered, pretrained=str(tiny_bert_folder(tmp_path / "same"))))
+    assert "tokenizer vocab" not in same.load_report

@@ -153,7 +153,10 @@ def hf_text_tokens(text, ids: torch.Tensor, replace: torch.Tensor | None = None,
     return text.proj(pooled), text.proj(out.last_hidden_state)
 
 
-def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path]]:
+def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path], list[str]]:
+    """(state dict in float32, the weights file found, the files read, the dtypes cast) of a
+    transformers folder (one file or an index of shards); one-line :class:`MaskkitError` for
+    missing, unreadable or non-finite weights (:func:`~maskkit.model.weights.checked_float32`)."""
     key = "model.pretrained"
     found = next((f for f in WEIGHT_FILES if (folder / f).is_file()), None)
     if found is None:
@@ -166,6 +169,7 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path
         except (OSError, ValueError, KeyError, AttributeError) as exc:
             raise MaskkitError(f"{key}: cannot read {files[0]} ({_msg(exc)}); expected a 'weight_map' of shard files") from None
     state: dict[str, torch.Tensor] = {}
+    casts: set[str] = set()
     for f in files:
         if not f.is_file():
             raise MaskkitError(f"{key}: {f} is missing (listed in {found})")
@@ -185,8 +189,12 @@ def _read_weights(folder: Path) -> tuple[dict[str, torch.Tensor], str, list[Path
             raise MaskkitError(f"{key}: cannot read {f} ({_msg(exc)}); is it truncated?") from None
         if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
             raise MaskkitError(f"{key}: {f} is not a state dict of tensors")
+        from .weights import checked_float32
+
+        part, cast = checked_float32(part, f)
+        casts.update([cast] if cast else [])
         state.update(part)
-    return state, found, files
+    return state, found, files, sorted(casts)
 
 
 def load_text_folder(clip, folder: str | Path) -> str:
@@ -200,7 +208,7 @@ def load_text_folder(clip, folder: str | Path) -> str:
     folder = Path(folder).expanduser()
     from .weights import ignored_weights
 
-    state, found, files = _read_weights(folder)
+    state, found, files, casts = _read_weights(folder)
     model = clip.text.transformer
     own = model.state_dict()
     prefix = getattr(model, "base_model_prefix", "") + "."
@@ -224,7 +232,10 @@ def load_text_folder(clip, folder: str | Path) -> str:
 
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
+    from .towers import untrained_towers
+
+    untrained = untrained_towers(clip.state_dict(), {"text.transformer." + k for k in matched}, f"{folder.name}/{found}")
     return (f"loaded {len(matched)} tensors into the text tower from {folder.name}/{found}; missing {len(missing)}"
             + (f" ({few(missing)})" if missing else "") + f"; left out {len(state) - len(matched)}"
-            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder"
-            + "".join(f"; {n}" for n in [ignored_weights(folder, files)] if n))
+            + (f" (the tower has no {few([k + '.*' for k in left])})" if left else "") + "; format: transformers model folder" + "".join(f", {c}" for c in casts)
+            + "".join(f"; {n}" for n in [ignored_weights(folder, files), *untrained] if n))

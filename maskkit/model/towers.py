@@ -257,6 +257,11 @@ def create_clip(arch, patch_embed: str = "linear", text_tower: str | Path | None
         model = model_class(**cfg, vision_cfg=vision_cfg, text_cfg=text_cfg)
     except Exception as exc:
         raise MaskkitError(f"{where}: cannot build it ({_one_line(exc)})") from None
+    # float32 parameters whatever the sources say: transformers builds a tower in its config.json's dtype
+    # ("dtype"/"torch_dtype": float16 of a half-precision save); training is fp32, mixed precision is runtime.amp's
+    model = model.float()
+    if hf and getattr(model.text.config, "dtype", None) not in (None, torch.float32):
+        model.text.config.dtype = torch.float32  # what a checkpoint's build_record / an export writes
     if getattr(model.visual, "attn_pool", None) is not None or not hasattr(model.visual, "conv1"):
         raise MaskkitError(f"{where} is not a plain ViT image tower; maskkit needs ViT patch tokens")
     from open_clip.model import CLIPTextCfg
@@ -300,6 +305,19 @@ def tower_tokenizer(clip):
         raise MaskkitError(f"text tower tokenizer: {spec.tokenizer} pads with id {tok.pad_id}, the text tower's config "
                            f"with pad_token_id {clip.text.config.pad_token_id}; expected the same id")
     return tok
+
+
+def tokenizer_note(clip, tok) -> str | None:
+    """The load report's note on a tokenizer ``tok`` (:func:`tower_tokenizer`'s) with fewer ids than
+    ``clip``'s text tower embeds (rows no text ever reaches: a tokenizer of another model?),
+    ``tokenizer vocab N, embedding rows M``; None when they are equal (more is refused there)."""
+    from . import hf_text
+
+    rows = clip.text.transformer.get_input_embeddings().num_embeddings if hf_text.is_hf_tower(clip) else int(clip.vocab_size)
+    if tok.vocab_size >= rows:
+        return None
+    return (f"note: tokenizer vocab {tok.vocab_size}, embedding rows {rows}: the text tower's last {rows - tok.vocab_size} "
+            f"token rows are never used (is {tok.name} the weights' own tokenizer?)")
 
 
 def text_is_causal(clip) -> bool:
@@ -396,6 +414,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
         keys = ", ".join(map(str, list(state)[:5]))
         raise MaskkitError(f"model.pretrained: {p}: entry '{bad}' is a {type(state[bad]).__name__}, not a tensor "
                            f"(top-level keys: {keys}); expected a state dict or a {{'state_dict': ...}} wrapper")
+    from .weights import checked_float32
+
+    state, cast = checked_float32(state, p)  # keys as in the file (before the prefixes are stripped)
+    if cast:
+        fmt = f"{fmt}, {cast}"
     changed = True
     while changed:  # strip prefixes that every key carries (DDP inside torch.compile, ...)
         changed = False
@@ -416,9 +439,10 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     """
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
-    from .weights import check_depth, nothing_loaded, read_weights
+    from .weights import check_depth, fit_hint, nothing_loaded, read_weights
 
-    state, fmt, notes, src = read_weights(path, model)  # every local layout (maskkit.model.weights)
+    origin: dict[str, str] = {}  # a converted (timm) key -> the key in the file
+    state, fmt, notes, src = read_weights(path, model, origin)  # every local layout (maskkit.model.weights)
     p = Path(path).expanduser()
     own = model.state_dict()
     for key in OPENAI_EXTRA_KEYS:  # also in OpenAI state dicts saved with torch.save
@@ -444,12 +468,15 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
                 raise MaskkitError(f"model.pretrained: {src}: cannot resize '{key}' {before} to {tuple(own[key].shape)} "
                                    f"({_one_line(exc)})") from None
             notes.append(f"resized {key} {before} -> {tuple(state[key].shape)}")
-    check_depth(state, own, src, "is model.arch (or the folder's model_cfg) right?")
+    check_depth(state, own, src, lambda stack: fit_hint(p, stack))
     shape_bad = [k for k, v in state.items() if k in own and v.shape != own[k].shape]
     if shape_bad:
         k = shape_bad[0]
-        raise MaskkitError(f"model.pretrained: {src}: '{k}' has shape {tuple(state[k].shape)}, the model expects {tuple(own[k].shape)} "
-                           f"({len(shape_bad)} mismatched keys); is model.arch right?")
+        what = f"'{k}' has shape {tuple(state[k].shape)}"
+        if origin.get(k, k) != k:  # name the key as it is in the file
+            what = f"'{origin[k]}' (as open_clip's '{k}': shape {tuple(state[k].shape)})"
+        raise MaskkitError(f"model.pretrained: {src}: {what}, the model expects {tuple(own[k].shape)} "
+                           f"({len(shape_bad)} mismatched keys); {fit_hint(p, k)}")
     try:
         res = model.load_state_dict(state, strict=False)
     except Exception as exc:
@@ -458,11 +485,22 @@ def load_pretrained(model: torch.nn.Module, path: str | Path) -> str:
     loaded = len(state) - len(unexp)
     if loaded == 0:
         raise nothing_loaded(src, state)
+    notes += untrained_towers(own, set(state) - set(unexp), src.name)
     def few(keys):
         return ", ".join(keys[:3]) + (f", ... ({len(keys)} total)" if len(keys) > 3 else "")
     return (f"loaded {loaded} tensors from {p.name}; missing {len(miss)}" + (f" ({few(miss)})" if miss else "")
             + f"; unexpected {len(unexp)}" + (f" ({few(unexp)})" if unexp else "")
             + f"; format: {fmt}" + "".join(f"; {n}" for n in notes))
+
+
+def untrained_towers(own, loaded: set[str], source: str) -> list[str]:
+    """The load report's notes on each tower (image: ``visual.*``; text: the rest but
+    ``logit_*``) none of whose tensors among ``own`` (the model's state dict keys) was ``loaded``
+    from ``source``: it keeps its random initialisation."""
+    towers = {"image": [k for k in own if k.startswith("visual.")],
+              "text": [k for k in own if not k.startswith(("visual.", "logit_"))]}
+    return [f"the {t} tower has no weights in {source}: randomly initialised (untrained)"
+            for t, keys in towers.items() if keys and not loaded.intersection(keys)]
 
 
 def image_tokens(clip, x: torch.Tensor, keep: torch.Tensor | None = None, keep_valid: torch.Tensor | None = None):

@@ -218,8 +218,9 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
     ``preprocess_cfg`` value (the weights' own preprocessing, as open_clip's ``local-dir:``
     applies it), else OpenAI CLIP's. A set value that differs from the folder's is kept and
     named in the notes; so are a folder ``size`` other than the tower's image size and a resize
-    other than maskkit's (whole image, bilinear: A56). One-line :class:`MaskkitError` for a
-    folder mean/std that is not 3 numbers (or 1, for all channels) or a std that is not > 0.
+    other than maskkit's (whole image, bilinear: A56). One rule for both (open_clip's: its
+    ``Normalize`` broadcasts one value): 3 numbers or 1 for every channel, each > 0 for std;
+    one-line :class:`MaskkitError` otherwise.
     """
     from .towers import OPENAI_MEAN, OPENAI_STD
 
@@ -232,7 +233,7 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
             ok = isinstance(vals, list) and len(vals) in (1, 3) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals)
             if not ok or (key == "std" and min(vals) <= 0):
                 raise MaskkitError(f"model.pretrained: {hub.path / HUB_CONFIG}: preprocess_cfg.{key} is {theirs!r}; expected "
-                                   f"3 numbers (one per channel{', each > 0' if key == 'std' else ''})")
+                                   f"3 numbers (one per channel) or 1 (for every channel){', each > 0' if key == 'std' else ''}")
             theirs = tuple(float(v) for v in vals) * (3 if len(vals) == 1 else 1)
         if mine is not None:
             out[key] = tuple(mine)
@@ -240,7 +241,8 @@ def preprocessing(cfg, hub: HubFolder | None, image_size: int) -> tuple[tuple, t
                 notes += f"; note: its preprocess_cfg {key} {list(theirs)} differs from model.image_{key} {list(mine)}, which is used"
         elif theirs is not None:
             out[key] = theirs
-            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null)"
+            one = ", its one value for every channel" if len(vals) == 1 else ""
+            notes += f"; image {key} {list(theirs)}: its preprocess_cfg's (model.image_{key} is null{one})"
         else:
             out[key] = tuple(default)
     size = pp.get("size")
@@ -277,7 +279,34 @@ def is_timm_vit(state: dict[str, torch.Tensor]) -> bool:
     return all(k in state for k in _TIMM_MARKERS)
 
 
-def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None) -> tuple[dict[str, torch.Tensor], list[str]]:
+#: why a timm ViT is refused: what maskkit's image tower (open_clip's ViT) computes
+_NOT_EXACT = ("which maskkit's open_clip ViT cannot compute exactly; expected a plain timm VisionTransformer "
+              "(class token, LayerNorm, GELU MLP)")
+
+
+def timm_prefix_tokens(state: dict[str, torch.Tensor]) -> str | None:
+    """What in a timm ViT state dict (keys as :func:`is_timm_vit`'s) open_clip's ViT cannot hold:
+    register tokens (``reg_token [1, R, W]``, timm's ``reg_tokens=R``) or positions without the
+    class token (``no_embed_class=True``: ``pos_embed [1, N, W]`` for a square grid of ``N``
+    patches, where open_clip's ``positional_embedding`` has ``1 + N``); None for a plain ViT."""
+    import math
+
+    found = []
+    reg = state.get("reg_token")
+    if reg is not None:
+        found.append(f"{reg.shape[-2] if reg.ndim >= 2 else '?'} register tokens ('reg_token' {tuple(reg.shape)})")
+    pos = state.get("pos_embed")
+    if pos is not None and reg is None and pos.ndim >= 2:
+        n = int(pos.shape[-2])
+        if math.isqrt(n) ** 2 == n and math.isqrt(n - 1) ** 2 != n - 1:
+            found.append(f"positions without the class token ('pos_embed' {tuple(pos.shape)}: {math.isqrt(n)}x"
+                         f"{math.isqrt(n)} patches, no_embed_class)")
+    return " and ".join(found) or None
+
+
+def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None = None,
+                          origin: dict[str, str] | None = None,
+                          where: str = "model.pretrained") -> tuple[dict[str, torch.Tensor], list[str]]:
     """A timm ``VisionTransformer`` state dict as open_clip image-tower tensors (keys ``visual.*``),
     and notes on what was adapted.
 
@@ -287,24 +316,30 @@ def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None 
     added to the positional embedding of every patch token, which computes the same. A head of
     shape ``[embed_dim, W]`` with no or an all-zero bias (timm's CLIP towers) becomes ``proj``; any other head
     (an ImageNet classifier) and ``fc_norm`` are left out. Keys that match nothing are kept as they
-    are (``visual.`` + key), so the loader reports them as unexpected.
+    are (``visual.`` + key), so the loader reports them as unexpected. ``origin``, when given, is
+    filled with each output key's input key (for messages naming the key as it is in the file).
+    Register tokens and positions without the class token (:func:`timm_prefix_tokens`) are
+    refused in one line opened by ``where`` (:class:`MaskkitError`).
     """
+    extra = timm_prefix_tokens(state)
+    if extra:
+        raise MaskkitError(f"{where}: the timm ViT has {extra}, {_NOT_EXACT}")
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
+    origin = {} if origin is None else origin
     for k, v in state.items():
         if k == "cls_token":
-            out["visual.class_embedding"] = v.reshape(-1)
+            new = "visual.class_embedding"
+            out[new] = v.reshape(-1)
         elif k == "pos_embed":
-            out["visual.positional_embedding"] = v.reshape(v.shape[-2], v.shape[-1])
+            new = "visual.positional_embedding"
+            out[new] = v.reshape(v.shape[-2], v.shape[-1])
         elif k in ("patch_embed.proj.bias", "head.weight", "head.bias") or k.startswith("fc_norm."):
             continue
         else:
-            for pat, rep in _TIMM_KEYS:
-                if re.fullmatch(pat, k):
-                    out["visual." + re.sub(pat, rep, k)] = v
-                    break
-            else:
-                out["visual." + k] = v
+            new = "visual." + next((re.sub(pat, rep, k) for pat, rep in _TIMM_KEYS if re.fullmatch(pat, k)), k)
+            out[new] = v
+        origin[new] = k
     bias = state.get("patch_embed.proj.bias")
     if bias is not None and "visual.positional_embedding" in out:
         pos = out["visual.positional_embedding"].clone()
@@ -315,6 +350,7 @@ def timm_vit_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None 
     no_bias = head_bias is None or not bool(head_bias.any())  # timm's CLIP towers: zeros (_convert_openai_clip)
     if head is not None and no_bias and head.ndim == 2 and embed_dim is not None and head.shape[0] == embed_dim:
         out["visual.proj"] = head.T.contiguous()
+        origin["visual.proj"] = "head.weight"
         notes.append("head -> proj")
     elif head is not None:
         notes.append(f"classifier head {tuple(head.shape)} not used")
@@ -359,6 +395,27 @@ def check_safetensors(path: Path) -> None:
                            f".safetensors file (copy it again)")
 
 
+def checked_float32(state: dict[str, torch.Tensor], file: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``state`` (a file's tensors, keys as in ``file``) with every floating tensor in float32 (maskkit
+    trains in fp32; mixed precision is ``runtime.amp``'s), and a note on the dtypes cast
+    (``float16 -> float32``, or None). A tensor holding NaN or inf is refused in one line naming
+    ``file``, the first such key and how many tensors (and values) are non-finite: weights
+    that are not finite make every step's loss NaN, which would otherwise surface later as
+    skipped steps."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        k, v = bad[0], state[bad[0]]
+        n = int((~torch.isfinite(v)).sum())
+        raise MaskkitError(f"model.pretrained: {file}: tensor '{k}' {tuple(v.shape)} holds {n} NaN/inf values of {v.numel()}"
+                           + (f" ({len(bad)} non-finite tensors in all)" if len(bad) > 1 else " (the only non-finite tensor)")
+                           + "; expected finite weights (a diverged run or a broken conversion? use an earlier checkpoint)")
+    cast = sorted({str(v.dtype).replace("torch.", "") for v in state.values() if v.is_floating_point() and v.dtype != torch.float32})
+    if not cast:
+        return state, None
+    out = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return out, f"{'/'.join(cast)} -> float32"
+
+
 def _read_file(p: Path) -> tuple[dict[str, torch.Tensor], str]:
     from .towers import read_state_dict
 
@@ -386,8 +443,10 @@ def ignored_weights(folder: Path, used: list[Path]) -> str | None:
             f"not read)")
 
 
-def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
-    """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring.
+def read_weights(path: str | Path, model: torch.nn.Module | None = None,
+                 origin: dict[str, str] | None = None) -> tuple[dict[str, torch.Tensor], str, list[str], Path]:
+    """(open_clip state dict, format, notes, the file read) of any layout of this module's docstring;
+    ``origin``, when given, is filled with each converted key's key in the file (timm layouts).
 
     A folder is read as an open_clip HF-hub folder or a timm ViT folder; a file through
     :func:`~maskkit.model.towers.read_state_dict`; timm ViT tensors, alone or as an open_clip
@@ -416,15 +475,41 @@ def read_weights(path: str | Path, model: torch.nn.Module | None = None) -> tupl
     proj = getattr(getattr(model, "visual", None), "proj", None)
     embed_dim = proj.shape[1] if isinstance(proj, torch.Tensor) else None
     if is_timm_vit(state):
-        state, notes = timm_vit_to_open_clip(state, embed_dim)
-        fmt = f"timm ViT image tower ({fmt}; the text tower keeps its initialisation)"
+        state, notes = timm_vit_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}")
+        fmt = f"timm ViT image tower ({fmt})"  # the text tower: load_pretrained's untrained-tower note
     elif is_timm_tower(state):  # open_clip's timm image tower (BiomedCLIP): create_clip built it as open_clip's ViT
-        state, notes = timm_tower_to_open_clip(state, embed_dim)
+        state, notes = timm_tower_to_open_clip(state, embed_dim, origin, f"model.pretrained: {src}",
+                                               f" (model_cfg.embed_dim in {p / HUB_CONFIG})" if p.is_dir() and (p / HUB_CONFIG).is_file()
+                                               else " (model.arch's)")
     if p.is_dir():
         other = ignored_weights(p, [src])
         if other:
             notes.append(other)
     return state, fmt, notes, src
+
+
+def fit_hint(pretrained: str | Path, key: str) -> str:
+    """What a message about a tensor ``key`` (an open_clip key) that does not fit the model says to
+    check: for an open_clip folder (the architecture), the part of its ``open_clip_config.json``
+    that sets the tensor's shape (``model_cfg.embed_dim``, ``vision_cfg`` with its timm model name
+    and width, or ``text_cfg``); else ``model.arch``."""
+    p = Path(pretrained).expanduser()
+    cfg_file = p / HUB_CONFIG
+    if not (p.is_dir() and cfg_file.is_file()):
+        return "is model.arch right?"
+    try:
+        mc = hub_folder(p, weights=False).model_cfg
+    except MaskkitError:
+        return f"the model is built from {cfg_file} (model_cfg)"
+    if key in ("visual.proj", "text_projection") or key.startswith(("text.proj.", "visual.head.proj")):
+        return f"the model is built from {cfg_file}: check model_cfg.embed_dim ({mc.get('embed_dim')})"
+    if key.startswith("visual."):
+        vc = mc.get("vision_cfg") or {}
+        named = ", ".join(f"{k} {vc[k]!r}" for k in ("timm_model_name", "width", "layers", "patch_size", "image_size") if k in vc)
+        return f"the model is built from {cfg_file}: check model_cfg.vision_cfg ({named})"
+    tc = mc.get("text_cfg") or {}
+    named = ", ".join(f"{k} {tc[k]!r}" for k in ("hf_model_name", "width", "layers", "vocab_size", "context_length") if k in tc)
+    return f"the model is built from {cfg_file}: check model_cfg.text_cfg ({named})"
 
 
 #: a stack of numbered layers in a state dict key: ``visual.transformer.resblocks.3.``,
@@ -452,13 +537,15 @@ def check_depth(state, own, file: Path, hint: str) -> None:
     or text tower's blocks) is deeper or shallower than the model's (``own``, its state dict): the
     layers past the model's depth would be dropped, or the missing ones left at their
     initialisation, as a width mismatch would be refused. Stacks the checkpoint lacks (a
-    timm image tower has no text layers) are not compared. ``hint`` ends the line."""
+    timm image tower has no text layers) are not compared. ``hint`` ends the line (a string, or
+    a function of the stack's key prefix giving one)."""
     want = layer_depths(own)
     for stack, n in layer_depths(state).items():
         if stack in want and n != want[stack]:
             what = _STACK_NAMES.get(stack, stack)
             raise MaskkitError(f"model.pretrained: {file}: its {what} has {n} layers ({stack}.0-{n - 1}), the model's "
-                               f"{want[stack]}: depth found {n}, expected {want[stack]}; {hint}")
+                               f"{want[stack]}: depth found {n}, expected {want[stack]}; "
+                               f"{hint(stack + '.') if callable(hint) else hint}")
 
 
 def nothing_loaded(path: str | Path, state: dict[str, torch.Tensor]) -> MaskkitError:
@@ -501,9 +588,8 @@ def timm_vision_cfg(vision_cfg: dict, embed_dim: int, where: str) -> tuple[dict,
     pool, proj = vision_cfg.get("timm_pool", "avg"), vision_cfg.get("timm_proj", "linear")
 
     def refuse(what: str) -> MaskkitError:
-        return MaskkitError(f"{where}: the timm image tower {name} (timm_pool={pool!r}, timm_proj={proj!r}) {what}, which "
-                            f"maskkit's open_clip ViT cannot compute exactly; expected a plain timm VisionTransformer "
-                            f"(class token, LayerNorm, GELU MLP) with timm_proj 'linear' without bias")
+        return MaskkitError(f"{where}: the timm image tower {name} (timm_pool={pool!r}, timm_proj={proj!r}) {what}, "
+                            f"{_NOT_EXACT} with timm_proj 'linear' without bias")
 
     if proj != "linear" or vision_cfg.get("timm_proj_bias"):
         raise refuse("has a " + ("biased " if vision_cfg.get("timm_proj_bias") else "") + f"'{proj}' projection")
@@ -594,20 +680,28 @@ def is_timm_tower(state: dict[str, torch.Tensor]) -> bool:
     return is_timm_vit({k[len(TIMM_TRUNK):]: None for k in state if k.startswith(TIMM_TRUNK)})
 
 
-def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None) -> tuple[dict[str, torch.Tensor], list[str]]:
+def timm_tower_to_open_clip(state: dict[str, torch.Tensor], embed_dim: int | None, origin: dict[str, str] | None = None,
+                            where: str = "model.pretrained", embed_src: str = "") -> tuple[dict[str, torch.Tensor], list[str]]:
     """An open_clip CLIP state dict with a timm image tower (``visual.trunk.*`` timm ViT keys,
     ``visual.head.proj.weight [embed_dim, W]``: ``timm_proj: linear``) as one with open_clip's own
     ViT (:func:`timm_vit_to_open_clip`; the head becomes ``visual.proj [W, embed_dim]``, the
     transpose, as ``pooled @ proj`` is ``Linear(pooled)``). Other keys (the text tower,
     ``logit_scale``) are kept; a ``visual.head.*`` key other than ``proj.weight`` is kept as it is, so the
-    loader reports it as unexpected."""
+    loader reports it as unexpected. ``origin`` as :func:`timm_vit_to_open_clip`'s (the keys of
+    ``state``); ``where`` (the file) opens a refused head's line, ``embed_src`` says where the
+    model's ``embed_dim`` came from."""
     trunk = {k[len(TIMM_TRUNK):]: v for k, v in state.items() if k.startswith(TIMM_TRUNK)}
     rest = {k: v for k, v in state.items() if not k.startswith(TIMM_TRUNK)}
     head = rest.pop(TIMM_HEAD + "proj.weight", None)
     if head is not None:
         trunk["head.weight"] = head
-    converted, notes = timm_vit_to_open_clip(trunk, embed_dim)
+    inner: dict[str, str] = {}
+    converted, notes = timm_vit_to_open_clip(trunk, embed_dim, inner, where)
     if head is not None and "visual.proj" not in converted:
-        raise MaskkitError(f"model.pretrained: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)}; expected "
-                           f"[embed_dim {embed_dim}, width] (timm_proj: linear)")
+        raise MaskkitError(f"{where}: '{TIMM_HEAD}proj.weight' has shape {tuple(head.shape)} ([embed_dim, width]: "
+                           f"embed_dim {head.shape[0]}), the model's embed_dim is {embed_dim}{embed_src}; expected the same "
+                           f"embed_dim (timm_proj: linear)")
+    if origin is not None:
+        origin.update({k: k for k in rest})
+        origin.update({new: TIMM_HEAD + "proj.weight" if old == "head.weight" else TIMM_TRUNK + old for new, old in inner.items()})
     return {**rest, **converted}, ["timm image tower (visual.trunk.*) -> open_clip's ViT"] + notes

@@ -28,7 +28,7 @@ from .mlm import TextDecoder
 from .output import XLIPOutput
 from .hf_text import load_text_folder, transformers_folder
 from .towers import (create_clip, image_tokens, load_pretrained, patchify, text_is_causal, text_tokens, text_width,
-                     tower_tokenizer, unpatchify)
+                     tokenizer_note, tower_tokenizer, unpatchify)
 from .weights import arch_file, architecture, hub_notes, preprocessing
 
 
@@ -112,6 +112,8 @@ class XLIP(nn.Module):
             self.load_report += notes
         self.embed_dim = C = v.output_dim
         self.tokenizer = tower_tokenizer(self.clip)
+        if self.load_report is not None:
+            self.load_report += "".join(f"; {n}" for n in [tokenizer_note(self.clip, self.tokenizer)] if n)
         self.context_length = self.tokenizer.context_length
         self.register_buffer("image_mean", torch.tensor(self.preprocess_mean).view(1, 3, 1, 1))
         self.register_buffer("image_std", torch.tensor(self.preprocess_std).view(1, 3, 1, 1))
