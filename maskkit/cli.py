@@ -236,7 +236,9 @@ def prepare_cmd(
 def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: preset=xlip scale=tiny config=file.yaml train.lr=1e-4 ... (config= also takes a config shipped with maskkit by name: xlip_paper_corpus)")) -> None:
     """Pretrain: resolve preset -> config file -> key=value, then run the training recipe.
 
-    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 75 stopped by SIGTERM,
+    Exit status: 0 done; 2 bad input or a run that cannot go on (one line); 3 trained and saved, but an
+    end-of-run evaluation (runtime.evaluations) failed: each failure is a warning line, the others are
+    written, and a last line names them; 75 stopped by SIGTERM,
     SIGUSR1 or SIGUSR2 after writing the checkpoint of its current step (or before step 1, with
     nothing to save): run the same command with runtime.resume=auto or latest (docs/distributed.md
     has a SLURM requeue script); 130 stopped by SIGINT (Ctrl-C) the same way."""
@@ -278,6 +280,18 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
             console.print(t)
         for line in res.warnings:
             err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)
+    if result.failed_evaluations:  # the run is trained and saved; what failed is said, and the exit status says it
+        names = list(result.failed_evaluations)
+        err = MaskkitError(f"training done and saved ({result.run_dir}, step {result.step}), but {len(names)} of the "
+                           f"{len(cfg.runtime.evaluations)} end-of-run evaluations failed: "
+                           + "; ".join(result.failed_evaluations.values())
+                           + f"; the others were written; run it again with maskkit eval {names[0]} {result.run_dir}")
+        err.exit_code = EVALUATION_FAILED
+        raise err
+
+
+#: ``maskkit run``'s exit status when training finished and was saved but an end-of-run evaluation failed
+EVALUATION_FAILED = 3
 
 
 def _run_forwarding(cmd: list[str]) -> int:

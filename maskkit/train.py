@@ -70,6 +70,8 @@ class RunResult:
     losses: list[dict]
     zeroshot: Any = None
     evaluations: dict[str, Any] = field(default_factory=dict)
+    #: end-of-run evaluations that failed: name -> one line (nothing of theirs written; the others were)
+    failed_evaluations: dict[str, str] = field(default_factory=dict)
 
 
 # --- the recipe ------------------------------------------------------------------------------
@@ -100,6 +102,7 @@ class PretrainRecipe:
 
         self.cfg, self.sources = cfg, sources or {}
         self.console = console or Console(stderr=True)
+        self.failed_evaluations: dict[str, str] = {}  # end-of-run evaluations that failed (run_evaluations)
         self.step = 0            # optimiser steps done
         self.batches = 0         # micro-batches drawn (the loader's position)
         self.bad_in_row = 0
@@ -527,7 +530,8 @@ class PretrainRecipe:
         """The end-of-run evaluations (``runtime.evaluations``, rank 0) on the run's held-out split,
         each written to ``<run>/<name>.json`` / ``.csv`` (:func:`run_evaluations`)."""
         what = self.corpus.what("run", f"the held-out split of run {self.out} ({self.corpus.describe()})")
-        return run_evaluations(self.model, self.cfg, self.corpus, what, self.out, self.cfg.runtime.evaluations, self.device)
+        return run_evaluations(self.model, self.cfg, self.corpus, what, self.out, self.cfg.runtime.evaluations, self.device,
+                               failed=self.failed_evaluations, console=self.console)
 
     # --- the loop ----------------------------------------------------------------------------
     def discard_unstarted_run_dir(self) -> bool:
@@ -703,6 +707,7 @@ class PretrainRecipe:
         result = RunResult(self.out, self.step, self.losses)
         if evaluating and info.main:
             result.evaluations = self.evaluate()
+            result.failed_evaluations = dict(self.failed_evaluations)
             z = result.evaluations.get("zeroshot")
             result.zeroshot = z.native if z is not None else None
         elif cfg.runtime.evaluations and info.main:
@@ -758,14 +763,20 @@ def record_split(out: Path, corpus, resumed: bool) -> None:
         write_split(out, corpus)
 
 
-def run_evaluations(model, cfg: ExperimentConfig, corpus, what: dict, out: Path, names, device="cpu") -> dict[str, Any]:
+def run_evaluations(model, cfg: ExperimentConfig, corpus, what: dict, out: Path, names, device="cpu",
+                    failed: dict[str, str] | None = None, console=None) -> dict[str, Any]:
     """A run's end-of-run evaluations: each registered evaluation of ``names`` (``runtime.evaluations``)
     with its ``end_of_run`` settings (zero-shot: 200 bootstrap resamples, the library's protocol
     defaults) on the run's ``corpus`` (its held-out split; ``what`` names it), each written
     atomically to ``out/<name>.json`` and ``out/<name>.csv`` (``zeroshot.json`` keeps every field
     it had). Returns name -> :class:`~maskkit.eval.contract.EvalResult`. Used by the recipe and by
-    ``maskkit sweep --rescore``, so a re-scored run is scored exactly as a new one."""
-    from .eval.contract import EvalRun
+    ``maskkit sweep --rescore``, so a re-scored run is scored exactly as a new one.
+
+    ``failed`` (a dict): each evaluation is isolated: one that raises (any ``Exception``; a stop
+    signal still stops) is recorded there as name -> one line (:func:`~maskkit.eval.contract.failure_line`),
+    printed at once as a ``warning:`` line on ``console`` when given, writes nothing, and the others
+    still run and are written. Without ``failed`` the first failure is raised."""
+    from .eval.contract import EvalRun, failure_line
     from .plugins import get_registry
 
     reg = get_registry()
@@ -773,8 +784,19 @@ def run_evaluations(model, cfg: ExperimentConfig, corpus, what: dict, out: Path,
     results = {}
     for name in names:
         ev = reg.evaluation(name)
-        res = ev(run, ev.parse(ev.end_of_run))
-        res.write(out)
+        try:
+            res = ev(run, ev.parse(ev.end_of_run))
+            res.write(out)
+        except Exception as exc:
+            if failed is None:
+                raise
+            failed[name] = failure_line(name, exc)
+            if console is not None:
+                from rich.markup import escape
+
+                console.print(f"warning: end-of-run {escape(failed[name])}; the other evaluations still run",
+                              highlight=False, soft_wrap=True)
+            continue
         results[name] = res
     return results
 

@@ -750,3 +750,54 @@ def test_sweep_tables_take_any_metric_key(tmp_path):
         check_metrics(SweepSpec(["xlip"], metrics=["retr*/R@1"]), ["zeroshot"])  # a wildcard: the evaluation it names
     write_results(rows, SweepSpec(["clip", "xlip"], metrics=["masks/*"]), tmp_path)
     assert "No run holds a metric matching 'masks/*'" in (tmp_path / "results.md").read_text()
+
+
+# --- a failing evaluation (issue 19) -------------------------------------------------------------------
+
+def _boom(run, s):
+    """Raises (test plugin)."""
+    raise RuntimeError("the plugin broke")
+
+
+def test_a_plugin_evaluation_that_raises_is_one_line_naming_the_plugin(phantom_run, monkeypatch):
+    """It gave a rich traceback (exit 1) that never named the plugin: one line, exit 2."""
+    from maskkit.cli import failure_line
+    from maskkit.errors import PluginError
+    from maskkit.eval.contract import make_evaluation
+    from maskkit.plugins import get_registry
+
+    monkeypatch.setitem(get_registry().evaluations, "boom", make_evaluation("boom", _boom, "acme-eval:boom"))
+    res = invoke("eval", "boom", phantom_run, ok=False)
+    assert isinstance(res.exception, PluginError), repr(res.exception)
+    line, code, _ = failure_line(res.exception)
+    assert code == 2 and "\n" not in line
+    assert line.startswith("evaluation 'boom' (from plugin 'acme-eval:boom') failed: RuntimeError: the plugin broke (at "), line
+
+
+def test_a_builtin_evaluations_own_error_keeps_its_line(phantom_run):
+    from maskkit.eval.contract import EvaluationError
+
+    res = invoke("eval", "padchest", phantom_run, ok=False)
+    assert isinstance(res.exception, EvaluationError) and str(res.exception).startswith("eval padchest: "), repr(res.exception)
+
+
+def test_a_failing_end_of_run_evaluation_is_isolated(tmp_path, monkeypatch):
+    """One failing end-of-run evaluation stopped the others (zeroshot.json never written): each is
+    isolated, the failure is one warning line naming it, and `maskkit run` exits 3."""
+    from maskkit.cli import EVALUATION_FAILED
+    from maskkit.eval.contract import make_evaluation
+    from maskkit.plugins import get_registry
+
+    monkeypatch.setitem(get_registry().evaluations, "boom", make_evaluation("boom", _boom, "acme-eval:boom"))
+    res = invoke("run", *SMALL, "data.val_n=12", "train.steps=1", f"runtime.out_dir={tmp_path}", "runtime.name=e",
+                 "runtime.evaluations=[boom,zeroshot,padchest]", ok=False)
+    err = res.exception
+    assert isinstance(err, MaskkitError) and err.exit_code == EVALUATION_FAILED == 3, (res.output[-2000:], repr(err))
+    msg = str(err)
+    assert "\n" not in msg and "2 of the 3 end-of-run evaluations failed" in msg
+    assert "evaluation 'boom' (from plugin 'acme-eval:boom') failed: RuntimeError: the plugin broke" in msg
+    assert "evaluation 'padchest' failed: eval padchest: " in msg
+    run = tmp_path / "e"
+    assert (run / "zeroshot.json").is_file() and (run / "zeroshot.csv").is_file()  # the others ran after the failure
+    assert not (run / "boom.json").exists() and not (run / "padchest.json").exists()
+    assert "warning: end-of-run evaluation 'boom' (from plugin 'acme-eval:boom') failed" in res.output

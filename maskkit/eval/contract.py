@@ -210,6 +210,26 @@ def output_layout(out: str | Path, evaluation: str) -> tuple[Path, Path, Path]:
     return out / f"{evaluation}.json", out / f"{evaluation}.csv", out
 
 
+def _raised_at(exc: BaseException) -> str:
+    """`` at file.py:123`` of the innermost frame ``exc`` was raised in ("" without a traceback)."""
+    import traceback
+
+    tb = traceback.extract_tb(exc.__traceback__) if exc.__traceback__ is not None else []
+    return f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+
+
+def failure_line(name: str, exc: BaseException) -> str:
+    """One line for evaluation ``name`` that raised ``exc`` at the end of a run: a
+    :class:`~maskkit.errors.MaskkitError`'s own message (a plugin's fault is one already,
+    :meth:`Evaluation.__call__`), else ``Type: message`` and where it was raised."""
+    from ..plugins import _one_line
+
+    if isinstance(exc, MaskkitError):
+        msg = " ".join(str(exc).split())
+        return msg if msg.startswith(f"evaluation '{name}' ") else f"evaluation '{name}' failed: {msg}"
+    return f"evaluation '{name}' failed: {_one_line(exc)}{_raised_at(exc)}"
+
+
 def _field_name(model: type[BaseModel], loc: Sequence[Any]) -> str:
     return str(loc[0]) if loc else "?"
 
@@ -294,6 +314,15 @@ class Evaluation:
             if isinstance(exc, NothingDecodes):
                 raise exc.with_hint(hint, f"eval {self.name}: ") from None
             raise SkipLimitExceeded(f"eval {self.name}: {exc}{hint}", exc.path) from None
+        except MaskkitError:  # its own line (a built-in's or a plugin's)
+            raise
+        except Exception as exc:  # a plugin's fault never takes the host down: one line naming the plugin
+            from ..plugins import BUILTIN_PLUGINS, _one_line
+
+            if self.source in BUILTIN_PLUGINS:  # a fault of maskkit itself: the traceback
+                raise
+            raise PluginError(f"evaluation '{self.name}' (from plugin '{self.source}') failed: {_one_line(exc)}"
+                              f"{_raised_at(exc)}") from exc
         if not isinstance(res, EvalResult):
             raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned {type(res).__name__}; "
                               f"expected a maskkit.eval.contract.EvalResult")
