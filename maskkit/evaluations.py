@@ -198,7 +198,27 @@ def _region_file(s: RegionSettings, corpus):
     rs = getattr(R, READERS[s.format])(s.regions)
     records = {r.id: r for src in corpus.sources for r in (*src.train_records, *src.held_records)}
     rs.require_ids(records, f"the data ({corpus.describe()})")
+    shared = _shared_ids(corpus, rs.images)
+    if shared:
+        iid, names = next(iter(shared.items()))
+        im = rs.images[iid]
+        raise R.RegionError(f"{im.where}: image id {iid!r} is an image of {len(names)} sources of the data, "
+                            f"{' and '.join(names)} (shared ids: {len(shared)} of the {len(rs)} annotated); samples are "
+                            f"keyed by (source, id) and a region file names no source, so its regions would go to "
+                            f"either: evaluate one source (data=... with that source's data.* settings)")
     return rs, records
+
+
+def _shared_ids(corpus, ids) -> dict[str, list[str]]:
+    """Each of ``ids`` that is an image of more than one source of ``corpus`` (train or held out)
+    -> those sources' names: an id alone cannot say which sample it means (docs/eval.md, samples
+    are keyed by (source, id))."""
+    want = set(ids)
+    owners: dict[str, list[str]] = {}
+    for name, src in zip(corpus.names, corpus.sources):
+        for iid in {r.id for r in (*src.train_records, *src.held_records)} & want:
+            owners.setdefault(iid, []).append(name)
+    return {i: n for i, n in owners.items() if len(n) > 1}
 
 
 def _with_image_sizes(rs, records, ids):
@@ -532,6 +552,13 @@ def _idset_dataset(run, path: str):
             owner.setdefault(r.id, (k, r))
     table = Table(corpus.describe(), [r for _, r in owner.values()], corpus.label_names)
     idset = load_id_set(path, table)
+    shared = _shared_ids(corpus, idset.ids)
+    if shared:
+        iid, names = next(iter(shared.items()))
+        raise MaskkitError(f"{path}: image id {iid!r} of id set {idset.name} is an image of {len(names)} sources of the "
+                           f"data, {' and '.join(names)} (shared ids: {len(shared)} of its {len(idset.ids)}); samples are "
+                           f"keyed by (source, id) and an id set names no source: evaluate one source "
+                           f"(data=... with that source's data.* settings)")
     parts, names = [], []
     for k, src in enumerate(corpus.sources):
         recs = [owner[i][1] for i in idset.ids if owner[i][0] == k]

@@ -801,3 +801,27 @@ def test_a_failing_end_of_run_evaluation_is_isolated(tmp_path, monkeypatch):
     assert (run / "zeroshot.json").is_file() and (run / "zeroshot.csv").is_file()  # the others ran after the failure
     assert not (run / "boom.json").exists() and not (run / "padchest.json").exists()
     assert "warning: end-of-run evaluation 'boom' (from plugin 'acme-eval:boom') failed" in res.output
+
+
+@pytest.mark.parametrize("command", ["grounding", "masks", "finetune", "retrieval"])
+def test_an_id_two_sources_share_is_refused_where_an_annotation_names_it(csv_run, tmp_path, command):
+    """Two sources sharing an image id: a region file's (or an id set's) annotations went silently
+    to the last source's image. An id alone cannot say which sample it means: one line naming both
+    sources and the file's row; nothing is written."""
+    from maskkit.eval.subsets import IdSet, save_id_set
+
+    run, held, _ = csv_run
+    d = run.parent / "d.csv"
+    two = "data.sources=" + json.dumps([{"name": "csv", "path": str(d)}, {"name": "csv", "path": str(d)}])
+    if command == "retrieval":
+        f = save_id_set(IdSet("two", {"A": held[:2]}), tmp_path / "set.json")
+        fails("eval", "retrieval", run, two, "--set", f, "--out", tmp_path / "o", out=tmp_path / "o",
+              match=f"{f}: image id '{held[0]}' of id set two is an image of 2 sources of the data, csv#0 and csv#1 "
+                    f"(shared ids: 2 of its 2)")
+        return
+    f = write(tmp_path / "stage_2_train_labels.csv", ["patientId", "x", "y", "width", "height", "Target"],
+              [[held[0], 0, 0, 512, 512, 1]])
+    extra = ["--task", "segmentation"] if command == "finetune" else []
+    fails("eval", command, run, two, "--regions", f, "--format", "rsna", *extra, "--out", tmp_path / "o", out=tmp_path / "o",
+          match=f"{f}: row 2: image id '{held[0]}' is an image of 2 sources of the data, csv#0 and csv#1 "
+                f"(shared ids: 1 of the 1 annotated); samples are keyed by (source, id)")
