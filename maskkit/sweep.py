@@ -235,6 +235,11 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
     stop = StopRequest().install()  # a signal between runs (or in a probe, a rescore) stops the sweep at once
     rows, todo, plan = [], [], spec.runs()
     try:
+        evaluations: list[str] = []  # what any run of the sweep evaluates, done or not: --metrics is checked against it
+        for preset, combo, seed in plan:  # every run's settings are checked before the first one starts (one line, nothing written)
+            cfg, _ = resolve(run_args(spec, preset, combo, seed, out, extra_args))
+            evaluations += [e for e in cfg.runtime.evaluations if e not in evaluations]
+        check_metrics(spec, evaluations)
         for n, (preset, combo, seed) in enumerate(plan, 1):
             name = slug(preset, combo, seed)
             done = out / "runs" / name / "done.json"
@@ -245,10 +250,7 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
                 rows.append(rescore_run(done.parent, kept, console) if rescore else kept)
                 continue
             row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
-            args = run_args(spec, preset, combo, seed, out, extra_args)
-            cfg, _ = resolve(args)  # every run's settings are checked before the first one starts (one-line error, nothing written)
-            check_metrics(spec, list(cfg.runtime.evaluations))
-            todo.append((args, row))
+            todo.append((run_args(spec, preset, combo, seed, out, extra_args), row))
         out.mkdir(parents=True, exist_ok=True)
         if jobs <= 1:
             stopped = _run_in_process(todo, spec.probe, rows, console)
@@ -444,9 +446,10 @@ def chosen_metrics(rows: list[dict], spec: SweepSpec) -> tuple[list[str], list[s
 
 
 def check_metrics(spec: SweepSpec, evaluations: list[str], registered: list[str] | None = None) -> None:
-    """Before any run: each pattern of ``spec.metrics`` names a legacy column (``auc``, ``f1``,
-    ``acc``, ``probe_*``, ``auc:*``) or a metric of an evaluation the runs run (``name/...``: its
-    name in ``runtime.evaluations``); else one line. Its advice names only what exists: a
+    """Before any run (whether the sweep's runs are done or not): each pattern of ``spec.metrics``
+    names a legacy column (``auc``, ``f1``, ``acc``, ``probe_*``, ``auc:*``) or a metric of an
+    evaluation at least one run runs (``name/...``: its name in ``evaluations``, the union of the
+    runs' ``runtime.evaluations``; a run that does not compute it shows ``–``); else one line. Its advice names only what exists: a
     registered evaluation (``registered``, default: the registry's) to add to
     ``runtime.evaluations``, or close matches among the registered evaluations and the legacy columns."""
     import fnmatch
@@ -468,7 +471,7 @@ def check_metrics(spec: SweepSpec, evaluations: list[str], registered: list[str]
                 raise MaskkitError(f"sweep metrics: '{pat}': '{head}' is not a registered evaluation"
                                    f"{close_matches(head, registered) or ''} (registered: {', '.join(sorted(registered))}; "
                                    f"maskkit eval --help lists them)")
-            raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{known[0]}', which the runs do not run "
+            raise MaskkitError(f"sweep metrics: '{pat}' is a metric of evaluation '{known[0]}', which no run of the sweep runs "
                                f"(runtime.evaluations: {', '.join(evaluations) or 'none'}); add it, e.g. "
                                f"'runtime.evaluations=[{','.join([*evaluations, known[0]])}]' in the sweep's args")
         elif not (pat.startswith(("probe_", "auc:")) or any(fnmatch.fnmatchcase(k, pat) for k in legacy)):
@@ -484,6 +487,12 @@ def _percent(metric: str) -> bool:
     return metric in METRICS or metric.startswith(("probe_", "auc:"))
 
 
+def grid_cell(v: Any) -> Any:
+    """A grid value as a row's key and a table cell: a list or mapping (``runtime.evaluations``
+    varied by the grid) as its compact JSON, anything else as it is."""
+    return json.dumps(v, separators=(",", ":")) if isinstance(v, (list, dict)) else v
+
+
 def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
     """Mean and sample std over seeds of every metric, per (preset, grid point); the std of a
     single seed is ``None`` (no spread to report), not 0."""
@@ -492,7 +501,7 @@ def summarise(rows: list[dict], spec: SweepSpec) -> list[dict]:
     keys = list(spec.grid)
     groups: dict[tuple, list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["preset"], *[r.get(k) for k in keys]), []).append(r)
+        groups.setdefault((r["preset"], *[grid_cell(r.get(k)) for k in keys]), []).append(r)
     out = []
     for g, rs in groups.items():
         row = {"preset": g[0], **dict(zip(keys, g[1:])), "seeds": len(rs)}
@@ -514,7 +523,7 @@ def paired(rows: list[dict], spec: SweepSpec, metric: str = "auc") -> list[dict]
     groups: dict[tuple, dict[int, float]] = {}
     for r in rows:
         if r.get(metric) is not None:
-            groups.setdefault((r["preset"], *[r.get(k) for k in keys]), {})[r["seed"]] = r[metric]
+            groups.setdefault((r["preset"], *[grid_cell(r.get(k)) for k in keys]), {})[r["seed"]] = r[metric]
     items = list(groups.items())
     out = []
     for j, (g, vals) in enumerate(items):
@@ -550,8 +559,8 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
 
     def fmt(r, m):
         mean, std = r.get(f"{m}_mean"), r.get(f"{m}_std")
-        if mean is None:
-            return "n/a"
+        if mean is None:  # no run of the row computes it (its runtime.evaluations do not run it)
+            return "–"
         k, d = (100, 2) if _percent(m) else (1, 3)
         return fmt_number(k * mean, d) + ("" if std is None else " ± " + fmt_number(k * std, d))
     for r in summary:
@@ -574,7 +583,11 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
         lines += [f"| {p['row']} | {p['against']} | {p['metric']} | {p['seeds']} | {num(p, p['mean_diff'], True)} | "
                   + (f"{num(p, p['se'])} | {'yes' if p['exceeds_2se'] else 'no'} |" if p["seeds"] > 1
                      else "n/a | n/a (one seed: no spread) |") for p in pl]
-        atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
+    else:  # never an earlier sweep's comparisons under this one's results.md
+        why = ("no metric chosen is held by any run" if not compared else
+               "fewer than two rows hold a chosen metric on a common seed" if len(summary) > 1 else "one row: nothing to compare")
+        lines = [f"No paired comparison: {why} (metrics: {', '.join(compared) or 'none'})."]
+    atomic_write_text(out / "paired.md", "\n".join(lines) + "\n")
     atomic_write_bytes(out / "results.png", plot_results(summary, keys))
 
 

@@ -726,8 +726,8 @@ def test_sweep_tables_take_any_metric_key(tmp_path):
     assert "| xlip | clip | retrieval/image_to_report_R@1 | 2 | +0.200 | 0.050 | yes |" in paired
     head = (tmp_path / "results.csv").read_text().splitlines()[0]
     assert "retrieval/image_to_report_median_rank_mean" in head and "auc_mean" in head
-    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'grounding/\*' is a metric of evaluation 'grounding', which the "
-                                           r"runs do not run \(runtime.evaluations: zeroshot\)"):
+    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'grounding/\*' is a metric of evaluation 'grounding', which "
+                                           r"no run of the sweep runs \(runtime.evaluations: zeroshot\)"):
         check_metrics(SweepSpec(["xlip"], metrics=["grounding/*"]), ["zeroshot"])
     check_metrics(SweepSpec(["xlip"], metrics=["probe_*", "auc:Edema", "grounding/pointing"]), ["zeroshot", "grounding"])
     # a difference beyond 2 SE shows its digits (it printed -0.000 | 0.000 | yes)
@@ -825,3 +825,35 @@ def test_an_id_two_sources_share_is_refused_where_an_annotation_names_it(csv_run
     fails("eval", command, run, two, "--regions", f, "--format", "rsna", *extra, "--out", tmp_path / "o", out=tmp_path / "o",
           match=f"{f}: row 2: image id '{held[0]}' is an image of 2 sources of the data, csv#0 and csv#1 "
                 f"(shared ids: 1 of the 1 annotated); samples are keyed by (source, id)")
+
+
+def test_sweep_metrics_are_checked_whatever_the_runs_state(tmp_path):
+    """On a finished sweep (every run done) --metrics TYPO exited 0 and rewrote results.md without its
+    columns while paired.md kept old comparisons. A grid varying runtime.evaluations was refused a
+    metric only some runs compute; it is accepted (missing cells '–'), refused only when none does."""
+    from maskkit.sweep import SweepSpec, run_sweep, slug
+
+    grid = {"runtime.evaluations": [["zeroshot"], ["zeroshot", "retrieval"]]}
+    spec = SweepSpec(["clip"], grid=grid, seeds=[0, 1])
+    for preset, combo, seed in spec.runs():  # a finished sweep: every run has its done.json
+        name = slug(preset, combo, seed)
+        row = {"preset": preset, **combo, "seed": seed, "run": name, "steps": 1, "auc": 0.5 + 0.1 * seed}
+        if "retrieval" in combo["runtime.evaluations"]:
+            row["retrieval/image_to_report_R@1"] = 0.25 * (seed + 1)
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "done.json").write_text(json.dumps(row))
+    (tmp_path / "paired.md").write_text("| old | comparison |\n")
+    with pytest.raises(MaskkitError, match=r"^sweep metrics: 'retreival/\*_R@1': 'retreival' is not a registered evaluation"):
+        run_sweep(SweepSpec(["clip"], grid=grid, seeds=[0, 1], metrics=["auc", "retreival/*_R@1"]), tmp_path)
+    assert not (tmp_path / "results.md").exists()
+    with pytest.raises(MaskkitError, match=r"'grounding/\*' is a metric of evaluation 'grounding', which no run of the sweep "
+                                           r"runs \(runtime.evaluations: zeroshot, retrieval\)"):
+        run_sweep(SweepSpec(["clip"], grid=grid, seeds=[0, 1], metrics=["grounding/*"]), tmp_path)
+    rows = run_sweep(SweepSpec(["clip"], grid=grid, seeds=[0, 1], metrics=["retrieval/*_R@1"]), tmp_path)
+    assert len(rows) == 4
+    md = (tmp_path / "results.md").read_text()
+    assert '| clip | ["zeroshot"] | 2 | – |' in md, md  # its runs do not compute R@1
+    assert '| clip | ["zeroshot","retrieval"] | 2 | 0.375 ± 0.177 |' in md, md  # R@1 0.25, 0.5 of the runs that compute it
+    paired = (tmp_path / "paired.md").read_text()
+    assert paired == ("No paired comparison: fewer than two rows hold a chosen metric on a common seed "
+                      "(metrics: retrieval/image_to_report_R@1).\n"), paired
