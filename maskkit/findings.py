@@ -25,6 +25,25 @@ NIH_LABELS: tuple[str, ...] = (
     "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 
+#: the findings NIH ChestX-ray14's ``BBox_List_2017.csv`` boxes (``Infiltrate`` there is ``Infiltration``)
+NIH_BBOX_FINDINGS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltrate", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+)
+
+#: MS-CXR's eight ``category`` values
+MS_CXR_CATEGORIES: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Lung Opacity", "Pleural Effusion", "Pneumonia",
+    "Pneumothorax",
+)
+
+#: VinDr-CXR's local labels (the ``class_name`` of a box; PhysioNet release, 22, of which Kaggle's train.csv uses 14)
+VINDR_LABELS: tuple[str, ...] = (
+    "Aortic enlargement", "Atelectasis", "Calcification", "Cardiomegaly", "Clavicle fracture", "Consolidation", "Edema",
+    "Emphysema", "Enlarged PA", "ILD", "Infiltration", "Lung Opacity", "Lung cavity", "Lung cyst", "Mediastinal shift",
+    "Nodule/Mass", "Other lesion", "Pleural effusion", "Pleural thickening", "Pneumothorax", "Pulmonary fibrosis",
+    "Rib fracture",
+)
+
 
 def label_key(label: str) -> str:
     """How labels compare: underscores as spaces, lower case, no outer space

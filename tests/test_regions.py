@@ -19,6 +19,7 @@ from maskkit.data.regions import (
     parse_siim_rle, patch_coverage, phantom_regions, read_ms_cxr, read_nih_bbox, read_rsna, read_siim, read_vindr,
 )
 from tests.conftest import shared_path
+import maskkit.data.regions as R  # noqa: E402
 
 G = 4  # 64 / 16
 
@@ -455,3 +456,36 @@ def test_every_reader_refuses_an_empty_file_a_bare_header_and_a_missing_column(t
     with pytest.raises(RegionError, match=expect) as e:
         READERS[fmt](p)
     assert one_line(e).startswith(f"{p}: ")
+
+
+@pytest.mark.parametrize("reader, text, match", [
+    (R.read_nih_bbox, "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Cardiomegally,10,10,20,20,,,\n",
+     "n.csv: row 2, column 'Finding Label': 'Cardiomegally' is not a finding of this format (expected one of Atelectasis, "
+     "Cardiomegaly, Effusion, Infiltrate, Mass, Nodule, Pneumonia, Pneumothorax); did you mean 'Cardiomegaly'?"),
+    (R.read_nih_bbox, "Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,Nodule,1,1,2,2,,,\n00000001_000.png,Foo,1,1,2,2,,,\n",
+     "n.csv: row 3, column 'Finding Label': 'Foo' is not a finding of this format (expected one of Atelectasis, "),
+    (R.read_ms_cxr, "dicom_id,category,label_text,path,x,y,w,h,image_width,image_height\nd1,Pnuemonia,patchy opacity,p,1,1,5,5,32,32\n",
+     "n.csv: row 2, column 'category': 'Pnuemonia' is not a finding of this format (expected one of Atelectasis, "
+     "Cardiomegaly, Consolidation, Edema, Lung Opacity, Pleural Effusion, Pneumonia, Pneumothorax); did you mean 'Pneumonia'?"),
+    (R.read_vindr, "image_id,rad_id,class_name,x_min,y_min,x_max,y_max\nv1,R1,Pleural efusion,1,1,5,5\n",
+     "n.csv: row 2, column 'class_name': 'Pleural efusion' is not a finding of this format (expected one of Aortic "
+     "enlargement, "),
+])
+def test_a_misspelt_finding_is_one_line_with_close_matches(tmp_path, reader, text, match):
+    """A misspelt finding (`Cardiomegally`) was scored with a prompt of the misspelling."""
+    p = tmp_path / "n.csv"
+    p.write_text(text)
+    with pytest.raises(R.RegionError) as e:
+        reader(p)
+    assert str(e.value).endswith(match) or match in str(e.value), str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_known_findings_in_another_case_are_the_formats_name(tmp_path):
+    p = tmp_path / "n.csv"
+    p.write_text("Image Index,Finding Label,Bbox [x,y,w,h],,,\n00000001_000.png,cardiomegaly,10,10,20,20,,,\n"
+                 "00000001_000.png,Infiltrate,1,1,2,2,,,\n")
+    assert R.read_nih_bbox(p).findings() == ["Cardiomegaly", "Infiltration"]
+    v = tmp_path / "v.csv"  # VinDr: a label of a release this list lacks (no close match) is kept as written
+    v.write_text("image_id,rad_id,class_name,x_min,y_min,x_max,y_max\nv1,R1,Tuberculosis nodule scar,1,1,5,5\n")
+    assert R.read_vindr(v).findings() == ["Tuberculosis nodule scar"]

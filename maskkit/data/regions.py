@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..findings import MS_CXR_CATEGORIES, NIH_BBOX_FINDINGS, VINDR_LABELS
 from .records import DataError, read_csv
 
 #: A patch is a lesion patch when at least this fraction of its area is lesion.
@@ -175,6 +176,27 @@ def _where(path: Path | str, line: int) -> str:
     return f"{path}: row {line}"
 
 
+def _known_finding(value: str, known: tuple[str, ...], where: str, col: str, strict: bool = True) -> str:
+    """``value`` if it is one of the format's ``known`` findings (compared by
+    :func:`~maskkit.findings.label_key`; returned as written there); else one :class:`RegionError`
+    line naming the file, row, column and value with close matches (a misspelt finding would be
+    scored with a prompt of that misspelling). ``strict=False`` (a format whose releases add labels):
+    only a value close to a known one is refused, any other is kept as written."""
+    import difflib
+
+    from ..findings import label_key
+
+    by_key = {label_key(k): k for k in known}
+    if label_key(value) in by_key:
+        return by_key[label_key(value)]
+    close = difflib.get_close_matches(label_key(value), list(by_key), n=3, cutoff=0.75)
+    if not strict and not close:
+        return value
+    hint = f"; did you mean {', '.join(repr(by_key[c]) for c in close)}?" if close else ""
+    raise RegionError(f"{where}, column '{col}': {value!r} is not a finding of this format (expected one of "
+                      f"{', '.join(known)}){hint}")
+
+
 def _number(raw: str | None, where: str, col: str) -> float:
     s = (raw or "").strip()
     try:
@@ -307,6 +329,7 @@ def read_nih_bbox(path: str | Path, size: tuple[int, int] = SIZE_1024) -> Region
         label = (row["Finding Label"] or "").strip()
         if not label:
             raise RegionError(f"{where}, column 'Finding Label': empty; expected a finding name")
+        label = _known_finding(label, NIH_BBOX_FINDINGS, where, "Finding Label")
         x, y, w, h = (_number(row[c], where, c) for c in cols)
         _add(images, iid, size, where, Region(NIH_BBOX_LABELS.get(label, label), box=_box(x, y, w, h, size, where),
                                               where=where))
@@ -411,8 +434,14 @@ def read_ms_cxr(path: str | Path) -> RegionSet:
                               f"expected one size per image")
         x, y, w, h = (_number(row[c], where, c) for c in ("x", "y", "w", "h"))
         _add(images, iid, size, where, Region(phrase, box=_box(x, y, w, h, size, where),
-                                              finding=(row["category"] or "").strip() or None, where=where))
+                                              finding=_category(row["category"], where), where=where))
     return RegionSet("ms_cxr", str(path), images)
+
+
+def _category(raw: str | None, where: str) -> str | None:
+    """An MS-CXR ``category`` cell: one of its eight findings (:data:`~maskkit.findings.MS_CXR_CATEGORIES`), or None when empty."""
+    cat = (raw or "").strip()
+    return _known_finding(cat, MS_CXR_CATEGORIES, where, "category") if cat else None
 
 
 VINDR_NO_FINDING = "No finding"
@@ -453,6 +482,7 @@ def read_vindr(path: str | Path, sizes: Mapping[str, tuple[int, int]] | None = N
                                   f"expected empty x_min, y_min, x_max, y_max")
             _add(images, iid, size, where, None)
             continue
+        cls = _known_finding(cls, VINDR_LABELS, where, "class_name", strict=False)
         x0, y0, x1, y1 = (_number(c, where, k) for c, k in zip(cells, ("x_min", "y_min", "x_max", "y_max")))
         rater = (row.get("rad_id") or "").strip() or None
         _add(images, iid, size, where, Region(cls, box=_box(x0, y0, x1 - x0, y1 - y0, size, where), rater=rater,
