@@ -857,3 +857,22 @@ def test_sweep_metrics_are_checked_whatever_the_runs_state(tmp_path):
     paired = (tmp_path / "paired.md").read_text()
     assert paired == ("No paired comparison: fewer than two rows hold a chosen metric on a common seed "
                       "(metrics: retrieval/image_to_report_R@1).\n"), paired
+
+
+def test_an_ensemble_refuses_a_repeated_run_and_lists_its_members(phantom_run, tmp_path):
+    """`eval zeroshot A A B` counted A twice silently; the result named no member."""
+    import shutil
+
+    ck = sorted((phantom_run / "checkpoints").glob("step_*.pt"))[-1]
+    fails("eval", "zeroshot", phantom_run, phantom_run, "--bootstrap", "0", out=tmp_path / "o", match=(
+          f"eval: {phantom_run} and {phantom_run} are the same checkpoint ({ck.resolve()}); an ensemble's members must be "
+          f"different checkpoints"))
+    fails("eval", "zeroshot", phantom_run, ck, "--bootstrap", "0", match=f"eval: {ck} and {phantom_run} are the same checkpoint")
+    other = tmp_path / "b" / "checkpoints" / "step_00000001.pt"
+    other.parent.mkdir(parents=True)
+    shutil.copy(ck, other)
+    invoke("eval", "zeroshot", phantom_run, other, "--bootstrap", "0", "--out", tmp_path / "o")
+    doc = json.loads((tmp_path / "o" / "zeroshot.json").read_text())
+    assert doc["data"]["members"] == [
+        {"path": str(phantom_run), "checkpoint": str(ck.resolve()), "step": 2},
+        {"path": str(other), "checkpoint": str(other.resolve()), "step": 1}], doc["data"]

@@ -329,6 +329,9 @@ class Evaluation:
         if res.evaluation != self.name:
             raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned a result named '{res.evaluation}'")
         res.settings = settings.model_dump(mode="json")
+        if len(run.members) > 1:  # an ensemble: which checkpoints it averaged
+            members = run.member_records()
+            res.data = {**res.data, "members": members} if isinstance(res.data, dict) else {"what": res.data, "members": members}
         return res.check(self.source)
 
     def option_rows(self) -> list[dict[str, str]]:
@@ -405,6 +408,7 @@ class EvalRun:
         self.out = Path(out) if out is not None else None
         self.device = device
         self._corpus: dict[tuple, tuple] = {}
+        self.checkpoints: list[Path] | None = None  # the checkpoint file of each member (load)
         if corpus is not None:
             self._corpus[(False, True)] = corpus
 
@@ -414,8 +418,15 @@ class EvalRun:
         """Load each run directory / checkpoint (:func:`maskkit.training.checkpointing.load_model`).
         Several runs must share data and ``train.seed`` unless ``data.*`` is given (one member's
         held-out patients must not be another's training patients): else one line."""
-        from ..training.checkpointing import load_model
+        from ..training.checkpointing import checkpoint_file, load_model
 
+        files: dict[Path, str] = {}
+        for p in paths:  # an ensemble counts each member once: the same checkpoint twice is refused
+            ck = checkpoint_file(p).resolve()
+            if ck in files:
+                raise MaskkitError(f"eval: {p} and {files[ck]} are the same checkpoint ({ck}); an ensemble's members "
+                                   f"must be different checkpoints (one given twice counts twice)")
+            files[ck] = str(p)
         members = []
         for p in paths:
             model, cfg = load_model(p, device)
@@ -425,7 +436,21 @@ class EvalRun:
             if not data and (c.data != first[2].data or c.train.seed != first[2].train.seed):
                 raise MaskkitError(f"eval: {p} was trained on other data or another train.seed than {first[0]}; "
                                    "its held-out split differs, so one member's test data may be another's training data")
-        return cls(members, data, out, device)
+        run = cls(members, data, out, device)
+        run.checkpoints = list(files)
+        return run
+
+    def member_records(self) -> list[dict[str, Any]]:
+        """Each member as ``{"path": as given, "checkpoint": the file read, "step": its training step}``
+        (an ensemble's result lists them in its ``data``; step None for a file not named ``step_<n>.pt``)."""
+        import re
+
+        out = []
+        for (p, _, _), ck in zip(self.members, self.checkpoints or [None] * len(self.members)):
+            m = re.fullmatch(r"step_(\d+)\.pt", ck.name) if ck is not None else None
+            out.append({"path": str(p), "checkpoint": str(ck) if ck is not None else None,
+                        "step": int(m.group(1)) if m else None})
+        return out
 
     @property
     def run_dir(self) -> Path:
