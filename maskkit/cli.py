@@ -278,6 +278,8 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
     for res in result.evaluations.values():  # runtime.evaluations, each written to <run>/<name>.json
         for t in res.shown_tables():
             console.print(t)
+        for line in res.notes:
+            err_console.print(f"note: {escape(line)}", highlight=False, soft_wrap=True)
         for line in res.warnings:
             err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)
     if result.failed_evaluations:  # the run is trained and saved; what failed is said, and the exit status says it

@@ -49,7 +49,7 @@ def option_text(model, name: str) -> str:
         parts.append(what)
     if not f.is_required():
         d = field_default(f)
-        shown = ", ".join(map(str, d)) if isinstance(d, (list, tuple)) else d
+        shown = (", ".join(map(str, d)) or "[]") if isinstance(d, (list, tuple)) else d  # an empty list is [], not none
         parts.append(f"default: {'none' if shown in (None, '') else shown}")
     return "; ".join(p for p in parts if p)
 
@@ -161,6 +161,8 @@ def run_evaluation(ev, targets: list[str], values: dict[str, Any], out: str | No
         _say_data(res.data)
     from rich.markup import escape
 
+    for line in res.notes:
+        err_console.print(f"note: {escape(line)}", highlight=False, soft_wrap=True)
     for line in res.warnings:
         err_console.print(f"warning: {escape(line)}", highlight=False, soft_wrap=True)
     if out:

@@ -247,8 +247,10 @@ def _annotated(run, s: RegionSettings, text: bool):
         raise EvaluationError(f"{s.regions}: none of its {len(rs)} annotated images is in {what['text']} "
                               f"({len(ds)} held-out images); the images evaluated are always held out")
     rs = _with_image_sizes(rs, records, held)
-    note = (f"{len(held)} of the {len(rs)} images annotated in {s.regions} are held out ({what['text']}); "
-            f"{len(rs) - len(held)} are training images, not evaluated")
+    rest = len(rs) - len(held)
+    note = (f"{len(held)} of the {len(rs)} images annotated in {s.regions} {'is' if len(held) == 1 else 'are'} held out "
+            f"({what['text']}); " + (f"{rest} {'is a training image' if rest == 1 else 'are training images'}, not evaluated"
+                                     if rest else "none is a training image"))
     return ds, [index[i] for i in held], rs, what, note
 
 
@@ -366,11 +368,14 @@ def _segmentation(run, s: FinetuneSettings, corpus, what, ds, recs, sp: dict, fo
     from rich.table import Table
 
     from .data.regions import coverage_batch
-    from .eval.contract import EvalResult, EvaluationError, split_words
+    import json
+
+    from .eval.contract import EvalResult, EvaluationError, _json_safe, split_words
     from .eval.segmentation import METRICS, PIXEL_COVERAGE, THRESHOLD, mask_targets, restrict, run_segmentation
 
     S = run.model.image_size
-    notes: list[str] = []
+    notes: list[str] = []   # warnings
+    info: list[str] = []    # notes: what was evaluated
 
     def key_of(item):
         return (ds.names[item["source"]], str(item["id"]))
@@ -410,7 +415,7 @@ def _segmentation(run, s: FinetuneSettings, corpus, what, ds, recs, sp: dict, fo
         raise EvaluationError(f"eval finetune --task segmentation: none of the {sp['test']['n']} held-out images of "
                               f"{what['text']} has a mask in {masks_of}; the test images are always held out")
     if s.regions is not None:
-        notes.append(f"{len(keep)} of the {len(recs)} images of the data have a mask in {masks_of}: {seg['test']['n']} "
+        info.append(f"{len(keep)} of the {len(recs)} images of the data {'has' if len(keep) == 1 else 'have'} a mask in {masks_of}: {seg['test']['n']} "
                      f"held out (the test split), the rest cut the training splits")
     results = run_segmentation(run.model, ds, seg, target_of, key_of, mode=s.mode, epochs=s.epochs, lr=s.lr,
                                batch_size=s.batch_size, seed=s.seed, device=run.device)
@@ -445,11 +450,11 @@ def _segmentation(run, s: FinetuneSettings, corpus, what, ds, recs, sp: dict, fo
         n = results[0].summary
         t.caption = (f"Dice per test image at probability {THRESHOLD}, averaged ({int(n.get('n_pos', 0))} images with a lesion, "
                      f"{int(n.get('n_neg', 0))} without: 1 when nothing is predicted, else 0); pooled: one Dice over every pixel")
-    return EvalResult("finetune", metrics, details, data=what, tables=[t], warnings=notes,
+    return EvalResult("finetune", metrics, details, data=what, tables=[t], warnings=notes, notes=info,
                       extra={"task": "segmentation", "head": "setr_naive", "threshold": THRESHOLD, "masks": masks_of,
                              "regions": s.regions, "format": s.format, "splits": str(folder) if folder is not None else None,
                              "split_sha256": {k: v["sha256"] for k, v in seg.items()}, "results": summaries},
-                      native=results)
+                      files={"results.json": json.dumps(_json_safe(summaries), indent=2)}, native=results)
 
 
 # --- mask-lesion overlap -------------------------------------------------------------------------
@@ -476,7 +481,7 @@ def masks(run, s: MasksSettings):
         grid = [(f"{label} @ {r:g}" if len(s.ratio) > 1 else label, spec) for r in s.ratio for label, spec in default_grid(r)]
     else:
         grid, skipped = registry_grid(list(s.ratio), s.strategies or None)
-    notes = []
+    notes, info = [], []  # warnings, notes (what was evaluated)
     if s.regions is None:
         ds, what = _mask_eval_phantoms(run, s.n)
         feats = extract(run.model, ds, s.lesion_threshold, device=run.device)
@@ -484,7 +489,7 @@ def masks(run, s: MasksSettings):
     else:
         model = run.model
         ds, rows, rs, what, note = _annotated(run, s, text=True)
-        notes.append(note)
+        info.append(note)
 
         def lesion_of(ids):
             return lesion_patches(coverage_batch(rs, ids, model.image_size, model.patch, None, s.min_raters), s.lesion_threshold)
@@ -528,7 +533,7 @@ def masks(run, s: MasksSettings):
 
     md += ["| " + r["strategy"] + " | " + " | ".join(fmt_number(r[c]) if c in r else "" for c in md_cols) + " |" for r in rows_out]
     details = [{k: v for k, v in r.items()} for r in rows_out]
-    return EvalResult("masks", metrics, details, data=what, tables=[t], warnings=notes + skipped,
+    return EvalResult("masks", metrics, details, data=what, tables=[t], warnings=notes + skipped, notes=info,
                       extra={"rows": rows_out, "regions": s.regions, "format": s.format},
                       files={"masks.md": "\n".join(md) + "\n"}, native=rows_out)
 
@@ -658,7 +663,8 @@ def grounding(run, s: GroundingSettings):
     from .eval.zeroshot import prompt_pair, text_embeddings
 
     model = run.model
-    notes: list[str] = []
+    notes: list[str] = []  # warnings
+    info: list[str] = []  # notes: what was evaluated
     if s.regions is None:
         ds, what = _mask_eval_phantoms(run, s.n)
         rs = from_phantoms((ds._phantom(i) for i in range(len(ds))), name=f"phantoms seed {ds.gen.seed}")
@@ -667,7 +673,7 @@ def grounding(run, s: GroundingSettings):
         where = f"{s.n} held-out phantoms"
     else:
         ds, rows, rs, what, note = _annotated(run, s, text=False)
-        notes.append(note)
+        info.append(note)
         row_id = None
         where = f"{s.regions} ({s.format})"
     phrase = s.format == "ms_cxr"
@@ -724,7 +730,7 @@ def grounding(run, s: GroundingSettings):
         row.update({f"random_{m}": float(base["random"][m][k]) for m in METRICS})
         row.update({f"centre_{m}": float(base["centre"][m][k]) for m in METRICS})
         details.append(row)
-    return EvalResult("grounding", metrics, details, data=what, tables=[t], warnings=notes,
+    return EvalResult("grounding", metrics, details, data=what, tables=[t], warnings=notes, notes=info,
                       extra={"threshold": THRESHOLD, "ties": TIES, "regions": s.regions, "format": s.format,
                              "prompts": prompts})
 

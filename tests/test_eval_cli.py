@@ -293,6 +293,10 @@ def test_segmentation_on_siim_rle_masks(csv_run, tmp_path):
     assert doc["format"] == "siim" and doc["regions"] == str(f) and (out / "splits" / "test.json").is_file()
     text = " ".join(res.output.split())
     assert "1 images with a lesion in" in text and f"e.g. {held[2]}" in text  # the lesion smaller than half an input pixel
+    # what was evaluated is a note, not a warning; results.json is written as docs/eval.md lists it (it was not)
+    assert f"note: 60 of the 60 images of the data have a mask in {f} (siim): {len(held)} held out" in text, text
+    saved = json.loads((out / "results.json").read_text())
+    assert [r["fraction"] for r in saved] == [r["fraction"] for r in doc["results"]] and "dice" in saved[0]
 
 
 @pytest.mark.parametrize("cell, row_id, match", [
@@ -467,7 +471,8 @@ def test_grounding_rsna_boxes_hand_computed_region(csv_run, tmp_path):
     assert rows[held[0]]["prompt"] == "pneumonia."
     assert json.loads((tmp_path / "g" / "grounding.json").read_text())["ties"] == "expected"  # A60, in every result
     text = " ".join(res.output.split())
-    assert f"3 of the 4 images annotated in {f} are held out" in text and "data: the held-out split of run" in text
+    assert f"note: 3 of the 4 images annotated in {f} are held out" in text and "data: the held-out split of run" in text
+    assert "1 is a training image, not evaluated" in text and "warning: 3 of the 4" not in text
 
 
 def test_grounding_ms_cxr_phrases_and_vindr_sizes_from_the_images(csv_run, tmp_path):
@@ -876,3 +881,31 @@ def test_an_ensemble_refuses_a_repeated_run_and_lists_its_members(phantom_run, t
     assert doc["data"]["members"] == [
         {"path": str(phantom_run), "checkpoint": str(ck.resolve()), "step": 2},
         {"path": str(other), "checkpoint": str(other.resolve()), "step": 1}], doc["data"]
+
+
+def test_help_shows_an_empty_list_default_as_brackets(monkeypatch):
+    """A list field with default_factory=list showed 'default: none'."""
+    from pydantic import BaseModel, ConfigDict, Field
+
+    from maskkit.eval.contract import EvalResult, make_evaluation
+    from maskkit.evalcli import option_text
+    from maskkit.plugins import get_registry
+
+    class Settings(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        labels: list[str] = Field(default_factory=list, description="labels scored")
+
+    assert option_text(Settings, "labels") == "labels scored; default: []"
+    from maskkit.evaluations import ZeroshotSettings
+
+    assert option_text(ZeroshotSettings, "absence_ignore").endswith("default: []")
+
+
+def test_a_region_file_of_another_layout_says_which(tmp_path):
+    from maskkit.data.regions import RegionError, read_rsna
+
+    f = write(tmp_path / "BBox_List_2017.csv", ["Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"],
+              [["00000001_000.png", "Nodule", 1, 1, 2, 2]])
+    with pytest.raises(RegionError) as e:
+        read_rsna(f)
+    assert str(e.value).endswith("; its columns are those of the nih layout (--format nih)"), str(e.value)

@@ -254,6 +254,30 @@ def _add(images: dict[str, ImageRegions], iid: str, size, where: str, region: Re
         im.regions.append(region)
 
 
+#: the columns each region layout (``--format``) needs: its reader reads these, and a file missing
+#: one is told which layout its columns are (NIH's ``Bbox [x,y,w,h]`` arrives split by its commas)
+LAYOUT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "rsna": ("patientId", "x", "y", "width", "height", "Target"),
+    "nih": ("Image Index", "Finding Label", "Bbox [x", "y", "w", "h]"),
+    "siim": ("ImageId", "EncodedPixels"),
+    "ms_cxr": ("dicom_id", "category", "label_text", "x", "y", "w", "h", "image_width", "image_height"),
+    "vindr": ("image_id", "class_name", "x_min", "y_min", "x_max", "y_max"),
+}
+
+
+def _layout_hint(path: Path, required: list[str]) -> str:
+    """``; its columns are those of the nih layout (--format nih)`` when the file's header holds
+    every column of another layout than the one read ("" otherwise, or when it cannot be read)."""
+    from .records import read_csv_columns
+
+    try:
+        header = set(read_csv_columns(path)[0])
+    except Exception:  # the error being reported says what is wrong with the file
+        return ""
+    fits = [f for f, cols in LAYOUT_COLUMNS.items() if list(cols) != required and set(cols) <= header]
+    return f"; its columns are those of the {fits[0]} layout (--format {fits[0]})" if fits else ""
+
+
 def _read(path: Path, required: list[str]) -> list[dict[str, str]]:
     """The rows of a region CSV (plain or .gz, BOM, CRLF: :func:`~maskkit.data.records.read_csv`);
     a missing file, an empty file, a missing column or a file with a header and no row is a
@@ -265,7 +289,7 @@ def _read(path: Path, required: list[str]) -> list[dict[str, str]]:
     except RegionError:
         raise
     except DataError as exc:
-        raise RegionError(str(exc)) from None
+        raise RegionError(f"{exc}{_layout_hint(path, required)}") from None
     if not rows:
         raise RegionError(f"{path}: a header and no rows; expected one row per annotation after the header "
                           f"({', '.join(required)})")
@@ -293,7 +317,7 @@ def read_rsna(path: str | Path, size: tuple[int, int] = SIZE_1024) -> RegionSet:
     with empty box cells (no pneumonia). Images are 1024 x 1024 DICOMs (``size``). Label:
     ``"Pneumonia"`` (the name maskkit's ``rsna`` adapter gives the label)."""
     path = Path(path)
-    rows = _read(path, ["patientId", "x", "y", "width", "height", "Target"])
+    rows = _read(path, list(LAYOUT_COLUMNS["rsna"]))
     images: dict[str, ImageRegions] = {}
     for i, row in enumerate(rows):
         where = _where(path, i + 2)
@@ -321,7 +345,7 @@ def read_nih_bbox(path: str | Path, size: tuple[int, int] = SIZE_1024) -> Region
     the name of that finding in ``Data_Entry_2017`` (:data:`NIH_BBOX_LABELS`)."""
     path = Path(path)
     cols = ("Bbox [x", "y", "w", "h]")
-    rows = _read(path, ["Image Index", "Finding Label", *cols])
+    rows = _read(path, list(LAYOUT_COLUMNS["nih"]))
     images: dict[str, ImageRegions] = {}
     for i, row in enumerate(rows):
         where = _where(path, i + 2)
@@ -399,7 +423,7 @@ def read_siim(path: str | Path, size: tuple[int, int] = SIZE_1024) -> RegionSet:
     column-major RLE of :func:`parse_siim_rle` on the 1024 x 1024 image (``size``). Several rows of
     one image are several regions, unioned by :func:`patch_coverage`. Label ``"Pneumothorax"``."""
     path = Path(path)
-    rows = _read(path, ["ImageId", "EncodedPixels"])
+    rows = _read(path, list(LAYOUT_COLUMNS["siim"]))
     images: dict[str, ImageRegions] = {}
     for i, row in enumerate(rows):
         where = _where(path, i + 2)
@@ -416,7 +440,7 @@ def read_ms_cxr(path: str | Path) -> RegionSet:
     finding; rows of one ``dicom_id`` and phrase are the boxes of that phrase. The image size comes
     from each row (and must agree between the rows of one image)."""
     path = Path(path)
-    rows = _read(path, ["dicom_id", "category", "label_text", "x", "y", "w", "h", "image_width", "image_height"])
+    rows = _read(path, list(LAYOUT_COLUMNS["ms_cxr"]))
     images: dict[str, ImageRegions] = {}
     for i, row in enumerate(rows):
         where = _where(path, i + 2)
@@ -463,7 +487,7 @@ def read_vindr(path: str | Path, sizes: Mapping[str, tuple[int, int]] | None = N
     height)}``, e.g. from the DICOM ``Columns`` / ``Rows``), or :meth:`RegionSet.with_sizes` later;
     boxes are checked against the image once its size is known."""
     path = Path(path)
-    rows = _read(path, ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"])
+    rows = _read(path, list(LAYOUT_COLUMNS["vindr"]))
     sizes = sizes or {}
     images: dict[str, ImageRegions] = {}
     for i, row in enumerate(rows):

@@ -107,7 +107,8 @@ class EvalResult:
     evaluation's name), ``details`` (per-item rows), ``data`` (which data and split), ``settings``
     (the settings used, filled in by :class:`Evaluation`), ``extra`` (the evaluation's own JSON
     fields), ``files`` (other files to write beside: name -> text), ``tables`` (rich renderables
-    the command prints), ``warnings`` (lines printed under them) and ``native`` (the evaluation's
+    the command prints), ``warnings`` (lines printed under them, ``warning:``), ``notes``
+    (informational lines, ``note:``) and ``native`` (the evaluation's
     own result object, e.g. a :class:`~maskkit.eval.zeroshot.ZeroShotResult`; not serialised)."""
 
     evaluation: str
@@ -119,6 +120,8 @@ class EvalResult:
     files: dict[str, str] = field(default_factory=dict)
     tables: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: informational lines (what was evaluated and why some was not), printed as ``note:``, not ``warning:``
+    notes: list[str] = field(default_factory=list)
     native: Any = None
 
     def check(self, source: str = "") -> EvalResult:
