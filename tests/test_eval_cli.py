@@ -204,8 +204,18 @@ def test_a_value_only_the_data_refuses_names_the_option_too(phantom_run):
 
 # --- zero-shot, fine-tuning: today's command lines, the contract's files ---------------------------
 
+def copied_member(run: Path, tmp_path: Path) -> Path:
+    """Another checkpoint file with ``run``'s weights (an ensemble refuses one checkpoint given twice)."""
+    import shutil
+
+    other = tmp_path / "copy" / "checkpoints" / "step_00000001.pt"
+    other.parent.mkdir(parents=True)
+    shutil.copy(sorted((run / "checkpoints").glob("step_*.pt"))[-1], other)
+    return other
+
+
 def test_zeroshot_writes_the_legacy_json_with_flat_metrics_and_details(phantom_run, tmp_path):
-    res = invoke("eval", "zeroshot", phantom_run, phantom_run, "--bootstrap", "0", "--no-finding", "pair",
+    res = invoke("eval", "zeroshot", phantom_run, copied_member(phantom_run, tmp_path), "--bootstrap", "0", "--no-finding", "pair",
                  "--out", tmp_path / "z.json")
     assert "zero-shot of 2 checkpoints on 24 images (the run's held-out split)" in " ".join(res.output.split())
     doc = json.loads((tmp_path / "z.json").read_text())
@@ -259,7 +269,7 @@ def test_segmentation_on_the_phantoms_reuses_the_finetune_splits(phantom_run, tm
     doc = json.loads((out / "finetune.json").read_text())
     assert doc["task"] == "segmentation" and doc["head"] == "setr_naive" and doc["settings"]["task"] == "segmentation"
     assert doc["split_sha256"] == stored  # every phantom has a lesion mask: the classification splits as they are
-    assert not (out / "splits").exists() and not (out / "results.json").exists()
+    assert not (out / "splits").exists() and json.loads((out / "results.json").read_text()) == doc["results"]  # docs/eval.md lists it
     rows = list(csv.DictReader((out / "finetune.csv").open()))
     assert {r["fraction"] for r in rows} == {"0.01", "0.1", "1"} and len(rows) == 3 * 24  # the 24 held-out phantoms
     for frac, pct in (("0.01", "1"), ("0.1", "10"), ("1", "100")):
