@@ -71,7 +71,11 @@ def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
         raise
     finally:
         if tmp is not None:
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except BaseException:  # a signal handler raised here (a second SIGCHLD, SIGINT): still remove it
+                tmp.unlink(missing_ok=True)
+                raise
 
 
 def check_writable_dir(path: str | Path, what: str) -> Path:

@@ -36,7 +36,7 @@ from .distributed import DistInfo, Gatherer, init_from_env, shutdown, under_torc
 from .errors import MaskkitError, OutputWriteError, TrainingError, find_in_chain
 from .masking import mask_seed
 from .objectives import MicroBatches
-from .training.checkpointing import Shown, config_differences, entry_differences, find_resume, load_checkpoint, nonfinite_entries, rng_state, run_checkpoints, save_checkpoint, set_rng_state
+from .training.checkpointing import Shown, config_differences, entry_differences, find_resume, load_checkpoint, nonfinite_entries, remove_partial_checkpoints, rng_state, run_checkpoints, save_checkpoint, set_rng_state
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
@@ -137,6 +137,12 @@ class PretrainRecipe:
             empty = self.info.main and not has_content(self.out)
             if self.info.main and (cfg.runtime.resume is None or empty):  # new, empty or overwritten: nothing in it predates this run
                 self.created_dir = self.out
+        if self.info.main:  # the lock is held: a temporary file is an earlier process's, killed inside its write
+            gone = remove_partial_checkpoints(self.out)
+            if gone:
+                self.console.print(f"removed {len(gone)} unfinished checkpoint file(s) an earlier process left in "
+                                   f"{self.out / 'checkpoints'} ({gone[0].name}{', ...' if len(gone) > 1 else ''})",
+                                   highlight=False, soft_wrap=True)
         # a resume is checked before anything in the directory is written: its config (which names
         # the keys that changed), its world size, then (setup_data) the held-out split it rebuilds
         ck = self.resume_from = find_resume(cfg, self.out)
@@ -642,6 +648,8 @@ class PretrainRecipe:
             raise died from None
         finally:
             self.stop.restore()
+            if self.lock is not None and getattr(self, "out", None) is not None:
+                remove_partial_checkpoints(self.out)  # whatever a failure inside a write left (it holds the lock)
             if self.lock is not None:
                 self.lock.release()
                 self.lock = None

@@ -133,6 +133,19 @@ def entry_differences(key: str, saved, current) -> list[tuple[str, object, objec
     return out
 
 
+def remove_partial_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Remove the temporary files of checkpoints whose writing never finished
+    (``checkpoints/.step_<step>.pt.<random>.tmp``, :func:`maskkit.io.atomic_open`): a process killed
+    inside ``torch.save`` (SIGKILL after a grace period, the out-of-memory killer, a lost node) cannot
+    remove its own. Call it only while holding the run directory's lock (no other writer). Returns the
+    removed paths; a checkpoint file itself is never touched."""
+    gone = []
+    for tmp in sorted((Path(run_dir) / "checkpoints").glob(".step_*.pt.*.tmp")):
+        tmp.unlink(missing_ok=True)
+        gone.append(tmp)
+    return gone
+
+
 def run_checkpoints(run_dir: str | Path) -> list[Path]:
     """A run directory's checkpoint files, oldest first (``checkpoints/step_<8-digit step>.pt``)."""
     return sorted((Path(run_dir) / "checkpoints").glob("step_*.pt"))
