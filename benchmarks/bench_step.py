@@ -194,12 +194,20 @@ def main() -> None:
         for lab in labels:
             print(f"{lab:24s} {flops[lab] / 1e9:10.1f} GFLOP/step" + (f"  {flops[lab] / flops['clip']:.3f}x clip" if "clip" in flops else ""))
         return
-    for r in runners.values():
-        r.step(), r.step()  # warm-up (allocators, kernels)
+    import sys
+
+    def progress(msg: str) -> None:  # on stderr as it happens: a run stopped by a time limit still says where it was
+        print(msg, file=sys.stderr, flush=True)
+
+    for lab, r in runners.items():
+        t0 = time.perf_counter()
+        r.step(), r.step()  # warm-up (allocators, kernels; torch.compile's compilation for +compile)
+        progress(f"{lab}: warm-up (2 steps) {time.perf_counter() - t0:.1f} s")
     times: dict[str, list[float]] = {lab: [] for lab in labels}
-    for _ in range(args.rounds):
+    for i in range(args.rounds):
         for lab in labels:
             times[lab].append(runners[lab].step())
+        progress(f"round {i + 1}/{args.rounds}: " + ", ".join(f"{lab} {times[lab][-1]:.3f} s" for lab in labels))
     import os
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
