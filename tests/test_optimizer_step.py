@@ -268,12 +268,32 @@ def test_a_checkpoint_with_non_finite_weights_is_refused_in_one_line(tmp_path):
     payload["model"][PARAM][0, 0] = float("nan")
     payload["step"] = 3
     save_checkpoint(ck / "step_00000003.pt", payload)
-    with pytest.raises(TrainingError, match=r"step_00000003.pt: the model's weights are not finite \(clip.visual.proj\); use an "
-                                            r"earlier checkpoint \(runtime.resume=<file>; before it in that folder: "
-                                            r"step_00000001.pt, step_00000002.pt\)$"):
+    hint = (f"; continue from an earlier checkpoint with runtime.resume={ck / 'step_00000002.pt'} (others before it: "
+            "step_00000001.pt), or move step_00000003.pt out of the folder")
+    with pytest.raises(TrainingError) as err:
         train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "runtime.name=o", "runtime.resume=latest"]))
+    assert str(err.value) == f"{ck / 'step_00000003.pt'}: the model's weights are not finite (clip.visual.proj){hint}"
     with pytest.raises(TrainingError, match="not finite"):
         load_model(tmp_path / "o")
+
+
+def test_a_checkpoint_cut_short_names_the_one_to_continue_from(tmp_path):
+    """The latest checkpoint cut short outside maskkit's atomic writes (a copy or rsync that
+    stopped, a disk fault): ``runtime.resume=auto`` would read the same file at every requeue; the
+    one-line refusal names the earlier checkpoint to continue from, which then works."""
+    train(*resolve(SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=3", "train.ckpt_every=1", "train.keep_last=3", "runtime.name=c"]))
+    ck = tmp_path / "c" / "checkpoints"
+    data = (ck / "step_00000003.pt").read_bytes()
+    (ck / "step_00000003.pt").write_bytes(data[: len(data) // 2])
+    args = SMALL + [f"runtime.out_dir={tmp_path}", "train.steps=4", "runtime.name=c"]
+    with pytest.raises(TrainingError) as err:
+        train(*resolve(args + ["runtime.resume=auto"]))
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"runtime.resume: {ck / 'step_00000003.pt'} is not a readable maskkit checkpoint (")
+    assert line.endswith(f"; continue from an earlier checkpoint with runtime.resume={ck / 'step_00000002.pt'} (others "
+                         "before it: step_00000001.pt), or move step_00000003.pt out of the folder"), line
+    res = train(*resolve(args + [f"runtime.resume={ck / 'step_00000002.pt'}"]))
+    assert res.step == 4
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 needs a CUDA device")

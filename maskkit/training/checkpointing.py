@@ -83,14 +83,26 @@ def load_checkpoint(path: Path, key: str | None = "runtime.resume") -> dict:
         why = weights_only_refusal(exc)
         if why:
             raise TrainingError(f"{at}{weights_only_line(path, 'maskkit checkpoint', why)}") from None
-        raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})") from None
+        raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160]}){_earlier_hint(path, key)}") from None
     bad = nonfinite_entries(ck["model"]) if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else []
     if bad:  # written before maskkit refused to save such weights
-        earlier = [p.name for p in sorted(path.parent.glob("step_*.pt")) if p.name < path.name]
         raise TrainingError(f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
-                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + "); use an earlier checkpoint"
-                            + (f" (runtime.resume=<file>; before it in that folder: {', '.join(earlier[-3:])})" if earlier else ""))
+                            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "") + ")" + (_earlier_hint(path, key) or "; use an earlier checkpoint"))
     return ck
+
+
+def _earlier_hint(path: Path, key: str | None) -> str:
+    """For a checkpoint that cannot be used (cut short by a copy or a disk fault, non-finite): the
+    earlier ones of its run to continue from instead (``runtime.resume=auto`` would pick the same
+    file at every requeue). Empty when there are none."""
+    earlier = [p for p in sorted(path.parent.glob("step_*.pt")) if p.name < path.name] if path.name.startswith("step_") else []
+    if not earlier:
+        return ""
+    use = f"continue from an earlier checkpoint with {key}={earlier[-1]}" if key else f"give an earlier checkpoint, {earlier[-1]}"
+    return (f"; {use}"
+            + (f" (others before it: {', '.join(p.name for p in earlier[-3:-1])})" if len(earlier) > 1 else "")
+            + f", or move {path.name} out of the folder")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
