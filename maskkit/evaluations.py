@@ -211,14 +211,15 @@ def _region_file(s: RegionSettings, corpus):
 
 def _shared_ids(corpus, ids) -> dict[str, list[str]]:
     """Each of ``ids`` that is an image of more than one source of ``corpus`` (train or held out)
-    -> those sources' names: an id alone cannot say which sample it means (docs/eval.md, samples
+    -> those sources' names, in the order of ``ids``: an id alone cannot say which sample it means (docs/eval.md, samples
     are keyed by (source, id))."""
-    want = set(ids)
     owners: dict[str, list[str]] = {}
-    for name, src in zip(corpus.names, corpus.sources):
-        for iid in {r.id for r in (*src.train_records, *src.held_records)} & want:
-            owners.setdefault(iid, []).append(name)
-    return {i: n for i, n in owners.items() if len(n) > 1}
+    held = [(name, {r.id for r in (*src.train_records, *src.held_records)}) for name, src in zip(corpus.names, corpus.sources)]
+    for iid in dict.fromkeys(ids):  # in the order of ``ids`` (the file's): the first one named is the file's first
+        names = [name for name, have in held if iid in have]
+        if len(names) > 1:
+            owners[iid] = names
+    return owners
 
 
 def _with_image_sizes(rs, records, ids):
