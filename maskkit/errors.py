@@ -69,6 +69,18 @@ class TrainingError(MaskkitError):
     """The run cannot go on (NaN losses in a row, a refused checkpoint, a bad run directory)."""
 
 
+def first_sentence(text: str, limit: int = 160) -> str:
+    """The first sentence of an error text another library wrote (its first line, up to the first
+    ". "), never cut inside a word: longer than ``limit`` characters, it ends at a word with "...".
+    For quoting a library's error inside maskkit's one-line messages."""
+    line = (text.strip().splitlines() or [""])[0]
+    head, dot, _ = line.partition(". ")
+    line = head if dot else line.rstrip(". ")
+    if len(line) > limit:
+        line = line[:limit].rsplit(" ", 1)[0] + " ..."
+    return line
+
+
 def exception_chain(exc: BaseException):
     """``exc`` and the exceptions it was raised from or while handling, outermost first, as
     Python's traceback shows them: ``__cause__``, else ``__context__`` unless suppressed (``raise

@@ -569,7 +569,9 @@ class PretrainRecipe:
         ck = self._latest_checkpoint()
         cut = f"{self.writing.name} was being written and is abandoned; " if self.writing is not None else ""
         if ck is None:
-            return cut + "no checkpoint had been written"
+            again = ("run the same command again" if self.cfg.runtime.resume == "auto"
+                     else "run the same command with runtime.resume=auto")
+            return cut + f"no checkpoint had been written: {again} to start again in {self.out}"
         return cut + f"the latest checkpoint, {ck}, is intact: {self.continue_advice()} to continue from it"
 
     def _latest_checkpoint(self) -> Path | None:

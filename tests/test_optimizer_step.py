@@ -289,7 +289,9 @@ def test_a_checkpoint_cut_short_names_the_one_to_continue_from(tmp_path):
     with pytest.raises(TrainingError) as err:
         train(*resolve(args + ["runtime.resume=auto"]))
     line = str(err.value)
-    assert "\n" not in line and line.startswith(f"runtime.resume: {ck / 'step_00000003.pt'} is not a readable maskkit checkpoint (")
+    assert "\n" not in line and line.startswith(f"runtime.resume: {ck / 'step_00000003.pt'} is not a readable maskkit checkpoint "
+                                                 "(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
+                                                 "central directory); continue from"), line  # torch's first sentence, whole
     assert line.endswith(f"; continue from an earlier checkpoint with runtime.resume={ck / 'step_00000002.pt'} (others "
                          "before it: step_00000001.pt), or move step_00000003.pt out of the folder"), line
     res = train(*resolve(args + [f"runtime.resume={ck / 'step_00000002.pt'}"]))
@@ -440,3 +442,16 @@ def test_a_finetune_that_goes_non_finite_stops_in_one_line(tmp_path, mode):
     with pytest.raises(MaskkitError, match=rf"^eval finetune: the {mode} on split 100 diverged \(non-finite scores after 2 "
                                            r"epochs at --lr 0.5\); lower --lr$"):
         run_finetune(model, XrayDataset(table, 96), ["A", "B"], splits, mode=mode, epochs=2, lr=0.5, batch_size=2)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("A failed. Then more. And more.", "A failed"),
+    ("one line only.", "one line only"),
+    ("first line\nsecond. line", "first line"),
+    ("word " * 50, ("word " * 32).strip() + " ..."),
+    ("", ""),
+])
+def test_a_quoted_library_error_is_its_first_sentence_never_cut_in_a_word(text, want):
+    from maskkit.errors import first_sentence
+
+    assert first_sentence(text) == want

@@ -386,3 +386,24 @@ def test_resume_latest_of_a_new_name_fails_and_leaves_no_directory(tmp_path):
         train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nock", "runtime.resume=latest"))
     assert not (tmp_path / "nock").exists()
     assert train(*cfg_for(tmp_path, "train.steps=1", "runtime.name=nock")).step == 1
+
+
+def test_a_run_directory_without_a_checkpoint_names_the_way_to_start_again(tmp_path):
+    """A run that failed before its first checkpoint (a full disk at the first save) keeps its
+    directory: the plain command and runtime.resume=latest each name runtime.resume=auto, which
+    starts again at step 0 in it and logs each step once."""
+    train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nc"))
+    for ck in (tmp_path / "nc" / "checkpoints").iterdir():
+        ck.unlink()
+    with pytest.raises(TrainingError) as e:
+        train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nc"))
+    assert str(e.value) == (f"{tmp_path / 'nc'}: run directory exists and holds no checkpoint (an earlier attempt stopped before "
+                            "its first); pass runtime.resume=auto to start again in it, runtime.overwrite=true to replace it, "
+                            "or choose another runtime.name")
+    with pytest.raises(TrainingError) as e:
+        train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nc", "runtime.resume=latest"))
+    assert str(e.value).endswith(f"; runtime.resume=auto continues the newest one or, when there is none, starts again at step 0 "
+                                 f"in {tmp_path / 'nc'}")
+    assert train(*cfg_for(tmp_path, "train.steps=2", "runtime.name=nc", "runtime.resume=auto")).step == 2
+    steps = [json.loads(line)["step"] for line in (tmp_path / "nc" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 2

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..config import ExperimentConfig
-from ..errors import MaskkitError, TrainingError
+from ..errors import MaskkitError, TrainingError, first_sentence
 from ..io import atomic_open
 
 # keys that may differ between a checkpoint and the run resuming from it
@@ -84,7 +84,7 @@ def load_checkpoint(path: Path, key: str | None = "runtime.resume") -> dict:
         if why:
             raise TrainingError(f"{at}{weights_only_line(path, 'maskkit checkpoint', why)}") from None
         raise TrainingError(f"{at}{path} is not a readable maskkit checkpoint ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160]}){_earlier_hint(path, key)}") from None
+                            f"{first_sentence(str(exc))}){_earlier_hint(path, key)}") from None
     bad = nonfinite_entries(ck["model"]) if isinstance(ck, dict) and isinstance(ck.get("model"), dict) else []
     if bad:  # written before maskkit refused to save such weights
         raise TrainingError(f"{path}: the model's weights are not finite ({', '.join(bad[:3])}"
@@ -187,7 +187,8 @@ def find_resume(cfg: ExperimentConfig, out: Path) -> Path | None:
         if not cks and r == "auto":
             return None
         if not cks:
-            raise TrainingError(f"runtime.resume=latest: no checkpoint in {out / 'checkpoints'}")
+            raise TrainingError(f"runtime.resume=latest: no checkpoint in {out / 'checkpoints'}; runtime.resume=auto "
+                                f"continues the newest one or, when there is none, starts again at step 0 in {out}")
         return cks[-1]
     return Path(r)
 

@@ -164,8 +164,14 @@ def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock 
                 out, lock = _claim_new(cfg)
             exists = has_content(out)
             if exists and not cfg.runtime.resume and not cfg.runtime.overwrite:
-                raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
-                                    f"runtime.overwrite=true to replace it (or choose another runtime.name)")
+                from .checkpointing import run_checkpoints
+
+                if run_checkpoints(out):
+                    raise TrainingError(f"{out}: run directory exists; pass runtime.resume=latest to continue it or "
+                                        f"runtime.overwrite=true to replace it (or choose another runtime.name)")
+                raise TrainingError(f"{out}: run directory exists and holds no checkpoint (an earlier attempt stopped "
+                                    f"before its first); pass runtime.resume=auto to start again in it, "
+                                    f"runtime.overwrite=true to replace it, or choose another runtime.name")
             if exists and cfg.runtime.overwrite and not cfg.runtime.resume:
                 for p in out.iterdir():  # everything but the lock this run holds
                     if p.name == LOCK_NAME:
