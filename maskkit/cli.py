@@ -287,7 +287,8 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         err = MaskkitError(f"training done and saved ({result.run_dir}, step {result.step}), but {len(names)} of the "
                            f"{len(cfg.runtime.evaluations)} end-of-run evaluations failed: "
                            + "; ".join(result.failed_evaluations.values())
-                           + f"; the others were written; run it again with maskkit eval {names[0]} {result.run_dir}")
+                           + "; the others were written; run " + ("it" if len(names) == 1 else "them") + " again with "
+                           + " and ".join(f"maskkit eval {n} {result.run_dir}" for n in names))
         err.exit_code = EVALUATION_FAILED
         raise err
 

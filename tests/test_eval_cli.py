@@ -813,6 +813,7 @@ def test_a_failing_end_of_run_evaluation_is_isolated(tmp_path, monkeypatch):
     assert "evaluation 'boom' (from plugin 'acme-eval:boom') failed: RuntimeError: the plugin broke" in msg
     assert "evaluation 'padchest' failed: eval padchest: " in msg
     run = tmp_path / "e"
+    assert msg.endswith(f"; the others were written; run them again with maskkit eval boom {run} and maskkit eval padchest {run}")
     assert (run / "zeroshot.json").is_file() and (run / "zeroshot.csv").is_file()  # the others ran after the failure
     assert not (run / "boom.json").exists() and not (run / "padchest.json").exists()
     assert "warning: end-of-run evaluation 'boom' (from plugin 'acme-eval:boom') failed" in res.output
