@@ -152,7 +152,7 @@ def register_evaluations(register):
 def test_the_contract_is_enforced_in_one_line(metrics, details, msg):
     with pytest.raises(PluginError) as e:
         EvalResult("x", metrics, details).check("plug")
-    assert msg in str(e.value) and "(from 'plug')" in str(e.value) and "\n" not in str(e.value)
+    assert msg in str(e.value) and "(from plugin 'plug')" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_result_files_json_and_csv(tmp_path):

@@ -128,7 +128,7 @@ class EvalResult:
         """Enforce the contract: every metric key is ``"<evaluation>/..."``, every value a real number
         (NaN allowed), ``details`` a list of dicts. A violation is one :class:`PluginError` line
         naming the evaluation and its source (a plugin bug, not bad input). Values become floats."""
-        who = f"evaluation '{self.evaluation}'" + (f" (from '{source}')" if source else "")
+        who = f"evaluation '{self.evaluation}'" + (f" (from plugin '{source}')" if source else "")
         if not isinstance(self.metrics, dict):
             raise PluginError(f"{who} returned metrics of type {type(self.metrics).__name__}; expected a dict of floats")
         out = {}
@@ -327,10 +327,10 @@ class Evaluation:
             raise PluginError(f"evaluation '{self.name}' (from plugin '{self.source}') failed: {_one_line(exc)}"
                               f"{_raised_at(exc)}") from exc
         if not isinstance(res, EvalResult):
-            raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned {type(res).__name__}; "
+            raise PluginError(f"evaluation '{self.name}' (from plugin '{self.source}') returned {type(res).__name__}; "
                               f"expected a maskkit.eval.contract.EvalResult")
         if res.evaluation != self.name:
-            raise PluginError(f"evaluation '{self.name}' (from '{self.source}') returned a result named '{res.evaluation}'")
+            raise PluginError(f"evaluation '{self.name}' (from plugin '{self.source}') returned a result named '{res.evaluation}'")
         res.settings = settings.model_dump(mode="json")
         if len(run.members) > 1:  # an ensemble: which checkpoints it averaged
             members = run.member_records()
