@@ -40,7 +40,7 @@ from .training.checkpointing import Shown, config_differences, entry_differences
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
-from .training.run_dir import claim_run_dir, has_content, prepare_run_dir
+from .training.run_dir import claim_run_dir, has_content, new_run_id, prepare_run_dir, read_run_id
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_evaluations", "run_zeroshot", "train", "training_batch"]
 
@@ -118,6 +118,7 @@ class PretrainRecipe:
         self.phase = "setup"                  # setup, train, evaluate: what a stop message says was cut short
         self.saved_step = -1
         self.resume_from: Path | None = None  # the checkpoint this run continues from (setup)
+        self.run_id: str | None = None        # the run directory's id (config.json; in every checkpoint)
         self.writing: Path | None = None      # the checkpoint being written, while it is
 
     # --- setup ---------------------------------------------------------------------------
@@ -145,11 +146,16 @@ class PretrainRecipe:
                                    highlight=False, soft_wrap=True)
         # a resume is checked before anything in the directory is written: its config (which names
         # the keys that changed), its world size, then (setup_data) the held-out split it rebuilds
+        # the directory's id (a new run: none yet); a directory without one (an older maskkit's, or
+        # no config.json) takes the id of the checkpoint in its checkpoints/ it continues, else a new one
+        self.run_id = read_run_id(self.out) if cfg.runtime.resume is not None else None
         ck = self.resume_from = find_resume(cfg, self.out)
         state = self.check_resume(ck) if ck is not None else None
+        own = state is not None and Path(ck).resolve().parent == (self.out / "checkpoints").resolve()
+        self.run_id = self.run_id or (state.get("run_id") if own else None) or new_run_id()
         self.setup_model()
         self.setup_data()
-        prepare_run_dir(cfg, self.sources, self.info, self.out)
+        prepare_run_dir(cfg, self.sources, self.info, self.out, self.run_id)
         self.setup_optimizer()
         from .data.dataset import SkipReport
 
@@ -429,7 +435,8 @@ class PretrainRecipe:
         payload = {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
                    "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
-                   "config": json.dumps(self.cfg.model_dump(mode="json")), "model_build": self.model_build}
+                   "config": json.dumps(self.cfg.model_dump(mode="json")), "model_build": self.model_build,
+                   "run_id": self.run_id}
         self.writing = self.out / "checkpoints" / f"step_{self.step:08d}.pt"  # (kept on a failure: its message names it)
         try:
             save_checkpoint(self.writing, payload)
@@ -447,8 +454,16 @@ class PretrainRecipe:
         the run directory (config.json, environment.json, split.json): one line when it was written
         by another config (naming each differing key, with both values when they are short), by an
         older maskkit, at a step beyond ``train.steps``, or by another number of processes. Returns
-        the checkpoint."""
+        the checkpoint.
+
+        Checked first: the run the checkpoint belongs to. One whose ``run_id`` differs from the run
+        directory's (config.json) is another run's file, copied into ``checkpoints/``: refused for
+        ``runtime.resume=auto``/``latest`` (it would continue another model under this run's
+        record), and continued with a one-line note when ``runtime.resume`` names the file (a
+        deliberate "continue from"; the directory keeps its id). A checkpoint or a directory
+        without an id (an older maskkit's) is not checked."""
         ck = load_checkpoint(path)
+        self.check_run_id(path, ck)
         saved, now = json.loads(ck["config_flat"]), flat_items(self.cfg)
         diff = [d for k in config_differences(saved, now) for d in entry_differences(k, saved.get(k), now.get(k))]
         if diff:
@@ -473,6 +488,20 @@ class PretrainRecipe:
                                 f"order and the global batch depend on the number of processes, so resume it with {n} "
                                 f"(runtime.devices={n} or torchrun --nproc_per_node={n}), or start a new run")
         return ck
+
+    def check_run_id(self, path: Path, ck: dict) -> None:
+        """The identity check of :meth:`check_resume` (``self.run_id``: the directory's, or None)."""
+        theirs = ck.get("run_id") if isinstance(ck.get("run_id"), str) else None
+        if not theirs or not self.run_id or theirs == self.run_id:
+            return
+        r = self.cfg.runtime.resume
+        if r in ("auto", "latest"):
+            raise TrainingError(f"runtime.resume={r}: {path} belongs to another run (run id {theirs}; {self.out} is run "
+                                f"{self.run_id}, its config.json); move it out of {self.out / 'checkpoints'}, or continue "
+                                f"from it on purpose in a new run directory (runtime.name=<new> runtime.resume={path})")
+        if self.info.main:
+            self.console.print(f"runtime.resume: {path} is a checkpoint of another run (run id {theirs}); {self.out} "
+                               f"(run {self.run_id}) continues from it and keeps its id", highlight=False, soft_wrap=True)
 
     def load(self, path: Path, ck: dict | None = None) -> None:
         """Continue from the checkpoint at ``path`` (``ck``: as :meth:`check_resume` read and checked

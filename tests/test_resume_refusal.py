@@ -130,3 +130,85 @@ def test_a_changed_source_is_named_by_entry_and_key(csv_run, tmp_path):
             "the checkpoint, 0.5 now); resume") in msg
     assert entry_differences("data.sources", [{}], [{}, {}]) == [("data.sources", "1 entries", "2 entries")]
     assert entry_differences("train.lr", 0.1, 0.2) == [("train.lr", 0.1, 0.2)]
+
+
+def _ck_run_id(ck: Path) -> str | None:
+    return torch.load(ck, weights_only=True).get("run_id")
+
+
+def _dir_run_id(run: Path) -> str:
+    return json.loads((run / "config.json").read_text())["run_id"]
+
+
+def test_a_checkpoint_copied_from_another_run_is_refused_by_auto_and_continued_when_named(csv_run, tmp_path, capsys):
+    """The fault: another run's checkpoint (same config) copied into checkpoints/ was resumed by
+    runtime.resume=auto, and metrics.jsonl read steps [1, 2, 7]. Now it is refused, naming both ids;
+    named explicitly (runtime.resume=<file>) it is continued with a note, the directory keeping its id."""
+    import shutil
+
+    tmp, _, args = csv_run
+    args = [a for a in args if not a.startswith("runtime.out_dir=")] + [f"runtime.out_dir={tmp_path}"]
+    train(*resolve([*args, "train.steps=1"]))  # this directory's own run: step 1 only
+    run, theirs = tmp_path / "r", tmp / "r" / "checkpoints" / "step_00000002.pt"
+    mine, other = _dir_run_id(run), _dir_run_id(tmp / "r")
+    assert len(mine) == 16 and mine != other
+    assert _ck_run_id(run / "checkpoints" / "step_00000001.pt") == mine and _ck_run_id(theirs) == other
+    ck = run / "checkpoints" / "step_00000002.pt"
+    shutil.copy(theirs, ck)
+    before = snapshot(run)
+    with pytest.raises(TrainingError) as e:
+        train(*resolve([*args, "train.steps=4", "runtime.resume=auto"]))
+    assert str(e.value) == (f"runtime.resume=auto: {ck} belongs to another run (run id {other}; {run} is run {mine}, its "
+                            f"config.json); move it out of {run / 'checkpoints'}, or continue from it on purpose in a new "
+                            f"run directory (runtime.name=<new> runtime.resume={ck})")
+    assert snapshot(run) == before
+    capsys.readouterr()
+    train(*resolve([*args, "train.steps=3", f"runtime.resume={theirs}"]))
+    err = capsys.readouterr().err
+    assert (f"runtime.resume: {theirs} is a checkpoint of another run (run id {other}); {run} (run {mine}) continues "
+            "from it and keeps its id") in " ".join(err.split())
+    assert _dir_run_id(run) == mine and _ck_run_id(run / "checkpoints" / "step_00000003.pt") == mine
+
+
+def test_another_runs_checkpoint_is_named_as_such_not_as_a_changed_config(csv_run, tmp_path):
+    """A foreign checkpoint with another train.seed: the refusal names the two runs, not train.seed
+    (the advice "resume with the run's settings" would give the foreign file's seed)."""
+    import shutil
+
+    tmp, _, args = csv_run
+    run = tmp_path / "r"
+    shutil.copytree(tmp / "r", run)
+    rec = json.loads((run / "config.json").read_text())
+    rec["run_id"] = "0123456789abcdef"  # the directory of another run (its own checkpoints aside)
+    (run / "config.json").write_text(json.dumps(rec))
+    args = [a for a in args if not a.startswith("runtime.out_dir=")] + [f"runtime.out_dir={tmp_path}", "train.seed=1"]
+    msg = _refused(run, TrainingError, args)
+    ck = run / "checkpoints" / "step_00000002.pt"
+    assert msg.startswith(f"runtime.resume=latest: {ck} belongs to another run (run id {_ck_run_id(ck)}; {run} is run "
+                          "0123456789abcdef, its config.json)")
+    assert "train.seed" not in msg
+
+
+def test_a_copied_run_directory_keeps_its_id_and_an_older_checkpoint_without_one_resumes(csv_run, tmp_path):
+    """A run directory copied elsewhere is the same run (its id travels in config.json); a checkpoint
+    written before checkpoints recorded the run id resumes as before."""
+    import shutil
+
+    tmp, _, args = csv_run
+    args = [a for a in args if not a.startswith("runtime.out_dir=")] + [f"runtime.out_dir={tmp_path}"]
+    rid = _dir_run_id(tmp / "r")
+    run = tmp_path / "r"
+    shutil.copytree(tmp / "r", run)
+    train(*resolve([*args, "train.steps=3", "runtime.resume=latest"]))
+    assert _dir_run_id(run) == rid and _ck_run_id(run / "checkpoints" / "step_00000003.pt") == rid
+    ck = run / "checkpoints" / "step_00000003.pt"
+    state = torch.load(ck, weights_only=True)
+    del state["run_id"]  # as an older maskkit wrote it
+    torch.save(state, ck)
+    rec = json.loads((run / "config.json").read_text())
+    rec["run_id"] = "0123456789abcdef"  # ... and not compared with the directory's id
+    (run / "config.json").write_text(json.dumps(rec))
+    train(*resolve([*args, "train.steps=4", "runtime.resume=auto"]))
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+    assert _dir_run_id(run) == "0123456789abcdef"

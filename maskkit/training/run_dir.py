@@ -1,5 +1,6 @@
 """The run directory: its name, creating or reusing it, and the run's record in it
-(``config.json``: the resolved config; ``environment.json``: versions, plugins, each resume)."""
+(``config.json``: the run's id and the resolved config; ``environment.json``: versions, plugins,
+each resume)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import importlib.metadata
 import json
 import platform
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -71,6 +73,29 @@ def resolved_record(cfg: ExperimentConfig, sources: dict[str, str]) -> dict:
         if conf.get(t) is not None:
             conf[t] = to_spec(cfg.strategy(t))  # the tree the config built
     return {"config": conf, "sources": sources}
+
+
+#: the key of config.json that holds the run's id, which every checkpoint of the run records too
+RUN_ID_KEY = "run_id"
+
+
+def new_run_id() -> str:
+    """A new run's id: 16 random hex digits (``secrets``), never derived from the config or the
+    directory's name, so two runs with the same settings differ and a copied or moved run
+    directory keeps its own."""
+    return secrets.token_hex(8)
+
+
+def read_run_id(out: str | Path) -> str | None:
+    """The run id the run directory ``out`` records (``config.json``'s ``run_id``); None when the
+    directory has no config.json, one an older maskkit wrote (no id), or one that cannot be read
+    (a resume then refuses on its own checks, not on this one)."""
+    try:
+        rec = json.loads((Path(out) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    rid = rec.get(RUN_ID_KEY) if isinstance(rec, dict) else None
+    return rid if isinstance(rid, str) and rid else None
 
 
 def default_run_name(cfg: ExperimentConfig) -> str:
@@ -200,12 +225,14 @@ def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock 
     return out, lock
 
 
-def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo, out: Path) -> Path:
-    """Prepare the run directory ``out`` (claimed by :func:`claim_run_dir`): its record files (rank 0)."""
+def prepare_run_dir(cfg: ExperimentConfig, sources: dict[str, str], info: DistInfo, out: Path, run_id: str) -> Path:
+    """Prepare the run directory ``out`` (claimed by :func:`claim_run_dir`): its record files (rank 0);
+    ``config.json`` records ``run_id`` (the directory's id: a new one for a new run, the one it had
+    for a resume, :meth:`maskkit.train.Recipe.setup`)."""
     if not info.main:
         return out
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(resolved_record(cfg, sources), indent=2))
+    atomic_write_text(out / "config.json", json.dumps({RUN_ID_KEY: run_id, **resolved_record(cfg, sources)}, indent=2))
     env = {"python": sys.version, "platform": platform.platform(), "torch": torch.__version__,
            "cuda": torch.version.cuda, "maskkit_revision": git_revision(), "argv": sys.argv,
            "world_size": info.world, "plugins": installed_plugins(), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
