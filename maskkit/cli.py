@@ -437,7 +437,11 @@ def sweep_cmd(
     metrics: Optional[str] = typer.Option(None, help="comma-separated metric keys or wildcards for results.md and paired.md, e.g. "
                                                      "'auc,retrieval/*_R@1' (default: the sweep's metrics:, else the zero-shot means and probe AUCs)"),
 ) -> None:
-    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md."""
+    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md.
+
+    Exit status: 0 done; 2 bad input (one line); 3 every run trained and saved, but an end-of-run
+    evaluation (runtime.evaluations) of some run failed: results.md lists them, and the same command
+    retries them without retraining; 75 / 130 stopped by a signal (the same command continues)."""
     from pathlib import Path
 
     from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep

@@ -17,6 +17,10 @@ A stop signal (:data:`~maskkit.training.preemption.STOP_SIGNALS`) stops the swee
 run: the run in progress (every one, with ``--jobs K``: the signal is passed on to each child
 process) checkpoints at its step, no new run starts, and the sweep exits 75 (130 for SIGINT). The
 same sweep command then continues: finished runs are kept, stopped ones resume from their checkpoint.
+
+A run whose end-of-run evaluation failed is finished (``done.json`` names the failure:
+:data:`FAILED`); the sweep writes its tables, then exits 3 (:class:`EvaluationsFailed`), and
+run again it retries those evaluations on the saved run (:func:`retry_evaluations`), not the training.
 """
 
 from __future__ import annotations
