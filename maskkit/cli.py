@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape  # messages are text: "runtime.evaluations=[zeroshot]" is not a style tag
 from rich.table import Table
 
-from .errors import MaskkitError
+from .errors import EVALUATION_FAILED, MaskkitError  # exit 3: trained and saved, an end-of-run evaluation failed
 from .roles import ROLE_NAMES
 from .options import CheckOptions, PhantomsOptions, PrepareOptions, SweepOptions, VisualizeOptions, allowed, option_help
 from .sweep import builtin_sweeps
@@ -293,10 +293,6 @@ def run_cmd(args: list[str] = typer.Argument(None, help="key=value settings: pre
         raise err
 
 
-#: ``maskkit run``'s exit status when training finished and was saved but an end-of-run evaluation failed
-EVALUATION_FAILED = 3
-
-
 def _run_forwarding(cmd: list[str]) -> int:
     """Run ``cmd`` (``python -m maskkit.launch ...``) and pass every stop signal this process gets on
     to it (whose agent passes it to the workers, which checkpoint); returns its exit status. A
@@ -442,7 +438,11 @@ def sweep_cmd(
     metrics: Optional[str] = typer.Option(None, help="comma-separated metric keys or wildcards for results.md and paired.md, e.g. "
                                                      "'auc,retrieval/*_R@1' (default: the sweep's metrics:, else the zero-shot means and probe AUCs)"),
 ) -> None:
-    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md."""
+    """Run presets x grid x seeds, each in its own run directory; write results.csv/.md/.png and paired.md.
+
+    Exit status: 0 done; 2 bad input (one line); 3 every run trained and saved, but an end-of-run
+    evaluation (runtime.evaluations) of some run failed: results.md lists them, and the same command
+    retries them without retraining; 75 / 130 stopped by a signal (the same command continues)."""
     from pathlib import Path
 
     from .sweep import SweepSpec, load_sweep, parse_grid, run_sweep
@@ -480,7 +480,13 @@ def sweep_cmd(
     from .io import check_writable_dir
 
     check_writable_dir(out_dir, "--out")  # before any run starts
-    run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
+    from .sweep import EvaluationsFailed
+
+    try:
+        run_sweep(sp, out_dir, extra, console=err_console, jobs=jobs, rescore=rescore)
+    except EvaluationsFailed:  # every run trained; the table (naming what failed) still shown, then exit 3
+        console.print((out_dir / "results.md").read_text(), highlight=False)
+        raise
     console.print((out_dir / "results.md").read_text(), highlight=False)
 
 

@@ -10,6 +10,11 @@ class MaskkitError(ValueError):
     """Base of every error maskkit raises on bad input."""
 
 
+#: the exit status of ``maskkit run`` (and ``maskkit sweep``) when training finished and was saved
+#: but an end-of-run evaluation (``runtime.evaluations``) failed (docs/assumptions.md A68)
+EVALUATION_FAILED = 3
+
+
 class OutputWriteError(MaskkitError):
     """A file maskkit writes could not be written (disk full, no permission, ...): one line naming
     the file and the cause; what was there before is intact (writes are atomic). ``errno`` is the

@@ -17,6 +17,10 @@ A stop signal (:data:`~maskkit.training.preemption.STOP_SIGNALS`) stops the swee
 run: the run in progress (every one, with ``--jobs K``: the signal is passed on to each child
 process) checkpoints at its step, no new run starts, and the sweep exits 75 (130 for SIGINT). The
 same sweep command then continues: finished runs are kept, stopped ones resume from their checkpoint.
+
+A run whose end-of-run evaluation failed is finished (``done.json`` names the failure:
+:data:`FAILED`); the sweep writes its tables, then exits 3 (:class:`EvaluationsFailed`), and
+run again it retries those evaluations on the saved run (:func:`retry_evaluations`), not the training.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ def _one_run(args: list[str], row: dict, probe: bool, threads: int | None = None
     row = {**row, "steps": result.step, **zeroshot_fields(result.zeroshot)}
     for res in result.evaluations.values():  # every end-of-run evaluation's flat metrics (runtime.evaluations)
         row.update(res.metrics)
+    if result.failed_evaluations:  # name -> one line; retried when the sweep runs again (retry_evaluations)
+        row[FAILED] = dict(result.failed_evaluations)
     if probe:
         row.update(probe_aucs(result.run_dir, cfg))
     atomic_write_text(result.run_dir / "done.json", json.dumps(row))
@@ -185,12 +191,33 @@ def protocol_line(rows: list[dict]) -> str:
     return "Zero-shot protocol: " + "; ".join(parts) + " (docs/eval.md)."
 
 
+#: a result row's (and ``done.json``'s) end-of-run evaluations that failed: name -> one line
+FAILED = "failed_evaluations"
+
+
 def rescore_run(run_dir: Path, row: dict, console=None) -> dict:
     """Score a finished run's zero-shot again with the current protocol (its latest checkpoint, its
     own held-out data, as at the end of training: :func:`maskkit.train.run_evaluations`); rewrites
     ``zeroshot.json`` / ``zeroshot.csv`` and ``done.json``. Other columns are kept (probe AUCs do
-    not depend on prompts). ``console``: where to print the ``data:`` line
-    (:func:`maskkit.data.build.data_line`)."""
+    not depend on prompts); the evaluations that failed before (``row[FAILED]``) are retried too.
+    ``console``: where to print the ``data:`` line (:func:`maskkit.data.build.data_line`)."""
+    return evaluate_again(run_dir, row, ["zeroshot", *[n for n in row.get(FAILED, {}) if n != "zeroshot"]], console,
+                          isolate=False)
+
+
+def retry_evaluations(run_dir: Path, row: dict, console=None) -> dict:
+    """Run again the end-of-run evaluations of a finished run that failed (``row[FAILED]``), on its
+    latest checkpoint and held-out split, as at the end of training (no retraining); those that
+    pass add their metrics and leave ``row[FAILED]``, the others stay there with their new line.
+    Rewrites ``done.json``."""
+    return evaluate_again(run_dir, row, list(row.get(FAILED, {})), console)
+
+
+def evaluate_again(run_dir: Path, row: dict, names: list[str], console=None, isolate: bool = True) -> dict:
+    """The end-of-run evaluations ``names`` of a finished run again (:func:`rescore_run`,
+    :func:`retry_evaluations`): returns the updated row, also written to ``done.json``. Each one is
+    isolated (a failure: a warning line, recorded in ``row[FAILED]``) unless ``isolate`` is False
+    and it is the zero-shot (``--rescore``'s own evaluation: its failure is raised)."""
     from .data.build import data_line, eval_corpus
     from .train import run_evaluations
     from .training.checkpointing import load_model
@@ -199,8 +226,21 @@ def rescore_run(run_dir: Path, row: dict, console=None) -> dict:
     _, corpus, what = eval_corpus(run_dir, cfg, model.image_size, tokenizer=model.tokenizer)  # verified against split.json
     if console is not None:
         console.print(data_line(what), highlight=False, soft_wrap=True)
-    res = run_evaluations(model, cfg, corpus, what, run_dir, ["zeroshot"])["zeroshot"]
-    row = {**{k: v for k, v in row.items() if not k.startswith("zeroshot/")}, **zeroshot_fields(res.native), **res.metrics}
+    failed: dict[str, str] = {}
+    res = {}
+    if not isolate and "zeroshot" in names:
+        res = run_evaluations(model, cfg, corpus, what, run_dir, ["zeroshot"])
+        names = [n for n in names if n != "zeroshot"]
+    res.update(run_evaluations(model, cfg, corpus, what, run_dir, names, failed=failed, console=console))
+    still = {n: v for n, v in {**dict(row.get(FAILED) or {}), **failed}.items() if n not in res}
+    row = {k: v for k, v in row.items() if k != FAILED}
+    for name, r in res.items():
+        row = {k: v for k, v in row.items() if not k.startswith(f"{name}/")}
+        if name == "zeroshot":
+            row.update(zeroshot_fields(r.native))
+        row.update(r.metrics)
+    if still:
+        row[FAILED] = still
     atomic_write_text(run_dir / "done.json", json.dumps(row))
     return row
 
@@ -245,9 +285,12 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
             done = out / "runs" / name / "done.json"
             if done.is_file():
                 kept = json.loads(done.read_text(encoding="utf-8"))
+                retry = list(kept.get(FAILED) or {})  # end-of-run evaluations that failed: run again, no retraining
                 if console:
-                    console.print(f"[{n}/{len(plan)}] {name}: done before, {'re-scoring' if rescore else 'kept'}", highlight=False, soft_wrap=True)
-                rows.append(rescore_run(done.parent, kept, console) if rescore else kept)
+                    what = ("re-scoring" if rescore else "kept") + (f", retrying its failed evaluations ({', '.join(retry)})" if retry else "")
+                    console.print(f"[{n}/{len(plan)}] {name}: done before, {what}", highlight=False, soft_wrap=True)
+                rows.append(rescore_run(done.parent, kept, console) if rescore else
+                            retry_evaluations(done.parent, kept, console) if retry else kept)
                 continue
             row = {"preset": preset, **{k: v for k, v in combo.items()}, "seed": seed, "run": name}
             todo.append((run_args(spec, preset, combo, seed, out, extra_args), row))
@@ -264,7 +307,28 @@ def run_sweep(spec: SweepSpec, out: Path, extra_args: list[str] = (), console=No
         name, said = stopped
         raise _sweep_stopped(out, name, len(rows), len(plan), said)
     write_results(rows, spec, out)
+    failed = [r for r in rows if r.get(FAILED)]
+    if failed:
+        raise EvaluationsFailed(out, failed, len(rows))
     return rows
+
+
+class EvaluationsFailed(MaskkitError):
+    """Every run of a sweep trained and was saved (``results.*`` written) but some end-of-run
+    evaluations failed (``done.json``'s ``failed_evaluations``): exit 3, as ``maskkit run``.
+    ``rows``: the result rows of the runs concerned."""
+
+    def __init__(self, out: Path, rows: list[dict], total: int) -> None:
+        from .errors import EVALUATION_FAILED
+
+        first = rows[0]
+        name = next(iter(first[FAILED]))
+        lines = "; ".join(f"{r['run']}: {'; '.join(r[FAILED].values())}" for r in rows)
+        super().__init__(f"sweep {out}: every run trained and saved, but end-of-run evaluations failed in {len(rows)} of "
+                         f"{total} runs ({lines}); results.md lists them; run the same sweep command again to retry them "
+                         f"(no retraining), or one alone: maskkit eval {name} {out / 'runs' / first['run']}")
+        self.rows = rows
+        self.exit_code = EVALUATION_FAILED
 
 
 def _sweep_stopped(out: Path, name: str | None, done: int, total: int, said: list[str], again: bool = False):
@@ -407,7 +471,7 @@ def _metric_keys(rows: list[dict]) -> list[str]:
 
 
 #: the fields of a result row that are not metrics
-ROW_FIELDS = ("preset", "seed", "run", "steps")
+ROW_FIELDS = ("preset", "seed", "run", "steps", FAILED)
 
 
 def numeric_keys(rows: list[dict], spec: SweepSpec) -> list[str]:
@@ -555,6 +619,12 @@ def write_results(rows: list[dict], spec: SweepSpec, out: Path) -> None:
         md[3:3] = ["Columns of the zero-shot means and probe AUCs are in %; an evaluation's metric (`name/...`) as it is.", ""]
     if missing:
         md[3:3] = [f"No run holds a metric matching {', '.join(repr(m) for m in missing)} (results.csv lists every metric).", ""]
+    failed = [r for r in rows if r.get(FAILED)]
+    if failed:  # a `–` that is a failure, not an evaluation the run does not run
+        md[3:3] = ["End-of-run evaluations that failed (their metrics are `–` or leave out those runs; the same sweep command "
+                   "retries them without retraining, or run one alone):", "",
+                   *[f"- `{r['run']}`: {name} (`maskkit eval {name} {out / 'runs' / r['run']}`): {line}"
+                     for r in failed for name, line in r[FAILED].items()], ""]
     from .eval.contract import fmt_number
 
     def fmt(r, m):

@@ -65,3 +65,87 @@ def test_a_stopped_sweep_checkpoints_its_runs_and_continues(tmp_path, jobs, sig,
     assert len(runs(out)) == 2 and all(steps(r) == list(range(1, STEPS + 1)) for r in runs(out))
     assert all(json.loads((r / "done.json").read_text())["steps"] == STEPS for r in runs(out))
     assert err.count("resumed from") == started and (out / "results.md").is_file()
+
+
+# --- an end-of-run evaluation that fails in a sweep (exit 3, recorded, retried) ------------------
+
+BOOM_PLUGIN = '''
+import os
+from maskkit import hookimpl
+from maskkit.eval.contract import EvalResult
+
+
+def boom(run, settings):
+    """Raises while the file $BOOM_FLAG exists; else one metric."""
+    if os.path.exists(os.environ["BOOM_FLAG"]):
+        raise RuntimeError("the plugin broke")
+    return EvalResult("boom", {"boom/x": 0.5})
+
+
+@hookimpl
+def register_evaluations(register):
+    register("boom", boom)
+'''
+
+
+def _install_boom(tmp_path, monkeypatch):
+    """A real installed evaluation plugin 'boom' (module + dist-info on sys.path, so the spawned
+    children of --jobs 2 load it too); it fails while the returned flag file exists."""
+    from maskkit import plugins
+
+    site = tmp_path / "site"
+    (site / "maskkit_boom-0.1.dist-info").mkdir(parents=True)
+    (site / "maskkit_boom.py").write_text(BOOM_PLUGIN)
+    (site / "maskkit_boom-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: maskkit-boom\nVersion: 0.1\n")
+    (site / "maskkit_boom-0.1.dist-info" / "entry_points.txt").write_text("[maskkit]\nboom = maskkit_boom\n")
+    monkeypatch.syspath_prepend(str(site))
+    flag = tmp_path / "boom-fails"
+    flag.write_text("")
+    monkeypatch.setenv("BOOM_FLAG", str(flag))
+    monkeypatch.delenv("MASKKIT_LOAD_PLUGINS", raising=False)
+    plugins.reset()
+    return flag
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_failed_end_of_run_evaluation_exits_3_is_recorded_and_retried(tmp_path, monkeypatch, jobs):
+    """A sweep whose runs' evaluation 'boom' failed exited 0, its done.json silent and results.md
+    only 'No run holds a metric matching boom/*'; run again, 'done before, kept': never retried."""
+    from rich.console import Console
+
+    from maskkit.errors import EVALUATION_FAILED
+    from maskkit.sweep import EvaluationsFailed, SweepSpec, run_sweep
+
+    flag = _install_boom(tmp_path, monkeypatch)
+    out = tmp_path / "sw"
+    spec = SweepSpec(["t3_attmim"], grid={"image_mask.child_ratio": [0.5, 0.7]} if jobs > 1 else {},
+                     args=[*SMALL, "data.val_n=12", "train.steps=1", "runtime.evaluations=[zeroshot,boom]"], metrics=["auc", "boom/*"])
+    with pytest.raises(EvaluationsFailed) as e:
+        run_sweep(spec, out, jobs=jobs)
+    n = 2 if jobs > 1 else 1
+    assert e.value.exit_code == EVALUATION_FAILED == 3 and "\n" not in str(e.value)
+    assert f"end-of-run evaluations failed in {n} of {n} runs" in str(e.value)
+    assert "evaluation 'boom' (from plugin 'maskkit-boom:boom') failed: RuntimeError: the plugin broke" in str(e.value)
+    dones = sorted((out / "runs").glob("*/done.json"))
+    assert len(dones) == n
+    for d in dones:
+        row = json.loads(d.read_text())
+        assert list(row["failed_evaluations"]) == ["boom"] and "boom/x" not in row and row["auc"] is not None
+        assert (d.parent / "zeroshot.json").is_file() and not (d.parent / "boom.json").exists()
+    md = (out / "results.md").read_text()
+    run = dones[0].parent
+    assert f"- `{run.name}`: boom (`maskkit eval boom {run}`): evaluation 'boom'" in md
+    # run again, the plugin fixed: the failed evaluation is retried on the saved run, not retrained
+    flag.unlink()
+    steps_before = {d: json.loads(d.read_text())["steps"] for d in dones}
+    ckpts = {d: run_checkpoints(d.parent) for d in dones}
+    buf = __import__("io").StringIO()
+    rows = run_sweep(spec, out, jobs=jobs, console=Console(file=buf, width=400))
+    assert "done before, kept, retrying its failed evaluations (boom)" in buf.getvalue()
+    assert [r["boom/x"] for r in rows] == [0.5] * n and not any("failed_evaluations" in r for r in rows)
+    for d in dones:
+        row = json.loads(d.read_text())
+        assert "failed_evaluations" not in row and row["boom/x"] == 0.5 and row["steps"] == steps_before[d]
+        assert run_checkpoints(d.parent) == ckpts[d] and (d.parent / "boom.json").is_file()
+    md = (out / "results.md").read_text()
+    assert "failed" not in md and "| 0.500 |" in md
