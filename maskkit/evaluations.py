@@ -166,6 +166,17 @@ def _mask_eval_phantoms(run, n: int):
     return ds, what
 
 
+def _phantoms_not_trained_on(run, n: int, evaluation: str) -> list[str]:
+    """The warning of an evaluation that fell back to the phantoms for a run trained on none: its
+    numbers are on synthetic images and lesions, not on the run's data (a sweep table shows them
+    beside real-data numbers)."""
+    if _phantom_seed(run)[1]:
+        return []
+    return [f"{evaluation}: the run trained on no phantoms, and no region file was given: these numbers are on {n} "
+            f"synthetic phantoms, not on its data; give --regions FILE --format LAYOUT for its own images "
+            f"(docs/eval.md lists the layouts)"]
+
+
 READERS = {"rsna": "read_rsna", "nih": "read_nih_bbox", "siim": "read_siim", "ms_cxr": "read_ms_cxr", "vindr": "read_vindr"}
 
 
@@ -485,6 +496,7 @@ def masks(run, s: MasksSettings):
     notes, info = [], []  # warnings, notes (what was evaluated)
     if s.regions is None:
         ds, what = _mask_eval_phantoms(run, s.n)
+        notes += _phantoms_not_trained_on(run, s.n, "eval masks")
         feats = extract(run.model, ds, s.lesion_threshold, device=run.device)
         where = f"{s.n} held-out phantoms"
     else:
@@ -668,6 +680,7 @@ def grounding(run, s: GroundingSettings):
     info: list[str] = []  # notes: what was evaluated
     if s.regions is None:
         ds, what = _mask_eval_phantoms(run, s.n)
+        notes += _phantoms_not_trained_on(run, s.n, "eval grounding")
         rs = from_phantoms((ds._phantom(i) for i in range(len(ds))), name=f"phantoms seed {ds.gen.seed}")
         rows = list(range(len(ds)))
         row_id = {i: str(ds.offset + i) for i in rows}

@@ -464,6 +464,18 @@ def test_grounding_on_phantoms_by_default(phantom_run, tmp_path):
     assert len(rows) == m["grounding/n"] and {r["finding"] for r in rows} <= {"Pleural Effusion", "Cardiomegaly", "Lung Lesion",
                                                                               "Pneumothorax", "Support Devices"}
     assert rows[0]["prompt"].endswith(".")  # the finding's positive prompt, sentence style
+    assert "warning:" not in invoke("eval", "grounding", phantom_run, "--n", "4", "--out", tmp_path / "again").output
+
+
+@pytest.mark.parametrize("command", ["grounding", "masks"])
+def test_the_phantom_fallback_of_a_run_on_other_data_is_a_warning(csv_run, tmp_path, command):
+    """A run trained on a CSV, evaluated without a region file, is scored on synthetic phantoms:
+    the numbers are written (a sweep may want them), with a warning saying they are not on its data."""
+    run, _, _ = csv_run
+    res = invoke("eval", command, run, "--n", "4", "--out", tmp_path)
+    assert (f"warning: eval {command}: the run trained on no phantoms, and no region file was given: these numbers are on 4 "
+            "synthetic phantoms, not on its data; give --regions FILE --format LAYOUT") in " ".join(res.output.split())
+    assert f"eval {command}: the run trained on no phantoms" in " ".join(json.loads((tmp_path / f"{command}.json").read_text())["warnings"])
 
 
 def test_grounding_rsna_boxes_hand_computed_region(csv_run, tmp_path):

@@ -160,11 +160,14 @@ class EvalResult:
 
     def to_json(self) -> dict[str, Any]:
         """The JSON document: the evaluation's own fields (``extra``), then ``evaluation``,
-        ``metrics``, ``details``, ``data`` and ``settings`` (NaN written as ``null``)."""
+        ``metrics``, ``details``, ``data``, ``settings`` and, when there are any, ``warnings`` (what a
+        reader of the numbers alone should know; NaN written as ``null``)."""
         doc = {**self.extra, "evaluation": self.evaluation, "metrics": self.metrics, "details": self.details,
                "settings": self.settings}
         if self.data is not None:
             doc["data"] = self.data
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
         return _json_safe(doc)
 
     def details_csv(self) -> str:
