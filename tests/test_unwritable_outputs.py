@@ -102,3 +102,22 @@ def test_the_checks_themselves(tmp_path):
     assert check_writable_dir(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
     check_writable_file(tmp_path / "x.json", "--out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f"]
+
+
+def test_an_existing_run_directory_without_write_permission_is_named_as_existing(shared_tmp):
+    """runtime.out_dir is writable but the run's own directory (runtime.name) exists read-only
+    (another user's run, a finished run made read-only): one line that it cannot be written in,
+    not that it cannot be made."""
+    shared_tmp.chmod(0o777)  # runtime.out_dir itself writable by the user the command runs as
+    run = shared_tmp / "st"
+    run.mkdir()
+    run.chmod(0o555)
+    user = 65534 if os.geteuid() == 0 else None
+    if user is not None and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv (util-linux) to run the commands as another user")
+    drop = () if user is None else ("setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups")
+    [(code, err)] = run_main_each([["run", "data.n=24", f"runtime.out_dir={shared_tmp}", "runtime.name=st", "runtime.resume=auto"]],
+                                  drop, cwd=shared_tmp, env=env_for(HOME=str(shared_tmp), PYTHONDONTWRITEBYTECODE="1"))
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1, err[-2000:]
+    assert lines[0].startswith(f"error: runtime.out_dir: cannot write in the run directory {run}: ") and "Permission denied" in lines[0], lines[0]

@@ -209,8 +209,9 @@ def claim_run_dir(cfg: ExperimentConfig, info: DistInfo) -> tuple[Path, RunLock 
             if lock is not None:
                 lock.release()
             if isinstance(exc, OSError):  # what the check did not foresee (a race, a full disk): one line
-                exc = TrainingError(f"runtime.out_dir: cannot make the run directory {out or cfg.runtime.out_dir}: "
-                                    f"{os_error_line(exc)}")
+                where = out or Path(cfg.runtime.out_dir)
+                verb = "write in" if where.is_dir() else "make"  # an existing directory (read-only, another owner's)
+                exc = TrainingError(f"runtime.out_dir: cannot {verb} the run directory {where}: {os_error_line(exc)}")
             elif not isinstance(exc, MaskkitError):
                 raise
             err = exc
