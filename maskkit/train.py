@@ -40,7 +40,7 @@ from .training.checkpointing import Shown, config_differences, entry_differences
 from .training.metric_logging import LossWindow, MetricLogger, format_loss
 from .training.optim import buffers_nonfinite, build_optimizer, finite_buffers, grad_norm, restore_buffers, snapshot_buffers
 from .training.preemption import INTERRUPT, RunPreempted, StopRequest, Stopped, stop_signals_blocked
-from .training.run_dir import claim_run_dir, has_content, new_run_id, prepare_run_dir, read_run_id
+from .training.run_dir import RUN_ID_KEY, claim_run_dir, has_content, new_run_id, prepare_run_dir, read_run_id
 
 __all__ = ["PretrainRecipe", "RunResult", "StepResult", "TrainingError", "run_evaluations", "run_zeroshot", "train", "training_batch"]
 
@@ -144,15 +144,16 @@ class PretrainRecipe:
                 self.console.print(f"removed {len(gone)} unfinished checkpoint file(s) an earlier process left in "
                                    f"{self.out / 'checkpoints'} ({gone[0].name}{', ...' if len(gone) > 1 else ''})",
                                    highlight=False, soft_wrap=True)
-        # a resume is checked before anything in the directory is written: its config (which names
+        # a resume is checked before anything in the directory is written: the run the checkpoint
+        # belongs to (against the directory's id; a new run has none yet), its config (which names
         # the keys that changed), its world size, then (setup_data) the held-out split it rebuilds
-        # the directory's id (a new run: none yet); a directory without one (an older maskkit's, or
-        # no config.json) takes the id of the checkpoint in its checkpoints/ it continues, else a new one
         self.run_id = read_run_id(self.out) if cfg.runtime.resume is not None else None
         ck = self.resume_from = find_resume(cfg, self.out)
         state = self.check_resume(ck) if ck is not None else None
+        # a directory without an id (an older maskkit's, or no config.json) takes the id of the
+        # checkpoint in its own checkpoints/ that it continues, else a new one
         own = state is not None and Path(ck).resolve().parent == (self.out / "checkpoints").resolve()
-        self.run_id = self.run_id or (state.get("run_id") if own else None) or new_run_id()
+        self.run_id = self.run_id or (state.get(RUN_ID_KEY) if own else None) or new_run_id()
         self.setup_model()
         self.setup_data()
         prepare_run_dir(cfg, self.sources, self.info, self.out, self.run_id)
@@ -436,7 +437,7 @@ class PretrainRecipe:
                    "scaler": self.scaler.state_dict(), "step": self.step, "batches": self.batches, "world": self.info.world,
                    "rng": rng_state(), "skips": self.skip_state(), "log_window": self.window.state_dict(), "config_flat": json.dumps(flat_items(self.cfg)),
                    "config": json.dumps(self.cfg.model_dump(mode="json")), "model_build": self.model_build,
-                   "run_id": self.run_id}
+                   RUN_ID_KEY: self.run_id}
         self.writing = self.out / "checkpoints" / f"step_{self.step:08d}.pt"  # (kept on a failure: its message names it)
         try:
             save_checkpoint(self.writing, payload)
@@ -491,7 +492,7 @@ class PretrainRecipe:
 
     def check_run_id(self, path: Path, ck: dict) -> None:
         """The identity check of :meth:`check_resume` (``self.run_id``: the directory's, or None)."""
-        theirs = ck.get("run_id") if isinstance(ck.get("run_id"), str) else None
+        theirs = ck.get(RUN_ID_KEY) if isinstance(ck.get(RUN_ID_KEY), str) else None
         if not theirs or not self.run_id or theirs == self.run_id:
             return
         r = self.cfg.runtime.resume
